@@ -1,0 +1,53 @@
+"""
+The one exception hierarchy of chatd.
+
+Every error a client can cause is a :class:`ChatError`; its ``message`` is the
+text sent on the wire in ``{"status": "error", "message": ...}`` and its
+``kind`` is a short stable name for logs and metrics.  Anything that is not a
+``ChatError`` is a bug: the adapter logs it and answers a generic text, never
+the exception's own.
+"""
+
+from __future__ import annotations
+
+
+class ChatError(Exception):
+    """An error caused by the client; safe to show it."""
+
+    kind = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ProtocolError(ChatError):
+    """A frame that is not a valid command (bad JSON, wrong shape, ...)."""
+
+    def __init__(self, message: str, kind: str = "invalid") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class RoomNotFound(ChatError):
+    """The room named by the client does not exist (any more)."""
+
+    kind = "room_not_found"
+
+    def __init__(self, room_id: str) -> None:
+        super().__init__(f"Room {room_id} does not exist")
+        self.room_id = room_id
+
+
+class NotInRoom(ChatError):
+    """The command needs the client to be in a room."""
+
+    kind = "not_in_room"
+
+
+class SinkGone(Exception):
+    """
+    Raised by a sink's ``deliver`` when the connection behind it has already
+    begun to close itself (for example, a client too slow to read): the core
+    removes the member quietly.
+    """

@@ -1,0 +1,45 @@
+"""
+The chat service: the factory holding the rooms, its listening ports, and an
+orderly shutdown.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from chatd.settings import Settings
+from chatd.ws import ChatFactory
+
+
+class ChatService(MultiService):
+    """
+    Listens on every endpoint in ``settings.listen``; on stop, closes the
+    ports first, then sends every client close 1001 and waits for them (at
+    most ``settings.shutdown_timeout`` seconds).
+    """
+
+    _log = Logger()
+
+    def __init__(self, settings: Settings, reactor: Any) -> None:
+        super().__init__()
+        self.settings = settings
+        self.factory = ChatFactory(settings, clock=reactor, reactor=reactor)
+        for description in settings.listen:
+            # strports.service raises a bind failure synchronously at start-up,
+            # so twistd exits with a message instead of running deaf.
+            strports.service(description, self.factory, reactor=reactor).setServiceParent(self)
+
+    def stopService(self) -> "Deferred[Any]":
+        d: Deferred[Any] = Deferred.fromCoroutine(self._stop())
+        return d
+
+    async def _stop(self) -> None:
+        await super().stopService()
+        count = len(self.factory.connections)
+        self._log.info("Shutting down: closing {count} connections", count=count)
+        await self.factory.shutdown(self.settings.shutdown_timeout)

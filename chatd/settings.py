@@ -1,0 +1,30 @@
+"""
+The daemon's tunables, with the defaults documented in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_LISTEN = "tcp:8765:interface=127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: Twisted server endpoint descriptions to listen on.
+    listen: tuple[str, ...] = field(default=(DEFAULT_LISTEN,))
+    #: Largest incoming message (and frame) payload in bytes; over it: close 1009.
+    max_message_size: int = 64 * 1024
+    #: Bytes that may queue for one client while its socket is full; over it
+    #: the client is dropped with close 1008.
+    max_outgoing_buffer: int = 1024 * 1024
+    #: Seconds between pings to a connection (0: never ping).
+    ping_interval: float = 30.0
+    #: Seconds to wait for a pong before dropping the peer (0: wait forever).
+    ping_timeout: float = 30.0
+    #: Seconds a client has to finish the opening handshake.
+    handshake_timeout: float = 10.0
+    #: Seconds to wait for the peer's close frame after ours.
+    close_timeout: float = 5.0
+    #: Seconds to wait on shutdown for clients to close before aborting them.
+    shutdown_timeout: float = 10.0

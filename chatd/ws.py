@@ -1,0 +1,256 @@
+"""
+The Autobahn adapter: one WebSocket connection per client, translating frames
+to core calls and core deliveries to frames.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from chatd import __version__, codec
+from chatd.core import ChatCore, Client
+from chatd.errors import ChatError, SinkGone
+from chatd.settings import Settings
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY_VIOLATION = 1008
+BINARY_NOT_SUPPORTED = "Binary frames are not supported; send JSON as text frames"
+INTERNAL_ERROR = "Internal server error"
+TOO_SLOW = "Outgoing buffer limit exceeded: client too slow"
+
+
+@implementer(IPushProducer)
+class ChatProtocol(WebSocketServerProtocol):
+    """
+    One client.  It is the core's sink for this client, and the transport's
+    push producer, which is how it learns that the client stopped reading.
+    """
+
+    _log = Logger()
+    factory: "ChatFactory"
+
+    _client: Optional[Client] = None
+    # True once this connection is being closed for being too slow: nothing
+    # more is queued for it and the core no longer knows it.
+    _gone = False
+    # Whether the transport's buffer is over its high-water mark, and how many
+    # bytes were queued since it went over.
+    _paused = False
+    _queued = 0
+
+    # -- Twisted / Autobahn callbacks -------------------------------------
+
+    def connectionMade(self) -> None:
+        self.factory.connections.add(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        try:
+            super().connectionLost(reason)
+        finally:
+            self.factory.connection_gone(self)
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        return None
+
+    def sendHttpErrorResponse(
+        self, code: int, reason: str, responseHeaders: Optional[list[tuple[str, str]]] = None
+    ) -> None:
+        # Autobahn's own error response has a status line only; give plain
+        # HTTP clients (curl, a browser, a health checker) a complete one.
+        body = (
+            f"{code} {reason}\n\nThis is a chatd WebSocket endpoint: connect with a "
+            "WebSocket client (ws://...).\n"
+        ).encode("utf-8")
+        headers = [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+        ]
+        if code == 426:
+            headers.append(("Upgrade", "websocket"))
+        headers.extend(responseHeaders or ())
+        head = f"HTTP/1.1 {code} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
+        self.sendData(head.encode("utf-8") + b"\r\n" + body)
+
+    def onOpen(self) -> None:
+        self.transport.registerProducer(self, True)
+        client = self._client = self.factory.core.connect(self)
+        self._send(codec.encode(codec.welcome(client.client_id)))
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        client = self._client
+        if client is None or self._gone:
+            return
+        if isBinary:
+            reply = codec.error(BINARY_NOT_SUPPORTED)
+        else:
+            try:
+                command = codec.decode(payload)
+                reply = self.factory.core.handle(client, command, self.factory.clock.seconds())
+            except ChatError as e:
+                reply = codec.error(e.message)
+            except Exception:
+                self._log.failure(
+                    "Unexpected error handling a message from {client_id}",
+                    client_id=client.client_id,
+                )
+                reply = codec.error(INTERNAL_ERROR)
+        self._send(codec.encode(reply))
+
+    def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
+        # Runs for every connection, including those whose handshake never
+        # completed (then there is no client), and only once per connection.
+        client, self._client = self._client, None
+        if client is not None:
+            self.factory.core.disconnect(client)
+
+    # -- the core's sink ---------------------------------------------------
+
+    def deliver(self, frame: Any) -> None:
+        if self._gone:
+            raise SinkGone()
+        if self._paused and not self._account(len(frame.payloadHybi)):
+            raise SinkGone()
+        self.sendPreparedMessage(frame)
+
+    def close(self, code: int, reason: str) -> None:
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123])
+        elif self.state != WebSocketProtocol.STATE_CLOSED:
+            self.dropConnection(abort=True)
+
+    # -- the transport's push producer ------------------------------------
+
+    def pauseProducing(self) -> None:
+        # Called when the transport's buffer passes its high-water mark, and
+        # again on every write while it stays there.
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        # Called once the buffer has drained completely.
+        self._paused = False
+        self._queued = 0
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+    # -- internals ---------------------------------------------------------
+
+    def _send(self, payload: bytes) -> None:
+        if self._gone:
+            return
+        if self._paused and not self._account(len(payload)):
+            return
+        self.sendMessage(payload)
+
+    def _account(self, size: int) -> bool:
+        """
+        Count bytes queued while the client is not reading; past the limit,
+        start closing it and answer False.
+        """
+        self._queued += size
+        if self._queued <= self.factory.settings.max_outgoing_buffer:
+            return True
+        self._gone = True
+        client_id = self._client.client_id if self._client else None
+        self._log.info(
+            "Dropping slow client {client_id}: {queued} bytes queued while it was "
+            "not reading (limit {limit})",
+            client_id=client_id,
+            queued=self._queued,
+            limit=self.factory.settings.max_outgoing_buffer,
+        )
+        # The close frame waits behind what is already queued: a client that
+        # is merely slow reads it; one that never reads is aborted when the
+        # close handshake times out.  Either way nothing more is queued.
+        self.close(CLOSE_POLICY_VIOLATION, TOO_SLOW)
+        return False
+
+    def go_away(self) -> None:
+        """Close for server shutdown."""
+        self.close(CLOSE_GOING_AWAY, "Server shutting down")
+
+
+class ChatFactory(WebSocketServerFactory):
+    """
+    Owns the chat state (a :class:`ChatCore`) and every connection to it.
+    """
+
+    protocol = ChatProtocol
+    _log = Logger()
+
+    def __init__(self, settings: Settings, clock: IReactorTime, reactor: Any = None) -> None:
+        super().__init__(server=f"chatd/{__version__}", reactor=reactor)
+        self.settings = settings
+        self.clock = clock
+        self.core = ChatCore(prepare=self.prepareMessage, on_sink_error=self._sink_error)
+        self.connections: set[ChatProtocol] = set()
+        self._drained: Optional[Deferred[None]] = None
+        # Autobahn leaves every limit unlimited; each is set here on purpose.
+        self.setProtocolOptions(
+            webStatus=False,  # a plain HTTP GET gets "426 Upgrade Required"
+            utf8validateIncoming=True,  # invalid UTF-8: close 1007
+            requireMaskedClientFrames=True,
+            maskServerFrames=False,
+            maxFramePayloadSize=settings.max_message_size,
+            maxMessagePayloadSize=settings.max_message_size,  # over it: close 1009
+            autoFragmentSize=0,
+            failByDrop=False,  # protocol errors get a close frame with a code
+            echoCloseCodeReason=False,
+            openHandshakeTimeout=settings.handshake_timeout,
+            closeHandshakeTimeout=settings.close_timeout,
+            tcpNoDelay=True,
+            autoPingInterval=settings.ping_interval,
+            autoPingTimeout=settings.ping_timeout,
+            autoPingSize=12,  # the minimum Autobahn allows
+            serveFlashSocketPolicy=False,
+            maxConnections=0,
+            trustXForwardedFor=0,
+        )
+
+    def _sink_error(self, client: Client, error: BaseException) -> None:
+        self._log.failure(
+            "Delivery to {client_id} failed; removed it",
+            client_id=client.client_id,
+        )
+
+    def connection_gone(self, protocol: ChatProtocol) -> None:
+        self.connections.discard(protocol)
+        if not self.connections and self._drained is not None:
+            drained, self._drained = self._drained, None
+            drained.callback(None)
+
+    def shutdown(self, timeout: float) -> "Deferred[None]":
+        """
+        Close every connection with 1001 (going away); the result fires once
+        all are gone, aborting any still open after ``timeout`` seconds.
+        """
+        if not self.connections:
+            return succeed(None)
+        drained: Deferred[None] = Deferred()
+        self._drained = drained
+        for protocol in list(self.connections):
+            protocol.go_away()
+        straggle = self.clock.callLater(timeout, self._abort_all)
+
+        def cancel(result: None) -> None:
+            if straggle.active():
+                straggle.cancel()
+            return result
+
+        drained.addBoth(cancel)
+        return drained
+
+    def _abort_all(self) -> None:
+        for protocol in list(self.connections):
+            self._log.info("Aborting a connection that did not close in time")
+            protocol.transport.abortConnection()
