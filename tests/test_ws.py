@@ -1,0 +1,226 @@
+"""
+The Autobahn adapter on an in-memory transport: framing, errors, the slow
+client cap, and shutdown, driven by a fake clock.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.internet.error import ConnectionDone
+
+from chatd.settings import Settings
+from chatd.ws import ChatFactory, ChatProtocol
+from tests.fakes import HANDSHAKE, ProducerTransport, client_frame, server_frames
+
+# Autobahn's timers run on txaio's global loop, not the injected clock: the
+# adapter tests switch them off and test timeouts end to end instead.
+SETTINGS = Settings(
+    ping_interval=0, ping_timeout=0, handshake_timeout=0, close_timeout=0,
+    max_outgoing_buffer=10_000,
+)
+
+
+class Peer:
+    """One in-memory client connection to the factory."""
+
+    def __init__(self, factory: ChatFactory, port: int = 40000) -> None:
+        self.factory = factory
+        self.transport = ProducerTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
+        self.protocol: ChatProtocol = factory.buildProtocol(self.transport.getPeer())
+        self.protocol.makeConnection(self.transport)
+        self._seen = 0
+
+    def open(self) -> dict[str, Any]:
+        self.protocol.dataReceived(HANDSHAKE)
+        response = self.transport.value()
+        head, _, rest = response.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        self._seen = len(head) + 4
+        [welcome] = self.messages()
+        return welcome
+
+    def frames(self) -> list[tuple[int, bytes]]:
+        data = self.transport.value()
+        new, self._seen = data[self._seen :], len(data)
+        return server_frames(new)
+
+    def messages(self) -> list[Any]:
+        return [json.loads(payload) for opcode, payload in self.frames() if opcode == 1]
+
+    def send(self, obj: Any) -> list[Any]:
+        return self.send_raw(json.dumps(obj).encode())
+
+    def send_raw(self, payload: bytes, opcode: int = 1) -> list[Any]:
+        self.protocol.dataReceived(client_frame(payload, opcode))
+        return self.messages()
+
+    def lose(self) -> None:
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+def make_factory(settings: Settings = SETTINGS) -> ChatFactory:
+    reactor = MemoryReactorClock()
+    return ChatFactory(settings, clock=reactor, reactor=reactor)
+
+
+def test_welcome_then_the_client_is_known_and_is_its_transports_producer() -> None:
+    factory = make_factory()
+    peer = Peer(factory)
+    welcome = peer.open()
+    assert welcome["status"] == "connected" and welcome["message"] == "Welcome!"
+    assert list(factory.core.clients) == [welcome["client_id"]]
+    assert peer.transport.producer is peer.protocol
+    assert peer.transport.streaming
+
+
+def test_commands_get_replies_and_broadcasts_are_framed() -> None:
+    factory = make_factory()
+    a, b = Peer(factory), Peer(factory, 40001)
+    a_id = a.open()["client_id"]
+    b.open()
+    [created] = a.send({"action": "create", "body": "Game Night"})
+    room_id = created["room_id"]
+    assert b.send({"action": "join", "body": {"room_id": room_id}}) == [
+        {"status": "success", "message": "Joined room 'Game Night'", "room_id": room_id}
+    ]
+    assert a.send({"action": "message", "body": "hi"}) == [
+        {"status": "success", "message": "Message sent"}
+    ]
+    [event] = b.messages()
+    assert (event["from"], event["body"]) == (a_id, "hi")
+
+
+def test_errors_keep_the_connection_working() -> None:
+    factory = make_factory()
+    peer = Peer(factory)
+    peer.open()
+    assert peer.send_raw(b"{") == [{"status": "error", "message": "Invalid JSON format"}]
+    assert peer.send_raw(b"\x01\x02", opcode=2) == [
+        {"status": "error", "message": "Binary frames are not supported; send JSON as text frames"}
+    ]
+    assert peer.send({"action": "leave"}) == [{"status": "error", "message": "Not in any room"}]
+    assert peer.send({"action": "create", "body": "still here"})[0]["status"] == "success"
+
+
+def test_an_internal_error_is_logged_and_never_shown(caplog: Any) -> None:
+    factory = make_factory()
+    peer = Peer(factory)
+    peer.open()
+
+    def broken(*args: Any) -> Any:
+        raise KeyError("secret internal detail")
+
+    factory.core.handle = broken  # type: ignore[method-assign]
+    [reply] = peer.send({"action": "leave"})
+    assert reply == {"status": "error", "message": "Internal server error"}
+    assert "secret" not in json.dumps(reply)
+    factory.core.handle = type(factory.core).handle.__get__(factory.core)  # type: ignore[method-assign]
+    assert peer.send({"action": "leave"}) == [{"status": "error", "message": "Not in any room"}]
+
+
+def close_code(frames: list[tuple[int, bytes]]) -> tuple[int, str] | None:
+    for opcode, payload in frames:
+        if opcode == 8:
+            return struct.unpack("!H", payload[:2])[0], payload[2:].decode()
+    return None
+
+
+def test_a_client_that_stops_reading_is_dropped_and_the_room_carries_on() -> None:
+    factory = make_factory()
+    sender, fast, slow = Peer(factory), Peer(factory, 40001), Peer(factory, 40002)
+    sender.open()
+    fast.open()
+    slow_id = slow.open()["client_id"]
+    room_id = sender.send({"action": "create", "body": "r"})[0]["room_id"]
+    fast.send({"action": "join", "body": {"room_id": room_id}})
+    slow.send({"action": "join", "body": {"room_id": room_id}})
+
+    slow.transport.fill_buffer()  # its socket is full: it stopped reading
+    body = "x" * 1000
+    for i in range(30):  # ~31 KB for a 10,000-byte cap
+        sender.send({"action": "message", "body": body})
+
+    assert len(fast.messages()) == 30
+    assert close_code(slow.frames()) == (1008, "Outgoing buffer limit exceeded: client too slow")
+    assert slow_id not in factory.core.rooms[room_id].members
+    assert slow_id not in factory.core.clients
+    # Closing, not sending: what it would have received was never queued.
+    before = len(slow.transport.value())
+    sender.send({"action": "message", "body": body})
+    assert len(slow.transport.value()) == before
+    assert len(fast.messages()) == 1
+
+
+def test_a_client_whose_buffer_drains_in_time_is_kept() -> None:
+    factory = make_factory()
+    sender, reader = Peer(factory), Peer(factory, 40001)
+    sender.open()
+    reader.open()
+    room_id = sender.send({"action": "create", "body": "r"})[0]["room_id"]
+    reader.send({"action": "join", "body": {"room_id": room_id}})
+    body = "x" * 1000
+    for _ in range(5):
+        reader.transport.fill_buffer()
+        for _ in range(8):  # ~8 KB per stretch, under the 10,000-byte cap
+            sender.send({"action": "message", "body": body})
+        reader.transport.drain_buffer()
+        reader._seen = 0
+    assert reader.protocol._client is not None
+    assert reader.protocol._client.client_id in factory.core.rooms[room_id].members
+
+
+def test_plain_http_gets_a_complete_426_response() -> None:
+    factory = make_factory()
+    peer = Peer(factory)
+    peer.protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    response = peer.transport.value()
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 426 HTTP Upgrade header missing"
+    assert b"Upgrade: websocket" in lines
+    assert f"Content-Length: {len(body)}".encode() in lines
+    assert b"WebSocket" in body
+    peer.lose()  # onClose without onOpen is harmless
+    assert factory.core.clients == {}
+    assert factory.connections == set()
+
+
+def test_disconnect_cleans_up_and_is_idempotent() -> None:
+    factory = make_factory()
+    a, b = Peer(factory), Peer(factory, 40001)
+    a.open()
+    b.open()
+    room_id = a.send({"action": "create", "body": "r"})[0]["room_id"]
+    b.send({"action": "join", "body": {"room_id": room_id}})
+    a.lose()
+    assert len(factory.core.clients) == 1
+    b.lose()
+    assert factory.core.clients == {} and factory.core.rooms == {}
+    assert factory.connections == set()
+
+
+def test_shutdown_sends_going_away_and_aborts_stragglers() -> None:
+    factory = make_factory()
+    polite, straggler = Peer(factory), Peer(factory, 40001)
+    polite.open()
+    straggler.open()
+    d = factory.shutdown(timeout=10)
+    assert close_code(polite.frames()) == (1001, "Server shutting down")
+    assert close_code(straggler.frames()) == (1001, "Server shutting down")
+    polite.lose()  # it answered and went away
+    assert not d.called
+    factory.clock.advance(10)
+    assert straggler.transport.aborted
+    straggler.lose()
+    assert d.called
+    assert factory.core.clients == {}
+
+
+def test_shutdown_with_no_connections_is_immediate() -> None:
+    assert make_factory().shutdown(timeout=10).called
