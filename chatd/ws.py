@@ -116,7 +116,8 @@ class ChatProtocol(WebSocketServerProtocol):
     # -- the core's sink ---------------------------------------------------
 
     def deliver(self, frame: Any) -> None:
-        if self._gone:
+        # Once a close frame is out, nothing may follow it on the wire.
+        if self._gone or self.state != WebSocketProtocol.STATE_OPEN:
             raise SinkGone()
         if self._paused and not self._account(len(frame.payloadHybi)):
             raise SinkGone()
@@ -146,7 +147,7 @@ class ChatProtocol(WebSocketServerProtocol):
     # -- internals ---------------------------------------------------------
 
     def _send(self, payload: bytes) -> None:
-        if self._gone:
+        if self._gone or self.state != WebSocketProtocol.STATE_OPEN:
             return
         if self._paused and not self._account(len(payload)):
             return

@@ -224,3 +224,21 @@ def test_shutdown_sends_going_away_and_aborts_stragglers() -> None:
 
 def test_shutdown_with_no_connections_is_immediate() -> None:
     assert make_factory().shutdown(timeout=10).called
+
+
+def test_nothing_follows_our_close_frame() -> None:
+    factory = make_factory()
+    sender, closing = Peer(factory), Peer(factory, 40001)
+    sender.open()
+    closing.open()
+    room_id = sender.send({"action": "create", "body": "r"})[0]["room_id"]
+    closing.send({"action": "join", "body": {"room_id": room_id}})
+    closing.protocol.go_away()
+    assert close_code(closing.frames()) == (1001, "Server shutting down")
+    # A command still in flight from the client gets no reply (and raises
+    # nothing), and a broadcast is not framed after the close frame.
+    assert closing.send({"action": "leave"}) == []
+    sender.send({"action": "message", "body": "late"})
+    assert closing.frames() == []
+    assert closing.protocol._client is not None
+    assert closing.protocol._client.client_id not in factory.core.rooms[room_id].members

@@ -1,0 +1,319 @@
+"""
+Real-socket helpers for the end-to-end tests: an Autobahn WebSocket client,
+an in-process chatd, and the real ``twistd -n chatd`` as a child process.
+Every wait is on an event, bounded by a timeout that fails with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import struct
+import sys
+from collections import deque
+from typing import Any, Optional
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.protocol import ProcessProtocol
+
+from chatd.settings import Settings
+from chatd.ws import ChatFactory
+
+WAIT = 20.0  # seconds any single expected event may take before a test fails
+
+
+def within(d: Deferred, what: str, seconds: float = WAIT) -> Deferred:
+    """Fail ``d`` with a readable message if it does not fire in time."""
+
+    def timed_out(failure: Any) -> Any:
+        from twisted.internet.defer import TimeoutError
+
+        if failure.check(TimeoutError):
+            raise AssertionError(f"timed out after {seconds}s waiting for {what}")
+        return failure
+
+    return d.addTimeout(seconds, reactor).addErrback(timed_out)
+
+
+class _ClientProtocol(WebSocketClientProtocol):
+    def onOpen(self) -> None:
+        self.factory.client._opened(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.client._received(payload)
+
+    def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
+        self.factory.client._closed(code, reason)
+
+
+class WSClient:
+    """A WebSocket client that queues every message it receives."""
+
+    def __init__(self) -> None:
+        self.protocol: Optional[_ClientProtocol] = None
+        self.inbox: deque[bytes] = deque()
+        self._waiters: deque[Deferred] = deque()
+        self._open: Deferred = Deferred()
+        self.closed: Deferred = Deferred()  # fires with (code, reason)
+        self.close_code: Optional[int] = None
+
+    def _opened(self, protocol: _ClientProtocol) -> None:
+        self.protocol = protocol
+        self._open.callback(self)
+
+    def _received(self, payload: bytes) -> None:
+        if self._waiters:
+            self._waiters.popleft().callback(payload)
+        else:
+            self.inbox.append(payload)
+
+    def _closed(self, code: Optional[int], reason: Optional[str]) -> None:
+        self.close_code = code
+        if not self._open.called:
+            self._open.errback(ConnectionError(f"handshake failed: {reason}"))
+        for waiter in self._waiters:
+            waiter.errback(ConnectionError(f"closed with {code}: {reason}"))
+        self._waiters.clear()
+        self.closed.callback((code, reason))
+
+    def next_raw(self) -> Deferred:
+        if self.inbox:
+            d: Deferred = Deferred()
+            d.callback(self.inbox.popleft())
+            return d
+        if self.closed.called:
+            raise ConnectionError("connection is closed")
+        d = Deferred()
+        self._waiters.append(d)
+        return within(d, "a message")
+
+    async def next(self) -> Any:
+        return json.loads(await self.next_raw())
+
+    def send(self, obj: Any) -> None:
+        self.send_raw(json.dumps(obj).encode())
+
+    def send_raw(self, payload: bytes, binary: bool = False) -> None:
+        assert self.protocol is not None
+        self.protocol.sendMessage(payload, isBinary=binary)
+
+    async def request(self, obj: Any) -> Any:
+        """Send a command and return the next message (its reply)."""
+        self.send(obj)
+        return await self.next()
+
+    async def wait_closed(self) -> tuple[Optional[int], Optional[str]]:
+        return await within(self.closed, "the connection to close")
+
+    async def close(self) -> None:
+        if self.protocol is not None and not self.closed.called:
+            self.protocol.sendClose(1000)
+            await self.wait_closed()
+
+    def abort(self) -> None:
+        """Drop the TCP connection without a closing handshake."""
+        assert self.protocol is not None
+        self.protocol.transport.abortConnection()
+
+
+async def connect(port: int) -> WSClient:
+    client = WSClient()
+    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}")
+    factory.setProtocolOptions(autoPingInterval=0, openHandshakeTimeout=WAIT)
+    factory.protocol = _ClientProtocol
+    factory.client = client
+    await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+    await within(client._open, "the WebSocket handshake")
+    return client
+
+
+class InProcessServer:
+    """chatd's factory on a real loopback port in the test's own reactor."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.factory = ChatFactory(settings, clock=reactor, reactor=reactor)
+        self.clients: list[WSClient] = []
+        self.port: Any = None
+
+    async def start(self) -> "InProcessServer":
+        endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+        self.port = await endpoint.listen(self.factory)
+        return self
+
+    @property
+    def port_number(self) -> int:
+        return self.port.getHost().port
+
+    async def client(self) -> WSClient:
+        client = await connect(self.port_number)
+        self.clients.append(client)
+        return client
+
+    async def welcomed(self) -> tuple[WSClient, str]:
+        client = await self.client()
+        welcome = await client.next()
+        return client, welcome["client_id"]
+
+    async def stop(self) -> None:
+        await self.port.stopListening()
+        await within(self.factory.shutdown(timeout=5), "server shutdown")
+        for client in self.clients:
+            if not client.closed.called:
+                await client.wait_closed()
+
+
+# -- the real daemon ----------------------------------------------------------
+
+
+def twistd_path() -> str:
+    path = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if not os.path.exists(path):
+        raise RuntimeError(f"no twistd beside {sys.executable}: is chatd installed?")
+    return path
+
+
+class DaemonProcess(ProcessProtocol):
+    """``twistd -n chatd ...`` as a child, its output watched line by line."""
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred = Deferred()  # fires with the exit code
+        self._watches: list[tuple[re.Pattern[bytes], Deferred]] = []
+        self.pid: Optional[int] = None
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        for pattern, d in list(self._watches):
+            match = pattern.search(self.output)
+            if match:
+                self._watches.remove((pattern, d))
+                d.callback(match)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        code = reason.value.exitCode
+        for pattern, d in self._watches:
+            d.errback(AssertionError(
+                f"chatd exited ({code}) before printing {pattern.pattern!r}:\n"
+                + self.output.decode(errors="replace")
+            ))
+        self._watches.clear()
+        self.ended.callback(code)
+
+    def wait_for(self, pattern: bytes, what: str) -> Deferred:
+        match = re.search(pattern, self.output)
+        if match:
+            d: Deferred = Deferred()
+            d.callback(match)
+            return d
+        d = Deferred()
+        self._watches.append((re.compile(pattern), d))
+        return within(d, what)
+
+    async def wait_listening(self) -> int:
+        match = await self.wait_for(rb"starting on (\d+)", "chatd to listen")
+        return int(match.group(1))
+
+    def signal(self, name: str) -> None:
+        self.transport.signalProcess(name)
+
+    async def wait_exit(self) -> int:
+        return await within(self.ended, "chatd to exit")
+
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        raise RuntimeError(f"{field} not found for pid {self.pid}")
+
+
+def spawn_chatd(*args: str) -> DaemonProcess:
+    process = DaemonProcess()
+    twistd = twistd_path()
+    argv = [twistd, "-n", "--pidfile=", "chatd", *args]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    reactor.spawnProcess(process, twistd, argv, env=env)
+    return process
+
+
+async def stop_chatd(process: DaemonProcess) -> None:
+    if not process.ended.called:
+        process.signal("KILL")
+        await process.wait_exit()
+
+
+# -- a raw client that never reads ----------------------------------------
+
+
+def masked_frame(payload: bytes, opcode: int = 1) -> bytes:
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    mask = os.urandom(4)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class StalledClient:
+    """
+    A blocking-socket WebSocket client with a tiny receive buffer.  It does
+    the handshake and a few commands, then never reads again.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.settimeout(WAIT)
+        self.sock.connect(("127.0.0.1", port))
+        self.sock.sendall(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        self.buffer = b""
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self._recv()
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def _recv(self) -> bytes:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("server closed the connection")
+        return data
+
+    def next(self) -> Any:
+        while True:
+            if len(self.buffer) >= 2:
+                n = self.buffer[1] & 0x7F
+                start = 2
+                if n == 126:
+                    (n,) = struct.unpack("!H", self.buffer[2:4])
+                    start = 4
+                if len(self.buffer) >= start + n:
+                    payload = self.buffer[start : start + n]
+                    self.buffer = self.buffer[start + n :]
+                    return json.loads(payload)
+            self.buffer += self._recv()
+
+    def request(self, obj: Any) -> Any:
+        self.sock.sendall(masked_frame(json.dumps(obj).encode()))
+        return self.next()
+
+    def close(self) -> None:
+        self.sock.close()
+

@@ -1,0 +1,238 @@
+"""
+End to end: a real chatd on a loopback port, real WebSocket clients.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+
+import pytest_twisted
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.threads import deferToThread
+
+from tests.helpers import InProcessServer, WSClient
+
+ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+@pytest_twisted.ensureDeferred
+async def test_seed_example_1_creating_and_joining_a_room(server: InProcessServer) -> None:
+    a = await server.client()
+    welcome_raw = await a.next_raw()
+    welcome = json.loads(welcome_raw)
+    assert welcome_raw == (
+        b'{"status": "connected", "client_id": "%s", "message": "Welcome!"}'
+        % welcome["client_id"].encode()
+    )
+    assert len(welcome["client_id"]) == 8
+    b, _ = await server.welcomed()
+
+    a.send({"action": "create", "body": "Game Night"})
+    created_raw = await a.next_raw()
+    room_id = json.loads(created_raw)["room_id"]
+    assert created_raw == (
+        b'{"status": "success", "room_id": "%s", "message": "Room \'Game Night\' created"}'
+        % room_id.encode()
+    )
+    assert len(room_id) == 8
+
+    b.send({"action": "join", "body": {"room_id": room_id}})
+    assert await b.next_raw() == (
+        b'{"status": "success", "message": "Joined room \'Game Night\'", "room_id": "%s"}'
+        % room_id.encode()
+    )
+
+
+async def room_of(server: InProcessServer, n: int) -> tuple[str, list[tuple[WSClient, str]]]:
+    members = [await server.welcomed() for _ in range(n)]
+    room_id = (await members[0][0].request({"action": "create", "body": "Test Room"}))["room_id"]
+    for client, _ in members[1:]:
+        reply = await client.request({"action": "join", "body": {"room_id": room_id}})
+        assert reply["status"] == "success"
+    return room_id, members
+
+
+@pytest_twisted.ensureDeferred
+async def test_seed_example_2_broadcasting(server: InProcessServer) -> None:
+    _, [(a, a_id), (b, _), (c, _)] = await room_of(server, 3)
+    a.send({"action": "message", "body": "Hello everyone!"})
+    assert await a.next_raw() == b'{"status": "success", "message": "Message sent"}'
+    for other in (b, c):
+        raw = await other.next_raw()
+        event = json.loads(raw)
+        assert list(event) == ["from", "body", "timestamp"]
+        assert (event["from"], event["body"]) == (a_id, "Hello everyone!")
+        assert ISO_MS.match(event["timestamp"])
+        assert raw == json.dumps(event).encode()
+    # The sender does not receive its own broadcast: its next message is the
+    # reply to its next command.
+    assert (await a.request({"action": "leave"}))["message"] == "Left room"
+
+
+@pytest_twisted.ensureDeferred
+async def test_custom_json_bodies_pass_through(server: InProcessServer) -> None:
+    _, [(a, _), (b, _)] = await room_of(server, 2)
+    for body in [{"type": "emoji", "code": [1, 2.5, None]}, '{"as": "json string"}', 7, "caf\u00e9"]:
+        await a.request({"action": "message", "body": body})
+        assert (await b.next())["body"] == body
+
+
+@pytest_twisted.ensureDeferred
+async def test_room_is_deleted_when_its_last_member_leaves(server: InProcessServer) -> None:
+    room_id, [(a, _), (b, _)] = await room_of(server, 2)
+    # The creator leaving does not delete a room others are in.
+    assert await a.request({"action": "leave"}) == {"status": "success", "message": "Left room"}
+    assert (await a.request({"action": "join", "body": {"room_id": room_id}}))["status"] == "success"
+    await a.request({"action": "leave"})
+    await b.request({"action": "leave"})
+    assert await a.request({"action": "join", "body": {"room_id": room_id}}) == {
+        "status": "error",
+        "message": f"Room {room_id} does not exist",
+    }
+    assert await a.request({"action": "leave"}) == {"status": "error", "message": "Not in any room"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_moving_between_rooms(server: InProcessServer) -> None:
+    room1, [(a, a_id), (b, _)] = await room_of(server, 2)
+    c, _ = await server.welcomed()
+    room2 = (await c.request({"action": "create", "body": "Second"}))["room_id"]
+    assert await a.request({"action": "join", "body": {"room_id": room2}}) == {
+        "status": "success", "message": "Joined room 'Second'", "room_id": room2,
+    }
+    await a.request({"action": "message", "body": "only in room 2"})
+    assert (await c.next())["body"] == "only in room 2"
+    # b, still in room 1, got nothing: its next message answers its own command.
+    assert (await b.request({"action": "message", "body": "alone"}))["message"] == "Message sent"
+    # create also moves: a leaves room 2 for a room of its own.
+    room3 = (await a.request({"action": "create", "body": "Third"}))["room_id"]
+    await c.request({"action": "message", "body": "a has gone"})
+    await c.request({"action": "leave"})
+    assert (await c.request({"action": "join", "body": {"room_id": room2}}))["status"] == "error"
+    assert room3 != room2
+
+
+@pytest_twisted.ensureDeferred
+async def test_disconnects_remove_members_clean_or_dropped(server: InProcessServer) -> None:
+    room_id, [(a, _), (b, _), (c, _)] = await room_of(server, 3)
+    await a.close()  # clean closing handshake
+    b.abort()  # TCP dropped without one
+    await b.wait_closed()
+    await c.request({"action": "message", "body": "anyone?"})
+    await c.close()
+    # Every member is gone, so the room is too.
+    d, _ = await server.welcomed()
+    assert (await d.request({"action": "join", "body": {"room_id": room_id}}))["message"] == (
+        f"Room {room_id} does not exist"
+    )
+    assert len(server.factory.core.clients) == 1  # only d is left
+
+
+@pytest_twisted.ensureDeferred
+async def test_thirty_members_sending_concurrently_exactly_once_in_order(
+    server: InProcessServer,
+) -> None:
+    n, per_sender = 30, 20
+    _, members = await room_of(server, n)
+    ids = [client_id for _, client_id in members]
+
+    # Everyone sends at once; nobody waits for replies between sends.
+    for client, client_id in members:
+        for seq in range(per_sender):
+            client.send({"action": "message", "body": {"seq": seq, "by": client_id}})
+
+    async def collect(client: WSClient, own_id: str) -> tuple[str, dict[str, list[int]], int]:
+        seen: dict[str, list[int]] = {}
+        replies = 0
+        while replies < per_sender or sum(map(len, seen.values())) < (n - 1) * per_sender:
+            message = await client.next()
+            if "status" in message:
+                assert message == {"status": "success", "message": "Message sent"}
+                replies += 1
+            else:
+                assert message["body"]["by"] == message["from"]
+                seen.setdefault(message["from"], []).append(message["body"]["seq"])
+        return own_id, seen, replies
+
+    results = await gatherResults(
+        [Deferred.fromCoroutine(collect(c, i)) for c, i in members]
+    )
+    for own_id, seen, replies in results:
+        assert replies == per_sender
+        assert own_id not in seen
+        assert set(seen) == set(ids) - {own_id}
+        for sender, seqs in seen.items():
+            assert seqs == list(range(per_sender)), (own_id, sender, seqs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_input_gets_errors_and_the_connection_carries_on(server: InProcessServer) -> None:
+    _, [(a, _), (b, _)] = await room_of(server, 2)
+    cases = [
+        (b'{"action": "join", "body": "a1b2c3d4"}', "Join body must be an object"),
+        (b"[1, 2, 3]", "Message must be a JSON object, not an array"),
+        (b"null", "Message must be a JSON object, not null"),
+        (b'{"body": 1}', "Missing 'action'"),
+        (b'{"action": 1}', "'action' must be a string"),
+        (b'{"action": "fly"}', "Invalid action"),
+        (b"{not json", "Invalid JSON format"),
+        (b'{"action": "message", "body": 1e999999}', "Numbers must be finite"),
+        (b'{"action": "create", "body": "\\ud800"}', "Strings must be valid Unicode text"),
+        (b'{"action": "message", "body": ' + b"[" * 3000 + b"]" * 3000 + b"}", "JSON nested too deeply"),
+        (b'{"action": "create", "body": ""}', "Room name must be a non-empty string"),
+        (b'{"action": "message"}', "Message body is required"),
+    ]
+    for raw, message in cases:
+        a.send_raw(raw)
+        reply = await a.next()
+        assert reply["status"] == "error"
+        assert reply["message"].startswith(message), (raw[:40], reply)
+    a.send_raw(b"\x00\x01binary", binary=True)
+    assert (await a.next())["message"].startswith("Binary frames are not supported")
+    await a.request({"action": "message", "body": "still fine"})
+    assert (await b.next())["body"] == "still fine"
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_message_closes_1009_and_others_are_unaffected(
+    server: InProcessServer,
+) -> None:
+    _, [(a, _), (b, _), (c, _)] = await room_of(server, 3)
+    limit = server.factory.settings.max_message_size
+    a.send({"action": "message", "body": "x" * limit})
+    code, _ = await a.wait_closed()
+    assert code == 1009
+    await b.request({"action": "message", "body": "after"})
+    assert (await c.next())["body"] == "after"
+    # Exactly at the limit is fine.
+    body = "y" * (limit - len('{"action": "message", "body": ""}'))
+    b.send({"action": "message", "body": body})
+    assert (await b.next())["status"] == "success"
+    assert (await c.next())["body"] == body
+
+
+@pytest_twisted.ensureDeferred
+async def test_invalid_utf8_closes_1007(server: InProcessServer) -> None:
+    _, [(a, _), (b, _)] = await room_of(server, 2)
+    a.send_raw(b'{"action": "message", "body": "\xff\xfe"}')
+    code, _ = await a.wait_closed()
+    assert code == 1007
+    assert (await b.request({"action": "leave"}))["status"] == "success"
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_http_gets_an_http_response(server: InProcessServer) -> None:
+    def fetch(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            response = b""
+            while chunk := sock.recv(65536):
+                response += chunk
+            return response
+
+    # A blocking client must not run on the reactor thread the server uses.
+    response = await deferToThread(fetch, server.port_number)
+    assert response.startswith(b"HTTP/1.1 426 ")
+    assert b"\r\nUpgrade: websocket\r\n" in response
