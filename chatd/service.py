@@ -5,6 +5,7 @@ orderly shutdown.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from twisted.application import strports
@@ -28,6 +29,7 @@ class ChatService(MultiService):
     def __init__(self, settings: Settings, reactor: Any) -> None:
         super().__init__()
         self.settings = settings
+        self._reactor = reactor
         self.factory = ChatFactory(settings, clock=reactor, reactor=reactor)
         for description in settings.listen:
             # strports.service raises a bind failure synchronously at start-up,
@@ -43,3 +45,8 @@ class ChatService(MultiService):
         count = len(self.factory.connections)
         self._log.info("Shutting down: closing {count} connections", count=count)
         await self.factory.shutdown(self.settings.shutdown_timeout)
+        # SIGTERM is chatd's orderly stop: once drained, exit 0.  twistd would
+        # otherwise re-raise the signal after the reactor stops and die of it
+        # (exit status 143); SIGINT and others keep that behaviour.
+        if getattr(self._reactor, "_exitSignal", None) == signal.SIGTERM:
+            self._reactor._exitSignal = None

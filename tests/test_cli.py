@@ -1,0 +1,150 @@
+"""
+The real command line: ``twistd -n chatd`` as a child process.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import AsyncIterator
+
+import pytest
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+
+from tests.helpers import DaemonProcess, StalledClient, connect, spawn_chatd, stop_chatd
+
+
+@pytest_twisted.async_yield_fixture
+async def daemon_factory() -> AsyncIterator:
+    started: list[DaemonProcess] = []
+
+    def start(*args: str) -> DaemonProcess:
+        process = spawn_chatd(*args)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        await stop_chatd(process)
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_chatd_serves_the_seed_protocol_and_drains_on_sigterm(daemon_factory) -> None:
+    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--shutdown-timeout", "60")
+    port = await chatd.wait_listening()
+    a = await connect(port)
+    b = await connect(port)
+    a_id = (await a.next())["client_id"]
+    await b.next()
+    room_id = (await a.request({"action": "create", "body": "Game Night"}))["room_id"]
+    await b.request({"action": "join", "body": {"room_id": room_id}})
+    await a.request({"action": "message", "body": "Hello everyone!"})
+    event = await b.next()
+    assert (event["from"], event["body"]) == (a_id, "Hello everyone!")
+
+    chatd.signal("TERM")
+    assert (await a.wait_closed())[0] == 1001
+    assert (await b.wait_closed())[0] == 1001
+    # Exit 0, and because the clients answered, well before the 60 s timeout
+    # would have forced them.
+    assert await chatd.wait_exit() == 0
+    assert b"Aborting a connection" not in chatd.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_listen_option_is_served(daemon_factory, tmp_path) -> None:
+    path = str(tmp_path / "chatd.sock")
+    chatd = daemon_factory(
+        "--listen", "tcp:0:interface=127.0.0.1", "--listen", f"unix:{path}"
+    )
+    port = await chatd.wait_listening()
+    await chatd.wait_for(rb"starting on '?" + path.encode(), "the unix socket")
+    client = await connect(port)
+    assert (await client.next())["status"] == "connected"
+
+    def unix_handshake() -> bytes:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(path)
+            sock.sendall(
+                b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            data = b""
+            while b"Welcome!" not in data:
+                data += sock.recv(4096)
+            return data
+
+    assert (await deferToThread(unix_handshake)).startswith(b"HTTP/1.1 101 ")
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_port_that_cannot_be_bound_stops_startup(daemon_factory) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        chatd = daemon_factory("--listen", f"tcp:{port}:interface=127.0.0.1")
+        code = await chatd.wait_exit()
+    assert code != 0
+    assert b"Address already in use" in chatd.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_option_is_a_usage_error(daemon_factory) -> None:
+    chatd = daemon_factory("--max-message-size", "-1")
+    assert await chatd.wait_exit() != 0
+    assert b"--max-message-size must be greater than 0" in chatd.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_member_that_never_reads_does_not_stall_the_room_or_grow_the_server(
+    daemon_factory,
+) -> None:
+    chatd = daemon_factory(
+        "--listen", "tcp:0:interface=127.0.0.1", "--close-timeout", "1",
+        "--max-outgoing-buffer", str(1024 * 1024),
+    )
+    port = await chatd.wait_listening()
+    sender = await connect(port)
+    reader = await connect(port)
+    await sender.next()
+    await reader.next()
+    room_id = (await sender.request({"action": "create", "body": "firehose"}))["room_id"]
+    await reader.request({"action": "join", "body": {"room_id": room_id}})
+
+    stalled = await deferToThread(StalledClient, port)
+    await deferToThread(stalled.next)  # welcome
+    joined = await deferToThread(stalled.request, {"action": "join", "body": {"room_id": room_id}})
+    assert joined["status"] == "success"
+    # From here on the stalled client never reads again.
+
+    rss_before = chatd.rss_kib()
+    body = "x" * 60_000
+    count = 64 * 1024 * 1024 // len(body) + 1  # 64 MB of bodies
+    window = 8  # the reader is fast but not infinitely so: keep 8 in flight
+    received = 0
+    for i in range(count):
+        sender.send({"action": "message", "body": body})
+        if i >= window:
+            message = await reader.next()
+            assert message["body"] == body
+            received += 1
+    while received < count:
+        assert (await reader.next())["body"] == body
+        received += 1
+    for _ in range(count):
+        assert (await sender.next())["message"] == "Message sent"
+
+    await chatd.wait_for(rb"Dropping slow client", "the stalled client to be dropped")
+    peak_growth_mib = (chatd.rss_kib("VmHWM") - rss_before) / 1024
+    print(f"slow reader: {count} x {len(body)} B broadcast; server RSS before "
+          f"{rss_before} KiB, peak growth {peak_growth_mib:.2f} MiB")
+    stalled.close()
+    # 64 MB went through the room; the server held at most the 1 MiB cap for
+    # the stalled member plus working memory.
+    assert peak_growth_mib < 8, f"server RSS peak grew by {peak_growth_mib:.1f} MiB"
+    await sender.close()
+    await reader.close()
