@@ -27,6 +27,8 @@ def _positive_int(name: str) -> Callable[[str], int]:
 
 
 def _seconds(name: str, allow_zero: bool) -> Callable[[str], float]:
+    # Autobahn's timers have whole-second granularity: below 1 s a value
+    # cannot be honoured, so it is refused rather than silently rounded.
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -34,11 +36,17 @@ def _seconds(name: str, allow_zero: bool) -> Callable[[str], float]:
             raise ValueError(f"--{name} must be a number of seconds, not {text!r}")
         if value != value or value in (float("inf"), float("-inf")) or value < 0:
             raise ValueError(f"--{name} must be a finite number of seconds >= 0, not {text}")
-        if value == 0 and not allow_zero:
-            raise ValueError(f"--{name} must be greater than 0")
+        if value == 0 and allow_zero:
+            return value
+        if value < 1:
+            raise ValueError(
+                f"--{name} must be at least 1 second"
+                + (" (or 0 to turn it off)" if allow_zero else "")
+                + f", not {text}"
+            )
         return value
 
-    parse.coerceDoc = "Seconds" + (" (0 turns it off)." if allow_zero else ".")  # type: ignore[attr-defined]
+    parse.coerceDoc = "Seconds, at least 1" + (" (0 turns it off)." if allow_zero else ".")  # type: ignore[attr-defined]
     return parse
 
 

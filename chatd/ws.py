@@ -181,6 +181,18 @@ class ChatProtocol(WebSocketServerProtocol):
         self.close(CLOSE_GOING_AWAY, "Server shutting down")
 
 
+def _at_least(seconds: float) -> float:
+    """
+    The value to give Autobahn for a timeout of at least ``seconds``.
+
+    Autobahn runs its timeouts on txaio's batched timer, which truncates the
+    deadline to a whole second, so a timeout of N fires after anywhere
+    between N-1 and N seconds (0.5 may fire at once).  Asking for N+1 makes
+    it fire between N and N+1: never before the configured time.
+    """
+    return seconds + 1 if seconds > 0 else 0
+
+
 class ChatFactory(WebSocketServerFactory):
     """
     Owns the chat state (a :class:`ChatCore`) and every connection to it.
@@ -207,11 +219,11 @@ class ChatFactory(WebSocketServerFactory):
             autoFragmentSize=0,
             failByDrop=False,  # protocol errors get a close frame with a code
             echoCloseCodeReason=False,
-            openHandshakeTimeout=settings.handshake_timeout,
-            closeHandshakeTimeout=settings.close_timeout,
+            openHandshakeTimeout=_at_least(settings.handshake_timeout),
+            closeHandshakeTimeout=_at_least(settings.close_timeout),
             tcpNoDelay=True,
             autoPingInterval=settings.ping_interval,
-            autoPingTimeout=settings.ping_timeout,
+            autoPingTimeout=_at_least(settings.ping_timeout),
             autoPingSize=12,  # the minimum Autobahn allows
             serveFlashSocketPolicy=False,
             maxConnections=0,

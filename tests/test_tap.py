@@ -59,7 +59,9 @@ def test_every_option() -> None:
         (["--max-outgoing-buffer", "lots"], "--max-outgoing-buffer must be a whole number"),
         (["--ping-interval", "-1"], "--ping-interval must be a finite number of seconds >= 0"),
         (["--ping-timeout", "nan"], "--ping-timeout must be a finite number of seconds >= 0"),
-        (["--handshake-timeout", "0"], "--handshake-timeout must be greater than 0"),
+        (["--handshake-timeout", "0"], "--handshake-timeout must be at least 1 second, not 0"),
+        (["--close-timeout", "0.5"], "--close-timeout must be at least 1 second, not 0.5"),
+        (["--ping-timeout", "0.2"], "--ping-timeout must be at least 1 second (or 0 to turn it off)"),
         (["--shutdown-timeout", "soon"], "--shutdown-timeout must be a number of seconds"),
     ],
 )

@@ -242,3 +242,12 @@ def test_nothing_follows_our_close_frame() -> None:
     assert closing.frames() == []
     assert closing.protocol._client is not None
     assert closing.protocol._client.client_id not in factory.core.rooms[room_id].members
+
+
+def test_autobahn_timeouts_never_fire_before_the_configured_time() -> None:
+    # txaio's batched timer truncates deadlines to whole seconds, so chatd
+    # asks for one second more than configured; 0 stays "off".
+    factory = make_factory(Settings(handshake_timeout=10, close_timeout=5, ping_interval=30, ping_timeout=30))
+    assert (factory.openHandshakeTimeout, factory.closeHandshakeTimeout) == (11, 6)
+    assert (factory.autoPingInterval, factory.autoPingTimeout) == (30, 31)
+    assert make_factory().autoPingTimeout == 0
