@@ -29,7 +29,11 @@ install: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(BIN)/twistd --nodaemon --pidfile= chatd $(ARGS)
 
+# The sans-IO modules are kept mypy --strict clean (../shared/STYLE.md).
+STRICT := chatd/core.py chatd/codec.py chatd/errors.py chatd/settings.py
+
 test: $(VENV)/.installed-test
+	$(BIN)/python -m mypy --strict $(STRICT)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

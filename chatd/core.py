@@ -205,11 +205,11 @@ class ChatCore:
                 member.sink.deliver(frame)
             except Exception as e:
                 failed.append((member, e))
-        for member, e in failed:
+        for member, error in failed:
             self.disconnect(member)
-            if isinstance(e, SinkGone):
+            if isinstance(error, SinkGone):
                 continue
-            self._on_sink_error(member, e)
+            self._on_sink_error(member, error)
             try:
                 member.sink.close(1011, "Internal error")
             except Exception as close_error:

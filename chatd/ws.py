@@ -84,7 +84,7 @@ class ChatProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         self.transport.registerProducer(self, True)
         client = self._client = self.factory.core.connect(self)
-        self._send(codec.encode(codec.welcome(client.client_id)))
+        self._send_reply(codec.encode(codec.welcome(client.client_id)))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         client = self._client
@@ -104,7 +104,7 @@ class ChatProtocol(WebSocketServerProtocol):
                     client_id=client.client_id,
                 )
                 reply = codec.error(INTERNAL_ERROR)
-        self._send(codec.encode(reply))
+        self._send_reply(codec.encode(reply))
 
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
         # Runs for every connection, including those whose handshake never
@@ -146,7 +146,7 @@ class ChatProtocol(WebSocketServerProtocol):
 
     # -- internals ---------------------------------------------------------
 
-    def _send(self, payload: bytes) -> None:
+    def _send_reply(self, payload: bytes) -> None:
         if self._gone or self.state != WebSocketProtocol.STATE_OPEN:
             return
         if self._paused and not self._account(len(payload)):
