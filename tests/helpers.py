@@ -23,6 +23,7 @@ from twisted.internet.protocol import ProcessProtocol
 
 from chatd.settings import Settings
 from chatd.ws import ChatFactory
+from tests.fakes import HANDSHAKE, client_frame
 
 WAIT = 20.0  # seconds any single expected event may take before a test fails
 
@@ -255,19 +256,6 @@ async def stop_chatd(process: DaemonProcess) -> None:
 # -- a raw client that never reads ----------------------------------------
 
 
-def masked_frame(payload: bytes, opcode: int = 1) -> bytes:
-    n = len(payload)
-    head = bytes([0x80 | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    mask = os.urandom(4)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
 class StalledClient:
     """
     A blocking-socket WebSocket client with a tiny receive buffer.  It does
@@ -279,11 +267,7 @@ class StalledClient:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.sock.settimeout(WAIT)
         self.sock.connect(("127.0.0.1", port))
-        self.sock.sendall(
-            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            b"Sec-WebSocket-Version: 13\r\n\r\n"
-        )
+        self.sock.sendall(HANDSHAKE)
         self.buffer = b""
         while b"\r\n\r\n" not in self.buffer:
             self.buffer += self._recv()
@@ -311,7 +295,7 @@ class StalledClient:
             self.buffer += self._recv()
 
     def request(self, obj: Any) -> Any:
-        self.sock.sendall(masked_frame(json.dumps(obj).encode()))
+        self.sock.sendall(client_frame(json.dumps(obj).encode()))
         return self.next()
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
+from tests.fakes import HANDSHAKE
 from tests.helpers import DaemonProcess, StalledClient, connect, spawn_chatd, stop_chatd
 
 
@@ -66,11 +67,7 @@ async def test_every_listen_option_is_served(daemon_factory, tmp_path) -> None:
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(10)
             sock.connect(path)
-            sock.sendall(
-                b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                b"Sec-WebSocket-Version: 13\r\n\r\n"
-            )
+            sock.sendall(HANDSHAKE)
             data = b""
             while b"Welcome!" not in data:
                 data += sock.recv(4096)

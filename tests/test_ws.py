@@ -69,6 +69,17 @@ def make_factory(settings: Settings = SETTINGS) -> ChatFactory:
     return ChatFactory(settings, clock=reactor, reactor=reactor)
 
 
+def peers_in_room(factory: ChatFactory, n: int) -> tuple[str, list[Peer]]:
+    """n open peers, the first of which created a room the others joined."""
+    peers = [Peer(factory, 40000 + i) for i in range(n)]
+    for peer in peers:
+        peer.open()
+    room_id = peers[0].send({"action": "create", "body": "r"})[0]["room_id"]
+    for peer in peers[1:]:
+        peer.send({"action": "join", "body": {"room_id": room_id}})
+    return room_id, peers
+
+
 def test_welcome_then_the_client_is_known_and_is_its_transports_producer() -> None:
     factory = make_factory()
     peer = Peer(factory)
@@ -133,13 +144,8 @@ def close_code(frames: list[tuple[int, bytes]]) -> tuple[int, str] | None:
 
 def test_a_client_that_stops_reading_is_dropped_and_the_room_carries_on() -> None:
     factory = make_factory()
-    sender, fast, slow = Peer(factory), Peer(factory, 40001), Peer(factory, 40002)
-    sender.open()
-    fast.open()
-    slow_id = slow.open()["client_id"]
-    room_id = sender.send({"action": "create", "body": "r"})[0]["room_id"]
-    fast.send({"action": "join", "body": {"room_id": room_id}})
-    slow.send({"action": "join", "body": {"room_id": room_id}})
+    room_id, [sender, fast, slow] = peers_in_room(factory, 3)
+    slow_id = slow.protocol._client.client_id
 
     slow.transport.fill_buffer()  # its socket is full: it stopped reading
     body = "x" * 1000
@@ -159,11 +165,7 @@ def test_a_client_that_stops_reading_is_dropped_and_the_room_carries_on() -> Non
 
 def test_a_client_whose_buffer_drains_in_time_is_kept() -> None:
     factory = make_factory()
-    sender, reader = Peer(factory), Peer(factory, 40001)
-    sender.open()
-    reader.open()
-    room_id = sender.send({"action": "create", "body": "r"})[0]["room_id"]
-    reader.send({"action": "join", "body": {"room_id": room_id}})
+    room_id, [sender, reader] = peers_in_room(factory, 2)
     body = "x" * 1000
     for _ in range(5):
         reader.transport.fill_buffer()
@@ -193,11 +195,7 @@ def test_plain_http_gets_a_complete_426_response() -> None:
 
 def test_disconnect_cleans_up_and_is_idempotent() -> None:
     factory = make_factory()
-    a, b = Peer(factory), Peer(factory, 40001)
-    a.open()
-    b.open()
-    room_id = a.send({"action": "create", "body": "r"})[0]["room_id"]
-    b.send({"action": "join", "body": {"room_id": room_id}})
+    room_id, [a, b] = peers_in_room(factory, 2)
     a.lose()
     assert len(factory.core.clients) == 1
     b.lose()
@@ -228,11 +226,7 @@ def test_shutdown_with_no_connections_is_immediate() -> None:
 
 def test_nothing_follows_our_close_frame() -> None:
     factory = make_factory()
-    sender, closing = Peer(factory), Peer(factory, 40001)
-    sender.open()
-    closing.open()
-    room_id = sender.send({"action": "create", "body": "r"})[0]["room_id"]
-    closing.send({"action": "join", "body": {"room_id": room_id}})
+    room_id, [sender, closing] = peers_in_room(factory, 2)
     closing.protocol.go_away()
     assert close_code(closing.frames()) == (1001, "Server shutting down")
     # A command still in flight from the client gets no reply (and raises
