@@ -11,6 +11,7 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from chatd.settings import Settings
@@ -35,6 +36,14 @@ class ChatService(MultiService):
             # strports.service raises a bind failure synchronously at start-up,
             # so twistd exits with a message instead of running deaf.
             strports.service(description, self.factory, reactor=reactor).setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            # One clear line and a non-zero exit instead of a traceback.
+            where = f"{e.interface}:{e.port}" if e.interface else str(e.port)
+            raise SystemExit(f"chatd: cannot listen on {where}: {e.socketError}") from None
 
     def stopService(self) -> "Deferred[Any]":
         d: Deferred[Any] = Deferred.fromCoroutine(self._stop())

@@ -17,7 +17,7 @@ def _positive_int(name: str) -> Callable[[str], int]:
         try:
             value = int(text)
         except ValueError:
-            raise ValueError(f"--{name} must be a whole number of bytes, not {text!r}")
+            raise ValueError(f"--{name} must be a whole number of bytes, not {text!r}") from None
         if value <= 0:
             raise ValueError(f"--{name} must be greater than 0, not {value}")
         return value
@@ -33,7 +33,7 @@ def _seconds(name: str, allow_zero: bool) -> Callable[[str], float]:
         try:
             value = float(text)
         except ValueError:
-            raise ValueError(f"--{name} must be a number of seconds, not {text!r}")
+            raise ValueError(f"--{name} must be a number of seconds, not {text!r}") from None
         if value != value or value in (float("inf"), float("-inf")) or value < 0:
             raise ValueError(f"--{name} must be a finite number of seconds >= 0, not {text}")
         if value == 0 and allow_zero:

@@ -256,6 +256,17 @@ async def stop_chatd(process: DaemonProcess) -> None:
 # -- a raw client that never reads ----------------------------------------
 
 
+def read_until_eof(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes or aborts the connection."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass  # an abort (RST) is as much a drop as a FIN
+    return data
+
+
 class StalledClient:
     """
     A blocking-socket WebSocket client with a tiny receive buffer.  It does
@@ -297,6 +308,29 @@ class StalledClient:
     def request(self, obj: Any) -> Any:
         self.sock.sendall(client_frame(json.dumps(obj).encode()))
         return self.next()
+
+    def read_close(self) -> tuple[int, str]:
+        """Read (and skip) frames until a close frame; its code and reason."""
+        while True:
+            if len(self.buffer) >= 2:
+                opcode, n, start = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F, 2
+                if n == 126:
+                    (n,) = struct.unpack("!H", self.buffer[2:4])
+                    start = 4
+                elif n == 127:
+                    (n,) = struct.unpack("!Q", self.buffer[2:10])
+                    start = 10
+                if len(self.buffer) >= start + n:
+                    payload = self.buffer[start : start + n]
+                    self.buffer = self.buffer[start + n :]
+                    if opcode == 8:
+                        return struct.unpack("!H", payload[:2])[0], payload[2:].decode()
+                    continue
+            self.buffer += self._recv()
+
+    def read_until_eof(self) -> bytes:
+        """Everything until the server closes or aborts the connection."""
+        return self.buffer + read_until_eof(self.sock)
 
     def close(self) -> None:
         self.sock.close()

@@ -7,7 +7,7 @@ server's own action (an EOF, a ping), never a sleep.
 from __future__ import annotations
 
 import socket
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator
 
 import pytest_twisted
 from autobahn.twisted.websocket import WebSocketClientFactory
@@ -17,7 +17,15 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.threads import deferToThread
 
 from chatd.settings import Settings
-from tests.helpers import InProcessServer, StalledClient, WSClient, _ClientProtocol, within
+from tests.fakes import client_frame
+from tests.helpers import (
+    InProcessServer,
+    StalledClient,
+    WSClient,
+    _ClientProtocol,
+    read_until_eof,
+    within,
+)
 
 
 @pytest_twisted.async_yield_fixture
@@ -29,15 +37,24 @@ async def quick_server() -> AsyncIterator[InProcessServer]:
     await running.stop()
 
 
-def read_until_eof(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes or aborts the connection."""
-    data = b""
+@pytest_twisted.ensureDeferred
+async def test_a_peer_that_never_answers_our_close_frame_is_aborted(
+    quick_server: InProcessServer,
+) -> None:
+    peer = await deferToThread(StalledClient, quick_server.port_number)
     try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass  # an abort (RST) is as much a drop as a FIN
-    return data
+        await deferToThread(peer.next)
+        # Over the size limit: the server sends close 1009 and waits for the
+        # peer's close frame, which never comes.
+        limit = quick_server.factory.settings.max_message_size
+        peer.sock.sendall(client_frame(b"x" * (limit + 1)))
+        code, _ = await deferToThread(peer.read_close)
+        assert code == 1009
+        await deferToThread(peer.read_until_eof)
+    finally:
+        peer.close()
+    assert quick_server.factory.connections == set()
+    assert quick_server.factory.core.clients == {}
 
 
 @pytest_twisted.ensureDeferred

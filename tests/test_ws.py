@@ -149,7 +149,7 @@ def test_a_client_that_stops_reading_is_dropped_and_the_room_carries_on() -> Non
 
     slow.transport.fill_buffer()  # its socket is full: it stopped reading
     body = "x" * 1000
-    for i in range(30):  # ~31 KB for a 10,000-byte cap
+    for _ in range(30):  # ~31 KB for a 10,000-byte cap
         sender.send({"action": "message", "body": body})
 
     assert len(fast.messages()) == 30
