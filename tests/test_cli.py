@@ -90,10 +90,32 @@ async def test_a_port_that_cannot_be_bound_stops_startup(daemon_factory) -> None
 
 
 @pytest_twisted.ensureDeferred
-async def test_bad_option_is_a_usage_error(daemon_factory) -> None:
+async def test_a_bad_option_stops_startup_with_status_2(daemon_factory) -> None:
     chatd = daemon_factory("--max-message-size", "-1")
-    assert await chatd.wait_exit() != 0
-    assert b"--max-message-size must be greater than 0" in chatd.output
+    assert await chatd.wait_exit() == 2
+    assert chatd.output.strip() == b"chatd: --max-message-size must be at least 1, not -1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bad_config_file_stops_startup_with_status_2(daemon_factory, tmp_path) -> None:
+    path = tmp_path / "chatd.toml"
+    path.write_text('listen = ["tcp:0:interface=127.0.0.1"]\nmax-message-size = -5\n')
+    chatd = daemon_factory("--config", str(path))
+    assert await chatd.wait_exit() == 2
+    assert chatd.output.strip() == f"chatd: {path}: max-message-size must be at least 1, not -5".encode()
+    assert b"starting on" not in chatd.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_config_file_is_obeyed(daemon_factory, tmp_path) -> None:
+    path = tmp_path / "chatd.toml"
+    path.write_text('listen = ["tcp:0:interface=127.0.0.1"]\nmax-message-size = 100\n')
+    chatd = daemon_factory("--config", str(path))
+    port = await chatd.wait_listening()
+    client = await connect(port)
+    await client.next()
+    client.send({"action": "message", "body": "x" * 100})
+    assert (await client.wait_closed())[0] == 1009
 
 
 @pytest_twisted.ensureDeferred

@@ -1,33 +1,45 @@
 """
-The twistd plugin: option parsing and the service it builds.
+The twistd plugin: option parsing, the config file, and the service they
+build.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 from twisted.internet.testing import MemoryReactor
 from twisted.plugin import IPlugin, getPlugins
-from twisted.python import usage
 
-from chatd import tap
+from chatd import config, tap
 from chatd.service import ChatService
 from chatd.settings import Settings
 
+ROOT = Path(__file__).resolve().parent.parent
 
-def parse(*argv: str) -> tap.Options:
+
+def parse(*argv: str) -> Settings:
     options = tap.Options()
     options.parseOptions(list(argv))
-    return options
+    return options.settings
+
+
+def parse_error(*argv: str, capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as caught:
+        parse(*argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("chatd: ") and err.count("\n") == 1
+    return err.strip()
 
 
 def test_defaults() -> None:
-    assert asdict(parse().settings()) == asdict(Settings())
+    assert asdict(parse()) == asdict(Settings())
     assert Settings().listen == ("tcp:8765:interface=127.0.0.1",)
 
 
-def test_every_option() -> None:
+def test_every_option_on_the_command_line() -> None:
     settings = parse(
         "--listen", "tcp:9000",
         "--listen", "unix:/tmp/chatd.sock",
@@ -38,7 +50,7 @@ def test_every_option() -> None:
         "--handshake-timeout", "3",
         "--close-timeout", "2",
         "--shutdown-timeout", "4",
-    ).settings()
+    )
     assert asdict(settings) == {
         "listen": ("tcp:9000", "unix:/tmp/chatd.sock"),
         "max_message_size": 1000,
@@ -51,29 +63,88 @@ def test_every_option() -> None:
     }
 
 
+def test_every_option_is_documented_in_the_example_config() -> None:
+    example = config.read_file(str(ROOT / "etc" / "chatd.toml"))
+    assert set(example) == {option.name for option in config.OPTIONS}
+    assert asdict(parse("--config", str(ROOT / "etc" / "chatd.toml"))) == asdict(Settings())
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--max-message-size", "0"], "--max-message-size must be greater than 0"),
-        (["--max-message-size", "-5"], "--max-message-size must be greater than 0"),
-        (["--max-outgoing-buffer", "lots"], "--max-outgoing-buffer must be a whole number"),
-        (["--ping-interval", "-1"], "--ping-interval must be a finite number of seconds >= 0"),
-        (["--ping-timeout", "nan"], "--ping-timeout must be a finite number of seconds >= 0"),
+        (["--max-message-size", "0"], "--max-message-size must be at least 1, not 0"),
+        (["--max-message-size", "-5"], "--max-message-size must be at least 1, not -5"),
+        (["--max-outgoing-buffer", "lots"], "--max-outgoing-buffer must be a whole number, not 'lots'"),
+        (["--ping-interval", "-1"], "--ping-interval must be a finite number of seconds >= 0, not -1"),
+        (["--ping-timeout", "nan"], "--ping-timeout must be a finite number of seconds >= 0, not nan"),
         (["--handshake-timeout", "0"], "--handshake-timeout must be at least 1 second, not 0"),
         (["--close-timeout", "0.5"], "--close-timeout must be at least 1 second, not 0.5"),
-        (["--ping-timeout", "0.2"], "--ping-timeout must be at least 1 second (or 0 to turn it off)"),
-        (["--shutdown-timeout", "soon"], "--shutdown-timeout must be a number of seconds"),
+        (["--ping-timeout", "0.2"], "--ping-timeout must be at least 1 second (or 0 to turn it off), not 0.2"),
+        (["--shutdown-timeout", "soon"], "--shutdown-timeout must be a number, not 'soon'"),
+        (["--listen", "tcp:99999"], "--listen 'tcp:99999': port 99999 is out of range (0-65535)"),
+        (["--listen", "tcp:http"], "--listen 'tcp:http': the port must be a number, not 'http'"),
     ],
 )
-def test_bad_values_are_usage_errors(argv: list[str], message: str) -> None:
-    with pytest.raises(usage.UsageError) as caught:
-        parse(*argv)
-    assert message in str(caught.value)
+def test_bad_values_stop_with_status_2(argv: list[str], message: str, capsys) -> None:
+    assert parse_error(*argv, capsys=capsys) == f"chatd: {message}"
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "chatd.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_config_file_values_and_command_line_precedence(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+listen = ["tcp:9100", "tcp:9101"]
+max-message-size = 1234
+ping-interval = 0
+shutdown-timeout = 2.5
+""")
+    settings = parse("--config", path, "--max-message-size", "999")
+    assert settings.listen == ("tcp:9100", "tcp:9101")
+    assert settings.max_message_size == 999  # the command line wins
+    assert settings.ping_interval == 0
+    assert settings.shutdown_timeout == 2.5
+    assert settings.close_timeout == Settings().close_timeout
+    # --listen on the command line replaces the file's list.
+    assert parse("--config", path, "--listen", "tcp:7000").listen == ("tcp:7000",)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("max-mesage-size = 5", "unknown key 'max-mesage-size'"),
+        ('max-message-size = "big"', "max-message-size must be a number, not a string"),
+        ("max-message-size = 1.5", "max-message-size must be a whole number, not 1.5"),
+        ("max-message-size = true", "max-message-size must be a number, not a boolean"),
+        ("max-outgoing-buffer = -1", "max-outgoing-buffer must be at least 1, not -1"),
+        ('listen = "tcp:8765"', "listen must be a non-empty list of endpoint descriptions, not a string"),
+        ("listen = []", "listen must be a non-empty list of endpoint descriptions, not a list"),
+        ('listen = ["tcp:70000"]', "listen 'tcp:70000': port 70000 is out of range (0-65535)"),
+        ("close-timeout = 0", "close-timeout must be at least 1 second, not 0"),
+    ],
+)
+def test_config_file_errors_name_the_file_and_key(tmp_path: Path, text: str, message: str, capsys) -> None:
+    path = write(tmp_path, text)
+    assert parse_error("--config", path, capsys=capsys) == f"chatd: {path}: {message}"
+
+
+def test_unreadable_or_invalid_config_file(tmp_path: Path, capsys) -> None:
+    missing = str(tmp_path / "nope.toml")
+    assert parse_error("--config", missing, capsys=capsys) == (
+        f"chatd: {missing}: cannot read the config file: No such file or directory"
+    )
+    path = write(tmp_path, "max-message-size = \n")
+    assert parse_error("--config", path, capsys=capsys).startswith(f"chatd: {path}: not valid TOML: ")
 
 
 def test_make_service_listens_on_the_default() -> None:
     reactor = MemoryReactor()
-    service = tap.makeService(parse(), reactor=reactor)
+    options = tap.Options()
+    options.parseOptions([])
+    service = tap.makeService(options, reactor=reactor)
     assert isinstance(service, ChatService)
     service.startService()
     [(port, factory, backlog, interface)] = reactor.tcpServers
@@ -83,9 +154,9 @@ def test_make_service_listens_on_the_default() -> None:
 
 def test_make_service_listens_on_every_listen_option() -> None:
     reactor = MemoryReactor()
-    service = tap.makeService(
-        parse("--listen", "tcp:9001", "--listen", "unix:/tmp/chatd-test.sock"), reactor=reactor
-    )
+    options = tap.Options()
+    options.parseOptions(["--listen", "tcp:9001", "--listen", "unix:/tmp/chatd-test.sock"])
+    service = tap.makeService(options, reactor=reactor)
     service.startService()
     assert [(p, i) for p, _, _, i in reactor.tcpServers] == [(9001, "")]
     assert [u[0] for u in reactor.unixServers] == ["/tmp/chatd-test.sock"]

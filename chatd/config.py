@@ -1,0 +1,172 @@
+"""
+Every chatd option, from the command line or a TOML file, validated in one
+place.
+
+Each option has one parser that takes either command-line text or a TOML
+value and returns the checked value or raises ``ValueError`` with the
+problem.  The command line wins over the file.  Errors name the key and where
+it came from, so ``twistd chatd`` can stop before anything listens.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
+
+from chatd.settings import DEFAULT_LISTEN, Settings
+
+
+class ConfigError(Exception):
+    """An option that cannot be used; the message says which and why."""
+
+
+Parser = Callable[[Any, bool], Any]  # (value, is_text) -> checked value
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # the command-line name and the TOML key
+    field: str  # the Settings attribute
+    parse: Parser
+    help: str
+    kind: str = "value"  # "value", "list" (repeatable) or "flag"
+
+
+def _number(value: Any, is_text: bool, integral: bool) -> float:
+    if is_text:
+        try:
+            return int(value) if integral else float(value)
+        except ValueError:
+            what = "a whole number" if integral else "a number"
+            raise ValueError(f"must be {what}, not {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"must be a number, not {_toml_type(value)}")
+    if integral and not isinstance(value, int):
+        raise ValueError(f"must be a whole number, not {value!r}")
+    return value
+
+
+def size(minimum: int) -> Parser:
+    def parse(value: Any, is_text: bool) -> int:
+        number = int(_number(value, is_text, integral=True))
+        if number < minimum:
+            raise ValueError(f"must be at least {minimum}, not {number}")
+        return number
+
+    return parse
+
+
+def seconds(allow_zero: bool) -> Parser:
+    # Autobahn's timers have whole-second granularity: below 1 s a value
+    # cannot be honoured, so it is refused rather than silently rounded.
+    def parse(value: Any, is_text: bool) -> float:
+        number = float(_number(value, is_text, integral=False))
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"must be a finite number of seconds >= 0, not {value}")
+        if number == 0 and allow_zero:
+            return 0.0
+        if number < 1:
+            off = " (or 0 to turn it off)" if allow_zero else ""
+            raise ValueError(f"must be at least 1 second{off}, not {value}")
+        return number
+
+    return parse
+
+
+def _endpoint(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"must be an endpoint description such as 'tcp:8765', not {value!r}")
+    kind, _, rest = value.partition(":")
+    if kind in ("tcp", "tcp6", "ssl"):
+        port_text = rest.split(":", 1)[0]
+        if port_text.startswith("port="):
+            port_text = port_text[len("port="):]
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise ValueError(f"{value!r}: the port must be a number, not {port_text!r}") from None
+        if not 0 <= port <= 65535:
+            raise ValueError(f"{value!r}: port {port} is out of range (0-65535)")
+    return value
+
+
+def endpoints(value: Any, is_text: bool) -> tuple[str, ...]:
+    items = [value] if is_text else value
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"must be a non-empty list of endpoint descriptions, not {_toml_type(value)}")
+    return tuple(_endpoint(item) for item in items)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("listen", "listen", endpoints,
+           "Listen on a Twisted server endpoint, e.g. tcp:8765, ssl:8443:..., "
+           "unix:/run/chatd.sock, systemd:domain=INET:name=chatd. Repeatable; "
+           f"replaces the default {DEFAULT_LISTEN}.", kind="list"),
+    Option("max-message-size", "max_message_size", size(1),
+           "Largest message a client may send, in bytes; over it: close 1009."),
+    Option("max-outgoing-buffer", "max_outgoing_buffer", size(1),
+           "Bytes that may queue for a client that is not reading before it is "
+           "dropped with close 1008."),
+    Option("ping-interval", "ping_interval", seconds(allow_zero=True),
+           "Seconds between WebSocket pings to each client (0: never)."),
+    Option("ping-timeout", "ping_timeout", seconds(allow_zero=True),
+           "Seconds to wait for a pong before dropping the client (0: forever)."),
+    Option("handshake-timeout", "handshake_timeout", seconds(allow_zero=False),
+           "Seconds a client has to complete the opening handshake."),
+    Option("close-timeout", "close_timeout", seconds(allow_zero=False),
+           "Seconds to wait for a client's close frame after sending ours."),
+    Option("shutdown-timeout", "shutdown_timeout", seconds(allow_zero=False),
+           "Seconds to wait on shutdown for clients to close before aborting them."),
+)
+
+BY_NAME = {option.name: option for option in OPTIONS}
+
+
+def _toml_type(value: Any) -> str:
+    return {bool: "a boolean", str: "a string", list: "a list", dict: "a table",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def read_file(path: str) -> dict[str, Any]:
+    """The top-level table of a TOML config file."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+
+def load(command_line: Mapping[str, Any], config_path: Optional[str] = None) -> Settings:
+    """
+    Settings from the options given on the command line (raw text, by option
+    name; lists for repeatable options) over those in the config file.
+    """
+    values: dict[str, Any] = {}
+    if config_path is not None:
+        for key, value in read_file(config_path).items():
+            option = BY_NAME.get(key)
+            if option is None:
+                raise ConfigError(f"{config_path}: unknown key {key!r}")
+            values[option.field] = _checked(option, value, False, config_path)
+    for name, value in command_line.items():
+        option = BY_NAME[name]
+        if option.kind == "list":
+            items = [_checked(option, item, True, "command line") for item in value]
+            values[option.field] = tuple(x for item in items for x in item)
+        elif option.kind == "flag":
+            values[option.field] = True
+        else:
+            values[option.field] = _checked(option, value, True, "command line")
+    return Settings(**values)
+
+
+def _checked(option: Option, value: Any, is_text: bool, source: str) -> Any:
+    try:
+        return option.parse(value, is_text)
+    except ValueError as e:
+        where = f"--{option.name}" if is_text else f"{source}: {option.name}"
+        raise ConfigError(f"{where} {e}") from None
