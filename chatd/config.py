@@ -99,6 +99,23 @@ def endpoints(value: Any, is_text: bool) -> tuple[str, ...]:
     return tuple(_endpoint(item) for item in items)
 
 
+def choice(*choices: str) -> Parser:
+    def parse(value: Any, is_text: bool) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, not {value!r}")
+        return str(value)
+
+    return parse
+
+
+def flag(value: Any, is_text: bool) -> bool:
+    if is_text:
+        return True
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {_toml_type(value)}")
+    return value
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("listen", "listen", endpoints,
            "Listen on a Twisted server endpoint, e.g. tcp:8765, ssl:8443:..., "
@@ -119,6 +136,11 @@ OPTIONS: tuple[Option, ...] = (
            "Seconds to wait for a client's close frame after sending ours."),
     Option("shutdown-timeout", "shutdown_timeout", seconds(allow_zero=False),
            "Seconds to wait on shutdown for clients to close before aborting them."),
+    Option("log-format", "log_format", choice("text", "json"),
+           "text: twistd's log format; json: one JSON object per line on "
+           "standard output (for journald or a log shipper)."),
+    Option("log-messages", "log_messages", flag,
+           "Log message bodies too (they are never logged otherwise).", kind="flag"),
 )
 
 BY_NAME = {option.name: option for option in OPTIONS}

@@ -64,6 +64,24 @@ class Room:
         self.members: dict[str, Client] = {}
 
 
+class CoreEvents:
+    """
+    Told what happens in the core, for logs and metrics; every method does
+    nothing here.  Implementations must not call back into the core.
+    """
+
+    def room_created(self, room: Room, client: Client) -> None:
+        """``client`` created ``room``."""
+
+    def room_deleted(self, room: Room) -> None:
+        """``room`` lost its last member and is gone."""
+
+    def message_sent(
+        self, room: Room, sender: Client, body: Any, recipients: int, size: int
+    ) -> None:
+        """One broadcast of ``size`` encoded bytes reached ``recipients`` members."""
+
+
 #: Called with (client, exception) when a sink's deliver fails unexpectedly.
 SinkErrorHandler = Callable[[Client, BaseException], None]
 
@@ -86,6 +104,7 @@ class ChatCore:
     :param new_id: source of candidate IDs; collisions are checked.
     :param on_sink_error: told about sinks whose ``deliver`` raised
         something other than ``SinkGone``.
+    :param events: told about rooms and broadcasts.
     """
 
     def __init__(
@@ -93,10 +112,12 @@ class ChatCore:
         prepare: Callable[[bytes], Any] = _identity,
         new_id: Callable[[], str] = random_id,
         on_sink_error: SinkErrorHandler = _ignore_sink_error,
+        events: Optional[CoreEvents] = None,
     ) -> None:
         self._prepare = prepare
         self._new_id = new_id
         self._on_sink_error = on_sink_error
+        self.events = events if events is not None else CoreEvents()
         self.clients: dict[str, Client] = {}
         self.rooms: dict[str, Room] = {}
 
@@ -144,6 +165,7 @@ class ChatCore:
         room = Room(self._unique_id(self.rooms), name, codec.timestamp(now), client.client_id)
         self.rooms[room.room_id] = room
         self._enter_room(client, room)
+        self.events.room_created(room, client)
         return {
             "status": "success",
             "room_id": room.room_id,
@@ -173,8 +195,9 @@ class ChatCore:
         room = client.room
         if room is None:
             raise NotInRoom("You must join a room first")
-        event = codec.broadcast(client.client_id, body, codec.timestamp(now))
-        self._fan_out(room, client, codec.encode(event))
+        payload = codec.encode(codec.broadcast(client.client_id, body, codec.timestamp(now)))
+        recipients = self._fan_out(room, client, payload)
+        self.events.message_sent(room, client, body, recipients, len(payload))
         return {"status": "success", "message": "Message sent"}
 
     # -- internals ---------------------------------------------------------
@@ -191,11 +214,15 @@ class ChatCore:
         room.members.pop(client.client_id, None)
         if not room.members:
             del self.rooms[room.room_id]
+            self.events.room_deleted(room)
 
-    def _fan_out(self, room: Room, sender: Client, payload: bytes) -> None:
-        """Deliver one encoded broadcast to every member but the sender."""
+    def _fan_out(self, room: Room, sender: Client, payload: bytes) -> int:
+        """
+        Deliver one encoded broadcast to every member but the sender; return
+        how many it reached.
+        """
         if len(room.members) < 2:
-            return
+            return 0
         frame = self._prepare(payload)
         failed: list[tuple[Client, BaseException]] = []
         for member in room.members.values():
@@ -214,3 +241,4 @@ class ChatCore:
                 member.sink.close(1011, "Internal error")
             except Exception as close_error:
                 self._on_sink_error(member, close_error)
+        return len(room.members) - 1  # the failed ones are no longer members

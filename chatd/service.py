@@ -6,13 +6,17 @@ orderly shutdown.
 from __future__ import annotations
 
 import signal
+import sys
 from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
+
+from chatd.logs import json_observer
 
 from chatd.settings import Settings
 from chatd.ws import ChatFactory
@@ -36,6 +40,12 @@ class ChatService(MultiService):
             # strports.service raises a bind failure synchronously at start-up,
             # so twistd exits with a message instead of running deaf.
             strports.service(description, self.factory, reactor=reactor).setServiceParent(self)
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        # twistd takes its log observer from the application, if it has one.
+        if self.settings.log_format == "json" and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, json_observer(sys.stdout))
 
     def privilegedStartService(self) -> None:
         try:

@@ -28,3 +28,7 @@ class Settings:
     close_timeout: float = 5.0
     #: Seconds to wait on shutdown for clients to close before aborting them.
     shutdown_timeout: float = 10.0
+    #: "text" (twistd's format) or "json" (one object per line on stdout).
+    log_format: str = "text"
+    #: Whether message bodies are logged (never, unless asked for).
+    log_messages: bool = False

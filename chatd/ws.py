@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from chatd import __version__, codec
-from chatd.core import ChatCore, Client
+from chatd.core import ChatCore, Client, CoreEvents, Room
 from chatd.errors import ChatError, SinkGone
 from chatd.settings import Settings
 
@@ -84,6 +84,10 @@ class ChatProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         self.transport.registerProducer(self, True)
         client = self._client = self.factory.core.connect(self)
+        self._log.info(
+            "{client_id} connected from {peer}",
+            event="connect", client_id=client.client_id, peer=self.peer,
+        )
         self._send_reply(codec.encode(codec.welcome(client.client_id)))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -98,6 +102,11 @@ class ChatProtocol(WebSocketServerProtocol):
                 reply = self.factory.core.handle(client, command, self.factory.clock.seconds())
             except ChatError as e:
                 reply = codec.error(e.message)
+                # The kind of mistake, never the content.
+                self._log.info(
+                    "{client_id} sent a rejected command: {kind}",
+                    event="rejected", client_id=client.client_id, kind=e.kind,
+                )
             except Exception:
                 self._log.failure(
                     "Unexpected error handling a message from {client_id}",
@@ -112,6 +121,11 @@ class ChatProtocol(WebSocketServerProtocol):
         client, self._client = self._client, None
         if client is not None:
             self.factory.core.disconnect(client)
+            self._log.info(
+                "{client_id} disconnected (code {code}, {reason})",
+                event="disconnect", client_id=client.client_id, code=code,
+                reason=reason, clean=wasClean,
+            )
 
     # -- the core's sink ---------------------------------------------------
 
@@ -166,7 +180,7 @@ class ChatProtocol(WebSocketServerProtocol):
         self._log.info(
             "Dropping slow client {client_id}: {queued} bytes queued while it was "
             "not reading (limit {limit})",
-            client_id=client_id,
+            event="slow_client_drop", client_id=client_id,
             queued=self._queued,
             limit=self.factory.settings.max_outgoing_buffer,
         )
@@ -193,6 +207,34 @@ def _at_least(seconds: float) -> float:
     return seconds + 1 if seconds > 0 else 0
 
 
+class _Events(CoreEvents):
+    """What the core reports, as structured log events."""
+
+    _log = Logger(namespace="chatd.rooms")
+
+    def __init__(self, settings: Settings) -> None:
+        self._log_messages = settings.log_messages
+
+    def room_created(self, room: Room, client: Client) -> None:
+        self._log.info(
+            "{client_id} created room {room_id}",
+            event="room_created", room_id=room.room_id, client_id=client.client_id,
+        )
+
+    def room_deleted(self, room: Room) -> None:
+        self._log.info("room {room_id} deleted", event="room_deleted", room_id=room.room_id)
+
+    def message_sent(
+        self, room: Room, sender: Client, body: Any, recipients: int, size: int
+    ) -> None:
+        if self._log_messages:
+            self._log.info(
+                "{client_id} in {room_id}: {body!r}",
+                event="message", client_id=sender.client_id, room_id=room.room_id,
+                body=body, recipients=recipients,
+            )
+
+
 class ChatFactory(WebSocketServerFactory):
     """
     Owns the chat state (a :class:`ChatCore`) and every connection to it.
@@ -205,7 +247,9 @@ class ChatFactory(WebSocketServerFactory):
         super().__init__(server=f"chatd/{__version__}", reactor=reactor)
         self.settings = settings
         self.clock = clock
-        self.core = ChatCore(prepare=self.prepareMessage, on_sink_error=self._sink_error)
+        self.core = ChatCore(
+            prepare=self.prepareMessage, on_sink_error=self._sink_error, events=_Events(settings)
+        )
         self.connections: set[ChatProtocol] = set()
         self._drained: Optional[Deferred[None]] = None
         # Autobahn leaves every limit unlimited; each is set here on purpose.

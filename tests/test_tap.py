@@ -50,6 +50,8 @@ def test_every_option_on_the_command_line() -> None:
         "--handshake-timeout", "3",
         "--close-timeout", "2",
         "--shutdown-timeout", "4",
+        "--log-format", "json",
+        "--log-messages",
     )
     assert asdict(settings) == {
         "listen": ("tcp:9000", "unix:/tmp/chatd.sock"),
@@ -60,6 +62,8 @@ def test_every_option_on_the_command_line() -> None:
         "handshake_timeout": 3.0,
         "close_timeout": 2.0,
         "shutdown_timeout": 4.0,
+        "log_format": "json",
+        "log_messages": True,
     }
 
 
@@ -83,6 +87,7 @@ def test_every_option_is_documented_in_the_example_config() -> None:
         (["--shutdown-timeout", "soon"], "--shutdown-timeout must be a number, not 'soon'"),
         (["--listen", "tcp:99999"], "--listen 'tcp:99999': port 99999 is out of range (0-65535)"),
         (["--listen", "tcp:http"], "--listen 'tcp:http': the port must be a number, not 'http'"),
+        (["--log-format", "xml"], "--log-format must be one of text, json, not 'xml'"),
     ],
 )
 def test_bad_values_stop_with_status_2(argv: list[str], message: str, capsys) -> None:
@@ -124,6 +129,7 @@ shutdown-timeout = 2.5
         ("listen = []", "listen must be a non-empty list of endpoint descriptions, not a list"),
         ('listen = ["tcp:70000"]', "listen 'tcp:70000': port 70000 is out of range (0-65535)"),
         ("close-timeout = 0", "close-timeout must be at least 1 second, not 0"),
+        ('log-messages = "yes"', "log-messages must be true or false, not a string"),
     ],
 )
 def test_config_file_errors_name_the_file_and_key(tmp_path: Path, text: str, message: str, capsys) -> None:
