@@ -99,6 +99,10 @@ def endpoints(value: Any, is_text: bool) -> tuple[str, ...]:
     return tuple(_endpoint(item) for item in items)
 
 
+def endpoint(value: Any, is_text: bool) -> str:
+    return _endpoint(value)
+
+
 def choice(*choices: str) -> Parser:
     def parse(value: Any, is_text: bool) -> str:
         if value not in choices:
@@ -139,6 +143,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("log-format", "log_format", choice("text", "json"),
            "text: twistd's log format; json: one JSON object per line on "
            "standard output (for journald or a log shipper)."),
+    Option("metrics", "metrics", endpoint,
+           "Serve Prometheus /metrics, /healthz and /readyz on this endpoint, "
+           "e.g. tcp:9108:interface=127.0.0.1 (off unless given)."),
     Option("log-messages", "log_messages", flag,
            "Log message bodies too (they are never logged otherwise).", kind="flag"),
 )

@@ -1,45 +1,75 @@
 """
-The chat service: the factory holding the rooms, its listening ports, and an
-orderly shutdown.
+The chat service: the factory holding the rooms, its listening ports, the
+metrics endpoint, systemd notifications, and an orderly shutdown.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
-from typing import Any
+from typing import Any, Optional
 
 from twisted.application import strports
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
+from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
+from twisted.web.server import Site
 
 from chatd.logs import json_observer
-
+from chatd.metrics import Metrics, metrics_root
 from chatd.settings import Settings
+from chatd.systemd import Notifier
 from chatd.ws import ChatFactory
+
+
+class MetricsSite(Site):
+    """The metrics and health site; scrapes are not access-logged."""
+
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
 
 
 class ChatService(MultiService):
     """
-    Listens on every endpoint in ``settings.listen``; on stop, closes the
-    ports first, then sends every client close 1001 and waits for them (at
-    most ``settings.shutdown_timeout`` seconds).
+    Listens on every endpoint in ``settings.listen`` (and ``settings.metrics``).
+
+    Stopping is a drain: ``/readyz`` turns 503, the chat ports close, systemd
+    hears ``STOPPING=1``, every client gets close 1001 and is waited for (at
+    most ``settings.shutdown_timeout`` seconds), and the metrics endpoint
+    closes last.
     """
 
     _log = Logger()
 
-    def __init__(self, settings: Settings, reactor: Any) -> None:
+    def __init__(
+        self, settings: Settings, reactor: Any, notifier: Optional[Notifier] = None
+    ) -> None:
         super().__init__()
         self.settings = settings
         self._reactor = reactor
-        self.factory = ChatFactory(settings, clock=reactor, reactor=reactor)
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.ready = False
+        self.metrics = Metrics()
+        self.factory = ChatFactory(settings, clock=reactor, reactor=reactor, metrics=self.metrics)
+        self.listeners = MultiService()
+        self.listeners.setServiceParent(self)
         for description in settings.listen:
             # strports.service raises a bind failure synchronously at start-up,
             # so twistd exits with a message instead of running deaf.
-            strports.service(description, self.factory, reactor=reactor).setServiceParent(self)
+            strports.service(description, self.factory, reactor=reactor).setServiceParent(
+                self.listeners
+            )
+        self.metrics_listener: Optional[Service] = None
+        if settings.metrics is not None:
+            site = MetricsSite(metrics_root(self.metrics, lambda: self.ready))
+            self.metrics_listener = strports.service(settings.metrics, site, reactor=reactor)
+            self.metrics_listener.setServiceParent(self)
+        self._watchdog: Optional[LoopingCall] = None
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
@@ -55,15 +85,33 @@ class ChatService(MultiService):
             where = f"{e.interface}:{e.port}" if e.interface else str(e.port)
             raise SystemExit(f"chatd: cannot listen on {where}: {e.socketError}") from None
 
-    def stopService(self) -> "Deferred[Any]":
-        d: Deferred[Any] = Deferred.fromCoroutine(self._stop())
-        return d
+    def startService(self) -> None:
+        super().startService()
+        # Every port is bound by now (a failure would have stopped start-up).
+        self.ready = True
+        self.notifier.notify("READY=1")
+        if self.notifier.watchdog_seconds:
+            self._watchdog = LoopingCall(self.notifier.notify, "WATCHDOG=1")
+            self._watchdog.clock = self._reactor
+            self._watchdog.start(self.notifier.watchdog_seconds / 2)
+
+    def stopService(self) -> "Deferred[None]":
+        return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        await super().stopService()
+        Service.stopService(self)
+        self.ready = False
+        self.notifier.notify("STOPPING=1")
+        await self.listeners.stopService()
         count = len(self.factory.connections)
-        self._log.info("Shutting down: closing {count} connections", count=count)
+        self._log.info(
+            "Draining: closing {count} connections", event="draining", count=count
+        )
         await self.factory.shutdown(self.settings.shutdown_timeout)
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
+        if self.metrics_listener is not None:
+            await self.metrics_listener.stopService()
         # SIGTERM is chatd's orderly stop: once drained, exit 0.  twistd would
         # otherwise re-raise the signal after the reactor stops and die of it
         # (exit status 143); SIGINT and others keep that behaviour.

@@ -5,6 +5,7 @@ The daemon's tunables, with the defaults documented in docs/protocol.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 DEFAULT_LISTEN = "tcp:8765:interface=127.0.0.1"
 
@@ -32,3 +33,5 @@ class Settings:
     log_format: str = "text"
     #: Whether message bodies are logged (never, unless asked for).
     log_messages: bool = False
+    #: Endpoint for /metrics, /healthz and /readyz (None: not served).
+    metrics: Optional[str] = None

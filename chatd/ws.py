@@ -18,6 +18,7 @@ from zope.interface import implementer
 from chatd import __version__, codec
 from chatd.core import ChatCore, Client, CoreEvents, Room
 from chatd.errors import ChatError, SinkGone
+from chatd.metrics import Metrics
 from chatd.settings import Settings
 
 CLOSE_GOING_AWAY = 1001
@@ -25,6 +26,8 @@ CLOSE_POLICY_VIOLATION = 1008
 BINARY_NOT_SUPPORTED = "Binary frames are not supported; send JSON as text frames"
 INTERNAL_ERROR = "Internal server error"
 TOO_SLOW = "Outgoing buffer limit exceeded: client too slow"
+# Handshake failures by HTTP status, for the metrics.
+_HANDSHAKE_REASONS = {426: "no_upgrade", 403: "origin", 503: "limit"}
 
 
 @implementer(IPushProducer)
@@ -61,6 +64,16 @@ class ChatProtocol(WebSocketServerProtocol):
     def onConnect(self, request: ConnectionRequest) -> None:
         return None
 
+    def failHandshake(
+        self, reason: str, code: int = 400, responseHeaders: Optional[list[tuple[str, str]]] = None
+    ) -> None:
+        self.factory.metrics.handshake_failures.labels(_HANDSHAKE_REASONS.get(code, "bad_request")).inc()
+        super().failHandshake(reason, code, responseHeaders)
+
+    def onOpenHandshakeTimeout(self) -> None:
+        self.factory.metrics.handshake_failures.labels("timeout").inc()
+        super().onOpenHandshakeTimeout()
+
     def sendHttpErrorResponse(
         self, code: int, reason: str, responseHeaders: Optional[list[tuple[str, str]]] = None
     ) -> None:
@@ -94,14 +107,23 @@ class ChatProtocol(WebSocketServerProtocol):
         client = self._client
         if client is None or self._gone:
             return
+        metrics = self.factory.metrics
+        metrics.bytes_received.inc(len(payload))
         if isBinary:
+            metrics.errors.labels("binary").inc()
             reply = codec.error(BINARY_NOT_SUPPORTED)
         else:
             try:
                 command = codec.decode(payload)
-                reply = self.factory.core.handle(client, command, self.factory.clock.seconds())
+                if isinstance(command, codec.Message):
+                    started = metrics.timer()
+                    reply = self.factory.core.handle(client, command, self.factory.clock.seconds())
+                    metrics.fanout_seconds.observe(metrics.timer() - started)
+                else:
+                    reply = self.factory.core.handle(client, command, self.factory.clock.seconds())
             except ChatError as e:
                 reply = codec.error(e.message)
+                metrics.errors.labels(e.kind).inc()
                 # The kind of mistake, never the content.
                 self._log.info(
                     "{client_id} sent a rejected command: {kind}",
@@ -112,6 +134,7 @@ class ChatProtocol(WebSocketServerProtocol):
                     "Unexpected error handling a message from {client_id}",
                     client_id=client.client_id,
                 )
+                metrics.errors.labels("internal").inc()
                 reply = codec.error(INTERNAL_ERROR)
         self._send_reply(codec.encode(reply))
 
@@ -165,6 +188,7 @@ class ChatProtocol(WebSocketServerProtocol):
             return
         if self._paused and not self._account(len(payload)):
             return
+        self.factory.metrics.bytes_sent.inc(len(payload))
         self.sendMessage(payload)
 
     def _account(self, size: int) -> bool:
@@ -176,6 +200,7 @@ class ChatProtocol(WebSocketServerProtocol):
         if self._queued <= self.factory.settings.max_outgoing_buffer:
             return True
         self._gone = True
+        self.factory.metrics.slow_client_drops.inc()
         client_id = self._client.client_id if self._client else None
         self._log.info(
             "Dropping slow client {client_id}: {queued} bytes queued while it was "
@@ -208,12 +233,13 @@ def _at_least(seconds: float) -> float:
 
 
 class _Events(CoreEvents):
-    """What the core reports, as structured log events."""
+    """What the core reports, as structured log events and metrics."""
 
     _log = Logger(namespace="chatd.rooms")
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._log_messages = settings.log_messages
+        self._metrics = metrics
 
     def room_created(self, room: Room, client: Client) -> None:
         self._log.info(
@@ -227,6 +253,10 @@ class _Events(CoreEvents):
     def message_sent(
         self, room: Room, sender: Client, body: Any, recipients: int, size: int
     ) -> None:
+        metrics = self._metrics
+        metrics.messages_received.inc()
+        metrics.deliveries.inc(recipients)
+        metrics.bytes_sent.inc(size * recipients)
         if self._log_messages:
             self._log.info(
                 "{client_id} in {room_id}: {body!r}",
@@ -243,13 +273,23 @@ class ChatFactory(WebSocketServerFactory):
     protocol = ChatProtocol
     _log = Logger()
 
-    def __init__(self, settings: Settings, clock: IReactorTime, reactor: Any = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: IReactorTime,
+        reactor: Any = None,
+        metrics: Optional[Metrics] = None,
+    ) -> None:
         super().__init__(server=f"chatd/{__version__}", reactor=reactor)
         self.settings = settings
         self.clock = clock
+        self.metrics = metrics if metrics is not None else Metrics()
         self.core = ChatCore(
-            prepare=self.prepareMessage, on_sink_error=self._sink_error, events=_Events(settings)
+            prepare=self.prepareMessage,
+            on_sink_error=self._sink_error,
+            events=_Events(settings, self.metrics),
         )
+        self.metrics.watch(self._gauges)
         self.connections: set[ChatProtocol] = set()
         self._drained: Optional[Deferred[None]] = None
         # Autobahn leaves every limit unlimited; each is set here on purpose.
@@ -273,6 +313,15 @@ class ChatFactory(WebSocketServerFactory):
             maxConnections=0,
             trustXForwardedFor=0,
         )
+
+    def _gauges(self) -> dict[str, float]:
+        rooms = self.core.rooms
+        return {
+            "connections": len(self.connections),
+            "clients": len(self.core.clients),
+            "rooms": len(rooms),
+            "members": sum(len(room.members) for room in rooms.values()),
+        }
 
     def _sink_error(self, client: Client, error: BaseException) -> None:
         self._log.failure(

@@ -221,7 +221,11 @@ class DaemonProcess(ProcessProtocol):
         return within(d, what)
 
     async def wait_listening(self) -> int:
-        match = await self.wait_for(rb"starting on (\d+)", "chatd to listen")
+        match = await self.wait_for(rb"ChatFactory starting on (\d+)", "chatd to listen")
+        return int(match.group(1))
+
+    async def wait_metrics(self) -> int:
+        match = await self.wait_for(rb"MetricsSite starting on (\d+)", "the metrics endpoint")
         return int(match.group(1))
 
     def signal(self, name: str) -> None:
@@ -238,11 +242,11 @@ class DaemonProcess(ProcessProtocol):
         raise RuntimeError(f"{field} not found for pid {self.pid}")
 
 
-def spawn_chatd(*args: str) -> DaemonProcess:
+def spawn_chatd(*args: str, env: Optional[dict[str, str]] = None) -> DaemonProcess:
     process = DaemonProcess()
     twistd = twistd_path()
     argv = [twistd, "-n", "--pidfile=", "chatd", *args]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     reactor.spawnProcess(process, twistd, argv, env=env)
     return process
 
@@ -254,6 +258,51 @@ async def stop_chatd(process: DaemonProcess) -> None:
 
 
 # -- a raw client that never reads ----------------------------------------
+
+
+async def http_get(url: str) -> tuple[int, bytes]:
+    """GET a URL with Twisted's own HTTP client: (status, body)."""
+    from twisted.web.client import Agent, readBody
+
+    response = await within(Agent(reactor).request(b"GET", url.encode()), f"GET {url}")
+    body = await within(readBody(response), f"the body of {url}")
+    return response.code, body
+
+
+class NotifySocket:
+    """A stand-in for systemd's $NOTIFY_SOCKET: collects the datagrams."""
+
+    def __init__(self, path: str) -> None:
+        from twisted.internet.protocol import DatagramProtocol
+
+        self.path = path
+        self.received: list[str] = []
+        self._waiters: list[tuple[str, Deferred]] = []
+        notify = self
+
+        class _Receiver(DatagramProtocol):
+            def datagramReceived(self, data: bytes, addr: Any) -> None:
+                notify._got(data.decode())
+
+        self.port = reactor.listenUNIXDatagram(path, _Receiver())
+
+    def _got(self, message: str) -> None:
+        self.received.append(message)
+        for wanted, d in list(self._waiters):
+            if wanted == message:
+                self._waiters.remove((wanted, d))
+                d.callback(message)
+
+    def wait_for(self, message: str) -> Deferred:
+        d: Deferred = Deferred()
+        if message in self.received:
+            d.callback(message)
+            return d
+        self._waiters.append((message, d))
+        return within(d, f"{message} on $NOTIFY_SOCKET")
+
+    def close(self) -> Deferred:
+        return self.port.stopListening()
 
 
 def read_until_eof(sock: socket.socket) -> bytes:

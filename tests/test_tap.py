@@ -5,6 +5,7 @@ build.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def test_every_option_on_the_command_line() -> None:
         "--shutdown-timeout", "4",
         "--log-format", "json",
         "--log-messages",
+        "--metrics", "tcp:9108:interface=127.0.0.1",
     )
     assert asdict(settings) == {
         "listen": ("tcp:9000", "unix:/tmp/chatd.sock"),
@@ -64,13 +66,18 @@ def test_every_option_on_the_command_line() -> None:
         "shutdown_timeout": 4.0,
         "log_format": "json",
         "log_messages": True,
+        "metrics": "tcp:9108:interface=127.0.0.1",
     }
 
 
 def test_every_option_is_documented_in_the_example_config() -> None:
-    example = config.read_file(str(ROOT / "etc" / "chatd.toml"))
-    assert set(example) == {option.name for option in config.OPTIONS}
-    assert asdict(parse("--config", str(ROOT / "etc" / "chatd.toml"))) == asdict(Settings())
+    # Each option stands in etc/chatd.toml as a key set to its default, or
+    # commented out where the default is "off" (TOML has no null).
+    path = ROOT / "etc" / "chatd.toml"
+    text = path.read_text()
+    for option in config.OPTIONS:
+        assert re.search(rf"^(# )?{option.name} = ", text, re.M), option.name
+    assert asdict(parse("--config", str(path))) == asdict(Settings())
 
 
 @pytest.mark.parametrize(
@@ -166,6 +173,16 @@ def test_make_service_listens_on_every_listen_option() -> None:
     service.startService()
     assert [(p, i) for p, _, _, i in reactor.tcpServers] == [(9001, "")]
     assert [u[0] for u in reactor.unixServers] == ["/tmp/chatd-test.sock"]
+
+
+def test_metrics_is_a_second_listener() -> None:
+    reactor = MemoryReactor()
+    options = tap.Options()
+    options.parseOptions(["--metrics", "tcp:9108:interface=127.0.0.1"])
+    service = tap.makeService(options, reactor=reactor)
+    service.startService()
+    assert [(p, i) for p, _, _, i in reactor.tcpServers] == [(8765, "127.0.0.1"), (9108, "127.0.0.1")]
+    assert reactor.tcpServers[1][1] is not service.factory
 
 
 def test_the_plugin_is_found() -> None:

@@ -156,6 +156,7 @@ def test_a_client_that_stops_reading_is_dropped_and_the_room_carries_on() -> Non
     assert close_code(slow.frames()) == (1008, "Outgoing buffer limit exceeded: client too slow")
     assert slow_id not in factory.core.rooms[room_id].members
     assert slow_id not in factory.core.clients
+    assert factory.metrics.registry.get_sample_value("chatd_slow_client_drops_total") == 1
     # Closing, not sending: what it would have received was never queued.
     before = len(slow.transport.value())
     sender.send({"action": "message", "body": body})

@@ -1,0 +1,113 @@
+"""
+Prometheus metrics and the health endpoints, served by ``--metrics ENDPOINT``.
+
+Counters are updated once per event (a broadcast, a frame), never once per
+recipient.  Gauges of live state (connections, rooms, members) are read at
+scrape time.  Everything runs on the reactor thread: the scrape renders
+synchronously, so it never races the chat state.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+# Fan-out time per broadcast: from tens of microseconds (a few members) to
+# tens of milliseconds (thousands).
+FANOUT_BUCKETS = (
+    25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3,
+)
+
+
+class Metrics:
+    """
+    Every chatd metric, in a registry of its own.
+
+    :param timer: a monotonic clock in seconds, for the fan-out histogram.
+    """
+
+    def __init__(self, timer: Callable[[], float] = time.perf_counter) -> None:
+        self.timer = timer
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.messages_received = Counter(
+            "chatd_messages_received", "Chat messages accepted for broadcast.", registry=r)
+        self.deliveries = Counter(
+            "chatd_deliveries", "Broadcast copies queued to recipients.", registry=r)
+        self.bytes_received = Counter(
+            "chatd_received_bytes", "WebSocket message payload bytes received from clients.", registry=r)
+        self.bytes_sent = Counter(
+            "chatd_sent_bytes", "WebSocket message payload bytes sent to clients.", registry=r)
+        self.errors = Counter(
+            "chatd_errors", "Error replies sent, by kind of error.", ["kind"], registry=r)
+        self.slow_client_drops = Counter(
+            "chatd_slow_client_drops", "Clients dropped for not reading (close 1008).", registry=r)
+        self.handshake_failures = Counter(
+            "chatd_handshake_failures", "Opening handshakes refused or timed out, by reason.",
+            ["reason"], registry=r)
+        self.fanout_seconds = Histogram(
+            "chatd_fanout_seconds", "Time to encode and fan out one broadcast.",
+            buckets=FANOUT_BUCKETS, registry=r)
+
+    def watch(self, state: Callable[[], dict[str, float]]) -> None:
+        """Report live gauges: ``state()`` maps short names to values."""
+        self.registry.register(_StateCollector(state))
+
+
+_GAUGES = {
+    "connections": "Open connections, handshakes in progress included.",
+    "rooms": "Rooms that exist.",
+    "members": "Clients that are in a room.",
+    "clients": "Clients past the handshake.",
+}
+
+
+class _StateCollector:
+    def __init__(self, state: Callable[[], dict[str, float]]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, value in self._state().items():
+            yield GaugeMetricFamily(f"chatd_{name}", _GAUGES[name], value=value)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+class _Text(Resource):
+    isLeaf = True
+
+    def __init__(self, render: Callable[[], tuple[int, bytes, str]]) -> None:
+        super().__init__()
+        self._render = render
+
+    def render_GET(self, request: Request) -> bytes:
+        code, body, content_type = self._render()
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", content_type.encode())
+        request.setHeader(b"cache-control", b"no-store")
+        return body
+
+
+def metrics_root(metrics: Metrics, is_ready: Callable[[], bool]) -> Resource:
+    """``/metrics``, ``/healthz`` (the process runs) and ``/readyz`` (serving)."""
+
+    def render_metrics() -> tuple[int, bytes, str]:
+        return 200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST
+
+    def render_ready() -> tuple[int, bytes, str]:
+        if is_ready():
+            return 200, b"ready\n", "text/plain; charset=utf-8"
+        return 503, b"not ready\n", "text/plain; charset=utf-8"
+
+    root = Resource()
+    root.putChild(b"metrics", _Text(render_metrics))
+    root.putChild(b"healthz", _Text(lambda: (200, b"ok\n", "text/plain; charset=utf-8")))
+    root.putChild(b"readyz", _Text(render_ready))
+    return root
