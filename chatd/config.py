@@ -14,6 +14,7 @@ import math
 import tomllib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
+from urllib.parse import urlsplit
 
 from chatd.settings import DEFAULT_LISTEN, Settings
 
@@ -103,6 +104,41 @@ def endpoint(value: Any, is_text: bool) -> str:
     return _endpoint(value)
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalise_origin(origin: str) -> Optional[str]:
+    """
+    ``scheme://host:port`` in lower case with the port filled in, or None if
+    ``origin`` is not an http(s) origin.  Browsers send ``https://example.org``
+    for port 443; both spellings must match.
+    """
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not parts.hostname:
+        return None
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        return None
+    return f"{scheme}://{parts.hostname.lower()}:{port or DEFAULT_PORTS[scheme]}"
+
+
+def origins(value: Any, is_text: bool) -> tuple[str, ...]:
+    items = [value] if is_text else value
+    if not isinstance(items, list):
+        raise ValueError(f"must be a list of origins, not {_toml_type(value)}")
+    result = []
+    for item in items:
+        normal = normalise_origin(item) if isinstance(item, str) else None
+        if normal is None:
+            raise ValueError(f"{item!r} is not an origin like https://chat.example.org")
+        result.append(normal)
+    return tuple(result)
+
+
 def choice(*choices: str) -> Parser:
     def parse(value: Any, is_text: bool) -> str:
         if value not in choices:
@@ -134,6 +170,17 @@ OPTIONS: tuple[Option, ...] = (
            "Seconds between WebSocket pings to each client (0: never)."),
     Option("ping-timeout", "ping_timeout", seconds(allow_zero=True),
            "Seconds to wait for a pong before dropping the client (0: forever)."),
+    Option("max-connections", "max_connections", size(0),
+           "Most connections at once, handshakes included; over it a new "
+           "connection gets HTTP 503 (0: no limit)."),
+    Option("max-connections-per-ip", "max_connections_per_ip", size(0),
+           "Most connections at once from one IP address; over it: HTTP 503 "
+           "(0: no limit)."),
+    Option("allowed-origin", "allowed_origins", origins,
+           "Accept browsers only from this origin, e.g. https://chat.example.org. "
+           "Repeatable; a handshake from another Origin gets HTTP 403. Clients "
+           "that send no Origin (not browsers) are not affected. Default: any.",
+           kind="list"),
     Option("handshake-timeout", "handshake_timeout", seconds(allow_zero=False),
            "Seconds a client has to complete the opening handshake."),
     Option("close-timeout", "close_timeout", seconds(allow_zero=False),

@@ -25,6 +25,20 @@ from chatd.systemd import Notifier
 from chatd.ws import ChatFactory
 
 
+#: The listen backlog chatd asks for unless a description names one; the
+#: kernel caps it at net.core.somaxconn.  Twisted's default of 50 makes a
+#: burst of connections (clients reconnecting after a restart) wait 1 s for
+#: SYN retransmits once the accept queue is full.
+BACKLOG = 1024
+
+
+def with_backlog(description: str) -> str:
+    kind = description.partition(":")[0]
+    if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in description:
+        return f"{description}:backlog={BACKLOG}"
+    return description
+
+
 class MetricsSite(Site):
     """The metrics and health site; scrapes are not access-logged."""
 
@@ -61,7 +75,7 @@ class ChatService(MultiService):
         for description in settings.listen:
             # strports.service raises a bind failure synchronously at start-up,
             # so twistd exits with a message instead of running deaf.
-            strports.service(description, self.factory, reactor=reactor).setServiceParent(
+            strports.service(with_backlog(description), self.factory, reactor=reactor).setServiceParent(
                 self.listeners
             )
         self.metrics_listener: Optional[Service] = None

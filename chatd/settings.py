@@ -23,6 +23,13 @@ class Settings:
     ping_interval: float = 30.0
     #: Seconds to wait for a pong before dropping the peer (0: wait forever).
     ping_timeout: float = 30.0
+    #: Most connections at once, handshakes included (0: no limit); over it
+    #: a new connection gets HTTP 503.
+    max_connections: int = 10_000
+    #: Most connections at once from one IP address (0: no limit).
+    max_connections_per_ip: int = 256
+    #: Origins (scheme://host[:port]) a browser may connect from; empty: any.
+    allowed_origins: tuple[str, ...] = ()
     #: Seconds a client has to finish the opening handshake.
     handshake_timeout: float = 10.0
     #: Seconds to wait for the peer's close frame after ours.

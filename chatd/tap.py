@@ -49,6 +49,11 @@ class Options(usage.Options):
 
     opt_listen.__doc__ = config.BY_NAME["listen"].help
 
+    def opt_allowed_origin(self, origin: str) -> None:
+        self["allowed-origin"].append(origin)
+
+    opt_allowed_origin.__doc__ = config.BY_NAME["allowed-origin"].help
+
     def postOptions(self) -> None:
         given: dict[str, Any] = {}
         for option in config.OPTIONS:

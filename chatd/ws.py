@@ -9,13 +9,14 @@ from typing import Any, Optional
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
-from autobahn.websocket.types import ConnectionRequest
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from chatd import __version__, codec
+from chatd.config import normalise_origin
 from chatd.core import ChatCore, Client, CoreEvents, Room
 from chatd.errors import ChatError, SinkGone
 from chatd.metrics import Metrics
@@ -48,12 +49,24 @@ class ChatProtocol(WebSocketServerProtocol):
     # bytes were queued since it went over.
     _paused = False
     _queued = 0
+    # The address this connection is counted under for the per-IP limit.
+    counted_ip: Optional[str] = None
 
     # -- Twisted / Autobahn callbacks -------------------------------------
 
     def connectionMade(self) -> None:
-        self.factory.connections.add(self)
         super().connectionMade()
+        # Limits are checked at accept time, so connections that never send
+        # a request (a handshake flood) cost at most their per-IP quota.
+        refusal = self.factory.admit(self)
+        if refusal is not None:
+            self.factory.metrics.handshake_failures.labels("limit").inc()
+            self.sendHttpErrorResponse(503, refusal, [("Retry-After", "5")])
+            # A refusal chatd chose: counted, not logged per connection (a
+            # flood must not become a flood of log lines), so Autobahn's
+            # failHandshake, which logs twice, is not used here.
+            self.wasClean = True
+            self.dropConnection(abort=False)
 
     def connectionLost(self, reason: Any = None) -> None:
         try:
@@ -62,6 +75,19 @@ class ChatProtocol(WebSocketServerProtocol):
             self.factory.connection_gone(self)
 
     def onConnect(self, request: ConnectionRequest) -> None:
+        # Autobahn answers any exception but ConnectionDeny with its text in
+        # the HTTP response, so nothing else may escape from here.
+        try:
+            allowed = self.factory.allowed_origins
+            origin = request.origin
+            # Autobahn reports a missing Origin header as "": not a browser.
+            if allowed and origin and normalise_origin(origin) not in allowed:
+                raise ConnectionDeny(403, "Origin not allowed")
+        except ConnectionDeny:
+            raise
+        except Exception:
+            self._log.failure("Unexpected error checking a handshake")
+            raise ConnectionDeny(500, "Internal server error") from None
         return None
 
     def failHandshake(
@@ -291,6 +317,8 @@ class ChatFactory(WebSocketServerFactory):
         )
         self.metrics.watch(self._gauges)
         self.connections: set[ChatProtocol] = set()
+        self._per_ip: dict[str, int] = {}
+        self.allowed_origins = frozenset(settings.allowed_origins)
         self._drained: Optional[Deferred[None]] = None
         # Autobahn leaves every limit unlimited; each is set here on purpose.
         self.setProtocolOptions(
@@ -310,7 +338,11 @@ class ChatFactory(WebSocketServerFactory):
             autoPingTimeout=_at_least(settings.ping_timeout),
             autoPingSize=12,  # the minimum Autobahn allows
             serveFlashSocketPolicy=False,
-            maxConnections=0,
+            maxConnections=0,  # chatd counts connections itself (admit)
+            # chatd checks origins itself (onConnect); Autobahn's default of
+            # refusing "null" would apply even with no --allowed-origin.
+            allowedOrigins=["*"],
+            allowNullOrigin=True,
             trustXForwardedFor=0,
         )
 
@@ -329,7 +361,32 @@ class ChatFactory(WebSocketServerFactory):
             client_id=client.client_id,
         )
 
+    def admit(self, protocol: ChatProtocol) -> Optional[str]:
+        """
+        Count a new connection; if it is over a limit, why (it is then not
+        counted, and is refused).
+        """
+        limits = self.settings
+        if limits.max_connections and len(self.connections) >= limits.max_connections:
+            return "Too many connections"
+        ip = getattr(protocol.transport.getPeer(), "host", None)  # None for unix sockets
+        if ip is not None:
+            count = self._per_ip.get(ip, 0)
+            if limits.max_connections_per_ip and count >= limits.max_connections_per_ip:
+                return "Too many connections from your address"
+            self._per_ip[ip] = count + 1
+            protocol.counted_ip = ip
+        self.connections.add(protocol)
+        return None
+
     def connection_gone(self, protocol: ChatProtocol) -> None:
+        ip = protocol.counted_ip
+        if ip is not None and protocol in self.connections:
+            remaining = self._per_ip[ip] - 1
+            if remaining:
+                self._per_ip[ip] = remaining
+            else:
+                del self._per_ip[ip]
         self.connections.discard(protocol)
         if not self.connections and self._drained is not None:
             drained, self._drained = self._drained, None

@@ -54,6 +54,10 @@ def test_every_option_on_the_command_line() -> None:
         "--log-format", "json",
         "--log-messages",
         "--metrics", "tcp:9108:interface=127.0.0.1",
+        "--max-connections", "500",
+        "--max-connections-per-ip", "0",
+        "--allowed-origin", "https://chat.example.org",
+        "--allowed-origin", "HTTP://Example.org:8080/",
     )
     assert asdict(settings) == {
         "listen": ("tcp:9000", "unix:/tmp/chatd.sock"),
@@ -67,6 +71,9 @@ def test_every_option_on_the_command_line() -> None:
         "log_format": "json",
         "log_messages": True,
         "metrics": "tcp:9108:interface=127.0.0.1",
+        "max_connections": 500,
+        "max_connections_per_ip": 0,
+        "allowed_origins": ("https://chat.example.org:443", "http://example.org:8080"),
     }
 
 
@@ -95,6 +102,11 @@ def test_every_option_is_documented_in_the_example_config() -> None:
         (["--listen", "tcp:99999"], "--listen 'tcp:99999': port 99999 is out of range (0-65535)"),
         (["--listen", "tcp:http"], "--listen 'tcp:http': the port must be a number, not 'http'"),
         (["--log-format", "xml"], "--log-format must be one of text, json, not 'xml'"),
+        (["--max-connections", "-1"], "--max-connections must be at least 0, not -1"),
+        (["--allowed-origin", "chat.example.org"],
+         "--allowed-origin 'chat.example.org' is not an origin like https://chat.example.org"),
+        (["--allowed-origin", "https://x.org/path"],
+         "--allowed-origin 'https://x.org/path' is not an origin like https://chat.example.org"),
     ],
 )
 def test_bad_values_stop_with_status_2(argv: list[str], message: str, capsys) -> None:
@@ -137,6 +149,8 @@ shutdown-timeout = 2.5
         ('listen = ["tcp:70000"]', "listen 'tcp:70000': port 70000 is out of range (0-65535)"),
         ("close-timeout = 0", "close-timeout must be at least 1 second, not 0"),
         ('log-messages = "yes"', "log-messages must be true or false, not a string"),
+        ('allowed-origin = "https://a.org"', "allowed-origin must be a list of origins, not a string"),
+        ("max-connections-per-ip = 2.5", "max-connections-per-ip must be a whole number, not 2.5"),
     ],
 )
 def test_config_file_errors_name_the_file_and_key(tmp_path: Path, text: str, message: str, capsys) -> None:
@@ -161,17 +175,20 @@ def test_make_service_listens_on_the_default() -> None:
     assert isinstance(service, ChatService)
     service.startService()
     [(port, factory, backlog, interface)] = reactor.tcpServers
-    assert (port, interface) == (8765, "127.0.0.1")
+    assert (port, backlog, interface) == (8765, 1024, "127.0.0.1")
     assert factory is service.factory
 
 
 def test_make_service_listens_on_every_listen_option() -> None:
     reactor = MemoryReactor()
     options = tap.Options()
-    options.parseOptions(["--listen", "tcp:9001", "--listen", "unix:/tmp/chatd-test.sock"])
+    options.parseOptions([
+        "--listen", "tcp:9001", "--listen", "tcp:9002:backlog=7", "--listen", "unix:/tmp/chatd-test.sock",
+    ])
     service = tap.makeService(options, reactor=reactor)
     service.startService()
-    assert [(p, i) for p, _, _, i in reactor.tcpServers] == [(9001, "")]
+    # A backlog the description names is kept; otherwise chatd asks for 1024.
+    assert [(p, b, i) for p, _, b, i in reactor.tcpServers] == [(9001, 1024, ""), (9002, 7, "")]
     assert [u[0] for u in reactor.unixServers] == ["/tmp/chatd-test.sock"]
 
 
