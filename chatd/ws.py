@@ -371,6 +371,8 @@ class ChatFactory(WebSocketServerFactory):
             return "Too many connections"
         ip = getattr(protocol.transport.getPeer(), "host", None)  # None for unix sockets
         if ip is not None:
+            if ip.startswith("::ffff:") and "." in ip:
+                ip = ip[7:]  # IPv4 through a dual-stack socket: one address, one count
             count = self._per_ip.get(ip, 0)
             if limits.max_connections_per_ip and count >= limits.max_connections_per_ip:
                 return "Too many connections from your address"
