@@ -122,13 +122,23 @@ class WSClient:
         self.protocol.transport.abortConnection()
 
 
-async def connect(port: int) -> WSClient:
+async def connect(port: int, tls: Any = None, host: str = "127.0.0.1") -> WSClient:
+    """
+    A connected, opened client; ``tls`` is client TLS options (from
+    ``optionsForClientTLS``) for ``wss://``.
+    """
     client = WSClient()
-    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}")
+    scheme = "wss" if tls is not None else "ws"
+    factory = WebSocketClientFactory(f"{scheme}://{host}:{port}")
     factory.setProtocolOptions(autoPingInterval=0, openHandshakeTimeout=WAIT)
     factory.protocol = _ClientProtocol
     factory.client = client
-    await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
+    endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    if tls is not None:
+        from twisted.internet.endpoints import wrapClientTLS
+
+        endpoint = wrapClientTLS(tls, endpoint)
+    await endpoint.connect(factory)
     await within(client._open, "the WebSocket handshake")
     return client
 
@@ -221,7 +231,7 @@ class DaemonProcess(ProcessProtocol):
         return within(d, what)
 
     async def wait_listening(self) -> int:
-        match = await self.wait_for(rb"ChatFactory starting on (\d+)", "chatd to listen")
+        match = await self.wait_for(rb"ChatFactory(?: \(TLS\))? starting on (\d+)", "chatd to listen")
         return int(match.group(1))
 
     async def wait_metrics(self) -> int:
