@@ -17,9 +17,10 @@ _DEFAULTS = Settings()
 
 
 def _help(option: config.Option) -> str:
-    if option.kind != "value":
+    default = getattr(_DEFAULTS, option.field)
+    if option.kind != "value" or default is None:
         return option.help
-    return f"{option.help} [default: {getattr(_DEFAULTS, option.field)}]"
+    return f"{option.help} [default: {default}]"
 
 
 class Options(usage.Options):

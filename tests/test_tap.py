@@ -206,3 +206,10 @@ def test_the_plugin_is_found() -> None:
     makers = {p.tapname: p for p in getPlugins(IPlugin) if hasattr(p, "tapname")}
     assert makers["chatd"].module == "chatd.tap"
     assert makers["chatd"].options is tap.Options
+
+
+def test_the_readme_documents_every_option() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for option in config.OPTIONS:
+        assert f"`--{option.name}" in readme, option.name
+    assert "`--config PATH`" in readme
