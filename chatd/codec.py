@@ -13,7 +13,8 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Union
+import re
+from typing import Any, Optional, Union
 
 from chatd.errors import ProtocolError
 
@@ -24,6 +25,11 @@ MAX_ROOM_ID = 64
 #: How deeply arrays and objects may nest in one message (the message object
 #: itself is level 1).
 MAX_DEPTH = 32
+#: The longest nick, in characters.
+MAX_NICK = 32
+#: The most rooms ``list`` and messages ``history`` return at once, and the default.
+MAX_PAGE = 100
+DEFAULT_PAGE = 50
 
 INVALID_JSON = "Invalid JSON format"
 INVALID_ACTION = "Invalid action"
@@ -49,7 +55,34 @@ class Message:
     body: Any
 
 
-Command = Union[Create, Join, Leave, Message]
+@dataclass(frozen=True, slots=True)
+class ListRooms:
+    limit: int = DEFAULT_PAGE
+    after: Optional[str] = None
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Nick:
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    limit: int = DEFAULT_PAGE
+    before: Optional[int] = None
+
+
+@dataclass(frozen=True, slots=True)
+class Events:
+    on: bool
+
+
+Command = Union[Create, Join, Leave, Message, ListRooms, Members, Nick, History, Events]
 
 _LEAVE = Leave()
 
@@ -202,7 +235,68 @@ def decode(payload: bytes) -> Command:
         return Create(name)
     if action == "leave":
         return _LEAVE
+    if action == "list":
+        options = _options(data, "List", '{"limit": 50, "after": "CURSOR"}')
+        after = options.get("after")
+        if after is not None and not isinstance(after, str):
+            raise ProtocolError("'after' must be the 'next' string of a previous list reply", "shape")
+        return ListRooms(_page_limit(options), after)
+    if action == "members":
+        return _MEMBERS
+    if action == "nick":
+        return Nick(_nick(data.get("body")))
+    if action == "history":
+        options = _options(data, "History", '{"limit": 50, "before": 120}')
+        before = options.get("before")
+        if before is not None and (not _is_int(before) or before < 1):
+            raise ProtocolError(
+                "'before' must be a message id (a whole number of at least 1)", "shape"
+            )
+        return History(_page_limit(options), before)
+    if action == "events":
+        on = data.get("body")
+        if not isinstance(on, bool):
+            raise ProtocolError("Events body must be true or false", "shape")
+        return Events(on)
     raise ProtocolError(INVALID_ACTION, "action")
+
+
+_MEMBERS = Members()
+_CLIENT_ID = re.compile(r"[0-9a-f]{8}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _options(data: dict[str, Any], what: str, example: str) -> dict[str, Any]:
+    options = data.get("body")
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ProtocolError(f"{what} body must be an object like {example}", "shape")
+    return options
+
+
+def _page_limit(options: dict[str, Any]) -> int:
+    limit = options.get("limit", DEFAULT_PAGE)
+    if not _is_int(limit) or not 1 <= limit <= MAX_PAGE:
+        raise ProtocolError(f"'limit' must be a whole number from 1 to {MAX_PAGE}", "shape")
+    return int(limit)
+
+
+def _nick(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ProtocolError("Nick must be a non-empty string", "shape")
+    nick = value.strip()
+    if len(nick) > MAX_NICK:
+        raise ProtocolError(f"Nick must be at most {MAX_NICK} characters", "shape")
+    if not nick.isprintable():
+        raise ProtocolError("Nick must not contain control characters", "shape")
+    if _CLIENT_ID.fullmatch(nick.lower()):
+        # Eight hex digits would pass for someone's client ID.
+        raise ProtocolError("Nick must not look like a client ID", "shape")
+    return nick
 
 
 def _json_type(value: Any) -> str:
@@ -239,9 +333,20 @@ def welcome(client_id: str) -> dict[str, Any]:
     return {"status": "connected", "client_id": client_id, "message": "Welcome!"}
 
 
-def error(message: str) -> dict[str, Any]:
-    return {"status": "error", "message": message}
+def error(message: str, **extra: Any) -> dict[str, Any]:
+    return {"status": "error", "message": message, **extra}
 
 
-def broadcast(sender_id: str, body: Any, ts: str) -> dict[str, Any]:
-    return {"from": sender_id, "body": body, "timestamp": ts}
+def broadcast(
+    sender_id: str, body: Any, ts: str, message_id: int, nick: Optional[str] = None
+) -> dict[str, Any]:
+    """The seed's broadcast, plus fields a seed client ignores: "id", "nick"."""
+    message = {"from": sender_id, "body": body, "timestamp": ts, "id": message_id}
+    if nick is not None:
+        message["nick"] = nick
+    return message
+
+
+def event(kind: str, room_id: str, client_id: str, nick: Optional[str], ts: str) -> dict[str, Any]:
+    """A room event, sent only to clients that opted in with "events"."""
+    return {"event": kind, "room_id": room_id, "client_id": client_id, "nick": nick, "timestamp": ts}

@@ -100,6 +100,13 @@ def endpoints(value: Any, is_text: bool) -> tuple[str, ...]:
     return tuple(_endpoint(item) for item in items)
 
 
+def rate(value: Any, is_text: bool) -> float:
+    number = float(_number(value, is_text, integral=False))
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"must be a finite number >= 0 (0 turns the limit off), not {value}")
+    return number
+
+
 def endpoint(value: Any, is_text: bool) -> str:
     return _endpoint(value)
 
@@ -181,6 +188,23 @@ OPTIONS: tuple[Option, ...] = (
            "Repeatable; a handshake from another Origin gets HTTP 403. Clients "
            "that send no Origin (not browsers) are not affected. Default: any.",
            kind="list"),
+    Option("rate-messages", "rate_messages", rate,
+           "Chat messages a second each connection may send (0: no limit); "
+           "over it: a 'Rate limit exceeded' error with retry_after."),
+    Option("rate-messages-burst", "rate_messages_burst", size(1),
+           "Messages a connection may send at once before --rate-messages "
+           "applies; refused twice this many in a row: close 1008."),
+    Option("rate-creates", "rate_creates", rate,
+           "Rooms a minute each connection may create (0: no limit)."),
+    Option("rate-creates-burst", "rate_creates_burst", size(1),
+           "Rooms a connection may create at once before --rate-creates applies."),
+    Option("rate-connections-per-ip", "rate_connections_per_ip", rate,
+           "New connections a minute from one IP address, and as many at once "
+           "(0: no limit); over it: HTTP 503."),
+    Option("history-size", "history_size", size(0),
+           "Messages each room keeps for the history action (0: none)."),
+    Option("history-bytes", "history_bytes", size(0),
+           "Bytes of messages each room keeps at most (the oldest go first)."),
     Option("handshake-timeout", "handshake_timeout", seconds(allow_zero=False),
            "Seconds a client has to complete the opening handshake."),
     Option("close-timeout", "close_timeout", seconds(allow_zero=False),

@@ -2,18 +2,36 @@
 Rooms and members: the chat's state machine, free of I/O.
 
 Nothing here imports Twisted or Autobahn.  Time comes in as ``now`` (POSIX
-seconds); connections are :class:`Sink` objects; a broadcast is encoded and
-prepared once, then handed to every recipient's sink.
+seconds); connections are :class:`Sink` objects; a broadcast or an event is
+encoded and prepared once, then handed to every recipient's sink.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable, Container, Optional, Protocol
 
 from chatd import codec
-from chatd.codec import Command, Create, Join, Leave, Message
-from chatd.errors import NotInRoom, RoomNotFound, SinkGone
+from chatd.codec import (
+    Command,
+    Create,
+    Events,
+    History,
+    Join,
+    Leave,
+    ListRooms,
+    Members,
+    Message,
+    Nick,
+)
+from chatd.errors import ChatError, NotInRoom, RateLimited, RoomNotFound, SinkGone
+from chatd.ratelimit import TokenBucket
+
+#: Close code and reason for a client that keeps sending far over its limit.
+CLOSE_POLICY_VIOLATION = 1008
+HAMMERING = "Rate limit exceeded repeatedly"
 
 
 class Sink(Protocol):
@@ -26,7 +44,7 @@ class Sink(Protocol):
     """
 
     def deliver(self, frame: Any) -> None:
-        """Queue one prepared broadcast frame for sending; never block."""
+        """Queue one prepared frame for sending; never block."""
 
     def close(self, code: int, reason: str) -> None:
         """Begin closing the connection with a WebSocket close code."""
@@ -37,15 +55,35 @@ def random_id() -> str:
     return uuid.uuid4().hex[:8]
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Per-client rate limits (0 turns one off) and the history size."""
+
+    messages_per_second: float = 20.0
+    messages_burst: int = 40
+    creates_per_minute: float = 10.0
+    creates_burst: int = 10
+    history_size: int = 100
+    history_bytes: int = 512 * 1024
+
+
 class Client:
     """One connected client."""
 
-    __slots__ = ("client_id", "sink", "room")
+    __slots__ = (
+        "client_id", "sink", "room", "nick", "events",
+        "message_bucket", "create_bucket", "strikes",
+    )
 
     def __init__(self, client_id: str, sink: Sink) -> None:
         self.client_id = client_id
         self.sink = sink
         self.room: Optional[Room] = None
+        self.nick: Optional[str] = None
+        self.events = False  # opted in to room events
+        self.message_bucket: Optional[TokenBucket] = None  # made on first use
+        self.create_bucket: Optional[TokenBucket] = None
+        self.strikes = 0  # messages refused in a row by the rate limit
 
     def __repr__(self) -> str:
         return f"<Client {self.client_id}>"
@@ -54,20 +92,84 @@ class Client:
 class Room:
     """One room and its members, in the order they joined."""
 
-    __slots__ = ("room_id", "name", "created_at", "created_by", "members")
+    __slots__ = ("room_id", "name", "created_at", "created_by", "members", "seq", "last_id")
 
-    def __init__(self, room_id: str, name: str, created_at: str, created_by: str) -> None:
+    def __init__(self, room_id: str, name: str, created_at: str, created_by: str, seq: int) -> None:
         self.room_id = room_id
         self.name = name
         self.created_at = created_at
         self.created_by = created_by
         self.members: dict[str, Client] = {}
+        self.seq = seq  # creation order, the cursor of "list"
+        self.last_id = 0  # the id of the room's latest message
+
+
+class HistoryStore(Protocol):
+    """Where a room's recent messages are kept, in the broadcast shape."""
+
+    def append(self, room: Room, message: dict[str, Any], size: int) -> None:
+        """Keep ``message`` (``size`` bytes encoded)."""
+        ...
+
+    def recent(self, room: Room, limit: int, before: Optional[int]) -> list[dict[str, Any]]:
+        """At most ``limit`` messages with ids below ``before``, oldest first."""
+        ...
+
+    def drop(self, room: Room) -> None:
+        """The room is gone."""
+        ...
+
+
+class _Ring:
+    __slots__ = ("messages", "sizes", "total")
+
+    def __init__(self) -> None:
+        self.messages: deque[dict[str, Any]] = deque()
+        self.sizes: deque[int] = deque()
+        self.total = 0
+
+
+class MemoryHistory:
+    """
+    The last ``size`` messages per room, and no more than ``max_bytes`` of
+    them (encoded), for the room's life.  The byte budget bounds memory: a
+    room of 64 KiB messages would otherwise hold 6 MiB.
+    """
+
+    def __init__(self, size: int, max_bytes: int = 512 * 1024) -> None:
+        self.size = size
+        self.max_bytes = max_bytes
+        self._rings: dict[str, _Ring] = {}
+
+    def append(self, room: Room, message: dict[str, Any], size: int) -> None:
+        if self.size <= 0 or size > self.max_bytes:
+            return
+        ring = self._rings.get(room.room_id)
+        if ring is None:
+            ring = self._rings[room.room_id] = _Ring()
+        ring.messages.append(message)
+        ring.sizes.append(size)
+        ring.total += size
+        while len(ring.messages) > self.size or ring.total > self.max_bytes:
+            ring.messages.popleft()
+            ring.total -= ring.sizes.popleft()
+
+    def recent(self, room: Room, limit: int, before: Optional[int]) -> list[dict[str, Any]]:
+        ring = self._rings.get(room.room_id)
+        if ring is None:
+            return []
+        messages = [m for m in ring.messages if before is None or m["id"] < before]
+        return messages[-limit:]
+
+    def drop(self, room: Room) -> None:
+        self._rings.pop(room.room_id, None)
 
 
 class CoreEvents:
     """
-    Told what happens in the core, for logs and metrics; every method does
-    nothing here.  Implementations must not call back into the core.
+    Told what happens in the core, for logs, metrics and the message log;
+    every method does nothing here.  Implementations must not call back into
+    the core.
     """
 
     def room_created(self, room: Room, client: Client) -> None:
@@ -77,7 +179,7 @@ class CoreEvents:
         """``room`` lost its last member and is gone."""
 
     def message_sent(
-        self, room: Room, sender: Client, body: Any, recipients: int, size: int
+        self, room: Room, sender: Client, message: dict[str, Any], recipients: int, size: int
     ) -> None:
         """One broadcast of ``size`` encoded bytes reached ``recipients`` members."""
 
@@ -105,6 +207,8 @@ class ChatCore:
     :param on_sink_error: told about sinks whose ``deliver`` raised
         something other than ``SinkGone``.
     :param events: told about rooms and broadcasts.
+    :param limits: rate limits and history size.
+    :param history: where recent messages are kept (default: in memory).
     """
 
     def __init__(
@@ -113,13 +217,20 @@ class ChatCore:
         new_id: Callable[[], str] = random_id,
         on_sink_error: SinkErrorHandler = _ignore_sink_error,
         events: Optional[CoreEvents] = None,
+        limits: Limits = Limits(),
+        history: Optional[HistoryStore] = None,
     ) -> None:
         self._prepare = prepare
         self._new_id = new_id
         self._on_sink_error = on_sink_error
         self.events = events if events is not None else CoreEvents()
+        self.limits = limits
+        self.history: HistoryStore = (
+            history if history is not None else MemoryHistory(limits.history_size, limits.history_bytes)
+        )
         self.clients: dict[str, Client] = {}
         self.rooms: dict[str, Room] = {}
+        self._room_seq = 0
 
     # -- ids ---------------------------------------------------------------
 
@@ -139,11 +250,11 @@ class ChatCore:
         self.clients[client.client_id] = client
         return client
 
-    def disconnect(self, client: Client) -> None:
+    def disconnect(self, client: Client, now: float = 0.0) -> None:
         """Forget a client and leave its room. Safe to call more than once."""
         if self.clients.get(client.client_id) is not client:
             return
-        self._leave_room(client)
+        self._leave_room(client, now)
         del self.clients[client.client_id]
 
     # -- commands ----------------------------------------------------------
@@ -153,16 +264,35 @@ class ChatCore:
         if isinstance(command, Message):
             return self.message(client, command.body, now)
         if isinstance(command, Join):
-            return self.join(client, command.room_id)
+            return self.join(client, command.room_id, now)
         if isinstance(command, Create):
             return self.create(client, command.name, now)
         if isinstance(command, Leave):
-            return self.leave(client)
+            return self.leave(client, now)
+        if isinstance(command, ListRooms):
+            return self.list_rooms(command.limit, command.after)
+        if isinstance(command, Members):
+            return self.members(client)
+        if isinstance(command, Nick):
+            return self.set_nick(client, command.nick, now)
+        if isinstance(command, History):
+            return self.recent(client, command.limit, command.before)
+        if isinstance(command, Events):
+            return self.set_events(client, command.on)
         raise TypeError(f"unknown command {command!r}")
 
     def create(self, client: Client, name: str, now: float) -> dict[str, Any]:
-        self._leave_room(client)
-        room = Room(self._unique_id(self.rooms), name, codec.timestamp(now), client.client_id)
+        limits = self.limits
+        if limits.creates_per_minute > 0:
+            if client.create_bucket is None:
+                client.create_bucket = TokenBucket(
+                    limits.creates_per_minute / 60, limits.creates_burst, now)
+            wait = client.create_bucket.take(now)
+            if wait:
+                raise RateLimited(wait)
+        self._leave_room(client, now)
+        self._room_seq += 1
+        room = Room(self._unique_id(self.rooms), name, codec.timestamp(now), client.client_id, self._room_seq)
         self.rooms[room.room_id] = room
         self._enter_room(client, room)
         self.events.room_created(room, client)
@@ -172,41 +302,142 @@ class ChatCore:
             "message": f"Room '{name}' created",
         }
 
-    def join(self, client: Client, room_id: str) -> dict[str, Any]:
+    def join(self, client: Client, room_id: str, now: float = 0.0) -> dict[str, Any]:
         room = self.rooms.get(room_id)
         if room is None:
             raise RoomNotFound(room_id)
         if client.room is not room:
-            self._leave_room(client)
+            if client.nick is not None and self._nick_taken(room, client.nick, client):
+                raise ChatError(
+                    f"Nick '{client.nick}' is taken in room {room_id}; choose another with \"nick\""
+                )
+            self._leave_room(client, now)
             self._enter_room(client, room)
+            self._announce(room, client, "join", now)
         return {
             "status": "success",
             "message": f"Joined room '{room.name}'",
             "room_id": room.room_id,
         }
 
-    def leave(self, client: Client) -> dict[str, Any]:
+    def leave(self, client: Client, now: float = 0.0) -> dict[str, Any]:
         if client.room is None:
             raise NotInRoom("Not in any room")
-        self._leave_room(client)
+        self._leave_room(client, now)
         return {"status": "success", "message": "Left room"}
 
     def message(self, client: Client, body: Any, now: float) -> dict[str, Any]:
+        """Rate-limit, then publish: the sender's reply."""
+        self.check_message_rate(client, now)
+        return self.publish(client, body, now)
+
+    def check_message_rate(self, client: Client, now: float) -> None:
+        """
+        Take a message token or raise RateLimited; a client refused twice
+        its burst in a row is closed with 1008.
+        """
+        limits = self.limits
+        if limits.messages_per_second <= 0:
+            return
+        if client.room is None:
+            raise NotInRoom("You must join a room first")
+        if client.message_bucket is None:
+            client.message_bucket = TokenBucket(limits.messages_per_second, limits.messages_burst, now)
+        wait = client.message_bucket.take(now)
+        if not wait:
+            client.strikes = 0
+            return
+        client.strikes += 1
+        if client.strikes >= 2 * limits.messages_burst:
+            client.sink.close(CLOSE_POLICY_VIOLATION, HAMMERING)
+        raise RateLimited(wait)
+
+    def publish(self, client: Client, body: Any, now: float) -> dict[str, Any]:
+        """Broadcast a message to the sender's room (no rate limit here)."""
         room = client.room
         if room is None:
             raise NotInRoom("You must join a room first")
-        payload = codec.encode(codec.broadcast(client.client_id, body, codec.timestamp(now)))
-        recipients = self._fan_out(room, client, payload)
-        self.events.message_sent(room, client, body, recipients, len(payload))
+        room.last_id += 1
+        message = codec.broadcast(
+            client.client_id, body, codec.timestamp(now), room.last_id, client.nick
+        )
+        payload = codec.encode(message)
+        recipients = self._fan_out(room, client, payload, now)
+        self.history.append(room, message, len(payload))
+        self.events.message_sent(room, client, message, recipients, len(payload))
         return {"status": "success", "message": "Message sent"}
 
+    def list_rooms(self, limit: int = codec.DEFAULT_PAGE, after: Optional[str] = None) -> dict[str, Any]:
+        """Rooms in creation order, a page at a time; "next" pages on."""
+        start = int(after) if after else 0
+        page: list[dict[str, Any]] = []
+        more = False
+        for room in self.rooms.values():  # insertion order is creation order
+            if room.seq <= start:
+                continue
+            if len(page) == limit:
+                more = True
+                break
+            page.append({
+                "room_id": room.room_id,
+                "name": room.name,
+                "members": len(room.members),
+                "created_at": room.created_at,
+            })
+        reply: dict[str, Any] = {"status": "success", "rooms": page}
+        if more:
+            reply["next"] = str(self.rooms[page[-1]["room_id"]].seq)
+        return reply
+
+    def members(self, client: Client) -> dict[str, Any]:
+        room = self._room_of(client)
+        return {
+            "status": "success",
+            "room_id": room.room_id,
+            "members": [{"client_id": m.client_id, "nick": m.nick} for m in room.members.values()],
+        }
+
+    def set_nick(self, client: Client, nick: str, now: float) -> dict[str, Any]:
+        room = client.room
+        if room is not None and self._nick_taken(room, nick, client):
+            raise ChatError(f"Nick '{nick}' is already taken in this room")
+        client.nick = nick
+        if room is not None:
+            self._announce(room, client, "nick", now)
+        return {"status": "success", "message": f"Nick set to '{nick}'", "nick": nick}
+
+    def recent(self, client: Client, limit: int, before: Optional[int]) -> dict[str, Any]:
+        room = self._room_of(client)
+        return {
+            "status": "success",
+            "room_id": room.room_id,
+            "messages": self.history.recent(room, limit, before),
+        }
+
+    def set_events(self, client: Client, on: bool) -> dict[str, Any]:
+        client.events = on
+        return {"status": "success", "message": "Events on" if on else "Events off"}
+
     # -- internals ---------------------------------------------------------
+
+    def _room_of(self, client: Client) -> Room:
+        if client.room is None:
+            raise NotInRoom("You must join a room first")
+        return client.room
+
+    @staticmethod
+    def _nick_taken(room: Room, nick: str, client: Client) -> bool:
+        folded = nick.casefold()
+        return any(
+            m is not client and m.nick is not None and m.nick.casefold() == folded
+            for m in room.members.values()
+        )
 
     def _enter_room(self, client: Client, room: Room) -> None:
         room.members[client.client_id] = client
         client.room = room
 
-    def _leave_room(self, client: Client) -> None:
+    def _leave_room(self, client: Client, now: float) -> None:
         room = client.room
         if room is None:
             return
@@ -214,26 +445,43 @@ class ChatCore:
         room.members.pop(client.client_id, None)
         if not room.members:
             del self.rooms[room.room_id]
+            self.history.drop(room)
             self.events.room_deleted(room)
+        else:
+            self._announce(room, client, "leave", now)
 
-    def _fan_out(self, room: Room, sender: Client, payload: bytes) -> int:
+    def _announce(self, room: Room, subject: Client, kind: str, now: float) -> None:
+        """A room event to the members (but the subject) who opted in."""
+        watchers = [m for m in room.members.values() if m.events and m is not subject]
+        if watchers:
+            event = codec.event(kind, room.room_id, subject.client_id, subject.nick, codec.timestamp(now))
+            self._deliver(watchers, codec.encode(event), now)
+
+    def _fan_out(self, room: Room, sender: Client, payload: bytes, now: float) -> int:
         """
         Deliver one encoded broadcast to every member but the sender; return
         how many it reached.
         """
         if len(room.members) < 2:
             return 0
+        # A list, not the live dict: a failed member leaves the room below.
+        recipients = [m for m in room.members.values() if m is not sender]
+        return len(recipients) - self._deliver(recipients, payload, now)
+
+    def _deliver(self, recipients: list[Client], payload: bytes, now: float) -> int:
+        """
+        Prepare once, hand to every recipient; remove those that fail and
+        return how many did.
+        """
         frame = self._prepare(payload)
         failed: list[tuple[Client, BaseException]] = []
-        for member in room.members.values():
-            if member is sender:
-                continue
+        for member in recipients:
             try:
                 member.sink.deliver(frame)
             except Exception as e:
                 failed.append((member, e))
         for member, error in failed:
-            self.disconnect(member)
+            self.disconnect(member, now)
             if isinstance(error, SinkGone):
                 continue
             self._on_sink_error(member, error)
@@ -241,4 +489,4 @@ class ChatCore:
                 member.sink.close(1011, "Internal error")
             except Exception as close_error:
                 self._on_sink_error(member, close_error)
-        return len(room.members) - 1  # the failed ones are no longer members
+        return len(failed)

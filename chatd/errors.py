@@ -12,13 +12,17 @@ from __future__ import annotations
 
 
 class ChatError(Exception):
-    """An error caused by the client; safe to show it."""
+    """
+    An error caused by the client; safe to show it.  ``extra`` holds fields
+    added to the error reply beside ``status`` and ``message``.
+    """
 
     kind = "error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, **extra: object) -> None:
         super().__init__(message)
         self.message = message
+        self.extra = extra
 
 
 class ProtocolError(ChatError):
@@ -43,6 +47,25 @@ class NotInRoom(ChatError):
     """The command needs the client to be in a room."""
 
     kind = "not_in_room"
+
+
+class RateLimited(ChatError):
+    """Over a rate limit; ``retry_after`` says when a token will be there."""
+
+    kind = "rate_limit"
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("Rate limit exceeded", retry_after=round(retry_after, 3))
+        self.retry_after = retry_after
+
+
+class Rejected(ChatError):
+    """A moderator refused the message."""
+
+    kind = "moderation"
+
+    def __init__(self) -> None:
+        super().__init__("Message rejected by moderation")
 
 
 class SinkGone(Exception):

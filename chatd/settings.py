@@ -30,6 +30,18 @@ class Settings:
     max_connections_per_ip: int = 256
     #: Origins (scheme://host[:port]) a browser may connect from; empty: any.
     allowed_origins: tuple[str, ...] = ()
+    #: Chat messages a second per connection (0: no limit), and the burst.
+    rate_messages: float = 20.0
+    rate_messages_burst: int = 40
+    #: Rooms created a minute per connection (0: no limit), and the burst.
+    rate_creates: float = 10.0
+    rate_creates_burst: int = 10
+    #: New connections a minute per IP address (0: no limit); also the burst.
+    rate_connections_per_ip: float = 60.0
+    #: Messages kept per room for "history" (0: none), and at most this many
+    #: bytes of them per room.
+    history_size: int = 100
+    history_bytes: int = 512 * 1024
     #: Seconds a client has to finish the opening handshake.
     handshake_timeout: float = 10.0
     #: Seconds to wait for the peer's close frame after ours.

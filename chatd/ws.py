@@ -17,7 +17,8 @@ from zope.interface import implementer
 
 from chatd import __version__, codec
 from chatd.config import normalise_origin
-from chatd.core import ChatCore, Client, CoreEvents, Room
+from chatd.core import ChatCore, Client, CoreEvents, Limits, Room
+from chatd.ratelimit import TokenBucket
 from chatd.errors import ChatError, SinkGone
 from chatd.metrics import Metrics
 from chatd.settings import Settings
@@ -131,7 +132,8 @@ class ChatProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         client = self._client
-        if client is None or self._gone:
+        # Nothing more is done for a connection that is closing.
+        if client is None or self._gone or self.state != WebSocketProtocol.STATE_OPEN:
             return
         metrics = self.factory.metrics
         metrics.bytes_received.inc(len(payload))
@@ -148,7 +150,7 @@ class ChatProtocol(WebSocketServerProtocol):
                 else:
                     reply = self.factory.core.handle(client, command, self.factory.clock.seconds())
             except ChatError as e:
-                reply = codec.error(e.message)
+                reply = codec.error(e.message, **e.extra)
                 metrics.errors.labels(e.kind).inc()
                 # The kind of mistake, never the content.
                 self._log.info(
@@ -169,7 +171,7 @@ class ChatProtocol(WebSocketServerProtocol):
         # completed (then there is no client), and only once per connection.
         client, self._client = self._client, None
         if client is not None:
-            self.factory.core.disconnect(client)
+            self.factory.core.disconnect(client, self.factory.clock.seconds())
             self._log.info(
                 "{client_id} disconnected (code {code}, {reason})",
                 event="disconnect", client_id=client.client_id, code=code,
@@ -277,7 +279,7 @@ class _Events(CoreEvents):
         self._log.info("room {room_id} deleted", event="room_deleted", room_id=room.room_id)
 
     def message_sent(
-        self, room: Room, sender: Client, body: Any, recipients: int, size: int
+        self, room: Room, sender: Client, message: dict[str, Any], recipients: int, size: int
     ) -> None:
         metrics = self._metrics
         metrics.messages_received.inc()
@@ -287,7 +289,7 @@ class _Events(CoreEvents):
             self._log.info(
                 "{client_id} in {room_id}: {body!r}",
                 event="message", client_id=sender.client_id, room_id=room.room_id,
-                body=body, recipients=recipients,
+                body=message["body"], message_id=message["id"], recipients=recipients,
             )
 
 
@@ -314,7 +316,18 @@ class ChatFactory(WebSocketServerFactory):
             prepare=self.prepareMessage,
             on_sink_error=self._sink_error,
             events=_Events(settings, self.metrics),
+            limits=Limits(
+                messages_per_second=settings.rate_messages,
+                messages_burst=settings.rate_messages_burst,
+                creates_per_minute=settings.rate_creates,
+                creates_burst=settings.rate_creates_burst,
+                history_size=settings.history_size,
+                history_bytes=settings.history_bytes,
+            ),
         )
+        # New connections per IP address, as token buckets; a full bucket is
+        # the same as none, so those are forgotten (see _prune_buckets).
+        self._connect_buckets: dict[str, TokenBucket] = {}
         self.metrics.watch(self._gauges)
         self.connections: set[ChatProtocol] = set()
         self._per_ip: dict[str, int] = {}
@@ -376,10 +389,28 @@ class ChatFactory(WebSocketServerFactory):
             count = self._per_ip.get(ip, 0)
             if limits.max_connections_per_ip and count >= limits.max_connections_per_ip:
                 return "Too many connections from your address"
+            if limits.rate_connections_per_ip and not self._connect_allowed(ip):
+                return "Too many new connections from your address"
             self._per_ip[ip] = count + 1
             protocol.counted_ip = ip
         self.connections.add(protocol)
         return None
+
+    def _connect_allowed(self, ip: str) -> bool:
+        now = self.clock.seconds()
+        bucket = self._connect_buckets.get(ip)
+        if bucket is None:
+            if len(self._connect_buckets) >= 10_000:
+                self._prune_buckets(now)
+            per_minute = self.settings.rate_connections_per_ip
+            bucket = self._connect_buckets[ip] = TokenBucket(
+                per_minute / 60, max(1.0, per_minute), now)
+        return bucket.take(now) == 0.0
+
+    def _prune_buckets(self, now: float) -> None:
+        """Forget the addresses whose buckets have refilled (they are idle)."""
+        for ip in [ip for ip, bucket in self._connect_buckets.items() if bucket.full(now)]:
+            del self._connect_buckets[ip]
 
     def connection_gone(self, protocol: ChatProtocol) -> None:
         ip = protocol.counted_ip

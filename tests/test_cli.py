@@ -124,7 +124,7 @@ async def test_a_member_that_never_reads_does_not_stall_the_room_or_grow_the_ser
 ) -> None:
     chatd = daemon_factory(
         "--listen", "tcp:0:interface=127.0.0.1", "--close-timeout", "60",
-        "--max-outgoing-buffer", str(1024 * 1024),
+        "--max-outgoing-buffer", str(1024 * 1024), "--rate-messages", "0",
     )
     port = await chatd.wait_listening()
     sender = await connect(port)

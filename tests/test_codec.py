@@ -159,7 +159,7 @@ def test_invalid_utf8_bytes() -> None:
 
 
 def test_output_matches_json_dumps_byte_for_byte() -> None:
-    obj = codec.broadcast("abc123", {"t": "caf\u00e9", "n": [1, 2.0]}, "2026-01-01T00:00:00.000Z")
+    obj = codec.broadcast("abc123", {"t": "caf\u00e9", "n": [1, 2.0]}, "2026-01-01T00:00:00.000Z", 7)
     assert codec.encode(obj) == json.dumps(obj).encode()
     assert codec.encode(codec.welcome("abc12345")) == (
         b'{"status": "connected", "client_id": "abc12345", "message": "Welcome!"}'

@@ -172,14 +172,14 @@ def test_message_reaches_every_other_member_but_not_the_sender() -> None:
     core, [(alice, a), (bob, b), (carol, c)] = three_in_a_room()
     reply = core.message(alice, "Hello everyone!", NOW)
     assert reply == {"status": "success", "message": "Message sent"}
-    expected = {"from": "alice001", "body": "Hello everyone!", "timestamp": "2025-11-26T07:26:40.250Z"}
+    expected = {"from": "alice001", "body": "Hello everyone!", "timestamp": "2025-11-26T07:26:40.250Z", "id": 1}
     assert b.received == [expected]
     assert c.received == [expected]
     assert a.frames == []
-    # Exactly the seed's bytes: json.dumps key order and separators.
+    # The seed's bytes (json.dumps key order and separators), then "id".
     assert b.frames[0] == (
         b'{"from": "alice001", "body": "Hello everyone!", '
-        b'"timestamp": "2025-11-26T07:26:40.250Z"}'
+        b'"timestamp": "2025-11-26T07:26:40.250Z", "id": 1}'
     )
 
 

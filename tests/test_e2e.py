@@ -62,7 +62,9 @@ async def test_seed_example_2_broadcasting(server: InProcessServer) -> None:
     for other in (b, c):
         raw = await other.next_raw()
         event = json.loads(raw)
-        assert list(event) == ["from", "body", "timestamp"]
+        # The seed's keys in the seed's order; "id" (issue 4) is added last.
+        assert list(event) == ["from", "body", "timestamp", "id"]
+        assert event["id"] == 1
         assert (event["from"], event["body"]) == (a_id, "Hello everyone!")
         assert ISO_MS.match(event["timestamp"])
         assert raw == json.dumps(event).encode()

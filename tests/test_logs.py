@@ -58,8 +58,8 @@ class RecordingEvents(CoreEvents):
     def room_deleted(self, room: Any) -> None:
         self.seen.append(("deleted", room.room_id))
 
-    def message_sent(self, room: Any, sender: Any, body: Any, recipients: int, size: int) -> None:
-        self.seen.append(("message", room.room_id, sender.client_id, body, recipients, size))
+    def message_sent(self, room: Any, sender: Any, message: Any, recipients: int, size: int) -> None:
+        self.seen.append(("message", room.room_id, sender.client_id, message["body"], recipients, size))
 
 
 def test_the_core_reports_rooms_and_broadcasts() -> None:
@@ -74,7 +74,7 @@ def test_the_core_reports_rooms_and_broadcasts() -> None:
     for client in (alice, bob):
         core.leave(client)
     core.disconnect(carol)
-    payload_size = len(b'{"from": "alice001", "body": "hi", "timestamp": "1970-01-01T00:00:00.000Z"}')
+    payload_size = len(b'{"from": "alice001", "body": "hi", "timestamp": "1970-01-01T00:00:00.000Z", "id": 1}')
     assert events.seen == [
         ("created", "room0001", "alice001"),
         ("message", "room0001", "alice001", "hi", 2, payload_size),

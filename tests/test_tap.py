@@ -58,6 +58,13 @@ def test_every_option_on_the_command_line() -> None:
         "--max-connections-per-ip", "0",
         "--allowed-origin", "https://chat.example.org",
         "--allowed-origin", "HTTP://Example.org:8080/",
+        "--rate-messages", "5.5",
+        "--rate-messages-burst", "11",
+        "--rate-creates", "0",
+        "--rate-creates-burst", "3",
+        "--rate-connections-per-ip", "120",
+        "--history-size", "0",
+        "--history-bytes", "1000",
     )
     assert asdict(settings) == {
         "listen": ("tcp:9000", "unix:/tmp/chatd.sock"),
@@ -74,6 +81,13 @@ def test_every_option_on_the_command_line() -> None:
         "max_connections": 500,
         "max_connections_per_ip": 0,
         "allowed_origins": ("https://chat.example.org:443", "http://example.org:8080"),
+        "rate_messages": 5.5,
+        "rate_messages_burst": 11,
+        "rate_creates": 0.0,
+        "rate_creates_burst": 3,
+        "rate_connections_per_ip": 120.0,
+        "history_size": 0,
+        "history_bytes": 1000,
     }
 
 
@@ -103,6 +117,8 @@ def test_every_option_is_documented_in_the_example_config() -> None:
         (["--listen", "tcp:http"], "--listen 'tcp:http': the port must be a number, not 'http'"),
         (["--log-format", "xml"], "--log-format must be one of text, json, not 'xml'"),
         (["--max-connections", "-1"], "--max-connections must be at least 0, not -1"),
+        (["--rate-messages", "-2"], "--rate-messages must be a finite number >= 0 (0 turns the limit off), not -2"),
+        (["--rate-messages-burst", "0"], "--rate-messages-burst must be at least 1, not 0"),
         (["--allowed-origin", "chat.example.org"],
          "--allowed-origin 'chat.example.org' is not an origin like https://chat.example.org"),
         (["--allowed-origin", "https://x.org/path"],
