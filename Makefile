@@ -30,7 +30,7 @@ run: $(VENV)/.installed
 	$(BIN)/twistd --nodaemon --pidfile= chatd $(ARGS)
 
 # The sans-IO modules are kept mypy --strict clean (../shared/STYLE.md).
-STRICT := chatd/core.py chatd/codec.py chatd/errors.py chatd/settings.py chatd/config.py
+STRICT := chatd/core.py chatd/codec.py chatd/errors.py chatd/settings.py chatd/config.py chatd/ratelimit.py
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m ruff check --select F,E9,B chatd tests twisted

@@ -238,7 +238,7 @@ def decode(payload: bytes) -> Command:
     if action == "list":
         options = _options(data, "List", '{"limit": 50, "after": "CURSOR"}')
         after = options.get("after")
-        if after is not None and not isinstance(after, str):
+        if after is not None and not (isinstance(after, str) and after.isdigit() and after.isascii()):
             raise ProtocolError("'after' must be the 'next' string of a previous list reply", "shape")
         return ListRooms(_page_limit(options), after)
     if action == "members":
