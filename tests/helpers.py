@@ -270,6 +270,19 @@ async def stop_chatd(process: DaemonProcess) -> None:
 # -- a raw client that never reads ----------------------------------------
 
 
+def handshake_from(port: int, source: str = "127.0.0.1") -> bytes:
+    """A raw handshake from a given loopback address: the response's first bytes."""
+    with socket.socket() as sock:
+        sock.settimeout(10)
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(HANDSHAKE)
+        data = b""
+        while b"\r\n\r\n" not in data and (chunk := sock.recv(4096)):
+            data += chunk
+        return data
+
+
 async def http_get(url: str) -> tuple[int, bytes]:
     """GET a URL with Twisted's own HTTP client: (status, body)."""
     from twisted.web.client import Agent, readBody

@@ -16,8 +16,8 @@ from twisted.internet.threads import deferToThread
 
 from chatd.config import normalise_origin
 from chatd.settings import Settings
-from tests.fakes import HANDSHAKE
 from tests.helpers import (
+    handshake_from,
     InProcessServer,
     WSClient,
     _ClientProtocol,
@@ -26,19 +26,6 @@ from tests.helpers import (
     stop_chatd,
     within,
 )
-
-
-def handshake_from(port: int, source: str = "127.0.0.1") -> bytes:
-    """A raw handshake from a given loopback address: the response's first bytes."""
-    with socket.socket() as sock:
-        sock.settimeout(10)
-        sock.bind((source, 0))
-        sock.connect(("127.0.0.1", port))
-        sock.sendall(HANDSHAKE)
-        data = b""
-        while b"\r\n\r\n" not in data and (chunk := sock.recv(4096)):
-            data += chunk
-        return data
 
 
 async def start(settings: Settings) -> InProcessServer:
