@@ -146,6 +146,21 @@ def origins(value: Any, is_text: bool) -> tuple[str, ...]:
     return tuple(result)
 
 
+def moderators(value: Any, is_text: bool) -> tuple[str, ...]:
+    items = [value] if is_text else value
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ValueError(f"must be a list of moderators like 'banned-words:file=words.txt', not {_toml_type(value)}")
+    # Made once here, so a bad name, option or word file stops start-up.
+    from chatd.moderation import ModeratorError, build
+
+    for spec in items:
+        try:
+            build(spec)
+        except ModeratorError as e:
+            raise ValueError(str(e)) from None
+    return tuple(items)
+
+
 def choice(*choices: str) -> Parser:
     def parse(value: Any, is_text: bool) -> str:
         if value not in choices:
@@ -205,6 +220,15 @@ OPTIONS: tuple[Option, ...] = (
            "Messages each room keeps for the history action (0: none)."),
     Option("history-bytes", "history_bytes", size(0),
            "Bytes of messages each room keeps at most (the oldest go first)."),
+    Option("moderator", "moderators", moderators,
+           "Run each chat message past this moderator before it is broadcast: "
+           "NAME[:key=value...], e.g. banned-words:file=/etc/chatd/words.txt:mode=mask; "
+           "a Twisted plugin name or a dotted path. Repeatable; run in order.",
+           kind="list"),
+    Option("moderation-failure", "moderation_failure", choice("reject", "pass"),
+           "What happens to a message when a moderator fails or times out."),
+    Option("moderation-timeout", "moderation_timeout", seconds(allow_zero=False),
+           "Seconds a moderator may take before it counts as failing."),
     Option("handshake-timeout", "handshake_timeout", seconds(allow_zero=False),
            "Seconds a client has to complete the opening handshake."),
     Option("close-timeout", "close_timeout", seconds(allow_zero=False),

@@ -51,6 +51,9 @@ class Metrics:
         self.handshake_failures = Counter(
             "chatd_handshake_failures", "Opening handshakes refused or timed out, by reason.",
             ["reason"], registry=r)
+        self.moderation = Counter(
+            "chatd_moderation", "Messages reviewed by moderators, by outcome.",
+            ["outcome"], registry=r)
         self.fanout_seconds = Histogram(
             "chatd_fanout_seconds", "Time to encode and fan out one broadcast.",
             buckets=FANOUT_BUCKETS, registry=r)

@@ -42,6 +42,12 @@ class Settings:
     #: bytes of them per room.
     history_size: int = 100
     history_bytes: int = 512 * 1024
+    #: Moderators, as NAME[:key=value...] specs, run in this order.
+    moderators: tuple[str, ...] = ()
+    #: What a failing (or too slow) moderator amounts to: "pass" or "reject".
+    moderation_failure: str = "reject"
+    #: Seconds a moderator may take before it counts as failing.
+    moderation_timeout: float = 5.0
     #: Seconds a client has to finish the opening handshake.
     handshake_timeout: float = 10.0
     #: Seconds to wait for the peer's close frame after ours.

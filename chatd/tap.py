@@ -55,6 +55,11 @@ class Options(usage.Options):
 
     opt_allowed_origin.__doc__ = config.BY_NAME["allowed-origin"].help
 
+    def opt_moderator(self, spec: str) -> None:
+        self["moderator"].append(spec)
+
+    opt_moderator.__doc__ = config.BY_NAME["moderator"].help
+
     def postOptions(self) -> None:
         given: dict[str, Any] = {}
         for option in config.OPTIONS:

@@ -5,6 +5,7 @@ to core calls and core deliveries to frames.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Optional
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -19,15 +20,19 @@ from chatd import __version__, codec
 from chatd.config import normalise_origin
 from chatd.core import ChatCore, Client, CoreEvents, Limits, Room
 from chatd.ratelimit import TokenBucket
-from chatd.errors import ChatError, SinkGone
+from chatd.errors import ChatError, NotInRoom, Rejected, SinkGone
+from chatd.moderation import Moderation, Reject, Rewrite, Submission, Verdict, build
 from chatd.metrics import Metrics
 from chatd.settings import Settings
 
 CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY_VIOLATION = 1008
+CLOSE_POLICY_VIOLATION = 1008  # also chatd.core's, for hammering
 BINARY_NOT_SUPPORTED = "Binary frames are not supported; send JSON as text frames"
 INTERNAL_ERROR = "Internal server error"
 TOO_SLOW = "Outgoing buffer limit exceeded: client too slow"
+AWAITING_MODERATION = "Too many messages awaiting moderation"
+#: Commands a connection may send while one of its messages is reviewed.
+MAX_WAITING = 100
 # Handshake failures by HTTP status, for the metrics.
 _HANDSHAKE_REASONS = {426: "no_upgrade", 403: "origin", 503: "limit"}
 
@@ -52,6 +57,9 @@ class ChatProtocol(WebSocketServerProtocol):
     _queued = 0
     # The address this connection is counted under for the per-IP limit.
     counted_ip: Optional[str] = None
+    # While a message of this client's is with a moderator: what the client
+    # sent since, to be handled in order afterwards.
+    _waiting: Optional[deque[tuple[bytes, bool]]] = None
 
     # -- Twisted / Autobahn callbacks -------------------------------------
 
@@ -135,36 +143,108 @@ class ChatProtocol(WebSocketServerProtocol):
         # Nothing more is done for a connection that is closing.
         if client is None or self._gone or self.state != WebSocketProtocol.STATE_OPEN:
             return
+        self.factory.metrics.bytes_received.inc(len(payload))
+        if self._waiting is not None:
+            # One of its messages is being moderated: keep the client's order.
+            if len(self._waiting) >= MAX_WAITING:
+                self.close(CLOSE_POLICY_VIOLATION, AWAITING_MODERATION)
+                return
+            self._waiting.append((payload, isBinary))
+            return
+        self._process(client, payload, isBinary)
+
+    def _process(self, client: Client, payload: bytes, isBinary: bool) -> None:
         metrics = self.factory.metrics
-        metrics.bytes_received.inc(len(payload))
         if isBinary:
             metrics.errors.labels("binary").inc()
-            reply = codec.error(BINARY_NOT_SUPPORTED)
-        else:
-            try:
-                command = codec.decode(payload)
-                if isinstance(command, codec.Message):
-                    started = metrics.timer()
-                    reply = self.factory.core.handle(client, command, self.factory.clock.seconds())
-                    metrics.fanout_seconds.observe(metrics.timer() - started)
-                else:
-                    reply = self.factory.core.handle(client, command, self.factory.clock.seconds())
-            except ChatError as e:
-                reply = codec.error(e.message, **e.extra)
-                metrics.errors.labels(e.kind).inc()
-                # The kind of mistake, never the content.
-                self._log.info(
-                    "{client_id} sent a rejected command: {kind}",
-                    event="rejected", client_id=client.client_id, kind=e.kind,
-                )
-            except Exception:
-                self._log.failure(
-                    "Unexpected error handling a message from {client_id}",
-                    client_id=client.client_id,
-                )
-                metrics.errors.labels("internal").inc()
-                reply = codec.error(INTERNAL_ERROR)
+            self._send_reply(codec.encode(codec.error(BINARY_NOT_SUPPORTED)))
+            return
+        core = self.factory.core
+        try:
+            command = codec.decode(payload)
+            if isinstance(command, codec.Message):
+                if self.factory.moderation:
+                    self._review(client, command.body)
+                    return
+                started = metrics.timer()
+                reply = core.handle(client, command, self.factory.clock.seconds())
+                metrics.fanout_seconds.observe(metrics.timer() - started)
+            else:
+                reply = core.handle(client, command, self.factory.clock.seconds())
+        except ChatError as e:
+            reply = self._rejected(client, e)
+        except Exception:
+            reply = self._internal_error(client)
         self._send_reply(codec.encode(reply))
+
+    def _rejected(self, client: Client, error: ChatError) -> dict[str, Any]:
+        self.factory.metrics.errors.labels(error.kind).inc()
+        # The kind of mistake, never the content.
+        self._log.info(
+            "{client_id} sent a rejected command: {kind}",
+            event="rejected", client_id=client.client_id, kind=error.kind,
+        )
+        return codec.error(error.message, **error.extra)
+
+    def _internal_error(self, client: Client) -> dict[str, Any]:
+        self._log.failure(
+            "Unexpected error handling a message from {client_id}", client_id=client.client_id
+        )
+        self.factory.metrics.errors.labels("internal").inc()
+        return codec.error(INTERNAL_ERROR)
+
+    # -- moderation ----------------------------------------------------------
+
+    def _review(self, client: Client, body: Any) -> None:
+        """Rate-limit now; broadcast (or not) once the moderators have spoken."""
+        core = self.factory.core
+        if client.room is None:
+            raise NotInRoom("You must join a room first")
+        core.check_message_rate(client, self.factory.clock.seconds())
+        submission = Submission(client.client_id, client.nick, client.room.room_id, body)
+        d = self.factory.moderation.review(submission)
+        if d.called:
+            # Every moderator answered at once: no waiting, no reordering.
+            verdicts: list[Verdict] = []
+            d.addCallback(verdicts.append)
+            self._publish(client, body, verdicts[0])
+            return
+        self._waiting = deque()
+        d.addCallback(lambda verdict: self._publish(client, body, verdict))
+        d.addErrback(lambda failure: self._log.failure("Moderation broke", failure))
+        d.addBoth(lambda _: self._resume())
+
+    def _publish(self, client: Client, body: Any, verdict: Verdict) -> None:
+        if self._client is not client or self.state != WebSocketProtocol.STATE_OPEN:
+            return  # gone while its message was reviewed
+        try:
+            if isinstance(verdict, Reject):
+                raise Rejected()
+            if isinstance(verdict, Rewrite):
+                body = verdict.body
+            metrics = self.factory.metrics
+            started = metrics.timer()
+            reply = self.factory.core.publish(client, body, self.factory.clock.seconds())
+            metrics.fanout_seconds.observe(metrics.timer() - started)
+        except ChatError as e:
+            reply = self._rejected(client, e)
+        except Exception:
+            reply = self._internal_error(client)
+        self._send_reply(codec.encode(reply))
+
+    def _resume(self) -> None:
+        """Handle, in order, what the client sent while it waited."""
+        waiting, self._waiting = self._waiting, None
+        while waiting:
+            client = self._client
+            if client is None or self.state != WebSocketProtocol.STATE_OPEN:
+                return
+            payload, isBinary = waiting.popleft()
+            self._process(client, payload, isBinary)
+            if self._waiting is not None:
+                # Another message went to review: the rest waits behind it.
+                self._waiting.extend(waiting)
+                return
 
     def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
         # Runs for every connection, including those whose handshake never
@@ -329,6 +409,7 @@ class ChatFactory(WebSocketServerFactory):
         # the same as none, so those are forgotten (see _prune_buckets).
         self._connect_buckets: dict[str, TokenBucket] = {}
         self.metrics.watch(self._gauges)
+        self.use_moderators([build(spec) for spec in settings.moderators])
         self.connections: set[ChatProtocol] = set()
         self._per_ip: dict[str, int] = {}
         self.allowed_origins = frozenset(settings.allowed_origins)
@@ -357,6 +438,16 @@ class ChatFactory(WebSocketServerFactory):
             allowedOrigins=["*"],
             allowNullOrigin=True,
             trustXForwardedFor=0,
+        )
+
+    def use_moderators(self, moderators: list[Any]) -> None:
+        """Review every chat message with these moderators, in order."""
+        self.moderation = Moderation(
+            moderators,
+            self.clock,
+            on_failure=self.settings.moderation_failure,
+            timeout=self.settings.moderation_timeout,
+            counted=lambda outcome: self.metrics.moderation.labels(outcome).inc(),
         )
 
     def _gauges(self) -> dict[str, float]:

@@ -40,7 +40,9 @@ def test_defaults() -> None:
     assert Settings().listen == ("tcp:8765:interface=127.0.0.1",)
 
 
-def test_every_option_on_the_command_line() -> None:
+def test_every_option_on_the_command_line(tmp_path: Path) -> None:
+    words = tmp_path / "words.txt"
+    words.write_text("darn\n")
     settings = parse(
         "--listen", "tcp:9000",
         "--listen", "unix:/tmp/chatd.sock",
@@ -65,6 +67,10 @@ def test_every_option_on_the_command_line() -> None:
         "--rate-connections-per-ip", "120",
         "--history-size", "0",
         "--history-bytes", "1000",
+        "--moderator", f"banned-words:file={words}",
+        "--moderator", f"banned-words:file={words}:mode=mask",
+        "--moderation-failure", "pass",
+        "--moderation-timeout", "2",
     )
     assert asdict(settings) == {
         "listen": ("tcp:9000", "unix:/tmp/chatd.sock"),
@@ -88,6 +94,9 @@ def test_every_option_on_the_command_line() -> None:
         "rate_connections_per_ip": 120.0,
         "history_size": 0,
         "history_bytes": 1000,
+        "moderators": (f"banned-words:file={words}", f"banned-words:file={words}:mode=mask"),
+        "moderation_failure": "pass",
+        "moderation_timeout": 2.0,
     }
 
 
@@ -119,6 +128,12 @@ def test_every_option_is_documented_in_the_example_config() -> None:
         (["--max-connections", "-1"], "--max-connections must be at least 0, not -1"),
         (["--rate-messages", "-2"], "--rate-messages must be a finite number >= 0 (0 turns the limit off), not -2"),
         (["--rate-messages-burst", "0"], "--rate-messages-burst must be at least 1, not 0"),
+        (["--moderator", "nope"], "--moderator no moderator named 'nope' (installed: banned-words)"),
+        (["--moderator", "banned-words"], "--moderator banned-words: needs file=PATH, a list of words one a line"),
+        (["--moderator", "banned-words:file=/nonexistent/words.txt"],
+         "--moderator banned-words: cannot read the word list /nonexistent/words.txt: No such file or directory"),
+        (["--moderator", "banned-words:mode"], "--moderator 'banned-words:mode': options are key=value, not 'mode'"),
+        (["--moderation-failure", "shrug"], "--moderation-failure must be one of reject, pass, not 'shrug'"),
         (["--allowed-origin", "chat.example.org"],
          "--allowed-origin 'chat.example.org' is not an origin like https://chat.example.org"),
         (["--allowed-origin", "https://x.org/path"],

@@ -1,0 +1,89 @@
+"""
+The built-in banned-words moderator:
+
+    --moderator banned-words:file=/etc/chatd/banned-words.txt[:mode=reject|mask]
+
+The file has one word or phrase a line (blank lines and lines starting with
+``#`` are skipped).  Matching is case-insensitive and on whole words, in the
+body if it is a string and in every string value of a JSON body (keys are
+left alone).  ``reject`` (the default) refuses the message; ``mask`` replaces
+each match with as many asterisks.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from chatd.moderation import PASS, REJECT, IModeratorFactory, Rewrite, Submission, Verdict
+
+MODES = ("reject", "mask")
+
+
+def read_words(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise ValueError(f"cannot read the word list {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"the word list {path} is not UTF-8 text") from None
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+class BannedWords:
+    def __init__(self, words: list[str], mode: str = "reject") -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be reject or mask, not {mode!r}")
+        if not words:
+            raise ValueError("the word list is empty")
+        self.mode = mode
+        # Longest first, so that a phrase wins over a word inside it.
+        alternatives = "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
+        # Whole words: no word character just before or after the match.
+        self._pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+
+    def __repr__(self) -> str:
+        return f"<BannedWords mode={self.mode}>"
+
+    def moderate(self, submission: Submission) -> Verdict:
+        body = submission.body
+        if not self._contains(body):
+            return PASS
+        if self.mode == "reject":
+            return REJECT
+        return Rewrite(self._masked(body))
+
+    def _contains(self, value: Any) -> bool:
+        if isinstance(value, str):
+            return self._pattern.search(value) is not None
+        if isinstance(value, dict):
+            return any(self._contains(v) for v in value.values())
+        if isinstance(value, list):
+            return any(self._contains(v) for v in value)
+        return False
+
+    def _masked(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self._pattern.sub(lambda m: "*" * len(m.group()), value)
+        if isinstance(value, dict):
+            return {k: self._masked(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._masked(v) for v in value]
+        return value
+
+
+@implementer(IPlugin, IModeratorFactory)
+class BannedWordsFactory:
+    name = "banned-words"
+
+    def create(self, options: Mapping[str, str]) -> BannedWords:
+        unknown = set(options) - {"file", "mode"}
+        if unknown:
+            raise ValueError(f"unknown option {sorted(unknown)[0]!r} (it takes file= and mode=)")
+        if "file" not in options:
+            raise ValueError("needs file=PATH, a list of words one a line")
+        return BannedWords(read_words(options["file"]), options.get("mode", "reject"))
