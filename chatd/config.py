@@ -161,6 +161,15 @@ def moderators(value: Any, is_text: bool) -> tuple[str, ...]:
     return tuple(items)
 
 
+def message_log(value: Any, is_text: bool) -> str:
+    from chatd.messagelog import parse_target
+
+    if not isinstance(value, str):
+        raise ValueError(f"must be sqlite:PATH, not {_toml_type(value)}")
+    parse_target(value)
+    return value
+
+
 def choice(*choices: str) -> Parser:
     def parse(value: Any, is_text: bool) -> str:
         if value not in choices:
@@ -229,6 +238,9 @@ OPTIONS: tuple[Option, ...] = (
            "What happens to a message when a moderator fails or times out."),
     Option("moderation-timeout", "moderation_timeout", seconds(allow_zero=False),
            "Seconds a moderator may take before it counts as failing."),
+    Option("message-log", "message_log", message_log,
+           "Keep every broadcast message in this SQLite database: "
+           "sqlite:/var/lib/chatd/messages.db (off unless given)."),
     Option("handshake-timeout", "handshake_timeout", seconds(allow_zero=False),
            "Seconds a client has to complete the opening handshake."),
     Option("close-timeout", "close_timeout", seconds(allow_zero=False),

@@ -54,6 +54,9 @@ class Metrics:
         self.moderation = Counter(
             "chatd_moderation", "Messages reviewed by moderators, by outcome.",
             ["outcome"], registry=r)
+        self.message_log = Counter(
+            "chatd_message_log_rows", "Messages the message log wrote, failed to write or dropped.",
+            ["outcome"], registry=r)
         self.fanout_seconds = Histogram(
             "chatd_fanout_seconds", "Time to encode and fan out one broadcast.",
             buckets=FANOUT_BUCKETS, registry=r)

@@ -19,6 +19,7 @@ from twisted.python.components import Componentized
 from twisted.web.server import Site
 
 from chatd.logs import json_observer
+from chatd.messagelog import MessageLogError, SQLiteLog, parse_target
 from chatd.metrics import Metrics, metrics_root
 from chatd.settings import Settings
 from chatd.systemd import Notifier
@@ -84,6 +85,12 @@ class ChatService(MultiService):
             self.metrics_listener = strports.service(settings.metrics, site, reactor=reactor)
             self.metrics_listener.setServiceParent(self)
         self._watchdog: Optional[LoopingCall] = None
+        self.message_log: Optional[SQLiteLog] = None
+        if settings.message_log is not None:
+            self.message_log = SQLiteLog(
+                parse_target(settings.message_log), reactor,
+                counted=lambda outcome, rows: self.metrics.message_log.labels(outcome).inc(rows),
+            )
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
@@ -92,6 +99,13 @@ class ChatService(MultiService):
             parent.setComponent(ILogObserver, json_observer(sys.stdout))
 
     def privilegedStartService(self) -> None:
+        if self.message_log is not None:
+            # Before listening: a log that cannot be opened stops start-up.
+            try:
+                self.message_log.open()
+            except MessageLogError as e:
+                raise SystemExit(f"chatd: --message-log: {e}") from None
+            self.factory.events.message_log = self.message_log
         try:
             super().privilegedStartService()
         except CannotListenError as e:
@@ -124,6 +138,8 @@ class ChatService(MultiService):
         await self.factory.shutdown(self.settings.shutdown_timeout)
         if self._watchdog is not None and self._watchdog.running:
             self._watchdog.stop()
+        if self.message_log is not None:
+            await self.message_log.close()  # everything broadcast is written
         if self.metrics_listener is not None:
             await self.metrics_listener.stopService()
         # SIGTERM is chatd's orderly stop: once drained, exit 0.  twistd would

@@ -48,6 +48,8 @@ class Settings:
     moderation_failure: str = "reject"
     #: Seconds a moderator may take before it counts as failing.
     moderation_timeout: float = 5.0
+    #: Where every broadcast message is kept: "sqlite:PATH" (None: nowhere).
+    message_log: Optional[str] = None
     #: Seconds a client has to finish the opening handshake.
     handshake_timeout: float = 10.0
     #: Seconds to wait for the peer's close frame after ours.

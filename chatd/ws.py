@@ -348,6 +348,7 @@ class _Events(CoreEvents):
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._log_messages = settings.log_messages
         self._metrics = metrics
+        self.message_log: Optional[Any] = None  # a chatd.messagelog.SQLiteLog
 
     def room_created(self, room: Room, client: Client) -> None:
         self._log.info(
@@ -365,6 +366,8 @@ class _Events(CoreEvents):
         metrics.messages_received.inc()
         metrics.deliveries.inc(recipients)
         metrics.bytes_sent.inc(size * recipients)
+        if self.message_log is not None:
+            self.message_log.record(room.room_id, room.name, message)
         if self._log_messages:
             self._log.info(
                 "{client_id} in {room_id}: {body!r}",
@@ -392,10 +395,11 @@ class ChatFactory(WebSocketServerFactory):
         self.settings = settings
         self.clock = clock
         self.metrics = metrics if metrics is not None else Metrics()
+        self.events = _Events(settings, self.metrics)
         self.core = ChatCore(
             prepare=self.prepareMessage,
             on_sink_error=self._sink_error,
-            events=_Events(settings, self.metrics),
+            events=self.events,
             limits=Limits(
                 messages_per_second=settings.rate_messages,
                 messages_burst=settings.rate_messages_burst,

@@ -71,6 +71,7 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         "--moderator", f"banned-words:file={words}:mode=mask",
         "--moderation-failure", "pass",
         "--moderation-timeout", "2",
+        "--message-log", "sqlite:/var/lib/chatd/messages.db",
     )
     assert asdict(settings) == {
         "listen": ("tcp:9000", "unix:/tmp/chatd.sock"),
@@ -97,6 +98,7 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         "moderators": (f"banned-words:file={words}", f"banned-words:file={words}:mode=mask"),
         "moderation_failure": "pass",
         "moderation_timeout": 2.0,
+        "message_log": "sqlite:/var/lib/chatd/messages.db",
     }
 
 
@@ -134,6 +136,7 @@ def test_every_option_is_documented_in_the_example_config() -> None:
          "--moderator banned-words: cannot read the word list /nonexistent/words.txt: No such file or directory"),
         (["--moderator", "banned-words:mode"], "--moderator 'banned-words:mode': options are key=value, not 'mode'"),
         (["--moderation-failure", "shrug"], "--moderation-failure must be one of reject, pass, not 'shrug'"),
+        (["--message-log", "/tmp/x.db"], "--message-log must be sqlite:PATH, not '/tmp/x.db'"),
         (["--allowed-origin", "chat.example.org"],
          "--allowed-origin 'chat.example.org' is not an origin like https://chat.example.org"),
         (["--allowed-origin", "https://x.org/path"],

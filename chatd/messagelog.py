@@ -1,0 +1,183 @@
+"""
+The durable message log: ``--message-log sqlite:PATH`` keeps every chat
+message that was broadcast, for anyone who wants to keep their chats.
+
+Writing never blocks or reorders delivery: messages are queued in memory
+and written in batches on a thread (``twisted.enterprise.adbapi``), one
+batch at a time so the rows keep their order.  If a write fails (a full or
+broken disk), the batch is logged, counted and dropped, and delivery goes
+on; if writes keep failing, the oldest queued rows are dropped past
+``max_pending`` so memory stays bounded.
+
+The schema is versioned (``PRAGMA user_version``); migrations run at
+start-up, before chatd listens, so a bad path stops start-up with a message.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, Callable, Optional
+
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+#: Schema migrations, in order; the database's user_version is how many ran.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE messages (
+        seq        INTEGER PRIMARY KEY,  -- order of broadcast
+        room_id    TEXT NOT NULL,
+        room_name  TEXT NOT NULL,
+        message_id INTEGER NOT NULL,     -- the per-room "id" of the broadcast
+        client_id  TEXT NOT NULL,
+        nick       TEXT,
+        body       TEXT NOT NULL,        -- the body, as JSON
+        timestamp  TEXT NOT NULL
+    );
+    CREATE INDEX messages_by_room ON messages (room_id, message_id);
+    """,
+)
+
+_INSERT = (
+    "INSERT INTO messages (room_id, room_name, message_id, client_id, nick, body, timestamp)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+Row = tuple[str, str, int, str, Optional[str], str, str]
+
+
+class MessageLogError(Exception):
+    """The log cannot be opened; the message says why."""
+
+
+def parse_target(target: str) -> str:
+    """The path of ``sqlite:PATH``; ValueError for anything else."""
+    kind, sep, path = target.partition(":")
+    if kind != "sqlite" or not sep or not path:
+        raise ValueError(f"must be sqlite:PATH, not {target!r}")
+    return path
+
+
+def migrate(connection: sqlite3.Connection) -> int:
+    """Bring the schema up to date; the version it is now at."""
+    (version,) = connection.execute("PRAGMA user_version").fetchone()
+    if version > len(MIGRATIONS):
+        raise MessageLogError(
+            f"the database has schema version {version}, newer than this chatd knows "
+            f"({len(MIGRATIONS)})"
+        )
+    for number in range(version, len(MIGRATIONS)):
+        with connection:
+            connection.executescript(
+                f"BEGIN; {MIGRATIONS[number]} PRAGMA user_version = {number + 1}; COMMIT;"
+            )
+    return len(MIGRATIONS)
+
+
+def _configure(connection: sqlite3.Connection) -> None:
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("PRAGMA synchronous = NORMAL")
+
+
+class SQLiteLog:
+    """
+    :param counted: told ``"written"``, ``"failed"`` or ``"dropped"`` with a
+        number of rows, for the metrics.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        path: str,
+        reactor: Any,
+        flush_interval: float = 0.2,
+        batch_size: int = 500,
+        max_pending: int = 100_000,
+        counted: Callable[[str, int], None] = lambda what, rows: None,
+        pool: Any = None,
+    ) -> None:
+        self.path = path
+        self.reactor = reactor
+        self.batch_size = batch_size
+        self.max_pending = max_pending
+        self._counted = counted
+        self._pool = pool
+        self._pending: list[Row] = []
+        self._writing: Optional[Deferred[None]] = None
+        self._loop = LoopingCall(self.flush)
+        self._loop.clock = reactor
+        self._flush_interval = flush_interval
+
+    def open(self) -> None:
+        """Create or migrate the schema, synchronously: call before listening."""
+        try:
+            connection = sqlite3.connect(self.path)
+            try:
+                _configure(connection)
+                migrate(connection)
+            finally:
+                connection.close()
+        except sqlite3.Error as e:
+            raise MessageLogError(f"cannot open {self.path}: {e}") from None
+        if self._pool is None:
+            # One connection, one thread: batches are written in order.
+            self._pool = adbapi.ConnectionPool(
+                "sqlite3", self.path, check_same_thread=False,
+                cp_min=1, cp_max=1, cp_openfun=_configure, cp_reactor=self.reactor,
+            )
+        self._loop.start(self._flush_interval, now=False)
+
+    def record(self, room_id: str, room_name: str, message: dict[str, Any]) -> None:
+        """Queue one broadcast message; it is written within a flush interval."""
+        self._pending.append((
+            room_id, room_name, message["id"], message["from"], message.get("nick"),
+            json.dumps(message["body"]), message["timestamp"],
+        ))
+        if len(self._pending) > self.max_pending:
+            excess = len(self._pending) - self.max_pending
+            del self._pending[:excess]
+            self._counted("dropped", excess)
+        if len(self._pending) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> "Deferred[None]":
+        """Write what is queued, unless a write is under way (it follows that)."""
+        if self._writing is not None or not self._pending:
+            return self._writing if self._writing is not None else succeed(None)
+        batch, self._pending = self._pending, []
+        d: Deferred[None] = self._pool.runInteraction(_insert, batch)
+        d.addCallback(lambda _: self._counted("written", len(batch)))
+        d.addErrback(self._failed, len(batch))
+        self._writing = d
+
+        def done(result: None) -> None:
+            self._writing = None
+            if len(self._pending) >= self.batch_size:
+                self.flush()
+
+        d.addBoth(done)
+        return d
+
+    def _failed(self, failure: Any, rows: int) -> None:
+        self._log.failure(
+            "Could not write {rows} messages to the message log {path}; delivery goes on",
+            failure, rows=rows, path=self.path, event="message_log_failure",
+        )
+        self._counted("failed", rows)
+
+    async def close(self) -> None:
+        """Write everything still queued, then close the database."""
+        if self._loop.running:
+            self._loop.stop()
+        while self._writing is not None or self._pending:
+            await (self._writing if self._writing is not None else self.flush())
+        if self._pool is not None:
+            self._pool.close()
+
+
+def _insert(transaction: Any, batch: list[Row]) -> None:
+    transaction.executemany(_INSERT, batch)
