@@ -162,25 +162,29 @@ class Moderation:
             d.addErrback(self._failed, moderator, submission)
             if not d.called:
                 return d.addCallback(self._then, index, submission, rewritten)
-            verdict = d.result  # fired already: take it synchronously
-            if isinstance(verdict, Reject):
-                self._counted("rejected")
-                return succeed(verdict)
-            if isinstance(verdict, Rewrite):
-                submission = Submission(submission.client_id, submission.nick, submission.room_id, verdict.body)
-                rewritten = True
+            final, submission, rewritten = self._apply(d.result, submission, rewritten)
+            if final is not None:
+                return succeed(final)
             index += 1
         self._counted("rewritten" if rewritten else "passed")
         return succeed(Rewrite(submission.body) if rewritten else PASS)
 
     def _then(self, verdict: Verdict, index: int, submission: Submission, rewritten: bool) -> "Deferred[Verdict]":
+        final, submission, rewritten = self._apply(verdict, submission, rewritten)
+        if final is not None:
+            return succeed(final)
+        return self._from(index + 1, submission, rewritten)
+
+    def _apply(
+        self, verdict: Verdict, submission: Submission, rewritten: bool
+    ) -> tuple[Optional[Verdict], Submission, bool]:
+        """One moderator's verdict: final (a reject), or what the next one sees."""
         if isinstance(verdict, Reject):
             self._counted("rejected")
-            return succeed(verdict)
+            return verdict, submission, rewritten
         if isinstance(verdict, Rewrite):
-            submission = Submission(submission.client_id, submission.nick, submission.room_id, verdict.body)
-            rewritten = True
-        return self._from(index + 1, submission, rewritten)
+            return None, Submission(submission.client_id, submission.nick, submission.room_id, verdict.body), True
+        return None, submission, rewritten
 
     @staticmethod
     def _checked(verdict: Any, moderator: Moderator) -> Verdict:
