@@ -33,7 +33,7 @@ run: $(VENV)/.installed
 STRICT := chatd/core.py chatd/codec.py chatd/errors.py chatd/settings.py chatd/config.py chatd/ratelimit.py
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m ruff check --select F,E9,B chatd tests twisted
+	$(BIN)/python -m ruff check --select F,E9,B chatd tests twisted bench
 	$(BIN)/python -m mypy --strict $(STRICT)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -65,6 +65,16 @@ class ChatProtocol(WebSocketServerProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        # Autobahn's connectionMade reads self.tcpNoDelay before copying it
+        # from the factory, fails, and swallows the error: without this, every
+        # socket kept Nagle's algorithm and small broadcasts waited ~40 ms for
+        # delayed ACKs (fanout p99 37.9 ms; 1.6 ms for the seed's design).
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass  # not TCP (a unix socket)
         # Limits are checked at accept time, so connections that never send
         # a request (a handshake flood) cost at most their per-IP quota.
         refusal = self.factory.admit(self)

@@ -104,9 +104,20 @@ class WSClient:
         self.protocol.sendMessage(payload, isBinary=binary)
 
     async def request(self, obj: Any) -> Any:
-        """Send a command and return the next message (its reply)."""
+        """
+        Send a command and return its reply.  Broadcasts and events that come
+        before the reply stay queued, in order, for later next() calls.
+        """
         self.send(obj)
-        return await self.next()
+        others = []
+        while True:
+            raw = await self.next_raw()
+            message = json.loads(raw)
+            if isinstance(message, dict) and "status" in message:
+                break
+            others.append(raw)
+        self.inbox.extendleft(reversed(others))
+        return message
 
     async def wait_closed(self) -> tuple[Optional[int], Optional[str]]:
         return await within(self.closed, "the connection to close")

@@ -74,6 +74,15 @@ async def test_seed_example_2_broadcasting(server: InProcessServer) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_server_sockets_have_nagle_off(server: InProcessServer) -> None:
+    client, _ = await server.welcomed()
+    [protocol] = list(server.factory.connections)
+    sock = protocol.transport.getHandle()
+    # Autobahn's own tcpNoDelay option never takes effect on server sockets.
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_custom_json_bodies_pass_through(server: InProcessServer) -> None:
     _, [(a, _), (b, _)] = await room_of(server, 2)
     for body in [{"type": "emoji", "code": [1, 2.5, None]}, '{"as": "json string"}', 7, "caf\u00e9"]:

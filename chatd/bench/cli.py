@@ -1,0 +1,189 @@
+"""
+``chatd-bench``: measure chatd, and anything else that speaks the seed
+protocol, with the server pinned to core 0 and this load generator to core 1.
+
+    chatd-bench run --server chatd --scenario fanout
+    chatd-bench run --server "node my-server.js {port}" --scenario max
+    chatd-bench compare --repeat 3            # what `make bench` runs
+
+Every scenario starts its server fresh, checks every delivery, and reports
+both cores' load, so a run limited by the generator is flagged rather than
+taken for a server result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from chatd.bench.scenarios import LOAD_CORE, SCENARIOS, SERVER_CORE
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+#: The servers `compare` measures, by name: a command with {port}.
+SERVERS = {
+    "chatd": (
+        f"{BIN / 'twistd'} --nodaemon --pidfile= --logfile=/dev/null chatd "
+        "--listen tcp:{port}:interface=127.0.0.1:backlog=4096 "
+        "--rate-messages 0 --rate-creates 0 --rate-connections-per-ip 0 "
+        "--max-connections 0 --max-connections-per-ip 0"
+    ),
+    "seed": f"{sys.executable} {ROOT / 'bench/peers/seed_server.py'} {{port}}",
+    "seed-broadcast": f"{sys.executable} {ROOT / 'bench/peers/seed_server.py'} {{port}} --broadcast",
+    "node-ws": f"node {ROOT / 'bench/peers/node/server.js'} {{port}}",
+}
+BASELINE = "seed"
+
+#: What the comparison table shows of each scenario: (result key, unit, higher is better).
+HEADLINES = {
+    "fanout": [("delivered_per_s", "deliveries/s", True), ("p50_ms", "p50 ms", False),
+               ("p99_ms", "p99 ms", False), ("lost", "lost", False)],
+    "max": [("plateau_delivered_per_s", "deliveries/s", True),
+            ("server_us_per_delivery", "server us/delivery", False)],
+    "idle": [("kib_per_connection", "KiB/connection", False)],
+    "connect": [("connections_per_s", "connections/s", True),
+                ("server_us_per_connection", "server us/connection", False)],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(command: str, port: int) -> subprocess.Popen[bytes]:
+    argv = ["taskset", "-c", str(SERVER_CORE), *shlex.split(command.format(port=port))]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited ({process.returncode}): {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"server did not listen on {port} within 30 s: {command}")
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def run_one(server: str, scenario: str, options: dict[str, Any]) -> dict[str, Any]:
+    command = SERVERS.get(server, server)
+    port = free_port()
+    process = start_server(command, port)
+    try:
+        import uvloop
+
+        result = uvloop.run(SCENARIOS[scenario](port, process.pid, **options))
+    finally:
+        stop_server(process)
+    return {"server": server, "scenario": scenario, **result}
+
+
+def prepare() -> None:
+    """Pin this process to the load core and allow as many sockets as we may."""
+    os.sched_setaffinity(0, {LOAD_CORE})
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def summary(results: list[dict[str, Any]], servers: list[str], scenarios: list[str]) -> str:
+    lines = []
+    for scenario in scenarios:
+        for key, unit, higher in HEADLINES[scenario]:
+            lines.append(f"\n{scenario}: {unit}" + ("" if higher else " (lower is better)"))
+            base: Optional[float] = None
+            rows = []
+            for server in servers:
+                values = [r[key] for r in results if r["server"] == server and r["scenario"] == scenario]
+                if not values:
+                    continue
+                median = statistics.median(values)
+                if server == BASELINE:
+                    base = median
+                flags = sum(1 for r in results if r["server"] == server and r["scenario"] == scenario
+                            and (r.get("loadgen_limited") or r.get("errors")))
+                rows.append((server, median, min(values), max(values), flags))
+            for server, median, low, high, flags in rows:
+                ratio = ""
+                if base not in (None, 0) and median:
+                    r = median / base if higher else base / median  # >1: better than the seed
+                    ratio = f"{r:6.2f}x"
+                note = f"  ({flags} runs flagged)" if flags else ""
+                lines.append(f"  {server:15} {median:>12,.2f}   [{low:,.2f} .. {high:,.2f}]  {ratio}{note}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="chatd-bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="one scenario against one server")
+    run.add_argument("--server", default="chatd", help=f"{', '.join(SERVERS)}, or a command with {{port}}")
+    run.add_argument("--scenario", choices=sorted(SCENARIOS), default="fanout")
+    run.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="a scenario parameter, e.g. rooms=10 members=50 rate=200 duration=10")
+    compare = sub.add_parser("compare", help="every server and scenario, interleaved and repeated")
+    compare.add_argument("--servers", default=",".join(SERVERS))
+    compare.add_argument("--scenarios", default="fanout,max,idle,connect")
+    compare.add_argument("--repeat", type=int, default=3)
+    compare.add_argument("--output", default="bench-results.json")
+    args = parser.parse_args(argv)
+    prepare()
+
+    if args.command == "run":
+        options = {k: _number(v) for k, _, v in (o.partition("=") for o in args.option)}
+        result = run_one(args.server, args.scenario, options)
+        print(json.dumps(result, indent=2))
+        return 1 if result.get("errors") or result.get("lost") else 0
+
+    servers = args.servers.split(",")
+    scenarios = args.scenarios.split(",")
+    results = []
+    for round_number in range(args.repeat):
+        for scenario in scenarios:
+            for server in servers:  # interleaved: every server once per round
+                result = run_one(server, scenario, {})
+                result["round"] = round_number
+                results.append(result)
+                print(f"round {round_number + 1}/{args.repeat} {scenario:8} {server:15} "
+                      + ", ".join(f"{k}={result[k]}" for k, _, _ in HEADLINES[scenario]), flush=True)
+    Path(args.output).write_text(json.dumps(results, indent=2))
+    print(summary(results, servers, scenarios))
+    print(f"\nratios: >1 is better than {BASELINE}. Raw results: {args.output}")
+    return 0
+
+
+def _number(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""
+The load generator: many minimal WebSocket clients in one process on uvloop,
+speaking the seed protocol to any server, checking every delivery.
+
+It has to be faster than the servers it measures, so it does as little as a
+client can: frames are masked with a zero key (allowed, and free), reads
+are parsed in batches, and a broadcast is checked by slicing its body, a
+fixed-width string the generator wrote itself:
+``~B<room>.<sender>.<seq>.<send time ns>~E``, not by decoding JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, cast
+
+HANDSHAKE = (
+    "GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Version: 13\r\n\r\n"
+)
+ZERO_MASK = b"\x00\x00\x00\x00"  # masking with zeros leaves the payload as it is
+BODY_LEN = 44  # len of "~B" + 3 + 1 + 5 + 1 + 9 + 1 + 20 + "~E"
+
+
+def frame(payload: bytes) -> bytes:
+    """A masked text frame, as clients must send."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x81, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 0x80 | 127)) + n.to_bytes(8, "big")
+    return head + ZERO_MASK + payload
+
+
+def message_frame(room: int, sender: int, seq: int) -> bytes:
+    body = f"~B{room:03d}.{sender:05d}.{seq:09d}.{time.monotonic_ns():020d}~E"
+    return frame(b'{"action": "message", "body": "' + body.encode() + b'"}')
+
+
+@dataclass
+class Stats:
+    """What the receivers saw."""
+
+    delivered: int = 0
+    acks: int = 0
+    errors: list[str] = field(default_factory=list)
+    latencies_ns: list[int] = field(default_factory=list)
+    record_latency: bool = True
+
+    def error(self, text: str) -> None:
+        if len(self.errors) < 20:
+            self.errors.append(text)
+
+
+class Client(asyncio.Protocol):
+    """One connection: handshake, then frames."""
+
+    def __init__(self, bench: "Bench", index: int) -> None:
+        self.bench = bench
+        self.index = index
+        self.transport: Optional[asyncio.Transport] = None
+        self.buf = b""
+        self.open = False
+        self.client_id = b""
+        self.room = -1  # which room it is a member of
+        self.expected: dict[int, int] = {}  # sender -> next seq expected from it
+        self.replies: asyncio.Queue[Any] = asyncio.Queue()
+        self.closed = asyncio.get_event_loop().create_future()
+        self.acked = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses.
+        self.transport = cast(asyncio.Transport, transport)
+        transport.write(HANDSHAKE.format(port=self.bench.port).encode())
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        if not self.closed.done():
+            self.closed.set_result(exc)
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        if not self.open:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                self.bench.stats.error(f"handshake refused: {buf[:60]!r}")
+                assert self.transport is not None
+                self.transport.close()
+                return
+            self.open = True
+            buf = buf[end + 4:]
+        pos, n = 0, len(buf)
+        on_text = self.on_text
+        while n - pos >= 2:
+            length = buf[pos + 1] & 0x7F
+            start = pos + 2
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length = int.from_bytes(buf[pos + 2:pos + 4], "big")
+                start = pos + 4
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length = int.from_bytes(buf[pos + 2:pos + 10], "big")
+                start = pos + 10
+            end = start + length
+            if end > n:
+                break
+            opcode = buf[pos] & 0x0F
+            if opcode == 1:
+                on_text(buf[start:end])
+            elif opcode == 9:  # ping: pong with the same payload
+                payload = buf[start:end]
+                self.send(bytes((0x8A, 0x80 | len(payload))) + ZERO_MASK + payload)
+            elif opcode == 8:
+                assert self.transport is not None
+                self.transport.close()
+            pos = end
+        self.buf = buf[pos:]
+
+    def on_text(self, payload: bytes) -> None:
+        marker = payload.find(b"~B")
+        if marker >= 0 and payload.startswith(b'{"from"'):
+            self.bench.on_delivery(self, payload, marker)
+        elif b"Message sent" in payload:
+            self.acked += 1
+            self.bench.on_ack(self)
+        else:
+            self.replies.put_nowait(json.loads(payload))
+
+    async def request(self, obj: Any) -> Any:
+        self.send(frame(json.dumps(obj).encode()))
+        return await self.replies.get()
+
+
+class Bench:
+    """A set of clients against one server, and what they observed."""
+
+    def __init__(self, port: int, record_latency: bool = True) -> None:
+        self.port = port
+        self.clients: list[Client] = []
+        self.ids: list[bytes] = []
+        self.stats = Stats(record_latency=record_latency)
+        self.ack_waiters: dict[int, asyncio.Future[None]] = {}
+
+    async def connect(self, count: int, concurrency: int = 200) -> list[Client]:
+        """``count`` clients, each welcomed (``concurrency`` handshakes at a time)."""
+        loop = asyncio.get_running_loop()
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one(index: int) -> Client:
+            async with semaphore:
+                _, client = await loop.create_connection(
+                    lambda: Client(self, index), "127.0.0.1", self.port)
+                welcome = await client.replies.get()
+                client.client_id = welcome["client_id"].encode()
+                return client
+
+        start = len(self.clients)
+        made = await asyncio.gather(*(one(start + i) for i in range(count)))
+        self.clients.extend(made)
+        self.ids.extend(c.client_id for c in made)
+        return list(made)
+
+    async def rooms(self, members: list[list[Client]]) -> None:
+        """Make room r of ``members[r]``: the first creates it, the others join."""
+        for r, group in enumerate(members):
+            reply = await group[0].request({"action": "create", "body": f"bench {r}"})
+            room_id = reply["room_id"]
+            group[0].room = r
+            joins = [c.request({"action": "join", "body": {"room_id": room_id}}) for c in group[1:]]
+            for c, answer in zip(group[1:], await asyncio.gather(*joins), strict=True):
+                if answer.get("status") != "success":
+                    raise RuntimeError(f"join failed: {answer}")
+                c.room = r
+
+    def on_delivery(self, receiver: Client, payload: bytes, i: int) -> None:
+        stats = self.stats
+        stats.delivered += 1
+        room = int(payload[i + 2:i + 5])
+        sender = int(payload[i + 6:i + 11])
+        seq = int(payload[i + 12:i + 21])
+        if stats.record_latency:
+            stats.latencies_ns.append(time.monotonic_ns() - int(payload[i + 22:i + 42]))
+        if room != receiver.room:
+            stats.error(f"client {receiver.index} in room {receiver.room} got a message for room {room}")
+        if sender == receiver.index:
+            stats.error(f"client {sender} received its own message")
+        expected = receiver.expected.get(sender, 0)
+        if seq != expected:
+            kind = "duplicate or reordered" if seq < expected else "lost"
+            stats.error(f"client {receiver.index} from {sender}: seq {seq}, expected {expected} ({kind})")
+        receiver.expected[sender] = seq + 1
+        start = payload.find(b'"from"') + 6
+        quote = payload.index(b'"', start) + 1
+        if payload[quote:quote + 8] != self.ids[sender]:
+            stats.error(f"wrong sender id on a message from {sender}")
+
+    def on_ack(self, client: Client) -> None:
+        self.stats.acks += 1
+        waiter = self.ack_waiters.pop(client.index, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def close(self) -> None:
+        for client in self.clients:
+            if client.transport is not None:
+                client.transport.abort()
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of a process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def core_busy() -> dict[int, tuple[float, float]]:
+    """Per core: (busy, total) jiffies since boot."""
+    cores = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *values = line.split()
+                numbers = [int(v) for v in values]
+                idle = numbers[3] + numbers[4]
+                cores[int(name[3:])] = (float(sum(numbers) - idle), float(sum(numbers)))
+    return cores
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")

@@ -1,0 +1,228 @@
+"""
+The benchmark scenarios.  Each connects its clients to a fresh server,
+measures a window, checks every delivery, and returns a flat dict of
+results.  ``server_pid`` is the process whose CPU and memory are measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any, Callable
+
+from chatd.bench.loadgen import Bench, Client, core_busy, cpu_seconds, message_frame, rss_kib
+
+SERVER_CORE, LOAD_CORE = 0, 1
+
+
+class Window:
+    """CPU of the server and of this process, and both cores' load, over a span."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.pid = server_pid
+
+    def __enter__(self) -> "Window":
+        self.t0 = time.monotonic()
+        self.server0 = cpu_seconds(self.pid)
+        self.self0 = cpu_seconds(os.getpid())
+        self.cores0 = core_busy()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.monotonic() - self.t0
+        self.server_cpu = cpu_seconds(self.pid) - self.server0
+        self.loadgen_cpu = cpu_seconds(os.getpid()) - self.self0
+        cores1 = core_busy()
+        self.core_load = {}
+        for core in (SERVER_CORE, LOAD_CORE):
+            busy0, total0 = self.cores0.get(core, (0.0, 0.0))
+            busy1, total1 = cores1.get(core, (0.0, 1.0))
+            self.core_load[core] = (busy1 - busy0) / max(1.0, total1 - total0)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "server_core_busy": round(self.core_load[SERVER_CORE], 3),
+            "loadgen_core_busy": round(self.core_load[LOAD_CORE], 3),
+            # A run whose generator core was saturated measured the generator.
+            "loadgen_limited": self.core_load[LOAD_CORE] > 0.95,
+        }
+
+
+async def room_clients(bench: Bench, rooms: int, members: int) -> list[list[Client]]:
+    clients = await bench.connect(rooms * members)
+    groups = [clients[r * members:(r + 1) * members] for r in range(rooms)]
+    await bench.rooms(groups)
+    return groups
+
+
+def percentile(values: list[int], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6  # ms
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def fanout(port: int, server_pid: int, rooms: int = 10, members: int = 50,
+                 rate: float = 200.0, duration: float = 10.0) -> dict[str, Any]:
+    """A fixed offered rate of messages, every member sending in turn."""
+    bench = Bench(port)
+    groups = await room_clients(bench, rooms, members)
+    senders = [c for group in groups for c in group]
+    seqs = [0] * len(bench.clients)
+    sent = 0
+    with Window(server_pid) as window:
+        start = time.monotonic()
+        while (elapsed := time.monotonic() - start) < duration:
+            due = int(elapsed * rate) - sent
+            for _ in range(due):
+                client = senders[sent % len(senders)]
+                client.send(message_frame(client.room, client.index, seqs[client.index]))
+                seqs[client.index] += 1
+                sent += 1
+            await asyncio.sleep(0.002)
+        expected = sent * (members - 1)
+        await wait_until(lambda: bench.stats.delivered >= expected, 5.0)
+    stats = bench.stats
+    await bench.close()
+    return {
+        "sent": sent,
+        "delivered_per_s": round(stats.delivered / duration),
+        "lost": expected - stats.delivered,
+        "p50_ms": round(percentile(stats.latencies_ns, 0.50), 3),
+        "p99_ms": round(percentile(stats.latencies_ns, 0.99), 3),
+        "max_ms": round(max(stats.latencies_ns, default=0) / 1e6, 3),
+        "server_us_per_delivery": round(window.server_cpu / max(1, stats.delivered) * 1e6, 2),
+        "errors": stats.errors,
+        **window.report(),
+    }
+
+
+async def maximum(port: int, server_pid: int, rooms: int = 10, members: int = 50,
+                  step_seconds: float = 3.0) -> dict[str, Any]:
+    """
+    Closed loop: one sender per room keeps ``window`` messages unacknowledged;
+    the window doubles until deliveries per second stop growing.
+    """
+    bench = Bench(port, record_latency=False)
+    groups = await room_clients(bench, rooms, members)
+    senders = [group[0] for group in groups]
+    seqs = {s.index: 0 for s in senders}
+    state = {"window": 0, "running": False}
+    outstanding = {s.index: 0 for s in senders}
+
+    def send_one(sender: Client) -> None:
+        sender.send(message_frame(sender.room, sender.index, seqs[sender.index]))
+        seqs[sender.index] += 1
+        outstanding[sender.index] += 1
+
+    original_on_ack = bench.on_ack
+
+    def on_ack(client: Client) -> None:
+        original_on_ack(client)
+        if client.index in outstanding:
+            outstanding[client.index] -= 1
+            while state["running"] and outstanding[client.index] < state["window"]:
+                send_one(client)
+
+    bench.on_ack = on_ack  # type: ignore[method-assign]
+    steps = []
+    best: dict[str, Any] = {}
+    for window_size in (1, 2, 4, 8, 16, 32, 64, 128):
+        state["window"], state["running"] = window_size, True
+        for sender in senders:
+            while outstanding[sender.index] < window_size:
+                send_one(sender)
+        await asyncio.sleep(0.5)  # settle at the new window
+        before = bench.stats.delivered
+        with Window(server_pid) as w:
+            await asyncio.sleep(step_seconds)
+            delivered = bench.stats.delivered - before
+        rate = delivered / w.seconds
+        step = {"window": window_size, "delivered_per_s": round(rate),
+                "server_us_per_delivery": round(w.server_cpu / max(1, delivered) * 1e6, 2), **w.report()}
+        steps.append(step)
+        if not best or rate > best["delivered_per_s"]:
+            best = step
+        if len(steps) >= 3 and rate < 1.03 * steps[-2]["delivered_per_s"] and rate < 1.03 * steps[-3]["delivered_per_s"]:
+            break  # two doublings bought nothing: the plateau
+    state["running"] = False
+    total_sent = sum(seqs.values())
+    await wait_until(lambda: bench.stats.delivered >= total_sent * (members - 1), 10.0)
+    lost = total_sent * (members - 1) - bench.stats.delivered
+    errors = bench.stats.errors
+    await bench.close()
+    return {
+        "plateau_delivered_per_s": best["delivered_per_s"],
+        "server_us_per_delivery": best["server_us_per_delivery"],
+        "plateau_window": best["window"],
+        "lost": lost,
+        "errors": errors,
+        "steps": steps,
+        "server_core_busy": best["server_core_busy"],
+        "loadgen_core_busy": best["loadgen_core_busy"],
+        "loadgen_limited": best["loadgen_limited"],
+    }
+
+
+async def idle(port: int, server_pid: int, connections: int = 5000, members: int = 50) -> dict[str, Any]:
+    """Many joined, idle connections: memory per connection; then one broadcast a room."""
+    bench = Bench(port)
+    rss_before = rss_kib(server_pid)
+    rooms = max(1, connections // members)
+    groups = await room_clients(bench, rooms, members)
+    await asyncio.sleep(1.0)  # let the server settle
+    rss_after = rss_kib(server_pid)
+    joined = sum(len(g) for g in groups)
+    for group in groups:
+        group[0].send(message_frame(group[0].room, group[0].index, 0))
+    expected = sum(len(g) - 1 for g in groups)
+    reached = await wait_until(lambda: bench.stats.delivered >= expected, 30.0)
+    errors = bench.stats.errors
+    await bench.close()
+    return {
+        "connections": joined,
+        "rss_before_kib": rss_before,
+        "rss_after_kib": rss_after,
+        "kib_per_connection": round((rss_after - rss_before) / joined, 2),
+        "all_reached": reached and bench.stats.delivered == expected,
+        "errors": errors,
+    }
+
+
+async def connect(port: int, server_pid: int, total: int = 3000, concurrency: int = 50) -> dict[str, Any]:
+    """Handshake plus welcome, ``concurrency`` at a time; each closed once welcomed."""
+    bench = Bench(port)
+    loop = asyncio.get_running_loop()
+    semaphore = asyncio.Semaphore(concurrency)
+    done = 0
+
+    async def one(index: int) -> None:
+        nonlocal done
+        async with semaphore:
+            _, client = await loop.create_connection(lambda: Client(bench, index), "127.0.0.1", port)
+            await client.replies.get()
+            assert client.transport is not None
+            client.transport.abort()
+            done += 1
+
+    with Window(server_pid) as window:
+        await asyncio.gather(*(one(i) for i in range(total)))
+    return {
+        "connections_per_s": round(done / window.seconds),
+        "server_us_per_connection": round(window.server_cpu / done * 1e6, 1),
+        "errors": bench.stats.errors,
+        **window.report(),
+    }
+
+
+SCENARIOS = {"fanout": fanout, "max": maximum, "idle": idle, "connect": connect}
