@@ -5,8 +5,12 @@ to core calls and core deliveries to frames.
 
 from __future__ import annotations
 
+import pprint
 from collections import deque
 from typing import Any, Optional
+
+import autobahn.websocket.protocol as _autobahn_protocol
+import txaio
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -338,6 +342,19 @@ class ChatProtocol(WebSocketServerProtocol):
         self.close(CLOSE_GOING_AWAY, "Server shutting down")
 
 
+def _pformat_when_debugging(obj: Any, *args: Any, **kwargs: Any) -> str:
+    if txaio.get_global_log_level() in ("debug", "trace"):
+        return pprint.pformat(obj, *args, **kwargs)
+    return "(not formatted: Autobahn debug logging is off)"
+
+
+# Autobahn pretty-prints its ~35 options for a debug message on every new
+# connection, whether or not debug logging is on: 16% of chatd's CPU per
+# connection (py-spy, the connect benchmark).  Its module-level pformat now
+# formats only when txaio's log level is debug.
+_autobahn_protocol.pformat = _pformat_when_debugging
+
+
 def _at_least(seconds: float) -> float:
     """
     The value to give Autobahn for a timeout of at least ``seconds``.
@@ -452,6 +469,14 @@ class ChatFactory(WebSocketServerFactory):
             allowedOrigins=["*"],
             allowNullOrigin=True,
             trustXForwardedFor=0,
+        )
+        # Autobahn copies every option from the factory onto each protocol
+        # instance that lacks it, and class attributes count: a protocol class
+        # of this factory's own carries them once, not once per connection.
+        self.protocol = type(
+            "ChatProtocol",
+            (ChatProtocol,),
+            {attr: getattr(self, attr) for attr in ChatProtocol.CONFIG_ATTRS},
         )
 
     def use_moderators(self, moderators: list[Any]) -> None:
