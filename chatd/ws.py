@@ -15,6 +15,7 @@ import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
@@ -64,11 +65,17 @@ class ChatProtocol(WebSocketServerProtocol):
     # While a message of this client's is with a moderator: what the client
     # sent since, to be handled in order afterwards.
     _waiting: Optional[deque[tuple[bytes, bool]]] = None
+    # Frames for this client gathered during the current reactor iteration,
+    # sent together right after it (see flush).
+    _out: Optional[list[bytes]] = None
+    # Whether the transport is a plain socket that flush may send() on.
+    _direct = False
 
     # -- Twisted / Autobahn callbacks -------------------------------------
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self._direct = isinstance(self.transport, tcp.Connection) and not getattr(self.transport, "TLS", False)
         # Autobahn's connectionMade reads self.tcpNoDelay before copying it
         # from the factory, fails, and swallows the error: without this, every
         # socket kept Nagle's algorithm and small broadcasts waited ~40 ms for
@@ -278,9 +285,10 @@ class ChatProtocol(WebSocketServerProtocol):
         # Once a close frame is out, nothing may follow it on the wire.
         if self._gone or self.state != WebSocketProtocol.STATE_OPEN:
             raise SinkGone()
-        if self._paused and not self._account(len(frame.payloadHybi)):
+        data = frame.payloadHybi  # framed once for every recipient (no compression)
+        if self._paused and not self._account(len(data)):
             raise SinkGone()
-        self.sendPreparedMessage(frame)
+        self._queue(data)
 
     def close(self, code: int, reason: str) -> None:
         if self.state == WebSocketProtocol.STATE_OPEN:
@@ -311,7 +319,49 @@ class ChatProtocol(WebSocketServerProtocol):
         if self._paused and not self._account(len(payload)):
             return
         self.factory.metrics.bytes_sent.inc(len(payload))
-        self.sendMessage(payload)
+        self._queue(text_frame(payload))
+
+    def _queue(self, data: bytes) -> None:
+        if self._out is None:
+            self._out = [data]
+            self.factory.flush_later(self)
+        else:
+            self._out.append(data)
+
+    def flush(self) -> None:
+        """
+        Send the frames gathered for this client: one send() when Twisted's
+        buffer is empty (no poller registration, no waiting for the next
+        poll), through the transport otherwise (which keeps order, buffers,
+        and pauses us when the client stops reading).
+        """
+        out, self._out = self._out, None
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        transport = self.transport
+        if (
+            self._direct
+            and transport.connected
+            and not transport.disconnecting
+            and not transport._tempDataBuffer
+            and len(transport.dataBuffer) == transport.offset
+        ):
+            try:
+                sent = transport.socket.send(data)
+            except OSError:
+                sent = 0  # EAGAIN, or an error the reactor will report
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
+        # Everything Autobahn writes (handshake, close, ping, pong) goes after
+        # the frames already gathered, never before them.
+        if self._out:
+            self.flush()
+        super().sendData(data, sync, chopsize)
 
     def _account(self, size: int) -> bool:
         """
@@ -340,6 +390,16 @@ class ChatProtocol(WebSocketServerProtocol):
     def go_away(self) -> None:
         """Close for server shutdown."""
         self.close(CLOSE_GOING_AWAY, "Server shutting down")
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, unfragmented WebSocket text frame, as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
 
 
 def _pformat_when_debugging(obj: Any, *args: Any, **kwargs: Any) -> str:
@@ -442,6 +502,8 @@ class ChatFactory(WebSocketServerFactory):
         self.metrics.watch(self._gauges)
         self.use_moderators([build(spec) for spec in settings.moderators])
         self.connections: set[ChatProtocol] = set()
+        self._to_flush: list[ChatProtocol] = []
+        self._flush_scheduled = False
         self._per_ip: dict[str, int] = {}
         self.allowed_origins = frozenset(settings.allowed_origins)
         self._drained: Optional[Deferred[None]] = None
@@ -478,6 +540,22 @@ class ChatFactory(WebSocketServerFactory):
             (ChatProtocol,),
             {attr: getattr(self, attr) for attr in ChatProtocol.CONFIG_ATTRS},
         )
+
+    def flush_later(self, protocol: ChatProtocol) -> None:
+        """Have ``protocol``'s gathered frames sent right after this reactor iteration."""
+        self._to_flush.append(protocol)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._to_flush = self._to_flush, []
+        for protocol in batch:
+            try:
+                protocol.flush()
+            except Exception:
+                self._log.failure("Sending to a client failed")
 
     def use_moderators(self, moderators: list[Any]) -> None:
         """Review every chat message with these moderators, in order."""

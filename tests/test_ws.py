@@ -38,6 +38,7 @@ class Peer:
 
     def open(self) -> dict[str, Any]:
         self.protocol.dataReceived(HANDSHAKE)
+        self.factory.clock.advance(0)
         response = self.transport.value()
         head, _, rest = response.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101"), head
@@ -46,6 +47,7 @@ class Peer:
         return welcome
 
     def frames(self) -> list[tuple[int, bytes]]:
+        self.factory.clock.advance(0)  # frames are sent right after the iteration
         data = self.transport.value()
         new, self._seen = data[self._seen :], len(data)
         return server_frames(new)
