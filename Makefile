@@ -7,7 +7,7 @@ ARGS ?=
 # Extra options for pytest, e.g. make test PYTEST_ARGS="-k e2e -x"
 PYTEST_ARGS ?=
 
-.PHONY: run test install clean
+.PHONY: run test install clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,5 +37,20 @@ test: $(VENV)/.installed-test
 	$(BIN)/python -m mypy --strict $(STRICT)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The benchmark: chatd against the seed's design, websockets.broadcast() and
+# Node ws, server on core 0 and load generator on core 1 (docs/performance.md).
+# e.g. make bench BENCH_ARGS="--repeat 1 --scenarios fanout,max"
+BENCH_ARGS ?=
+
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@
+
+bench/peers/node/node_modules: bench/peers/node/package.json bench/peers/node/package-lock.json
+	cd bench/peers/node && npm ci --no-audit --no-fund --silent
+
+bench: $(VENV)/.installed-bench bench/peers/node/node_modules
+	$(BIN)/chatd-bench compare $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache
+	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache bench/peers/node/node_modules

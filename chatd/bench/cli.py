@@ -163,8 +163,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     scenarios = args.scenarios.split(",")
     results = []
     for round_number in range(args.repeat):
+        # Interleaved, and rotated each round so that no server always runs
+        # first (after the previous round's teardown) or last.
+        shift = round_number % len(servers)
+        order = servers[shift:] + servers[:shift]
         for scenario in scenarios:
-            for server in servers:  # interleaved: every server once per round
+            for server in order:
                 result = run_one(server, scenario, {})
                 result["round"] = round_number
                 results.append(result)
