@@ -402,17 +402,30 @@ def text_frame(payload: bytes) -> bytes:
     return b"\x81\x7f" + n.to_bytes(8, "big") + payload
 
 
-def _pformat_when_debugging(obj: Any, *args: Any, **kwargs: Any) -> str:
-    if txaio.get_global_log_level() in ("debug", "trace"):
-        return pprint.pformat(obj, *args, **kwargs)
-    return "(not formatted: Autobahn debug logging is off)"
+def _debugging() -> bool:
+    return txaio.get_global_log_level() in ("debug", "trace")
 
 
-# Autobahn pretty-prints its ~35 options for a debug message on every new
-# connection, whether or not debug logging is on: 16% of chatd's CPU per
-# connection (py-spy, the connect benchmark).  Its module-level pformat now
-# formats only when txaio's log level is debug.
-_autobahn_protocol.pformat = _pformat_when_debugging
+def _only_when_debugging(format_: Any) -> Any:
+    def formatted(*args: Any, **kwargs: Any) -> Any:
+        if _debugging():
+            return format_(*args, **kwargs)
+        return "-"
+
+    return formatted
+
+
+# Autobahn builds the arguments of its debug log messages eagerly, whether or
+# not debug logging is on: it pretty-prints its ~35 options on every new
+# connection (16% of chatd's CPU per connection) and formats type and value
+# names with colours on every handshake and frame (another 8%; py-spy, the
+# connect benchmark).  Those helpers now format only at txaio's debug level.
+import autobahn.twisted.websocket as _autobahn_twisted  # noqa: E402
+
+_autobahn_protocol.pformat = _only_when_debugging(pprint.pformat)
+for _module in (_autobahn_protocol, _autobahn_twisted):
+    _module.hltype = _only_when_debugging(_module.hltype)
+    _module.hlval = _only_when_debugging(_module.hlval)
 
 
 def _at_least(seconds: float) -> float:

@@ -248,3 +248,19 @@ def test_autobahn_timeouts_never_fire_before_the_configured_time() -> None:
     assert (factory.openHandshakeTimeout, factory.closeHandshakeTimeout) == (11, 6)
     assert (factory.autoPingInterval, factory.autoPingTimeout) == (30, 31)
     assert make_factory().autoPingTimeout == 0
+
+
+def test_autobahn_debug_helpers_format_only_when_debugging() -> None:
+    import autobahn.websocket.protocol as autobahn_protocol
+    import txaio
+
+    before = txaio.get_global_log_level()
+    try:
+        txaio.set_global_log_level("info")
+        assert autobahn_protocol.pformat({"a": 1}) == "-"
+        assert autobahn_protocol.hltype(ChatProtocol) == "-"
+        txaio.set_global_log_level("debug")
+        assert autobahn_protocol.pformat({"a": 1}) == "{'a': 1}"
+        assert "ChatProtocol" in autobahn_protocol.hltype(ChatProtocol)
+    finally:
+        txaio.set_global_log_level(before)
