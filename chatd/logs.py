@@ -16,31 +16,46 @@ from twisted.logger import FileLogObserver, LogEvent, formatEvent
 _INTERNAL = frozenset({"message", "system", "isError", "format", "why", "failure", "time"})
 
 
-def _jsonable(value: Any) -> Any:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
-    return value
+_second = [-1, ""]  # the last whole second formatted, and its text
+
+
+def _time(when: float) -> str:
+    whole = int(when)
+    if whole != _second[0]:
+        stamp = datetime.fromtimestamp(whole, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _second[0], _second[1] = whole, stamp
+    return f"{_second[1]}.{int((when - whole) * 1000):03d}Z"
+
+
+def _text(event: LogEvent) -> str:
+    template = event.get("log_format")
+    if template is not None:
+        try:
+            # C-level formatting: several times faster than Twisted's
+            # string.Formatter, and the same for ordinary {name} fields.
+            return str(template.format_map(event))
+        except Exception:
+            pass  # Twisted's {call()} syntax, a missing field: its formatter
+    return formatEvent(event)
 
 
 def format_json(event: LogEvent) -> str:
     """One event as one line of JSON: time, level, namespace, text, fields."""
-    when = datetime.fromtimestamp(event.get("log_time", 0), tz=timezone.utc)
     level = event.get("log_level")
     record: dict[str, Any] = {
-        "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "time": _time(event.get("log_time", 0.0)),
         "level": level.name if level is not None else "info",
         "namespace": event.get("log_namespace", event.get("system", "-")),
-        "text": formatEvent(event),
+        "text": _text(event),
     }
     for key, value in event.items():
         if not key.startswith("log_") and key not in _INTERNAL and key not in record:
-            record[key] = _jsonable(value)
+            record[key] = value
     failure = event.get("log_failure")
     if failure is not None:
         record["traceback"] = failure.getTraceback()
-    return json.dumps(record) + "\n"
+    # Anything that is not JSON (an object in a field) goes in as its repr.
+    return json.dumps(record, default=repr) + "\n"
 
 
 def json_observer(out: IO[str]) -> FileLogObserver:
