@@ -158,7 +158,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.command == "run":
         options = {k: _number(v) for k, _, v in (o.partition("=") for o in args.option)}
         result = run_one(args.server, args.scenario, options)
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2))  # noqa: T201 - a CLI's output, not the daemon's
         return 1 if result.get("errors") or result.get("lost") else 0
 
     servers = args.servers.split(",")
@@ -174,11 +174,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                 result = run_one(server, scenario, {})
                 result["round"] = round_number
                 results.append(result)
-                print(f"round {round_number + 1}/{args.repeat} {scenario:8} {server:15} "
+                print(f"round {round_number + 1}/{args.repeat} {scenario:8} {server:15} "  # noqa: T201
                       + ", ".join(f"{k}={result[k]}" for k, _, _ in HEADLINES[scenario]), flush=True)
     Path(args.output).write_text(json.dumps(results, indent=2))
-    print(summary(results, servers, scenarios))
-    print(f"\nratios: >1 is better than {BASELINE}. Raw results: {args.output}")
+    print(summary(results, servers, scenarios))  # noqa: T201 - the report is the output
+    print(f"\nratios: >1 is better than {BASELINE}. Raw results: {args.output}")  # noqa: T201
     return 0
 
 
