@@ -72,16 +72,11 @@ class Client(asyncio.Protocol):
         self.room = -1  # which room it is a member of
         self.expected: dict[int, int] = {}  # sender -> next seq expected from it
         self.replies: asyncio.Queue[Any] = asyncio.Queue()
-        self.closed = asyncio.get_event_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses.
         self.transport = cast(asyncio.Transport, transport)
         transport.write(HANDSHAKE.format(port=self.bench.port).encode())
-
-    def connection_lost(self, exc: Optional[Exception]) -> None:
-        if not self.closed.done():
-            self.closed.set_result(exc)
 
     def send(self, data: bytes) -> None:
         assert self.transport is not None
