@@ -51,7 +51,8 @@ BASELINE = "seed"
 #: What the comparison table shows of each scenario: (result key, unit, higher is better).
 HEADLINES = {
     "fanout": [("delivered_per_s", "deliveries/s", True), ("p50_ms", "p50 ms", False),
-               ("p99_ms", "p99 ms", False), ("lost", "lost", False)],
+               ("p99_ms", "p99 ms", False), ("max_ms", "max latency ms", False),
+               ("lost", "lost", False)],
     "max": [("plateau_delivered_per_s", "deliveries/s", True),
             ("server_us_per_delivery", "server us/delivery", False)],
     "idle": [("kib_per_connection", "KiB/connection", False)],
