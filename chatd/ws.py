@@ -42,6 +42,11 @@ MAX_WAITING = 100
 _HANDSHAKE_REASONS = {426: "no_upgrade", 403: "origin", 503: "limit"}
 
 
+# One logger for the per-connection events: a class-level Logger makes a new
+# bound Logger on every access.
+_connections_log = Logger(namespace="chatd.ws.ChatProtocol")
+
+
 @implementer(IPushProducer)
 class ChatProtocol(WebSocketServerProtocol):
     """
@@ -153,7 +158,7 @@ class ChatProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         self.transport.registerProducer(self, True)
         client = self._client = self.factory.core.connect(self)
-        self._log.info(
+        _connections_log.info(
             "{client_id} connected from {peer}",
             event="connect", client_id=client.client_id, peer=self.peer,
         )
@@ -273,7 +278,7 @@ class ChatProtocol(WebSocketServerProtocol):
         client, self._client = self._client, None
         if client is not None:
             self.factory.core.disconnect(client, self.factory.clock.seconds())
-            self._log.info(
+            _connections_log.info(
                 "{client_id} disconnected (code {code}, {reason})",
                 event="disconnect", client_id=client.client_id, code=code,
                 reason=reason, clean=wasClean,
@@ -603,7 +608,10 @@ class ChatFactory(WebSocketServerFactory):
         limits = self.settings
         if limits.max_connections and len(self.connections) >= limits.max_connections:
             return "Too many connections"
-        ip = getattr(protocol.transport.getPeer(), "host", None)  # None for unix sockets
+        # Autobahn's peer string ("tcp4:1.2.3.4:5678", "tcp6:::1:5678", "unix:..."):
+        # already made, and cheaper than another getPeer().
+        kind, _, rest = (protocol.peer or "").partition(":")
+        ip = rest.rpartition(":")[0] if kind in ("tcp4", "tcp6") else None
         if ip is not None:
             if ip.startswith("::ffff:") and "." in ip:
                 ip = ip[7:]  # IPv4 through a dual-stack socket: one address, one count
