@@ -276,14 +276,13 @@ class ChatProtocol(WebSocketServerProtocol):
 
     # -- the core's sink ---------------------------------------------------
 
-    def deliver(self, frame: Any) -> None:
+    def deliver(self, frame: bytes) -> None:
         # Once a close frame is out, nothing may follow it on the wire.
         if self._gone or self.state != WebSocketProtocol.STATE_OPEN:
             raise SinkGone()
-        data = frame.payloadHybi  # framed once for every recipient (no compression)
-        if self._paused and not self._account(len(data)):
+        if self._paused and not self._account(len(frame)):
             raise SinkGone()
-        self._queue(data)
+        self._queue(frame)
 
     def close(self, code: int, reason: str) -> None:
         if self.state == WebSocketProtocol.STATE_OPEN:
@@ -492,7 +491,10 @@ class ChatFactory(WebSocketServerFactory):
         self.metrics = metrics if metrics is not None else Metrics()
         self.events = _Events(settings, self.metrics)
         self.core = ChatCore(
-            prepare=self.prepareMessage,
+            # Each broadcast is framed once, whatever the number of recipients,
+            # by the same framer as replies (permessage-deflate is never
+            # negotiated, so every client gets the same bytes).
+            prepare=text_frame,
             on_sink_error=self._sink_error,
             events=self.events,
             limits=Limits(

@@ -6,6 +6,8 @@ client cap, and shutdown, driven by a fake clock.
 from __future__ import annotations
 
 import json
+
+import pytest
 import struct
 from typing import Any
 
@@ -264,3 +266,16 @@ def test_autobahn_debug_helpers_format_only_when_debugging() -> None:
         assert "ChatProtocol" in autobahn_protocol.hltype(ChatProtocol)
     finally:
         txaio.set_global_log_level(before)
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+def test_chatds_framer_matches_autobahns(size: int) -> None:
+    # chatd frames broadcasts and replies itself (once per broadcast); the
+    # bytes must be exactly those of Autobahn's own framer.
+    from autobahn.twisted.websocket import WebSocketServerFactory
+
+    from chatd.ws import text_frame
+
+    payload = bytes(range(97, 123)) * (size // 26) + b"x" * (size % 26)
+    assert text_frame(payload) == WebSocketServerFactory().prepareMessage(payload).payloadHybi
+    assert server_frames(text_frame(payload)) == [(1, payload)]
