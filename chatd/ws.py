@@ -26,7 +26,7 @@ from chatd.config import normalise_origin
 from chatd.core import ChatCore, Client, CoreEvents, Limits, Room
 from chatd.ratelimit import TokenBucket
 from chatd.errors import ChatError, NotInRoom, Rejected, SinkGone
-from chatd.moderation import Moderation, Reject, Rewrite, Submission, Verdict, build
+from chatd.moderation import PASS, Moderation, Reject, Rewrite, Submission, Verdict, build
 from chatd.metrics import Metrics
 from chatd.settings import Settings
 
@@ -175,18 +175,12 @@ class ChatProtocol(WebSocketServerProtocol):
             metrics.errors.labels("binary").inc()
             self._send_reply(codec.encode(codec.error(BINARY_NOT_SUPPORTED)))
             return
-        core = self.factory.core
         try:
             command = codec.decode(payload)
             if isinstance(command, codec.Message):
-                if self.factory.moderation:
-                    self._review(client, command.body)
-                    return
-                started = metrics.timer()
-                reply = core.handle(client, command, self.factory.clock.seconds())
-                metrics.fanout_seconds.observe(metrics.timer() - started)
-            else:
-                reply = core.handle(client, command, self.factory.clock.seconds())
+                self._review(client, command.body)
+                return
+            reply = self.factory.core.handle(client, command, self.factory.clock.seconds())
         except ChatError as e:
             reply = self._rejected(client, e)
         except Exception:
@@ -212,13 +206,19 @@ class ChatProtocol(WebSocketServerProtocol):
     # -- moderation ----------------------------------------------------------
 
     def _review(self, client: Client, body: Any) -> None:
-        """Rate-limit now; broadcast (or not) once the moderators have spoken."""
-        core = self.factory.core
+        """
+        A chat message: rate-limit it now, then broadcast it (or not) once the
+        moderators, if any, have spoken.
+        """
         if client.room is None:
             raise NotInRoom("You must join a room first")
-        core.check_message_rate(client, self.factory.clock.seconds())
+        self.factory.core.check_message_rate(client, self.factory.clock.seconds())
+        moderation = self.factory.moderation
+        if not moderation:
+            self._publish(client, body, PASS)
+            return
         submission = Submission(client.client_id, client.nick, client.room.room_id, body)
-        d = self.factory.moderation.review(submission)
+        d = moderation.review(submission)
         if d.called:
             # Every moderator answered at once: no waiting, no reordering.
             verdicts: list[Verdict] = []
