@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import pytest_twisted
 
 from chatd.settings import Settings
-from tests.helpers import InProcessServer
+from tests.helpers import DaemonProcess, InProcessServer, spawn_chatd, stop_chatd
 
 
 @pytest_twisted.async_yield_fixture
@@ -14,3 +14,21 @@ async def server() -> AsyncIterator[InProcessServer]:
     running = await InProcessServer(Settings(ping_interval=0, ping_timeout=0)).start()
     yield running
     await running.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def daemon_factory() -> AsyncIterator[Callable[..., DaemonProcess]]:
+    """
+    Starts the real ``twistd -n chatd`` with the given options (and optional
+    ``env``); every process started is killed, if still running, afterwards.
+    """
+    started: list[DaemonProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> DaemonProcess:
+        process = spawn_chatd(*args, env=env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        await stop_chatd(process)

@@ -154,6 +154,16 @@ async def connect(port: int, tls: Any = None, host: str = "127.0.0.1") -> WSClie
     return client
 
 
+async def two_in_a_room(port: int, name: str = "room", **connect_options: Any) -> tuple[WSClient, str, WSClient]:
+    """Two welcomed clients; the first created a room the second joined: (a, a's ID, b)."""
+    a, b = await connect(port, **connect_options), await connect(port, **connect_options)
+    a_id = (await a.next())["client_id"]
+    await b.next()
+    room_id = (await a.request({"action": "create", "body": name}))["room_id"]
+    assert (await b.request({"action": "join", "body": {"room_id": room_id}}))["status"] == "success"
+    return a, a_id, b
+
+
 class InProcessServer:
     """chatd's factory on a real loopback port in the test's own reactor."""
 
@@ -374,26 +384,8 @@ class StalledClient:
             raise ConnectionError("server closed the connection")
         return data
 
-    def next(self) -> Any:
-        while True:
-            if len(self.buffer) >= 2:
-                n = self.buffer[1] & 0x7F
-                start = 2
-                if n == 126:
-                    (n,) = struct.unpack("!H", self.buffer[2:4])
-                    start = 4
-                if len(self.buffer) >= start + n:
-                    payload = self.buffer[start : start + n]
-                    self.buffer = self.buffer[start + n :]
-                    return json.loads(payload)
-            self.buffer += self._recv()
-
-    def request(self, obj: Any) -> Any:
-        self.sock.sendall(client_frame(json.dumps(obj).encode()))
-        return self.next()
-
-    def read_close(self) -> tuple[int, str]:
-        """Read (and skip) frames until a close frame; its code and reason."""
+    def frame(self) -> tuple[int, bytes]:
+        """The next frame from the server: (opcode, payload)."""
         while True:
             if len(self.buffer) >= 2:
                 opcode, n, start = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F, 2
@@ -406,10 +398,26 @@ class StalledClient:
                 if len(self.buffer) >= start + n:
                     payload = self.buffer[start : start + n]
                     self.buffer = self.buffer[start + n :]
-                    if opcode == 8:
-                        return struct.unpack("!H", payload[:2])[0], payload[2:].decode()
-                    continue
+                    return opcode, payload
             self.buffer += self._recv()
+
+    def next(self) -> Any:
+        """The next JSON message (pings and other frames are skipped)."""
+        while True:
+            opcode, payload = self.frame()
+            if opcode == 1:
+                return json.loads(payload)
+
+    def request(self, obj: Any) -> Any:
+        self.sock.sendall(client_frame(json.dumps(obj).encode()))
+        return self.next()
+
+    def read_close(self) -> tuple[int, str]:
+        """Read (and skip) frames until a close frame; its code and reason."""
+        while True:
+            opcode, payload = self.frame()
+            if opcode == 8:
+                return struct.unpack("!H", payload[:2])[0], payload[2:].decode()
 
     def read_until_eof(self) -> bytes:
         """Everything until the server closes or aborts the connection."""

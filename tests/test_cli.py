@@ -5,39 +5,18 @@ The real command line: ``twistd -n chatd`` as a child process.
 from __future__ import annotations
 
 import socket
-from typing import AsyncIterator
 
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from tests.fakes import HANDSHAKE
-from tests.helpers import DaemonProcess, StalledClient, connect, spawn_chatd, stop_chatd
-
-
-@pytest_twisted.async_yield_fixture
-async def daemon_factory() -> AsyncIterator:
-    started: list[DaemonProcess] = []
-
-    def start(*args: str) -> DaemonProcess:
-        process = spawn_chatd(*args)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        await stop_chatd(process)
+from tests.helpers import StalledClient, connect, two_in_a_room
 
 
 @pytest_twisted.ensureDeferred
 async def test_twistd_chatd_serves_the_seed_protocol_and_drains_on_sigterm(daemon_factory) -> None:
     chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--shutdown-timeout", "60")
-    port = await chatd.wait_listening()
-    a = await connect(port)
-    b = await connect(port)
-    a_id = (await a.next())["client_id"]
-    await b.next()
-    room_id = (await a.request({"action": "create", "body": "Game Night"}))["room_id"]
-    await b.request({"action": "join", "body": {"room_id": room_id}})
+    a, a_id, b = await two_in_a_room(await chatd.wait_listening(), "Game Night")
     await a.request({"action": "message", "body": "Hello everyone!"})
     event = await b.next()
     assert (event["from"], event["body"]) == (a_id, "Hello everyone!")

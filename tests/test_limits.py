@@ -21,9 +21,7 @@ from tests.helpers import (
     InProcessServer,
     WSClient,
     _ClientProtocol,
-    connect,
-    spawn_chatd,
-    stop_chatd,
+    two_in_a_room,
     within,
 )
 
@@ -129,9 +127,9 @@ async def test_without_allowed_origins_any_origin_connects(server: InProcessServ
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_handshake_flood_does_not_stop_normal_clients() -> None:
+async def test_a_handshake_flood_does_not_stop_normal_clients(daemon_factory) -> None:
     flood_size = 2000
-    chatd = spawn_chatd(
+    chatd = daemon_factory(
         "--listen", "tcp:0:interface=127.0.0.1", "--max-connections-per-ip", "100",
         "--handshake-timeout", "60", "--rate-connections-per-ip", "0",
     )
@@ -155,11 +153,7 @@ async def test_a_handshake_flood_does_not_stop_normal_clients() -> None:
 
         assert await deferToThread(open_flood) == flood_size - 100
         # The first 100 are still waiting to send a request; nobody else cares.
-        a, b = await connect(port), await connect(port)
-        a_id = (await a.next())["client_id"]
-        await b.next()
-        room_id = (await a.request({"action": "create", "body": "calm"}))["room_id"]
-        await b.request({"action": "join", "body": {"room_id": room_id}})
+        a, a_id, b = await two_in_a_room(port, "calm")
         await a.request({"action": "message", "body": "through the flood"})
         event = await b.next()
         assert (event["from"], event["body"]) == (a_id, "through the flood")
@@ -168,4 +162,3 @@ async def test_a_handshake_flood_does_not_stop_normal_clients() -> None:
     finally:
         for sock in flood:
             sock.close()
-        await stop_chatd(chatd)

@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from chatd.core import ChatCore, CoreEvents
 from chatd.logs import format_json
 from tests.fakes import FakeSink
-from tests.helpers import connect, spawn_chatd, stop_chatd
+from tests.helpers import two_in_a_room
 
 
 def test_format_json_is_one_object_a_line_with_the_fields() -> None:
@@ -82,34 +82,27 @@ def test_the_core_reports_rooms_and_broadcasts() -> None:
     ]
 
 
-async def session(*args: str) -> list[dict[str, Any]]:
+async def session(daemon_factory: Any, *args: str) -> list[dict[str, Any]]:
     """Run the real daemon through a short session; its JSON log lines."""
-    chatd = spawn_chatd("--listen", "tcp:0:interface=127.0.0.1", "--log-format", "json", *args)
-    try:
-        port = await chatd.wait_listening()
-        a, b = await connect(port), await connect(port)
-        a_id = (await a.next())["client_id"]
-        await b.next()
-        room_id = (await a.request({"action": "create", "body": "Logged"}))["room_id"]
-        await b.request({"action": "join", "body": {"room_id": room_id}})
-        await a.request({"action": "message", "body": "top secret body"})
-        await b.next()
-        await a.request({"action": "join", "body": "not an object"})
-        await a.close()
-        await b.close()
-        await chatd.wait_for(rb'"event": "room_deleted"', "the room_deleted event")
-        chatd.signal("TERM")
-        assert await chatd.wait_exit() == 0
-    finally:
-        await stop_chatd(chatd)
+    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--log-format", "json", *args)
+    a, a_id, b = await two_in_a_room(await chatd.wait_listening(), "Logged")
+    room_id = (await a.request({"action": "members"}))["room_id"]
+    await a.request({"action": "message", "body": "top secret body"})
+    await b.next()
+    await a.request({"action": "join", "body": "not an object"})
+    await a.close()
+    await b.close()
+    await chatd.wait_for(rb'"event": "room_deleted"', "the room_deleted event")
+    chatd.signal("TERM")
+    assert await chatd.wait_exit() == 0
     lines = chatd.output.decode().splitlines()
     records = [json.loads(line) for line in lines]  # every line is JSON
     return [r | {"_a": a_id, "_room": room_id} for r in records]
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_daemon_logs_one_json_event_per_happening_and_no_bodies() -> None:
-    records = await session()
+async def test_the_daemon_logs_one_json_event_per_happening_and_no_bodies(daemon_factory) -> None:
+    records = await session(daemon_factory)
     a_id, room_id = records[0]["_a"], records[0]["_room"]
     events = [r for r in records if "event" in r]
     kinds = [r["event"] for r in events]
@@ -129,7 +122,7 @@ async def test_the_daemon_logs_one_json_event_per_happening_and_no_bodies() -> N
 
 
 @pytest_twisted.ensureDeferred
-async def test_log_messages_logs_bodies() -> None:
-    records = await session("--log-messages")
+async def test_log_messages_logs_bodies(daemon_factory) -> None:
+    records = await session(daemon_factory, "--log-messages")
     [message] = [r for r in records if r.get("event") == "message"]
     assert (message["body"], message["recipients"]) == ("top secret body", 1)

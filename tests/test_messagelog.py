@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from chatd.messagelog import MIGRATIONS, MessageLogError, SQLiteLog, migrate
-from tests.helpers import connect, spawn_chatd, stop_chatd
+from tests.helpers import two_in_a_room
 
 
 def message(n: int, body: Any = None) -> dict[str, Any]:
@@ -130,11 +130,7 @@ def test_an_unopenable_path_is_a_clear_error(tmp_path: Path) -> None:
 
 
 async def chat(port: int, room: str, bodies: list[Any]) -> None:
-    a, b = await connect(port), await connect(port)
-    await a.next()
-    await b.next()
-    room_id = (await a.request({"action": "create", "body": room}))["room_id"]
-    await b.request({"action": "join", "body": {"room_id": room_id}})
+    a, _, b = await two_in_a_room(port, room)
     for body in bodies:
         await a.request({"action": "message", "body": body})
     await a.close()
@@ -142,21 +138,18 @@ async def chat(port: int, room: str, bodies: list[Any]) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_every_message_is_in_the_database_after_a_restart(tmp_path: Path) -> None:
+async def test_every_message_is_in_the_database_after_a_restart(tmp_path: Path, daemon_factory) -> None:
     db = tmp_path / "messages.db"
     first = [f"first run {i}" for i in range(250)] + [{"custom": ["json", 1]}]
     second = [f"second run {i}" for i in range(40)]
     for room, bodies in (("one", first), ("two", second)):
-        chatd = spawn_chatd(
+        chatd = daemon_factory(
             "--listen", "tcp:0:interface=127.0.0.1", "--message-log", f"sqlite:{db}",
             "--rate-messages", "0",
         )
-        try:
-            await chat(await chatd.wait_listening(), room, bodies)
-            chatd.signal("TERM")  # the queue is flushed before exit
-            assert await chatd.wait_exit() == 0
-        finally:
-            await stop_chatd(chatd)
+        await chat(await chatd.wait_listening(), room, bodies)
+        chatd.signal("TERM")  # the queue is flushed before exit
+        assert await chatd.wait_exit() == 0
     connection = sqlite3.connect(db)
     rows = connection.execute(
         "SELECT room_name, message_id, body FROM messages ORDER BY seq").fetchall()
@@ -168,13 +161,10 @@ async def test_every_message_is_in_the_database_after_a_restart(tmp_path: Path) 
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_unopenable_message_log_stops_startup(tmp_path: Path) -> None:
-    chatd = spawn_chatd("--listen", "tcp:0:interface=127.0.0.1",
+async def test_an_unopenable_message_log_stops_startup(tmp_path: Path, daemon_factory) -> None:
+    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1",
                         "--message-log", f"sqlite:{tmp_path}/missing/dir/m.db")
-    try:
-        assert await chatd.wait_exit() != 0
-        assert b"chatd: --message-log: cannot open" in chatd.output
-        assert b"starting on" not in chatd.output
-    finally:
-        await stop_chatd(chatd)
+    assert await chatd.wait_exit() != 0
+    assert b"chatd: --message-log: cannot open" in chatd.output
+    assert b"starting on" not in chatd.output
 

@@ -19,8 +19,6 @@ from tests.helpers import (
     StalledClient,
     connect,
     http_get,
-    spawn_chatd,
-    stop_chatd,
 )
 
 
@@ -34,14 +32,13 @@ def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @pytest_twisted.async_yield_fixture
-async def chatd_with_metrics() -> AsyncIterator[tuple[DaemonProcess, int, int]]:
-    chatd = spawn_chatd(
+async def chatd_with_metrics(daemon_factory) -> AsyncIterator[tuple[DaemonProcess, int, int]]:
+    chatd = daemon_factory(
         "--listen", "tcp:0:interface=127.0.0.1", "--metrics", "tcp:0:interface=127.0.0.1"
     )
     port = await chatd.wait_listening()
     metrics_port = await chatd.wait_metrics()
     yield chatd, port, metrics_port
-    await stop_chatd(chatd)
 
 
 @pytest_twisted.ensureDeferred
@@ -99,9 +96,9 @@ async def test_metrics_count_real_traffic(chatd_with_metrics) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_sigterm_drains_in_order_as_systemd_sees_it(tmp_path) -> None:
+async def test_sigterm_drains_in_order_as_systemd_sees_it(tmp_path, daemon_factory) -> None:
     notify = NotifySocket(str(tmp_path / "notify.sock"))
-    chatd = spawn_chatd(
+    chatd = daemon_factory(
         "--listen", "tcp:0:interface=127.0.0.1", "--metrics", "tcp:0:interface=127.0.0.1",
         "--shutdown-timeout", "60", "--close-timeout", "60",
         env={"NOTIFY_SOCKET": notify.path},
@@ -131,22 +128,18 @@ async def test_sigterm_drains_in_order_as_systemd_sees_it(tmp_path) -> None:
         assert await chatd.wait_exit() == 0
         assert notify.received == ["READY=1", "STOPPING=1"]
     finally:
-        await stop_chatd(chatd)
         await notify.close()
 
 
 @pytest_twisted.ensureDeferred
-async def test_stragglers_are_forced_after_the_shutdown_timeout(tmp_path) -> None:
-    chatd = spawn_chatd(
+async def test_stragglers_are_forced_after_the_shutdown_timeout(tmp_path, daemon_factory) -> None:
+    chatd = daemon_factory(
         "--listen", "tcp:0:interface=127.0.0.1", "--shutdown-timeout", "1", "--close-timeout", "60",
     )
-    try:
-        port = await chatd.wait_listening()
-        straggler = await deferToThread(StalledClient, port)
-        await deferToThread(straggler.next)
-        chatd.signal("TERM")
-        assert await chatd.wait_exit() == 0
-        assert b"Aborting a connection that did not close in time" in chatd.output
-        straggler.close()
-    finally:
-        await stop_chatd(chatd)
+    port = await chatd.wait_listening()
+    straggler = await deferToThread(StalledClient, port)
+    await deferToThread(straggler.next)
+    chatd.signal("TERM")
+    assert await chatd.wait_exit() == 0
+    assert b"Aborting a connection that did not close in time" in chatd.output
+    straggler.close()

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 
-from tests.helpers import connect, spawn_chatd, stop_chatd
+from tests.helpers import connect, two_in_a_room
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
@@ -44,31 +44,23 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_wss_with_a_trusted_certificate_and_a_refused_untrusted_client(tmp_path: Path) -> None:
+async def test_wss_with_a_trusted_certificate_and_a_refused_untrusted_client(
+    tmp_path: Path, daemon_factory
+) -> None:
     key, cert = self_signed(tmp_path)
-    chatd = spawn_chatd(
-        "--listen", f"ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1",
-    )
-    try:
-        port = await chatd.wait_listening()
-        trusting = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(cert.read_bytes()))
+    chatd = daemon_factory("--listen", f"ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1")
+    port = await chatd.wait_listening()
+    trusting = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(cert.read_bytes()))
 
-        # A client that does not trust the certificate fails the handshake...
-        with pytest.raises(ConnectionError, match="certificate verify failed"):
-            await connect(port, tls=optionsForClientTLS("localhost"), host="localhost")
+    # A client that does not trust the certificate fails the handshake...
+    with pytest.raises(ConnectionError, match="certificate verify failed"):
+        await connect(port, tls=optionsForClientTLS("localhost"), host="localhost")
 
-        # ...and the server carries on for clients that do.
-        a = await connect(port, tls=trusting, host="localhost")
-        b = await connect(port, tls=trusting, host="localhost")
-        a_id = (await a.next())["client_id"]
-        await b.next()
-        room_id = (await a.request({"action": "create", "body": "encrypted"}))["room_id"]
-        await b.request({"action": "join", "body": {"room_id": room_id}})
-        await a.request({"action": "message", "body": "over TLS"})
-        event = await b.next()
-        assert (event["from"], event["body"]) == (a_id, "over TLS")
-        assert a.protocol is not None and a.protocol.transport.getPeerCertificate() is not None
-        await a.close()
-        await b.close()
-    finally:
-        await stop_chatd(chatd)
+    # ...and the server carries on for clients that do.
+    a, a_id, b = await two_in_a_room(port, "encrypted", tls=trusting, host="localhost")
+    await a.request({"action": "message", "body": "over TLS"})
+    event = await b.next()
+    assert (event["from"], event["body"]) == (a_id, "over TLS")
+    assert a.protocol is not None and a.protocol.transport.getPeerCertificate() is not None
+    await a.close()
+    await b.close()
