@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import pytest_twisted
 
@@ -14,6 +14,21 @@ async def server() -> AsyncIterator[InProcessServer]:
     running = await InProcessServer(Settings(ping_interval=0, ping_timeout=0)).start()
     yield running
     await running.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def server_factory() -> AsyncIterator[Callable[[Settings], Awaitable[InProcessServer]]]:
+    """Starts in-process servers with the given settings; all are stopped afterwards."""
+    started: list[InProcessServer] = []
+
+    async def start(settings: Settings) -> InProcessServer:
+        running = await InProcessServer(settings).start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.stop()
 
 
 @pytest_twisted.async_yield_fixture

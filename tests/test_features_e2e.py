@@ -140,36 +140,30 @@ async def test_a_seed_only_client_sees_exactly_the_seed_messages(rich: InProcess
 
 
 @pytest_twisted.ensureDeferred
-async def test_rate_limit_retry_after_then_1008_for_hammering() -> None:
-    server = await InProcessServer(Settings(ping_interval=0, rate_messages=1, rate_messages_burst=2)).start()
-    try:
-        a, _ = await server.welcomed()
-        await a.request({"action": "create", "body": "slow lane"})
-        for _ in range(2):
-            assert (await a.request({"action": "message", "body": "ok"}))["status"] == "success"
-        refused = await a.request({"action": "message", "body": "too fast"})
-        assert refused["status"] == "error" and refused["message"] == "Rate limit exceeded"
-        assert 0 < refused["retry_after"] <= 1.0
-        # Keep hammering without waiting: closed with 1008.
-        for _ in range(10):
-            a.send({"action": "message", "body": "spam"})
-        code, reason = await a.wait_closed()
-        assert (code, reason) == (1008, "Rate limit exceeded repeatedly")
-        values = server.factory.metrics.registry.get_sample_value
-        assert values("chatd_errors_total", {"kind": "rate_limit"}) >= 3
-    finally:
-        await server.stop()
+async def test_rate_limit_retry_after_then_1008_for_hammering(server_factory) -> None:
+    server = await server_factory(Settings(ping_interval=0, rate_messages=1, rate_messages_burst=2))
+    a, _ = await server.welcomed()
+    await a.request({"action": "create", "body": "slow lane"})
+    for _ in range(2):
+        assert (await a.request({"action": "message", "body": "ok"}))["status"] == "success"
+    refused = await a.request({"action": "message", "body": "too fast"})
+    assert refused["status"] == "error" and refused["message"] == "Rate limit exceeded"
+    assert 0 < refused["retry_after"] <= 1.0
+    # Keep hammering without waiting: closed with 1008.
+    for _ in range(10):
+        a.send({"action": "message", "body": "spam"})
+    code, reason = await a.wait_closed()
+    assert (code, reason) == (1008, "Rate limit exceeded repeatedly")
+    values = server.factory.metrics.registry.get_sample_value
+    assert values("chatd_errors_total", {"kind": "rate_limit"}) >= 3
 
 
 @pytest_twisted.ensureDeferred
-async def test_new_connections_per_ip_are_rate_limited() -> None:
-    server = await InProcessServer(Settings(ping_interval=0, rate_connections_per_ip=3)).start()
-    try:
-        for _ in range(3):
-            await server.welcomed()
-        refused = await deferToThread(handshake_from, server.port_number, "127.0.0.1")
-        assert refused.startswith(b"HTTP/1.1 503 Too many new connections from your address\r\n")
-        other = await deferToThread(handshake_from, server.port_number, "127.0.0.2")
-        assert other.startswith(b"HTTP/1.1 101 ")
-    finally:
-        await server.stop()
+async def test_new_connections_per_ip_are_rate_limited(server_factory) -> None:
+    server = await server_factory(Settings(ping_interval=0, rate_connections_per_ip=3))
+    for _ in range(3):
+        await server.welcomed()
+    refused = await deferToThread(handshake_from, server.port_number, "127.0.0.1")
+    assert refused.startswith(b"HTTP/1.1 503 Too many new connections from your address\r\n")
+    other = await deferToThread(handshake_from, server.port_number, "127.0.0.2")
+    assert other.startswith(b"HTTP/1.1 101 ")

@@ -26,42 +26,32 @@ from tests.helpers import (
 )
 
 
-async def start(settings: Settings) -> InProcessServer:
-    return await InProcessServer(settings).start()
+@pytest_twisted.ensureDeferred
+async def test_over_max_connections_gets_503_and_a_free_slot_is_reused(server_factory) -> None:
+    server = await server_factory(Settings(ping_interval=0, max_connections=2))
+    a, _ = await server.welcomed()
+    b, _ = await server.welcomed()
+    response = await deferToThread(handshake_from, server.port_number)
+    assert response.startswith(b"HTTP/1.1 503 Too many connections\r\n")
+    assert b"\r\nRetry-After: 5\r\n" in response
+    # The others are untouched, and a freed slot can be taken again.
+    await a.request({"action": "create", "body": "still fine"})
+    await b.close()
+    c, _ = await server.welcomed()
+    assert (await c.request({"action": "leave"}))["message"] == "Not in any room"
+    values = server.factory.metrics.registry.get_sample_value
+    assert values("chatd_handshake_failures_total", {"reason": "limit"}) == 1
 
 
 @pytest_twisted.ensureDeferred
-async def test_over_max_connections_gets_503_and_a_free_slot_is_reused() -> None:
-    server = await start(Settings(ping_interval=0, max_connections=2))
-    try:
-        a, _ = await server.welcomed()
-        b, _ = await server.welcomed()
-        response = await deferToThread(handshake_from, server.port_number)
-        assert response.startswith(b"HTTP/1.1 503 Too many connections\r\n")
-        assert b"\r\nRetry-After: 5\r\n" in response
-        # The others are untouched, and a freed slot can be taken again.
-        await a.request({"action": "create", "body": "still fine"})
-        await b.close()
-        c, _ = await server.welcomed()
-        assert (await c.request({"action": "leave"}))["message"] == "Not in any room"
-        values = server.factory.metrics.registry.get_sample_value
-        assert values("chatd_handshake_failures_total", {"reason": "limit"}) == 1
-    finally:
-        await server.stop()
-
-
-@pytest_twisted.ensureDeferred
-async def test_max_connections_per_ip_counts_each_address_separately() -> None:
-    server = await start(Settings(ping_interval=0, max_connections_per_ip=2))
-    try:
-        await server.welcomed()
-        await server.welcomed()
-        refused = await deferToThread(handshake_from, server.port_number, "127.0.0.1")
-        assert refused.startswith(b"HTTP/1.1 503 Too many connections from your address\r\n")
-        other = await deferToThread(handshake_from, server.port_number, "127.0.0.2")
-        assert other.startswith(b"HTTP/1.1 101 ")
-    finally:
-        await server.stop()
+async def test_max_connections_per_ip_counts_each_address_separately(server_factory) -> None:
+    server = await server_factory(Settings(ping_interval=0, max_connections_per_ip=2))
+    await server.welcomed()
+    await server.welcomed()
+    refused = await deferToThread(handshake_from, server.port_number, "127.0.0.1")
+    assert refused.startswith(b"HTTP/1.1 503 Too many connections from your address\r\n")
+    other = await deferToThread(handshake_from, server.port_number, "127.0.0.2")
+    assert other.startswith(b"HTTP/1.1 101 ")
 
 
 @pytest.mark.parametrize(
@@ -95,27 +85,24 @@ async def connect_with_origin(port: int, origin: Optional[str]) -> WSClient:
 
 
 @pytest_twisted.ensureDeferred
-async def test_allowed_origins() -> None:
-    server = await start(Settings(
+async def test_allowed_origins(server_factory) -> None:
+    server = await server_factory(Settings(
         ping_interval=0, allowed_origins=("https://chat.example.org:443",)))
-    try:
-        port = server.port_number
-        # The browser's spelling (no port) matches the configured origin.
-        ok = await connect_with_origin(port, "https://chat.example.org")
-        assert (await ok.next())["status"] == "connected"
-        with pytest.raises(ConnectionError, match="Origin not allowed"):
-            await connect_with_origin(port, "https://evil.example.org")
-        with pytest.raises(ConnectionError, match="Origin not allowed"):
-            await connect_with_origin(port, "null")
-        # Clients that send no Origin at all (not browsers) are not affected.
-        plain = await connect_with_origin(port, None)
-        assert (await plain.next())["status"] == "connected"
-        await ok.close()
-        await plain.close()
-        values = server.factory.metrics.registry.get_sample_value
-        assert values("chatd_handshake_failures_total", {"reason": "origin"}) == 2
-    finally:
-        await server.stop()
+    port = server.port_number
+    # The browser's spelling (no port) matches the configured origin.
+    ok = await connect_with_origin(port, "https://chat.example.org")
+    assert (await ok.next())["status"] == "connected"
+    with pytest.raises(ConnectionError, match="Origin not allowed"):
+        await connect_with_origin(port, "https://evil.example.org")
+    with pytest.raises(ConnectionError, match="Origin not allowed"):
+        await connect_with_origin(port, "null")
+    # Clients that send no Origin at all (not browsers) are not affected.
+    plain = await connect_with_origin(port, None)
+    assert (await plain.next())["status"] == "connected"
+    await ok.close()
+    await plain.close()
+    values = server.factory.metrics.registry.get_sample_value
+    assert values("chatd_handshake_failures_total", {"reason": "origin"}) == 2
 
 
 @pytest_twisted.ensureDeferred
