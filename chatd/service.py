@@ -70,7 +70,16 @@ class ChatService(MultiService):
         self.notifier = notifier if notifier is not None else Notifier()
         self.ready = False
         self.metrics = Metrics()
-        self.factory = ChatFactory(settings, clock=reactor, reactor=reactor, metrics=self.metrics)
+        self.message_log: Optional[SQLiteLog] = None
+        if settings.message_log is not None:
+            # Opened in privilegedStartService, before anything listens.
+            self.message_log = SQLiteLog(
+                parse_target(settings.message_log), reactor,
+                counted=lambda outcome, rows: self.metrics.message_log.labels(outcome).inc(rows),
+            )
+        self.factory = ChatFactory(
+            settings, clock=reactor, reactor=reactor, metrics=self.metrics, message_log=self.message_log
+        )
         self.listeners = MultiService()
         self.listeners.setServiceParent(self)
         for description in settings.listen:
@@ -85,12 +94,6 @@ class ChatService(MultiService):
             self.metrics_listener = strports.service(settings.metrics, site, reactor=reactor)
             self.metrics_listener.setServiceParent(self)
         self._watchdog: Optional[LoopingCall] = None
-        self.message_log: Optional[SQLiteLog] = None
-        if settings.message_log is not None:
-            self.message_log = SQLiteLog(
-                parse_target(settings.message_log), reactor,
-                counted=lambda outcome, rows: self.metrics.message_log.labels(outcome).inc(rows),
-            )
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
@@ -105,7 +108,6 @@ class ChatService(MultiService):
                 self.message_log.open()
             except MessageLogError as e:
                 raise SystemExit(f"chatd: --message-log: {e}") from None
-            self.factory.events.message_log = self.message_log
         try:
             super().privilegedStartService()
         except CannotListenError as e:

@@ -439,10 +439,10 @@ class _Events(CoreEvents):
 
     _log = Logger(namespace="chatd.rooms")
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, message_log: Optional[Any]) -> None:
         self._log_messages = settings.log_messages
         self._metrics = metrics
-        self.message_log: Optional[Any] = None  # a chatd.messagelog.SQLiteLog
+        self._message_log = message_log  # a chatd.messagelog.SQLiteLog, or None
 
     def room_created(self, room: Room, client: Client) -> None:
         self._log.info(
@@ -460,8 +460,8 @@ class _Events(CoreEvents):
         metrics.messages_received.inc()
         metrics.deliveries.inc(recipients)
         metrics.bytes_sent.inc(size * recipients)
-        if self.message_log is not None:
-            self.message_log.record(room.room_id, room.name, message)
+        if self._message_log is not None:
+            self._message_log.record(room.room_id, room.name, message)
         if self._log_messages:
             self._log.info(
                 "{client_id} in {room_id}: {body!r}",
@@ -484,12 +484,13 @@ class ChatFactory(WebSocketServerFactory):
         clock: IReactorTime,
         reactor: Any = None,
         metrics: Optional[Metrics] = None,
+        message_log: Optional[Any] = None,
     ) -> None:
         super().__init__(server=f"chatd/{__version__}", reactor=reactor)
         self.settings = settings
         self.clock = clock
         self.metrics = metrics if metrics is not None else Metrics()
-        self.events = _Events(settings, self.metrics)
+        self.events = _Events(settings, self.metrics, message_log)
         self.core = ChatCore(
             # Each broadcast is framed once, whatever the number of recipients,
             # by the same framer as replies (permessage-deflate is never
