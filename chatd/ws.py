@@ -5,6 +5,7 @@ to core calls and core deliveries to frames.
 
 from __future__ import annotations
 
+import itertools
 import pprint
 from collections import deque
 from typing import Any, Optional
@@ -38,6 +39,8 @@ TOO_SLOW = "Outgoing buffer limit exceeded: client too slow"
 AWAITING_MODERATION = "Too many messages awaiting moderation"
 #: Commands a connection may send while one of its messages is reviewed.
 MAX_WAITING = 100
+#: Addresses whose new-connection rate is tracked at once (see _prune_buckets).
+MAX_TRACKED_ADDRESSES = 10_000
 # Handshake failures by HTTP status, for the metrics.
 _HANDSHAKE_REASONS = {426: "no_upgrade", 403: "origin", 503: "limit"}
 
@@ -625,7 +628,7 @@ class ChatFactory(WebSocketServerFactory):
         now = self.clock.seconds()
         bucket = self._connect_buckets.get(ip)
         if bucket is None:
-            if len(self._connect_buckets) >= 10_000:
+            if len(self._connect_buckets) >= MAX_TRACKED_ADDRESSES:
                 self._prune_buckets(now)
             per_minute = self.settings.rate_connections_per_ip
             bucket = self._connect_buckets[ip] = TokenBucket(
@@ -633,9 +636,18 @@ class ChatFactory(WebSocketServerFactory):
         return bucket.take(now) == 0.0
 
     def _prune_buckets(self, now: float) -> None:
-        """Forget the addresses whose buckets have refilled (they are idle)."""
-        for ip in [ip for ip, bucket in self._connect_buckets.items() if bucket.full(now)]:
-            del self._connect_buckets[ip]
+        """
+        Forget the addresses whose buckets have refilled (they are idle). If
+        that is not enough (many addresses at once), forget the oldest tenth
+        too, so that the scan runs at most once per that many new addresses
+        rather than for every one.
+        """
+        buckets = self._connect_buckets
+        for ip in [ip for ip, bucket in buckets.items() if bucket.full(now)]:
+            del buckets[ip]
+        excess = len(buckets) - MAX_TRACKED_ADDRESSES * 9 // 10
+        for ip in list(itertools.islice(buckets, max(0, excess))):
+            del buckets[ip]
 
     def connection_gone(self, protocol: ChatProtocol) -> None:
         ip = protocol.counted_ip

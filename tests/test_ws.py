@@ -279,3 +279,28 @@ def test_chatds_framer_matches_autobahns(size: int) -> None:
     payload = bytes(range(97, 123)) * (size // 26) + b"x" * (size % 26)
     assert text_frame(payload) == WebSocketServerFactory().prepareMessage(payload).payloadHybi
     assert server_frames(text_frame(payload)) == [(1, payload)]
+
+
+def test_the_connection_rate_table_stays_bounded_and_cheap_under_many_addresses() -> None:
+    from chatd import ws
+
+    factory = make_factory(Settings(**{**SETTINGS.__dict__, "rate_connections_per_ip": 60}))
+    scans = 0
+    prune = factory._prune_buckets
+
+    def counted(now: float) -> None:
+        nonlocal scans
+        scans += 1
+        prune(now)
+
+    factory._prune_buckets = counted  # type: ignore[method-assign]
+    # Addresses (only dict keys here) that all stay busy: none can be pruned.
+    for i in range(ws.MAX_TRACKED_ADDRESSES * 2):
+        assert factory._connect_allowed(f"2001:db8::{i:x}")
+    assert len(factory._connect_buckets) <= ws.MAX_TRACKED_ADDRESSES
+    # One scan per thousand new addresses, not one per address.
+    assert scans <= ws.MAX_TRACKED_ADDRESSES * 2 // (ws.MAX_TRACKED_ADDRESSES // 10) + 1
+    # Idle addresses (full buckets) are forgotten first.
+    factory.clock.advance(120)
+    factory._prune_buckets(factory.clock.seconds())
+    assert factory._connect_buckets == {}
