@@ -5,6 +5,7 @@ to core calls and core deliveries to frames.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import pprint
 from collections import deque
@@ -358,7 +359,18 @@ class ChatProtocol(WebSocketServerProtocol):
         # the frames already gathered, never before them.
         if self._out:
             self.flush()
+        if self._direct and self.state == WebSocketProtocol.STATE_CONNECTING and not (sync or chopsize):
+            # The handshake response: gathered, so that it and the welcome
+            # that follows leave in one send() at the end of this iteration.
+            self._queue(data)
+            return
         super().sendData(data, sync, chopsize)
+
+    def dropConnection(self, abort: bool = False) -> None:
+        # A response still gathered (a refused handshake) goes out first.
+        if self._out and not abort:
+            self.flush()
+        super().dropConnection(abort)
 
     def _account(self, size: int) -> bool:
         """
@@ -552,11 +564,16 @@ class ChatFactory(WebSocketServerFactory):
         # It also makes tcpNoDelay take effect: Autobahn's connectionMade reads
         # it before that copy, and without it no socket had Nagle off (small
         # broadcasts waited ~40 ms for delayed ACKs: fanout p99 37.9 ms).
-        self.protocol = type(
-            "ChatProtocol",
-            (ChatProtocol,),
-            {attr: getattr(self, attr) for attr in ChatProtocol.CONFIG_ATTRS},
-        )
+        # With every option on the class, the copying loop (which also builds
+        # a debug listing of them all, per connection) has nothing to do.
+        # Function-valued options (perMessageCompressionAccept) are wrapped
+        # so that they stay plain functions instead of becoming methods.
+        options = {
+            attr: staticmethod(value) if inspect.isfunction(value) else value
+            for attr in ChatProtocol.CONFIG_ATTRS
+            for value in (getattr(self, attr),)
+        }
+        self.protocol = type("ChatProtocol", (ChatProtocol,), {**options, "CONFIG_ATTRS": ()})
 
     def flush_later(self, protocol: ChatProtocol) -> None:
         """Have ``protocol``'s gathered frames sent right after this reactor iteration."""

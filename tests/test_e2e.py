@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+from typing import Any
 
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
@@ -247,3 +248,24 @@ async def test_plain_http_gets_an_http_response(server: InProcessServer) -> None
     response = await deferToThread(fetch, server.port_number)
     assert response.startswith(b"HTTP/1.1 426 ")
     assert b"\r\nUpgrade: websocket\r\n" in response
+
+
+def _deflate_offering_client(port: int) -> tuple[Any, Any, Any]:
+    from websockets.sync.client import connect
+
+    # Offers permessage-deflate, as every browser does.
+    with connect(f"ws://127.0.0.1:{port}", compression="deflate", open_timeout=10) as ws:
+        welcome = json.loads(ws.recv(timeout=10))
+        ws.send(json.dumps({"action": "create", "body": "deflate"}))
+        reply = json.loads(ws.recv(timeout=10))
+        return welcome, reply, ws.response.headers.get("Sec-WebSocket-Extensions")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_offering_compression_connects_without_it(server: InProcessServer) -> None:
+    # A function-valued Autobahn option once became a method on chatd's
+    # protocol class and every such handshake hung.
+    welcome, reply, extensions = await deferToThread(_deflate_offering_client, server.port_number)
+    assert welcome["status"] == "connected"
+    assert reply["status"] == "success"
+    assert extensions is None  # not negotiated: chatd frames broadcasts once for all

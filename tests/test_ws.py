@@ -304,3 +304,16 @@ def test_the_connection_rate_table_stays_bounded_and_cheap_under_many_addresses(
     factory.clock.advance(120)
     factory._prune_buckets(factory.clock.seconds())
     assert factory._connect_buckets == {}
+
+
+def test_every_autobahn_option_reaches_the_protocol_from_its_class() -> None:
+    # The options are class attributes of the factory's own protocol class,
+    # so Autobahn's per-connection copying loop is skipped; each connection
+    # must still see the factory's value of every option.
+    factory = make_factory()
+    peer = Peer(factory)
+    peer.open()
+    for attr in ChatProtocol.CONFIG_ATTRS:
+        assert getattr(peer.protocol, attr) == getattr(factory, attr), attr
+    assert "openHandshakeTimeout" not in vars(peer.protocol)
+    assert peer.protocol.openHandshakeTimeout >= SETTINGS.handshake_timeout
