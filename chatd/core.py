@@ -8,7 +8,7 @@ encoded and prepared once, then handed to every recipient's sink.
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Container, Optional, Protocol
@@ -51,8 +51,11 @@ class Sink(Protocol):
 
 
 def random_id() -> str:
-    """8 characters from a random UUID, like the seed server's IDs."""
-    return uuid.uuid4().hex[:8]
+    """
+    8 random hex characters, like the seed server's IDs (the first 8 of a
+    random UUID's hex, which are 32 random bits), at a quarter of the cost.
+    """
+    return os.urandom(4).hex()
 
 
 @dataclass(frozen=True)

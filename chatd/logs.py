@@ -5,11 +5,15 @@ journald or a log shipper.  (``text`` is twistd's own format.)
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import datetime, timezone
-from typing import IO, Any
+from typing import IO, Any, Optional
 
-from twisted.logger import FileLogObserver, LogEvent, formatEvent
+import orjson
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent
+from zope.interface import implementer
 
 # Keys of Twisted's (and the legacy log's) own bookkeeping, left out of the
 # object; ``log_namespace``, ``log_level`` and the text are kept by name.
@@ -39,8 +43,7 @@ def _text(event: LogEvent) -> str:
     return formatEvent(event)
 
 
-def format_json(event: LogEvent) -> str:
-    """One event as one line of JSON: time, level, namespace, text, fields."""
+def _record(event: LogEvent) -> dict[str, Any]:
     level = event.get("log_level")
     record: dict[str, Any] = {
         "time": _time(event.get("log_time", 0.0)),
@@ -54,9 +57,77 @@ def format_json(event: LogEvent) -> str:
     failure = event.get("log_failure")
     if failure is not None:
         record["traceback"] = failure.getTraceback()
-    # Anything that is not JSON (an object in a field) goes in as its repr.
-    return json.dumps(record, default=repr) + "\n"
+    return record
 
 
-def json_observer(out: IO[str]) -> FileLogObserver:
-    return FileLogObserver(out, format_json)
+# orjson: a log line is not part of the wire contract, so the fastest
+# encoder wins (several times json's speed; it gives UTF-8 bytes).  Anything
+# that is not JSON (an object in a field, a huge int) goes in as its repr.
+_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+
+
+def _repr(value: Any) -> str:
+    return repr(value)
+
+
+def encode_json(event: LogEvent) -> bytes:
+    """One event as one line of JSON (UTF-8): time, level, namespace, text, fields."""
+    record = _record(event)
+    try:
+        return orjson.dumps(record, default=_repr, option=_OPTIONS)
+    except (TypeError, orjson.JSONEncodeError):
+        # What orjson refuses outright (an int over 64 bits, a nested
+        # non-str key, a lone surrogate in a string) still gets a line.
+        return json.dumps(record, default=repr).encode("utf-8", "backslashreplace") + b"\n"
+
+
+def format_json(event: LogEvent) -> str:
+    return encode_json(event).decode("utf-8")
+
+
+_URGENT = frozenset({LogLevel.warn, LogLevel.error, LogLevel.critical})
+
+
+@implementer(ILogObserver)
+class JSONLogObserver:
+    """
+    Writes events as JSON lines to a binary stream, gathered and written
+    once per reactor iteration rather than once per event: a busy daemon
+    logs several events per iteration (two per connection), and each write
+    is a system call.  Warnings and worse, and everything once the reactor
+    is gone (``detach``), are written at once.
+    """
+
+    def __init__(self, out: IO[Any], clock: Optional[IReactorTime] = None) -> None:
+        # A text stream is written through its binary buffer where it has one.
+        self._out = getattr(out, "buffer", out) if isinstance(out, io.TextIOBase) else out
+        self._text = isinstance(self._out, io.TextIOBase)
+        self._clock = clock
+        self._lines: list[bytes] = []
+
+    def __call__(self, event: LogEvent) -> None:
+        self._lines.append(encode_json(event))
+        if self._clock is None or event.get("log_level") in _URGENT:
+            self.flush()
+        elif len(self._lines) == 1:
+            self._clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        if not self._lines:
+            return
+        data = b"".join(self._lines)
+        self._lines.clear()
+        try:
+            self._out.write(data.decode("utf-8") if self._text else data)
+            self._out.flush()
+        except (OSError, ValueError):
+            pass  # stdout gone or closed: there is nobody to tell
+
+    def detach(self) -> None:
+        """From now on (the reactor stopping), write every event at once."""
+        self._clock = None
+        self.flush()
+
+
+def json_observer(out: IO[Any], clock: Optional[IReactorTime] = None) -> JSONLogObserver:
+    return JSONLogObserver(out, clock)

@@ -99,7 +99,10 @@ class ChatService(MultiService):
         super().setServiceParent(parent)
         # twistd takes its log observer from the application, if it has one.
         if self.settings.log_format == "json" and isinstance(parent, Componentized):
-            parent.setComponent(ILogObserver, json_observer(sys.stdout))
+            observer = json_observer(sys.stdout, self._reactor)
+            # Events after the reactor has stopped are written at once.
+            self._reactor.addSystemEventTrigger("after", "shutdown", observer.detach)
+            parent.setComponent(ILogObserver, observer)
 
     def privilegedStartService(self) -> None:
         if self.message_log is not None:

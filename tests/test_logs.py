@@ -13,7 +13,11 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from chatd.core import ChatCore, CoreEvents
-from chatd.logs import format_json
+import io
+
+from twisted.internet.task import Clock
+
+from chatd.logs import JSONLogObserver, format_json
 from tests.fakes import FakeSink
 from tests.helpers import two_in_a_room
 
@@ -46,6 +50,39 @@ def test_format_json_includes_a_traceback_for_failures() -> None:
     }))
     assert record["level"] == "critical"
     assert "KeyError" in record["traceback"]
+
+
+def event(level: LogLevel, text: str) -> dict[str, Any]:
+    return {"log_time": 0, "log_level": level, "log_namespace": "x", "log_format": text}
+
+
+def test_the_observer_writes_once_per_reactor_iteration() -> None:
+    out, clock = io.BytesIO(), Clock()
+    observer = JSONLogObserver(out, clock)
+    observer(event(LogLevel.info, "one"))
+    observer(event(LogLevel.info, "two"))
+    assert out.getvalue() == b""
+    clock.advance(0)
+    assert [json.loads(line)["text"] for line in out.getvalue().splitlines()] == ["one", "two"]
+
+
+def test_the_observer_writes_warnings_and_late_events_at_once() -> None:
+    out, clock = io.BytesIO(), Clock()
+    observer = JSONLogObserver(out, clock)
+    observer(event(LogLevel.info, "queued"))
+    observer(event(LogLevel.error, "urgent"))
+    # Order is kept: the queued line goes out with the urgent one.
+    assert [json.loads(line)["text"] for line in out.getvalue().splitlines()] == ["queued", "urgent"]
+    observer.detach()  # the reactor has stopped: nothing waits any more
+    observer(event(LogLevel.info, "after"))
+    assert json.loads(out.getvalue().splitlines()[-1])["text"] == "after"
+
+
+def test_the_observer_writes_text_streams_through_their_buffer() -> None:
+    raw = io.BytesIO()
+    text = io.TextIOWrapper(raw, encoding="utf-8")
+    JSONLogObserver(text)(event(LogLevel.info, "caf\u00e9"))
+    assert json.loads(raw.getvalue())["text"] == "caf\u00e9"
 
 
 class RecordingEvents(CoreEvents):
@@ -92,7 +129,7 @@ async def session(daemon_factory: Any, *args: str) -> list[dict[str, Any]]:
     await a.request({"action": "join", "body": "not an object"})
     await a.close()
     await b.close()
-    await chatd.wait_for(rb'"event": "room_deleted"', "the room_deleted event")
+    await chatd.wait_for(rb'"event": ?"room_deleted"', "the room_deleted event")
     chatd.signal("TERM")
     assert await chatd.wait_exit() == 0
     lines = chatd.output.decode().splitlines()
