@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from datetime import datetime, timezone
 from typing import IO, Any, Optional
 
 import orjson
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent
+from twisted.logger import ILogObserver, LogEvent, LogLevel, Logger, formatEvent
 from zope.interface import implementer
 
 # Keys of Twisted's (and the legacy log's) own bookkeeping, left out of the
@@ -131,3 +132,25 @@ class JSONLogObserver:
 
 def json_observer(out: IO[Any], clock: Optional[IReactorTime] = None) -> JSONLogObserver:
     return JSONLogObserver(out, clock)
+
+
+class HotPathLogger(Logger):
+    """
+    A ``twisted.logger.Logger`` for events logged on every connection.  The
+    events are the same; what is skipped is ``Logger.emit``'s check that the
+    level is a ``LogLevel``, which sorts all of ``LogLevel``'s constants on
+    every event (chatd only ever passes the constants themselves).
+    """
+
+    def emit(self, level: LogLevel, format: Optional[str] = None, **kwargs: object) -> None:
+        if "log_trace" in kwargs:
+            return super().emit(level, format, **kwargs)
+        kwargs.update(
+            log_logger=self,
+            log_level=level,
+            log_namespace=self.namespace,
+            log_source=self.source,
+            log_format=format,
+            log_time=time.time(),
+        )
+        self.observer(kwargs)

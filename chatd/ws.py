@@ -29,6 +29,7 @@ from chatd.core import ChatCore, Client, CoreEvents, Limits, Room
 from chatd.ratelimit import TokenBucket
 from chatd.errors import ChatError, NotInRoom, Rejected, SinkGone
 from chatd.moderation import PASS, Moderation, Reject, Rewrite, Submission, Verdict, build
+from chatd.logs import HotPathLogger
 from chatd.metrics import Metrics
 from chatd.settings import Settings
 
@@ -48,7 +49,7 @@ _HANDSHAKE_REASONS = {426: "no_upgrade", 403: "origin", 503: "limit"}
 
 # One logger for the per-connection events: a class-level Logger makes a new
 # bound Logger on every access.
-_connections_log = Logger(namespace="chatd.ws.ChatProtocol")
+_connections_log = HotPathLogger(namespace="chatd.ws.ChatProtocol")
 
 
 @implementer(IPushProducer)

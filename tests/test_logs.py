@@ -163,3 +163,18 @@ async def test_log_messages_logs_bodies(daemon_factory) -> None:
     records = await session(daemon_factory, "--log-messages")
     [message] = [r for r in records if r.get("event") == "message"]
     assert (message["body"], message["recipients"]) == ("top secret body", 1)
+
+
+def test_the_hot_path_logger_emits_what_twisteds_logger_does() -> None:
+    from twisted.logger import Logger
+
+    from chatd.logs import HotPathLogger
+
+    seen: list[dict[str, Any]] = []
+    for cls in (Logger, HotPathLogger):
+        cls(namespace="chatd.x", observer=seen.append).info("{a} happened", event="e", a=1)
+    ours, twisteds = seen[1], seen[0]
+    assert set(ours) == set(twisteds)
+    for key in ours:
+        if key != "log_time" and key != "log_logger":
+            assert ours[key] == twisteds[key], key
