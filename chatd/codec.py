@@ -347,6 +347,19 @@ def broadcast(
     return message
 
 
+def broadcast_parts(
+    sender_id: str, body: Any, ts: str, nick: Optional[str] = None
+) -> tuple[bytes, bytes]:
+    """
+    The encoded broadcast around its id: ``head + str(id) + tail`` is
+    ``encode(broadcast(sender_id, body, ts, id, nick))`` byte for byte, so
+    that the id can be filled in where it is given out (Redis, in a cluster).
+    """
+    head = encode({"from": sender_id, "body": body, "timestamp": ts})
+    tail = b"}" if nick is None else b', "nick": ' + _dumps(nick).encode("ascii") + b"}"
+    return head[:-1] + b', "id": ', tail
+
+
 def event(kind: str, room_id: str, client_id: str, nick: Optional[str], ts: str) -> dict[str, Any]:
     """A room event, sent only to clients that opted in with "events"."""
     return {"event": kind, "room_id": room_id, "client_id": client_id, "nick": nick, "timestamp": ts}

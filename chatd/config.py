@@ -170,6 +170,15 @@ def message_log(value: Any, is_text: bool) -> str:
     return value
 
 
+def redis_url(value: Any, is_text: bool) -> str:
+    from chatd.backplane.redis import parse_url
+
+    if not isinstance(value, str):
+        raise ValueError(f"must be a URL like redis://localhost:6379/0, not {_toml_type(value)}")
+    parse_url(value)
+    return value
+
+
 def choice(*choices: str) -> Parser:
     def parse(value: Any, is_text: bool) -> str:
         if value not in choices:
@@ -253,6 +262,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics", "metrics", endpoint,
            "Serve Prometheus /metrics, /healthz and /readyz on this endpoint, "
            "e.g. tcp:9108:interface=127.0.0.1 (off unless given)."),
+    Option("redis", "redis", redis_url,
+           "Run as one node of a cluster whose rooms live in this Redis: "
+           "redis://[[user]:password@]host[:port][/db] or unix:///path/redis.sock[?db=N] "
+           "(off unless given: this process is the whole service)."),
+    Option("redis-lease", "redis_lease", seconds(allow_zero=False),
+           "Seconds a node's lease in Redis lasts; a node killed without a goodbye "
+           "has its clients removed from their rooms within this time."),
+    Option("redis-timeout", "redis_timeout", seconds(allow_zero=False),
+           "Seconds to wait for Redis before an action answers 'Service temporarily unavailable'."),
+    Option("workers", "workers", size(1),
+           "Worker processes sharing the listening sockets, one per core (more than 1 needs --redis)."),
     Option("log-messages", "log_messages", flag,
            "Log message bodies too (they are never logged otherwise).", kind="flag"),
 )
@@ -297,7 +317,11 @@ def load(command_line: Mapping[str, Any], config_path: Optional[str] = None) -> 
             values[option.field] = True
         else:
             values[option.field] = _checked(option, value, True, "command line")
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.workers > 1 and settings.redis is None:
+        raise ConfigError(
+            f"--workers {settings.workers} needs --redis: workers share their rooms through Redis")
+    return settings
 
 
 def _checked(option: Option, value: Any, is_text: bool, source: str) -> Any:

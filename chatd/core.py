@@ -186,6 +186,12 @@ class CoreEvents:
     ) -> None:
         """One broadcast of ``size`` encoded bytes reached ``recipients`` members."""
 
+    def delivered(self, recipients: int, size: int) -> None:
+        """
+        A broadcast of ``size`` bytes from another node of a cluster reached
+        ``recipients`` members here (``message_sent`` counts this node's own).
+        """
+
 
 #: Called with (client, exception) when a sink's deliver fails unexpectedly.
 SinkErrorHandler = Callable[[Client, BaseException], None]
@@ -247,9 +253,17 @@ class ChatCore:
 
     # -- connections -------------------------------------------------------
 
-    def connect(self, sink: Sink) -> Client:
+    def new_client_id(self) -> str:
+        """An ID no client here has (a cluster also checks it cluster-wide)."""
+        return self._unique_id(self.clients)
+
+    def new_room_id(self) -> str:
+        """An ID no room here has (a cluster also checks it cluster-wide)."""
+        return self._unique_id(self.rooms)
+
+    def connect(self, sink: Sink, client_id: Optional[str] = None) -> Client:
         """Register a new connection; the caller sends it ``codec.welcome``."""
-        client = Client(self._unique_id(self.clients), sink)
+        client = Client(client_id if client_id is not None else self.new_client_id(), sink)
         self.clients[client.client_id] = client
         return client
 
@@ -259,6 +273,12 @@ class ChatCore:
             return
         self._leave_room(client, now)
         del self.clients[client.client_id]
+
+    def forget_client(self, client: Client) -> None:
+        """Drop a client without the room rules (a cluster node's disconnect)."""
+        if self.clients.get(client.client_id) is client:
+            del self.clients[client.client_id]
+        self.receive_in(client, None)
 
     # -- commands ----------------------------------------------------------
 
@@ -285,14 +305,7 @@ class ChatCore:
         raise TypeError(f"unknown command {command!r}")
 
     def create(self, client: Client, name: str, now: float) -> dict[str, Any]:
-        limits = self.limits
-        if limits.creates_per_minute > 0:
-            if client.create_bucket is None:
-                client.create_bucket = TokenBucket(
-                    limits.creates_per_minute / 60, limits.creates_burst, now)
-            wait = client.create_bucket.take(now)
-            if wait:
-                raise RateLimited(wait)
+        self.check_create_rate(client, now)
         self._leave_room(client, now)
         self._room_seq += 1
         room = Room(self._unique_id(self.rooms), name, codec.timestamp(now), client.client_id, self._room_seq)
@@ -305,6 +318,17 @@ class ChatCore:
             "message": f"Room '{name}' created",
         }
 
+    def check_create_rate(self, client: Client, now: float) -> None:
+        """Take a room-creation token or raise RateLimited."""
+        limits = self.limits
+        if limits.creates_per_minute > 0:
+            if client.create_bucket is None:
+                client.create_bucket = TokenBucket(
+                    limits.creates_per_minute / 60, limits.creates_burst, now)
+            wait = client.create_bucket.take(now)
+            if wait:
+                raise RateLimited(wait)
+
     def join(self, client: Client, room_id: str, now: float = 0.0) -> dict[str, Any]:
         room = self.rooms.get(room_id)
         if room is None:
@@ -316,7 +340,7 @@ class ChatCore:
                 )
             self._leave_room(client, now)
             self._enter_room(client, room)
-            self._announce(room, client, "join", now)
+            self.announce(room, "join", client.client_id, client.nick, now, client)
         return {
             "status": "success",
             "message": f"Joined room '{room.name}'",
@@ -406,7 +430,7 @@ class ChatCore:
             raise ChatError(f"Nick '{nick}' is already taken in this room")
         client.nick = nick
         if room is not None:
-            self._announce(room, client, "nick", now)
+            self.announce(room, "nick", client.client_id, client.nick, now, client)
         return {"status": "success", "message": f"Nick set to '{nick}'", "nick": nick}
 
     def recent(self, client: Client, limit: int, before: Optional[int]) -> dict[str, Any]:
@@ -416,6 +440,9 @@ class ChatCore:
             "room_id": room.room_id,
             "messages": self.history.recent(room, limit, before),
         }
+
+    def replied(self, client: Client) -> None:
+        """The adapter has sent a reply that came later (a cluster's); nothing here."""
 
     def set_events(self, client: Client, on: bool) -> dict[str, Any]:
         client.events = on
@@ -451,14 +478,52 @@ class ChatCore:
             self.history.drop(room)
             self.events.room_deleted(room)
         else:
-            self._announce(room, client, "leave", now)
+            self.announce(room, "leave", client.client_id, client.nick, now, client)
 
-    def _announce(self, room: Room, subject: Client, kind: str, now: float) -> None:
+    def announce(
+        self, room: Room, kind: str, subject_id: str, nick: Optional[str], now: float,
+        subject: Optional[Client] = None,
+    ) -> None:
         """A room event to the members (but the subject) who opted in."""
-        watchers = [m for m in room.members.values() if m.events and m is not subject]
+        watchers = [
+            m for m in room.members.values()
+            if m.events and m is not subject and m.client_id != subject_id
+        ]
         if watchers:
-            event = codec.event(kind, room.room_id, subject.client_id, subject.nick, codec.timestamp(now))
+            event = codec.event(kind, room.room_id, subject_id, nick, codec.timestamp(now))
             self._deliver(watchers, codec.encode(event), now)
+
+    # -- a node of a cluster -------------------------------------------------
+    #
+    # In a cluster (chatd.backplane) the rooms live in Redis, and this core
+    # holds the node's own clients and a local view of the rooms they are
+    # in: who receives what here.  These primitives change that view
+    # without the room rules above, which Redis then applies.
+
+    def local_room(self, room_id: str) -> Room:
+        """The local view of a room, made if there is none yet."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            room = self.rooms[room_id] = Room(room_id, "", "", "", 0)
+        return room
+
+    def receive_in(self, client: Client, room: Optional[Room]) -> None:
+        """``client`` receives what ``room`` gets here (None: no room's)."""
+        for other in self.rooms.values():
+            if other is not room:
+                other.members.pop(client.client_id, None)
+        if room is not None:
+            room.members[client.client_id] = client
+
+    def deliver_local(self, room: Room, payload: bytes, exclude_id: str, now: float) -> int:
+        """One encoded broadcast to this node's members but ``exclude_id``."""
+        recipients = [m for m in room.members.values() if m.client_id != exclude_id]
+        return len(recipients) - self._deliver(recipients, payload, now) if recipients else 0
+
+    def forget_room(self, room: Room) -> None:
+        """Drop the local view of a room (nobody here is in it)."""
+        if self.rooms.get(room.room_id) is room:
+            del self.rooms[room.room_id]
 
     def _fan_out(self, room: Room, sender: Client, payload: bytes, now: float) -> int:
         """

@@ -68,6 +68,18 @@ class Rejected(ChatError):
         super().__init__("Message rejected by moderation")
 
 
+class Unavailable(ChatError):
+    """
+    The action needs the cluster's shared state (Redis), which cannot be
+    reached just now; the client may try again.
+    """
+
+    kind = "unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("Service temporarily unavailable")
+
+
 class SinkGone(Exception):
     """
     Raised by a sink's ``deliver`` when the connection behind it has already

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
@@ -40,6 +42,23 @@ def with_backlog(description: str) -> str:
     return description
 
 
+def join_cluster(factory: ChatFactory, settings: Settings, reactor: Any) -> tuple[Any, Any]:
+    """Make ``factory`` a node of the cluster on ``settings.redis``: (backplane, chat)."""
+    from chatd.backplane.cluster import ClusterChat
+    from chatd.backplane.redis import RedisBackplane, parse_url
+
+    assert settings.redis is not None
+    backplane = RedisBackplane(
+        parse_url(settings.redis), reactor, lease=settings.redis_lease, timeout=settings.redis_timeout,
+    )
+    chat = ClusterChat(
+        factory.core, backplane, reactor,
+        refuse=lambda client: client.sink.close(1013, "Service temporarily unavailable"),
+    )
+    factory.use_cluster(chat)
+    return backplane, chat
+
+
 class MetricsSite(Site):
     """The metrics and health site; scrapes are not access-logged."""
 
@@ -62,7 +81,8 @@ class ChatService(MultiService):
     _log = Logger()
 
     def __init__(
-        self, settings: Settings, reactor: Any, notifier: Optional[Notifier] = None
+        self, settings: Settings, reactor: Any, notifier: Optional[Notifier] = None,
+        inherited: Sequence[tuple[int, int]] = (),
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -80,20 +100,35 @@ class ChatService(MultiService):
         self.factory = ChatFactory(
             settings, clock=reactor, reactor=reactor, metrics=self.metrics, message_log=self.message_log
         )
+        self.backplane: Optional[Any] = None
+        if settings.redis is not None:
+            self._cluster(settings, reactor)
         self.listeners = MultiService()
         self.listeners.setServiceParent(self)
-        for description in settings.listen:
+        for description in (() if inherited else settings.listen):
             # strports.service raises a bind failure synchronously at start-up,
             # so twistd exits with a message instead of running deaf.
             strports.service(with_backlog(description), self.factory, reactor=reactor).setServiceParent(
                 self.listeners
             )
+        for fd, family in inherited:
+            # A worker of --workers: the parent bound the socket.
+            StreamServerEndpointService(
+                AdoptedStreamServerEndpoint(reactor, fd, family), self.factory
+            ).setServiceParent(self.listeners)
         self.metrics_listener: Optional[Service] = None
         if settings.metrics is not None:
-            site = MetricsSite(metrics_root(self.metrics, lambda: self.ready))
+            site = MetricsSite(metrics_root(self.metrics, self.is_ready))
             self.metrics_listener = strports.service(settings.metrics, site, reactor=reactor)
             self.metrics_listener.setServiceParent(self)
         self._watchdog: Optional[LoopingCall] = None
+
+    def _cluster(self, settings: Settings, reactor: Any) -> None:
+        self.backplane, self.chat = join_cluster(self.factory, settings, reactor)
+
+    def is_ready(self) -> bool:
+        """Listening, and (in a cluster) in step with Redis."""
+        return self.ready and (self.backplane is None or self.backplane.available)
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
@@ -119,6 +154,8 @@ class ChatService(MultiService):
             raise SystemExit(f"chatd: cannot listen on {where}: {e.socketError}") from None
 
     def startService(self) -> None:
+        if self.backplane is not None:
+            self.backplane.start(self.chat)
         super().startService()
         # Every port is bound by now (a failure would have stopped start-up).
         self.ready = True
@@ -141,6 +178,8 @@ class ChatService(MultiService):
             "Draining: closing {count} connections", event="draining", count=count
         )
         await self.factory.shutdown(self.settings.shutdown_timeout)
+        if self.backplane is not None:
+            await self.backplane.stop()  # what is left of this node goes from Redis
         if self._watchdog is not None and self._watchdog.running:
             self._watchdog.stop()
         if self.message_log is not None:

@@ -62,3 +62,12 @@ class Settings:
     log_messages: bool = False
     #: Endpoint for /metrics, /healthz and /readyz (None: not served).
     metrics: Optional[str] = None
+    #: Redis URL of the cluster's backplane (None: this process is the whole service).
+    redis: Optional[str] = None
+    #: Seconds a node's lease lasts: a node that stops renewing it (killed) has
+    #: its clients removed within this time.
+    redis_lease: float = 15.0
+    #: Seconds to wait for Redis to answer before a command counts as unavailable.
+    redis_timeout: float = 5.0
+    #: Worker processes sharing the listening sockets (more than 1 needs redis).
+    workers: int = 1

@@ -21,13 +21,14 @@ from twisted.internet import tcp
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatd import __version__, codec
 from chatd.config import normalise_origin
 from chatd.core import ChatCore, Client, CoreEvents, Limits, Room
 from chatd.ratelimit import TokenBucket
-from chatd.errors import ChatError, NotInRoom, Rejected, SinkGone
+from chatd.errors import ChatError, NotInRoom, Rejected, SinkGone, Unavailable
 from chatd.moderation import PASS, Moderation, Reject, Rewrite, Submission, Verdict, build
 from chatd.logs import HotPathLogger
 from chatd.metrics import Metrics
@@ -39,6 +40,7 @@ BINARY_NOT_SUPPORTED = "Binary frames are not supported; send JSON as text frame
 INTERNAL_ERROR = "Internal server error"
 TOO_SLOW = "Outgoing buffer limit exceeded: client too slow"
 AWAITING_MODERATION = "Too many messages awaiting moderation"
+CLOSE_TRY_AGAIN_LATER = 1013
 #: Commands a connection may send while one of its messages is reviewed.
 MAX_WAITING = 100
 #: Addresses whose new-connection rate is tracked at once (see _prune_buckets).
@@ -152,27 +154,48 @@ class ChatProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self.transport.registerProducer(self, True)
-        client = self._client = self.factory.core.connect(self)
+        registered = self.factory.chat.connect(self)
+        if not isinstance(registered, Deferred):
+            self._welcome(registered)
+            return
+        # In a cluster the ID is checked in Redis first; anything the client
+        # sends meanwhile waits its turn.
+        self._waiting = deque()
+        registered.addCallbacks(self._welcome, self._not_registered)
+        registered.addBoth(lambda _: self._resume())
+
+    def _welcome(self, client: Client) -> None:
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            self.factory.chat.disconnect(client, self.factory.clock.seconds())
+            return
+        self._client = client
         _connections_log.info(
             "{client_id} connected from {peer}",
             event="connect", client_id=client.client_id, peer=self.peer,
         )
         self._send_reply(codec.encode(codec.welcome(client.client_id)))
 
+    def _not_registered(self, failure: Failure) -> None:
+        if not failure.check(Unavailable):
+            self._log.failure("Registering a client failed", failure)
+        self.close(CLOSE_TRY_AGAIN_LATER, Unavailable().message)
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        client = self._client
         # Nothing more is done for a connection that is closing.
-        if client is None or self._gone or self.state != WebSocketProtocol.STATE_OPEN:
+        if self._gone or self.state != WebSocketProtocol.STATE_OPEN:
             return
         self.factory.metrics.bytes_received.inc(len(payload))
         if self._waiting is not None:
-            # One of its messages is being moderated: keep the client's order.
+            # An earlier message is with a moderator, or with Redis: keep the
+            # client's order.
             if len(self._waiting) >= MAX_WAITING:
                 self.close(CLOSE_POLICY_VIOLATION, AWAITING_MODERATION)
                 return
             self._waiting.append((payload, isBinary))
             return
-        self._process(client, payload, isBinary)
+        client = self._client
+        if client is not None:
+            self._process(client, payload, isBinary)
 
     def _process(self, client: Client, payload: bytes, isBinary: bool) -> None:
         metrics = self.factory.metrics
@@ -183,14 +206,38 @@ class ChatProtocol(WebSocketServerProtocol):
         try:
             command = codec.decode(payload)
             if isinstance(command, codec.Message):
-                self._review(client, command.body)
-                return
-            reply = self.factory.core.handle(client, command, self.factory.clock.seconds())
+                later = self._review(client, command.body)
+            else:
+                later = self._reply(
+                    client, self.factory.chat.handle(client, command, self.factory.clock.seconds()))
         except ChatError as e:
-            reply = self._rejected(client, e)
+            self._send_reply(codec.encode(self._rejected(client, e)))
+            return
         except Exception:
-            reply = self._internal_error(client)
-        self._send_reply(codec.encode(reply))
+            self._send_reply(codec.encode(self._internal_error(client)))
+            return
+        if later is not None:
+            # The answer comes later: what the client sends meanwhile waits.
+            self._waiting = deque()
+            later.addBoth(lambda _: self._resume())
+
+    def _reply(self, client: Client, result: Any) -> "Optional[Deferred[None]]":
+        """Send ``result`` (a reply, or a Deferred of one) once it is there."""
+        if not isinstance(result, Deferred):
+            self._send_reply(codec.encode(result))
+            return None
+
+        def failed(failure: Failure) -> dict[str, Any]:
+            if failure.check(ChatError):
+                return self._rejected(client, failure.value)
+            return self._internal_error(client, failure)
+
+        def send(reply: dict[str, Any]) -> None:
+            if self._client is client:
+                self._send_reply(codec.encode(reply))
+                self.factory.chat.replied(client)
+
+        return result.addErrback(failed).addCallback(send)
 
     def _rejected(self, client: Client, error: ChatError) -> dict[str, Any]:
         self.factory.metrics.errors.labels(error.kind).inc()
@@ -201,43 +248,40 @@ class ChatProtocol(WebSocketServerProtocol):
         )
         return codec.error(error.message, **error.extra)
 
-    def _internal_error(self, client: Client) -> dict[str, Any]:
+    def _internal_error(self, client: Client, failure: Optional[Failure] = None) -> dict[str, Any]:
         self._log.failure(
-            "Unexpected error handling a message from {client_id}", client_id=client.client_id
+            "Unexpected error handling a message from {client_id}", failure, client_id=client.client_id
         )
         self.factory.metrics.errors.labels("internal").inc()
         return codec.error(INTERNAL_ERROR)
 
     # -- moderation ----------------------------------------------------------
 
-    def _review(self, client: Client, body: Any) -> None:
+    def _review(self, client: Client, body: Any) -> "Optional[Deferred[None]]":
         """
         A chat message: rate-limit it now, then broadcast it (or not) once the
-        moderators, if any, have spoken.
+        moderators, if any, have spoken.  A Deferred if the reply comes later.
         """
         if client.room is None:
             raise NotInRoom("You must join a room first")
-        self.factory.core.check_message_rate(client, self.factory.clock.seconds())
+        self.factory.chat.check_message_rate(client, self.factory.clock.seconds())
         moderation = self.factory.moderation
         if not moderation:
-            self._publish(client, body, PASS)
-            return
+            return self._publish(client, body, PASS)
         submission = Submission(client.client_id, client.nick, client.room.room_id, body)
         d = moderation.review(submission)
         if d.called:
             # Every moderator answered at once: no waiting, no reordering.
             verdicts: list[Verdict] = []
             d.addCallback(verdicts.append)
-            self._publish(client, body, verdicts[0])
-            return
-        self._waiting = deque()
+            return self._publish(client, body, verdicts[0])
         d.addCallback(lambda verdict: self._publish(client, body, verdict))
         d.addErrback(lambda failure: self._log.failure("Moderation broke", failure))
-        d.addBoth(lambda _: self._resume())
+        return d
 
-    def _publish(self, client: Client, body: Any, verdict: Verdict) -> None:
+    def _publish(self, client: Client, body: Any, verdict: Verdict) -> "Optional[Deferred[None]]":
         if self._client is not client or self.state != WebSocketProtocol.STATE_OPEN:
-            return  # gone while its message was reviewed
+            return None  # gone while its message was reviewed
         try:
             if isinstance(verdict, Reject):
                 raise Rejected()
@@ -245,13 +289,13 @@ class ChatProtocol(WebSocketServerProtocol):
                 body = verdict.body
             metrics = self.factory.metrics
             started = metrics.timer()
-            reply = self.factory.core.publish(client, body, self.factory.clock.seconds())
+            reply = self.factory.chat.publish(client, body, self.factory.clock.seconds())
             metrics.fanout_seconds.observe(metrics.timer() - started)
         except ChatError as e:
             reply = self._rejected(client, e)
         except Exception:
             reply = self._internal_error(client)
-        self._send_reply(codec.encode(reply))
+        return self._reply(client, reply)
 
     def _resume(self) -> None:
         """Handle, in order, what the client sent while it waited."""
@@ -272,7 +316,7 @@ class ChatProtocol(WebSocketServerProtocol):
         # completed (then there is no client), and only once per connection.
         client, self._client = self._client, None
         if client is not None:
-            self.factory.core.disconnect(client, self.factory.clock.seconds())
+            self.factory.chat.disconnect(client, self.factory.clock.seconds())
             _connections_log.info(
                 "{client_id} disconnected (code {code}, {reason})",
                 event="disconnect", client_id=client.client_id, code=code,
@@ -469,13 +513,17 @@ class _Events(CoreEvents):
     def room_deleted(self, room: Room) -> None:
         self._log.info("room {room_id} deleted", event="room_deleted", room_id=room.room_id)
 
+    def delivered(self, recipients: int, size: int) -> None:
+        self._metrics.deliveries.inc(recipients)
+        self._metrics.bytes_sent.inc(size * recipients)
+
     def message_sent(
         self, room: Room, sender: Client, message: dict[str, Any], recipients: int, size: int
     ) -> None:
         metrics = self._metrics
         metrics.messages_received.inc()
-        metrics.deliveries.inc(recipients)
-        metrics.bytes_sent.inc(size * recipients)
+        if recipients:
+            self.delivered(recipients, size)
         if self._message_log is not None:
             self._message_log.record(room.room_id, room.name, message)
         if self._log_messages:
@@ -523,6 +571,9 @@ class ChatFactory(WebSocketServerFactory):
                 history_bytes=settings.history_bytes,
             ),
         )
+        # What the connections talk to: the core itself, or in a cluster a
+        # chatd.backplane.cluster.ClusterChat over it (use_cluster).
+        self.chat: Any = self.core
         # New connections per IP address, as token buckets; a full bucket is
         # the same as none, so those are forgotten (see _prune_buckets).
         self._connect_buckets: dict[str, TokenBucket] = {}
@@ -601,6 +652,10 @@ class ChatFactory(WebSocketServerFactory):
             timeout=self.settings.moderation_timeout,
             counted=lambda outcome: self.metrics.moderation.labels(outcome).inc(),
         )
+
+    def use_cluster(self, chat: Any) -> None:
+        """Serve a cluster node's chat (chatd.backplane.cluster) instead of the core alone."""
+        self.chat = chat
 
     def _gauges(self) -> dict[str, float]:
         rooms = self.core.rooms

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
-from typing import AsyncIterator, Awaitable, Callable
+import os
+import shutil
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
+import pytest
 import pytest_twisted
 
 from chatd.settings import Settings
-from tests.helpers import DaemonProcess, InProcessServer, spawn_chatd, stop_chatd
+from tests.helpers import ClusterNode, DaemonProcess, InProcessServer, RedisServer, spawn_chatd, stop_chatd
 
 
 @pytest_twisted.async_yield_fixture
@@ -47,3 +50,39 @@ async def daemon_factory() -> AsyncIterator[Callable[..., DaemonProcess]]:
     yield start
     for process in started:
         await stop_chatd(process)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """
+    A private redis-server for one test.  Without the binary the test skips;
+    CHATD_REQUIRE_REDIS=1 (set by CI) makes that a failure.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        reason = "redis-server is not installed (apt-get install -y redis-server)"
+        if os.environ.get("CHATD_REQUIRE_REDIS") == "1":
+            pytest.fail(f"CHATD_REQUIRE_REDIS=1 but {reason}")
+        pytest.skip(reason)
+    redis = RedisServer(binary)
+    redis.start()
+    yield redis
+    redis.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def cluster(redis_server: RedisServer) -> AsyncIterator[Callable[..., Awaitable[ClusterNode]]]:
+    """Starts cluster nodes on the test's Redis; all are stopped afterwards."""
+    started: list[ClusterNode] = []
+
+    async def start(**settings: object) -> ClusterNode:
+        options: dict[str, object] = dict(ping_interval=0, ping_timeout=0, redis=redis_server.url)
+        options.update(settings)
+        node = await ClusterNode(Settings(**options)).start()  # type: ignore[arg-type]
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        if not node.stopped:
+            await node.stop()

@@ -426,3 +426,94 @@ class StalledClient:
     def close(self) -> None:
         self.sock.close()
 
+
+
+# -- Redis and cluster nodes ------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free loopback port, no persistence."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.process: Optional[Any] = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import subprocess
+
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--loglevel", "notice"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        assert self.process.stdout is not None
+        seen = b""
+        # Redis says when it accepts connections: wait for that line.
+        for line in self.process.stdout:
+            seen += line
+            if b"Ready to accept connections" in line:
+                return
+        raise RuntimeError(f"redis-server did not start:\n{seen.decode(errors='replace')}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def command(self, *args: str) -> Any:
+        """One command over a blocking socket (for checks from tests)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            request = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+            sock.sendall(request.encode())
+            return _read_reply(sock.makefile("rb"))
+
+
+def _read_reply(stream: Any) -> Any:
+    line = stream.readline().rstrip(b"\r\n")
+    kind, rest = line[:1], line[1:]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        size = int(rest)
+        return None if size < 0 else stream.read(size + 2)[:-2].decode()
+    if kind == b"*":
+        return [_read_reply(stream) for _ in range(int(rest))]
+    raise RuntimeError(f"unexpected reply {line!r}")
+
+
+class ClusterNode(InProcessServer):
+    """A chatd node of a Redis cluster, in the test's reactor, on a loopback port."""
+
+    def __init__(self, settings: Settings) -> None:
+        from chatd.service import join_cluster
+
+        super().__init__(settings)
+        self.backplane, self.chat = join_cluster(self.factory, settings, reactor)
+        self.stopped = False
+
+    async def start(self) -> "ClusterNode":
+        await super().start()
+        self.backplane.start(self.chat)
+        await within(self.backplane.when_available(), "the node to be in step with Redis")
+        return self
+
+    async def stop(self) -> None:
+        self.stopped = True
+        await super().stop()
+        await within(self.backplane.stop(), "the node to leave Redis")

@@ -72,6 +72,10 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         "--moderation-failure", "pass",
         "--moderation-timeout", "2",
         "--message-log", "sqlite:/var/lib/chatd/messages.db",
+        "--redis", "redis://:s%40cret@redis.internal:6380/2",
+        "--redis-lease", "20",
+        "--redis-timeout", "3",
+        "--workers", "4",
     )
     assert asdict(settings) == {
         "listen": ("tcp:9000", "unix:/tmp/chatd.sock"),
@@ -99,6 +103,10 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         "moderation_failure": "pass",
         "moderation_timeout": 2.0,
         "message_log": "sqlite:/var/lib/chatd/messages.db",
+        "redis": "redis://:s%40cret@redis.internal:6380/2",
+        "redis_lease": 20.0,
+        "redis_timeout": 3.0,
+        "workers": 4,
     }
 
 
@@ -137,6 +145,11 @@ def test_every_option_is_documented_in_the_example_config() -> None:
         (["--moderator", "banned-words:mode"], "--moderator 'banned-words:mode': options are key=value, not 'mode'"),
         (["--moderation-failure", "shrug"], "--moderation-failure must be one of reject, pass, not 'shrug'"),
         (["--message-log", "/tmp/x.db"], "--message-log must be sqlite:PATH, not '/tmp/x.db'"),
+        (["--redis", "localhost:6379"], "--redis 'localhost:6379' must start with redis:// or unix://"),
+        (["--redis", "redis://host/db1"], "--redis 'redis://host/db1': the database must be a number, not 'db1'"),
+        (["--redis", "redis://:99999"], "--redis 'redis://:99999' is not a Redis URL: Port out of range 0-65535"),
+        (["--workers", "0"], "--workers must be at least 1, not 0"),
+        (["--workers", "2"], "--workers 2 needs --redis: workers share their rooms through Redis"),
         (["--allowed-origin", "chat.example.org"],
          "--allowed-origin 'chat.example.org' is not an origin like https://chat.example.org"),
         (["--allowed-origin", "https://x.org/path"],

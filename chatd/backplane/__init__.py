@@ -1,0 +1,62 @@
+"""
+Many chatd processes and hosts as one chat service, through Redis.
+
+- :mod:`chatd.backplane.scripts`: the Lua scripts that hold the rules for the
+  shared state (rooms, members, nicks, history, node leases).
+- :mod:`chatd.backplane.redis`: the connections to Redis (txredisapi), the
+  node's lease and the reaping of dead nodes.
+- :mod:`chatd.backplane.cluster`: what the WebSocket adapter talks to in a
+  cluster, in place of the in-memory :class:`chatd.core.ChatCore`.
+
+docs/scaling.md describes the design.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+
+
+class Backplane(Protocol):
+    """The shared state and the room channels, as a cluster node sees them."""
+
+    #: This node's name, unique in the cluster.
+    node: str
+
+    @property
+    def available(self) -> bool:
+        """Whether the shared state can be reached (and is in step)."""
+        ...
+
+    def call(self, script: str, *args: Any) -> "Deferred[Any]":
+        """Run one of :mod:`chatd.backplane.scripts`; Unavailable if it cannot."""
+        ...
+
+    def resync(self, state: str) -> "Deferred[Any]":
+        """Make the shared state agree with this node's (JSON, see scripts.RESYNC)."""
+        ...
+
+    def subscribe(self, room_id: str) -> "Deferred[None]":
+        """Receive the room's channel; fires once Redis has confirmed it."""
+        ...
+
+    def unsubscribe(self, room_id: str) -> None:
+        """Stop receiving the room's channel."""
+        ...
+
+
+class Listener(Protocol):
+    """What a backplane tells its node."""
+
+    def backplane_up(self) -> "Deferred[None]":
+        """Connected again: bring the shared state in step with this node."""
+        ...
+
+    def backplane_down(self) -> None:
+        """The shared state cannot be reached any more."""
+        ...
+
+    def channel_message(self, room_id: str, data: bytes) -> None:
+        """A broadcast or event on a room's channel."""
+        ...

@@ -1,0 +1,578 @@
+"""
+A chatd node of a cluster: the WebSocket adapter's chat, with the rooms in
+Redis and this node's clients here.
+
+The node's :class:`~chatd.core.ChatCore` holds its own clients and a local
+view of the rooms they are in; the backplane's scripts apply the room rules
+to the shared state.  Every broadcast and room event reaches the nodes on the
+room's channel, in one order for all of them, and each node frames it once
+for its own members.  docs/scaling.md explains the design.
+
+Commands that need Redis answer a Deferred; the adapter keeps each client's
+commands in order meanwhile.  While Redis cannot be reached, members of a
+room on this node keep chatting with each other (the messages are not kept
+in the room's history), leaving works, and everything else answers
+"Service temporarily unavailable".
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Optional, Union
+
+import txredisapi
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from chatd import codec
+from chatd.backplane import Backplane, scripts
+from chatd.codec import Command
+from chatd.core import ChatCore, Client, Room
+from chatd.errors import ChatError, NotInRoom, RoomNotFound, Unavailable
+
+Reply = dict[str, Any]
+MaybeDeferred = Union[Reply, "Deferred[Reply]"]
+
+#: Candidate IDs tried before giving up (each is 32 random bits).
+_TRIES = 5
+
+
+class _Pending:
+    """A join or create on its way: done once Redis has answered and the
+    room's channel has carried the join (or create) event, in either order."""
+
+    __slots__ = ("client", "room", "placed", "answered", "cancelled")
+
+    def __init__(self, client: Client, room: Room) -> None:
+        self.client = client
+        self.room = room
+        self.placed = False  # receiving the room's broadcasts here
+        self.answered = False  # Redis has answered; client.room is the room
+        self.cancelled = False  # the client went meanwhile
+
+
+class _Holding:
+    """
+    Stands in for a client's sink between its placement in a room and the
+    reply to its join: what arrives waits, so that the reply comes first.
+    """
+
+    __slots__ = ("sink", "frames")
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+        self.frames: list[Any] = []
+
+    def deliver(self, frame: Any) -> None:
+        self.frames.append(frame)
+
+    def close(self, code: int, reason: str) -> None:
+        self.sink.close(code, reason)
+
+
+class ClusterChat:
+    """
+    The chat of a cluster node.  Same methods as :class:`ChatCore` for the
+    adapter, but those that need Redis answer Deferreds.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        core: ChatCore,
+        backplane: Backplane,
+        clock: IReactorTime,
+        refuse: Callable[[Client], None],
+    ) -> None:
+        self.core = core
+        self.backplane = backplane
+        self.clock = clock
+        self._refuse = refuse  # closes a client the cluster cannot keep
+        # Local clients tied to each room (in it, or on their way in); the
+        # room's channel is subscribed while there are any.
+        self._refs: dict[str, int] = {}
+        # None once subscribed; the Deferreds waiting for it until then.
+        self._subscriptions: dict[str, Optional[list[Deferred[None]]]] = {}
+        self._pending: dict[tuple[str, str], _Pending] = {}
+        self._pending_of: dict[str, _Pending] = {}
+
+    # -- what the adapter and the metrics read -------------------------------
+
+    @property
+    def clients(self) -> dict[str, Client]:
+        return self.core.clients
+
+    @property
+    def rooms(self) -> dict[str, Room]:
+        return self.core.rooms
+
+    @property
+    def available(self) -> bool:
+        return self.backplane.available
+
+    # -- connections ---------------------------------------------------------
+
+    def connect(self, sink: Any) -> "Deferred[Client]":
+        """Register a new connection under a cluster-wide unique ID."""
+        return self._register(sink, _TRIES)
+
+    def _register(self, sink: Any, tries: int) -> "Deferred[Client]":
+        candidate = self.core.new_client_id()
+        d = self._call(scripts.REGISTER, self.backplane.node, candidate)
+
+        def registered(result: Any) -> Union[Client, Deferred[Client]]:
+            if result:
+                return self.core.connect(sink, candidate)
+            if tries > 1:
+                return self._register(sink, tries - 1)
+            raise RuntimeError("no free client ID after several tries")
+
+        return d.addCallback(registered)
+
+    def disconnect(self, client: Client, now: float = 0.0) -> None:
+        if self.core.clients.get(client.client_id) is not client:
+            return
+        self.core.forget_client(client)
+        self._cancel_pending(client)
+        room, client.room = client.room, None
+        if room is not None:
+            self._release(room)
+        if self.backplane.available:
+            d = self._call(scripts.UNREGISTER, self.backplane.node, client.client_id)
+            d.addCallbacks(self._left, self._background_failure, errbackArgs=("a disconnect",))
+        # Otherwise the resync after Redis is back takes the client out.
+
+    # -- commands ------------------------------------------------------------
+
+    def handle(self, client: Client, command: Command, now: float) -> MaybeDeferred:
+        if isinstance(command, codec.Join):
+            return self.join(client, command.room_id, now)
+        if isinstance(command, codec.Create):
+            return self.create(client, command.name, now)
+        if isinstance(command, codec.Leave):
+            return self.leave(client, now)
+        if isinstance(command, codec.ListRooms):
+            return self.list_rooms(command.limit, command.after)
+        if isinstance(command, codec.Members):
+            return self.members(client)
+        if isinstance(command, codec.Nick):
+            return self.set_nick(client, command.nick, now)
+        if isinstance(command, codec.History):
+            return self.recent(client, command.limit, command.before)
+        if isinstance(command, codec.Events):
+            return self.core.set_events(client, command.on)
+        if isinstance(command, codec.Message):
+            self.check_message_rate(client, now)
+            return self.publish(client, command.body, now)
+        raise TypeError(f"unknown command {command!r}")
+
+    def check_message_rate(self, client: Client, now: float) -> None:
+        self.core.check_message_rate(client, now)
+
+    def create(self, client: Client, name: str, now: float) -> "Deferred[Reply]":
+        if not self.backplane.available:
+            raise Unavailable()
+        self.core.check_create_rate(client, now)
+        return self._create(client, name, codec.timestamp(now), _TRIES)
+
+    def _create(self, client: Client, name: str, created_at: str, tries: int) -> "Deferred[Reply]":
+        room = self.core.local_room(self.core.new_room_id())
+        room.name, room.created_at, room.created_by = name, created_at, client.client_id
+
+        def run(_: None) -> "Deferred[Any]":
+            return self._call(
+                scripts.CREATE, self.backplane.node, client.client_id, room.room_id, name, created_at)
+
+        def done(result: list[Any]) -> Union[Reply, Deferred[Reply]]:
+            outcome = _text(result[0])
+            if outcome == "taken":
+                self._abandon(pending)
+                if tries > 1:
+                    return self._create(client, name, created_at, tries - 1)
+                raise RuntimeError("no free room ID after several tries")
+            if outcome != "ok":
+                self._abandon(pending)
+                raise Unavailable()
+            room.seq = int(result[2])
+            self._old_room(_text(result[3]), int(result[4]))
+            if self._answered(pending):
+                self.core.events.room_created(room, client)
+            return {"status": "success", "room_id": room.room_id, "message": f"Room '{name}' created"}
+
+        pending = self._expect(client, room)
+        return self._subscribed(room.room_id).addCallback(run).addCallbacks(
+            done, self._failed, errbackArgs=(pending,))
+
+    def join(self, client: Client, room_id: str, now: float = 0.0) -> MaybeDeferred:
+        current = client.room
+        if current is not None and current.room_id == room_id:
+            return {"status": "success", "message": f"Joined room '{current.name}'", "room_id": room_id}
+        if not self.backplane.available:
+            raise Unavailable()
+        room = self.core.local_room(room_id)
+
+        def run(_: None) -> "Deferred[Any]":
+            return self._call(scripts.JOIN, self.backplane.node, client.client_id, room_id)
+
+        def done(result: list[Any]) -> Reply:
+            outcome = _text(result[0])
+            if outcome not in ("ok", "same"):
+                self._abandon(pending)
+                if outcome == "nf":
+                    raise RoomNotFound(room_id)
+                if outcome == "nick":
+                    raise ChatError(
+                        f"Nick '{client.nick}' is taken in room {room_id}; choose another with \"nick\""
+                    )
+                raise Unavailable()
+            room.name, room.created_at, room.created_by = (_text(x) for x in result[1:4])
+            room.seq = int(result[4])
+            room.last_id = max(room.last_id, int(result[5]))
+            self._old_room(_text(result[6]), int(result[7]))
+            if outcome == "same":
+                self._pending.pop((room_id, client.client_id), None)
+                pending.placed = True
+                self.core.receive_in(client, room)
+            self._answered(pending)
+            return {"status": "success", "message": f"Joined room '{room.name}'", "room_id": room_id}
+
+        pending = self._expect(client, room)
+        return self._subscribed(room_id).addCallback(run).addCallbacks(
+            done, self._failed, errbackArgs=(pending,))
+
+    def leave(self, client: Client, now: float = 0.0) -> MaybeDeferred:
+        room = client.room
+        if room is None:
+            raise NotInRoom("Not in any room")
+        client.room = None
+        self.core.receive_in(client, None)
+        self._release(room)
+        reply = {"status": "success", "message": "Left room"}
+        if not self.backplane.available:
+            return reply  # the resync after Redis is back catches up
+        d = self._call(scripts.LEAVE, self.backplane.node, client.client_id)
+
+        def done(result: list[Any]) -> Reply:
+            self._left(result)
+            return reply
+
+        def failed(failure: Failure) -> Reply:
+            failure.trap(Unavailable)
+            return reply  # left here; the resync catches up
+
+        return d.addCallbacks(done, failed)
+
+    def publish(self, client: Client, body: Any, now: float) -> MaybeDeferred:
+        """Broadcast through the room's channel (or, without Redis, here only)."""
+        room = client.room
+        if room is None:
+            raise NotInRoom("You must join a room first")
+        ts = codec.timestamp(now)
+        if not self.backplane.available:
+            return self._publish_here(client, room, body, ts, now)
+        head, tail = codec.broadcast_parts(client.client_id, body, ts, client.nick)
+        limits = self.core.limits
+        d = self._call(
+            scripts.PUBLISH, self.backplane.node, client.client_id, room.room_id,
+            head, tail, limits.history_size, limits.history_bytes,
+        )
+
+        def done(message_id: Any) -> Reply:
+            message_id = int(message_id)
+            if message_id < 0:
+                raise Unavailable()  # Redis has lost the membership: a resync is due
+            message = codec.broadcast(client.client_id, body, ts, message_id, client.nick)
+            size = len(head) + len(str(message_id)) + len(tail)
+            self.core.events.message_sent(room, client, message, 0, size)
+            return {"status": "success", "message": "Message sent"}
+
+        return d.addCallback(done)
+
+    def _publish_here(self, client: Client, room: Room, body: Any, ts: str, now: float) -> Reply:
+        # Ids go on from the highest this node has seen; the resync raises
+        # the room's counter past them, so no id is given out twice to
+        # anyone who saw these.
+        room.last_id += 1
+        message = codec.broadcast(client.client_id, body, ts, room.last_id, client.nick)
+        payload = codec.encode(message)
+        recipients = self.core.deliver_local(room, payload, client.client_id, now)
+        self.core.events.message_sent(room, client, message, recipients, len(payload))
+        return {"status": "success", "message": "Message sent"}
+
+    def list_rooms(self, limit: int = codec.DEFAULT_PAGE, after: Optional[str] = None) -> "Deferred[Reply]":
+        d = self._call(scripts.LIST, int(after) if after else 0, limit)
+
+        def done(flat: list[Any]) -> Reply:
+            page: list[dict[str, Any]] = []
+            seqs: list[int] = []
+            for i in range(0, len(flat), 5):
+                room_id, name, members, created_at, seq = flat[i:i + 5]
+                page.append({
+                    "room_id": _text(room_id), "name": _text(name),
+                    "members": int(members), "created_at": _text(created_at),
+                })
+                seqs.append(int(float(seq)))
+            reply: Reply = {"status": "success", "rooms": page[:limit]}
+            if len(page) > limit:
+                reply["next"] = str(seqs[limit - 1])
+            return reply
+
+        return d.addCallback(done)
+
+    def members(self, client: Client) -> "Deferred[Reply]":
+        room = self._room_of(client)
+        d = self._call(scripts.MEMBERS, room.room_id)
+
+        def done(flat: list[Any]) -> Reply:
+            members = [
+                {"client_id": _text(flat[i]), "nick": _text(flat[i + 1]) or None}
+                for i in range(0, len(flat), 2)
+            ]
+            return {"status": "success", "room_id": room.room_id, "members": members}
+
+        return d.addCallback(done)
+
+    def set_nick(self, client: Client, nick: str, now: float) -> MaybeDeferred:
+        reply = {"status": "success", "message": f"Nick set to '{nick}'", "nick": nick}
+        if not self.backplane.available and client.room is None:
+            client.nick = nick  # nobody to clash with; the resync records it
+            return reply
+        d = self._call(scripts.NICK, self.backplane.node, client.client_id, nick, nick.casefold())
+
+        def done(outcome: Any) -> Reply:
+            outcome = _text(outcome)
+            if outcome == "taken":
+                raise ChatError(f"Nick '{nick}' is already taken in this room")
+            if outcome != "ok":
+                raise Unavailable()
+            client.nick = nick
+            return reply
+
+        return d.addCallback(done)
+
+    def recent(self, client: Client, limit: int, before: Optional[int]) -> "Deferred[Reply]":
+        room = self._room_of(client)
+        d = self._call(scripts.HISTORY, room.room_id, limit, before or 0)
+
+        def done(payloads: list[Any]) -> Reply:
+            messages = [json.loads(p) for p in payloads]
+            return {"status": "success", "room_id": room.room_id, "messages": messages}
+
+        return d.addCallback(done)
+
+    def set_events(self, client: Client, on: bool) -> Reply:
+        return self.core.set_events(client, on)
+
+    def replied(self, client: Client) -> None:
+        """The adapter has sent ``client`` its reply: what waited follows it."""
+        holding = client.sink
+        if isinstance(holding, _Holding):
+            client.sink = holding.sink
+            for frame in holding.frames:
+                try:
+                    holding.sink.deliver(frame)
+                except Exception:
+                    self.disconnect(client, self.clock.seconds())
+                    break
+
+    # -- the backplane's listener ----------------------------------------------
+
+    def channel_message(self, room_id: str, data: bytes) -> None:
+        room = self.core.rooms.get(room_id)
+        if room is None:
+            return  # nobody here is in it any more
+        now = self.clock.seconds()
+        if data[:1] == b"m":
+            # m<id> <sender> <payload>
+            first = data.index(b" ")
+            second = data.index(b" ", first + 1)
+            message_id = int(data[1:first])
+            if message_id > room.last_id:
+                room.last_id = message_id
+            payload = data[second + 1:]
+            recipients = self.core.deliver_local(room, payload, data[first + 1:second].decode(), now)
+            self.core.events.delivered(recipients, len(payload))
+        elif data[:1] == b"e":
+            # e<kind> <client> <nick>
+            kind, subject, nick = data[1:].decode("utf-8").split(" ", 2)
+            if kind in ("join", "create"):
+                pending = self._pending.pop((room_id, subject), None)
+                if pending is not None:
+                    self._place(pending)
+            if kind != "create":
+                self.core.announce(room, kind, subject, nick or None, now)
+
+    def backplane_up(self) -> "Deferred[None]":
+        """Make Redis agree with this node (after a restart, a partition, or at start)."""
+        clients: list[list[str]] = []
+        rooms: dict[str, list[Any]] = {}
+        for client in self.core.clients.values():
+            room = client.room
+            nick = client.nick or ""
+            clients.append([client.client_id, room.room_id if room else "", nick, nick.casefold()])
+            if room is not None:
+                rooms[room.room_id] = [room.name, room.created_at, room.created_by, room.seq, room.last_id]
+        state = json.dumps({"clients": clients, "rooms": rooms})
+        d = self.backplane.resync(state)
+
+        def done(refused: list[Any]) -> None:
+            # Joins whose event was lost with the channel: in their room now.
+            for pending in list(self._pending.values()):
+                if pending.answered:
+                    self._pending.pop((pending.room.room_id, pending.client.client_id), None)
+                    self._place(pending)
+            for client_id in refused:
+                client = self.core.clients.get(_text(client_id))
+                if client is not None:
+                    self._log.warn(
+                        "Client ID {client_id} is held by another node: closing it",
+                        client_id=client.client_id)
+                    self._refuse(client)
+
+        return d.addCallback(done)
+
+    def backplane_down(self) -> None:
+        pass  # commands answer Unavailable; local rooms go on here
+
+    # -- internals --------------------------------------------------------------
+
+    def _call(self, script: str, *args: Any) -> "Deferred[Any]":
+        """Run a script once the node is in step with Redis; Unavailable otherwise."""
+        if not self.backplane.available:
+            return fail(Unavailable())
+        return self.backplane.call(script, *args).addErrback(self._as_chat_error)
+
+    def _as_chat_error(self, failure: Failure) -> Failure:
+        if failure.check(ChatError):
+            return failure
+        if not failure.check(txredisapi.ConnectionError):
+            # Redis answered an error: a bug here or there, not the client's.
+            self._log.failure("Redis refused a command", failure)
+        raise Unavailable()
+
+    def _room_of(self, client: Client) -> Room:
+        if client.room is None:
+            raise NotInRoom("You must join a room first")
+        if not self.backplane.available:
+            raise Unavailable()
+        return client.room
+
+    def _subscribed(self, room_id: str) -> "Deferred[None]":
+        """Take a reference on the room's channel; fires once it is subscribed."""
+        self._refs[room_id] = self._refs.get(room_id, 0) + 1
+        if room_id not in self._subscriptions:
+            waiting: list[Deferred[None]] = []
+            self._subscriptions[room_id] = waiting
+            self.backplane.subscribe(room_id).addCallbacks(
+                self._subscription_done, self._subscription_failed,
+                callbackArgs=(room_id, waiting), errbackArgs=(room_id, waiting))
+        waiting_now = self._subscriptions[room_id]
+        if waiting_now is None:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        waiting_now.append(d)
+        return d
+
+    def _subscription_done(self, _: Any, room_id: str, waiting: list[Deferred[None]]) -> None:
+        if self._subscriptions.get(room_id) is waiting:
+            self._subscriptions[room_id] = None
+        for d in waiting:
+            d.callback(None)
+
+    def _subscription_failed(self, failure: Failure, room_id: str, waiting: list[Deferred[None]]) -> None:
+        if self._subscriptions.get(room_id) is waiting:
+            del self._subscriptions[room_id]
+        for d in waiting:
+            d.errback(Unavailable())
+
+    def _release(self, room: Room) -> None:
+        """Drop a reference on the room; the last one unsubscribes here."""
+        room_id = room.room_id
+        count = self._refs.get(room_id, 0) - 1
+        if count > 0:
+            self._refs[room_id] = count
+            return
+        self._refs.pop(room_id, None)
+        if self._subscriptions.pop(room_id, "none") != "none":
+            self.backplane.unsubscribe(room_id)
+        self.core.forget_room(room)
+
+    def _expect(self, client: Client, room: Room) -> _Pending:
+        pending = _Pending(client, room)
+        self._pending[(room.room_id, client.client_id)] = pending
+        self._pending_of[client.client_id] = pending
+        return pending
+
+    def _place(self, pending: _Pending) -> None:
+        """The room's channel has carried the client's join: it receives from here on."""
+        if pending.cancelled:
+            return
+        pending.placed = True
+        client = pending.client
+        self.core.receive_in(client, pending.room)
+        if not pending.answered and not isinstance(client.sink, _Holding):
+            client.sink = _Holding(client.sink)
+        self._done_if_complete(pending)
+
+    def _answered(self, pending: _Pending) -> bool:
+        """Redis said yes: the client is in the room.  False if it went meanwhile."""
+        if pending.cancelled:
+            return False
+        client = pending.client
+        old, client.room = client.room, pending.room
+        pending.answered = True
+        if old is not None and old is not pending.room:
+            if not pending.placed:
+                self.core.receive_in(client, None)  # nothing more from the old room
+            self._release(old)
+        self._done_if_complete(pending)
+        return True
+
+    def _done_if_complete(self, pending: _Pending) -> None:
+        if pending.placed and pending.answered:
+            if self._pending_of.get(pending.client.client_id) is pending:
+                del self._pending_of[pending.client.client_id]
+
+    def _abandon(self, pending: _Pending) -> None:
+        """A join or create that did not happen: its reference goes."""
+        key = (pending.room.room_id, pending.client.client_id)
+        if self._pending.get(key) is pending:
+            del self._pending[key]
+        if self._pending_of.get(pending.client.client_id) is pending:
+            del self._pending_of[pending.client.client_id]
+        if not pending.cancelled:
+            pending.cancelled = True
+            self._release(pending.room)
+
+    def _cancel_pending(self, client: Client) -> None:
+        pending = self._pending_of.pop(client.client_id, None)
+        if pending is not None and not pending.answered:
+            self._abandon(pending)
+        elif pending is not None:
+            pending.cancelled = True
+            self._pending.pop((pending.room.room_id, client.client_id), None)
+
+    def _failed(self, failure: Failure, pending: _Pending) -> Failure:
+        self._abandon(pending)
+        return failure
+
+    def _old_room(self, room_id: str, deleted: int) -> None:
+        """A room the client left on its way: counted if it went."""
+        if room_id and deleted:
+            self.core.events.room_deleted(Room(room_id, "", "", "", 0))
+
+    def _left(self, result: list[Any]) -> None:
+        self._old_room(_text(result[0]), int(result[1]))
+
+    def _background_failure(self, failure: Failure, what: str) -> None:
+        if not failure.check(Unavailable):
+            self._log.failure("Redis failed during {what}", failure, what=what)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return "" if value is None else str(value)

@@ -1,0 +1,353 @@
+"""
+The Redis backplane: two connections (commands, and the room channels),
+the node's lease, and the reaping of nodes whose lease ran out.
+
+Built on txredisapi, which runs on the reactor and reconnects on its own
+with a backoff.  Commands are never queued while Redis is away: the node
+answers "Service temporarily unavailable" at once instead of hanging, and
+every command has a reply timeout.  When both connections are back the node
+re-subscribes its rooms and makes Redis agree with it again (RESYNC), and
+only then takes commands.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Optional
+from urllib.parse import unquote, urlsplit
+
+import txredisapi
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from chatd.backplane import Listener, scripts
+from chatd.errors import Unavailable
+
+PREFIX = "chatd:"
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where Redis is: from ``redis://[[user]:password@]host[:port][/db]``
+    or ``unix:///path/to/redis.sock[?db=N]``."""
+
+    host: Optional[str] = None
+    port: int = 6379
+    path: Optional[str] = None
+    db: int = 0
+    username: Optional[str] = None
+    password: Optional[str] = None
+
+    def endpoint(self, reactor: Any) -> Any:
+        if self.path is not None:
+            return UNIXClientEndpoint(reactor, self.path, timeout=5)
+        return HostnameEndpoint(reactor, self.host, self.port, timeout=5)
+
+    def __str__(self) -> str:
+        where = f"unix://{self.path}" if self.path else f"redis://{self.host}:{self.port}"
+        return f"{where}/{self.db}"
+
+
+def parse_url(url: str) -> RedisAddress:
+    """A Redis URL, checked; ValueError says what is wrong with it."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(f"{url!r} is not a Redis URL: {e}") from None
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"{url!r}: a unix:// URL needs the socket's path")
+        db_text = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p).get("db", "0")
+        return RedisAddress(path=parts.path, db=_db(db_text, url), password=_secret(parts.password))
+    if parts.scheme != "redis":
+        raise ValueError(f"{url!r} must start with redis:// or unix://")
+    if not parts.hostname:
+        raise ValueError(f"{url!r} names no host")
+    db_text = parts.path.lstrip("/") or "0"
+    return RedisAddress(
+        host=parts.hostname, port=port or 6379, db=_db(db_text, url),
+        username=_secret(parts.username), password=_secret(parts.password),
+    )
+
+
+def _db(text: str, url: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"{url!r}: the database must be a number, not {text!r}")
+    return int(text)
+
+
+def _secret(value: Optional[str]) -> Optional[str]:
+    return unquote(value) if value else None
+
+
+def node_name() -> str:
+    """This process's name in the cluster: host, pid and a random part."""
+    return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+class _Factory(txredisapi.RedisFactory):
+    """One connection, reconnecting with a backoff, that tells the backplane
+    when it is usable and when it is lost."""
+
+    noisy = False
+    maxDelay = 2  # a node without Redis is degraded: come back soon
+
+    def __init__(self, backplane: "RedisBackplane", role: str, **kwargs: Any) -> None:
+        super().__init__(None, kwargs.pop("dbid", None), 1, isLazy=True, **kwargs)
+        self.backplane = backplane
+        self.role = role
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        protocol.whenConnected().addCallback(self._up)
+        return protocol
+
+    def _up(self, protocol: Any) -> None:
+        protocol.whenDisconnected().addCallback(self._down)
+        self.backplane._connection_up(self.role, protocol)
+
+    def _down(self, protocol: Any) -> None:
+        self.backplane._connection_down(self.role, protocol)
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):
+    def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
+        self.factory.backplane._message(channel, message)
+
+
+class RedisBackplane:
+    """
+    A node's link to Redis.  ``start`` connects (and keeps reconnecting);
+    ``stop`` removes the node's clients from the shared state and closes.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        address: RedisAddress,
+        reactor: Any,
+        lease: float = 15.0,
+        timeout: float = 5.0,
+        node: Optional[str] = None,
+        prefix: str = PREFIX,
+    ) -> None:
+        self.address = address
+        self.reactor = reactor
+        self.lease = lease
+        self.timeout = timeout
+        self.node = node or node_name()
+        self.prefix = prefix
+        self._listener: Optional[Listener] = None
+        self._commands: Any = None  # the connected protocols, or None
+        self._subscriber: Any = None
+        self._synced = False
+        self._syncing = False
+        self._stopping = False
+        # The channels this node wants, confirmed or not: re-subscribed after
+        # a reconnection.
+        self._channels: set[str] = set()
+        self._factories: list[_Factory] = []
+        self._waiting_for_sync: list[Deferred[None]] = []
+        self._waiting_for_loss: list[Deferred[None]] = []
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = reactor
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self, listener: Listener) -> None:
+        self._listener = listener
+        auth = dict(password=self.address.password, username=self.address.username)
+        commands = _Factory(self, "commands", dbid=self.address.db, replyTimeout=self.timeout,
+                            convertNumbers=False, **auth)
+        subscriber = _Factory(self, "subscriber", charset=None, convertNumbers=False, **auth)
+        subscriber.protocol = _Subscriber
+        self._factories = [commands, subscriber]
+        for factory in self._factories:
+            factory.startConnecting(self.address.endpoint(self.reactor))
+        # Renew the lease and look for dead nodes three times per lease.
+        self._ticker.start(self.lease / 3, now=False)
+
+    def stop(self) -> "Deferred[None]":
+        """Take this node's clients out of the shared state, then disconnect."""
+        self._stopping = True
+        if self._ticker.running:
+            self._ticker.stop()
+        if self._commands is not None and self._synced:
+            d = self.call(scripts.GOODBYE, self.node)
+            d.addErrback(lambda f: self._log.warn(
+                "Could not remove this node's clients from Redis: {error}", error=f.getErrorMessage()))
+        else:
+            d = succeed(None)
+        self._synced = False
+
+        def disconnect(_: Any) -> "Deferred[Any]":
+            return Deferred.fromCoroutine(self._disconnect())
+
+        return d.addCallback(disconnect)
+
+    async def _disconnect(self) -> None:
+        for factory in self._factories:
+            try:
+                await factory.disconnect()
+            except Exception:
+                pass
+
+    # -- what the node uses ------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        return self._synced and self._commands is not None and self._subscriber is not None
+
+    def when_unavailable(self) -> "Deferred[None]":
+        """Fires once the node has lost Redis (at once if it has)."""
+        if not self.available:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiting_for_loss.append(waiter)
+        return waiter
+
+    def when_available(self) -> "Deferred[None]":
+        """Fires once the node is (or is again) in step with Redis."""
+        if self.available:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiting_for_sync.append(waiter)
+        return waiter
+
+    def call(self, script: str, *args: Any) -> "Deferred[Any]":
+        protocol = self._commands
+        if protocol is None:
+            return fail(Unavailable())
+        try:
+            return protocol.eval(script, [], [self.prefix, *args])
+        except txredisapi.ConnectionError:
+            return fail(Unavailable())
+
+    def resync(self, state: str) -> "Deferred[Any]":
+        """Make Redis agree with this node's state (RESYNC); the client IDs refused."""
+        return self.call(scripts.RESYNC, self.node, int(self.lease * 1000), state)
+
+    def subscribe(self, room_id: str) -> "Deferred[None]":
+        protocol = self._subscriber
+        if protocol is None:
+            return fail(Unavailable())
+        self._channels.add(room_id)
+        return protocol.subscribe(self._channel(room_id)).addErrback(self._unavailable)
+
+    def unsubscribe(self, room_id: str) -> None:
+        self._channels.discard(room_id)
+        protocol = self._subscriber
+        if protocol is not None:
+            protocol.unsubscribe(self._channel(room_id)).addErrback(lambda _: None)
+
+    # -- connections ----------------------------------------------------------------
+
+    def _channel(self, room_id: str) -> str:
+        return f"{self.prefix}r:{room_id}"
+
+    def _connection_up(self, role: str, protocol: Any) -> None:
+        if self._stopping:
+            protocol.transport.loseConnection()
+            return
+        self._log.info("Connected to Redis at {address} ({role})", address=str(self.address), role=role,
+                       event="redis_connected")
+        if role == "commands":
+            self._commands = protocol
+        else:
+            self._subscriber = protocol
+            for room_id in self._channels:
+                protocol.subscribe(self._channel(room_id)).addErrback(lambda _: None)
+        self._maybe_sync()
+
+    def _connection_down(self, role: str, protocol: Any) -> None:
+        if role == "commands" and self._commands is protocol:
+            self._commands = None
+            # The other connection may be as stale (a frozen Redis leaves it
+            # open): both start afresh, so nothing is half in step.
+            if self._subscriber is not None:
+                self._subscriber.transport.abortConnection()
+        elif role == "subscriber" and self._subscriber is protocol:
+            self._subscriber = None
+        else:
+            return
+        was_synced, self._synced = self._synced, False
+        if was_synced and not self._stopping:
+            self._log.warn("Lost Redis at {address}: cluster actions are unavailable until it is back",
+                           address=str(self.address), event="redis_lost")
+            if self._listener is not None:
+                self._listener.backplane_down()
+            waiting, self._waiting_for_loss = self._waiting_for_loss, []
+            for waiter in waiting:
+                waiter.callback(None)
+
+    def _maybe_sync(self) -> None:
+        """Both connections up and not in step: make Redis agree with this node."""
+        if self._synced or self._syncing or self._commands is None or self._subscriber is None:
+            return
+        if self._listener is None:
+            return
+        self._syncing = True
+        d = self._listener.backplane_up()
+
+        def done(_: Any) -> None:
+            self._syncing = False
+            if self._commands is not None and self._subscriber is not None:
+                self._synced = True
+                self._log.info("In step with Redis: cluster actions available",
+                               event="redis_synced", node=self.node)
+                waiting, self._waiting_for_sync = self._waiting_for_sync, []
+                for waiter in waiting:
+                    waiter.callback(None)
+
+        def failed(failure: Failure) -> None:
+            self._syncing = False
+            self._log.warn("Could not bring Redis in step: {error}", error=failure.getErrorMessage())
+
+        d.addCallbacks(done, failed)
+
+    def _unavailable(self, failure: Failure) -> None:
+        raise Unavailable()
+
+    def _message(self, channel: bytes, message: bytes) -> None:
+        if self._listener is None:
+            return
+        room_id = channel[len(self.prefix) + 2:].decode("utf-8")
+        try:
+            self._listener.channel_message(room_id, message)
+        except Exception:
+            self._log.failure("Handling a message from Redis failed")
+
+    # -- the lease ---------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        if self._commands is None:
+            return
+        if not self._synced:
+            self._maybe_sync()
+            return
+        lease_ms = int(self.lease * 1000)
+        d = self.call(scripts.HEARTBEAT, self.node, lease_ms)
+
+        def renewed(result: Any) -> None:
+            if int(result) == 0 and self._synced:
+                # The lease was gone: Redis restarted, or this node was taken
+                # for dead and its clients removed.  Put them back.
+                self._log.warn("This node's lease had run out in Redis: bringing it in step again")
+                self._synced = False
+                self._maybe_sync()
+
+        d.addCallbacks(renewed, lambda _: None)
+        self.call(scripts.REAP).addCallbacks(self._reaped, lambda _: None)
+
+    def _reaped(self, flat: list[Any]) -> None:
+        for i in range(0, len(flat), 2):
+            self._log.warn(
+                "Node {node} stopped renewing its lease: removed its {clients} clients",
+                node=flat[i], clients=int(flat[i + 1]), event="node_reaped")

@@ -1,0 +1,370 @@
+"""
+The Lua scripts that keep the cluster's shared state in Redis.
+
+Each runs atomically in Redis, so two nodes can never both take a room's
+last member out and leave a room without members, or join a room that is
+being deleted.  docs/scaling.md describes the keys; in short, with P the
+prefix (``chatd:``):
+
+- ``P room:ID``          hash: name, created_at, created_by, seq, last_id, bytes
+- ``P rooms``            sorted set: room ID by creation sequence (``list``)
+- ``P members:ID``       sorted set: client ID by join sequence (``members``)
+- ``P nicks:ID``         hash: case-folded nick -> client ID (unique per room)
+- ``P history:ID``       list, newest first: "ID PAYLOAD" (``history``)
+- ``P client:ID``        hash: node, room, nick, folded
+- ``P node:NODE``        the node's lease (a key with a TTL)
+- ``P node-clients:NODE`` set: the node's clients
+- ``P nodes``            set: every node that has registered
+- channel ``P r:ID``     the room's broadcasts and events
+
+Messages on a room's channel start with one letter:
+``m<id> <sender> <payload>`` a broadcast, framed once by each node;
+``e<kind> <client> <nick>`` a room event (join, leave, nick, create).
+
+Every script takes the prefix as ARGV[1].
+"""
+
+from __future__ import annotations
+
+# Helpers shared by every script (Lua has no modules inside Redis).
+_PRELUDE = r"""
+local P = ARGV[1]
+
+local function publish_event(room, kind, client, nick)
+  redis.call('PUBLISH', P .. 'r:' .. room, 'e' .. kind .. ' ' .. client .. ' ' .. (nick or ''))
+end
+
+-- Take a client out of its room; the room goes when its last member does.
+-- Returns the room ID ('' if none) and 1 if the room was deleted.
+local function leave_room(client)
+  local ckey = P .. 'client:' .. client
+  local room = redis.call('HGET', ckey, 'room')
+  if not room or room == '' then
+    return '', 0
+  end
+  local folded = redis.call('HGET', ckey, 'folded')
+  local nick = redis.call('HGET', ckey, 'nick')
+  redis.call('HSET', ckey, 'room', '')
+  redis.call('ZREM', P .. 'members:' .. room, client)
+  if folded and folded ~= '' and redis.call('HGET', P .. 'nicks:' .. room, folded) == client then
+    redis.call('HDEL', P .. 'nicks:' .. room, folded)
+  end
+  if redis.call('ZCARD', P .. 'members:' .. room) == 0 then
+    redis.call('DEL', P .. 'room:' .. room, P .. 'members:' .. room,
+               P .. 'nicks:' .. room, P .. 'history:' .. room)
+    redis.call('ZREM', P .. 'rooms', room)
+    return room, 1
+  end
+  publish_event(room, 'leave', client, nick)
+  return room, 0
+end
+
+local function enter_room(client, room, kind)
+  local ckey = P .. 'client:' .. client
+  local folded = redis.call('HGET', ckey, 'folded')
+  redis.call('ZADD', P .. 'members:' .. room, redis.call('INCR', P .. 'seq:join'), client)
+  if folded and folded ~= '' then
+    redis.call('HSET', P .. 'nicks:' .. room, folded, client)
+  end
+  redis.call('HSET', ckey, 'room', room)
+  publish_event(room, kind, client, redis.call('HGET', ckey, 'nick'))
+end
+
+local function nick_taken(room, folded, client)
+  if not folded or folded == '' then
+    return false
+  end
+  local holder = redis.call('HGET', P .. 'nicks:' .. room, folded)
+  return holder and holder ~= client
+end
+
+-- Everything a node has in Redis goes: its clients leave their rooms.
+local function purge_node(node)
+  local clients = redis.call('SMEMBERS', P .. 'node-clients:' .. node)
+  for _, client in ipairs(clients) do
+    if redis.call('HGET', P .. 'client:' .. client, 'node') == node then
+      leave_room(client)
+      redis.call('DEL', P .. 'client:' .. client)
+    end
+  end
+  redis.call('DEL', P .. 'node-clients:' .. node, P .. 'node:' .. node)
+  redis.call('SREM', P .. 'nodes', node)
+  return #clients
+end
+"""
+
+#: ARGV: prefix, node, candidate client ID.  The ID, or false if taken.
+REGISTER = _PRELUDE + r"""
+local node, client = ARGV[2], ARGV[3]
+local ckey = P .. 'client:' .. client
+if redis.call('EXISTS', ckey) == 1 then
+  return false
+end
+redis.call('HSET', ckey, 'node', node, 'room', '', 'nick', '', 'folded', '')
+redis.call('SADD', P .. 'node-clients:' .. node, client)
+return client
+"""
+
+#: ARGV: prefix, node, client.  {room left, 1 if it was deleted}.
+UNREGISTER = _PRELUDE + r"""
+local node, client = ARGV[2], ARGV[3]
+local ckey = P .. 'client:' .. client
+if redis.call('HGET', ckey, 'node') ~= node then
+  return {'', 0}
+end
+local room, deleted = leave_room(client)
+redis.call('DEL', ckey)
+redis.call('SREM', P .. 'node-clients:' .. node, client)
+return {room, deleted}
+"""
+
+#: ARGV: prefix, node, client, candidate room ID, name, created_at.
+#: {'ok', room ID, seq, old room, old deleted} or {'taken'} or {'gone'}.
+CREATE = _PRELUDE + r"""
+local node, client, room, name, created_at = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if redis.call('HGET', P .. 'client:' .. client, 'node') ~= node then
+  return {'gone'}
+end
+if redis.call('EXISTS', P .. 'room:' .. room) == 1 then
+  return {'taken'}
+end
+local old, deleted = leave_room(client)
+local seq = redis.call('INCR', P .. 'seq:room')
+redis.call('HSET', P .. 'room:' .. room, 'name', name, 'created_at', created_at,
+           'created_by', client, 'seq', seq, 'last_id', 0, 'bytes', 0)
+redis.call('ZADD', P .. 'rooms', seq, room)
+enter_room(client, room, 'create')
+return {'ok', room, seq, old, deleted}
+"""
+
+#: ARGV: prefix, node, client, room.
+#: {'ok', name, created_at, created_by, seq, last_id, old room, old deleted},
+#: {'same', ...} when already in it, or {'nf'}, {'nick'}, {'gone'}.
+JOIN = _PRELUDE + r"""
+local node, client, room = ARGV[2], ARGV[3], ARGV[4]
+local ckey = P .. 'client:' .. client
+if redis.call('HGET', ckey, 'node') ~= node then
+  return {'gone'}
+end
+local rkey = P .. 'room:' .. room
+if redis.call('EXISTS', rkey) == 0 then
+  return {'nf'}
+end
+local meta = redis.call('HMGET', rkey, 'name', 'created_at', 'created_by', 'seq', 'last_id')
+if redis.call('HGET', ckey, 'room') == room then
+  return {'same', meta[1], meta[2], meta[3], meta[4], meta[5], '', 0}
+end
+if nick_taken(room, redis.call('HGET', ckey, 'folded'), client) then
+  return {'nick'}
+end
+local old, deleted = leave_room(client)
+enter_room(client, room, 'join')
+return {'ok', meta[1], meta[2], meta[3], meta[4], meta[5], old, deleted}
+"""
+
+#: ARGV: prefix, node, client.  {room left, 1 if deleted} ('' if in none).
+LEAVE = _PRELUDE + r"""
+local node, client = ARGV[2], ARGV[3]
+if redis.call('HGET', P .. 'client:' .. client, 'node') ~= node then
+  return {'', 0}
+end
+local room, deleted = leave_room(client)
+return {room, deleted}
+"""
+
+#: ARGV: prefix, node, client, room, payload head, payload tail, history
+#: size, history bytes.  The message's id, or -1 if the client is not in
+#: the room (any more) in Redis.
+PUBLISH = _PRELUDE + r"""
+local node, client, room = ARGV[2], ARGV[3], ARGV[4]
+local head, tail = ARGV[5], ARGV[6]
+local keep, budget = tonumber(ARGV[7]), tonumber(ARGV[8])
+if redis.call('HGET', P .. 'client:' .. client, 'room') ~= room then
+  return -1
+end
+local rkey = P .. 'room:' .. room
+local id = redis.call('HINCRBY', rkey, 'last_id', 1)
+local payload = head .. id .. tail
+redis.call('PUBLISH', P .. 'r:' .. room, 'm' .. id .. ' ' .. client .. ' ' .. payload)
+if keep > 0 and #payload <= budget then
+  local hkey = P .. 'history:' .. room
+  redis.call('LPUSH', hkey, id .. ' ' .. payload)
+  local bytes = redis.call('HINCRBY', rkey, 'bytes', #payload)
+  while redis.call('LLEN', hkey) > keep or bytes > budget do
+    local dropped = redis.call('RPOP', hkey)
+    local space = string.find(dropped, ' ', 1, true)
+    bytes = redis.call('HINCRBY', rkey, 'bytes', -(#dropped - space))
+  end
+end
+return id
+"""
+
+#: ARGV: prefix, after (a creation sequence), limit.
+#: A flat list: ID, name, members, created_at, seq for up to limit + 1 rooms.
+LIST = _PRELUDE + r"""
+local after, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+local ids = redis.call('ZRANGEBYSCORE', P .. 'rooms', '(' .. after, '+inf',
+                       'WITHSCORES', 'LIMIT', 0, limit + 1)
+local out = {}
+for i = 1, #ids, 2 do
+  local room = ids[i]
+  local meta = redis.call('HMGET', P .. 'room:' .. room, 'name', 'created_at')
+  table.insert(out, room)
+  table.insert(out, meta[1] or '')
+  table.insert(out, redis.call('ZCARD', P .. 'members:' .. room))
+  table.insert(out, meta[2] or '')
+  table.insert(out, ids[i + 1])
+end
+return out
+"""
+
+#: ARGV: prefix, room.  A flat list: client ID, nick ('' for none), in join order.
+MEMBERS = _PRELUDE + r"""
+local room = ARGV[2]
+local out = {}
+for _, client in ipairs(redis.call('ZRANGE', P .. 'members:' .. room, 0, -1)) do
+  table.insert(out, client)
+  table.insert(out, redis.call('HGET', P .. 'client:' .. client, 'nick') or '')
+end
+return out
+"""
+
+#: ARGV: prefix, node, client, nick, folded.  'ok', or 'taken', or 'gone'.
+NICK = _PRELUDE + r"""
+local node, client, nick, folded = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local ckey = P .. 'client:' .. client
+if redis.call('HGET', ckey, 'node') ~= node then
+  return 'gone'
+end
+local room = redis.call('HGET', ckey, 'room')
+if room and room ~= '' then
+  if nick_taken(room, folded, client) then
+    return 'taken'
+  end
+  local old = redis.call('HGET', ckey, 'folded')
+  if old and old ~= '' and redis.call('HGET', P .. 'nicks:' .. room, old) == client then
+    redis.call('HDEL', P .. 'nicks:' .. room, old)
+  end
+  redis.call('HSET', P .. 'nicks:' .. room, folded, client)
+end
+redis.call('HSET', ckey, 'nick', nick, 'folded', folded)
+if room and room ~= '' then
+  publish_event(room, 'nick', client, nick)
+end
+return 'ok'
+"""
+
+#: ARGV: prefix, room, limit, before (0: none).  Payloads, oldest first.
+HISTORY = _PRELUDE + r"""
+local room, limit, before = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local found = {}
+for _, entry in ipairs(redis.call('LRANGE', P .. 'history:' .. room, 0, -1)) do
+  local space = string.find(entry, ' ', 1, true)
+  local id = tonumber(string.sub(entry, 1, space - 1))
+  if before == 0 or id < before then
+    table.insert(found, string.sub(entry, space + 1))
+    if #found == limit then
+      break
+    end
+  end
+end
+local out = {}
+for i = #found, 1, -1 do
+  table.insert(out, found[i])
+end
+return out
+"""
+
+#: ARGV: prefix, node, lease in ms.  1 if the lease was renewed, 0 if it had
+#: gone (Redis restarted, or the node was taken for dead): time to resync.
+HEARTBEAT = _PRELUDE + r"""
+if redis.call('SET', P .. 'node:' .. ARGV[2], '1', 'PX', ARGV[3], 'XX') then
+  return 1
+end
+return 0
+"""
+
+#: ARGV: prefix.  A flat list: node, clients removed, for every node whose
+#: lease has run out.
+REAP = _PRELUDE + r"""
+local out = {}
+for _, node in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
+  if redis.call('EXISTS', P .. 'node:' .. node) == 0 then
+    table.insert(out, node)
+    table.insert(out, purge_node(node))
+  end
+end
+return out
+"""
+
+#: ARGV: prefix, node.  Clients removed.
+GOODBYE = _PRELUDE + r"""
+return purge_node(ARGV[2])
+"""
+
+#: ARGV: prefix, node, lease in ms, the node's state as JSON:
+#: {"clients": [[id, room, nick, folded], ...],
+#:  "rooms": {id: [name, created_at, created_by, seq, last_id], ...}}.
+#: Makes Redis agree with the node (after a restart of Redis, or after the
+#: node was taken for dead): its clients, their rooms and memberships, each
+#: room's message counter at least what the node has seen.  Clients whose ID
+#: another node holds are listed in the reply (they cannot be kept).
+RESYNC = _PRELUDE + r"""
+local node, lease, state = ARGV[2], ARGV[3], cjson.decode(ARGV[4])
+local wanted = {}
+for _, c in ipairs(state.clients) do
+  wanted[c[1]] = c
+end
+-- Clients Redis has for this node that the node no longer has.
+for _, client in ipairs(redis.call('SMEMBERS', P .. 'node-clients:' .. node)) do
+  if not wanted[client] and redis.call('HGET', P .. 'client:' .. client, 'node') == node then
+    leave_room(client)
+    redis.call('DEL', P .. 'client:' .. client)
+    redis.call('SREM', P .. 'node-clients:' .. node, client)
+  end
+end
+-- Rooms the node has members in.
+local maxseq = 0
+for room, meta in pairs(state.rooms) do
+  local rkey = P .. 'room:' .. room
+  local seq = tonumber(meta[4])
+  if redis.call('EXISTS', rkey) == 0 then
+    redis.call('HSET', rkey, 'name', meta[1], 'created_at', meta[2], 'created_by', meta[3],
+               'seq', seq, 'last_id', meta[5], 'bytes', 0)
+    redis.call('ZADD', P .. 'rooms', seq, room)
+  elseif tonumber(redis.call('HGET', rkey, 'last_id')) < tonumber(meta[5]) then
+    redis.call('HSET', rkey, 'last_id', meta[5])
+  end
+  if seq > maxseq then
+    maxseq = seq
+  end
+end
+if tonumber(redis.call('GET', P .. 'seq:room') or '0') < maxseq then
+  redis.call('SET', P .. 'seq:room', maxseq)
+end
+-- The node's clients, each in its room.
+local refused = {}
+for id, c in pairs(wanted) do
+  local ckey = P .. 'client:' .. id
+  local holder = redis.call('HGET', ckey, 'node')
+  if holder and holder ~= node then
+    table.insert(refused, id)
+  else
+    local room, nick, folded = c[2], c[3], c[4]
+    if redis.call('HGET', ckey, 'room') ~= room then
+      leave_room(id)
+    end
+    redis.call('HSET', ckey, 'node', node, 'room', room, 'nick', nick, 'folded', folded)
+    redis.call('SADD', P .. 'node-clients:' .. node, id)
+    if room ~= '' then
+      redis.call('ZADD', P .. 'members:' .. room, 'NX', redis.call('INCR', P .. 'seq:join'), id)
+      if folded ~= '' and not nick_taken(room, folded, id) then
+        redis.call('HSET', P .. 'nicks:' .. room, folded, id)
+      end
+    end
+  end
+end
+redis.call('SET', P .. 'node:' .. node, '1', 'PX', lease)
+redis.call('SADD', P .. 'nodes', node)
+return refused
+"""

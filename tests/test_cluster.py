@@ -1,0 +1,243 @@
+"""
+A cluster: several chatd nodes on one real redis-server, clients spread
+across them, and every seed rule holding as if they were one server.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest_twisted
+
+from tests.helpers import ClusterNode, RedisServer, WSClient, within
+
+UNAVAILABLE = {"status": "error", "message": "Service temporarily unavailable"}
+
+
+async def welcomed(node: ClusterNode) -> tuple[WSClient, str]:
+    return await node.welcomed()
+
+
+async def room_across(nodes: list[ClusterNode], name: str = "lobby") -> tuple[str, list[tuple[WSClient, str]]]:
+    """One client per node; the first creates a room, the others join it."""
+    members = [await welcomed(node) for node in nodes]
+    room_id = (await members[0][0].request({"action": "create", "body": name}))["room_id"]
+    for client, _ in members[1:]:
+        reply = await client.request({"action": "join", "body": {"room_id": room_id}})
+        assert reply == {"status": "success", "message": f"Joined room '{name}'", "room_id": room_id}
+    return room_id, members
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_room_spans_three_nodes_and_the_seed_replies_are_unchanged(cluster: Any) -> None:
+    nodes = [await cluster() for _ in range(3)]
+    (a, a_id), (b, b_id), (c, c_id) = [await welcomed(node) for node in nodes]
+    created = await a.request({"action": "create", "body": "General"})
+    assert list(created) == ["status", "room_id", "message"]
+    assert created["message"] == "Room 'General' created"
+    room_id = created["room_id"]
+    for client in (b, c):
+        assert (await client.request({"action": "join", "body": {"room_id": room_id}}))["status"] == "success"
+    a.send({"action": "message", "body": "Hello everyone!"})
+    assert await a.next_raw() == b'{"status": "success", "message": "Message sent"}'
+    for other in (b, c):
+        raw = await other.next_raw()
+        event = json.loads(raw)
+        assert list(event) == ["from", "body", "timestamp", "id"]
+        assert (event["from"], event["body"], event["id"]) == (a_id, "Hello everyone!", 1)
+        assert raw == json.dumps(event).encode()  # the seed's own encoding
+    # The sender gets no copy: its next message is the next reply.
+    assert (await a.request({"action": "leave"}))["message"] == "Left room"
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_senders_on_every_node_reach_everyone_once_in_order(cluster: Any) -> None:
+    nodes = [await cluster() for _ in range(3)]
+    _, members = await room_across(nodes + nodes)  # two clients per node
+    # A second room with a member on each node: nothing may cross over.
+    _, others = await room_across(nodes, "other")
+    per_sender = 20
+    for i in range(per_sender):
+        for client, _ in members:
+            client.send({"action": "message", "body": i})
+    for other, _ in others:
+        other.send({"action": "message", "body": "elsewhere"})
+    for client, client_id in members:
+        seen: dict[str, list[int]] = {}
+        replies = 0
+        while replies < per_sender or sum(len(v) for v in seen.values()) < per_sender * (len(members) - 1):
+            message = await client.next()
+            if "status" in message:
+                assert message["status"] == "success", message
+                replies += 1
+                continue
+            assert message["body"] != "elsewhere"
+            seen.setdefault(message["from"], []).append(message["body"])
+        assert client_id not in seen
+        assert set(seen) == {other_id for _, other_id in members} - {client_id}
+        for bodies in seen.values():
+            assert bodies == list(range(per_sender))  # exactly once, in order
+
+
+@pytest_twisted.ensureDeferred
+async def test_ids_are_one_sequence_per_room_and_the_same_order_everywhere(cluster: Any) -> None:
+    nodes = [await cluster() for _ in range(2)]
+    _, members = await room_across(nodes + nodes)
+    for client, _ in members:
+        for i in range(5):
+            client.send({"action": "message", "body": i})
+    orders = []
+    for client, _ in members:
+        ids = []
+        while len(ids) < 15:
+            message = await client.next()
+            if "id" in message:
+                ids.append(message["id"])
+        orders.append(ids)
+    for ids in orders:
+        assert ids == sorted(ids) and len(set(ids)) == 15
+    assert set().union(*orders) == set(range(1, 21))
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_room_goes_when_its_last_member_anywhere_goes(cluster: Any) -> None:
+    one, two, three = [await cluster() for _ in range(3)]
+    room_id, [(a, _), (b, _)] = await room_across([one, two])
+    await a.request({"action": "leave"})
+    (c, _) = await welcomed(three)
+    # Still there: b (on another node) is in it.
+    assert (await c.request({"action": "join", "body": {"room_id": room_id}}))["status"] == "success"
+    await c.request({"action": "leave"})
+    await b.close()  # the last member disconnects
+    listing = await c.request({"action": "list"})
+    assert listing == {"status": "success", "rooms": []}
+    for client in (a, c):
+        refused = await client.request({"action": "join", "body": {"room_id": room_id}})
+        assert refused == {"status": "error", "message": f"Room {room_id} does not exist"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_and_room_ids_are_unique_across_nodes(cluster: Any) -> None:
+    one, two = await cluster(), await cluster()
+    (a, a_id) = await welcomed(one)
+    room_id = (await a.request({"action": "create", "body": "r"}))["room_id"]
+    # The second node's ID source offers the taken IDs first.
+    offered = iter([a_id, "bbbbbbbb", room_id, "cccccccc"])
+    two.factory.core._new_id = lambda: next(offered)
+    (b, b_id) = await welcomed(two)
+    assert b_id == "bbbbbbbb"
+    created = await b.request({"action": "create", "body": "s"})
+    assert created["room_id"] == "cccccccc"
+    rooms = (await a.request({"action": "list"}))["rooms"]
+    assert [(r["room_id"], r["name"], r["members"]) for r in rooms] == [(room_id, "r", 1), ("cccccccc", "s", 1)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_members_history_nicks_and_events_are_cluster_wide(cluster: Any) -> None:
+    one, two = await cluster(), await cluster()
+    (a, a_id), (b, b_id) = await welcomed(one), await welcomed(two)
+    assert (await a.request({"action": "nick", "body": "Ada"}))["nick"] == "Ada"
+    room_id = (await a.request({"action": "create", "body": "r"}))["room_id"]
+    assert (await a.request({"action": "events", "body": True}))["status"] == "success"
+    # A nick taken in the room (case-insensitively) by a member on another node.
+    await b.request({"action": "nick", "body": "ADA"})
+    refused = await b.request({"action": "join", "body": {"room_id": room_id}})
+    assert refused["status"] == "error" and "taken" in refused["message"]
+    await b.request({"action": "nick", "body": "Bob"})
+    await b.request({"action": "join", "body": {"room_id": room_id}})
+    joined = await a.next()
+    assert {k: joined[k] for k in ("event", "room_id", "client_id", "nick")} == {
+        "event": "join", "room_id": room_id, "client_id": b_id, "nick": "Bob"}
+    clash = await a.request({"action": "nick", "body": "bob"})
+    assert clash == {"status": "error", "message": "Nick 'bob' is already taken in this room"}
+    members = await a.request({"action": "members"})
+    assert members["members"] == [{"client_id": a_id, "nick": "Ada"}, {"client_id": b_id, "nick": "Bob"}]
+    for i in range(3):
+        await b.request({"action": "message", "body": f"m{i}"})
+    history = await a.request({"action": "history", "body": {"limit": 2}})
+    assert [(m["body"], m["id"], m["nick"]) for m in history["messages"]] == [("m1", 2, "Bob"), ("m2", 3, "Bob")]
+    older = await a.request({"action": "history", "body": {"before": 2}})
+    assert [m["body"] for m in older["messages"]] == ["m0"]
+    await b.request({"action": "nick", "body": "Bobby"})
+    await b.request({"action": "leave"})
+    kinds = []
+    while len(kinds) < 2:
+        message = await a.next()
+        if "event" in message:
+            kinds.append((message["event"], message["nick"]))
+    assert kinds == [("nick", "Bobby"), ("leave", "Bobby")]
+    listing = await b.request({"action": "list"})
+    assert listing["rooms"][0]["members"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_broadcast_goes_to_redis_once(cluster: Any, redis_server: RedisServer) -> None:
+    nodes = [await cluster() for _ in range(3)]
+    _, members = await room_across(nodes + nodes)
+    before = _publishes(redis_server)
+    await members[0][0].request({"action": "message", "body": "one"})
+    for client, _ in members[1:]:
+        assert (await client.next())["body"] == "one"
+    assert _publishes(redis_server) - before == 1  # six members on three nodes, one PUBLISH
+
+
+def _publishes(redis_server: RedisServer) -> int:
+    stats = redis_server.command("INFO", "commandstats")
+    for line in stats.splitlines():
+        if line.startswith("cmdstat_publish:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stopped_node_takes_its_members_out_at_once(cluster: Any) -> None:
+    one, two = await cluster(), await cluster()
+    room_id, [(a, a_id), (b, b_id)] = await room_across([one, two])
+    await a.request({"action": "events", "body": True})
+    await two.stop()  # what SIGTERM does
+    left = await a.next()
+    assert (left["event"], left["client_id"]) == ("leave", b_id)
+    members = await a.request({"action": "members"})
+    assert [m["client_id"] for m in members["members"]] == [a_id]
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_restart_local_chat_goes_on_and_all_comes_back(cluster: Any, redis_server: RedisServer) -> None:
+    one, two = await cluster(redis_timeout=2), await cluster(redis_timeout=2)
+    room_id, [(a, a_id), (a2, a2_id), (b, b_id)] = await room_across([one, one, two])
+    await a.request({"action": "message", "body": "before"})
+    for client in (a2, b):
+        assert (await client.next())["id"] == 1
+    redis_server.stop()
+    for node in (one, two):
+        await within(node.backplane.when_unavailable(), "the node to notice")
+    # Members on the same node keep chatting.
+    assert (await a.request({"action": "message", "body": "during"}))["status"] == "success"
+    during = await a2.next()
+    assert (during["body"], during["id"]) == ("during", 2)
+    # What needs Redis says so, at once.
+    for command in ({"action": "list"}, {"action": "create", "body": "x"},
+                    {"action": "join", "body": {"room_id": "deadbeef"}}, {"action": "members"},
+                    {"action": "history"}):
+        assert await b.request(command) == UNAVAILABLE
+    redis_server.start()  # same port, empty: every key was lost
+    for node in (one, two):
+        await within(node.backplane.when_available(), "the node to be back in step")
+    # The room and its members are back, and ids go on past those seen.
+    listing = await b.request({"action": "list"})
+    assert [(r["room_id"], r["members"]) for r in listing["rooms"]] == [(room_id, 3)]
+    await b.request({"action": "message", "body": "after"})
+    for client in (a, a2):
+        message = await client.next()
+        assert (message["body"], message["id"]) == ("after", 3)
+    await a.request({"action": "message", "body": "again"})
+    for client in (a2, b):
+        message = await client.next()
+        assert (message["body"], message["id"]) == ("again", 4)
+    # Nothing came twice: every queue is empty now.
+    await a.request({"action": "members"})
+    for client in (a2, b):
+        assert (await client.request({"action": "members"}))["status"] == "success"
+        assert not client.inbox
+
