@@ -5,6 +5,7 @@ metrics endpoint, systemd notifications, and an orderly shutdown.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Any, Optional, Sequence
@@ -40,6 +41,16 @@ def with_backlog(description: str) -> str:
     if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in description:
         return f"{description}:backlog={BACKLOG}"
     return description
+
+
+def use_json_logs(application: Any, reactor: Any) -> None:
+    """JSON lines on stdout for this twistd application (``--log-format json``)."""
+    # twistd takes its log observer from the application, if it has one.
+    if isinstance(application, Componentized):
+        observer = json_observer(sys.stdout, reactor)
+        # Events after the reactor has stopped are written at once.
+        reactor.addSystemEventTrigger("after", "shutdown", observer.detach)
+        application.setComponent(ILogObserver, observer)
 
 
 def join_cluster(factory: ChatFactory, settings: Settings, reactor: Any) -> tuple[Any, Any]:
@@ -116,6 +127,13 @@ class ChatService(MultiService):
             StreamServerEndpointService(
                 AdoptedStreamServerEndpoint(reactor, fd, family), self.factory
             ).setServiceParent(self.listeners)
+        self._orphan_watch: Optional[LoopingCall] = None
+        if inherited:
+            # A worker outlives its parent only by mistake (the parent was
+            # killed): it then stops, as if told to.
+            self._parent_pid = os.getppid()
+            self._orphan_watch = LoopingCall(self._check_parent)
+            self._orphan_watch.clock = reactor
         self.metrics_listener: Optional[Service] = None
         if settings.metrics is not None:
             site = MetricsSite(metrics_root(self.metrics, self.is_ready))
@@ -126,18 +144,19 @@ class ChatService(MultiService):
     def _cluster(self, settings: Settings, reactor: Any) -> None:
         self.backplane, self.chat = join_cluster(self.factory, settings, reactor)
 
+    def _check_parent(self) -> None:
+        if os.getppid() != self._parent_pid:
+            self._log.warn("The --workers parent is gone: stopping", event="orphaned")
+            self._reactor.stop()
+
     def is_ready(self) -> bool:
         """Listening, and (in a cluster) in step with Redis."""
         return self.ready and (self.backplane is None or self.backplane.available)
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
-        # twistd takes its log observer from the application, if it has one.
-        if self.settings.log_format == "json" and isinstance(parent, Componentized):
-            observer = json_observer(sys.stdout, self._reactor)
-            # Events after the reactor has stopped are written at once.
-            self._reactor.addSystemEventTrigger("after", "shutdown", observer.detach)
-            parent.setComponent(ILogObserver, observer)
+        if self.settings.log_format == "json":
+            use_json_logs(parent, self._reactor)
 
     def privilegedStartService(self) -> None:
         if self.message_log is not None:
@@ -160,6 +179,8 @@ class ChatService(MultiService):
         # Every port is bound by now (a failure would have stopped start-up).
         self.ready = True
         self.notifier.notify("READY=1")
+        if self._orphan_watch is not None:
+            self._orphan_watch.start(1.0, now=False)
         if self.notifier.watchdog_seconds:
             self._watchdog = LoopingCall(self.notifier.notify, "WATCHDOG=1")
             self._watchdog.clock = self._reactor
@@ -180,8 +201,9 @@ class ChatService(MultiService):
         await self.factory.shutdown(self.settings.shutdown_timeout)
         if self.backplane is not None:
             await self.backplane.stop()  # what is left of this node goes from Redis
-        if self._watchdog is not None and self._watchdog.running:
-            self._watchdog.stop()
+        for timer in (self._watchdog, self._orphan_watch):
+            if timer is not None and timer.running:
+                timer.stop()
         if self.message_log is not None:
             await self.message_log.close()  # everything broadcast is written
         if self.metrics_listener is not None:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import sys
 from typing import Any, Optional
 
+from twisted.application.service import Service
 from twisted.python import usage
 
 from chatd import config
 from chatd.service import ChatService
 from chatd.settings import DEFAULT_LISTEN, Settings
+from chatd.workers import FAMILIES, WorkerPool
 
 _DEFAULTS = Settings()
 
@@ -44,6 +46,20 @@ class Options(usage.Options):
         for option in config.OPTIONS:
             if option.kind == "list":
                 self[option.name] = []
+        self.inherited: list[tuple[int, int]] = []
+        self.raw_args: list[str] = []
+
+    def parseOptions(self, options: Optional[list[str]] = None) -> None:
+        # Kept as given: --workers passes them on to each worker.
+        self.raw_args = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
+    def opt_inherit_fd(self, value: str) -> None:
+        """(Internal, for --workers) serve on the inherited listening socket FD:FAMILY."""
+        fd, _, family = value.partition(":")
+        if not fd.isdigit() or family not in FAMILIES:
+            raise usage.UsageError(f"--inherit-fd {value!r}: expected FD:INET, FD:INET6 or FD:UNIX")
+        self.inherited.append((int(fd), FAMILIES[family]))
 
     def opt_listen(self, description: str) -> None:
         self["listen"].append(description)
@@ -74,9 +90,16 @@ class Options(usage.Options):
             raise SystemExit(2) from None
 
 
-def makeService(options: Options, reactor: Optional[Any] = None) -> ChatService:
+def makeService(options: Options, reactor: Optional[Any] = None) -> Service:
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    return ChatService(options.settings, reactor)
+    settings = options.settings
+    if settings.workers > 1 and not options.inherited:
+        try:
+            return WorkerPool(settings, options.raw_args, reactor)
+        except config.ConfigError as e:
+            sys.stderr.write(f"chatd: {e}\n")
+            raise SystemExit(2) from None
+    return ChatService(settings, reactor, inherited=options.inherited)

@@ -1,0 +1,81 @@
+"""
+The cluster as users run it: real ``twistd -n chatd --redis`` processes on a
+real redis-server, a node killed with SIGKILL, and ``--workers 2``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import pytest_twisted
+
+from tests.helpers import RedisServer, connect
+
+
+async def welcomed_on(port: int) -> tuple[Any, str]:
+    client = await connect(port)
+    return client, (await client.next())["client_id"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_killed_node_loses_its_members_within_the_lease(daemon_factory: Any, cluster: Any,
+                                                                 redis_server: RedisServer) -> None:
+    survivor = await cluster()
+    doomed = daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--redis", redis_server.url,
+                            "--redis-lease", "3")
+    port = await doomed.wait_listening()
+    await doomed.wait_for(rb"In step with Redis", "the node to join the cluster")
+    a, a_id = await survivor.welcomed()
+    shared = (await a.request({"action": "create", "body": "shared"}))["room_id"]
+    await a.request({"action": "events", "body": True})
+    b, b_id = await welcomed_on(port)
+    await b.request({"action": "join", "body": {"room_id": shared}})
+    await a.next()  # b's join event
+    c, _ = await welcomed_on(port)
+    lonely = (await c.request({"action": "create", "body": "only on the doomed node"}))["room_id"]
+    doomed.signal("KILL")
+    await doomed.wait_exit()
+    # No goodbye was said: the survivor's reaper notices the lease ran out.
+    left = await a.next()
+    assert (left["event"], left["client_id"]) == ("leave", b_id)
+    members = await a.request({"action": "members"})
+    assert [m["client_id"] for m in members["members"]] == [a_id]
+    refused = await a.request({"action": "join", "body": {"room_id": lonely}})
+    assert refused == {"status": "error", "message": f"Room {lonely} does not exist"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_share_the_port_and_are_one_chat(daemon_factory: Any, redis_server: RedisServer) -> None:
+    parent = daemon_factory("--workers", "2", "--listen", "tcp:0:interface=127.0.0.1",
+                            "--redis", redis_server.url, "--log-format", "json")
+    match = await parent.wait_for(rb"Listening on 127\.0\.0\.1:(\d+) for 2 workers", "the parent to bind")
+    port = int(match.group(1))
+    for _ in range(2):
+        await parent.wait_for(rb"In step with Redis(?s:.*)In step with Redis", "both workers")
+    workers = [int(pid) for pid in re.findall(rb'"Started worker \d \(pid (\d+)\)"', parent.output)]
+    assert len(workers) == 2
+    clients = [await welcomed_on(port) for _ in range(12)]
+    room_id = (await clients[0][0].request({"action": "create", "body": "all"}))["room_id"]
+    for client, _ in clients[1:]:
+        assert (await client.request({"action": "join", "body": {"room_id": room_id}}))["status"] == "success"
+    sender, sender_id = clients[-1]
+    await sender.request({"action": "message", "body": "to everyone"})
+    for client, _ in clients[:-1]:
+        message = await client.next()
+        assert (message["from"], message["body"]) == (sender_id, "to everyone")
+    members = await clients[0][0].request({"action": "members"})
+    assert len(members["members"]) == 12
+    parent.signal("TERM")
+    assert await parent.wait_exit() == 0
+    for pid in workers:
+        assert not os.path.exists(f"/proc/{pid}") or _zombie(pid), f"worker {pid} outlived the parent"
+    for client, _ in clients:
+        code, _ = await client.wait_closed()
+        assert code == 1001
+
+
+def _zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] == "Z"
