@@ -65,6 +65,7 @@ def join_cluster(factory: ChatFactory, settings: Settings, reactor: Any) -> tupl
     chat = ClusterChat(
         factory.core, backplane, reactor,
         refuse=lambda client: client.sink.close(1013, "Service temporarily unavailable"),
+        wait=settings.redis_timeout,
     )
     factory.use_cluster(chat)
     return backplane, chat
@@ -178,7 +179,12 @@ class ChatService(MultiService):
         super().startService()
         # Every port is bound by now (a failure would have stopped start-up).
         self.ready = True
-        self.notifier.notify("READY=1")
+        if self.backplane is None:
+            self.notifier.notify("READY=1")
+        else:
+            # A cluster node is ready once it is in step with Redis (until
+            # then, new connections wait for it).
+            self.backplane.when_available().addCallback(lambda _: self.notifier.notify("READY=1"))
         if self._orphan_watch is not None:
             self._orphan_watch.start(1.0, now=False)
         if self.notifier.watchdog_seconds:

@@ -33,6 +33,10 @@ class Backplane(Protocol):
         """Run one of :mod:`chatd.backplane.scripts`; Unavailable if it cannot."""
         ...
 
+    def when_available(self) -> "Deferred[None]":
+        """Fires once the node is (again) in step with the shared state."""
+        ...
+
     def resync(self, state: str) -> "Deferred[Any]":
         """Make the shared state agree with this node's (JSON, see scripts.RESYNC)."""
         ...

@@ -21,7 +21,7 @@ import json
 from typing import Any, Callable, Optional, Union
 
 import txredisapi
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -86,8 +86,10 @@ class ClusterChat:
         backplane: Backplane,
         clock: IReactorTime,
         refuse: Callable[[Client], None],
+        wait: float = 5.0,
     ) -> None:
         self.core = core
+        self.wait = wait
         self.backplane = backplane
         self.clock = clock
         self._refuse = refuse  # closes a client the cluster cannot keep
@@ -116,8 +118,21 @@ class ClusterChat:
     # -- connections ---------------------------------------------------------
 
     def connect(self, sink: Any) -> "Deferred[Client]":
-        """Register a new connection under a cluster-wide unique ID."""
-        return self._register(sink, _TRIES)
+        """
+        Register a new connection under a cluster-wide unique ID.  While Redis
+        is away (a node starting, a short outage) the connection waits for it,
+        at most ``wait`` seconds, before it is refused.
+        """
+        if self.backplane.available:
+            return self._register(sink, _TRIES)
+        d = self.backplane.when_available()
+        d.addTimeout(self.wait, self.clock)
+
+        def gave_up(failure: Failure) -> None:
+            failure.trap(CancelledError)
+            raise Unavailable()
+
+        return d.addCallbacks(lambda _: self._register(sink, _TRIES), gave_up)
 
     def _register(self, sink: Any, tries: int) -> "Deferred[Client]":
         candidate = self.core.new_client_id()

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from chatd.bench.scenarios import LOAD_CORE, SCENARIOS, SERVER_CORE
+from chatd.bench.scenarios import ALSO_MEASURED, LOAD_CORE, SCENARIOS, SERVER_CORE
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -42,11 +42,28 @@ SERVERS = {
         "--rate-messages 0 --rate-creates 0 --rate-connections-per-ip 0 "
         "--max-connections 0 --max-connections-per-ip 0"
     ),
+    # Issue 6: one node of a Redis cluster, and two workers on one Redis
+    # ({redis} is a private redis-server started for the run, on the
+    # server's cores, its CPU counted as the server's).
+    "chatd-redis": (
+        f"{BIN / 'twistd'} --nodaemon --pidfile= chatd --log-format json "
+        "--listen tcp:{port}:interface=127.0.0.1:backlog=4096 --redis {redis} "
+        "--rate-messages 0 --rate-creates 0 --rate-connections-per-ip 0 "
+        "--max-connections 0 --max-connections-per-ip 0"
+    ),
+    "chatd-workers2": (
+        f"{BIN / 'twistd'} --nodaemon --pidfile= chatd --log-format json --workers 2 "
+        "--listen tcp:{port}:interface=127.0.0.1:backlog=4096 --redis {redis} "
+        "--rate-messages 0 --rate-creates 0 --rate-connections-per-ip 0 "
+        "--max-connections 0 --max-connections-per-ip 0"
+    ),
     "seed": f"{sys.executable} {ROOT / 'bench/peers/seed_server.py'} {{port}}",
     "seed-broadcast": f"{sys.executable} {ROOT / 'bench/peers/seed_server.py'} {{port}} --broadcast",
     "node-ws": f"node {ROOT / 'bench/peers/node/server.js'} {{port}}",
 }
 BASELINE = "seed"
+#: What `compare` runs unless told otherwise: the issue-5 comparison.
+DEFAULT_SERVERS = ["chatd", "seed", "seed-broadcast", "node-ws"]
 
 #: What the comparison table shows of each scenario: (result key, unit, higher is better).
 HEADLINES = {
@@ -67,8 +84,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(command: str, port: int) -> subprocess.Popen[bytes]:
-    argv = ["taskset", "-c", str(SERVER_CORE), *shlex.split(command.format(port=port))]
+#: The cores the server (and its Redis) may run on: "0", or "0,1" to let
+#: several workers use both (the generator then shares core 1).
+server_cores = str(SERVER_CORE)
+
+
+def start_redis() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        ["taskset", "-c", server_cores, "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+         "--save", "", "--appendonly", "no"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if b"Ready to accept connections" in line:
+            return process, f"redis://127.0.0.1:{port}/0"
+    raise RuntimeError("redis-server did not start")
+
+
+def start_server(command: str, port: int, redis: str = "") -> subprocess.Popen[bytes]:
+    argv = ["taskset", "-c", server_cores, *shlex.split(command.format(port=port, redis=redis))]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -95,14 +130,21 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
 def run_one(server: str, scenario: str, options: dict[str, Any]) -> dict[str, Any]:
     command = SERVERS.get(server, server)
     port = free_port()
-    process = start_server(command, port)
+    redis, url = start_redis() if "{redis}" in command else (None, "")
     try:
-        import uvloop
+        process = start_server(command, port, url)
+        try:
+            import uvloop
 
-        result = uvloop.run(SCENARIOS[scenario](port, process.pid, **options))
+            ALSO_MEASURED[:] = [redis.pid] if redis is not None else []
+            result = uvloop.run(SCENARIOS[scenario](port, process.pid, **options))
+        finally:
+            stop_server(process)
     finally:
-        stop_server(process)
-    return {"server": server, "scenario": scenario, **result}
+        if redis is not None:
+            redis.kill()
+            redis.wait()
+    return {"server": server, "scenario": scenario, "server_cores": server_cores, **result}
 
 
 def prepare() -> None:
@@ -112,7 +154,8 @@ def prepare() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def summary(results: list[dict[str, Any]], servers: list[str], scenarios: list[str]) -> str:
+def summary(results: list[dict[str, Any]], servers: list[str], scenarios: list[str],
+            baseline: str = BASELINE) -> str:
     lines = []
     for scenario in scenarios:
         for key, unit, higher in HEADLINES[scenario]:
@@ -124,7 +167,7 @@ def summary(results: list[dict[str, Any]], servers: list[str], scenarios: list[s
                 if not values:
                     continue
                 median = statistics.median(values)
-                if server == BASELINE:
+                if server == baseline:
                     base = median
                 flags = sum(1 for r in results if r["server"] == server and r["scenario"] == scenario
                             and (r.get("loadgen_limited") or r.get("errors")))
@@ -149,11 +192,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     run.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                      help="a scenario parameter, e.g. rooms=10 members=50 rate=200 duration=10")
     compare = sub.add_parser("compare", help="every server and scenario, interleaved and repeated")
-    compare.add_argument("--servers", default=",".join(SERVERS))
+    compare.add_argument("--servers", default=",".join(DEFAULT_SERVERS))
     compare.add_argument("--scenarios", default="fanout,max,idle,connect")
     compare.add_argument("--repeat", type=int, default=3)
     compare.add_argument("--output", default="bench-results.json")
+    compare.add_argument("--baseline", default=BASELINE, help="the server the ratios are to")
+    for command in (run, compare):
+        command.add_argument("--server-cores", default=str(SERVER_CORE),
+                             help="cores for the server and its Redis, e.g. 0,1 for --workers 2 "
+                                  "(the generator stays on core 1)")
     args = parser.parse_args(argv)
+    global server_cores
+    server_cores = args.server_cores
     prepare()
 
     if args.command == "run":
@@ -178,8 +228,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 print(f"round {round_number + 1}/{args.repeat} {scenario:8} {server:15} "  # noqa: T201
                       + ", ".join(f"{k}={result[k]}" for k, _, _ in HEADLINES[scenario]), flush=True)
     Path(args.output).write_text(json.dumps(results, indent=2))
-    print(summary(results, servers, scenarios))  # noqa: T201 - the report is the output
-    print(f"\nratios: >1 is better than {BASELINE}. Raw results: {args.output}")  # noqa: T201
+    print(summary(results, servers, scenarios, args.baseline))  # noqa: T201 - the report is the output
+    print(f"\nratios: >1 is better than {args.baseline}. Raw results: {args.output}")  # noqa: T201
     return 0
 
 

@@ -121,6 +121,9 @@ class Client(asyncio.Protocol):
                 payload = buf[start:end]
                 self.send(bytes((0x8A, 0x80 | len(payload))) + ZERO_MASK + payload)
             elif opcode == 8:
+                code = int.from_bytes(buf[start:start + 2], "big") if length >= 2 else None
+                self.bench.stats.error(f"closed by the server ({code}): {buf[start + 2:end]!r}")
+                self.replies.put_nowait({"status": "closed", "code": code, "client_id": ""})
                 assert self.transport is not None
                 self.transport.close()
             pos = end
@@ -162,6 +165,8 @@ class Bench:
                 _, client = await loop.create_connection(
                     lambda: Client(self, index), "127.0.0.1", self.port)
                 welcome = await client.replies.get()
+                if welcome.get("status") != "connected":
+                    raise RuntimeError(f"not welcomed: {welcome}")
                 client.client_id = welcome["client_id"].encode()
                 return client
 
@@ -229,6 +234,25 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process descended from it (the workers of --workers)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue  # gone meanwhile
+    tree, frontier = [pid], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        tree += children
+        frontier += children
+    return tree
 
 
 def core_busy() -> dict[int, tuple[float, float]]:
