@@ -187,10 +187,7 @@ class ChatService(MultiService):
             self.backplane.when_available().addCallback(lambda _: self.notifier.notify("READY=1"))
         if self._orphan_watch is not None:
             self._orphan_watch.start(1.0, now=False)
-        if self.notifier.watchdog_seconds:
-            self._watchdog = LoopingCall(self.notifier.notify, "WATCHDOG=1")
-            self._watchdog.clock = self._reactor
-            self._watchdog.start(self.notifier.watchdog_seconds / 2)
+        self._watchdog = self.notifier.keep_alive(self._reactor)
 
     def stopService(self) -> "Deferred[None]":
         return Deferred.fromCoroutine(self._stop())

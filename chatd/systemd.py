@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from twisted.logger import Logger
 
@@ -47,3 +47,15 @@ class Notifier:
             _log.warn("Could not notify systemd ({state}): {error}", state=state, error=e)
             return False
         return True
+
+    def keep_alive(self, clock: Any) -> Optional[Any]:
+        """Under a systemd watchdog, a running LoopingCall sending WATCHDOG=1
+        twice per interval (stop it on shutdown); otherwise None."""
+        if not self.watchdog_seconds:
+            return None
+        from twisted.internet.task import LoopingCall
+
+        beat = LoopingCall(self.notify, "WATCHDOG=1")
+        beat.clock = clock
+        beat.start(self.watchdog_seconds / 2)
+        return beat

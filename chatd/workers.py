@@ -124,6 +124,7 @@ class WorkerPool(MultiService):
         self.workers: dict[int, _Worker] = {}
         self._delays: dict[int, float] = {}
         self._stopping = False
+        self._watchdog: Optional[Any] = None
 
     def privilegedStartService(self) -> None:
         from chatd.service import with_backlog
@@ -158,6 +159,7 @@ class WorkerPool(MultiService):
         for index in range(self.settings.workers):
             self._spawn(index)
         self.notifier.notify("READY=1")
+        self._watchdog = self.notifier.keep_alive(self._reactor)
 
     def _spawn(self, index: int) -> None:
         families = [family_name(port) for port in self.ports]
@@ -198,6 +200,8 @@ class WorkerPool(MultiService):
 
     async def _stop(self) -> None:
         self._stopping = True
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
         await super().stopService()
         self.notifier.notify("STOPPING=1")
         workers = list(self.workers.values())

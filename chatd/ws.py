@@ -40,6 +40,7 @@ BINARY_NOT_SUPPORTED = "Binary frames are not supported; send JSON as text frame
 INTERNAL_ERROR = "Internal server error"
 TOO_SLOW = "Outgoing buffer limit exceeded: client too slow"
 AWAITING_MODERATION = "Too many messages awaiting moderation"
+TOO_MANY_WAITING = "Too many messages awaiting replies"
 CLOSE_TRY_AGAIN_LATER = 1013
 #: Commands a connection may send while one of its messages is reviewed.
 MAX_WAITING = 100
@@ -77,6 +78,13 @@ class ChatProtocol(WebSocketServerProtocol):
     # While a message of this client's is with a moderator: what the client
     # sent since, to be handled in order afterwards.
     _waiting: Optional[deque[tuple[bytes, bool]]] = None
+    # A reply that comes later (a moderator, Redis) is awaited before the
+    # client's next command is handled...
+    _awaiting_reply = False
+    # ...except chat messages to a cluster, which are pipelined: Redis runs
+    # one node's scripts in order, so order holds without waiting.  How many
+    # are in flight:
+    _outstanding = 0
     # Frames for this client gathered during the current reactor iteration,
     # sent together right after it (see flush).
     _out: Optional[list[bytes]] = None
@@ -161,8 +169,9 @@ class ChatProtocol(WebSocketServerProtocol):
         # In a cluster the ID is checked in Redis first; anything the client
         # sends meanwhile waits its turn.
         self._waiting = deque()
+        self._awaiting_reply = True
         registered.addCallbacks(self._welcome, self._not_registered)
-        registered.addBoth(lambda _: self._resume())
+        registered.addBoth(self._replied)
 
     def _welcome(self, client: Client) -> None:
         if self.state != WebSocketProtocol.STATE_OPEN:
@@ -189,7 +198,8 @@ class ChatProtocol(WebSocketServerProtocol):
             # An earlier message is with a moderator, or with Redis: keep the
             # client's order.
             if len(self._waiting) >= MAX_WAITING:
-                self.close(CLOSE_POLICY_VIOLATION, AWAITING_MODERATION)
+                reason = AWAITING_MODERATION if self.factory.moderation else TOO_MANY_WAITING
+                self.close(CLOSE_POLICY_VIOLATION, reason)
                 return
             self._waiting.append((payload, isBinary))
             return
@@ -207,6 +217,13 @@ class ChatProtocol(WebSocketServerProtocol):
             command = codec.decode(payload)
             if isinstance(command, codec.Message):
                 later = self._review(client, command.body)
+                if later is not None and not self.factory.moderation:
+                    self._pipeline(later)
+                    return
+            elif self._outstanding:
+                # Any other command waits for the messages before it.
+                self._waiting = deque([(payload, isBinary)])
+                return
             else:
                 later = self._reply(
                     client, self.factory.chat.handle(client, command, self.factory.clock.seconds()))
@@ -219,7 +236,24 @@ class ChatProtocol(WebSocketServerProtocol):
         if later is not None:
             # The answer comes later: what the client sends meanwhile waits.
             self._waiting = deque()
-            later.addBoth(lambda _: self._resume())
+            self._awaiting_reply = True
+            later.addBoth(self._replied)
+
+    def _replied(self, _: Any) -> None:
+        self._awaiting_reply = False
+        self._resume()
+
+    def _pipeline(self, published: "Deferred[None]") -> None:
+        """A chat message on its way through Redis; the next may follow at once."""
+        self._outstanding += 1
+        if self._outstanding >= MAX_WAITING and self._waiting is None:
+            self._waiting = deque()  # enough in flight: the rest waits its turn
+        published.addBoth(self._published)
+
+    def _published(self, _: Any) -> None:
+        self._outstanding -= 1
+        if self._waiting is not None and not self._awaiting_reply and self._outstanding < MAX_WAITING:
+            self._resume()
 
     def _reply(self, client: Client, result: Any) -> "Optional[Deferred[None]]":
         """Send ``result`` (a reply, or a Deferred of one) once it is there."""

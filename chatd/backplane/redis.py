@@ -109,6 +109,10 @@ class _Factory(txredisapi.RedisFactory):
         return protocol
 
     def _up(self, protocol: Any) -> None:
+        # Commands and replies are small and answered at once: without this,
+        # Nagle's algorithm holds each behind the previous one's ACK.
+        if hasattr(protocol.transport, "setTcpNoDelay"):
+            protocol.transport.setTcpNoDelay(True)
         protocol.whenDisconnected().addCallback(self._down)
         self.backplane._connection_up(self.role, protocol)
 
