@@ -322,11 +322,16 @@ def encode(obj: dict[str, Any]) -> bytes:
     return _dumps(obj).encode("ascii")
 
 
+_last_second: list[Any] = [None, ""]  # the whole second last formatted, and its text
+
+
 def timestamp(now: float) -> str:
     """ISO 8601 UTC with milliseconds: ``2026-11-26T07:24:15.123Z``."""
     whole = math.floor(now)
     millis = int((now - whole) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+    if whole != _last_second[0]:
+        _last_second[0], _last_second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_last_second[1]}.{millis:03d}Z"
 
 
 def welcome(client_id: str) -> dict[str, Any]:

@@ -324,7 +324,8 @@ class ChatProtocol(WebSocketServerProtocol):
             metrics = self.factory.metrics
             started = metrics.timer()
             reply = self.factory.chat.publish(client, body, self.factory.clock.seconds())
-            metrics.fanout_seconds.observe(metrics.timer() - started)
+            if not isinstance(reply, Deferred):  # in a cluster the fan-out comes later
+                metrics.fanout_seconds.observe(metrics.timer() - started)
         except ChatError as e:
             reply = self._rejected(client, e)
         except Exception:

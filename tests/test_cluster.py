@@ -241,3 +241,36 @@ async def test_redis_restart_local_chat_goes_on_and_all_comes_back(cluster: Any,
         assert (await client.request({"action": "members"}))["status"] == "success"
         assert not client.inbox
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelined_messages_and_the_next_command_keep_their_order(cluster: Any) -> None:
+    one, two = await cluster(), await cluster()
+    _, [(a, _), (b, _)] = await room_across([one, two])
+    for i in range(5):
+        a.send({"action": "message", "body": i})
+    a.send({"action": "leave"})
+    a.send({"action": "message", "body": "not in a room"})
+    replies = [await a.next() for _ in range(7)]
+    assert [r["message"] for r in replies] == ["Message sent"] * 5 + ["Left room", "You must join a room first"]
+    assert [(await b.next())["body"] for _ in range(5)] == list(range(5))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redis_that_stops_answering_is_given_up_and_rejoined(cluster: Any, redis_server: RedisServer) -> None:
+    import signal
+
+    one, two = await cluster(redis_timeout=1), await cluster(redis_timeout=1)
+    room_id, [(a, _), (b, _)] = await room_across([one, two])
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)  # frozen: the sockets stay open
+    try:
+        # The command is sent and never answered: after --redis-timeout the
+        # node gives up on the connection and the client hears why.
+        assert await b.request({"action": "list"}) == UNAVAILABLE
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    for node in (one, two):
+        await within(node.backplane.when_available(), "the node to be back in step")
+    await a.request({"action": "message", "body": "still here"})
+    assert (await b.next())["body"] == "still here"

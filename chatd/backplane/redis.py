@@ -12,6 +12,7 @@ only then takes commands.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from dataclasses import dataclass
@@ -120,6 +121,53 @@ class _Factory(txredisapi.RedisFactory):
         self.backplane._connection_down(self.role, protocol)
 
 
+def _resp(parts: list[bytes]) -> bytes:
+    """One command in Redis's protocol."""
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+def _encoded(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode("utf-8")
+
+
+class _Commands(txredisapi.RedisProtocol):
+    """
+    The command connection.  Scripts go by their SHA1 (worked out once, not
+    per call as ``eval`` does), each command is built in one go, and replies
+    are counted for the backplane's stall watch (instead of a timer per
+    command: a DelayedCall made and cancelled for every broadcast).
+    """
+
+    replies = 0
+
+    def replyReceived(self, reply: Any) -> None:
+        self.replies += 1
+        super().replyReceived(reply)
+
+    def run_script(self, sha: bytes, script: bytes, args: tuple[Any, ...]) -> "Deferred[Any]":
+        encoded = [_encoded(a) for a in args]
+        d = self._send([b"EVALSHA", sha, b"0", *encoded])
+        return d.addErrback(self._not_loaded, script, encoded)
+
+    def _send(self, parts: list[bytes]) -> "Deferred[Any]":
+        if not self.connected:
+            return fail(txredisapi.ConnectionError("Not connected"))
+        self.transport.write(_resp(parts))
+        return self.replyQueue.get().addCallback(self.handle_reply)
+
+    def _not_loaded(self, failure: Failure, script: bytes, encoded: list[bytes]) -> "Deferred[Any]":
+        failure.trap(txredisapi.ResponseError)
+        message = failure.value.args[0] if failure.value.args else ""
+        if isinstance(message, bytes):
+            message = message.decode("utf-8", "replace")
+        if not str(message).startswith("NOSCRIPT"):
+            return failure  # type: ignore[return-value]
+        # First use on this connection (or Redis restarted): EVAL loads it.
+        return self._send([b"EVAL", script, b"0", *encoded])
+
+
 class _Subscriber(txredisapi.SubscriberProtocol):
     def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
         self.factory.backplane._message(channel, message)
@@ -162,14 +210,21 @@ class RedisBackplane:
         self._waiting_for_loss: list[Deferred[None]] = []
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = reactor
+        self._scripts: dict[str, tuple[bytes, bytes]] = {}
+        # A Redis that takes commands but does not answer (stopped, or cut
+        # off without a reset) is given up after ``timeout`` seconds.
+        self._stall_watch = LoopingCall(self._check_stall)
+        self._stall_watch.clock = reactor
+        self._seen_replies = 0
+        self._stalled_since = 0.0
 
     # -- lifecycle -------------------------------------------------------------
 
     def start(self, listener: Listener) -> None:
         self._listener = listener
         auth = dict(password=self.address.password, username=self.address.username)
-        commands = _Factory(self, "commands", dbid=self.address.db, replyTimeout=self.timeout,
-                            convertNumbers=False, **auth)
+        commands = _Factory(self, "commands", dbid=self.address.db, convertNumbers=False, **auth)
+        commands.protocol = _Commands
         subscriber = _Factory(self, "subscriber", charset=None, convertNumbers=False, **auth)
         subscriber.protocol = _Subscriber
         self._factories = [commands, subscriber]
@@ -177,12 +232,14 @@ class RedisBackplane:
             factory.startConnecting(self.address.endpoint(self.reactor))
         # Renew the lease and look for dead nodes three times per lease.
         self._ticker.start(self.lease / 3, now=False)
+        self._stall_watch.start(min(1.0, self.timeout / 2), now=False)
 
     def stop(self) -> "Deferred[None]":
         """Take this node's clients out of the shared state, then disconnect."""
         self._stopping = True
-        if self._ticker.running:
-            self._ticker.stop()
+        for timer in (self._ticker, self._stall_watch):
+            if timer.running:
+                timer.stop()
         if self._commands is not None and self._synced:
             d = self.call(scripts.GOODBYE, self.node)
             d.addErrback(lambda f: self._log.warn(
@@ -229,10 +286,11 @@ class RedisBackplane:
         protocol = self._commands
         if protocol is None:
             return fail(Unavailable())
-        try:
-            return protocol.eval(script, [], [self.prefix, *args])
-        except txredisapi.ConnectionError:
-            return fail(Unavailable())
+        loaded = self._scripts.get(script)
+        if loaded is None:
+            body = script.encode("utf-8")
+            loaded = self._scripts[script] = (hashlib.sha1(body).hexdigest().encode("ascii"), body)
+        return protocol.run_script(loaded[0], loaded[1], (self.prefix, *args))
 
     def resync(self, state: str) -> "Deferred[Any]":
         """Make Redis agree with this node's state (RESYNC); the client IDs refused."""
@@ -327,6 +385,19 @@ class RedisBackplane:
             self._listener.channel_message(room_id, message)
         except Exception:
             self._log.failure("Handling a message from Redis failed")
+
+    def _check_stall(self) -> None:
+        protocol = self._commands
+        now = self.reactor.seconds()
+        if protocol is None or not protocol.replyQueue.waiting or protocol.replies != self._seen_replies:
+            self._seen_replies = protocol.replies if protocol is not None else 0
+            self._stalled_since = now
+            return
+        if now - self._stalled_since >= self.timeout:
+            self._log.warn("Redis has not answered for {seconds} s: reconnecting",
+                           seconds=round(now - self._stalled_since, 1), event="redis_stalled")
+            self._stalled_since = now
+            protocol.transport.abortConnection()
 
     # -- the lease ---------------------------------------------------------------------
 
