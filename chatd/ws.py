@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chatd import __version__, codec
+from chatd import __version__, codec, web
 from chatd.config import normalise_origin
 from chatd.core import ChatCore, Client, CoreEvents, Limits, Room
 from chatd.ratelimit import TokenBucket
@@ -133,8 +133,23 @@ class ChatProtocol(WebSocketServerProtocol):
     def failHandshake(
         self, reason: str, code: int = 400, responseHeaders: Optional[list[tuple[str, str]]] = None
     ) -> None:
+        if code == 426:
+            # A plain GET (no Upgrade): the web client, on the same port and
+            # path as the WebSocket (Autobahn refuses other methods first).
+            self._serve_page()
+            return
         self.factory.metrics.handshake_failures.labels(_HANDSHAKE_REASONS.get(code, "bad_request")).inc()
         super().failHandshake(reason, code, responseHeaders)
+
+    def _serve_page(self) -> None:
+        page = web.PAGES.get(self.http_request_path)
+        if page is None:
+            self.factory.metrics.handshake_failures.labels("no_upgrade").inc()
+            self.sendHttpErrorResponse(404, "Not Found")
+        else:
+            self.sendData(page)
+        self.wasClean = True
+        self.dropConnection(abort=False)
 
     def onOpenHandshakeTimeout(self) -> None:
         self.factory.metrics.handshake_failures.labels("timeout").inc()

@@ -235,19 +235,29 @@ async def test_invalid_utf8_closes_1007(server: InProcessServer) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_plain_http_gets_an_http_response(server: InProcessServer) -> None:
-    def fetch(port: int) -> bytes:
+async def test_plain_http_gets_the_web_client_and_the_websocket_still_works(server: InProcessServer) -> None:
+    def fetch(port: int, path: str) -> bytes:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
             response = b""
             while chunk := sock.recv(65536):
                 response += chunk
             return response
 
     # A blocking client must not run on the reactor thread the server uses.
-    response = await deferToThread(fetch, server.port_number)
-    assert response.startswith(b"HTTP/1.1 426 ")
-    assert b"\r\nUpgrade: websocket\r\n" in response
+    page = await deferToThread(fetch, server.port_number, "/")
+    head, _, body = page.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\nContent-Type: text/html; charset=utf-8\r\n" in head
+    assert f"\r\nContent-Length: {len(body)}\r\n".encode() in head
+    assert b'<script src="/app.js">' in body
+    script = await deferToThread(fetch, server.port_number, "/app.js")
+    assert b"Content-Type: text/javascript" in script and b"textContent" in script
+    missing = await deferToThread(fetch, server.port_number, "/etc/passwd")
+    assert missing.startswith(b"HTTP/1.1 404 Not Found\r\n")
+    # The same port and path still upgrade to the WebSocket.
+    client, _ = await server.welcomed()
+    assert (await client.request({"action": "list"}))["status"] == "success"
 
 
 def _deflate_offering_client(port: int) -> tuple[Any, Any, Any]:

@@ -65,10 +65,10 @@ async def test_metrics_count_real_traffic(chatd_with_metrics) -> None:
 
     def plain_get() -> bytes:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.sendall(b"GET /nothing-here HTTP/1.1\r\nHost: x\r\n\r\n")
             return sock.recv(1000)
 
-    assert (await deferToThread(plain_get)).startswith(b"HTTP/1.1 426")
+    assert (await deferToThread(plain_get)).startswith(b"HTTP/1.1 404")
 
     code, text = await http_get(f"http://127.0.0.1:{metrics_port}/metrics")
     assert code == 200

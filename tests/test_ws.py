@@ -182,17 +182,20 @@ def test_a_client_whose_buffer_drains_in_time_is_kept() -> None:
     assert reader.protocol._client.client_id in factory.core.rooms[room_id].members
 
 
-def test_plain_http_gets_a_complete_426_response() -> None:
+@pytest.mark.parametrize("path, status", [
+    ("/", b"HTTP/1.1 200 OK"), ("/style.css", b"HTTP/1.1 200 OK"), ("/nope", b"HTTP/1.1 404 Not Found"),
+])
+def test_plain_http_gets_the_page_or_a_complete_404(path: str, status: bytes) -> None:
     factory = make_factory()
     peer = Peer(factory)
-    peer.protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    peer.protocol.dataReceived(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
     response = peer.transport.value()
     head, _, body = response.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
-    assert lines[0] == b"HTTP/1.1 426 HTTP Upgrade header missing"
-    assert b"Upgrade: websocket" in lines
+    assert lines[0] == status
     assert f"Content-Length: {len(body)}".encode() in lines
-    assert b"WebSocket" in body
+    assert b"Connection: close" in lines
+    assert body
     peer.lose()  # onClose without onOpen is harmless
     assert factory.core.clients == {}
     assert factory.connections == set()

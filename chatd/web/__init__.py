@@ -1,0 +1,43 @@
+"""
+The web client: a single page served by chatd itself on its WebSocket port
+(a plain GET of ``/``; the WebSocket upgrade of ``/`` is unchanged).  Plain
+HTML, CSS and JavaScript, no build step, nothing from elsewhere.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from chatd import __version__
+
+_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+
+# Only this page's own files, and WebSocket connections back to where it came from.
+_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def _response(name: str, content_type: str) -> bytes:
+    body = files("chatd.web").joinpath(name).read_bytes()
+    head = (
+        "HTTP/1.1 200 OK\r\n"
+        f"Server: chatd/{__version__}\r\n"
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Cache-Control: no-cache\r\n"
+        "X-Content-Type-Options: nosniff\r\n"
+        f"Content-Security-Policy: {_POLICY}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+#: Request path -> the complete HTTP response, made once at start.
+PAGES: dict[str, bytes] = {path: _response(name, kind) for path, (name, kind) in _FILES.items()}

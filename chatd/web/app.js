@@ -1,0 +1,271 @@
+// chatd's web client: the documented protocol (docs/protocol.md), nothing more.
+// Every piece of text from the server goes in with textContent, never as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  ws: null, clientId: null, roomId: null, roomName: null, nick: null,
+  members: new Map(),   // client_id -> nick (or null)
+  pending: [],          // what each outstanding command was, in order: replies come in order
+  delay: 1000,          // the next reconnection delay
+  wantRoom: null,       // the room to go back to after a reconnection
+};
+
+function connect() {
+  const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/";
+  setStatus("connecting", "Connecting…");
+  const ws = new WebSocket(url);
+  state.ws = ws;
+  state.pending = [];
+  ws.onmessage = (event) => {
+    let message;
+    try { message = JSON.parse(event.data); } catch (e) { return; }
+    handle(message);
+  };
+  ws.onclose = () => {
+    if (state.ws !== ws) return;
+    state.ws = null;
+    state.clientId = null;
+    state.wantRoom = state.roomId || state.wantRoom;
+    inRoom(null, null);
+    const seconds = Math.round(state.delay / 1000);
+    setStatus("offline", `Disconnected — reconnecting in ${seconds} s`);
+    setTimeout(connect, state.delay);
+    state.delay = Math.min(state.delay * 2, 30000);
+  };
+}
+
+// A command the person asked for: the last error goes away.
+function ask(kind, body) {
+  hideError();
+  send(kind, body);
+}
+
+function send(kind, body) {
+  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) {
+    showError("Not connected: wait for the reconnection");
+    return;
+  }
+  const command = body === undefined ? { action: kind } : { action: kind, body: body };
+  state.pending.push(kind);
+  state.ws.send(JSON.stringify(command));
+}
+
+function handle(message) {
+  if (message.status === "connected") {
+    state.clientId = message.client_id;
+    state.delay = 1000;
+    setStatus("online", `Connected as ${message.client_id}`);
+    send("events", true);
+    if (state.nick) send("nick", state.nick);
+    if (state.wantRoom) send("join", { room_id: state.wantRoom });
+    send("list");
+    return;
+  }
+  if (message.status !== undefined) {
+    reply(state.pending.shift(), message);
+    return;
+  }
+  if (message.event !== undefined) {
+    roomEvent(message);
+    return;
+  }
+  if (message.from !== undefined) {
+    addMessage(message, false);
+  }
+}
+
+function reply(kind, message) {
+  if (message.status === "error") {
+    showError(message.message + (message.retry_after ? ` (retry in ${message.retry_after} s)` : ""));
+    if (kind === "join") state.wantRoom = null;
+    return;
+  }
+  switch (kind) {
+    case "create":
+    case "join":
+      enterRoom(message.room_id, kind === "create" ? $("room-name").value.trim() || null : null, message.message);
+      break;
+    case "leave":
+      state.wantRoom = null;
+      inRoom(null, null);
+      send("list");
+      break;
+    case "list":
+      showRooms(message.rooms || []);
+      break;
+    case "members":
+      state.members = new Map(message.members.map((m) => [m.client_id, m.nick]));
+      showMembers();
+      break;
+    case "history":
+      for (const m of message.messages || []) addMessage(m, true);
+      break;
+    case "nick":
+      state.nick = message.nick;
+      $("nick").value = message.nick;
+      break;
+    default:
+      break;
+  }
+}
+
+function enterRoom(roomId, name, text) {
+  // "Joined room 'lobby'" / "Room 'lobby' created": the name is in the reply.
+  const quoted = /'(.*)'/.exec(text || "");
+  inRoom(roomId, name || (quoted ? quoted[1] : roomId));
+  state.wantRoom = roomId;
+  $("messages").replaceChildren();
+  send("history", { limit: 50 });
+  send("members");
+  send("list");
+}
+
+function inRoom(roomId, name) {
+  state.roomId = roomId;
+  state.roomName = name;
+  $("room-title").textContent = roomId ? `${name} (${roomId})` : "Not in a room";
+  $("leave").hidden = !roomId;
+  $("text").disabled = !roomId;
+  $("send-form").querySelector("button").disabled = !roomId;
+  $("text").placeholder = roomId ? "Message" : "Join a room to chat";
+  if (!roomId) {
+    state.members = new Map();
+    showMembers();
+  }
+  for (const li of $("rooms").children) li.classList.toggle("current", li.dataset.room === roomId);
+}
+
+function roomEvent(event) {
+  if (event.room_id !== state.roomId) return;
+  const who = event.nick ? `${event.nick} (${event.client_id})` : event.client_id;
+  if (event.event === "join" || event.event === "nick") state.members.set(event.client_id, event.nick);
+  if (event.event === "leave") state.members.delete(event.client_id);
+  showMembers();
+  const text = { join: `${who} joined`, leave: `${who} left`, nick: `${event.client_id} is now ${event.nick}` }[event.event];
+  if (text) addLine(text, "event", event.timestamp);
+  if (event.event !== "nick") refreshRoomsSoon();
+}
+
+let refreshing = null;
+function refreshRoomsSoon() {
+  // Member counts changed: one list request for a burst of joins and leaves.
+  if (refreshing) return;
+  refreshing = setTimeout(() => { refreshing = null; if (state.clientId) send("list"); }, 500);
+}
+
+function addMessage(message, fromHistory) {
+  const li = document.createElement("li");
+  if (fromHistory) li.classList.add("history");
+  if (message.from === state.clientId) li.classList.add("mine");
+  const time = document.createElement("span");
+  time.className = "meta";
+  time.textContent = localTime(message.timestamp) + " ";
+  const who = document.createElement("span");
+  who.className = "who";
+  who.textContent = message.nick ? `${message.nick}` : message.from;
+  who.title = message.from;
+  const body = document.createElement("span");
+  body.className = "body";
+  body.textContent = typeof message.body === "string" ? message.body : JSON.stringify(message.body);
+  li.append(time, who, body);
+  append(li);
+}
+
+function addLine(text, kind, timestamp) {
+  const li = document.createElement("li");
+  li.className = kind;
+  li.textContent = `${localTime(timestamp)} ${text}`;
+  append(li);
+}
+
+function append(li) {
+  const list = $("messages");
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  list.append(li);
+  if (atBottom) list.scrollTop = list.scrollHeight;
+}
+
+function localTime(timestamp) {
+  const date = timestamp ? new Date(timestamp) : new Date();
+  return isNaN(date) ? "" : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
+function showRooms(rooms) {
+  const list = $("rooms");
+  list.replaceChildren();
+  for (const room of rooms) {
+    const li = document.createElement("li");
+    li.dataset.room = room.room_id;
+    li.classList.toggle("current", room.room_id === state.roomId);
+    const label = document.createElement("span");
+    label.textContent = room.name;
+    label.title = room.room_id;
+    const count = document.createElement("small");
+    count.textContent = ` ${room.members}`;
+    label.append(count);
+    const join = document.createElement("button");
+    join.type = "button";
+    join.textContent = "Join";
+    join.onclick = () => ask("join", { room_id: room.room_id });
+    li.append(label, join);
+    list.append(li);
+  }
+  if (!rooms.length) {
+    const li = document.createElement("li");
+    li.className = "meta";
+    li.textContent = "No rooms yet: create one";
+    list.append(li);
+  }
+}
+
+function showMembers() {
+  const list = $("members");
+  list.replaceChildren();
+  for (const [clientId, nick] of state.members) {
+    const li = document.createElement("li");
+    li.textContent = (nick ? `${nick} ` : "") + (clientId === state.clientId ? `${clientId} (you)` : clientId);
+    list.append(li);
+  }
+}
+
+function setStatus(kind, text) {
+  const status = $("status");
+  status.className = `status ${kind}`;
+  status.textContent = text;
+}
+
+function showError(text) {
+  $("error").textContent = text;
+  $("error").hidden = false;
+}
+
+function hideError() {
+  $("error").hidden = true;
+}
+
+$("send-form").onsubmit = (e) => {
+  e.preventDefault();
+  const text = $("text").value;
+  if (!text.trim()) return;
+  ask("message", text);
+  addMessage({ from: state.clientId, nick: state.nick, body: text, timestamp: new Date().toISOString() }, false);
+  $("text").value = "";
+};
+$("create-form").onsubmit = (e) => {
+  e.preventDefault();
+  ask("create", $("room-name").value.trim());
+};
+$("join-form").onsubmit = (e) => {
+  e.preventDefault();
+  ask("join", { room_id: $("room-id").value.trim() });
+};
+$("nick-form").onsubmit = (e) => {
+  e.preventDefault();
+  ask("nick", $("nick").value.trim());
+};
+$("leave").onclick = () => ask("leave");
+$("refresh").onclick = () => ask("list");
+setInterval(() => { if (state.ws && state.clientId) send("list"); }, 15000);
+
+connect();

@@ -1,0 +1,197 @@
+"""
+The web client, in a real headless Chromium (Selenium and chromedriver),
+against the real ``twistd -n chatd``: two browser pages and a seed-protocol
+client in one room, the UI's commands, text shown as text, and the page's
+reconnection after a server restart.  Screenshots go to ``test-artifacts/``.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` and the ``selenium``
+package; without them the test skips, and CHATD_REQUIRE_BROWSER=1 (set by
+CI) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+
+from tests.helpers import free_port
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+XSS = "<img src=x onerror=alert(1)>"
+WAIT = 20
+
+
+def _missing() -> str | None:
+    for tool in ("chromium", "chromedriver"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (apt-get install -y chromium chromium-driver)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install -e '.[test]')"
+    return None
+
+
+@pytest.fixture
+def browsers() -> Iterator[Callable[[], Any]]:
+    missing = _missing()
+    if missing is not None:
+        if os.environ.get("CHATD_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"CHATD_REQUIRE_BROWSER=1 but {missing}")
+        pytest.skip(missing)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    made: list[Any] = []
+
+    def start() -> Any:
+        options = webdriver.ChromeOptions()
+        options.binary_location = shutil.which("chromium") or "chromium"
+        for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,700"):
+            options.add_argument(flag)
+        driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+        made.append(driver)
+        return driver
+
+    yield start
+    for driver in made:
+        driver.quit()
+
+
+class Page:
+    """One browser tab on the chat page, driven the way a person would."""
+
+    def __init__(self, driver: Any, url: str, name: str) -> None:
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver, self.name = driver, name
+        self.wait = WebDriverWait(driver, WAIT)
+        driver.get(url)
+        self.until(lambda: "Connected as" in self.text("status"), "to connect")
+
+    def el(self, element_id: str) -> Any:
+        from selenium.webdriver.common.by import By
+
+        return self.driver.find_element(By.ID, element_id)
+
+    def text(self, element_id: str) -> str:
+        return str(self.el(element_id).text)
+
+    def until(self, condition: Callable[[], Any], what: str) -> Any:
+        return self.wait.until(lambda _: condition(), f"{self.name}: waiting {what}")
+
+    def submit(self, input_id: str, value: str) -> None:
+        field = self.el(input_id)
+        field.clear()
+        field.send_keys(value)
+        field.submit() if input_id != "text" else self.el("send-form").submit()
+
+    def messages(self) -> list[str]:
+        from selenium.webdriver.common.by import By
+
+        return [li.text for li in self.el("messages").find_elements(By.TAG_NAME, "li")]
+
+    def shot(self, name: str) -> None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def _first_part(browsers: Callable[[], Any], port: int) -> dict[str, Any]:
+    from selenium.webdriver.common.by import By
+    from websockets.sync.client import connect
+
+    url = f"http://127.0.0.1:{port}/"
+    ann = Page(browsers(), url, "ann")
+    ann.submit("nick", "Ann")
+    ann.until(lambda: ann.el("nick").get_attribute("value") == "Ann", "for the nick")
+    ann.submit("room-name", "lobby")
+    ann.until(lambda: "lobby" in ann.text("room-title"), "to be in the room")
+    room_id = ann.text("room-title").split("(")[-1].rstrip(")")
+    ann.submit("text", "hello from Ann")
+
+    seed = connect(f"ws://127.0.0.1:{port}", open_timeout=WAIT)
+    seed_id = json.loads(seed.recv(timeout=WAIT))["client_id"]
+    seed.send(json.dumps({"action": "join", "body": {"room_id": room_id}}))
+    assert json.loads(seed.recv(timeout=WAIT))["status"] == "success"
+
+    bob = Page(browsers(), url, "bob")
+    bob.submit("nick", "Bob")
+    # The room list, and its Join button.
+    bob.until(lambda: "lobby" in bob.text("rooms"), "for the room list")
+    bob.el("rooms").find_element(By.TAG_NAME, "button").click()
+    bob.until(lambda: "lobby" in bob.text("room-title"), "to be in the room")
+    # History on join: Ann's message from before Bob came.
+    bob.until(lambda: any("hello from Ann" in m for m in bob.messages()), "for the history")
+
+    bob.submit("text", "hi from Bob")
+    ann.until(lambda: any("Bob" in m and "hi from Bob" in m for m in ann.messages()), "for Bob's message")
+    from_bob = json.loads(seed.recv(timeout=WAIT))
+    assert (from_bob["body"], from_bob["nick"]) == ("hi from Bob", "Bob")
+
+    seed.send(json.dumps({"action": "message", "body": "hi from the seed client"}))
+    assert json.loads(seed.recv(timeout=WAIT))["status"] == "success"
+    for page in (ann, bob):
+        page.until(lambda p=page: any("hi from the seed client" in m for m in p.messages()), "for the seed's message")
+
+    # A body that is HTML shows as its characters and makes no element.
+    bob.submit("text", XSS)
+    ann.until(lambda: any(XSS in m for m in ann.messages()), "for the HTML-looking body")
+    assert ann.el("messages").find_elements(By.TAG_NAME, "img") == []
+    assert ann.driver.execute_script("return document.querySelectorAll('img').length") == 0
+
+    members = ann.text("members")
+    assert "Ann" in members and "Bob" in members and seed_id in members
+    ann.shot("web-two-pages-ann")
+    bob.shot("web-two-pages-bob")
+
+    # Errors are shown as they come.
+    bob.submit("room-id", "deadbeef")
+    bob.until(lambda: bob.text("error") == "Room deadbeef does not exist", "for the error")
+    bob.el("leave").click()
+    bob.until(lambda: bob.text("room-title") == "Not in a room", "to leave")
+    ann.until(lambda: any("Bob (" in m and "left" in m for m in ann.messages()), "for Bob's leave event")
+    ann.until(lambda: "Bob" not in ann.text("members"), "for the member list")
+    seed.close()
+
+    # A phone-sized screen.
+    ann.driver.set_window_size(390, 844)
+    ann.shot("web-phone")
+    return {"ann": ann, "bob": bob}
+
+
+def _wait_disconnected(pages: dict[str, Any]) -> None:
+    ann = pages["ann"]
+    ann.until(lambda: "reconnecting" in ann.text("status"), "to notice the server went away")
+    ann.shot("web-reconnecting")
+
+
+def _wait_reconnected(pages: dict[str, Any]) -> None:
+    ann = pages["ann"]
+    ann.until(lambda: "Connected as" in ann.text("status"), "to reconnect")
+    # The old room went with the old server; the page says so and goes on.
+    ann.until(lambda: ann.text("error").startswith("Room "), "for the rejoin's error")
+    ann.submit("room-name", "after the restart")
+    ann.until(lambda: "after the restart" in ann.text("room-title"), "to be in a new room")
+    ann.shot("web-after-restart")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_web_page_chats_with_browsers_and_seed_clients(browsers: Any, daemon_factory: Any) -> None:
+    port = free_port()
+    listen = ("--listen", f"tcp:{port}:interface=127.0.0.1")
+    chatd = daemon_factory(*listen)
+    await chatd.wait_listening()
+    pages = await deferToThread(_first_part, browsers, port)
+    chatd.signal("TERM")
+    assert await chatd.wait_exit() == 0
+    await deferToThread(_wait_disconnected, pages)
+    again = daemon_factory(*listen)
+    await again.wait_listening()
+    await deferToThread(_wait_reconnected, pages)
