@@ -11,6 +11,7 @@ CI) makes that a failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -116,7 +117,8 @@ def _first_part(browsers: Callable[[], Any], port: int) -> dict[str, Any]:
     room_id = ann.text("room-title").split("(")[-1].rstrip(")")
     ann.submit("text", "hello from Ann")
 
-    seed = connect(f"ws://127.0.0.1:{port}", open_timeout=WAIT)
+    stack = contextlib.ExitStack()
+    seed = stack.enter_context(connect(f"ws://127.0.0.1:{port}", open_timeout=WAIT))
     seed_id = json.loads(seed.recv(timeout=WAIT))["client_id"]
     seed.send(json.dumps({"action": "join", "body": {"room_id": room_id}}))
     assert json.loads(seed.recv(timeout=WAIT))["status"] == "success"
@@ -158,7 +160,7 @@ def _first_part(browsers: Callable[[], Any], port: int) -> dict[str, Any]:
     bob.until(lambda: bob.text("room-title") == "Not in a room", "to leave")
     ann.until(lambda: any("Bob (" in m and "left" in m for m in ann.messages()), "for Bob's leave event")
     ann.until(lambda: "Bob" not in ann.text("members"), "for the member list")
-    seed.close()
+    stack.close()
 
     # A phone-sized screen.
     ann.driver.set_window_size(390, 844)

@@ -1,0 +1,361 @@
+"""
+``chatd-client [URL]``: a terminal client for chatd (or any server of the
+seed protocol), on Twisted and Autobahn like the daemon.
+
+Interactive on a terminal: type a line to send it to your room, or a command
+(``/help``); what arrives prints above the line you are typing.  Scriptable
+otherwise: with standard input not a terminal it reads commands line by
+line (each waits for its reply) and prints every server message as one
+JSON object a line, then exits once the input ends and the replies are in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import defer, error, stdio, task
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.protocol import Protocol
+from twisted.protocols.basic import LineReceiver
+
+DEFAULT_URL = "ws://localhost:8765"
+
+HELP = """commands:
+  /create NAME      make a room and move into it
+  /join ID          move into a room
+  /leave            leave your room
+  /list             the rooms
+  /members          who is in your room
+  /nick NAME        your display name
+  /history [N]      the room's last N messages (default 20)
+  /quit             leave chatd-client
+  anything else     a message to your room (start it with // to send a leading /)"""
+
+
+class UsageError(Exception):
+    """A line that is not a command: the message says why."""
+
+
+def command(line: str) -> Optional[dict[str, Any]]:
+    """The server command for one line of input; None for /quit."""
+    if not line.startswith("/") or line.startswith("//"):
+        return {"action": "message", "body": line[1:] if line.startswith("//") else line}
+    name, _, rest = line[1:].partition(" ")
+    rest = rest.strip()
+    if name == "quit":
+        return None
+    if name in ("leave", "list", "members"):
+        return {"action": name}
+    if name in ("create", "nick"):
+        if not rest:
+            raise UsageError(f"/{name} needs a name")
+        return {"action": name, "body": rest}
+    if name == "join":
+        if not rest:
+            raise UsageError("/join needs a room ID")
+        return {"action": "join", "body": {"room_id": rest}}
+    if name == "history":
+        if rest and not rest.isdigit():
+            raise UsageError("/history takes a number of messages")
+        return {"action": "history", "body": {"limit": int(rest) if rest else 20}}
+    raise UsageError(f"unknown command /{name} (try /help)")
+
+
+def describe(message: Any) -> str:
+    """One server message as a line for a person."""
+    if not isinstance(message, dict):
+        return json.dumps(message)
+    stamp = _local_time(message.get("timestamp"))
+    if "from" in message:
+        who = message.get("nick") or message["from"]
+        body = message["body"] if isinstance(message["body"], str) else json.dumps(message["body"])
+        return f"[{stamp}] {who}: {body}"
+    if "event" in message:
+        who = message.get("nick") or message.get("client_id")
+        kind = message["event"]
+        text = {
+            "join": f"{who} joined",
+            "leave": f"{who} left",
+            "nick": f"{message.get('client_id')} is now {message.get('nick')}",
+        }.get(kind, f"{who}: {kind}")
+        return f"[{stamp}] * {text}"
+    if message.get("status") == "error":
+        return f"!! {message.get('message')}"
+    if "rooms" in message:
+        rooms = message["rooms"] or []
+        lines = [f"   {r['room_id']}  {r['name']}  ({r['members']})" for r in rooms]
+        return "-- rooms:\n" + "\n".join(lines) if lines else "-- no rooms"
+    if "members" in message:
+        return "-- members: " + ", ".join(
+            (f"{m['nick']} ({m['client_id']})" if m.get("nick") else m["client_id"]) for m in message["members"])
+    if "messages" in message:
+        return "\n".join(describe(m) for m in message["messages"]) or "-- no history"
+    text = str(message.get("message", ""))
+    if message.get("room_id") and message["room_id"] not in text:
+        text += f" ({message['room_id']})"
+    return f"-- {text}"
+
+
+def _local_time(timestamp: Any) -> str:
+    if isinstance(timestamp, str):
+        try:
+            from datetime import datetime
+
+            when = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+            return when.astimezone().strftime("%H:%M:%S")
+        except ValueError:
+            pass
+    return time.strftime("%H:%M:%S")
+
+
+class _Connection(WebSocketClientProtocol):
+    def onOpen(self) -> None:
+        self.factory.session.opened(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.session.received(payload)
+
+    def onClose(self, wasClean: bool, code: Optional[int], reason: Optional[str]) -> None:
+        self.factory.session.closed(code, reason)
+
+
+class Session:
+    """What both modes share: the connection, and the replies awaited."""
+
+    def __init__(self, show: Callable[[bytes], None]) -> None:
+        self.show = show
+        self.protocol: Optional[_Connection] = None
+        self.open: defer.Deferred[None] = defer.Deferred()
+        self.ended: defer.Deferred[int] = defer.Deferred()
+        self._awaiting: list[defer.Deferred[None]] = []
+        self.quitting = False
+
+    def opened(self, protocol: _Connection) -> None:
+        self.protocol = protocol
+        self.open.callback(None)
+
+    def received(self, payload: bytes) -> None:
+        self.show(payload)
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            return
+        if isinstance(message, dict) and "status" in message and message.get("status") != "connected":
+            if self._awaiting:
+                self._awaiting.pop(0).callback(None)
+
+    def send(self, obj: dict[str, Any]) -> "defer.Deferred[None]":
+        assert self.protocol is not None
+        d: defer.Deferred[None] = defer.Deferred()
+        self._awaiting.append(d)
+        self.protocol.sendMessage(json.dumps(obj).encode("utf-8"))
+        return d
+
+    def quit(self) -> None:
+        self.quitting = True
+        if self.protocol is not None:
+            self.protocol.sendClose(1000)
+
+    def closed(self, code: Optional[int], reason: Optional[str]) -> None:
+        for d in self._awaiting:
+            d.cancel()
+        self._awaiting.clear()
+        if not self.open.called:
+            self.open.errback(ConnectionError(reason or "the WebSocket handshake failed"))
+        if not self.ended.called:
+            self.ended.callback(0 if self.quitting else 1)
+            if not self.quitting:
+                sys.stderr.write(f"chatd-client: connection closed ({code}{': ' + reason if reason else ''})\n")
+
+
+class _Script(LineReceiver):
+    """Standard input as commands, one at a time; output as JSON lines."""
+
+    delimiter = b"\n"
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def lineReceived(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").rstrip("\r")
+        if not line.strip():
+            return
+        try:
+            obj = command(line)
+        except UsageError as e:
+            sys.stderr.write(f"chatd-client: {e}\n")
+            return
+        if obj is None:
+            self.session.quit()
+            return
+        self.transport.pauseProducing()  # the next line waits for this reply
+        self.session.send(obj).addBoth(lambda _: self.transport.resumeProducing())
+
+    def connectionLost(self, reason: Any = None) -> None:
+        # End of input: once every reply is in, leave.
+        awaiting = list(self.session._awaiting)
+        defer.DeferredList(awaiting).addBoth(lambda _: self.session.quit())
+
+
+class _Terminal(Protocol):
+    """A tiny line editor in raw mode: arrivals print above the input line."""
+
+    prompt = "> "
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.buffer = ""
+
+    def connectionMade(self) -> None:
+        self.write(HELP.splitlines()[0].replace("commands:", "chatd-client: /help for commands") + "\r\n")
+        self.redraw()
+
+    def write(self, text: str) -> None:
+        os.write(sys.stdout.fileno(), text.replace("\n", "\r\n").replace("\r\r\n", "\r\n").encode("utf-8"))
+
+    def redraw(self) -> None:
+        self.write("\r\x1b[2K" + self.prompt + self.buffer)
+
+    def print_above(self, text: str) -> None:
+        self.write("\r\x1b[2K" + text + "\n")
+        self.redraw()
+
+    def dataReceived(self, data: bytes) -> None:
+        for char in data.decode("utf-8", "replace"):
+            if char in ("\r", "\n"):
+                line, self.buffer = self.buffer, ""
+                self.write("\r\x1b[2K")
+                self.submit(line)
+                self.redraw()
+            elif char in ("\x7f", "\x08"):
+                self.buffer = self.buffer[:-1]
+                self.redraw()
+            elif char in ("\x03", "\x04"):  # Ctrl-C, Ctrl-D
+                self.session.quit()
+            elif char == "\x15":  # Ctrl-U
+                self.buffer = ""
+                self.redraw()
+            elif char.isprintable():
+                self.buffer += char
+                self.write(char)
+
+    def submit(self, line: str) -> None:
+        if not line.strip():
+            return
+        if line.strip() == "/help":
+            self.print_above(HELP)
+            return
+        try:
+            obj = command(line)
+        except UsageError as e:
+            self.print_above(f"!! {e}")
+            return
+        if obj is None:
+            self.session.quit()
+            return
+        if obj["action"] == "message":
+            self.print_above(f"[{time.strftime('%H:%M:%S')}] you: {obj['body']}")
+        self.session.send(obj)
+
+
+def _endpoint(reactor: Any, url: str) -> tuple[Any, str]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"{url!r} is not a WebSocket URL like ws://localhost:8765")
+    try:
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+    except ValueError as e:
+        raise ValueError(f"{url!r}: {e}") from None
+    endpoint: Any = HostnameEndpoint(reactor, parts.hostname, port, timeout=10)
+    if parts.scheme == "wss":
+        from twisted.internet.ssl import optionsForClientTLS
+
+        endpoint = wrapClientTLS(optionsForClientTLS(parts.hostname), endpoint)
+    return endpoint, url
+
+
+async def _run(reactor: Any, url: str, interactive: bool) -> int:
+    endpoint, url = _endpoint(reactor, url)
+    terminal: Optional[_Terminal] = None
+
+    def show(payload: bytes) -> None:
+        if terminal is None:
+            sys.stdout.buffer.write(payload.rstrip(b"\n") + b"\n")
+            sys.stdout.buffer.flush()
+        else:
+            try:
+                terminal.print_above(describe(json.loads(payload)))
+            except ValueError:
+                terminal.print_above(payload.decode("utf-8", "replace"))
+
+    session = Session(show)
+    factory = WebSocketClientFactory(url)
+    factory.protocol = _Connection
+    factory.session = session
+    factory.setProtocolOptions(openHandshakeTimeout=10, autoPingInterval=0)
+    try:
+        await endpoint.connect(factory)
+        await session.open
+    except (error.ConnectError, error.DNSLookupError, ConnectionError, OSError) as e:
+        sys.stderr.write(f"chatd-client: cannot connect to {url}: {_reason(e)}\n")
+        return 1
+    if interactive:
+        terminal = _Terminal(session)
+        stdio.StandardIO(terminal)
+    else:
+        stdio.StandardIO(_Script(session))
+    return await session.ended
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, error.ConnectionRefusedError):
+        return "connection refused"
+    text = str(e).strip() or type(e).__name__
+    return text.split(": ", 1)[-1] if text.startswith("Connection was refused") else text
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="chatd-client", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=HELP)
+    parser.add_argument("url", nargs="?", default=DEFAULT_URL, help=f"the server (default {DEFAULT_URL})")
+    args = parser.parse_args(argv)
+    from twisted.internet import reactor
+
+    try:
+        _endpoint(reactor, args.url)
+    except ValueError as e:
+        sys.stderr.write(f"chatd-client: {e}\n")
+        return 2
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    saved = None
+    if interactive:
+        import termios
+        import tty
+
+        saved = termios.tcgetattr(sys.stdin.fileno())
+        tty.setraw(sys.stdin.fileno())
+    result: list[int] = []
+    try:
+        task.react(lambda r: defer.Deferred.fromCoroutine(_run(r, args.url, interactive))
+                   .addCallback(result.append))
+    except SystemExit:
+        pass
+    finally:
+        if saved is not None:
+            import termios
+
+            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
+            sys.stdout.write("\r\n")
+    return result[0] if result else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""
+``chatd-client``: its commands, and the real program against a real chatd,
+through pipes (script mode) and through a pseudo-terminal (interactive).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from typing import Any, Optional
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+
+from chatd.client import UsageError, command, describe
+from tests.helpers import InProcessServer, free_port, within
+
+CLIENT = os.path.join(os.path.dirname(sys.executable), "chatd-client")
+
+
+def test_lines_become_commands() -> None:
+    assert command("hello") == {"action": "message", "body": "hello"}
+    assert command("//etc/motd") == {"action": "message", "body": "/etc/motd"}
+    assert command("/create Tea room") == {"action": "create", "body": "Tea room"}
+    assert command("/join ab12cd34") == {"action": "join", "body": {"room_id": "ab12cd34"}}
+    assert command("/history") == {"action": "history", "body": {"limit": 20}}
+    assert command("/history 5") == {"action": "history", "body": {"limit": 5}}
+    assert command("/nick Ada") == {"action": "nick", "body": "Ada"}
+    for name in ("leave", "list", "members"):
+        assert command(f"/{name}") == {"action": name}
+    assert command("/quit") is None
+    for bad, why in [("/join", "needs a room ID"), ("/history x", "a number"), ("/frobnicate", "unknown command")]:
+        with pytest.raises(UsageError, match=why):
+            command(bad)
+
+
+def test_server_messages_read_as_lines() -> None:
+    message = {"from": "ab12cd34", "body": "<b>hi</b>", "timestamp": "2026-11-26T07:00:00.000Z", "id": 1, "nick": "Ada"}
+    assert describe(message).endswith("] Ada: <b>hi</b>")
+    assert describe({"status": "error", "message": "Room x does not exist"}) == "!! Room x does not exist"
+    event = {"event": "join", "room_id": "r", "client_id": "ab12cd34", "nick": None, "timestamp": "2026-11-26T07:00:00.000Z"}
+    assert describe(event).endswith("* ab12cd34 joined")
+    assert describe({"status": "success", "room_id": "r1", "message": "Room 'x' created"}) == "-- Room 'x' created (r1)"
+
+
+class Client(ProcessProtocol):
+    """chatd-client as a child process; its output collected."""
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.errors = b""
+        self.ended: Deferred = Deferred()
+        self._watches: list[tuple[re.Pattern[bytes], Deferred]] = []
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        for pattern, d in list(self._watches):
+            if pattern.search(self.output):
+                self._watches.remove((pattern, d))
+                d.callback(None)
+
+    def errReceived(self, data: bytes) -> None:
+        self.errors += data
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value.exitCode)
+
+    async def wait_for(self, pattern: bytes, what: str) -> None:
+        if re.search(pattern, self.output):
+            return
+        d: Deferred = Deferred()
+        self._watches.append((re.compile(pattern), d))
+        await within(d, f"chatd-client to print {what}")
+
+    def write(self, text: str) -> None:
+        self.transport.write(text.encode("utf-8"))
+
+
+def spawn(url: str, tty: bool = False, env: Optional[dict[str, str]] = None) -> Client:
+    client = Client()
+    reactor.spawnProcess(client, CLIENT, [CLIENT, url], env=dict(os.environ, **(env or {})), usePTY=tty)
+    return client
+
+
+@pytest_twisted.ensureDeferred
+async def test_script_mode_prints_one_json_object_per_server_message(server: InProcessServer) -> None:
+    other, other_id = await server.welcomed()
+    room_id = (await other.request({"action": "create", "body": "pipes"}))["room_id"]
+    client = spawn(f"ws://127.0.0.1:{server.port_number}")
+    client.write(f"/nick Scripty\n/join {room_id}\nhello from a pipe\n/members\n")
+    await client.wait_for(rb'"members": \[', "the members reply")
+    message = await other.next()
+    assert (message["body"], message["nick"]) == ("hello from a pipe", "Scripty")
+    other.send({"action": "message", "body": "hello back"})
+    await client.wait_for(rb'"hello back"', "the broadcast")
+    client.transport.closeStdin()  # end of input: it leaves once answered
+    assert await within(client.ended, "chatd-client to exit") == 0
+    lines = [json.loads(line) for line in client.output.splitlines()]
+    assert lines[0]["status"] == "connected"
+    assert [line.get("message") for line in lines[1:4]] == [
+        "Nick set to 'Scripty'", "Joined room 'pipes'", "Message sent"]
+    assert [m["client_id"] for m in lines[4]["members"]] == [other_id, lines[0]["client_id"]]
+    assert lines[5]["from"] == other_id and lines[5]["body"] == "hello back"
+
+
+@pytest_twisted.ensureDeferred
+async def test_interactive_mode_in_a_terminal(server: InProcessServer) -> None:
+    client = spawn(f"ws://127.0.0.1:{server.port_number}", tty=True)
+    await client.wait_for(rb"/help for commands", "its greeting")
+    client.write("/create Terminal room\r")
+    await client.wait_for(rb"-- Room 'Terminal room' created \((\w+)\)", "the reply")
+    room_id = re.search(rb"created \((\w+)\)", client.output).group(1).decode()  # type: ignore[union-attr]
+    other, _ = await server.welcomed()
+    await other.request({"action": "nick", "body": "Ada"})
+    await other.request({"action": "join", "body": {"room_id": room_id}})
+    await other.request({"action": "message", "body": "hi from Ada"})
+    await client.wait_for(rb"\] Ada: hi from Ada", "Ada's message")
+    client.write("typed here\r")
+    assert (await other.next())["body"] == "typed here"
+    client.write("/quit\r")
+    assert await within(client.ended, "chatd-client to exit") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bad_url_or_a_refused_connection_is_one_line_and_non_zero() -> None:
+    bad = spawn("http://example.org")
+    assert await within(bad.ended, "chatd-client to exit") == 2
+    assert bad.errors.strip() == b"chatd-client: 'http://example.org' is not a WebSocket URL like ws://localhost:8765"
+    refused = spawn(f"ws://127.0.0.1:{free_port()}")  # nothing listens there
+    assert await within(refused.ended, "chatd-client to exit") == 1
+    assert b"cannot connect to" in refused.errors and b"connection refused" in refused.errors
