@@ -191,6 +191,25 @@ class InProcessServer:
         welcome = await client.next()
         return client, welcome["client_id"]
 
+    def all_gone(self) -> Deferred:
+        """Fires once the server has no connection left (it has seen every close)."""
+        factory = self.factory
+        if not factory.connections:
+            d: Deferred = Deferred()
+            d.callback(None)
+            return d
+        d = Deferred()
+        original = factory.connection_gone
+
+        def gone(protocol: Any) -> None:
+            original(protocol)
+            if not factory.connections and not d.called:
+                factory.connection_gone = original  # type: ignore[method-assign]
+                d.callback(None)
+
+        factory.connection_gone = gone  # type: ignore[method-assign]
+        return within(d, "the server to see every connection close")
+
     async def stop(self) -> None:
         await self.port.stopListening()
         await within(self.factory.shutdown(timeout=5), "server shutdown")

@@ -110,6 +110,11 @@ async def test_the_room_goes_when_its_last_member_anywhere_goes(cluster: Any) ->
     assert (await c.request({"action": "join", "body": {"room_id": room_id}}))["status"] == "success"
     await c.request({"action": "leave"})
     await b.close()  # the last member disconnects
+    # A disconnect reaches Redis after the connection is gone (there is no
+    # reply to wait for): once its node has seen it and Redis applied it,
+    # the room is gone everywhere.
+    await two.all_gone()
+    await within(two.chat.settled(), "the disconnect to reach Redis")
     listing = await c.request({"action": "list"})
     assert listing == {"status": "success", "rooms": []}
     for client in (a, c):

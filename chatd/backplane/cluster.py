@@ -21,7 +21,7 @@ import json
 from typing import Any, Callable, Optional, Union
 
 import txredisapi
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -100,6 +100,7 @@ class ClusterChat:
         self._subscriptions: dict[str, Optional[list[Deferred[None]]]] = {}
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._pending_of: dict[str, _Pending] = {}
+        self._background: set[Deferred[Any]] = set()  # disconnects on their way to Redis
 
     # -- what the adapter and the metrics read -------------------------------
 
@@ -158,7 +159,13 @@ class ClusterChat:
         if self.backplane.available:
             d = self._call(scripts.UNREGISTER, self.backplane.node, client.client_id)
             d.addCallbacks(self._left, self._background_failure, errbackArgs=("a disconnect",))
+            self._background.add(d)
+            d.addBoth(lambda _: self._background.discard(d))
         # Otherwise the resync after Redis is back takes the client out.
+
+    def settled(self) -> "Deferred[Any]":
+        """Fires once Redis has applied every disconnect made so far."""
+        return DeferredList(list(self._background))
 
     # -- commands ------------------------------------------------------------
 
