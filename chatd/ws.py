@@ -121,7 +121,7 @@ class ChatProtocol(WebSocketServerProtocol):
             allowed = self.factory.allowed_origins
             origin = request.origin
             # Autobahn reports a missing Origin header as "": not a browser.
-            if allowed and origin and normalise_origin(origin) not in allowed:
+            if allowed and origin and normalise_origin(origin) not in allowed and not self._same_origin(origin):
                 raise ConnectionDeny(403, "Origin not allowed")
         except ConnectionDeny:
             raise
@@ -129,6 +129,12 @@ class ChatProtocol(WebSocketServerProtocol):
             self._log.failure("Unexpected error checking a handshake")
             raise ConnectionDeny(500, "Internal server error") from None
         return None
+
+    def _same_origin(self, origin: str) -> bool:
+        """A page chatd served itself (the web client) may always connect back."""
+        host = self.http_headers.get("host", "")
+        scheme = "https" if getattr(self.transport, "TLS", False) else "http"
+        return bool(host) and normalise_origin(origin) == normalise_origin(f"{scheme}://{host}")
 
     def failHandshake(
         self, reason: str, code: int = 400, responseHeaders: Optional[list[tuple[str, str]]] = None

@@ -96,13 +96,20 @@ async def test_allowed_origins(server_factory) -> None:
         await connect_with_origin(port, "https://evil.example.org")
     with pytest.raises(ConnectionError, match="Origin not allowed"):
         await connect_with_origin(port, "null")
+    # chatd's own web page (same scheme, host and port as the request) may
+    # always connect back.
+    own = await connect_with_origin(port, f"http://127.0.0.1:{port}")
+    assert (await own.next())["status"] == "connected"
+    await own.close()
+    with pytest.raises(ConnectionError, match="Origin not allowed"):
+        await connect_with_origin(port, f"http://127.0.0.1:{port + 1}")
     # Clients that send no Origin at all (not browsers) are not affected.
     plain = await connect_with_origin(port, None)
     assert (await plain.next())["status"] == "connected"
     await ok.close()
     await plain.close()
     values = server.factory.metrics.registry.get_sample_value
-    assert values("chatd_handshake_failures_total", {"reason": "origin"}) == 2
+    assert values("chatd_handshake_failures_total", {"reason": "origin"}) == 3
 
 
 @pytest_twisted.ensureDeferred
