@@ -219,7 +219,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("allowed-origin", "allowed_origins", origins,
            "Accept browsers only from this origin, e.g. https://chat.example.org. "
            "Repeatable; a handshake from another Origin gets HTTP 403. Clients "
-           "that send no Origin (not browsers) are not affected. Default: any.",
+           "that send no Origin (not browsers), and chatd's own web page, are "
+           "not affected. Default: any.",
            kind="list"),
     Option("rate-messages", "rate_messages", rate,
            "Chat messages a second each connection may send (0: no limit); "
