@@ -67,13 +67,22 @@ async def test_workers_share_the_port_and_are_one_chat(daemon_factory: Any, redi
         assert (message["from"], message["body"]) == (sender_id, "to everyone")
     members = await clients[0][0].request({"action": "members"})
     assert len(members["members"]) == 12
+    # A worker that dies is started again; the port stays open meanwhile.
+    os.kill(workers[0], 9)
+    await parent.wait_for(rb'"event": ?"worker_died"', "the parent to notice")
+    await parent.wait_for(rb'(?s)worker_died.*"Started worker 0 \(pid (\d+)\)"', "a new worker 0")
+    replacement = int(re.findall(rb'"Started worker 0 \(pid (\d+)\)"', parent.output)[-1])
+    assert replacement != workers[0]
+    workers.append(replacement)
+    late, _ = await welcomed_on(port)
+    assert (await late.request({"action": "list"}))["rooms"][0]["room_id"] == room_id
     parent.signal("TERM")
     assert await parent.wait_exit() == 0
     for pid in workers:
         assert not os.path.exists(f"/proc/{pid}") or _zombie(pid), f"worker {pid} outlived the parent"
-    for client, _ in clients:
+    for client, _ in clients + [(late, "")]:
         code, _ = await client.wait_closed()
-        assert code == 1001
+        assert code in (1001, 1006)  # those on the killed worker lost it abruptly
 
 
 def _zombie(pid: int) -> bool:
