@@ -112,10 +112,6 @@ class ClusterChat:
     def rooms(self) -> dict[str, Room]:
         return self.core.rooms
 
-    @property
-    def available(self) -> bool:
-        return self.backplane.available
-
     # -- connections ---------------------------------------------------------
 
     def connect(self, sink: Any) -> "Deferred[Client]":
@@ -384,9 +380,6 @@ class ClusterChat:
             return {"status": "success", "room_id": room.room_id, "messages": messages}
 
         return d.addCallback(done)
-
-    def set_events(self, client: Client, on: bool) -> Reply:
-        return self.core.set_events(client, on)
 
     def replied(self, client: Client) -> None:
         """The adapter has sent ``client`` its reply: what waited follows it."""
