@@ -274,6 +274,10 @@ OPTIONS: tuple[Option, ...] = (
            "Seconds to wait for Redis before an action answers 'Service temporarily unavailable'."),
     Option("workers", "workers", size(1),
            "Worker processes sharing the listening sockets, one per core (more than 1 needs --redis)."),
+    Option("permessage-deflate", "permessage_deflate", flag,
+           "Let clients negotiate permessage-deflate: each broadcast is compressed "
+           "once for all of them (no context takeover); off by default, it costs CPU "
+           "per broadcast and saves bandwidth on big messages.", kind="flag"),
     Option("log-messages", "log_messages", flag,
            "Log message bodies too (they are never logged otherwise).", kind="flag"),
 )

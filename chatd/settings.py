@@ -60,6 +60,9 @@ class Settings:
     log_format: str = "text"
     #: Whether message bodies are logged (never, unless asked for).
     log_messages: bool = False
+    #: Whether clients may negotiate permessage-deflate (broadcasts are then
+    #: compressed once for all of them).
+    permessage_deflate: bool = False
     #: Endpoint for /metrics, /healthz and /readyz (None: not served).
     metrics: Optional[str] = None
     #: Redis URL of the cluster's backplane (None: this process is the whole service).

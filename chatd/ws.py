@@ -6,6 +6,7 @@ to core calls and core deliveries to frames.
 from __future__ import annotations
 
 import inspect
+import zlib
 import itertools
 import pprint
 from collections import deque
@@ -15,6 +16,7 @@ import autobahn.websocket.protocol as _autobahn_protocol
 import txaio
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import tcp
@@ -502,14 +504,65 @@ class ChatProtocol(WebSocketServerProtocol):
         self.close(CLOSE_GOING_AWAY, "Server shutting down")
 
 
-def text_frame(payload: bytes) -> bytes:
+def text_frame(payload: bytes, first: int = 0x81) -> bytes:
     """An unmasked, unfragmented WebSocket text frame, as a server sends it."""
     n = len(payload)
     if n < 126:
-        return bytes((0x81, n)) + payload
+        return bytes((first, n)) + payload
     if n < 65536:
-        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+        return bytes((first, 0x7E)) + n.to_bytes(2, "big") + payload
+    return bytes((first, 0x7F)) + n.to_bytes(8, "big") + payload
+
+
+class Broadcast:
+    """
+    One broadcast's frames with ``--permessage-deflate``: plain, and (made
+    on first use, once for every member that negotiated permessage-deflate)
+    compressed.  Each broadcast is compressed on its own, with a fresh
+    compressor and the default window, so it refers to nothing sent before:
+    the same bytes are right for every such member, whether or not its
+    decompressor keeps its window between messages (RFC 7692, 7.2.3).
+    """
+
+    __slots__ = ("payload", "plain", "_deflated")
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.plain = text_frame(payload)
+        self._deflated: Optional[bytes] = None
+
+    @property
+    def deflated(self) -> bytes:
+        if self._deflated is None:
+            compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+            data = compressor.compress(self.payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            # RFC 7692: the empty block the sync flush ends with is left off,
+            # and RSV1 (0x40) marks the message as compressed.
+            self._deflated = text_frame(data[:-4] if data.endswith(b"\x00\x00\xff\xff") else data, 0xC1)
+        return self._deflated
+
+
+class DeflateChatProtocol(ChatProtocol):
+    """A connection of a factory with ``--permessage-deflate``: broadcasts
+    go compressed to those that negotiated it."""
+
+    def deliver(self, frame: Broadcast) -> None:  # type: ignore[override]
+        super().deliver(frame.plain if self._perMessageCompress is None else frame.deflated)
+
+
+def accept_deflate(max_message_size: int) -> Any:
+    """Autobahn's perMessageCompressionAccept for ``--permessage-deflate``."""
+
+    def accept(offers: list[Any]) -> Any:
+        for offer in offers:
+            # A client that limits the server's window below the default
+            # could not read the shared compressed frames: no compression.
+            if isinstance(offer, PerMessageDeflateOffer) and offer.request_max_window_bits in (0, 15):
+                return PerMessageDeflateOfferAccept(
+                    offer, no_context_takeover=True, max_message_size=max_message_size)
+        return None
+
+    return accept
 
 
 def _debugging() -> bool:
@@ -615,7 +668,7 @@ class ChatFactory(WebSocketServerFactory):
             # Each broadcast is framed once, whatever the number of recipients,
             # by the same framer as replies (permessage-deflate is never
             # negotiated, so every client gets the same bytes).
-            prepare=text_frame,
+            prepare=Broadcast if settings.permessage_deflate else text_frame,
             on_sink_error=self._sink_error,
             events=self.events,
             limits=Limits(
@@ -666,6 +719,8 @@ class ChatFactory(WebSocketServerFactory):
             allowNullOrigin=True,
             trustXForwardedFor=0,
         )
+        if settings.permessage_deflate:
+            self.setProtocolOptions(perMessageCompressionAccept=accept_deflate(settings.max_message_size))
         # Autobahn copies every option from the factory onto each protocol
         # instance that lacks it, and class attributes count: a protocol class
         # of this factory's own carries them once, not once per connection.
@@ -681,7 +736,8 @@ class ChatFactory(WebSocketServerFactory):
             for attr in ChatProtocol.CONFIG_ATTRS
             for value in (getattr(self, attr),)
         }
-        self.protocol = type("ChatProtocol", (ChatProtocol,), {**options, "CONFIG_ATTRS": ()})
+        base = DeflateChatProtocol if settings.permessage_deflate else ChatProtocol
+        self.protocol = type("ChatProtocol", (base,), {**options, "CONFIG_ATTRS": ()})
 
     def flush_later(self, protocol: ChatProtocol) -> None:
         """Have ``protocol``'s gathered frames sent right after this reactor iteration."""

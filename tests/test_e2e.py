@@ -279,3 +279,46 @@ async def test_a_client_offering_compression_connects_without_it(server: InProce
     assert welcome["status"] == "connected"
     assert reply["status"] == "success"
     assert extensions is None  # not negotiated: chatd frames broadcasts once for all
+
+
+@pytest_twisted.ensureDeferred
+async def test_permessage_deflate_when_asked_for(server_factory: Any) -> None:
+    from websockets.sync.client import connect
+
+    from chatd.settings import Settings
+
+    server = await server_factory(Settings(ping_interval=0, ping_timeout=0, permessage_deflate=True))
+    sender, _ = await server.welcomed()
+    room_id = (await sender.request({"action": "create", "body": "zip"}))["room_id"]
+    body = "compress me " * 500
+
+    def members() -> list[Any]:
+        results = []
+        with connect(f"ws://127.0.0.1:{server.port_number}", compression="deflate", open_timeout=10) as deflating, \
+                connect(f"ws://127.0.0.1:{server.port_number}", compression=None, open_timeout=10) as plain:
+            for ws in (deflating, plain):
+                json.loads(ws.recv(timeout=10))
+                ws.send(json.dumps({"action": "join", "body": {"room_id": room_id}}))
+                assert json.loads(ws.recv(timeout=10))["status"] == "success"
+            results.append(deflating.response.headers.get("Sec-WebSocket-Extensions"))
+            results.append(plain.response.headers.get("Sec-WebSocket-Extensions"))
+            ready.callback(None) if not ready.called else None
+            for ws in (deflating, plain):
+                for _ in range(3):
+                    results.append(json.loads(ws.recv(timeout=10))["body"])
+            # A compressed message from the client is read too.
+            deflating.send(json.dumps({"action": "message", "body": body}))
+            results.append(json.loads(deflating.recv(timeout=10))["status"])
+        return results
+
+    ready: Deferred = Deferred()
+    d = deferToThread(members)
+    await ready
+    for i in range(3):
+        await sender.request({"action": "message", "body": f"{i}: {body}"})
+    results = await d
+    assert results[0].startswith("permessage-deflate")
+    assert results[1] is None
+    assert results[2:5] == results[5:8] == [f"{i}: {body}" for i in range(3)]
+    assert results[8] == "success"
+    assert (await sender.next())["body"] == body

@@ -76,6 +76,7 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         "--redis-lease", "20",
         "--redis-timeout", "3",
         "--workers", "4",
+        "--permessage-deflate",
     )
     assert asdict(settings) == {
         "listen": ("tcp:9000", "unix:/tmp/chatd.sock"),
@@ -107,6 +108,7 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         "redis_lease": 20.0,
         "redis_timeout": 3.0,
         "workers": 4,
+        "permessage_deflate": True,
     }
 
 

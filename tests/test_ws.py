@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.internet.error import ConnectionDone
 
 from chatd.settings import Settings
-from chatd.ws import ChatFactory, ChatProtocol
+from chatd.ws import ChatFactory, ChatProtocol, text_frame
 from tests.fakes import HANDSHAKE, ProducerTransport, client_frame, server_frames
 
 # Autobahn's timers run on txaio's global loop, not the injected clock: the
@@ -320,3 +320,20 @@ def test_every_autobahn_option_reaches_the_protocol_from_its_class() -> None:
         assert getattr(peer.protocol, attr) == getattr(factory, attr), attr
     assert "openHandshakeTimeout" not in vars(peer.protocol)
     assert peer.protocol.openHandshakeTimeout >= SETTINGS.handshake_timeout
+
+
+def test_a_compressed_broadcast_inflates_to_the_payload() -> None:
+    import zlib
+
+    from chatd.ws import Broadcast
+
+    for payload in (b'{"body": "x"}', b'{"body": "' + b"abc" * 30000 + b'"}'):
+        frame = Broadcast(payload)
+        assert frame.plain == text_frame(payload)
+        data = frame.deflated
+        assert data[0] == 0xC1  # FIN, RSV1 (compressed), text
+        length = data[1] & 0x7F
+        start = 2 if length < 126 else 4 if length == 126 else 10
+        inflater = zlib.decompressobj(-15)
+        assert inflater.decompress(data[start:] + b"\x00\x00\xff\xff") == payload
+        assert frame.deflated is data  # made once, for every member
