@@ -158,6 +158,10 @@ class Session:
         self.protocol.sendMessage(json.dumps(obj).encode("utf-8"))
         return d
 
+    def answered(self) -> "defer.Deferred[Any]":
+        """Fires once every command sent so far has its reply (or never will)."""
+        return defer.DeferredList(list(self._awaiting), consumeErrors=True)
+
     def quit(self) -> None:
         self.quitting = True
         if self.protocol is not None:
@@ -200,8 +204,7 @@ class _Script(LineReceiver):
 
     def connectionLost(self, reason: Any = None) -> None:
         # End of input: once every reply is in, leave.
-        awaiting = list(self.session._awaiting)
-        defer.DeferredList(awaiting).addBoth(lambda _: self.session.quit())
+        self.session.answered().addBoth(lambda _: self.session.quit())
 
 
 class _Terminal(Protocol):

@@ -75,7 +75,7 @@ class Client:
 
     __slots__ = (
         "client_id", "sink", "room", "nick", "events",
-        "message_bucket", "create_bucket", "strikes",
+        "message_bucket", "create_bucket", "strikes", "receiving",
     )
 
     def __init__(self, client_id: str, sink: Sink) -> None:
@@ -87,6 +87,10 @@ class Client:
         self.message_bucket: Optional[TokenBucket] = None  # made on first use
         self.create_bucket: Optional[TokenBucket] = None
         self.strikes = 0  # messages refused in a row by the rate limit
+        # A cluster node's local view only: the room whose broadcasts reach
+        # this client here (it can differ from ``room`` while a join is on
+        # its way; see chatd.backplane.cluster).
+        self.receiving: Optional[Room] = None
 
     def __repr__(self) -> str:
         return f"<Client {self.client_id}>"
@@ -509,11 +513,12 @@ class ChatCore:
 
     def receive_in(self, client: Client, room: Optional[Room]) -> None:
         """``client`` receives what ``room`` gets here (None: no room's)."""
-        for other in self.rooms.values():
-            if other is not room:
-                other.members.pop(client.client_id, None)
+        old = client.receiving
+        if old is not None and old is not room:
+            old.members.pop(client.client_id, None)
         if room is not None:
             room.members[client.client_id] = client
+        client.receiving = room
 
     def deliver_local(self, room: Room, payload: bytes, exclude_id: str, now: float) -> int:
         """One encoded broadcast to this node's members but ``exclude_id``."""

@@ -191,10 +191,7 @@ class ChatProtocol(WebSocketServerProtocol):
             return
         # In a cluster the ID is checked in Redis first; anything the client
         # sends meanwhile waits its turn.
-        self._waiting = deque()
-        self._awaiting_reply = True
-        registered.addCallbacks(self._welcome, self._not_registered)
-        registered.addBoth(self._replied)
+        self._wait_for(registered.addCallbacks(self._welcome, self._not_registered))
 
     def _welcome(self, client: Client) -> None:
         if self.state != WebSocketProtocol.STATE_OPEN:
@@ -257,10 +254,13 @@ class ChatProtocol(WebSocketServerProtocol):
             self._send_reply(codec.encode(self._internal_error(client)))
             return
         if later is not None:
-            # The answer comes later: what the client sends meanwhile waits.
-            self._waiting = deque()
-            self._awaiting_reply = True
-            later.addBoth(self._replied)
+            self._wait_for(later)
+
+    def _wait_for(self, later: "Deferred[Any]") -> None:
+        """The answer comes later: what the client sends meanwhile waits."""
+        self._waiting = deque()
+        self._awaiting_reply = True
+        later.addBoth(self._replied)
 
     def _replied(self, _: Any) -> None:
         self._awaiting_reply = False

@@ -511,8 +511,10 @@ class ClusterChat:
             self._refs[room_id] = count
             return
         self._refs.pop(room_id, None)
-        if self._subscriptions.pop(room_id, "none") != "none":
-            self.backplane.unsubscribe(room_id)
+        self._subscriptions.pop(room_id, None)
+        # Always: a subscription that failed half-way (Redis lost meanwhile)
+        # is still on the backplane's list to renew at reconnection.
+        self.backplane.unsubscribe(room_id)
         self.core.forget_room(room)
 
     def _expect(self, client: Client, room: Room) -> _Pending:
