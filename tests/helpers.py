@@ -154,6 +154,27 @@ async def connect(port: int, tls: Any = None, host: str = "127.0.0.1") -> WSClie
     return client
 
 
+ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+async def seed_example_2(sender: WSClient, sender_id: str, others: list[WSClient]) -> None:
+    """
+    The seed's second example: the sender's reply, then to every other
+    member the seed's broadcast, byte for byte (plus "id", issue 4).
+    """
+    sender.send({"action": "message", "body": "Hello everyone!"})
+    assert await sender.next_raw() == b'{"status": "success", "message": "Message sent"}'
+    for other in others:
+        raw = await other.next_raw()
+        event = json.loads(raw)
+        # The seed's keys in the seed's order; "id" (issue 4) is added last.
+        assert list(event) == ["from", "body", "timestamp", "id"]
+        assert event["id"] == 1
+        assert (event["from"], event["body"]) == (sender_id, "Hello everyone!")
+        assert ISO_MS.match(event["timestamp"])
+        assert raw == json.dumps(event).encode()
+
+
 async def two_in_a_room(port: int, name: str = "room", **connect_options: Any) -> tuple[WSClient, str, WSClient]:
     """Two welcomed clients; the first created a room the second joined: (a, a's ID, b)."""
     a, b = await connect(port, **connect_options), await connect(port, **connect_options)

@@ -5,12 +5,11 @@ across them, and every seed rule holding as if they were one server.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest_twisted
 
-from tests.helpers import ClusterNode, RedisServer, WSClient, within
+from tests.helpers import ClusterNode, RedisServer, WSClient, seed_example_2, within
 
 UNAVAILABLE = {"status": "error", "message": "Service temporarily unavailable"}
 
@@ -39,14 +38,7 @@ async def test_a_room_spans_three_nodes_and_the_seed_replies_are_unchanged(clust
     room_id = created["room_id"]
     for client in (b, c):
         assert (await client.request({"action": "join", "body": {"room_id": room_id}}))["status"] == "success"
-    a.send({"action": "message", "body": "Hello everyone!"})
-    assert await a.next_raw() == b'{"status": "success", "message": "Message sent"}'
-    for other in (b, c):
-        raw = await other.next_raw()
-        event = json.loads(raw)
-        assert list(event) == ["from", "body", "timestamp", "id"]
-        assert (event["from"], event["body"], event["id"]) == (a_id, "Hello everyone!", 1)
-        assert raw == json.dumps(event).encode()  # the seed's own encoding
+    await seed_example_2(a, a_id, [b, c])  # with b and c on other nodes
     # The sender gets no copy: its next message is the next reply.
     assert (await a.request({"action": "leave"}))["message"] == "Left room"
 
