@@ -286,3 +286,14 @@ def test_handle_dispatches_commands() -> None:
     assert core.handle(alice, Message("m"), NOW)["message"] == "Message sent"
     assert core.handle(alice, Leave(), NOW)["message"] == "Left room"
     assert [m["body"] for m in bob_sink.received] == ["m"]
+
+
+def test_a_cluster_nodes_view_moves_a_receiver_between_rooms() -> None:
+    core = ChatCore()
+    client = core.connect(FakeSink())
+    first, second = core.local_room("r1"), core.local_room("r2")
+    core.receive_in(client, first)
+    core.receive_in(client, second)
+    assert client.client_id not in first.members and second.members[client.client_id] is client
+    core.forget_client(client)
+    assert second.members == {} and client.receiving is None

@@ -478,17 +478,22 @@ class ClusterChat:
     def _subscribed(self, room_id: str) -> "Deferred[None]":
         """Take a reference on the room's channel; fires once it is subscribed."""
         self._refs[room_id] = self._refs.get(room_id, 0) + 1
-        if room_id not in self._subscriptions:
-            waiting: list[Deferred[None]] = []
-            self._subscriptions[room_id] = waiting
-            self.backplane.subscribe(room_id).addCallbacks(
+        subscribing: Optional[Deferred[None]] = None
+        if room_id in self._subscriptions:
+            waiting = self._subscriptions[room_id]
+            if waiting is None:
+                return succeed(None)
+        else:
+            waiting = self._subscriptions[room_id] = []
+            subscribing = self.backplane.subscribe(room_id)
+        d: Deferred[None] = Deferred()
+        waiting.append(d)
+        if subscribing is not None:
+            # Only now: the subscription may have settled already (failed at
+            # once with the connection down), and this waiter must hear it.
+            subscribing.addCallbacks(
                 self._subscription_done, self._subscription_failed,
                 callbackArgs=(room_id, waiting), errbackArgs=(room_id, waiting))
-        waiting_now = self._subscriptions[room_id]
-        if waiting_now is None:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        waiting_now.append(d)
         return d
 
     def _subscription_done(self, _: Any, room_id: str, waiting: list[Deferred[None]]) -> None:
