@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass
 import re
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from chatd.errors import ProtocolError
 
@@ -142,6 +142,10 @@ def _check_value(value: Any, check_depth: bool, check_text: bool) -> None:
             stack.append((child, depth + 1))
 
 
+#: json.loads with these options makes a decoder (and a C scanner) per call.
+_json_decode = json.JSONDecoder(parse_float=_finite_float, parse_constant=_reject_constant).decode
+
+
 def parse(payload: bytes) -> Any:
     """
     Parse one text frame into a JSON value, or raise :class:`ProtocolError`.
@@ -152,9 +156,7 @@ def parse(payload: bytes) -> Any:
         # Autobahn validates incoming UTF-8 already; this guards other callers.
         raise ProtocolError("Message must be UTF-8 text", "utf8") from None
     try:
-        value = json.loads(
-            text, parse_float=_finite_float, parse_constant=_reject_constant
-        )
+        value = _json_decode(text)
     except _NotFinite:
         raise ProtocolError(
             "Numbers must be finite (NaN, Infinity and out-of-range values such "
@@ -313,7 +315,29 @@ def _json_type(value: Any) -> str:
 
 # -- output -----------------------------------------------------------------
 
-_dumps = json.JSONEncoder().encode  # the seed's json.dumps defaults, no per-call setup
+def _make_dumps() -> Callable[[Any], str]:
+    """
+    ``json.dumps`` with the seed's defaults, byte for byte, without its
+    per-call setup: ``JSONEncoder.encode`` builds a new C encoder for every
+    call; this one is built once.  No circular-reference check: what is
+    encoded is parsed JSON or chatd's own dicts, never cyclic.
+    """
+    encoder = json.JSONEncoder()
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator (not CPython)
+        return encoder.encode
+    chunks = make(
+        None, encoder.default, json.encoder.encode_basestring_ascii, None,
+        encoder.key_separator, encoder.item_separator, False, False, True,
+    )
+
+    def dumps(obj: Any) -> str:
+        return "".join(chunks(obj, 0))
+
+    return dumps
+
+
+_dumps: Callable[[Any], str] = _make_dumps()
 
 
 def encode(obj: dict[str, Any]) -> bytes:

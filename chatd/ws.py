@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatd import __version__, codec, web
+from chatd.frames import FIN_TEXT_DEFLATED, client_text_messages, text_frame
 from chatd.config import normalise_origin
 from chatd.core import ChatCore, Client, CoreEvents, Limits, Room
 from chatd.ratelimit import TokenBucket
@@ -87,11 +88,17 @@ class ChatProtocol(WebSocketServerProtocol):
     # one node's scripts in order, so order holds without waiting.  How many
     # are in flight:
     _outstanding = 0
-    # Frames for this client gathered during the current reactor iteration,
-    # sent together right after it (see flush).
-    _out: Optional[list[bytes]] = None
+    # Frames for this client gathered during the current reactor iteration
+    # (one, or a list of them), sent together right after it (see flush)...
+    _out: "bytes | list[bytes] | None" = None
+    # ...by the factory, which flushes the connections in this list (its
+    # own, set on each factory's protocol class).
+    _to_flush: list["ChatProtocol"] = []
     # Whether the transport is a plain socket that flush may send() on.
     _direct = False
+    # The largest message read without Autobahn's frame parser (see
+    # dataReceived); set on each factory's protocol class.
+    _quick_limit = 0
 
     # -- Twisted / Autobahn callbacks -------------------------------------
 
@@ -115,6 +122,29 @@ class ChatProtocol(WebSocketServerProtocol):
             super().connectionLost(reason)
         finally:
             self.factory.connection_gone(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        # Nearly every client message is one masked text frame, and most
+        # reads hold whole ones: those are read here (chatd.frames), and
+        # anything else, or whatever follows it, goes to Autobahn's parser.
+        # Latency at a low rate is mostly the Python run per message before
+        # the first send: Autobahn's parser is about 25 calls per frame.
+        if (
+            self.state == WebSocketProtocol.STATE_OPEN
+            and not self.data
+            and self.current_frame is None
+            and not self.inside_message
+        ):
+            messages, used = client_text_messages(data, self._quick_limit)
+            if messages:
+                if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
+                    self._cancelAutoPingTimeoutCall()
+                for payload in messages:
+                    self.onMessage(payload, False)
+                if used == len(data):
+                    return
+                data = data[used:]
+        self._dataReceived(data)
 
     def onConnect(self, request: ConnectionRequest) -> None:
         # Autobahn answers any exception but ConnectionDeny with its text in
@@ -389,6 +419,15 @@ class ChatProtocol(WebSocketServerProtocol):
             raise SinkGone()
         if self._paused and not self._account(len(frame)):
             raise SinkGone()
+        if self._out is None and not self._to_flush:
+            # Nothing is gathered yet in this reactor iteration: a message
+            # on its own (the usual case at chat rates) goes out to each
+            # member as it is fanned out, as soon as it can.  Under load,
+            # once anything is gathered, frames wait for the end of the
+            # iteration and leave together, several to a send().
+            self._out = frame
+            self.flush()
+            return
         self._queue(frame)
 
     def close(self, code: int, reason: str) -> None:
@@ -423,11 +462,19 @@ class ChatProtocol(WebSocketServerProtocol):
         self._queue(text_frame(payload))
 
     def _queue(self, data: bytes) -> None:
-        if self._out is None:
-            self._out = [data]
-            self.factory.flush_later(self)
+        # Once per member of a room per broadcast: kept to a few operations,
+        # and no list until a second frame comes in the same iteration.
+        out = self._out
+        if out is None:
+            self._out = data
+            to_flush = self._to_flush
+            if not to_flush:
+                self.factory.flush_soon()
+            to_flush.append(self)
+        elif out.__class__ is list:
+            out.append(data)
         else:
-            self._out.append(data)
+            self._out = [out, data]
 
     def flush(self) -> None:
         """
@@ -436,10 +483,11 @@ class ChatProtocol(WebSocketServerProtocol):
         poll), through the transport otherwise (which keeps order, buffers,
         and pauses us when the client stops reading).
         """
-        out, self._out = self._out, None
-        if not out:
+        out = self._out
+        if out is None:
             return
-        data = out[0] if len(out) == 1 else b"".join(out)
+        self._out = None
+        data = out if out.__class__ is bytes else b"".join(out)
         transport = self.transport
         if (
             self._direct
@@ -504,16 +552,6 @@ class ChatProtocol(WebSocketServerProtocol):
         self.close(CLOSE_GOING_AWAY, "Server shutting down")
 
 
-def text_frame(payload: bytes, first: int = 0x81) -> bytes:
-    """An unmasked, unfragmented WebSocket text frame, as a server sends it."""
-    n = len(payload)
-    if n < 126:
-        return bytes((first, n)) + payload
-    if n < 65536:
-        return bytes((first, 0x7E)) + n.to_bytes(2, "big") + payload
-    return bytes((first, 0x7F)) + n.to_bytes(8, "big") + payload
-
-
 class Broadcast:
     """
     One broadcast's frames with ``--permessage-deflate``: plain, and (made
@@ -538,7 +576,8 @@ class Broadcast:
             data = compressor.compress(self.payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
             # RFC 7692: the empty block the sync flush ends with is left off,
             # and RSV1 (0x40) marks the message as compressed.
-            self._deflated = text_frame(data[:-4] if data.endswith(b"\x00\x00\xff\xff") else data, 0xC1)
+            self._deflated = text_frame(
+                data[:-4] if data.endswith(b"\x00\x00\xff\xff") else data, FIN_TEXT_DEFLATED)
         return self._deflated
 
 
@@ -690,7 +729,6 @@ class ChatFactory(WebSocketServerFactory):
         self.use_moderators([build(spec) for spec in settings.moderators])
         self.connections: set[ChatProtocol] = set()
         self._to_flush: list[ChatProtocol] = []
-        self._flush_scheduled = False
         self._per_ip: dict[str, int] = {}
         self.allowed_origins = frozenset(settings.allowed_origins)
         self._drained: Optional[Deferred[None]] = None
@@ -737,18 +775,25 @@ class ChatFactory(WebSocketServerFactory):
             for value in (getattr(self, attr),)
         }
         base = DeflateChatProtocol if settings.permessage_deflate else ChatProtocol
-        self.protocol = type("ChatProtocol", (base,), {**options, "CONFIG_ATTRS": ()})
+        # Messages larger than this go through Autobahn's parser and limits.
+        quick_limit = min(settings.max_message_size, 0xFFFF)
+        self.protocol = type("ChatProtocol", (base,), {
+            **options,
+            "CONFIG_ATTRS": (),
+            "_quick_limit": quick_limit,
+            "_to_flush": self._to_flush,
+        })
 
-    def flush_later(self, protocol: ChatProtocol) -> None:
-        """Have ``protocol``'s gathered frames sent right after this reactor iteration."""
-        self._to_flush.append(protocol)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.clock.callLater(0, self._flush)
+    def flush_soon(self) -> None:
+        """Flush the connections in ``_to_flush`` right after this reactor
+        iteration (called when the first one is added)."""
+        self.clock.callLater(0, self._flush)
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
-        batch, self._to_flush = self._to_flush, []
+        batch = list(self._to_flush)
+        # Cleared before sending: a connection queued meanwhile schedules
+        # another flush.
+        self._to_flush.clear()
         for protocol in batch:
             try:
                 protocol.flush()

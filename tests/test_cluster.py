@@ -190,8 +190,14 @@ def _publishes(redis_server: RedisServer) -> int:
 @pytest_twisted.ensureDeferred
 async def test_a_stopped_node_takes_its_members_out_at_once(cluster: Any) -> None:
     one, two = await cluster(), await cluster()
-    room_id, [(a, a_id), (b, b_id)] = await room_across([one, two])
+    (a, a_id), (b, b_id) = await welcomed(one), await welcomed(two)
+    # Events on before b joins: b's join event, which comes through Redis,
+    # is then known to come before anything else.
     await a.request({"action": "events", "body": True})
+    room_id = (await a.request({"action": "create", "body": "lobby"}))["room_id"]
+    await b.request({"action": "join", "body": {"room_id": room_id}})
+    joined = await a.next()
+    assert (joined["event"], joined["client_id"]) == ("join", b_id)
     await two.stop()  # what SIGTERM does
     left = await a.next()
     assert (left["event"], left["client_id"]) == ("leave", b_id)

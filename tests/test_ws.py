@@ -139,6 +139,59 @@ def test_an_internal_error_is_logged_and_never_shown(caplog: Any) -> None:
     assert peer.send({"action": "leave"}) == [{"status": "error", "message": "Not in any room"}]
 
 
+def test_frames_read_by_chatd_and_by_autobahn_keep_their_order() -> None:
+    # One read: two messages chatd's reader takes, a ping it leaves to
+    # Autobahn, and a message after the ping (Autobahn's too).
+    factory = make_factory()
+    peer = Peer(factory)
+    peer.open()
+    data = (
+        client_frame(b'{"action": "leave"}')
+        + client_frame(b'{"action": "members"}')
+        + client_frame(b"are you there", opcode=9)
+        + client_frame(b'{"action": "nick", "body": "ann"}')
+    )
+    peer.protocol.dataReceived(data)
+    frames = peer.frames()
+    assert [opcode for opcode, _ in frames] == [1, 1, 10, 1]
+    assert frames[2][1] == b"are you there"
+    assert [json.loads(p)["message"] for o, p in frames if o == 1] == [
+        "Not in any room", "You must join a room first", "Nick set to 'ann'",
+    ]
+
+
+def test_a_message_split_across_reads_is_read_whole() -> None:
+    factory = make_factory()
+    peer = Peer(factory)
+    peer.open()
+    data = client_frame(b'{"action": "create", "body": "split"' + b" " * 300 + b"}")
+    for i in range(0, len(data), 7):
+        peer.protocol.dataReceived(data[i : i + 7])
+    assert [m["status"] for m in peer.messages()] == ["success"]
+
+
+def test_a_message_on_its_own_is_sent_at_once_and_a_busy_iteration_gathers() -> None:
+    factory = make_factory()
+    _, [a, b, c] = peers_in_room(factory, 3)
+    for peer in (a, b, c):
+        peer.frames()
+    # Alone in its reactor iteration: each member gets it during the
+    # fan-out, before the iteration ends.
+    a.protocol.dataReceived(client_frame(b'{"action": "message", "body": "one"}'))
+    assert [json.loads(p)["body"] for _, p in server_frames(b.transport.value()[b._seen:])] == ["one"]
+    b.frames(), c.frames(), a.frames()
+    # Two in one read: the first goes at once, the second (something is
+    # gathered by then: the first's reply) with the next connection's at
+    # the end of the iteration.
+    a.protocol.dataReceived(
+        client_frame(b'{"action": "message", "body": "two"}')
+        + client_frame(b'{"action": "message", "body": "three"}')
+    )
+    c.protocol.dataReceived(client_frame(b'{"action": "message", "body": "four"}'))
+    assert [json.loads(p)["body"] for _, p in server_frames(b.transport.value()[b._seen:])] == ["two"]
+    assert [m["body"] for m in b.messages()] == ["two", "three", "four"]
+
+
 def close_code(frames: list[tuple[int, bytes]]) -> tuple[int, str] | None:
     for opcode, payload in frames:
         if opcode == 8:
