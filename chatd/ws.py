@@ -139,12 +139,27 @@ class ChatProtocol(WebSocketServerProtocol):
             if messages:
                 if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
                     self._cancelAutoPingTimeoutCall()
+                if used == len(data) and len(messages) == 1 and not self._to_flush:
+                    self._on_lone_message(messages[0])
+                    return
                 for payload in messages:
                     self.onMessage(payload, False)
                 if used == len(data):
                     return
                 data = data[used:]
         self._dataReceived(data)
+
+    def _on_lone_message(self, payload: bytes) -> None:
+        # A read that holds one message, in a reactor iteration that has
+        # gathered nothing yet (the usual case at chat rates): what it
+        # broadcasts goes to each member as it is fanned out, without
+        # waiting for the end of the iteration (see deliver).
+        factory = self.factory
+        factory.sending_now = True
+        try:
+            self.onMessage(payload, False)
+        finally:
+            factory.sending_now = False
 
     def onConnect(self, request: ConnectionRequest) -> None:
         # Autobahn answers any exception but ConnectionDeny with its text in
@@ -419,12 +434,11 @@ class ChatProtocol(WebSocketServerProtocol):
             raise SinkGone()
         if self._paused and not self._account(len(frame)):
             raise SinkGone()
-        if self._out is None and not self._to_flush:
-            # Nothing is gathered yet in this reactor iteration: a message
-            # on its own (the usual case at chat rates) goes out to each
-            # member as it is fanned out, as soon as it can.  Under load,
-            # once anything is gathered, frames wait for the end of the
-            # iteration and leave together, several to a send().
+        if self.factory.sending_now and self._out is None:
+            # A lone message (_on_lone_message) goes out to each member as
+            # it is fanned out.  Otherwise (under load: several messages in
+            # a read, or in an iteration; from Redis) frames wait for the end
+            # of the iteration and leave together, several to a send().
             self._out = frame
             self.flush()
             return
@@ -729,6 +743,9 @@ class ChatFactory(WebSocketServerFactory):
         self.use_moderators([build(spec) for spec in settings.moderators])
         self.connections: set[ChatProtocol] = set()
         self._to_flush: list[ChatProtocol] = []
+        # True while a lone message is handled: its broadcast is sent as it
+        # is fanned out instead of gathered (ChatProtocol.deliver).
+        self.sending_now = False
         self._per_ip: dict[str, int] = {}
         self.allowed_origins = frozenset(settings.allowed_origins)
         self._drained: Optional[Deferred[None]] = None

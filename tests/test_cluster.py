@@ -277,3 +277,23 @@ async def test_a_redis_that_stops_answering_is_given_up_and_rejoined(cluster: An
         await within(node.backplane.when_available(), "the node to be back in step")
     await a.request({"action": "message", "body": "still here"})
     assert (await b.next())["body"] == "still here"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_messages_keeps_its_order_ids_and_history_across_nodes(cluster: Any) -> None:
+    # Sent without waiting, the messages reach Redis in batches (one script
+    # call per room per reactor iteration): order, ids and history hold.
+    one, two = await cluster(), await cluster()
+    room_id, [(a, a_id), (a2, _), (b, _)] = await room_across([one, one, two])
+    bodies = [f"burst {i}" for i in range(30)]
+    for body in bodies:
+        a.send({"action": "message", "body": body})
+    for _ in bodies:
+        assert await a.next() == {"status": "success", "message": "Message sent"}
+    for client in (a2, b):
+        got = [await client.next() for _ in bodies]
+        assert [(m["from"], m["body"], m["id"]) for m in got] == [
+            (a_id, body, i + 1) for i, body in enumerate(bodies)
+        ]
+    history = await b.request({"action": "history", "body": {"limit": 3}})
+    assert [(m["body"], m["id"]) for m in history["messages"]] == [("burst 27", 28), ("burst 28", 29), ("burst 29", 30)]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 
+from chatd.backplane import scripts
 from chatd.backplane.cluster import ClusterChat
 from chatd.core import ChatCore
 from chatd.errors import Unavailable
@@ -42,3 +44,75 @@ def test_a_subscription_lost_half_way_is_dropped_and_the_room_forgotten() -> Non
     # Not left on the backplane's list to renew after a reconnection.
     assert backplane.unsubscribed == ["ab12cd34"]
     assert core.rooms == {} and client.room is None
+
+
+class RecordingBackplane:
+    """Records every script call; Redis answers when the test says."""
+
+    node = "node-1"
+    available = True
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...], Deferred[Any]]] = []
+
+    def call(self, script: str, *args: Any) -> "Deferred[Any]":
+        d: Deferred[Any] = Deferred()
+        self.calls.append((script, args, d))
+        return d
+
+    def unsubscribe(self, room_id: str) -> None:
+        pass
+
+
+def in_room(core: ChatCore, room_id: str) -> Any:
+    client = core.connect(FakeSink())
+    room = core.local_room(room_id)
+    client.room = room
+    core.receive_in(client, room)
+    return client
+
+
+def test_a_rooms_messages_of_one_iteration_go_to_redis_in_one_call_in_order() -> None:
+    core, backplane, clock = ChatCore(), RecordingBackplane(), Clock()
+    chat = ClusterChat(core, backplane, clock, refuse=lambda client: None)  # type: ignore[arg-type]
+    a, b, c = in_room(core, "room-one"), in_room(core, "room-one"), in_room(core, "room-two")
+    replies: list[Any] = []
+    for client, body in ((a, "1"), (b, "2"), (c, "3"), (a, "4")):
+        chat.publish(client, body, 0.0).addBoth(replies.append)  # type: ignore[union-attr]
+    assert backplane.calls == []  # gathered until the end of the iteration
+    clock.advance(0)
+    [(script_one, one, reply_one), (script_two, two, reply_two)] = backplane.calls
+    assert script_one == script_two == scripts.PUBLISH
+    assert one[:2] == ("node-1", "room-one") and two[:2] == ("node-1", "room-two")
+    assert [one[i] for i in range(4, len(one), 3)] == [a.client_id, b.client_id, a.client_id]
+    assert [json.loads(one[i + 1] + b"0" + one[i + 2])["body"] for i in range(4, len(one), 3)] == ["1", "2", "4"]
+    # Each message gets its own answer: an id, or -1 (not in the room in
+    # Redis any more) as "unavailable".
+    reply_one.callback([7, -1, 8])
+    reply_two.callback([1])
+    assert [r if isinstance(r, dict) else r.value.message for r in replies] == [
+        {"status": "success", "message": "Message sent"},
+        "Service temporarily unavailable",
+        {"status": "success", "message": "Message sent"},
+        {"status": "success", "message": "Message sent"},
+    ]
+
+
+def test_a_command_after_a_message_reaches_redis_after_it() -> None:
+    core, backplane, clock = ChatCore(), RecordingBackplane(), Clock()
+    chat = ClusterChat(core, backplane, clock, refuse=lambda client: None)  # type: ignore[arg-type]
+    a = in_room(core, "room-one")
+    chat.publish(a, "last words", 0.0)
+    chat.disconnect(a, 0.0)  # in the same iteration
+    assert [call[0] for call in backplane.calls] == [scripts.PUBLISH, scripts.UNREGISTER]
+    clock.advance(0)
+    assert len(backplane.calls) == 2
+
+
+def test_a_batch_from_the_channel_reaches_the_local_members_in_order() -> None:
+    core, clock = ChatCore(), Clock()
+    chat = ClusterChat(core, RecordingBackplane(), clock, refuse=lambda client: None)  # type: ignore[arg-type]
+    here = in_room(core, "room-one")
+    chat.channel_message("room-one", b"M5 aaaa1111 {\"n\": 5}\n6 aaaa1111 {\"n\": 6}\n7 bbbb2222 {\"n\": 7}")
+    assert here.sink.received == [{"n": 5}, {"n": 6}, {"n": 7}]
+    assert core.rooms["room-one"].last_id == 7

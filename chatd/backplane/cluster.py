@@ -37,6 +37,8 @@ MaybeDeferred = Union[Reply, "Deferred[Reply]"]
 
 #: Candidate IDs tried before giving up (each is 32 random bits).
 _TRIES = 5
+#: Messages to one room sent to Redis in one script call, at most.
+MAX_BATCH = 100
 
 
 class _Pending:
@@ -101,6 +103,9 @@ class ClusterChat:
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._pending_of: dict[str, _Pending] = {}
         self._background: set[Deferred[Any]] = set()  # disconnects on their way to Redis
+        # Chat messages of this reactor iteration, by room, on their way to
+        # Redis: (sender, payload head, payload tail, Deferred of the id).
+        self._outbox: dict[str, list[tuple[str, bytes, bytes, Deferred[Any]]]] = {}
 
     # -- what the adapter and the metrics read -------------------------------
 
@@ -292,14 +297,17 @@ class ClusterChat:
         if not self.backplane.available:
             return self._publish_here(client, room, body, ts, now)
         head, tail = codec.broadcast_parts(client.client_id, body, ts, client.nick)
-        limits = self.core.limits
-        d = self._call(
-            scripts.PUBLISH, self.backplane.node, client.client_id, room.room_id,
-            head, tail, limits.history_size, limits.history_bytes,
-        )
+        # Gathered with the room's other messages of this reactor iteration:
+        # one script call and one PUBLISH for all of them (_send_outbox).
+        published: Deferred[Any] = Deferred()
+        batch = self._outbox.get(room.room_id)
+        if batch is None:
+            if not self._outbox:
+                self.clock.callLater(0, self._send_outbox)
+            batch = self._outbox[room.room_id] = []
+        batch.append((client.client_id, head, tail, published))
 
-        def done(message_id: Any) -> Reply:
-            message_id = int(message_id)
+        def done(message_id: int) -> Reply:
             if message_id < 0:
                 raise Unavailable()  # Redis has lost the membership: a resync is due
             message = codec.broadcast(client.client_id, body, ts, message_id, client.nick)
@@ -307,7 +315,35 @@ class ClusterChat:
             self.core.events.message_sent(room, client, message, 0, size)
             return {"status": "success", "message": "Message sent"}
 
-        return d.addCallback(done)
+        return published.addCallback(done)
+
+    def _send_outbox(self) -> None:
+        """Send each room's gathered messages in one script call (or a few,
+        for a very long batch), in the order they were published."""
+        outbox, self._outbox = self._outbox, {}
+        limits = self.core.limits
+        for room_id, messages in outbox.items():
+            for start in range(0, len(messages), MAX_BATCH):
+                batch = messages[start : start + MAX_BATCH]
+                args: list[Any] = [self.backplane.node, room_id, limits.history_size, limits.history_bytes]
+                for client_id, head, tail, _ in batch:
+                    args += (client_id, head, tail)
+                d = self.backplane.call(scripts.PUBLISH, *args) if self.backplane.available else fail(Unavailable())
+                d.addCallback(self._published, batch)
+                d.addErrback(self._as_chat_error)
+                d.addErrback(self._not_published, batch)
+
+    @staticmethod
+    def _published(ids: list[Any], batch: list[Any]) -> None:
+        if len(ids) != len(batch):
+            raise RuntimeError(f"PUBLISH gave {len(ids)} ids for {len(batch)} messages")
+        for (_, _, _, published), message_id in zip(batch, ids, strict=True):
+            published.callback(int(message_id))
+
+    @staticmethod
+    def _not_published(failure: Failure, batch: list[Any]) -> None:
+        for _, _, _, published in batch:
+            published.errback(failure)
 
     def _publish_here(self, client: Client, room: Room, body: Any, ts: str, now: float) -> Reply:
         # Ids go on from the highest this node has seen; the resync raises
@@ -400,16 +436,17 @@ class ClusterChat:
         if room is None:
             return  # nobody here is in it any more
         now = self.clock.seconds()
-        if data[:1] == b"m":
-            # m<id> <sender> <payload>
-            first = data.index(b" ")
-            second = data.index(b" ", first + 1)
-            message_id = int(data[1:first])
-            if message_id > room.last_id:
-                room.last_id = message_id
-            payload = data[second + 1:]
-            recipients = self.core.deliver_local(room, payload, data[first + 1:second].decode(), now)
-            self.core.events.delivered(recipients, len(payload))
+        if data[:1] == b"M":
+            # M<id> <sender> <payload>, a line each
+            for line in data[1:].split(b"\n"):
+                first = line.index(b" ")
+                second = line.index(b" ", first + 1)
+                message_id = int(line[:first])
+                if message_id > room.last_id:
+                    room.last_id = message_id
+                payload = line[second + 1:]
+                recipients = self.core.deliver_local(room, payload, line[first + 1:second].decode(), now)
+                self.core.events.delivered(recipients, len(payload))
         elif data[:1] == b"e":
             # e<kind> <client> <nick>
             kind, subject, nick = data[1:].decode("utf-8").split(" ", 2)
@@ -456,6 +493,10 @@ class ClusterChat:
 
     def _call(self, script: str, *args: Any) -> "Deferred[Any]":
         """Run a script once the node is in step with Redis; Unavailable otherwise."""
+        if self._outbox:
+            # Messages published before this command reach Redis before it
+            # (a message and then a disconnect, say), as they were sent.
+            self._send_outbox()
         if not self.backplane.available:
             return fail(Unavailable())
         return self.backplane.call(script, *args).addErrback(self._as_chat_error)

@@ -18,7 +18,10 @@ prefix (``chatd:``):
 - channel ``P r:ID``     the room's broadcasts and events
 
 Messages on a room's channel start with one letter:
-``m<id> <sender> <payload>`` a broadcast, framed once by each node;
+``M<id> <sender> <payload>`` broadcasts, one per line (a batch: the
+messages one node published to the room in one reactor iteration; the
+payloads are JSON with ASCII escapes, so never hold a newline), framed once
+by each node;
 ``e<kind> <client> <nick>`` a room event (join, leave, nick, create).
 
 Every script takes the prefix as ARGV[1].
@@ -172,31 +175,62 @@ local room, deleted = leave_room(client)
 return {room, deleted}
 """
 
-#: ARGV: prefix, node, client, room, payload head, payload tail, history
-#: size, history bytes.  The message's id, or -1 if the client is not in
-#: the room (any more) in Redis.
+#: ARGV: prefix, node, room, history size, history bytes, then for each
+#: message of this node's batch for the room, in order: sender, payload
+#: head, payload tail.  Each message's id, or -1 if its sender is not in
+#: the room (any more) in Redis.  One PUBLISH carries the whole batch.
 PUBLISH = _PRELUDE + r"""
-local node, client, room = ARGV[2], ARGV[3], ARGV[4]
-local head, tail = ARGV[5], ARGV[6]
-local keep, budget = tonumber(ARGV[7]), tonumber(ARGV[8])
-if redis.call('HGET', P .. 'client:' .. client, 'room') ~= room then
-  return -1
-end
+local room = ARGV[3]
+local keep, budget = tonumber(ARGV[4]), tonumber(ARGV[5])
 local rkey = P .. 'room:' .. room
-local id = redis.call('HINCRBY', rkey, 'last_id', 1)
-local payload = head .. id .. tail
-redis.call('PUBLISH', P .. 'r:' .. room, 'm' .. id .. ' ' .. client .. ' ' .. payload)
-if keep > 0 and #payload <= budget then
+local in_room, count = {}, 0
+for i = 6, #ARGV, 3 do
+  local client = ARGV[i]
+  local ok = in_room[client]
+  if ok == nil then
+    ok = redis.call('HGET', P .. 'client:' .. client, 'room') == room
+    in_room[client] = ok
+  end
+  if ok then
+    count = count + 1
+  end
+end
+local ids, lines, entries, total = {}, {}, {}, 0
+local id = 0
+if count > 0 then
+  id = redis.call('HINCRBY', rkey, 'last_id', count) - count
+end
+for i = 6, #ARGV, 3 do
+  local client = ARGV[i]
+  if in_room[client] then
+    id = id + 1
+    local payload = ARGV[i + 1] .. id .. ARGV[i + 2]
+    lines[#lines + 1] = id .. ' ' .. client .. ' ' .. payload
+    if keep > 0 and #payload <= budget then
+      entries[#entries + 1] = id .. ' ' .. payload
+      total = total + #payload
+    end
+    ids[#ids + 1] = id
+  else
+    ids[#ids + 1] = -1
+  end
+end
+if #lines > 0 then
+  redis.call('PUBLISH', P .. 'r:' .. room, 'M' .. table.concat(lines, '\n'))
+end
+if #entries > 0 then
   local hkey = P .. 'history:' .. room
-  redis.call('LPUSH', hkey, id .. ' ' .. payload)
-  local bytes = redis.call('HINCRBY', rkey, 'bytes', #payload)
-  while redis.call('LLEN', hkey) > keep or bytes > budget do
+  redis.call('LPUSH', hkey, unpack(entries))
+  local bytes = redis.call('HINCRBY', rkey, 'bytes', total)
+  local length = redis.call('LLEN', hkey)
+  while length > keep or bytes > budget do
     local dropped = redis.call('RPOP', hkey)
     local space = string.find(dropped, ' ', 1, true)
     bytes = redis.call('HINCRBY', rkey, 'bytes', -(#dropped - space))
+    length = length - 1
   end
 end
-return id
+return ids
 """
 
 #: ARGV: prefix, after (a creation sequence), limit.
