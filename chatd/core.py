@@ -216,6 +216,9 @@ class ChatCore:
     :param prepare: turns an encoded broadcast into the frame every sink's
         ``deliver`` receives; called once per broadcast, whatever the number
         of recipients (the WebSocket adapter frames it here).
+    :param join: makes one deliverable of several prepared frames, so that a
+        batch of broadcasts (from Redis, in a cluster) reaches each member
+        in one delivery; None: one delivery per broadcast.
     :param new_id: source of candidate IDs; collisions are checked.
     :param on_sink_error: told about sinks whose ``deliver`` raised
         something other than ``SinkGone``.
@@ -228,12 +231,14 @@ class ChatCore:
         self,
         prepare: Callable[[bytes], Any] = _identity,
         new_id: Callable[[], str] = random_id,
+        join: Optional[Callable[[list[Any]], Any]] = None,
         on_sink_error: SinkErrorHandler = _ignore_sink_error,
         events: Optional[CoreEvents] = None,
         limits: Limits = Limits(),
         history: Optional[HistoryStore] = None,
     ) -> None:
         self._prepare = prepare
+        self._join = join
         self._new_id = new_id
         self._on_sink_error = on_sink_error
         self.events = events if events is not None else CoreEvents()
@@ -525,6 +530,29 @@ class ChatCore:
         recipients = [m for m in room.members.values() if m.client_id != exclude_id]
         return len(recipients) - self._deliver(recipients, payload, now) if recipients else 0
 
+    def deliver_local_batch(self, room: Room, messages: list[tuple[str, bytes]], now: float) -> list[int]:
+        """
+        Several encoded broadcasts, ``(sender ID, payload)`` in order, to this
+        node's members, each to all but its sender: with ``join``, every
+        member's frames in one delivery.  How many members each reached.
+        """
+        if self._join is None or len(messages) == 1:
+            return [self.deliver_local(room, payload, sender, now) for sender, payload in messages]
+        frames = [self._prepare(payload) for _, payload in messages]
+        senders = {sender for sender, _ in messages}
+        members = list(room.members.values())
+        others = [m for m in members if m.client_id not in senders]
+        reached = len(others) - self._hand_out(others, self._join(frames), now) if others else 0
+        counts = [reached] * len(messages)
+        for member in members:
+            if member.client_id in senders:
+                # A sender here gets the batch without its own messages.
+                theirs = [i for i, (sender, _) in enumerate(messages) if sender != member.client_id]
+                if theirs and not self._hand_out([member], self._join([frames[i] for i in theirs]), now):
+                    for i in theirs:
+                        counts[i] += 1
+        return counts
+
     def forget_room(self, room: Room) -> None:
         """Drop the local view of a room (nobody here is in it)."""
         if self.rooms.get(room.room_id) is room:
@@ -546,7 +574,11 @@ class ChatCore:
         Prepare once, hand to every recipient; remove those that fail and
         return how many did.
         """
-        frame = self._prepare(payload)
+        return self._hand_out(recipients, self._prepare(payload), now)
+
+    def _hand_out(self, recipients: list[Client], frame: Any, now: float) -> int:
+        """Hand ``frame`` to every recipient; remove those that fail and
+        return how many did."""
         failed: list[tuple[Client, BaseException]] = []
         for member in recipients:
             try:

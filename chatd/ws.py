@@ -595,11 +595,29 @@ class Broadcast:
         return self._deflated
 
 
+class Broadcasts:
+    """Several broadcasts that go together (a batch from Redis), with
+    ``--permessage-deflate``: their plain frames, and compressed ones."""
+
+    __slots__ = ("parts", "plain", "_deflated")
+
+    def __init__(self, parts: list[Broadcast]) -> None:
+        self.parts = parts
+        self.plain = b"".join(part.plain for part in parts)
+        self._deflated: Optional[bytes] = None
+
+    @property
+    def deflated(self) -> bytes:
+        if self._deflated is None:
+            self._deflated = b"".join(part.deflated for part in self.parts)
+        return self._deflated
+
+
 class DeflateChatProtocol(ChatProtocol):
     """A connection of a factory with ``--permessage-deflate``: broadcasts
     go compressed to those that negotiated it."""
 
-    def deliver(self, frame: Broadcast) -> None:  # type: ignore[override]
+    def deliver(self, frame: "Broadcast | Broadcasts") -> None:  # type: ignore[override]
         super().deliver(frame.plain if self._perMessageCompress is None else frame.deflated)
 
 
@@ -722,6 +740,7 @@ class ChatFactory(WebSocketServerFactory):
             # by the same framer as replies (permessage-deflate is never
             # negotiated, so every client gets the same bytes).
             prepare=Broadcast if settings.permessage_deflate else text_frame,
+            join=Broadcasts if settings.permessage_deflate else b"".join,
             on_sink_error=self._sink_error,
             events=self.events,
             limits=Limits(

@@ -393,3 +393,13 @@ def test_a_compressed_broadcast_inflates_to_the_payload() -> None:
         inflater = zlib.decompressobj(-15)
         assert inflater.decompress(data[start:] + b"\x00\x00\xff\xff") == payload
         assert frame.deflated is data  # made once, for every member
+
+
+def test_a_batch_of_broadcasts_is_their_frames_in_order_plain_or_compressed() -> None:
+    from chatd.ws import Broadcast, Broadcasts
+
+    parts = [Broadcast(b'{"body": "one"}'), Broadcast(b'{"body": "two"}')]
+    batch = Broadcasts(parts)
+    assert batch.plain == parts[0].plain + parts[1].plain
+    assert server_frames(batch.plain) == [(1, b'{"body": "one"}'), (1, b'{"body": "two"}')]
+    assert batch.deflated == parts[0].deflated + parts[1].deflated

@@ -437,15 +437,18 @@ class ClusterChat:
             return  # nobody here is in it any more
         now = self.clock.seconds()
         if data[:1] == b"M":
-            # M<id> <sender> <payload>, a line each
+            # M<id> <sender> <payload>, a line each, ids rising
+            messages: list[tuple[str, bytes]] = []
+            message_id = 0
             for line in data[1:].split(b"\n"):
                 first = line.index(b" ")
                 second = line.index(b" ", first + 1)
                 message_id = int(line[:first])
-                if message_id > room.last_id:
-                    room.last_id = message_id
-                payload = line[second + 1:]
-                recipients = self.core.deliver_local(room, payload, line[first + 1:second].decode(), now)
+                messages.append((line[first + 1:second].decode(), line[second + 1:]))
+            if message_id > room.last_id:
+                room.last_id = message_id
+            counts = self.core.deliver_local_batch(room, messages, now)
+            for (_, payload), recipients in zip(messages, counts, strict=True):
                 self.core.events.delivered(recipients, len(payload))
         elif data[:1] == b"e":
             # e<kind> <client> <nick>
