@@ -10,7 +10,7 @@ import zlib
 import itertools
 import pprint
 from collections import deque
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import autobahn.websocket.protocol as _autobahn_protocol
 import txaio
@@ -139,8 +139,12 @@ class ChatProtocol(WebSocketServerProtocol):
             if messages:
                 if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
                     self._cancelAutoPingTimeoutCall()
-                if used == len(data) and len(messages) == 1 and not self._to_flush:
-                    self._on_lone_message(messages[0])
+                if used == len(data) and len(messages) == 1:
+                    # A read that holds one message (the usual case at chat
+                    # rates): what it broadcasts goes to each member as it
+                    # is fanned out, without waiting for the end of the
+                    # iteration, unless something is gathered already.
+                    self.factory.send_now(self.onMessage, messages[0], False)
                     return
                 for payload in messages:
                     self.onMessage(payload, False)
@@ -148,18 +152,6 @@ class ChatProtocol(WebSocketServerProtocol):
                     return
                 data = data[used:]
         self._dataReceived(data)
-
-    def _on_lone_message(self, payload: bytes) -> None:
-        # A read that holds one message, in a reactor iteration that has
-        # gathered nothing yet (the usual case at chat rates): what it
-        # broadcasts goes to each member as it is fanned out, without
-        # waiting for the end of the iteration (see deliver).
-        factory = self.factory
-        factory.sending_now = True
-        try:
-            self.onMessage(payload, False)
-        finally:
-            factory.sending_now = False
 
     def onConnect(self, request: ConnectionRequest) -> None:
         # Autobahn answers any exception but ConnectionDeny with its text in
@@ -435,8 +427,8 @@ class ChatProtocol(WebSocketServerProtocol):
         if self._paused and not self._account(len(frame)):
             raise SinkGone()
         if self.factory.sending_now and self._out is None:
-            # A lone message (_on_lone_message) goes out to each member as
-            # it is fanned out.  Otherwise (under load: several messages in
+            # A lone message (ChatFactory.send_now) goes out to each member
+            # as it is fanned out.  Otherwise (under load: several messages in
             # a read, or in an iteration; from Redis) frames wait for the end
             # of the iteration and leave together, several to a send().
             self._out = frame
@@ -849,6 +841,22 @@ class ChatFactory(WebSocketServerFactory):
     def use_cluster(self, chat: Any) -> None:
         """Serve a cluster node's chat (chatd.backplane.cluster) instead of the core alone."""
         self.chat = chat
+        chat.send_now = self.send_now
+
+    def send_now(self, function: Callable[..., Any], *args: Any) -> Any:
+        """
+        Run ``function``, sending what it delivers to each member at once
+        instead of gathering it for the end of the reactor iteration (see
+        ChatProtocol.deliver): for a lone message, when nothing else is
+        gathered yet.
+        """
+        if self._to_flush:
+            return function(*args)
+        self.sending_now = True
+        try:
+            return function(*args)
+        finally:
+            self.sending_now = False
 
     def _gauges(self) -> dict[str, float]:
         rooms = self.core.rooms

@@ -116,3 +116,45 @@ def test_a_batch_from_the_channel_reaches_the_local_members_in_order() -> None:
     chat.channel_message("room-one", b"M5 aaaa1111 {\"n\": 5}\n6 aaaa1111 {\"n\": 6}\n7 bbbb2222 {\"n\": 7}")
     assert here.sink.received == [{"n": 5}, {"n": 6}, {"n": 7}]
     assert core.rooms["room-one"].last_id == 7
+
+
+def pubsub(channel: bytes, message: bytes) -> bytes:
+    """A pub/sub message as Redis sends it (RESP)."""
+    return b"*3\r\n$7\r\nmessage\r\n" + b"".join(
+        b"$%d\r\n%s\r\n" % (len(part), part) for part in (channel, message)
+    )
+
+
+def test_the_subscriber_tells_a_message_alone_in_its_read() -> None:
+    from types import SimpleNamespace
+
+    from chatd.backplane.redis import _Subscriber
+
+    got: list[tuple[bytes, bool]] = []
+    subscriber = _Subscriber(None, convertNumbers=False)  # as the backplane makes it
+    subscriber.factory = SimpleNamespace(  # type: ignore[attr-defined]
+        backplane=SimpleNamespace(_message=lambda channel, message, alone: got.append((message, alone))))
+    one, two = pubsub(b"chatd:r:x", b"M1 a {}"), pubsub(b"chatd:r:x", b"M2 a {}")
+    subscriber.dataReceived(one)
+    subscriber.dataReceived(one + two)
+    subscriber.dataReceived(two[:10])
+    subscriber.dataReceived(two[10:])
+    assert got == [(b"M1 a {}", True), (b"M1 a {}", False), (b"M2 a {}", False), (b"M2 a {}", True)]
+
+
+def test_a_lone_message_from_redis_is_sent_at_once_and_a_batch_is_not() -> None:
+    core, clock = ChatCore(), Clock()
+    chat = ClusterChat(core, RecordingBackplane(), clock, refuse=lambda client: None)  # type: ignore[arg-type]
+    at_once: list[Any] = []
+
+    def send_now(function: Any, *args: Any) -> Any:
+        at_once.append(args[1])
+        return function(*args)
+
+    chat.send_now = send_now
+    here = in_room(core, "room-one")
+    chat.channel_message("room-one", b'M1 aaaa1111 {"n": 1}', alone=True)
+    chat.channel_message("room-one", b'M2 aaaa1111 {"n": 2}', alone=False)
+    chat.channel_message("room-one", b'M3 aaaa1111 {"n": 3}\n4 aaaa1111 {"n": 4}', alone=True)
+    assert at_once == [[("aaaa1111", b'{"n": 1}')]]
+    assert [m["n"] for m in here.sink.received] == [1, 2, 3, 4]

@@ -5,6 +5,7 @@ What is a valid client message, and the exact bytes of what the server sends.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -167,6 +168,20 @@ def test_output_matches_json_dumps_byte_for_byte() -> None:
     assert codec.encode(codec.error("Invalid action")) == (
         b'{"status": "error", "message": "Invalid action"}'
     )
+
+
+@pytest.mark.parametrize("value", [
+    "plain", "caf\u00e9 \U0001F600 \u2028 \x00 \t \" \\ /", "",
+    0, -1, 2**70, 1.5e-7, 1e100, -0.0, 3.0, True, False, None,
+    [], {}, [1, [2, [3, {"k": "v"}]]], {"z": 1, "a": {"b": [None, 1.25]}},
+])
+def test_built_once_encoder_and_decoder_match_json_byte_for_byte(value: Any) -> None:
+    # The C encoder and decoder are built once (no per-call setup); their
+    # output and parsing must be json.dumps's and json.loads's exactly.
+    assert codec._dumps(value) == json.dumps(value)
+    if value is not None:  # a null body is refused
+        message = {"action": "message", "body": value}
+        assert codec.decode(json.dumps(message).encode()) == Message(value)
 
 
 @pytest.mark.parametrize(

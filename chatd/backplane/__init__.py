@@ -61,6 +61,7 @@ class Listener(Protocol):
         """The shared state cannot be reached any more."""
         ...
 
-    def channel_message(self, room_id: str, data: bytes) -> None:
-        """A broadcast or event on a room's channel."""
+    def channel_message(self, room_id: str, data: bytes, alone: bool = False) -> None:
+        """A broadcast or event on a room's channel; ``alone``: the only
+        thing Redis sent in this read (nothing else is coming right now)."""
         ...

@@ -103,6 +103,9 @@ class ClusterChat:
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._pending_of: dict[str, _Pending] = {}
         self._background: set[Deferred[Any]] = set()  # disconnects on their way to Redis
+        # Runs a delivery so that its frames are sent at once rather than
+        # gathered (the adapter's; see ChatFactory.send_now).
+        self.send_now: Callable[..., Any] = _call
         # Chat messages of this reactor iteration, by room, on their way to
         # Redis: (sender, payload head, payload tail, Deferred of the id).
         self._outbox: dict[str, list[tuple[str, bytes, bytes, Deferred[Any]]]] = {}
@@ -431,7 +434,7 @@ class ClusterChat:
 
     # -- the backplane's listener ----------------------------------------------
 
-    def channel_message(self, room_id: str, data: bytes) -> None:
+    def channel_message(self, room_id: str, data: bytes, alone: bool = False) -> None:
         room = self.core.rooms.get(room_id)
         if room is None:
             return  # nobody here is in it any more
@@ -447,7 +450,12 @@ class ClusterChat:
                 messages.append((line[first + 1:second].decode(), line[second + 1:]))
             if message_id > room.last_id:
                 room.last_id = message_id
-            counts = self.core.deliver_local_batch(room, messages, now)
+            if alone and len(messages) == 1:
+                # Nothing else from Redis in this read: sent to each member
+                # as it is fanned out, like a lone message from a client.
+                counts = self.send_now(self.core.deliver_local_batch, room, messages, now)
+            else:
+                counts = self.core.deliver_local_batch(room, messages, now)
             for (_, payload), recipients in zip(messages, counts, strict=True):
                 self.core.events.delivered(recipients, len(payload))
         elif data[:1] == b"e":
@@ -636,6 +644,10 @@ class ClusterChat:
     def _background_failure(self, failure: Failure, what: str) -> None:
         if not failure.check(Unavailable):
             self._log.failure("Redis failed during {what}", failure, what=what)
+
+
+def _call(function: Callable[..., Any], *args: Any) -> Any:
+    return function(*args)
 
 
 def _text(value: Any) -> str:

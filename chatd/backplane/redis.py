@@ -169,8 +169,19 @@ class _Commands(txredisapi.RedisProtocol):
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):
+    # Whether the next reply is the first of the current read.
+    _first = False
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        self._first = True
+        super().dataReceived(data, unpause)
+
     def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
-        self.factory.backplane._message(channel, message)
+        # Alone: the first reply of the read, with nothing buffered after it.
+        reader = getattr(self, "_reader", None)  # hiredis's (a dependency)
+        alone = self._first and reader is not None and not reader.has_data()
+        self._first = False
+        self.factory.backplane._message(channel, message, alone)
 
 
 class RedisBackplane:
@@ -377,12 +388,12 @@ class RedisBackplane:
     def _unavailable(self, failure: Failure) -> None:
         raise Unavailable()
 
-    def _message(self, channel: bytes, message: bytes) -> None:
+    def _message(self, channel: bytes, message: bytes, alone: bool = False) -> None:
         if self._listener is None:
             return
         room_id = channel[len(self.prefix) + 2:].decode("utf-8")
         try:
-            self._listener.channel_message(room_id, message)
+            self._listener.channel_message(room_id, message, alone)
         except Exception:
             self._log.failure("Handling a message from Redis failed")
 
