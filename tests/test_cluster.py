@@ -297,3 +297,45 @@ async def test_a_burst_of_messages_keeps_its_order_ids_and_history_across_nodes(
         ]
     history = await b.request({"action": "history", "body": {"limit": 3}})
     assert [(m["body"], m["id"]) for m in history["messages"]] == [("burst 27", 28), ("burst 28", 29), ("burst 29", 30)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_reaches_deflating_and_plain_clients_on_another_node(cluster: Any) -> None:
+    # With --permessage-deflate, a batch from Redis goes to each member
+    # compressed or plain, as it negotiated, in order.
+    import json
+
+    from twisted.internet.defer import Deferred
+    from twisted.internet.threads import deferToThread
+    from websockets.sync.client import connect
+
+    one, two = await cluster(permessage_deflate=True), await cluster(permessage_deflate=True)
+    sender, _ = await one.welcomed()
+    room_id = (await sender.request({"action": "create", "body": "zip"}))["room_id"]
+    bodies = [f"{i}: " + "compress me " * 200 for i in range(5)]
+    ready: Deferred = Deferred()
+
+    def members() -> list[Any]:
+        url = f"ws://127.0.0.1:{two.port_number}"
+        with connect(url, compression="deflate", open_timeout=10) as deflating, \
+                connect(url, compression=None, open_timeout=10) as plain:
+            for ws in (deflating, plain):
+                json.loads(ws.recv(timeout=10))
+                ws.send(json.dumps({"action": "join", "body": {"room_id": room_id}}))
+                assert json.loads(ws.recv(timeout=10))["status"] == "success"
+            from twisted.internet import reactor
+            reactor.callFromThread(ready.callback, None)  # type: ignore[attr-defined]
+            results = [deflating.response.headers.get("Sec-WebSocket-Extensions")]
+            for ws in (deflating, plain):
+                results.append([json.loads(ws.recv(timeout=10))["body"] for _ in bodies])
+            return results
+
+    d = deferToThread(members)
+    await within(ready, "both members to join")
+    for body in bodies:
+        sender.send({"action": "message", "body": body})
+    for _ in bodies:
+        assert (await sender.next())["status"] == "success"
+    extensions, deflated, plain = await within(d, "the members to receive the burst")
+    assert extensions.startswith("permessage-deflate")
+    assert deflated == plain == bodies
