@@ -111,6 +111,7 @@ async def fanout(port: int, server_pid: int, rooms: int = 10, members: int = 50,
         "max_ms": round(max(stats.latencies_ns, default=0) / 1e6, 3),
         "server_us_per_delivery": round(window.server_cpu / max(1, stats.delivered) * 1e6, 2),
         "errors": stats.errors,
+        "checker": bench.checker,
         **window.report(),
     }
 
@@ -173,6 +174,7 @@ async def maximum(port: int, server_pid: int, rooms: int = 10, members: int = 50
         "plateau_delivered_per_s": best["delivered_per_s"],
         "server_us_per_delivery": best["server_us_per_delivery"],
         "plateau_window": best["window"],
+        "checker": bench.checker,
         "lost": lost,
         "errors": errors,
         "steps": steps,
