@@ -729,8 +729,9 @@ class ChatFactory(WebSocketServerFactory):
         self.events = _Events(settings, self.metrics, message_log)
         self.core = ChatCore(
             # Each broadcast is framed once, whatever the number of recipients,
-            # by the same framer as replies (permessage-deflate is never
-            # negotiated, so every client gets the same bytes).
+            # by the same framer as replies (with --permessage-deflate, once
+            # plain and once compressed); a batch from Redis is joined into
+            # one delivery per member.
             prepare=Broadcast if settings.permessage_deflate else text_frame,
             join=Broadcasts if settings.permessage_deflate else b"".join,
             on_sink_error=self._sink_error,
