@@ -339,3 +339,30 @@ async def test_a_burst_reaches_deflating_and_plain_clients_on_another_node(clust
     extensions, deflated, plain = await within(d, "the members to receive the burst")
     assert extensions.startswith("permessage-deflate")
     assert deflated == plain == bodies
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_in_redis_keeps_its_size_and_byte_bounds_across_batches(cluster: Any) -> None:
+    # A burst goes to Redis in one batch: the room's history still keeps the
+    # newest --history-size messages within --history-bytes.
+    one, two = await cluster(history_size=4, history_bytes=10_000), await cluster(history_size=4, history_bytes=10_000)
+    room_id, [(a, _), (b, _)] = await room_across([one, two])
+    for i in range(10):
+        a.send({"action": "message", "body": f"short {i}"})
+    for _ in range(10):
+        await a.next()
+    for _ in range(10):
+        await b.next()
+    history = await b.request({"action": "history"})
+    assert [m["body"] for m in history["messages"]] == [f"short {i}" for i in range(6, 10)]
+    # Three messages of over 4,000 bytes: the newest two fit in 10,000
+    # bytes, so the size bound (4) no longer decides.
+    big = ["x" * 4000 + str(i) for i in range(3)]
+    for body in big:
+        a.send({"action": "message", "body": body})
+    for _ in big:
+        await a.next()
+    for _ in big:
+        await b.next()
+    history = await b.request({"action": "history"})
+    assert [m["body"] for m in history["messages"]] == big[1:]
