@@ -431,8 +431,7 @@ class ChatProtocol(WebSocketServerProtocol):
             # as it is fanned out.  Otherwise (under load: several messages in
             # a read, or in an iteration; from Redis) frames wait for the end
             # of the iteration and leave together, several to a send().
-            self._out = frame
-            self.flush()
+            self._write(frame)
             return
         self._queue(frame)
 
@@ -483,17 +482,20 @@ class ChatProtocol(WebSocketServerProtocol):
             self._out = [out, data]
 
     def flush(self) -> None:
-        """
-        Send the frames gathered for this client: one send() when Twisted's
-        buffer is empty (no poller registration, no waiting for the next
-        poll), through the transport otherwise (which keeps order, buffers,
-        and pauses us when the client stops reading).
-        """
+        """Send the frames gathered for this client, in one write."""
         out = self._out
         if out is None:
             return
         self._out = None
-        data = out if out.__class__ is bytes else b"".join(out)
+        self._write(out if out.__class__ is bytes else b"".join(out))
+
+    def _write(self, data: bytes) -> None:
+        """
+        One send() when Twisted's buffer is empty (no poller registration,
+        no waiting for the next poll), through the transport otherwise
+        (which keeps order, buffers, and pauses us when the client stops
+        reading).  Only when nothing of this client's is gathered.
+        """
         transport = self.transport
         if (
             self._direct

@@ -331,7 +331,7 @@ class ClusterChat:
                 args: list[Any] = [self.backplane.node, room_id, limits.history_size, limits.history_bytes]
                 for client_id, head, tail, _ in batch:
                     args += (client_id, head, tail)
-                d = self.backplane.call(scripts.PUBLISH, *args) if self.backplane.available else fail(Unavailable())
+                d = self._run(scripts.PUBLISH, *args)
                 d.addCallback(self._published, batch)
                 d.addErrback(self._as_chat_error)
                 d.addErrback(self._not_published, batch)
@@ -508,9 +508,12 @@ class ClusterChat:
             # Messages published before this command reach Redis before it
             # (a message and then a disconnect, say), as they were sent.
             self._send_outbox()
+        return self._run(script, *args).addErrback(self._as_chat_error)
+
+    def _run(self, script: str, *args: Any) -> "Deferred[Any]":
         if not self.backplane.available:
             return fail(Unavailable())
-        return self.backplane.call(script, *args).addErrback(self._as_chat_error)
+        return self.backplane.call(script, *args)
 
     def _as_chat_error(self, failure: Failure) -> Failure:
         if failure.check(ChatError):
