@@ -5,6 +5,7 @@ metrics endpoint, systemd notifications, and an orderly shutdown.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -34,6 +35,44 @@ from chatd.ws import ChatFactory
 #: burst of connections (clients reconnecting after a restart) wait 1 s for
 #: SYN retransmits once the accept queue is full.
 BACKLOG = 1024
+
+
+#: The collector's first threshold while chatd runs (Python's default is
+#: 700).  A cluster node holds each message for a round trip to Redis, so at
+#: 700 new objects the young generation is collected thousands of times a
+#: minute, and what is in flight at each pass climbs to the oldest
+#: generation, whose passes then walk every object of every connection: 13%
+#: of a node's CPU at full load (docs/performance.md, optimisation 18).
+#: Most of chatd's objects die by reference counting; this only bounds how
+#: much cyclic garbage may wait for a pass.
+GC_THRESHOLD = 50_000
+
+
+class CollectorTuning:
+    """
+    The garbage collector's settings for a long-running daemon, and back.
+
+    ``start`` freezes what start-up built (modules, classes, the
+    configuration: never garbage) so full passes skip it, and raises the
+    young generation's threshold; ``stop`` undoes both, for an in-process
+    service (the tests) that is started and stopped more than once.
+    """
+
+    def __init__(self, threshold: int = GC_THRESHOLD) -> None:
+        self.threshold = threshold
+        self._saved: Optional[tuple[int, ...]] = None
+
+    def start(self) -> None:
+        if self._saved is None:
+            self._saved = gc.get_threshold()
+            gc.freeze()
+            gc.set_threshold(self.threshold, *self._saved[1:])
+
+    def stop(self) -> None:
+        if self._saved is not None:
+            gc.set_threshold(*self._saved)
+            gc.unfreeze()
+            self._saved = None
 
 
 def with_backlog(description: str) -> str:
@@ -141,6 +180,7 @@ class ChatService(MultiService):
             self.metrics_listener = strports.service(settings.metrics, site, reactor=reactor)
             self.metrics_listener.setServiceParent(self)
         self._watchdog: Optional[LoopingCall] = None
+        self.collector = CollectorTuning()
 
     def _cluster(self, settings: Settings, reactor: Any) -> None:
         self.backplane, self.chat = join_cluster(self.factory, settings, reactor)
@@ -188,6 +228,7 @@ class ChatService(MultiService):
         if self._orphan_watch is not None:
             self._orphan_watch.start(1.0, now=False)
         self._watchdog = self.notifier.keep_alive(self._reactor)
+        self.collector.start()
 
     def stopService(self) -> "Deferred[None]":
         return Deferred.fromCoroutine(self._stop())
@@ -211,6 +252,7 @@ class ChatService(MultiService):
             await self.message_log.close()  # everything broadcast is written
         if self.metrics_listener is not None:
             await self.metrics_listener.stopService()
+        self.collector.stop()
         # SIGTERM is chatd's orderly stop: once drained, exit 0.  twistd would
         # otherwise re-raise the signal after the reactor stops and die of it
         # (exit status 143); SIGINT and others keep that behaviour.

@@ -320,18 +320,18 @@ class ChatProtocol(WebSocketServerProtocol):
         if not isinstance(result, Deferred):
             self._send_reply(codec.encode(result))
             return None
+        return result.addBoth(self._answer, client)
 
-        def failed(failure: Failure) -> dict[str, Any]:
-            if failure.check(ChatError):
-                return self._rejected(client, failure.value)
-            return self._internal_error(client, failure)
-
-        def send(reply: dict[str, Any]) -> None:
-            if self._client is client:
-                self._send_reply(codec.encode(reply))
-                self.factory.chat.replied(client)
-
-        return result.addErrback(failed).addCallback(send)
+    def _answer(self, result: Any, client: Client) -> None:
+        """A reply that came later (or the failure in its place)."""
+        if isinstance(result, Failure):
+            if result.check(ChatError):
+                result = self._rejected(client, result.value)
+            else:
+                result = self._internal_error(client, result)
+        if self._client is client:
+            self._send_reply(codec.encode(result))
+            self.factory.chat.replied(client)
 
     def _rejected(self, client: Client, error: ChatError) -> dict[str, Any]:
         self.factory.metrics.errors.labels(error.kind).inc()

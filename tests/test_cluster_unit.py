@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 
 from chatd.backplane import scripts
 from chatd.backplane.cluster import ClusterChat
-from chatd.core import ChatCore
+from chatd.core import ChatCore, CoreEvents
 from chatd.errors import Unavailable
 from tests.fakes import FakeSink
 
@@ -96,6 +96,25 @@ def test_a_rooms_messages_of_one_iteration_go_to_redis_in_one_call_in_order() ->
         {"status": "success", "message": "Message sent"},
         {"status": "success", "message": "Message sent"},
     ]
+
+
+def test_a_message_whose_bookkeeping_fails_fails_alone() -> None:
+    class BrokenLog(CoreEvents):
+        def message_sent(self, room: Any, sender: Any, message: Any, recipients: int, size: int) -> None:
+            if message["body"] == "poison":
+                raise OSError("disk full")
+
+    core, backplane, clock = ChatCore(events=BrokenLog()), RecordingBackplane(), Clock()
+    chat = ClusterChat(core, backplane, clock, refuse=lambda client: None)  # type: ignore[arg-type]
+    a = in_room(core, "room-one")
+    replies: list[Any] = []
+    for body in ("1", "poison", "3"):
+        chat.publish(a, body, 0.0).addBoth(replies.append)  # type: ignore[union-attr]
+    clock.advance(0)
+    [(_, _, answer)] = backplane.calls
+    answer.callback([1, 2, 3])
+    assert replies[0] == replies[2] == {"status": "success", "message": "Message sent"}
+    assert replies[1].check(OSError)  # the adapter answers it as an internal error
 
 
 def test_a_command_after_a_message_reaches_redis_after_it() -> None:

@@ -5,6 +5,7 @@ build.
 
 from __future__ import annotations
 
+import gc
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -14,7 +15,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.plugin import IPlugin, getPlugins
 
 from chatd import config, tap
-from chatd.service import ChatService
+from chatd.service import GC_THRESHOLD, ChatService, CollectorTuning
 from chatd.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -216,7 +217,7 @@ def test_unreadable_or_invalid_config_file(tmp_path: Path, capsys) -> None:
     assert parse_error("--config", path, capsys=capsys).startswith(f"chatd: {path}: not valid TOML: ")
 
 
-def test_make_service_listens_on_the_default() -> None:
+def test_make_service_listens_on_the_default(collector) -> None:
     reactor = MemoryReactor()
     options = tap.Options()
     options.parseOptions([])
@@ -228,7 +229,7 @@ def test_make_service_listens_on_the_default() -> None:
     assert factory is service.factory
 
 
-def test_make_service_listens_on_every_listen_option() -> None:
+def test_make_service_listens_on_every_listen_option(collector) -> None:
     reactor = MemoryReactor()
     options = tap.Options()
     options.parseOptions([
@@ -241,7 +242,7 @@ def test_make_service_listens_on_every_listen_option() -> None:
     assert [u[0] for u in reactor.unixServers] == ["/tmp/chatd-test.sock"]
 
 
-def test_metrics_is_a_second_listener() -> None:
+def test_metrics_is_a_second_listener(collector) -> None:
     reactor = MemoryReactor()
     options = tap.Options()
     options.parseOptions(["--metrics", "tcp:9108:interface=127.0.0.1"])
@@ -249,6 +250,39 @@ def test_metrics_is_a_second_listener() -> None:
     service.startService()
     assert [(p, i) for p, _, _, i in reactor.tcpServers] == [(8765, "127.0.0.1"), (9108, "127.0.0.1")]
     assert reactor.tcpServers[1][1] is not service.factory
+
+
+@pytest.fixture
+def collector():
+    """The collector's settings as they were, whatever a test did to them."""
+    saved = gc.get_threshold()
+    yield saved
+    gc.set_threshold(*saved)
+    gc.unfreeze()
+
+
+def test_the_collector_is_tuned_while_the_service_runs(collector) -> None:
+    options = tap.Options()
+    options.parseOptions([])
+    service = tap.makeService(options, reactor=MemoryReactor())
+    assert gc.get_threshold() == collector
+    service.startService()
+    assert gc.get_threshold() == (GC_THRESHOLD, *collector[1:])
+    assert gc.get_freeze_count() > 0  # what start-up built is left out of full passes
+    stopped = service.stopService()
+    assert stopped.called
+    assert gc.get_threshold() == collector
+    assert gc.get_freeze_count() == 0
+
+
+def test_collector_tuning_undoes_itself_once(collector) -> None:
+    tuning = CollectorTuning(threshold=12_345)
+    tuning.start()
+    tuning.start()  # a second start does not take the tuned values as the ones to restore
+    assert gc.get_threshold()[0] == 12_345
+    tuning.stop()
+    tuning.stop()
+    assert gc.get_threshold() == collector and gc.get_freeze_count() == 0
 
 
 def test_the_plugin_is_found() -> None:

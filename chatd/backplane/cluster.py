@@ -55,6 +55,24 @@ class _Pending:
         self.cancelled = False  # the client went meanwhile
 
 
+class _Outgoing:
+    """A chat message in the outbox: what its id and reply need later."""
+
+    __slots__ = ("client", "room", "body", "ts", "head", "tail", "published")
+
+    def __init__(
+        self, client: Client, room: Room, body: Any, ts: str, head: bytes, tail: bytes,
+        published: "Deferred[Reply]",
+    ) -> None:
+        self.client = client
+        self.room = room
+        self.body = body
+        self.ts = ts
+        self.head = head  # the encoded message before its id, and after
+        self.tail = tail
+        self.published = published  # fires with the sender's reply
+
+
 class _Holding:
     """
     Stands in for a client's sink between its placement in a room and the
@@ -107,8 +125,8 @@ class ClusterChat:
         # gathered (the adapter's; see ChatFactory.send_now).
         self.send_now: Callable[..., Any] = _call
         # Chat messages of this reactor iteration, by room, on their way to
-        # Redis: (sender, payload head, payload tail, Deferred of the id).
-        self._outbox: dict[str, list[tuple[str, bytes, bytes, Deferred[Any]]]] = {}
+        # Redis.
+        self._outbox: dict[str, list[_Outgoing]] = {}
 
     # -- what the adapter and the metrics read -------------------------------
 
@@ -301,24 +319,16 @@ class ClusterChat:
             return self._publish_here(client, room, body, ts, now)
         head, tail = codec.broadcast_parts(client.client_id, body, ts, client.nick)
         # Gathered with the room's other messages of this reactor iteration:
-        # one script call and one PUBLISH for all of them (_send_outbox).
+        # one script call and one PUBLISH for all of them (_send_outbox), and
+        # their replies settled in one pass (_published).
         published: Deferred[Any] = Deferred()
         batch = self._outbox.get(room.room_id)
         if batch is None:
             if not self._outbox:
                 self.clock.callLater(0, self._send_outbox)
             batch = self._outbox[room.room_id] = []
-        batch.append((client.client_id, head, tail, published))
-
-        def done(message_id: int) -> Reply:
-            if message_id < 0:
-                raise Unavailable()  # Redis has lost the membership: a resync is due
-            message = codec.broadcast(client.client_id, body, ts, message_id, client.nick)
-            size = len(head) + len(str(message_id)) + len(tail)
-            self.core.events.message_sent(room, client, message, 0, size)
-            return {"status": "success", "message": "Message sent"}
-
-        return published.addCallback(done)
+        batch.append(_Outgoing(client, room, body, ts, head, tail, published))
+        return published
 
     def _send_outbox(self) -> None:
         """Send each room's gathered messages in one script call (or a few,
@@ -329,24 +339,35 @@ class ClusterChat:
             for start in range(0, len(messages), MAX_BATCH):
                 batch = messages[start : start + MAX_BATCH]
                 args: list[Any] = [self.backplane.node, room_id, limits.history_size, limits.history_bytes]
-                for client_id, head, tail, _ in batch:
-                    args += (client_id, head, tail)
+                for message in batch:
+                    args += (message.client.client_id, message.head, message.tail)
                 d = self._run(scripts.PUBLISH, *args)
                 d.addCallback(self._published, batch)
                 d.addErrback(self._as_chat_error)
                 d.addErrback(self._not_published, batch)
 
-    @staticmethod
-    def _published(ids: list[Any], batch: list[Any]) -> None:
+    def _published(self, ids: list[Any], batch: list[_Outgoing]) -> None:
         if len(ids) != len(batch):
             raise RuntimeError(f"PUBLISH gave {len(ids)} ids for {len(batch)} messages")
-        for (_, _, _, published), message_id in zip(batch, ids, strict=True):
-            published.callback(int(message_id))
+        events = self.core.events
+        for message, message_id in zip(batch, ids, strict=True):
+            message_id = int(message_id)
+            try:
+                if message_id < 0:
+                    raise Unavailable()  # Redis has lost the membership: a resync is due
+                client = message.client
+                sent = codec.broadcast(client.client_id, message.body, message.ts, message_id, client.nick)
+                size = len(message.head) + len(str(message_id)) + len(message.tail)
+                events.message_sent(message.room, client, sent, 0, size)
+            except Exception:
+                message.published.errback()  # this message's sender hears of it; the rest go on
+            else:
+                message.published.callback({"status": "success", "message": "Message sent"})
 
     @staticmethod
-    def _not_published(failure: Failure, batch: list[Any]) -> None:
-        for _, _, _, published in batch:
-            published.errback(failure)
+    def _not_published(failure: Failure, batch: list[_Outgoing]) -> None:
+        for message in batch:
+            message.published.errback(failure)
 
     def _publish_here(self, client: Client, room: Room, body: Any, ts: str, now: float) -> Reply:
         # Ids go on from the highest this node has seen; the resync raises
