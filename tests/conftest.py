@@ -52,19 +52,24 @@ async def daemon_factory() -> AsyncIterator[Callable[..., DaemonProcess]]:
         await stop_chatd(process)
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """
-    A private redis-server for one test.  Without the binary the test skips;
-    CHATD_REQUIRE_REDIS=1 (set by CI) makes that a failure.
-    """
+def redis_binary() -> str:
+    """redis-server's path; skips the test without it (fails it in CI)."""
     binary = shutil.which("redis-server")
     if binary is None:
         reason = "redis-server is not installed (apt-get install -y redis-server)"
         if os.environ.get("CHATD_REQUIRE_REDIS") == "1":
             pytest.fail(f"CHATD_REQUIRE_REDIS=1 but {reason}")
         pytest.skip(reason)
-    redis = RedisServer(binary)
+    return binary
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """
+    A private redis-server for one test.  Without the binary the test skips;
+    CHATD_REQUIRE_REDIS=1 (set by CI) makes that a failure.
+    """
+    redis = RedisServer(redis_binary())
     redis.start()
     yield redis
     redis.stop()

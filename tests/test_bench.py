@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from chatd.bench.cli import summary
+from tests.conftest import redis_binary
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = str(Path(sys.executable).parent / "chatd-bench")
 
@@ -62,3 +65,28 @@ def test_peers_speak_the_seed_protocol(server: str) -> None:
         require_node()
     result = bench(server, "fanout")
     assert result["errors"] == [] and result["lost"] == 0 and result["sent"] > 0
+
+
+@pytest.mark.parametrize("server", ["chatd-redis", "chatd-workers2"])
+def test_cluster_servers(server: str) -> None:
+    redis_binary()
+    result = bench(server, "max")
+    assert result["errors"] == [] and result["lost"] == 0
+    # The server's CPU includes its Redis's, which is also given alone.
+    assert 0 < result["redis_us_per_delivery"] < result["server_us_per_delivery"]
+    assert result["loadgen_us_per_delivery"] > 0
+
+
+def test_the_summary_shows_redis_only_for_the_servers_that_have_it() -> None:
+    results = [
+        {"server": "chatd", "scenario": "max", "plateau_delivered_per_s": 100.0,
+         "server_us_per_delivery": 1.0, "loadgen_us_per_delivery": 0.5},
+        {"server": "chatd-redis", "scenario": "max", "plateau_delivered_per_s": 150.0,
+         "server_us_per_delivery": 2.0, "redis_us_per_delivery": 0.5, "loadgen_us_per_delivery": 0.5},
+    ]
+    text = summary(results, ["chatd", "chatd-redis"], ["max"], baseline="chatd")
+    redis_part = text.split("max: of which Redis us/delivery")[1].split("\nmax:")[0]
+    assert "chatd-redis" in redis_part and "chatd " not in redis_part
+    assert "1.50x" in text  # chatd-redis's deliveries/s against chatd's
+    assert "max: generator us/delivery" in text
+    assert "of which Redis" not in summary(results[:1], ["chatd"], ["max"], baseline="chatd")

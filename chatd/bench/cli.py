@@ -71,7 +71,9 @@ HEADLINES = {
                ("p99_ms", "p99 ms", False), ("max_ms", "max latency ms", False),
                ("lost", "lost", False)],
     "max": [("plateau_delivered_per_s", "deliveries/s", True),
-            ("server_us_per_delivery", "server us/delivery", False)],
+            ("server_us_per_delivery", "server us/delivery", False),
+            ("redis_us_per_delivery", "of which Redis us/delivery", False),
+            ("loadgen_us_per_delivery", "generator us/delivery", False)],
     "idle": [("kib_per_connection", "KiB/connection", False)],
     "connect": [("connections_per_s", "connections/s", True),
                 ("server_us_per_connection", "server us/connection", False)],
@@ -159,11 +161,14 @@ def summary(results: list[dict[str, Any]], servers: list[str], scenarios: list[s
     lines = []
     for scenario in scenarios:
         for key, unit, higher in HEADLINES[scenario]:
+            if not any(key in r for r in results if r["scenario"] == scenario):
+                continue  # a figure only some servers have (Redis's share), and none here
             lines.append(f"\n{scenario}: {unit}" + ("" if higher else " (lower is better)"))
             base: Optional[float] = None
             rows = []
             for server in servers:
-                values = [r[key] for r in results if r["server"] == server and r["scenario"] == scenario]
+                values = [r[key] for r in results
+                          if r["server"] == server and r["scenario"] == scenario and key in r]
                 if not values:
                     continue
                 median = statistics.median(values)

@@ -24,6 +24,11 @@ def server_cpu(pid: int) -> float:
     return sum(cpu_seconds(p) for p in {*process_tree(pid), *ALSO_MEASURED})
 
 
+def also_measured_cpu() -> float:
+    """CPU seconds of ALSO_MEASURED alone (the server's Redis)."""
+    return sum(cpu_seconds(p) for p in ALSO_MEASURED)
+
+
 class Window:
     """CPU of the server and of this process, and both cores' load, over a span."""
 
@@ -33,6 +38,7 @@ class Window:
     def __enter__(self) -> "Window":
         self.t0 = time.monotonic()
         self.server0 = server_cpu(self.pid)
+        self.redis0 = also_measured_cpu()
         self.self0 = cpu_seconds(os.getpid())
         self.cores0 = core_busy()
         return self
@@ -40,6 +46,7 @@ class Window:
     def __exit__(self, *exc: Any) -> None:
         self.seconds = time.monotonic() - self.t0
         self.server_cpu = server_cpu(self.pid) - self.server0
+        self.redis_cpu = also_measured_cpu() - self.redis0
         self.loadgen_cpu = cpu_seconds(os.getpid()) - self.self0
         cores1 = core_busy()
         self.core_load = {}
@@ -47,6 +54,18 @@ class Window:
             busy0, total0 = self.cores0.get(core, (0.0, 0.0))
             busy1, total1 = cores1.get(core, (0.0, 1.0))
             self.core_load[core] = (busy1 - busy0) / max(1.0, total1 - total0)
+
+    def costs(self, delivered: int) -> dict[str, Any]:
+        """CPU per delivery: the server's (its Redis included), of which its
+        Redis's, and the generator's."""
+        per = 1e6 / max(1, delivered)
+        costs = {
+            "server_us_per_delivery": round(self.server_cpu * per, 2),
+            "loadgen_us_per_delivery": round(self.loadgen_cpu * per, 2),
+        }
+        if ALSO_MEASURED:
+            costs["redis_us_per_delivery"] = round(self.redis_cpu * per, 2)
+        return costs
 
     def report(self) -> dict[str, Any]:
         return {
@@ -157,8 +176,7 @@ async def maximum(port: int, server_pid: int, rooms: int = 10, members: int = 50
             await asyncio.sleep(step_seconds)
             delivered = bench.stats.delivered - before
         rate = delivered / w.seconds
-        step = {"window": window_size, "delivered_per_s": round(rate),
-                "server_us_per_delivery": round(w.server_cpu / max(1, delivered) * 1e6, 2), **w.report()}
+        step = {"window": window_size, "delivered_per_s": round(rate), **w.costs(delivered), **w.report()}
         steps.append(step)
         if not best or rate > best["delivered_per_s"]:
             best = step
@@ -172,7 +190,7 @@ async def maximum(port: int, server_pid: int, rooms: int = 10, members: int = 50
     await bench.close()
     return {
         "plateau_delivered_per_s": best["delivered_per_s"],
-        "server_us_per_delivery": best["server_us_per_delivery"],
+        **{key: value for key, value in best.items() if key.endswith("_us_per_delivery")},
         "plateau_window": best["window"],
         "checker": bench.checker,
         "lost": lost,
