@@ -342,7 +342,9 @@ async def test_a_burst_reaches_deflating_and_plain_clients_on_another_node(clust
 
 
 @pytest_twisted.ensureDeferred
-async def test_history_in_redis_keeps_its_size_and_byte_bounds_across_batches(cluster: Any) -> None:
+async def test_history_in_redis_keeps_its_size_and_byte_bounds_across_batches(
+    cluster: Any, redis_server: RedisServer
+) -> None:
     # A burst goes to Redis in one batch: the room's history still keeps the
     # newest --history-size messages within --history-bytes.
     one, two = await cluster(history_size=4, history_bytes=10_000), await cluster(history_size=4, history_bytes=10_000)
@@ -366,3 +368,9 @@ async def test_history_in_redis_keeps_its_size_and_byte_bounds_across_batches(cl
         await b.next()
     history = await b.request({"action": "history"})
     assert [m["body"] for m in history["messages"]] == big[1:]
+    # The room's byte count is the size of what its history holds, after
+    # drops by count and drops by bytes.
+    entries = redis_server.command("LRANGE", f"chatd:history:{room_id}", "0", "-1")
+    held = sum(len(entry.encode().split(b" ", 1)[1]) for entry in entries)
+    assert len(entries) == 2
+    assert int(redis_server.command("HGET", f"chatd:room:{room_id}", "bytes")) == held

@@ -219,16 +219,24 @@ if #lines > 0 then
   redis.call('PUBLISH', P .. 'r:' .. room, 'M' .. table.concat(lines, '\n'))
 end
 if #entries > 0 then
+  -- The oldest entries go, a batch's worth in one RPOP, until the history
+  -- is within both bounds; its byte count is written once.
   local hkey = P .. 'history:' .. room
-  redis.call('LPUSH', hkey, unpack(entries))
-  local bytes = redis.call('HINCRBY', rkey, 'bytes', total)
-  local length = redis.call('LLEN', hkey)
-  while length > keep or bytes > budget do
-    local dropped = redis.call('RPOP', hkey)
-    local space = string.find(dropped, ' ', 1, true)
-    bytes = redis.call('HINCRBY', rkey, 'bytes', -(#dropped - space))
+  local length = redis.call('LPUSH', hkey, unpack(entries))
+  local bytes = tonumber(redis.call('HGET', rkey, 'bytes') or 0) + total
+  local function drop(dropped)
+    bytes = bytes - (#dropped - string.find(dropped, ' ', 1, true))
     length = length - 1
   end
+  if length > keep then
+    for _, dropped in ipairs(redis.call('RPOP', hkey, length - keep)) do
+      drop(dropped)
+    end
+  end
+  while length > 0 and bytes > budget do
+    drop(redis.call('RPOP', hkey))
+  end
+  redis.call('HSET', rkey, 'bytes', bytes)
 end
 return ids
 """
