@@ -217,8 +217,9 @@ class ChatCore:
         ``deliver`` receives; called once per broadcast, whatever the number
         of recipients (the WebSocket adapter frames it here).
     :param join: makes one deliverable of several prepared frames, so that a
-        batch of broadcasts (from Redis, in a cluster) reaches each member
-        in one delivery; None: one delivery per broadcast.
+        batch of broadcasts (from Redis in a cluster; gathered between
+        ``gather`` and ``release`` here) reaches each member in one
+        delivery; None: one delivery per broadcast.
     :param new_id: source of candidate IDs; collisions are checked.
     :param on_sink_error: told about sinks whose ``deliver`` raised
         something other than ``SinkGone``.
@@ -249,6 +250,9 @@ class ChatCore:
         self.clients: dict[str, Client] = {}
         self.rooms: dict[str, Room] = {}
         self._room_seq = 0
+        # Between gather() and release(): broadcasts waiting to be fanned
+        # out, by room: (room, [(sender, payload, message)]).
+        self._gathered: Optional[dict[str, tuple[Room, list[tuple[Client, bytes, dict[str, Any]]]]]] = None
 
     # -- ids ---------------------------------------------------------------
 
@@ -398,10 +402,55 @@ class ChatCore:
             client.client_id, body, codec.timestamp(now), room.last_id, client.nick
         )
         payload = codec.encode(message)
-        recipients = self._fan_out(room, client, payload, now)
         self.history.append(room, message, len(payload))
-        self.events.message_sent(room, client, message, recipients, len(payload))
+        gathered = self._gathered
+        if gathered is not None and len(room.members) > 1:
+            waiting = gathered.get(room.room_id)
+            if waiting is None:
+                waiting = gathered[room.room_id] = (room, [])
+            waiting[1].append((client, payload, message))
+        else:
+            recipients = self._fan_out(room, client, payload, now)
+            self.events.message_sent(room, client, message, recipients, len(payload))
         return {"status": "success", "message": "Message sent"}
+
+    def gather(self) -> None:
+        """
+        Until ``release``, each room's broadcasts wait, to reach each member
+        in one delivery (with ``join``; without it, this does nothing).  For
+        several messages from one read: whoever calls it must ``flush``
+        before anything else that delivers (a join, a leave), so that every
+        member sees what happened in order.
+        """
+        if self._join is not None:
+            self._gathered = {}
+
+    def flush(self, now: float) -> None:
+        """Fan out what is gathered (and go on gathering)."""
+        gathered = self._gathered
+        if not gathered:
+            return
+        self._gathered = {}
+        events = self.events
+        error: Optional[Exception] = None
+        for room, waiting in gathered.values():
+            counts = self.deliver_local_batch(
+                room, [(sender.client_id, payload) for sender, payload, _ in waiting], now
+            )
+            for (sender, payload, message), recipients in zip(waiting, counts, strict=True):
+                try:
+                    events.message_sent(room, sender, message, recipients, len(payload))
+                except Exception as e:  # every message is counted and logged all the same
+                    error = error or e
+        if error is not None:
+            raise error
+
+    def release(self, now: float) -> None:
+        """Fan out what is gathered, and stop gathering."""
+        try:
+            self.flush(now)
+        finally:
+            self._gathered = None
 
     def list_rooms(self, limit: int = codec.DEFAULT_PAGE, after: Optional[str] = None) -> dict[str, Any]:
         """Rooms in creation order, a page at a time; "next" pages on."""

@@ -146,8 +146,15 @@ class ChatProtocol(WebSocketServerProtocol):
                     # iteration, unless something is gathered already.
                     self.factory.send_now(self.onMessage, messages[0], False)
                     return
-                for payload in messages:
-                    self.onMessage(payload, False)
+                # Several messages: each room's broadcasts of the read reach
+                # each member in one delivery (ChatCore.gather).
+                core = self.factory.core
+                core.gather()
+                try:
+                    for payload in messages:
+                        self.onMessage(payload, False)
+                finally:
+                    self._release(core)
                 if used == len(data):
                     return
                 data = data[used:]
@@ -282,6 +289,7 @@ class ChatProtocol(WebSocketServerProtocol):
                 self._waiting = deque([(payload, isBinary)])
                 return
             else:
+                self._release(self.factory.core, stop=False)  # what this read broadcast goes first
                 later = self._reply(
                     client, self.factory.chat.handle(client, command, self.factory.clock.seconds()))
         except ChatError as e:
@@ -292,6 +300,18 @@ class ChatProtocol(WebSocketServerProtocol):
             return
         if later is not None:
             self._wait_for(later)
+
+    def _release(self, core: ChatCore, stop: bool = True) -> None:
+        """Fan out the broadcasts gathered from this read (and, with
+        ``stop``, gather no more).  Their replies are sent already: a
+        failure here is logged, not answered."""
+        try:
+            if stop:
+                core.release(self.factory.clock.seconds())
+            else:
+                core.flush(self.factory.clock.seconds())
+        except Exception:
+            self._log.failure("Unexpected error fanning out a read's messages")
 
     def _wait_for(self, later: "Deferred[Any]") -> None:
         """The answer comes later: what the client sends meanwhile waits."""

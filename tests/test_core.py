@@ -4,9 +4,12 @@ The room rules, without sockets: fake sinks and explicit time.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
-from chatd.core import ChatCore, random_id
+from chatd.core import ChatCore, CoreEvents, random_id
 from chatd.errors import NotInRoom, RoomNotFound
 from tests.fakes import FakeSink, GoneSink, SequentialIds
 
@@ -323,3 +326,64 @@ def test_without_join_a_batch_is_delivered_message_by_message() -> None:
         core.receive_in(client, room)
     assert core.deliver_local_batch(room, [(ann.client_id, b"1"), ("x", b"2")], NOW) == [1, 2]
     assert bob.sink.frames == [b"1", b"2"] and ann.sink.frames == [b"2"]
+
+
+class RecordedEvents(CoreEvents):
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, int]] = []
+
+    def message_sent(self, room: Any, sender: Any, message: Any, recipients: int, size: int) -> None:
+        self.sent.append((message["body"], recipients))
+
+
+def test_gathered_broadcasts_reach_each_member_in_one_delivery_when_released() -> None:
+    events = RecordedEvents()
+    core = ChatCore(join=tuple, events=events, new_id=SequentialIds("ann00001", "room0001", "bob00001", "cat00001"))
+    ann = core.connect(FakeSink())
+    core.create(ann, "r", NOW)
+    bob, cat = core.connect(FakeSink()), core.connect(GoneSink())
+    core.join(bob, "room0001", NOW)
+    core.join(cat, "room0001", NOW)
+    core.gather()
+    assert core.publish(ann, "1", NOW) == core.publish(ann, "2", NOW) == {"status": "success", "message": "Message sent"}
+    assert bob.sink.frames == [] and events.sent == []  # waiting for release
+    assert [m["body"] for m in core.recent(bob, 50, None)["messages"]] == ["1", "2"]  # in the history already
+    core.release(NOW)
+    [(one, two)] = bob.sink.frames
+    assert [json.loads(one)["body"], json.loads(two)["body"]] == ["1", "2"]
+    assert ann.sink.frames == []  # never its own
+    # Counted once delivered: the member whose sink failed is not.
+    assert events.sent == [("1", 1), ("2", 1)]
+    assert "cat00001" not in core.clients
+    # Released: the next one goes out at once.
+    core.publish(ann, "3", NOW)
+    assert len(bob.sink.frames) == 2 and events.sent[-1] == ("3", 1)
+
+
+def test_flush_sends_what_is_gathered_and_goes_on_gathering() -> None:
+    core = ChatCore(join=tuple, new_id=SequentialIds("ann00001", "room0001", "bob00001"))
+    ann = core.connect(FakeSink())
+    core.create(ann, "r", NOW)
+    bob = core.connect(FakeSink())
+    core.join(bob, "room0001", NOW)
+    core.set_events(bob, True)
+    core.gather()
+    core.publish(ann, "before", NOW)
+    core.flush(NOW)
+    core.leave(ann, NOW)  # its event after its message, as it happened
+    core.publish(bob, "alone", NOW)
+    core.release(NOW)
+    received = [json.loads(f[0] if isinstance(f, tuple) else f) for f in bob.sink.frames]
+    assert [m.get("body", m.get("event")) for m in received] == ["before", "leave"]
+
+
+def test_without_join_gathering_changes_nothing() -> None:
+    core = ChatCore(new_id=SequentialIds("ann00001", "room0001", "bob00001"))
+    ann = core.connect(FakeSink())
+    core.create(ann, "r", NOW)
+    bob = core.connect(FakeSink())
+    core.join(bob, "room0001", NOW)
+    core.gather()
+    core.publish(ann, "now", NOW)
+    assert [m["body"] for m in bob.sink.received] == ["now"]
+    core.release(NOW)

@@ -195,6 +195,27 @@ def test_a_message_on_its_own_is_sent_at_once_and_a_busy_iteration_gathers() -> 
     assert [m["body"] for m in b.messages()] == ["two", "three", "four"]
 
 
+def test_a_reads_messages_reach_each_member_in_one_delivery_and_before_what_follows() -> None:
+    factory = make_factory()
+    _, [a, b] = peers_in_room(factory, 2)
+    b.send({"action": "events", "body": True})
+    a.frames(), b.frames()
+    deliveries: list[Any] = []
+    original = b.protocol.deliver
+    b.protocol.deliver = lambda frame: (deliveries.append(frame), original(frame))[1]  # type: ignore[method-assign]
+    a.protocol.dataReceived(
+        client_frame(b'{"action": "message", "body": "one"}')
+        + client_frame(b'{"action": "message", "body": "two"}')
+        + client_frame(b'{"action": "nick", "body": "ann"}')
+        + client_frame(b'{"action": "message", "body": "three"}')
+    )
+    assert [m.get("body", m.get("event")) for m in b.messages()] == ["one", "two", "nick", "three"]
+    # "one" and "two" in one delivery; the nick event and "three" after it.
+    assert len(deliveries) == 3
+    assert [m["message"] for m in a.messages()] == ["Message sent", "Message sent", "Nick set to 'ann'", "Message sent"]
+    assert factory.metrics.registry.get_sample_value("chatd_deliveries_total") == 3
+
+
 def close_code(frames: list[tuple[int, bytes]]) -> tuple[int, str] | None:
     for opcode, payload in frames:
         if opcode == 8:
