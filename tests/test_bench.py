@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from chatd.bench.cli import summary
+from chatd.bench.cli import headline, summary
 from tests.conftest import redis_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,3 +90,8 @@ def test_the_summary_shows_redis_only_for_the_servers_that_have_it() -> None:
     assert "1.50x" in text  # chatd-redis's deliveries/s against chatd's
     assert "max: generator us/delivery" in text
     assert "of which Redis" not in summary(results[:1], ["chatd"], ["max"], baseline="chatd")
+    # compare's line per run, with and without Redis.
+    assert headline(results[0]) == (
+        "plateau_delivered_per_s=100.0, server_us_per_delivery=1.0, loadgen_us_per_delivery=0.5"
+    )
+    assert "redis_us_per_delivery=0.5" in headline(results[1])
