@@ -190,10 +190,11 @@ class CoreEvents:
     ) -> None:
         """One broadcast of ``size`` encoded bytes reached ``recipients`` members."""
 
-    def delivered(self, recipients: int, size: int) -> None:
+    def delivered(self, copies: int, size: int) -> None:
         """
-        A broadcast of ``size`` bytes from another node of a cluster reached
-        ``recipients`` members here (``message_sent`` counts this node's own).
+        Broadcasts from another node of a cluster reached members here:
+        ``copies`` deliveries of ``size`` bytes in all (``message_sent``
+        counts this node's own).
         """
 
 

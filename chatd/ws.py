@@ -707,9 +707,9 @@ class _Events(CoreEvents):
     def room_deleted(self, room: Room) -> None:
         self._log.info("room {room_id} deleted", event="room_deleted", room_id=room.room_id)
 
-    def delivered(self, recipients: int, size: int) -> None:
-        self._metrics.deliveries.inc(recipients)
-        self._metrics.bytes_sent.inc(size * recipients)
+    def delivered(self, copies: int, size: int) -> None:
+        self._metrics.deliveries.inc(copies)
+        self._metrics.bytes_sent.inc(size)
 
     def message_sent(
         self, room: Room, sender: Client, message: dict[str, Any], recipients: int, size: int
@@ -717,7 +717,7 @@ class _Events(CoreEvents):
         metrics = self._metrics
         metrics.messages_received.inc()
         if recipients:
-            self.delivered(recipients, size)
+            self.delivered(recipients, size * recipients)
         if self._message_log is not None:
             self._message_log.record(room.room_id, room.name, message)
         if self._log_messages:

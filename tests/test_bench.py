@@ -6,6 +6,7 @@ docs/performance.md, never asserted here.)
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from chatd.bench.cli import headline, summary
+from chatd.bench.cli import WARM_UP, headline, summary
+from chatd.bench.scenarios import SCENARIOS
 from tests.conftest import redis_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,3 +97,9 @@ def test_the_summary_shows_redis_only_for_the_servers_that_have_it() -> None:
         "plateau_delivered_per_s=100.0, server_us_per_delivery=1.0, loadgen_us_per_delivery=0.5"
     )
     assert "redis_us_per_delivery=0.5" in headline(results[1])
+
+
+def test_every_scenario_has_a_warm_up_of_its_own_parameters() -> None:
+    assert set(WARM_UP) == set(SCENARIOS)
+    for name, options in WARM_UP.items():
+        assert set(options) <= set(inspect.signature(SCENARIOS[name]).parameters), name

@@ -128,13 +128,24 @@ def test_a_command_after_a_message_reaches_redis_after_it() -> None:
     assert len(backplane.calls) == 2
 
 
+class CountedDeliveries(CoreEvents):
+    def __init__(self) -> None:
+        self.counted: list[tuple[int, int]] = []
+
+    def delivered(self, copies: int, size: int) -> None:
+        self.counted.append((copies, size))
+
+
 def test_a_batch_from_the_channel_reaches_the_local_members_in_order() -> None:
-    core, clock = ChatCore(), Clock()
+    events = CountedDeliveries()
+    core, clock = ChatCore(events=events), Clock()
     chat = ClusterChat(core, RecordingBackplane(), clock, refuse=lambda client: None)  # type: ignore[arg-type]
-    here = in_room(core, "room-one")
+    here, there = in_room(core, "room-one"), in_room(core, "room-one")
     chat.channel_message("room-one", b"M5 aaaa1111 {\"n\": 5}\n6 aaaa1111 {\"n\": 6}\n7 bbbb2222 {\"n\": 7}")
-    assert here.sink.received == [{"n": 5}, {"n": 6}, {"n": 7}]
+    assert here.sink.received == there.sink.received == [{"n": 5}, {"n": 6}, {"n": 7}]
     assert core.rooms["room-one"].last_id == 7
+    # Counted once for the batch: three messages to two members, 8 bytes each.
+    assert events.counted == [(6, 48)]
 
 
 def pubsub(channel: bytes, message: bytes) -> bytes:

@@ -477,8 +477,10 @@ class ClusterChat:
                 counts = self.send_now(self.core.deliver_local_batch, room, messages, now)
             else:
                 counts = self.core.deliver_local_batch(room, messages, now)
-            for (_, payload), recipients in zip(messages, counts, strict=True):
-                self.core.events.delivered(recipients, len(payload))
+            # Counted once for the batch.
+            self.core.events.delivered(
+                sum(counts), sum(len(payload) * n for (_, payload), n in zip(messages, counts, strict=True))
+            )
         elif data[:1] == b"e":
             # e<kind> <client> <nick>
             kind, subject, nick = data[1:].decode("utf-8").split(" ", 2)

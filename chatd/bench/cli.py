@@ -156,6 +156,15 @@ def prepare() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+#: The short untimed run of each server before a comparison's first round.
+WARM_UP: dict[str, dict[str, Any]] = {
+    "fanout": {"duration": 3},
+    "max": {"step_seconds": 0.5},
+    "idle": {"connections": 500},
+    "connect": {"total": 500},
+}
+
+
 def headline(result: dict[str, Any]) -> str:
     """One run's headline figures, those it has (Redis's share only with Redis)."""
     return ", ".join(f"{k}={result[k]}" for k, _, _ in HEADLINES[result["scenario"]] if k in result)
@@ -207,6 +216,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     compare.add_argument("--repeat", type=int, default=3)
     compare.add_argument("--output", default="bench-results.json")
     compare.add_argument("--baseline", default=BASELINE, help="the server the ratios are to")
+    compare.add_argument("--no-warm-up", dest="warm_up", action="store_false",
+                         help="skip the untimed short run of each server before the first round")
     for command in (run, compare):
         command.add_argument("--server-cores", default=str(SERVER_CORE),
                              help="cores for the server and its Redis, e.g. 0,1 for --workers 2 "
@@ -224,6 +235,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     servers = args.servers.split(",")
     scenarios = args.scenarios.split(",")
+    if args.warm_up:
+        # The first run of a comparison was its server's worst (new
+        # processes, cold caches): each server has a short untimed one.
+        for server in servers:
+            run_one(server, scenarios[0], WARM_UP[scenarios[0]])
+            print(f"warm-up  {scenarios[0]:8} {server:15} done", flush=True)  # noqa: T201
     results = []
     for round_number in range(args.repeat):
         # Interleaved, and rotated each round so that no server always runs
