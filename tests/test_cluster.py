@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest_twisted
 
+from chatd.backplane import scripts
+
 from tests.helpers import ClusterNode, RedisServer, WSClient, seed_example_2, within
 
 UNAVAILABLE = {"status": "error", "message": "Service temporarily unavailable"}
@@ -180,11 +182,34 @@ async def test_each_broadcast_goes_to_redis_once(cluster: Any, redis_server: Red
 
 
 def _publishes(redis_server: RedisServer) -> int:
-    stats = redis_server.command("INFO", "commandstats")
-    for line in stats.splitlines():
-        if line.startswith("cmdstat_publish:"):
-            return int(line.split("calls=")[1].split(",")[0])
-    return 0
+    return _command_stats(redis_server).get("publish", {}).get("calls", 0)
+
+
+def _command_stats(redis_server: RedisServer) -> dict[str, dict[str, int]]:
+    """INFO commandstats: {command: {"calls": n, "failed_calls": n, ...}}."""
+    stats: dict[str, dict[str, int]] = {}
+    for line in redis_server.command("INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, fields = line[len("cmdstat_"):].partition(":")
+            stats[name] = {
+                key: int(value) for key, value in (f.split("=") for f in fields.split(",")) if value.isdigit()
+            }
+    return stats
+
+
+@pytest_twisted.ensureDeferred
+async def test_scripts_are_loaded_before_the_first_calls(cluster: Any, redis_server: RedisServer) -> None:
+    # From the first call of each script on: every call runs by its SHA1
+    # (none fails with NOSCRIPT and goes again as EVAL with the text).
+    nodes = [await cluster() for _ in range(2)]
+    room_id, members = await room_across(nodes * 4)
+    await members[0][0].request({"action": "message", "body": "hello"})
+    stats = _command_stats(redis_server)
+    assert stats["evalsha"]["calls"] > 10
+    assert stats["evalsha"]["failed_calls"] == 0
+    assert "eval" not in stats
+    loads = stats.get("script|load") or stats["script"]  # Redis 7 names subcommands
+    assert loads["calls"] == 2 * len(scripts.ALL)
 
 
 @pytest_twisted.ensureDeferred

@@ -188,3 +188,13 @@ def test_a_lone_message_from_redis_is_sent_at_once_and_a_batch_is_not() -> None:
     chat.channel_message("room-one", b'M3 aaaa1111 {"n": 3}\n4 aaaa1111 {"n": 4}', alone=True)
     assert at_once == [[("aaaa1111", b'{"n": 1}')]]
     assert [m["n"] for m in here.sink.received] == [1, 2, 3, 4]
+
+
+def test_every_script_is_in_the_list_loaded_on_connecting() -> None:
+    defined = {
+        name for name, value in vars(scripts).items()
+        if name.isupper() and not name.startswith("_") and isinstance(value, str)
+        and value.startswith(scripts._PRELUDE)
+    }
+    assert {name for name in defined if getattr(scripts, name) in scripts.ALL} == defined
+    assert len(scripts.ALL) == len(defined)

@@ -151,6 +151,9 @@ class _Commands(txredisapi.RedisProtocol):
         d = self._send([b"EVALSHA", sha, b"0", *encoded])
         return d.addErrback(self._not_loaded, script, encoded)
 
+    def load_script(self, script: bytes) -> "Deferred[Any]":
+        return self._send([b"SCRIPT", b"LOAD", script])
+
     def _send(self, parts: list[bytes]) -> "Deferred[Any]":
         if not self.connected:
             return fail(txredisapi.ConnectionError("Not connected"))
@@ -297,11 +300,16 @@ class RedisBackplane:
         protocol = self._commands
         if protocol is None:
             return fail(Unavailable())
+        sha, body = self._script(script)
+        return protocol.run_script(sha, body, (self.prefix, *args))
+
+    def _script(self, script: str) -> tuple[bytes, bytes]:
+        """A script's SHA1 and text, worked out once."""
         loaded = self._scripts.get(script)
         if loaded is None:
             body = script.encode("utf-8")
             loaded = self._scripts[script] = (hashlib.sha1(body).hexdigest().encode("ascii"), body)
-        return protocol.run_script(loaded[0], loaded[1], (self.prefix, *args))
+        return loaded
 
     def resync(self, state: str) -> "Deferred[Any]":
         """Make Redis agree with this node's state (RESYNC); the client IDs refused."""
@@ -333,6 +341,11 @@ class RedisBackplane:
                        event="redis_connected")
         if role == "commands":
             self._commands = protocol
+            # Loaded first, so that the calls after them (the start-up's
+            # joins, all at once) run by SHA1 rather than each failing with
+            # NOSCRIPT and being sent again with its text.
+            for script in scripts.ALL:
+                protocol.load_script(self._script(script)[1]).addErrback(lambda _: None)
         else:
             self._subscriber = protocol
             for room_id in self._channels:

@@ -410,3 +410,8 @@ redis.call('SET', P .. 'node:' .. node, '1', 'PX', lease)
 redis.call('SADD', P .. 'nodes', node)
 return refused
 """
+
+
+#: Every script, loaded into Redis as a node connects (RedisBackplane).
+ALL = (REGISTER, UNREGISTER, CREATE, JOIN, LEAVE, PUBLISH, LIST, MEMBERS, NICK, HISTORY, HEARTBEAT, REAP,
+       GOODBYE, RESYNC)
