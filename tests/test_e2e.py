@@ -168,6 +168,31 @@ async def test_thirty_members_sending_concurrently_exactly_once_in_order(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_burst_then_a_leave_reach_the_room_in_the_order_sent(server: InProcessServer) -> None:
+    # Sent in one go (one write, usually one read for the server): the
+    # messages reach the others before the sender's leave, and its nick
+    # change between them comes between them.
+    room_id, [(a, a_id), (b, _), (c, _)] = await room_of(server, 3)
+    for watcher in (b, c):
+        await watcher.request({"action": "events", "body": True})
+    burst = [{"action": "message", "body": n} for n in range(5)]
+    for command in (*burst[:3], {"action": "nick", "body": "ann"}, *burst[3:], {"action": "leave"}):
+        a.send(command)
+    for watcher in (b, c):
+        seen = [await watcher.next() for _ in range(7)]
+        assert [m.get("body", m.get("event")) for m in seen] == [0, 1, 2, "nick", 3, 4, "leave"]
+        assert all(m["from"] == a_id for m in seen if "body" in m)
+        assert [m["id"] for m in seen if "body" in m] == sorted(m["id"] for m in seen if "body" in m)
+    history = await b.request({"action": "history"})
+    assert [m["body"] for m in history["messages"]] == [0, 1, 2, 3, 4]
+    replies = [await a.next() for _ in range(7)]
+    assert [r["message"] for r in replies] == ["Message sent"] * 3 + ["Nick set to 'ann'"] + ["Message sent"] * 2 + [
+        "Left room"
+    ]
+    assert room_id in [r["room_id"] for r in (await b.request({"action": "list"}))["rooms"]]
+
+
+@pytest_twisted.ensureDeferred
 async def test_bad_input_gets_errors_and_the_connection_carries_on(server: InProcessServer) -> None:
     _, [(a, _), (b, _)] = await room_of(server, 2)
     cases = [

@@ -216,6 +216,21 @@ def test_a_reads_messages_reach_each_member_in_one_delivery_and_before_what_foll
     assert factory.metrics.registry.get_sample_value("chatd_deliveries_total") == 3
 
 
+def test_a_read_past_its_rate_limit_broadcasts_what_was_allowed() -> None:
+    from dataclasses import replace
+
+    factory = make_factory(replace(SETTINGS, rate_messages=1.0, rate_messages_burst=2))
+    _, [a, b] = peers_in_room(factory, 2)
+    a.frames(), b.frames()
+    a.protocol.dataReceived(b"".join(
+        client_frame(b'{"action": "message", "body": "%d"}' % n) for n in range(4)
+    ))
+    assert [m["body"] for m in b.messages()] == ["0", "1"]
+    replies = a.messages()
+    assert [r["status"] for r in replies] == ["success", "success", "error", "error"]
+    assert replies[2]["message"].startswith("Rate limit exceeded")
+
+
 def close_code(frames: list[tuple[int, bytes]]) -> tuple[int, str] | None:
     for opcode, payload in frames:
         if opcode == 8:
