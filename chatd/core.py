@@ -426,18 +426,24 @@ class ChatCore:
         if self._join is not None:
             self._gathered = {}
 
-    def flush(self, now: float) -> None:
-        """Fan out what is gathered (and go on gathering)."""
+    @property
+    def gathering(self) -> bool:
+        return self._gathered is not None
+
+    def flush(self, now: float) -> int:
+        """Fan out what is gathered (and go on gathering); how many messages."""
         gathered = self._gathered
         if not gathered:
-            return
+            return 0
         self._gathered = {}
+        fanned_out = 0
         events = self.events
         error: Optional[Exception] = None
         for room, waiting in gathered.values():
             counts = self.deliver_local_batch(
                 room, [(sender.client_id, payload) for sender, payload, _ in waiting], now
             )
+            fanned_out += len(waiting)
             for (sender, payload, message), recipients in zip(waiting, counts, strict=True):
                 try:
                     events.message_sent(room, sender, message, recipients, len(payload))
@@ -445,11 +451,12 @@ class ChatCore:
                     error = error or e
         if error is not None:
             raise error
+        return fanned_out
 
-    def release(self, now: float) -> None:
-        """Fan out what is gathered, and stop gathering."""
+    def release(self, now: float) -> int:
+        """Fan out what is gathered, and stop gathering; how many messages."""
         try:
-            self.flush(now)
+            return self.flush(now)
         finally:
             self._gathered = None
 

@@ -13,7 +13,7 @@ import time
 from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -23,6 +23,37 @@ from twisted.web.server import Request
 FANOUT_BUCKETS = (
     25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3,
 )
+
+
+class Total:
+    """
+    A counter without labels for what happens on every message (messages,
+    deliveries, bytes): a plain number, exported as a Prometheus counter
+    (``NAME_total``, ``NAME_created``, as prometheus_client's own) when
+    scraped.  prometheus_client's ``Counter`` takes a lock on every
+    increment, about 4% of chatd's CPU at full load; chatd's counters change
+    only on the reactor thread, so no lock is needed.
+    """
+
+    __slots__ = ("name", "documentation", "value", "created")
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.value: float = 0
+        self.created = time.time()
+        registry.register(self)
+
+    def inc(self, amount: float = 1) -> None:
+        if amount < 0:
+            raise ValueError("a counter only goes up")
+        self.value += amount
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation, value=self.value, created=self.created)
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return iter(())
 
 
 class Metrics:
@@ -36,14 +67,14 @@ class Metrics:
         self.timer = timer
         self.registry = CollectorRegistry()
         r = self.registry
-        self.messages_received = Counter(
-            "chatd_messages_received", "Chat messages accepted for broadcast.", registry=r)
-        self.deliveries = Counter(
-            "chatd_deliveries", "Broadcast copies queued to recipients.", registry=r)
-        self.bytes_received = Counter(
-            "chatd_received_bytes", "WebSocket message payload bytes received from clients.", registry=r)
-        self.bytes_sent = Counter(
-            "chatd_sent_bytes", "WebSocket message payload bytes sent to clients.", registry=r)
+        self.messages_received = Total(
+            "chatd_messages_received", "Chat messages accepted for broadcast.", r)
+        self.deliveries = Total(
+            "chatd_deliveries", "Broadcast copies queued to recipients.", r)
+        self.bytes_received = Total(
+            "chatd_received_bytes", "WebSocket message payload bytes received from clients.", r)
+        self.bytes_sent = Total(
+            "chatd_sent_bytes", "WebSocket message payload bytes sent to clients.", r)
         self.errors = Counter(
             "chatd_errors", "Error replies sent, by kind of error.", ["kind"], registry=r)
         self.slow_client_drops = Counter(
@@ -58,7 +89,8 @@ class Metrics:
             "chatd_message_log_rows", "Messages the message log wrote, failed to write or dropped.",
             ["outcome"], registry=r)
         self.fanout_seconds = Histogram(
-            "chatd_fanout_seconds", "Time to encode and fan out one broadcast.",
+            "chatd_fanout_seconds",
+            "Time to encode and fan out one broadcast (several from one read: together).",
             buckets=FANOUT_BUCKETS, registry=r)
 
     def watch(self, state: Callable[[], dict[str, float]]) -> None:

@@ -305,13 +305,18 @@ class ChatProtocol(WebSocketServerProtocol):
         """Fan out the broadcasts gathered from this read (and, with
         ``stop``, gather no more).  Their replies are sent already: a
         failure here is logged, not answered."""
+        metrics = self.factory.metrics
+        started = metrics.timer()
         try:
             if stop:
-                core.release(self.factory.clock.seconds())
+                fanned_out = core.release(self.factory.clock.seconds())
             else:
-                core.flush(self.factory.clock.seconds())
+                fanned_out = core.flush(self.factory.clock.seconds())
         except Exception:
             self._log.failure("Unexpected error fanning out a read's messages")
+            return
+        if fanned_out:
+            metrics.fanout_seconds.observe(metrics.timer() - started)
 
     def _wait_for(self, later: "Deferred[Any]") -> None:
         """The answer comes later: what the client sends meanwhile waits."""
@@ -404,7 +409,9 @@ class ChatProtocol(WebSocketServerProtocol):
             metrics = self.factory.metrics
             started = metrics.timer()
             reply = self.factory.chat.publish(client, body, self.factory.clock.seconds())
-            if not isinstance(reply, Deferred):  # in a cluster the fan-out comes later
+            # In a cluster the fan-out comes later; a read's messages are
+            # fanned out together, and timed so (_release).
+            if not isinstance(reply, Deferred) and not self.factory.core.gathering:
                 metrics.fanout_seconds.observe(metrics.timer() - started)
         except ChatError as e:
             reply = self._rejected(client, e)

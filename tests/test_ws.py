@@ -214,6 +214,8 @@ def test_a_reads_messages_reach_each_member_in_one_delivery_and_before_what_foll
     assert len(deliveries) == 3
     assert [m["message"] for m in a.messages()] == ["Message sent", "Message sent", "Nick set to 'ann'", "Message sent"]
     assert factory.metrics.registry.get_sample_value("chatd_deliveries_total") == 3
+    # Timed as two fan-outs: "one" and "two" together, then "three".
+    assert factory.metrics.registry.get_sample_value("chatd_fanout_seconds_count") == 2
 
 
 def test_a_read_past_its_rate_limit_broadcasts_what_was_allowed() -> None:
