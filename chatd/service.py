@@ -15,7 +15,6 @@ from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, Logger
@@ -27,6 +26,7 @@ from chatd.messagelog import MessageLogError, SQLiteLog, parse_target
 from chatd.metrics import Metrics, metrics_root
 from chatd.settings import Settings
 from chatd.systemd import Notifier
+from chatd.workers import SharedSocketEndpoint
 from chatd.ws import ChatFactory
 
 
@@ -165,7 +165,7 @@ class ChatService(MultiService):
         for fd, family in inherited:
             # A worker of --workers: the parent bound the socket.
             StreamServerEndpointService(
-                AdoptedStreamServerEndpoint(reactor, fd, family), self.factory
+                SharedSocketEndpoint(reactor, fd, family), self.factory
             ).setServiceParent(self.listeners)
         self._orphan_watch: Optional[LoopingCall] = None
         if inherited:

@@ -3,11 +3,19 @@
 
 The parent binds every ``--listen`` socket (so a bind failure stops start-up,
 and systemd's sockets work unchanged), then runs N ``twistd -n chatd``
-workers that adopt the sockets (``reactor.adoptStreamPort``, through an
+workers that adopt the sockets (``SharedSocketEndpoint``, an
 ``AdoptedStreamServerEndpoint``) and are nodes of one cluster on ``--redis``.
-The kernel spreads new connections over the workers.  A worker that dies is
-started again; SIGTERM to the parent drains every worker (each removes its
-clients from Redis) before the parent exits.
+
+How connections are spread: a ``tcp:`` or ``tcp6:`` listener is bound N
+times with ``SO_REUSEPORT``, a socket per worker, and the kernel spreads new
+connections evenly over them (by a hash of their addresses).  While a worker
+is down, the parent accepts on its socket and resets each connection at once
+(the client retries and most likely lands on a live worker) rather than
+leave it waiting for the restart.  Other listeners (``unix:``, systemd's) are
+one socket that every worker accepts from, one connection per wake-up
+(``OneAtATime``).  A worker that dies is started again; SIGTERM to the
+parent drains every worker (each removes its clients from Redis) before the
+parent exits.
 """
 
 from __future__ import annotations
@@ -19,8 +27,9 @@ import sys
 from typing import Any, Optional, Sequence
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import serverFromString
+from twisted.internet import tcp, unix
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
@@ -46,6 +55,58 @@ def family_name(port: IListeningPort) -> str:
         if handle.family == family:
             return name
     raise ValueError(f"cannot hand a {handle.family} socket to a worker")
+
+
+class OneAtATime:
+    """
+    A listening port that accepts one connection each time it is readable.
+
+    Twisted accepts up to 100 connections per wake-up (more while they keep
+    coming).  On a socket that several workers share, every worker is woken
+    for a new connection and the first to accept takes the whole burst: in a
+    benchmark's connect burst one of two workers took 94% of 500 clients,
+    and did nearly all the work.  One at a time, the next connection goes to
+    whichever worker comes back to its poll first: the one with the least
+    to do.
+    """
+
+    @property
+    def numberAccepts(self) -> int:
+        return 1
+
+    @numberAccepts.setter
+    def numberAccepts(self, value: int) -> None:
+        pass  # Twisted raises it after every full batch: it stays 1
+
+
+class _OneAtATimeTCPPort(OneAtATime, tcp.Port):
+    pass
+
+
+class _OneAtATimeUNIXPort(OneAtATime, unix.Port):
+    pass
+
+
+class SharedSocketEndpoint(AdoptedStreamServerEndpoint):
+    """A worker's end of a listening socket the ``--workers`` parent bound."""
+
+    def listen(self, factory: Any) -> "Deferred[IListeningPort]":
+        if self._used:
+            return super().listen(factory)  # AlreadyListened
+        self._used = True
+        try:
+            self._setNonBlocking(self.fileno)
+            port: Any
+            if self.addressFamily == socket.AF_UNIX:
+                port = _OneAtATimeUNIXPort._fromListeningDescriptor(self.reactor, self.fileno, factory)
+            else:
+                port = _OneAtATimeTCPPort._fromListeningDescriptor(
+                    self.reactor, self.fileno, self.addressFamily, factory)
+            port.startListening()
+            self._close(self.fileno)
+        except BaseException:
+            return fail()
+        return succeed(port)
 
 
 def metrics_for_worker(description: str, index: int) -> str:
@@ -81,11 +142,100 @@ def worker_arguments(raw: Sequence[str], settings: Settings, index: int, familie
     return args
 
 
-class ForWorkers(Factory):
-    """The parent never accepts: its ports stop reading at once."""
+class _Reset(Protocol):
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
-    protocol = Protocol
+
+class ForWorkers(Factory):
+    """
+    What the parent does with a connection it accepts: only on the socket of
+    a worker that is down, and then it resets it.  (Its ports stop reading
+    at once otherwise: the workers accept.)
+    """
+
+    protocol = _Reset
     noisy = False
+
+
+def _fields(description: str) -> list[str]:
+    """An endpoint description's fields: split at ``:``, ``\\:`` kept as ``:``."""
+    fields: list[str] = []
+    field, escaped = "", False
+    for char in description:
+        if escaped:
+            field, escaped = field + char, False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            fields.append(field)
+            field = ""
+        else:
+            field += char
+    return fields + [field]
+
+
+def reuseport_address(description: str, backlog: int) -> Optional[tuple[int, str, int, int]]:
+    """
+    (family, interface, port, backlog) of a ``tcp:``/``tcp6:`` listener that
+    can be bound once per worker; None for anything else.
+    """
+    kind, *fields = _fields(description)
+    if kind not in ("tcp", "tcp6") or not fields or not fields[0].isdigit():
+        return None
+    options: dict[str, str] = {}
+    for field in fields[1:]:
+        name, sep, value = field.partition("=")
+        if not sep:
+            return None  # positional options: left to Twisted's parser, shared
+        options[name] = value
+    if set(options) - {"interface", "backlog"}:
+        return None
+    family = socket.AF_INET if kind == "tcp" else socket.AF_INET6
+    interface = options.get("interface", "" if kind == "tcp" else "::")
+    return family, interface, int(fields[0]), int(options.get("backlog", backlog))
+
+
+def bind_reuseport(family: int, interface: str, port: int, backlog: int, count: int) -> list[socket.socket]:
+    """``count`` listening sockets on one address, ``SO_REUSEPORT`` on each
+    (port 0: the first's port for all)."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            handle = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(handle)
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            handle.bind((interface, port))
+            port = handle.getsockname()[1]
+            handle.listen(backlog)
+            handle.setblocking(False)
+    except OSError:
+        for handle in sockets:
+            handle.close()
+        raise
+    return sockets
+
+
+class _Listener:
+    """One ``--listen`` of the parent: a socket for all workers, or one each."""
+
+    def __init__(self, ports: list[Any], family: str) -> None:
+        self.ports = ports
+        self.family = family
+
+    def fd_for(self, index: int) -> int:
+        port = self.ports[index] if len(self.ports) > 1 else self.ports[0]
+        return int(port.fileno())
+
+    def worker_down(self, index: int, down: bool) -> None:
+        """Reset what comes in on a down worker's own socket, meanwhile."""
+        if len(self.ports) > 1:
+            port = self.ports[index]
+            if down:
+                port.startReading()
+            else:
+                port.stopReading()
 
 
 class _Worker(ProcessProtocol):
@@ -120,32 +270,52 @@ class WorkerPool(MultiService):
         self.raw_args = list(raw_args)
         self._reactor = reactor
         self.notifier = notifier if notifier is not None else Notifier()
-        self.ports: list[IListeningPort] = []
+        self.listeners: list[_Listener] = []
         self.workers: dict[int, _Worker] = {}
         self._delays: dict[int, float] = {}
         self._stopping = False
         self._watchdog: Optional[Any] = None
 
     def privilegedStartService(self) -> None:
-        from chatd.service import with_backlog
-
         for description in self.settings.listen:
-            d = serverFromString(self._reactor, with_backlog(description)).listen(ForWorkers())
-            result: list[Any] = []
-            d.addBoth(result.append)
-            if not result:
-                raise SystemExit(f"chatd: {description}: cannot hand this listener to workers")
-            if isinstance(result[0], Failure):
-                error = result[0].value
-                raise SystemExit(f"chatd: cannot listen on {description}: {getattr(error, 'socketError', error)}")
-            port = result[0]
-            port.stopReading()  # the workers accept, not the parent
-            self.ports.append(port)
-            host = port.getHost()
-            self._log.info("Listening on {host} for {workers} workers",
-                           host=f"{getattr(host, 'host', '')}:{getattr(host, 'port', getattr(host, 'name', ''))}",
-                           workers=self.settings.workers, event="listening")
+            listener = self._bind(description)
+            self.listeners.append(listener)
+            host = listener.ports[0].getHost()
+            self._log.info(
+                "Listening on {host} for {workers} workers ({how})",
+                host=f"{getattr(host, 'host', '')}:{getattr(host, 'port', getattr(host, 'name', ''))}",
+                workers=self.settings.workers, event="listening",
+                how="a socket each" if len(listener.ports) > 1 else "one shared socket")
         super().privilegedStartService()
+
+    def _bind(self, description: str) -> _Listener:
+        from chatd.service import BACKLOG, with_backlog
+
+        address = reuseport_address(description, BACKLOG)
+        if address is not None and self.settings.workers > 1:
+            family, interface, port_number, backlog = address
+            try:
+                handles = bind_reuseport(family, interface, port_number, backlog, self.settings.workers)
+            except OSError as e:
+                raise SystemExit(f"chatd: cannot listen on {description}: {e}") from None
+            ports = []
+            for handle in handles:
+                port = self._reactor.adoptStreamPort(handle.fileno(), family, ForWorkers())
+                handle.close()  # the port has its own copy
+                port.stopReading()  # the worker accepts, not the parent
+                ports.append(port)
+            return _Listener(ports, family_name(ports[0]))
+        d = serverFromString(self._reactor, with_backlog(description)).listen(ForWorkers())
+        result: list[Any] = []
+        d.addBoth(result.append)
+        if not result:
+            raise SystemExit(f"chatd: {description}: cannot hand this listener to workers")
+        if isinstance(result[0], Failure):
+            error = result[0].value
+            raise SystemExit(f"chatd: cannot listen on {description}: {getattr(error, 'socketError', error)}")
+        port = result[0]
+        port.stopReading()  # the workers accept, not the parent
+        return _Listener([port], family_name(port))
 
     def setServiceParent(self, parent: Any) -> None:
         from chatd.service import use_json_logs
@@ -162,15 +332,16 @@ class WorkerPool(MultiService):
         self._watchdog = self.notifier.keep_alive(self._reactor)
 
     def _spawn(self, index: int) -> None:
-        families = [family_name(port) for port in self.ports]
+        families = [listener.family for listener in self.listeners]
         args = worker_arguments(self.raw_args, self.settings, index, families)
         argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                 "--nodaemon", "--pidfile=", "chatd", *args]
         env = {k: v for k, v in os.environ.items()
                if k not in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC")}
         child_fds: dict[int, Any] = {0: 0, 1: 1, 2: 2}
-        for offset, port in enumerate(self.ports):
-            child_fds[FIRST_FD + offset] = port.fileno()  # type: ignore[attr-defined]
+        for offset, listener in enumerate(self.listeners):
+            child_fds[FIRST_FD + offset] = listener.fd_for(index)
+            listener.worker_down(index, False)
         worker = _Worker(self, index)
         self.workers[index] = worker
         self._reactor.spawnProcess(worker, sys.executable, argv, env=env, childFDs=child_fds)
@@ -182,6 +353,8 @@ class WorkerPool(MultiService):
             del self.workers[worker.index]
         if self._stopping:
             return
+        for listener in self.listeners:
+            listener.worker_down(worker.index, True)
         code = getattr(reason.value, "exitCode", None)
         delay = self._delays.get(worker.index, RESTART_DELAY)
         self._delays[worker.index] = min(delay * 2, 60.0)
@@ -213,8 +386,9 @@ class WorkerPool(MultiService):
         await DeferredList([worker.ended for worker in workers])
         if killer.active():
             killer.cancel()
-        for port in self.ports:
-            await port.stopListening()
+        for listener in self.listeners:
+            for port in listener.ports:
+                await port.stopListening()
         if getattr(self._reactor, "_exitSignal", None) == signal.SIGTERM:
             self._reactor._exitSignal = None  # an orderly stop: exit 0
 

@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 import pytest_twisted
+from twisted.internet.defer import Deferred, gatherResults
 
 from tests.helpers import RedisServer, connect
 
@@ -88,3 +89,36 @@ async def test_workers_share_the_port_and_are_one_chat(daemon_factory: Any, redi
 def _zombie(pid: int) -> bool:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().split()[2] == "Z"
+
+
+def _sockets(pid: int) -> int:
+    count = 0
+    for entry in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{entry}").startswith("socket:")
+        except OSError:
+            pass  # closed meanwhile
+    return count
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_worker_takes_a_share_of_the_connections(daemon_factory: Any, redis_server: RedisServer) -> None:
+    # A socket each (SO_REUSEPORT): the kernel spreads connections evenly.
+    # (One shared socket let whichever worker woke first take a burst: 94%.)
+    parent = daemon_factory("--workers", "2", "--listen", "tcp:0:interface=127.0.0.1",
+                            "--redis", redis_server.url, "--log-format", "json")
+    match = await parent.wait_for(rb"Listening on 127\.0\.0\.1:(\d+) for 2 workers", "the parent to bind")
+    port = int(match.group(1))
+    for _ in range(2):
+        await parent.wait_for(rb"In step with Redis(?s:.*)In step with Redis", "both workers")
+    workers = [int(pid) for pid in re.findall(rb'"Started worker \d \(pid (\d+)\)"', parent.output)]
+    before = [_sockets(pid) for pid in workers]
+    # A burst, as when clients reconnect after a restart.
+    clients = await gatherResults([Deferred.fromCoroutine(welcomed_on(port)) for _ in range(60)])
+    taken = [_sockets(pid) - count for pid, count in zip(workers, before, strict=True)]
+    assert sum(taken) == 60
+    assert min(taken) >= 15, taken  # a fair coin gives fewer than 15 of 60 about once in 24,000 runs
+    for client, _ in clients:
+        await client.close()
+    parent.signal("TERM")
+    assert await parent.wait_exit() == 0

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from chatd.config import ConfigError
 from chatd.settings import Settings
-from chatd.workers import WorkerPool, metrics_for_worker, worker_arguments
+from chatd.workers import WorkerPool, _Listener, bind_reuseport, metrics_for_worker, reuseport_address, worker_arguments
 
 REDIS = "redis://127.0.0.1:6379/0"
 
@@ -35,3 +37,58 @@ def test_tls_listeners_are_refused_with_workers() -> None:
     settings = Settings(workers=2, redis=REDIS, listen=("ssl:8443:privateKey=k.pem",))
     with pytest.raises(ConfigError, match="ssl: listener is not supported"):
         WorkerPool(settings, [], reactor=None)
+
+
+def test_tcp_listeners_are_bound_once_per_worker_and_others_shared() -> None:
+    assert reuseport_address("tcp:8765", 1024) == (socket.AF_INET, "", 8765, 1024)
+    assert reuseport_address("tcp:0:interface=127.0.0.1:backlog=7", 1024) == (socket.AF_INET, "127.0.0.1", 0, 7)
+    assert reuseport_address(r"tcp6:8765:interface=\:\:1", 50) == (socket.AF_INET6, "::1", 8765, 50)
+    # Anything else is one socket for every worker.
+    for description in ("unix:/run/chatd.sock", "systemd:domain=INET:index=0", "tcp:8765:50",
+                        "tcp:8765:interface=127.0.0.1:unknown=1", "tcp:http"):
+        assert reuseport_address(description, 1024) is None, description
+
+
+def test_sockets_bound_with_reuseport_share_one_port() -> None:
+    handles = bind_reuseport(socket.AF_INET, "127.0.0.1", 0, 16, 3)
+    try:
+        ports = {handle.getsockname()[1] for handle in handles}
+        assert len(handles) == 3 and len(ports) == 1 and 0 not in ports
+        assert all(handle.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for handle in handles)
+        # Taken by someone else without SO_REUSEPORT: refused, nothing left open.
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", 0))
+            squatter.listen(1)
+            with pytest.raises(OSError):
+                bind_reuseport(socket.AF_INET, "127.0.0.1", squatter.getsockname()[1], 16, 2)
+    finally:
+        for handle in handles:
+            handle.close()
+
+
+class FakePort:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.reading = False
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def startReading(self) -> None:
+        self.reading = True
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+
+def test_a_down_workers_own_socket_is_answered_by_the_parent_meanwhile() -> None:
+    own = _Listener([FakePort(10), FakePort(11)], "INET")
+    shared = _Listener([FakePort(12)], "UNIX")
+    assert [own.fd_for(i) for i in (0, 1)] == [10, 11] and [shared.fd_for(i) for i in (0, 1)] == [12, 12]
+    own.worker_down(1, True)
+    shared.worker_down(1, True)
+    # The parent resets what comes in on worker 1's socket until it is back;
+    # a shared socket needs nothing: the other workers accept from it.
+    assert [p.reading for p in own.ports] == [False, True] and not shared.ports[0].reading
+    own.worker_down(1, False)
+    assert not own.ports[1].reading
