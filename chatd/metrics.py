@@ -37,11 +37,11 @@ class Total:
 
     __slots__ = ("name", "documentation", "value", "created")
 
-    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry, created: float) -> None:
         self.name = name
         self.documentation = documentation
         self.value: float = 0
-        self.created = time.time()
+        self.created = created  # wall-clock seconds, for NAME_created
         registry.register(self)
 
     def inc(self, amount: float = 1) -> None:
@@ -61,20 +61,25 @@ class Metrics:
     Every chatd metric, in a registry of its own.
 
     :param timer: a monotonic clock in seconds, for the fan-out histogram.
+    :param wall_clock: seconds since the epoch, for the counters' creation
+        time.
     """
 
-    def __init__(self, timer: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self, timer: Callable[[], float] = time.perf_counter, wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.timer = timer
         self.registry = CollectorRegistry()
         r = self.registry
+        now = wall_clock()
         self.messages_received = Total(
-            "chatd_messages_received", "Chat messages accepted for broadcast.", r)
+            "chatd_messages_received", "Chat messages accepted for broadcast.", r, now)
         self.deliveries = Total(
-            "chatd_deliveries", "Broadcast copies queued to recipients.", r)
+            "chatd_deliveries", "Broadcast copies queued to recipients.", r, now)
         self.bytes_received = Total(
-            "chatd_received_bytes", "WebSocket message payload bytes received from clients.", r)
+            "chatd_received_bytes", "WebSocket message payload bytes received from clients.", r, now)
         self.bytes_sent = Total(
-            "chatd_sent_bytes", "WebSocket message payload bytes sent to clients.", r)
+            "chatd_sent_bytes", "WebSocket message payload bytes sent to clients.", r, now)
         self.errors = Counter(
             "chatd_errors", "Error replies sent, by kind of error.", ["kind"], registry=r)
         self.slow_client_drops = Counter(

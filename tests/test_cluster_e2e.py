@@ -47,15 +47,20 @@ async def test_a_killed_node_loses_its_members_within_the_lease(daemon_factory: 
     assert refused == {"status": "error", "message": f"Room {lonely} does not exist"}
 
 
-@pytest_twisted.ensureDeferred
-async def test_workers_share_the_port_and_are_one_chat(daemon_factory: Any, redis_server: RedisServer) -> None:
+async def two_workers(daemon_factory: Any, redis_server: RedisServer) -> tuple[Any, int, list[int]]:
+    """``twistd -n chatd --workers 2`` on the test's Redis: (parent, port, worker pids)."""
     parent = daemon_factory("--workers", "2", "--listen", "tcp:0:interface=127.0.0.1",
                             "--redis", redis_server.url, "--log-format", "json")
     match = await parent.wait_for(rb"Listening on 127\.0\.0\.1:(\d+) for 2 workers", "the parent to bind")
-    port = int(match.group(1))
     for _ in range(2):
         await parent.wait_for(rb"In step with Redis(?s:.*)In step with Redis", "both workers")
     workers = [int(pid) for pid in re.findall(rb'"Started worker \d \(pid (\d+)\)"', parent.output)]
+    return parent, int(match.group(1)), workers
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_share_the_port_and_are_one_chat(daemon_factory: Any, redis_server: RedisServer) -> None:
+    parent, port, workers = await two_workers(daemon_factory, redis_server)
     assert len(workers) == 2
     clients = [await welcomed_on(port) for _ in range(12)]
     room_id = (await clients[0][0].request({"action": "create", "body": "all"}))["room_id"]
@@ -105,13 +110,7 @@ def _sockets(pid: int) -> int:
 async def test_each_worker_takes_a_share_of_the_connections(daemon_factory: Any, redis_server: RedisServer) -> None:
     # A socket each (SO_REUSEPORT): the kernel spreads connections evenly.
     # (One shared socket let whichever worker woke first take a burst: 94%.)
-    parent = daemon_factory("--workers", "2", "--listen", "tcp:0:interface=127.0.0.1",
-                            "--redis", redis_server.url, "--log-format", "json")
-    match = await parent.wait_for(rb"Listening on 127\.0\.0\.1:(\d+) for 2 workers", "the parent to bind")
-    port = int(match.group(1))
-    for _ in range(2):
-        await parent.wait_for(rb"In step with Redis(?s:.*)In step with Redis", "both workers")
-    workers = [int(pid) for pid in re.findall(rb'"Started worker \d \(pid (\d+)\)"', parent.output)]
+    parent, port, workers = await two_workers(daemon_factory, redis_server)
     before = [_sockets(pid) for pid in workers]
     # A burst, as when clients reconnect after a restart.
     clients = await gatherResults([Deferred.fromCoroutine(welcomed_on(port)) for _ in range(60)])
