@@ -26,7 +26,7 @@ from chatd.messagelog import MessageLogError, SQLiteLog, parse_target
 from chatd.metrics import Metrics, metrics_root
 from chatd.settings import Settings
 from chatd.systemd import Notifier
-from chatd.workers import SharedSocketEndpoint
+from chatd.workers import WorkerSocketEndpoint
 from chatd.ws import ChatFactory
 
 
@@ -41,7 +41,7 @@ BACKLOG = 1024
 #: 700).  A cluster node holds each message for a round trip to Redis, so at
 #: 700 new objects the young generation is collected thousands of times a
 #: minute, and what is in flight at each pass climbs to the oldest
-#: generation, whose passes then walk every object of every connection: 13%
+#: generation, whose passes then walk every object of every connection: 14%
 #: of a node's CPU at full load (docs/performance.md, optimisation 18).
 #: Most of chatd's objects die by reference counting; this only bounds how
 #: much cyclic garbage may wait for a pass.
@@ -165,7 +165,7 @@ class ChatService(MultiService):
         for fd, family in inherited:
             # A worker of --workers: the parent bound the socket.
             StreamServerEndpointService(
-                SharedSocketEndpoint(reactor, fd, family), self.factory
+                WorkerSocketEndpoint(reactor, fd, family), self.factory
             ).setServiceParent(self.listeners)
         self._orphan_watch: Optional[LoopingCall] = None
         if inherited:

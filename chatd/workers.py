@@ -3,7 +3,7 @@
 
 The parent binds every ``--listen`` socket (so a bind failure stops start-up,
 and systemd's sockets work unchanged), then runs N ``twistd -n chatd``
-workers that adopt the sockets (``SharedSocketEndpoint``, an
+workers that adopt the sockets (``WorkerSocketEndpoint``, an
 ``AdoptedStreamServerEndpoint``) and are nodes of one cluster on ``--redis``.
 
 How connections are spread: a ``tcp:`` or ``tcp6:`` listener is bound N
@@ -12,8 +12,10 @@ connections evenly over them (by a hash of their addresses).  While a worker
 is down, the parent accepts on its socket and resets each connection at once
 (the client retries and most likely lands on a live worker) rather than
 leave it waiting for the restart.  Other listeners (``unix:``, systemd's) are
-one socket that every worker accepts from, one connection per wake-up
-(``OneAtATime``).  A worker that dies is started again; SIGTERM to the
+one socket that every worker accepts from.  Every worker accepts one
+connection per wake-up (``OneAtATime``): on a shared socket that is what
+spreads a burst; on a socket of its own it costs a poll per connection of
+a burst, next to a handshake's hundreds of microseconds.  A worker that dies is started again; SIGTERM to the
 parent drains every worker (each removes its clients from Redis) before the
 parent exits.
 """
@@ -29,7 +31,12 @@ from typing import Any, Optional, Sequence
 from twisted.application.service import MultiService
 from twisted.internet import tcp, unix
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
-from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+from twisted.internet.endpoints import (
+    AdoptedStreamServerEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    serverFromString,
+)
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
@@ -87,8 +94,12 @@ class _OneAtATimeUNIXPort(OneAtATime, unix.Port):
     pass
 
 
-class SharedSocketEndpoint(AdoptedStreamServerEndpoint):
-    """A worker's end of a listening socket the ``--workers`` parent bound."""
+class WorkerSocketEndpoint(AdoptedStreamServerEndpoint):
+    """
+    A worker's end of a listening socket the ``--workers`` parent bound (its
+    own, or one all the workers share), accepted from one connection per
+    wake-up (``OneAtATime``).
+    """
 
     def listen(self, factory: Any) -> "Deferred[IListeningPort]":
         if self._used:
@@ -158,42 +169,21 @@ class ForWorkers(Factory):
     noisy = False
 
 
-def _fields(description: str) -> list[str]:
-    """An endpoint description's fields: split at ``:``, ``\\:`` kept as ``:``."""
-    fields: list[str] = []
-    field, escaped = "", False
-    for char in description:
-        if escaped:
-            field, escaped = field + char, False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            fields.append(field)
-            field = ""
-        else:
-            field += char
-    return fields + [field]
-
-
-def reuseport_address(description: str, backlog: int) -> Optional[tuple[int, str, int, int]]:
+def reuseport_address(reactor: Any, description: str) -> Optional[tuple[int, str, int, int]]:
     """
-    (family, interface, port, backlog) of a ``tcp:``/``tcp6:`` listener that
-    can be bound once per worker; None for anything else.
+    (family, interface, port, backlog) of a ``tcp:``/``tcp6:`` listener, as
+    Twisted parses the description (with chatd's default backlog): it can be
+    bound once per worker.  None for any other kind.
     """
-    kind, *fields = _fields(description)
-    if kind not in ("tcp", "tcp6") or not fields or not fields[0].isdigit():
-        return None
-    options: dict[str, str] = {}
-    for field in fields[1:]:
-        name, sep, value = field.partition("=")
-        if not sep:
-            return None  # positional options: left to Twisted's parser, shared
-        options[name] = value
-    if set(options) - {"interface", "backlog"}:
-        return None
-    family = socket.AF_INET if kind == "tcp" else socket.AF_INET6
-    interface = options.get("interface", "" if kind == "tcp" else "::")
-    return family, interface, int(fields[0]), int(options.get("backlog", backlog))
+    from chatd.service import with_backlog
+
+    if description.partition(":")[0] not in ("tcp", "tcp6"):
+        return None  # parsed once, where it is listened on (systemd's looks its socket up)
+    endpoint = serverFromString(reactor, with_backlog(description))
+    assert isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint))
+    family = socket.AF_INET6 if isinstance(endpoint, TCP6ServerEndpoint) else socket.AF_INET
+    # What Twisted parsed, kept on its endpoint (it has no public accessors).
+    return family, endpoint._interface, endpoint._port, endpoint._backlog
 
 
 def bind_reuseport(family: int, interface: str, port: int, backlog: int, count: int) -> list[socket.socket]:
@@ -289,10 +279,10 @@ class WorkerPool(MultiService):
         super().privilegedStartService()
 
     def _bind(self, description: str) -> _Listener:
-        from chatd.service import BACKLOG, with_backlog
+        from chatd.service import with_backlog
 
-        address = reuseport_address(description, BACKLOG)
-        if address is not None and self.settings.workers > 1:
+        address = reuseport_address(self._reactor, description)
+        if address is not None:
             family, interface, port_number, backlog = address
             try:
                 handles = bind_reuseport(family, interface, port_number, backlog, self.settings.workers)

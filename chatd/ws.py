@@ -305,6 +305,8 @@ class ChatProtocol(WebSocketServerProtocol):
         """Fan out the broadcasts gathered from this read (and, with
         ``stop``, gather no more).  Their replies are sent already: a
         failure here is logged, not answered."""
+        if not core.gathering:
+            return
         metrics = self.factory.metrics
         started = metrics.timer()
         try:

@@ -6,6 +6,8 @@ import socket
 
 import pytest
 
+from twisted.internet.testing import MemoryReactor
+
 from chatd.config import ConfigError
 from chatd.settings import Settings
 from chatd.workers import WorkerPool, _Listener, bind_reuseport, metrics_for_worker, reuseport_address, worker_arguments
@@ -40,13 +42,17 @@ def test_tls_listeners_are_refused_with_workers() -> None:
 
 
 def test_tcp_listeners_are_bound_once_per_worker_and_others_shared() -> None:
-    assert reuseport_address("tcp:8765", 1024) == (socket.AF_INET, "", 8765, 1024)
-    assert reuseport_address("tcp:0:interface=127.0.0.1:backlog=7", 1024) == (socket.AF_INET, "127.0.0.1", 0, 7)
-    assert reuseport_address(r"tcp6:8765:interface=\:\:1", 50) == (socket.AF_INET6, "::1", 8765, 50)
+    reactor = MemoryReactor()
+    # As Twisted parses them, with chatd's backlog unless one is given.
+    assert reuseport_address(reactor, "tcp:8765") == (socket.AF_INET, "", 8765, 1024)
+    assert reuseport_address(reactor, "tcp:port=8765") == (socket.AF_INET, "", 8765, 1024)
+    assert reuseport_address(reactor, "tcp:0:interface=127.0.0.1:backlog=7") == (socket.AF_INET, "127.0.0.1", 0, 7)
+    assert reuseport_address(reactor, "tcp:8765:127.0.0.1") == (socket.AF_INET, "127.0.0.1", 8765, 1024)
+    assert reuseport_address(reactor, r"tcp6:8765:interface=\:\:1") == (socket.AF_INET6, "::1", 8765, 1024)
+    assert reuseport_address(reactor, "tcp6:8765") == (socket.AF_INET6, "::", 8765, 1024)
     # Anything else is one socket for every worker.
-    for description in ("unix:/run/chatd.sock", "systemd:domain=INET:index=0", "tcp:8765:50",
-                        "tcp:8765:interface=127.0.0.1:unknown=1", "tcp:http"):
-        assert reuseport_address(description, 1024) is None, description
+    for description in ("unix:/run/chatd.sock", "systemd:domain=INET:index=0"):
+        assert reuseport_address(reactor, description) is None, description
 
 
 def test_sockets_bound_with_reuseport_share_one_port() -> None:
