@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 from urllib.parse import urlsplit
 
-from chatd.settings import DEFAULT_LISTEN, Settings
+from chatd.backplane.address import parse_url
+from chatd.settings import DEFAULT_LISTEN, Settings, parse_moderator
 
 
 class ConfigError(Exception):
@@ -150,29 +151,29 @@ def moderators(value: Any, is_text: bool) -> tuple[str, ...]:
     items = [value] if is_text else value
     if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
         raise ValueError(f"must be a list of moderators like 'banned-words:file=words.txt', not {_toml_type(value)}")
-    # Made once here, so a bad name, option or word file stops start-up.
-    from chatd.moderation import ModeratorError, build
-
+    # Their syntax here; twistd chatd makes each once before it listens, so
+    # that a bad name, option or word file stops start-up too.
     for spec in items:
-        try:
-            build(spec)
-        except ModeratorError as e:
-            raise ValueError(str(e)) from None
+        parse_moderator(spec)
     return tuple(items)
 
 
-def message_log(value: Any, is_text: bool) -> str:
-    from chatd.messagelog import parse_target
+def sqlite_path(target: str) -> str:
+    """The path of a ``sqlite:PATH`` message log; ValueError for anything else."""
+    kind, sep, path = target.partition(":")
+    if kind != "sqlite" or not sep or not path:
+        raise ValueError(f"must be sqlite:PATH, not {target!r}")
+    return path
 
+
+def message_log(value: Any, is_text: bool) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be sqlite:PATH, not {_toml_type(value)}")
-    parse_target(value)
+    sqlite_path(value)
     return value
 
 
 def redis_url(value: Any, is_text: bool) -> str:
-    from chatd.backplane.redis import parse_url
-
     if not isinstance(value, str):
         raise ValueError(f"must be a URL like redis://localhost:6379/0, not {_toml_type(value)}")
     parse_url(value)

@@ -26,11 +26,18 @@ from chatd.codec import (
     Message,
     Nick,
 )
-from chatd.errors import ChatError, NotInRoom, RateLimited, RoomNotFound, SinkGone
+from chatd.errors import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_POLICY_VIOLATION,
+    ChatError,
+    NotInRoom,
+    RateLimited,
+    RoomNotFound,
+    SinkGone,
+)
 from chatd.ratelimit import TokenBucket
 
-#: Close code and reason for a client that keeps sending far over its limit.
-CLOSE_POLICY_VIOLATION = 1008
+#: The close reason for a client that keeps sending far over its limit.
 HAMMERING = "Rate limit exceeded repeatedly"
 
 
@@ -648,7 +655,7 @@ class ChatCore:
                 continue
             self._on_sink_error(member, error)
             try:
-                member.sink.close(1011, "Internal error")
+                member.sink.close(CLOSE_INTERNAL_ERROR, "Internal error")
             except Exception as close_error:
                 self._on_sink_error(member, close_error)
         return len(failed)

@@ -10,6 +10,17 @@ the exception's own.
 
 from __future__ import annotations
 
+# WebSocket close codes chatd sends (RFC 6455, 7.4.1), and why.
+#: The server is shutting down.
+CLOSE_GOING_AWAY = 1001
+#: The client broke a rule: hammering past its rate limit, reading too slowly,
+#: too much waiting for a reply.
+CLOSE_POLICY_VIOLATION = 1008
+#: A bug on the server's side ended the connection.
+CLOSE_INTERNAL_ERROR = 1011
+#: The service cannot keep the client just now (the cluster's Redis is away).
+CLOSE_TRY_AGAIN_LATER = 1013
+
 
 class ChatError(Exception):
     """

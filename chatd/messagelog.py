@@ -53,14 +53,6 @@ class MessageLogError(Exception):
     """The log cannot be opened; the message says why."""
 
 
-def parse_target(target: str) -> str:
-    """The path of ``sqlite:PATH``; ValueError for anything else."""
-    kind, sep, path = target.partition(":")
-    if kind != "sqlite" or not sep or not path:
-        raise ValueError(f"must be sqlite:PATH, not {target!r}")
-    return path
-
-
 def migrate(connection: sqlite3.Connection) -> int:
     """Bring the schema up to date; the version it is now at."""
     (version,) = connection.execute("PRAGMA user_version").fetchone()

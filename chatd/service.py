@@ -5,10 +5,7 @@ metrics endpoint, systemd notifications, and an orderly shutdown.
 
 from __future__ import annotations
 
-import gc
 import os
-import signal
-import sys
 from typing import Any, Optional, Sequence
 
 from twisted.application import strports
@@ -17,85 +14,26 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
-from twisted.logger import ILogObserver, Logger
-from twisted.python.components import Componentized
+from twisted.logger import Logger
 from twisted.web.server import Site
 
-from chatd.logs import json_observer
-from chatd.messagelog import MessageLogError, SQLiteLog, parse_target
+from chatd import fastpath
+from chatd.config import sqlite_path
+from chatd.errors import CLOSE_TRY_AGAIN_LATER, Unavailable
+from chatd.listening import WorkerSocketEndpoint, with_backlog
+from chatd.messagelog import MessageLogError, SQLiteLog
 from chatd.metrics import Metrics, metrics_root
+from chatd.runtime import CollectorTuning, use_json_logs
 from chatd.settings import Settings
 from chatd.systemd import Notifier
-from chatd.workers import WorkerSocketEndpoint
 from chatd.ws import ChatFactory
-
-
-#: The listen backlog chatd asks for unless a description names one; the
-#: kernel caps it at net.core.somaxconn.  Twisted's default of 50 makes a
-#: burst of connections (clients reconnecting after a restart) wait 1 s for
-#: SYN retransmits once the accept queue is full.
-BACKLOG = 1024
-
-
-#: The collector's first threshold while chatd runs (Python's default is
-#: 700).  A cluster node holds each message for a round trip to Redis, so at
-#: 700 new objects the young generation is collected thousands of times a
-#: minute, and what is in flight at each pass climbs to the oldest
-#: generation, whose passes then walk every object of every connection: 14%
-#: of a node's CPU at full load (docs/performance.md, optimisation 18).
-#: Most of chatd's objects die by reference counting; this only bounds how
-#: much cyclic garbage may wait for a pass.
-GC_THRESHOLD = 50_000
-
-
-class CollectorTuning:
-    """
-    The garbage collector's settings for a long-running daemon, and back.
-
-    ``start`` freezes what start-up built (modules, classes, the
-    configuration: never garbage) so full passes skip it, and raises the
-    young generation's threshold; ``stop`` undoes both, for an in-process
-    service (the tests) that is started and stopped more than once.
-    """
-
-    def __init__(self, threshold: int = GC_THRESHOLD) -> None:
-        self.threshold = threshold
-        self._saved: Optional[tuple[int, ...]] = None
-
-    def start(self) -> None:
-        if self._saved is None:
-            self._saved = gc.get_threshold()
-            gc.freeze()
-            gc.set_threshold(self.threshold, *self._saved[1:])
-
-    def stop(self) -> None:
-        if self._saved is not None:
-            gc.set_threshold(*self._saved)
-            gc.unfreeze()
-            self._saved = None
-
-
-def with_backlog(description: str) -> str:
-    kind = description.partition(":")[0]
-    if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in description:
-        return f"{description}:backlog={BACKLOG}"
-    return description
-
-
-def use_json_logs(application: Any, reactor: Any) -> None:
-    """JSON lines on stdout for this twistd application (``--log-format json``)."""
-    # twistd takes its log observer from the application, if it has one.
-    if isinstance(application, Componentized):
-        observer = json_observer(sys.stdout, reactor)
-        # Events after the reactor has stopped are written at once.
-        reactor.addSystemEventTrigger("after", "shutdown", observer.detach)
-        application.setComponent(ILogObserver, observer)
 
 
 def join_cluster(factory: ChatFactory, settings: Settings, reactor: Any) -> tuple[Any, Any]:
     """Make ``factory`` a node of the cluster on ``settings.redis``: (backplane, chat)."""
+    from chatd.backplane.address import parse_url
     from chatd.backplane.cluster import ClusterChat
-    from chatd.backplane.redis import RedisBackplane, parse_url
+    from chatd.backplane.redis import RedisBackplane
 
     assert settings.redis is not None
     backplane = RedisBackplane(
@@ -103,7 +41,7 @@ def join_cluster(factory: ChatFactory, settings: Settings, reactor: Any) -> tupl
     )
     chat = ClusterChat(
         factory.core, backplane, reactor,
-        refuse=lambda client: client.sink.close(1013, "Service temporarily unavailable"),
+        refuse=lambda client: client.sink.close(CLOSE_TRY_AGAIN_LATER, Unavailable().message),
         wait=settings.redis_timeout,
     )
     factory.use_cluster(chat)
@@ -134,6 +72,7 @@ class ChatService(MultiService):
     def __init__(
         self, settings: Settings, reactor: Any, notifier: Optional[Notifier] = None,
         inherited: Sequence[tuple[int, int]] = (),
+        moderators: Optional[Sequence[Any]] = None,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -145,11 +84,12 @@ class ChatService(MultiService):
         if settings.message_log is not None:
             # Opened in privilegedStartService, before anything listens.
             self.message_log = SQLiteLog(
-                parse_target(settings.message_log), reactor,
+                sqlite_path(settings.message_log), reactor,
                 counted=lambda outcome, rows: self.metrics.message_log.labels(outcome).inc(rows),
             )
         self.factory = ChatFactory(
-            settings, clock=reactor, reactor=reactor, metrics=self.metrics, message_log=self.message_log
+            settings, clock=reactor, reactor=reactor, metrics=self.metrics, message_log=self.message_log,
+            moderators=moderators,
         )
         self.backplane: Optional[Any] = None
         if settings.redis is not None:
@@ -229,6 +169,7 @@ class ChatService(MultiService):
             self._orphan_watch.start(1.0, now=False)
         self._watchdog = self.notifier.keep_alive(self._reactor)
         self.collector.start()
+        fastpath.exit_zero_on_sigterm(self._reactor)
 
     def stopService(self) -> "Deferred[None]":
         return Deferred.fromCoroutine(self._stop())
@@ -253,8 +194,6 @@ class ChatService(MultiService):
         if self.metrics_listener is not None:
             await self.metrics_listener.stopService()
         self.collector.stop()
-        # SIGTERM is chatd's orderly stop: once drained, exit 0.  twistd would
-        # otherwise re-raise the signal after the reactor stops and die of it
-        # (exit status 143); SIGINT and others keep that behaviour.
-        if getattr(self._reactor, "_exitSignal", None) == signal.SIGTERM:
-            self._reactor._exitSignal = None
+        # SIGTERM is chatd's orderly stop: once drained, exit 0 (SIGINT and
+        # others keep twistd's behaviour).
+        fastpath.forget_sigterm(self._reactor)

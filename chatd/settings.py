@@ -10,6 +10,21 @@ from typing import Optional
 DEFAULT_LISTEN = "tcp:8765:interface=127.0.0.1"
 
 
+def parse_moderator(spec: str) -> tuple[str, dict[str, str]]:
+    """A moderator's ``NAME:key=value:key=value`` into the name and the
+    options; ValueError says what is wrong with it."""
+    name, *pairs = spec.split(":")
+    if not name:
+        raise ValueError(f"{spec!r}: the moderator needs a name, e.g. banned-words:file=words.txt")
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{spec!r}: options are key=value, not {pair!r}")
+        options[key] = value
+    return name, options
+
+
 @dataclass(frozen=True)
 class Settings:
     #: Twisted server endpoint descriptions to listen on.

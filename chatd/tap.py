@@ -11,9 +11,11 @@ from twisted.application.service import Service
 from twisted.python import usage
 
 from chatd import config
+from chatd.moderation import ModeratorError, build
 from chatd.service import ChatService
 from chatd.settings import DEFAULT_LISTEN, Settings
-from chatd.workers import FAMILIES, WorkerPool
+from chatd.listening import FAMILIES
+from chatd.workers import WorkerPool
 
 _DEFAULTS = Settings()
 
@@ -48,6 +50,7 @@ class Options(usage.Options):
                 self[option.name] = []
         self.inherited: list[tuple[int, int]] = []
         self.raw_args: list[str] = []
+        self.moderators: list[Any] = []
 
     def parseOptions(self, options: Optional[list[str]] = None) -> None:
         # Kept as given: --workers passes them on to each worker.
@@ -84,10 +87,22 @@ class Options(usage.Options):
                 given[option.name] = value
         try:
             self.settings = config.load(given, self["config"])
+            self.moderators = self._moderators(bool(self["moderator"]))
         except config.ConfigError as e:
             # Before anything listens: one line naming the key, and status 2.
             sys.stderr.write(f"chatd: {e}\n")
             raise SystemExit(2) from None
+
+    def _moderators(self, from_command_line: bool) -> list[Any]:
+        """Each moderator made once, here: a bad one stops start-up."""
+        made = []
+        for spec in self.settings.moderators:
+            try:
+                made.append(build(spec))
+            except ModeratorError as e:
+                where = "--moderator" if from_command_line else f"{self['config']}: moderator"
+                raise config.ConfigError(f"{where} {e}") from None
+        return made
 
 
 def makeService(options: Options, reactor: Optional[Any] = None) -> Service:
@@ -102,4 +117,4 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> Service:
         except config.ConfigError as e:
             sys.stderr.write(f"chatd: {e}\n")
             raise SystemExit(2) from None
-    return ChatService(settings, reactor, inherited=options.inherited)
+    return ChatService(settings, reactor, inherited=options.inherited, moderators=options.moderators)

@@ -24,29 +24,24 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 from typing import Any, Optional, Sequence
 
 from twisted.application.service import MultiService
-from twisted.internet import tcp, unix
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import (
-    AdoptedStreamServerEndpoint,
-    TCP4ServerEndpoint,
-    TCP6ServerEndpoint,
     serverFromString,
 )
-from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from chatd import fastpath
 from chatd.config import ConfigError
+from chatd.listening import bind_reuseport, family_name, reuseport_address, with_backlog
+from chatd.runtime import use_json_logs
 from chatd.settings import Settings
 from chatd.systemd import Notifier
-
-FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
 
 #: The first file descriptor of the inherited sockets in a worker.
 FIRST_FD = 3
@@ -54,70 +49,6 @@ FIRST_FD = 3
 #: Seconds before a worker that died is started again (doubling to a minute
 #: while it keeps dying young).
 RESTART_DELAY = 1.0
-
-
-def family_name(port: IListeningPort) -> str:
-    handle = port.socket  # type: ignore[attr-defined]
-    for name, family in FAMILIES.items():
-        if handle.family == family:
-            return name
-    raise ValueError(f"cannot hand a {handle.family} socket to a worker")
-
-
-class OneAtATime:
-    """
-    A listening port that accepts one connection each time it is readable.
-
-    Twisted accepts up to 100 connections per wake-up (more while they keep
-    coming).  On a socket that several workers share, every worker is woken
-    for a new connection and the first to accept takes the whole burst: in a
-    benchmark's connect burst one of two workers took 94% of 500 clients,
-    and did nearly all the work.  One at a time, the next connection goes to
-    whichever worker comes back to its poll first: the one with the least
-    to do.
-    """
-
-    @property
-    def numberAccepts(self) -> int:
-        return 1
-
-    @numberAccepts.setter
-    def numberAccepts(self, value: int) -> None:
-        pass  # Twisted raises it after every full batch: it stays 1
-
-
-class _OneAtATimeTCPPort(OneAtATime, tcp.Port):
-    pass
-
-
-class _OneAtATimeUNIXPort(OneAtATime, unix.Port):
-    pass
-
-
-class WorkerSocketEndpoint(AdoptedStreamServerEndpoint):
-    """
-    A worker's end of a listening socket the ``--workers`` parent bound (its
-    own, or one all the workers share), accepted from one connection per
-    wake-up (``OneAtATime``).
-    """
-
-    def listen(self, factory: Any) -> "Deferred[IListeningPort]":
-        if self._used:
-            return super().listen(factory)  # AlreadyListened
-        self._used = True
-        try:
-            self._setNonBlocking(self.fileno)
-            port: Any
-            if self.addressFamily == socket.AF_UNIX:
-                port = _OneAtATimeUNIXPort._fromListeningDescriptor(self.reactor, self.fileno, factory)
-            else:
-                port = _OneAtATimeTCPPort._fromListeningDescriptor(
-                    self.reactor, self.fileno, self.addressFamily, factory)
-            port.startListening()
-            self._close(self.fileno)
-        except BaseException:
-            return fail()
-        return succeed(port)
 
 
 def metrics_for_worker(description: str, index: int) -> str:
@@ -167,44 +98,6 @@ class ForWorkers(Factory):
 
     protocol = _Reset
     noisy = False
-
-
-def reuseport_address(reactor: Any, description: str) -> Optional[tuple[int, str, int, int]]:
-    """
-    (family, interface, port, backlog) of a ``tcp:``/``tcp6:`` listener, as
-    Twisted parses the description (with chatd's default backlog): it can be
-    bound once per worker.  None for any other kind.
-    """
-    from chatd.service import with_backlog
-
-    if description.partition(":")[0] not in ("tcp", "tcp6"):
-        return None  # parsed once, where it is listened on (systemd's looks its socket up)
-    endpoint = serverFromString(reactor, with_backlog(description))
-    assert isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint))
-    family = socket.AF_INET6 if isinstance(endpoint, TCP6ServerEndpoint) else socket.AF_INET
-    # What Twisted parsed, kept on its endpoint (it has no public accessors).
-    return family, endpoint._interface, endpoint._port, endpoint._backlog
-
-
-def bind_reuseport(family: int, interface: str, port: int, backlog: int, count: int) -> list[socket.socket]:
-    """``count`` listening sockets on one address, ``SO_REUSEPORT`` on each
-    (port 0: the first's port for all)."""
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            handle = socket.socket(family, socket.SOCK_STREAM)
-            sockets.append(handle)
-            handle.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            handle.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            handle.bind((interface, port))
-            port = handle.getsockname()[1]
-            handle.listen(backlog)
-            handle.setblocking(False)
-    except OSError:
-        for handle in sockets:
-            handle.close()
-        raise
-    return sockets
 
 
 class _Listener:
@@ -279,8 +172,6 @@ class WorkerPool(MultiService):
         super().privilegedStartService()
 
     def _bind(self, description: str) -> _Listener:
-        from chatd.service import with_backlog
-
         address = reuseport_address(self._reactor, description)
         if address is not None:
             family, interface, port_number, backlog = address
@@ -308,8 +199,6 @@ class WorkerPool(MultiService):
         return _Listener([port], family_name(port))
 
     def setServiceParent(self, parent: Any) -> None:
-        from chatd.service import use_json_logs
-
         super().setServiceParent(parent)
         if self.settings.log_format == "json":
             use_json_logs(parent, self._reactor)
@@ -320,6 +209,7 @@ class WorkerPool(MultiService):
             self._spawn(index)
         self.notifier.notify("READY=1")
         self._watchdog = self.notifier.keep_alive(self._reactor)
+        fastpath.exit_zero_on_sigterm(self._reactor)
 
     def _spawn(self, index: int) -> None:
         families = [listener.family for listener in self.listeners]
@@ -379,8 +269,7 @@ class WorkerPool(MultiService):
         for listener in self.listeners:
             for port in listener.ports:
                 await port.stopListening()
-        if getattr(self._reactor, "_exitSignal", None) == signal.SIGTERM:
-            self._reactor._exitSignal = None  # an orderly stop: exit 0
+        fastpath.forget_sigterm(self._reactor)  # an orderly stop: exit 0
 
     def _kill(self, workers: list[_Worker]) -> None:
         for worker in workers:

@@ -6,45 +6,57 @@ to core calls and core deliveries to frames.
 from __future__ import annotations
 
 import inspect
-import zlib
 import itertools
-import pprint
+import zlib
 from collections import deque
-from typing import Any, Callable, Optional
-
-import autobahn.websocket.protocol as _autobahn_protocol
-import txaio
+from typing import Any, Callable, Optional, Sequence
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateOfferAccept,
+)
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime, ISSLTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chatd import __version__, codec, web
-from chatd.frames import FIN_TEXT_DEFLATED, client_text_messages, text_frame
+from chatd import __version__, codec, fastpath, web
 from chatd.config import normalise_origin
 from chatd.core import ChatCore, Client, CoreEvents, Limits, Room
-from chatd.ratelimit import TokenBucket
-from chatd.errors import ChatError, NotInRoom, Rejected, SinkGone, Unavailable
-from chatd.moderation import PASS, Moderation, Reject, Rewrite, Submission, Verdict, build
+from chatd.errors import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TRY_AGAIN_LATER,
+    ChatError,
+    NotInRoom,
+    Rejected,
+    SinkGone,
+    Unavailable,
+)
+from chatd.frames import FIN_TEXT_DEFLATED, client_text_messages, text_frame
 from chatd.logs import HotPathLogger
 from chatd.metrics import Metrics
+from chatd.moderation import (
+    PASS,
+    Moderation,
+    Reject,
+    Rewrite,
+    Submission,
+    Verdict,
+    build,
+)
+from chatd.ratelimit import TokenBucket
 from chatd.settings import Settings
 
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY_VIOLATION = 1008  # also chatd.core's, for hammering
 BINARY_NOT_SUPPORTED = "Binary frames are not supported; send JSON as text frames"
 INTERNAL_ERROR = "Internal server error"
 TOO_SLOW = "Outgoing buffer limit exceeded: client too slow"
 AWAITING_MODERATION = "Too many messages awaiting moderation"
 TOO_MANY_WAITING = "Too many messages awaiting replies"
-CLOSE_TRY_AGAIN_LATER = 1013
 #: Commands a connection may send while one of its messages is reviewed.
 MAX_WAITING = 100
 #: Addresses whose new-connection rate is tracked at once (see _prune_buckets).
@@ -97,14 +109,16 @@ class ChatProtocol(WebSocketServerProtocol):
     # Whether the transport is a plain socket that flush may send() on.
     _direct = False
     # The largest message read without Autobahn's frame parser (see
-    # dataReceived); set on each factory's protocol class.
+    # dataReceived); set on each factory's protocol class (0: none).
     _quick_limit = 0
+    # Whether this connection reads frames without Autobahn's parser.
+    _quick = False
 
     # -- Twisted / Autobahn callbacks -------------------------------------
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self._direct = isinstance(self.transport, tcp.Connection) and not getattr(self.transport, "TLS", False)
+        self._direct = fastpath.sends_directly(self.transport)
         # Limits are checked at accept time, so connections that never send
         # a request (a handshake flood) cost at most their per-IP quota.
         refusal = self.factory.admit(self)
@@ -129,16 +143,10 @@ class ChatProtocol(WebSocketServerProtocol):
         # anything else, or whatever follows it, goes to Autobahn's parser.
         # Latency at a low rate is mostly the Python run per message before
         # the first send: Autobahn's parser is about 25 calls per frame.
-        if (
-            self.state == WebSocketProtocol.STATE_OPEN
-            and not self.data
-            and self.current_frame is None
-            and not self.inside_message
-        ):
+        if self._quick and self.state == WebSocketProtocol.STATE_OPEN and fastpath.parser_idle(self):
             messages, used = client_text_messages(data, self._quick_limit)
             if messages:
-                if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
-                    self._cancelAutoPingTimeoutCall()
+                fastpath.traffic_seen(self)
                 if used == len(data) and len(messages) == 1:
                     # A read that holds one message (the usual case at chat
                     # rates): what it broadcasts goes to each member as it
@@ -158,7 +166,7 @@ class ChatProtocol(WebSocketServerProtocol):
                 if used == len(data):
                     return
                 data = data[used:]
-        self._dataReceived(data)
+        super().dataReceived(data)
 
     def onConnect(self, request: ConnectionRequest) -> None:
         # Autobahn answers any exception but ConnectionDeny with its text in
@@ -179,7 +187,7 @@ class ChatProtocol(WebSocketServerProtocol):
     def _same_origin(self, origin: str) -> bool:
         """A page chatd served itself (the web client) may always connect back."""
         host = self.http_headers.get("host", "")
-        scheme = "https" if getattr(self.transport, "TLS", False) else "http"
+        scheme = "https" if ISSLTransport.providedBy(self.transport) else "http"
         return bool(host) and normalise_origin(origin) == normalise_origin(f"{scheme}://{host}")
 
     def failHandshake(
@@ -229,6 +237,7 @@ class ChatProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self.transport.registerProducer(self, True)
+        self._quick = self._quick_limit > 0 and fastpath.parser_state_known(self)
         registered = self.factory.chat.connect(self)
         if not isinstance(registered, Deferred):
             self._welcome(registered)
@@ -519,28 +528,11 @@ class ChatProtocol(WebSocketServerProtocol):
         self._write(out if out.__class__ is bytes else b"".join(out))
 
     def _write(self, data: bytes) -> None:
-        """
-        One send() when Twisted's buffer is empty (no poller registration,
-        no waiting for the next poll), through the transport otherwise
-        (which keeps order, buffers, and pauses us when the client stops
-        reading).  Only when nothing of this client's is gathered.
-        """
-        transport = self.transport
-        if (
-            self._direct
-            and transport.connected
-            and not transport.disconnecting
-            and not transport._tempDataBuffer
-            and len(transport.dataBuffer) == transport.offset
-        ):
-            try:
-                sent = transport.socket.send(data)
-            except OSError:
-                sent = 0  # EAGAIN, or an error the reactor will report
-            if sent == len(data):
-                return
-            data = data[sent:]
-        transport.write(data)
+        """Write now (only when nothing of this client's is gathered)."""
+        if self._direct:
+            fastpath.write(self.transport, data)
+        else:
+            self.transport.write(data)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
         # Everything Autobahn writes (handshake, close, ping, pong) goes after
@@ -641,7 +633,7 @@ class DeflateChatProtocol(ChatProtocol):
     go compressed to those that negotiated it."""
 
     def deliver(self, frame: "Broadcast | Broadcasts") -> None:  # type: ignore[override]
-        super().deliver(frame.plain if self._perMessageCompress is None else frame.deflated)
+        super().deliver(frame.deflated if self.websocket_extensions_in_use else frame.plain)
 
 
 def accept_deflate(max_message_size: int) -> Any:
@@ -657,32 +649,6 @@ def accept_deflate(max_message_size: int) -> Any:
         return None
 
     return accept
-
-
-def _debugging() -> bool:
-    return txaio.get_global_log_level() in ("debug", "trace")
-
-
-def _only_when_debugging(format_: Any) -> Any:
-    def formatted(*args: Any, **kwargs: Any) -> Any:
-        if _debugging():
-            return format_(*args, **kwargs)
-        return "-"
-
-    return formatted
-
-
-# Autobahn builds the arguments of its debug log messages eagerly, whether or
-# not debug logging is on: it pretty-prints its ~35 options on every new
-# connection (16% of chatd's CPU per connection) and formats type and value
-# names with colours on every handshake and frame (another 8%; py-spy, the
-# connect benchmark).  Those helpers now format only at txaio's debug level.
-import autobahn.twisted.websocket as _autobahn_twisted  # noqa: E402
-
-_autobahn_protocol.pformat = _only_when_debugging(pprint.pformat)
-for _module in (_autobahn_protocol, _autobahn_twisted):
-    _module.hltype = _only_when_debugging(_module.hltype)
-    _module.hlval = _only_when_debugging(_module.hlval)
 
 
 def _at_least(seconds: float) -> float:
@@ -752,8 +718,10 @@ class ChatFactory(WebSocketServerFactory):
         reactor: Any = None,
         metrics: Optional[Metrics] = None,
         message_log: Optional[Any] = None,
+        moderators: Optional[Sequence[Any]] = None,
     ) -> None:
         super().__init__(server=f"chatd/{__version__}", reactor=reactor)
+        fastpath.quiet_autobahn_debug()
         self.settings = settings
         self.clock = clock
         self.metrics = metrics if metrics is not None else Metrics()
@@ -783,7 +751,9 @@ class ChatFactory(WebSocketServerFactory):
         # the same as none, so those are forgotten (see _prune_buckets).
         self._connect_buckets: dict[str, TokenBucket] = {}
         self.metrics.watch(self._gauges)
-        self.use_moderators([build(spec) for spec in settings.moderators])
+        # Made already by twistd chatd (tap), or here for a factory on its own.
+        self.use_moderators(
+            list(moderators) if moderators is not None else [build(spec) for spec in settings.moderators])
         self.connections: set[ChatProtocol] = set()
         self._to_flush: list[ChatProtocol] = []
         # True while a lone message is handled: its broadcast is sent as it
@@ -836,7 +806,7 @@ class ChatFactory(WebSocketServerFactory):
         }
         base = DeflateChatProtocol if settings.permessage_deflate else ChatProtocol
         # Messages larger than this go through Autobahn's parser and limits.
-        quick_limit = min(settings.max_message_size, 0xFFFF)
+        quick_limit = min(settings.max_message_size, 0xFFFF) if fastpath.shortcuts().frames else 0
         self.protocol = type("ChatProtocol", (base,), {
             **options,
             "CONFIG_ATTRS": (),

@@ -7,8 +7,20 @@ from typing import AsyncIterator, Awaitable, Callable, Iterator
 import pytest
 import pytest_twisted
 
+from chatd import fastpath
 from chatd.settings import Settings
 from tests.helpers import ClusterNode, DaemonProcess, InProcessServer, RedisServer, spawn_chatd, stop_chatd
+
+
+@pytest.fixture
+def fast_path_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[fastpath.Shortcuts]:
+    """For a test of a shortcut itself: every fast path on, whatever
+    CHATD_FASTPATH says (the end-to-end suites run both ways)."""
+    monkeypatch.delenv(fastpath.SWITCH, raising=False)
+    fastpath.reset()
+    yield fastpath.shortcuts()
+    monkeypatch.undo()
+    fastpath.reset()
 
 
 @pytest_twisted.async_yield_fixture

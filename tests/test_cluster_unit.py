@@ -155,7 +155,7 @@ def pubsub(channel: bytes, message: bytes) -> bytes:
     )
 
 
-def test_the_subscriber_tells_a_message_alone_in_its_read() -> None:
+def test_the_subscriber_tells_a_message_alone_in_its_read(fast_path_on: object) -> None:
     from types import SimpleNamespace
 
     from chatd.backplane.redis import _Subscriber

@@ -15,7 +15,8 @@ from twisted.internet.testing import MemoryReactor
 from twisted.plugin import IPlugin, getPlugins
 
 from chatd import config, tap
-from chatd.service import GC_THRESHOLD, ChatService, CollectorTuning
+from chatd.runtime import GC_THRESHOLD, CollectorTuning
+from chatd.service import ChatService
 from chatd.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

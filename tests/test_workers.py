@@ -10,7 +10,8 @@ from twisted.internet.testing import MemoryReactor
 
 from chatd.config import ConfigError
 from chatd.settings import Settings
-from chatd.workers import WorkerPool, _Listener, bind_reuseport, metrics_for_worker, reuseport_address, worker_arguments
+from chatd.listening import bind_reuseport, reuseport_address
+from chatd.workers import WorkerPool, _Listener, metrics_for_worker, worker_arguments
 
 REDIS = "redis://127.0.0.1:6379/0"
 
@@ -41,7 +42,7 @@ def test_tls_listeners_are_refused_with_workers() -> None:
         WorkerPool(settings, [], reactor=None)
 
 
-def test_tcp_listeners_are_bound_once_per_worker_and_others_shared() -> None:
+def test_tcp_listeners_are_bound_once_per_worker_and_others_shared(fast_path_on: object) -> None:
     reactor = MemoryReactor()
     # As Twisted parses them, with chatd's backlog unless one is given.
     assert reuseport_address(reactor, "tcp:8765") == (socket.AF_INET, "", 8765, 1024)

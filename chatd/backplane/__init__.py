@@ -1,6 +1,7 @@
 """
 Many chatd processes and hosts as one chat service, through Redis.
 
+- :mod:`chatd.backplane.address`: Redis URLs, parsed without I/O.
 - :mod:`chatd.backplane.scripts`: the Lua scripts that hold the rules for the
   shared state (rooms, members, nicks, history, node leases).
 - :mod:`chatd.backplane.redis`: the connections to Redis (txredisapi), the
@@ -13,9 +14,10 @@ docs/scaling.md describes the design.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.defer import Deferred
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 
 class Backplane(Protocol):

@@ -15,9 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from dataclasses import dataclass
 from typing import Any, Optional
-from urllib.parse import unquote, urlsplit
 
 import txredisapi
 from twisted.internet.defer import Deferred, fail, succeed
@@ -26,65 +24,19 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from chatd import fastpath
 from chatd.backplane import Listener, scripts
+from chatd.backplane.address import RedisAddress, parse_url  # noqa: F401 (parse_url: part of this API)
 from chatd.errors import Unavailable
 
 PREFIX = "chatd:"
 
 
-@dataclass(frozen=True)
-class RedisAddress:
-    """Where Redis is: from ``redis://[[user]:password@]host[:port][/db]``
-    or ``unix:///path/to/redis.sock[?db=N]``."""
-
-    host: Optional[str] = None
-    port: int = 6379
-    path: Optional[str] = None
-    db: int = 0
-    username: Optional[str] = None
-    password: Optional[str] = None
-
-    def endpoint(self, reactor: Any) -> Any:
-        if self.path is not None:
-            return UNIXClientEndpoint(reactor, self.path, timeout=5)
-        return HostnameEndpoint(reactor, self.host, self.port, timeout=5)
-
-    def __str__(self) -> str:
-        where = f"unix://{self.path}" if self.path else f"redis://{self.host}:{self.port}"
-        return f"{where}/{self.db}"
-
-
-def parse_url(url: str) -> RedisAddress:
-    """A Redis URL, checked; ValueError says what is wrong with it."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise ValueError(f"{url!r} is not a Redis URL: {e}") from None
-    if parts.scheme == "unix":
-        if not parts.path:
-            raise ValueError(f"{url!r}: a unix:// URL needs the socket's path")
-        db_text = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p).get("db", "0")
-        return RedisAddress(path=parts.path, db=_db(db_text, url), password=_secret(parts.password))
-    if parts.scheme != "redis":
-        raise ValueError(f"{url!r} must start with redis:// or unix://")
-    if not parts.hostname:
-        raise ValueError(f"{url!r} names no host")
-    db_text = parts.path.lstrip("/") or "0"
-    return RedisAddress(
-        host=parts.hostname, port=port or 6379, db=_db(db_text, url),
-        username=_secret(parts.username), password=_secret(parts.password),
-    )
-
-
-def _db(text: str, url: str) -> int:
-    if not text.isdigit():
-        raise ValueError(f"{url!r}: the database must be a number, not {text!r}")
-    return int(text)
-
-
-def _secret(value: Optional[str]) -> Optional[str]:
-    return unquote(value) if value else None
+def endpoint_of(address: RedisAddress, reactor: Any) -> Any:
+    """The Twisted client endpoint that reaches ``address``."""
+    if address.path is not None:
+        return UNIXClientEndpoint(reactor, address.path, timeout=5)
+    return HostnameEndpoint(reactor, address.host, address.port, timeout=5)
 
 
 def node_name() -> str:
@@ -181,8 +133,7 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 
     def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
         # Alone: the first reply of the read, with nothing buffered after it.
-        reader = getattr(self, "_reader", None)  # hiredis's (a dependency)
-        alone = self._first and reader is not None and not reader.has_data()
+        alone = self._first and not fastpath.more_buffered(self)
         self._first = False
         self.factory.backplane._message(channel, message, alone)
 
@@ -243,7 +194,7 @@ class RedisBackplane:
         subscriber.protocol = _Subscriber
         self._factories = [commands, subscriber]
         for factory in self._factories:
-            factory.startConnecting(self.address.endpoint(self.reactor))
+            factory.startConnecting(endpoint_of(self.address, self.reactor))
         # Renew the lease and look for dead nodes three times per lease.
         self._ticker.start(self.lease / 3, now=False)
         self._stall_watch.start(min(1.0, self.timeout / 2), now=False)

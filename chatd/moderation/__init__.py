@@ -22,6 +22,8 @@ from twisted.python.failure import Failure
 from twisted.python.reflect import namedAny
 from zope.interface import Attribute, Interface
 
+from chatd.settings import parse_moderator
+
 
 @dataclass(frozen=True)
 class Submission:
@@ -77,16 +79,10 @@ class ModeratorError(ValueError):
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     """``NAME:key=value:key=value`` into the name and the options."""
-    name, *pairs = spec.split(":")
-    if not name:
-        raise ModeratorError(f"{spec!r}: the moderator needs a name, e.g. banned-words:file=words.txt")
-    options: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ModeratorError(f"{spec!r}: options are key=value, not {pair!r}")
-        options[key] = value
-    return name, options
+    try:
+        return parse_moderator(spec)
+    except ValueError as e:
+        raise ModeratorError(str(e)) from None
 
 
 def factories() -> dict[str, Any]:

@@ -1,0 +1,286 @@
+"""
+Every use of another library's internals, in one module.
+
+chatd's hot paths take a few shortcuts around the public APIs of Twisted,
+Autobahn and hiredis: a send() straight to the socket when Twisted has
+nothing buffered, reading Autobahn's parser state to know that a whole
+frame may be read without it, hiredis's read buffer to know that a message
+from Redis came alone, and so on.  Each relies on attributes those
+libraries do not promise to keep, so each is checked when chatd starts
+(:func:`shortcuts`): a shortcut whose attributes are missing is turned off
+with one log line, and the public path is used instead.  ``CHATD_FASTPATH=0``
+in the environment turns every shortcut off (the tests run both ways).
+
+No other module of chatd touches a private attribute of another library;
+``tests/test_house.py`` checks that.
+"""
+
+from __future__ import annotations
+
+import os
+import pprint
+import signal
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet import abstract, tcp
+from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import Logger
+
+_log = Logger(namespace="chatd.fastpath")
+
+#: The environment variable that turns every shortcut off when it is "0".
+SWITCH = "CHATD_FASTPATH"
+
+
+@dataclass
+class Shortcuts:
+    """Which shortcuts are in force in this process."""
+
+    #: One send() to the socket while Twisted's own buffer is empty.
+    send: bool = False
+    #: Whole text frames read without Autobahn's parser (chatd.frames).
+    frames: bool = False
+    #: Autobahn's debug-log arguments formatted only when debugging.
+    quiet_debug: bool = False
+    #: A message from Redis known to be alone in its read.
+    redis_alone: bool = False
+    #: twistd exits 0 after a SIGTERM drain by forgetting the signal.
+    forget_sigterm: bool = False
+    #: The address Twisted parsed from a tcp: description, for SO_REUSEPORT.
+    tcp_address: bool = False
+
+
+_current: Optional[Shortcuts] = None
+
+
+def shortcuts() -> Shortcuts:
+    """The shortcuts in force, checked (and logged) on first use."""
+    global _current
+    if _current is None:
+        _current = _check()
+    return _current
+
+
+def reset() -> None:
+    """Check again on next use (for tests that change the environment)."""
+    global _current
+    _current = None
+
+
+def _check() -> Shortcuts:
+    if os.environ.get(SWITCH, "1") == "0":
+        _log.info("Fast paths off ({switch}=0): using the public APIs only", switch=SWITCH)
+        return Shortcuts()
+    found = Shortcuts()
+    checks: dict[str, Callable[[], bool]] = {
+        "send": _has_transport_buffers,
+        "frames": lambda: all(
+            hasattr(WebSocketProtocol, name)
+            for name in ("STATE_OPEN", "_cancelAutoPingTimeoutCall")
+        ),
+        "quiet_debug": _has_debug_helpers,
+        "redis_alone": _has_hiredis_reader,
+        "forget_sigterm": _reactor_has_exit_signal,
+        "tcp_address": _endpoint_keeps_address,
+    }
+    for name, available in checks.items():
+        try:
+            ok = available()
+        except Exception:
+            ok = False
+        setattr(found, name, ok)
+        if not ok:
+            _log.warn(
+                "Fast path {name} off: the library internals it uses are missing; "
+                "using the public API", name=name, event="fastpath_off")
+    return found
+
+
+# -- Twisted's transport: one send() when nothing is buffered ---------------
+
+
+def _has_transport_buffers() -> bool:
+    probe = abstract.FileDescriptor(reactor=object())  # type: ignore[arg-type]
+    return all(hasattr(probe, name) for name in ("_tempDataBuffer", "dataBuffer", "offset"))
+
+
+def sends_directly(transport: Any) -> bool:
+    """Whether :func:`write` may send() on this transport's socket: a plain
+    TCP connection (not TLS), with the shortcut in force."""
+    return (
+        shortcuts().send
+        and isinstance(transport, tcp.Connection)
+        and not ISSLTransport.providedBy(transport)
+    )
+
+
+def write(transport: Any, data: bytes) -> None:
+    """
+    Write ``data``: with one send() when Twisted's buffer is empty (no
+    poller registration, no waiting for the next poll), through the
+    transport otherwise, which keeps the order, buffers, and pauses the
+    producer when the client stops reading.  Only for transports that
+    :func:`sends_directly`.
+    """
+    if (
+        transport.connected
+        and not transport.disconnecting
+        and not transport._tempDataBuffer
+        and len(transport.dataBuffer) == transport.offset
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0  # EAGAIN, or an error the reactor will report
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+# -- Autobahn: reading whole frames without its parser ----------------------
+
+
+def parser_state_known(protocol: WebSocketProtocol) -> bool:
+    """Whether an open connection has the parser state :func:`parser_idle`
+    reads; if not, the frames shortcut goes off (once, with a log line)."""
+    names = ("data", "current_frame", "inside_message", "autoPingTimeoutCall", "autoPingRestartOnAnyTraffic")
+    if all(hasattr(protocol, name) for name in names):
+        return True
+    current = shortcuts()
+    if current.frames:
+        current.frames = False
+        _log.warn("Fast path frames off: Autobahn's parser state is not where it was; "
+                  "using its parser", name="frames", event="fastpath_off")
+    return False
+
+
+def parser_idle(protocol: Any) -> bool:
+    """Autobahn holds no part of a frame or message: the next bytes start a frame."""
+    return not protocol.data and protocol.current_frame is None and not protocol.inside_message
+
+
+def traffic_seen(protocol: Any) -> None:
+    """What Autobahn does on a data frame: a pending ping timeout is cancelled."""
+    if protocol.autoPingTimeoutCall and protocol.autoPingRestartOnAnyTraffic:
+        protocol._cancelAutoPingTimeoutCall()
+
+
+def _has_debug_helpers() -> bool:
+    import autobahn.twisted.websocket as twisted_websocket
+    import autobahn.websocket.protocol as websocket_protocol
+
+    return all(
+        hasattr(module, name)
+        for module in (websocket_protocol, twisted_websocket)
+        for name in ("hltype", "hlval")
+    ) and hasattr(websocket_protocol, "pformat")
+
+
+_quieted = False
+
+
+def quiet_autobahn_debug() -> None:
+    """
+    Autobahn builds the arguments of its debug log messages whether or not
+    debug logging is on: it pretty-prints its options on every new
+    connection and formats type and value names on every handshake and
+    frame, a quarter of chatd's CPU per connection.  From here on, those
+    helpers format only at txaio's debug level.  Called by the server's
+    factory, never at import.
+    """
+    global _quieted
+    if _quieted or not shortcuts().quiet_debug:
+        return
+    import autobahn.twisted.websocket as twisted_websocket
+    import autobahn.websocket.protocol as websocket_protocol
+
+    websocket_protocol.pformat = _only_when_debugging(pprint.pformat)
+    for module in (websocket_protocol, twisted_websocket):
+        module.hltype = _only_when_debugging(module.hltype)  # type: ignore[attr-defined]
+        module.hlval = _only_when_debugging(module.hlval)  # type: ignore[attr-defined]
+    _quieted = True
+
+
+def _only_when_debugging(format_: Callable[..., Any]) -> Callable[..., Any]:
+    import txaio
+
+    def formatted(*args: Any, **kwargs: Any) -> Any:
+        if txaio.get_global_log_level() in ("debug", "trace"):
+            return format_(*args, **kwargs)
+        return "-"
+
+    return formatted
+
+
+# -- hiredis: is more buffered behind this reply? ------------------------------
+
+
+def _has_hiredis_reader() -> bool:
+    import hiredis
+
+    return hasattr(hiredis.Reader(), "has_data")
+
+
+def more_buffered(protocol: Any) -> bool:
+    """
+    Whether txredisapi's hiredis reader holds more of what Redis sent after
+    the reply being handled.  True when that cannot be known: the caller then
+    takes the busy path, which is always correct.
+    """
+    if not shortcuts().redis_alone:
+        return True
+    reader = getattr(protocol, "_reader", None)
+    return reader is None or bool(reader.has_data())
+
+
+# -- twistd: exit 0 after a SIGTERM drain ---------------------------------------
+
+
+def _reactor_has_exit_signal() -> bool:
+    from twisted.internet.base import ReactorBase
+
+    return hasattr(ReactorBase, "_exitSignal")
+
+
+def exit_zero_on_sigterm(reactor: Any) -> None:
+    """
+    Make a SIGTERM an orderly stop that exits 0 (twistd otherwise re-raises
+    the signal once the reactor has stopped, and dies of it: status 143).
+    With the shortcut, :func:`forget_sigterm` clears the signal twistd
+    remembers; without it, chatd's own SIGTERM handler stops the reactor,
+    so twistd remembers no signal.
+    """
+    if shortcuts().forget_sigterm or not hasattr(reactor, "callWhenRunning"):
+        return
+
+    def install() -> None:
+        signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(reactor.stop))
+
+    reactor.callWhenRunning(install)
+
+
+def forget_sigterm(reactor: Any) -> None:
+    """At the end of a drain: a SIGTERM that caused it is not re-raised."""
+    if shortcuts().forget_sigterm and getattr(reactor, "_exitSignal", None) == signal.SIGTERM:
+        reactor._exitSignal = None
+
+
+# -- Twisted's endpoint parser: the address of a tcp: listener -------------------
+
+
+def _endpoint_keeps_address() -> bool:
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    endpoint = TCP4ServerEndpoint(object(), 0, 7, "127.0.0.1")  # type: ignore[arg-type]
+    return (endpoint._interface, endpoint._port, endpoint._backlog) == ("127.0.0.1", 0, 7)  # type: ignore[attr-defined]
+
+
+def tcp_address(endpoint: Any) -> Optional[tuple[str, int, int]]:
+    """(interface, port, backlog) of a parsed TCP server endpoint; None
+    when they cannot be read (the caller then shares one socket)."""
+    if not shortcuts().tcp_address:
+        return None
+    return endpoint._interface, endpoint._port, endpoint._backlog

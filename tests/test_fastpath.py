@@ -1,0 +1,125 @@
+"""
+The fast paths: checked at start-up, each with a public fallback, and all
+switched off by CHATD_FASTPATH=0, under which the real-socket suites pass.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.base import ReactorBase
+from twisted.logger import capturedLogs
+
+from chatd import fastpath
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: The suites that run chatd on real sockets (in process, or the real twistd).
+REAL_SOCKET_SUITES = [
+    "tests/test_e2e.py",
+    "tests/test_features_e2e.py",
+    "tests/test_moderation_e2e.py",
+    "tests/test_limits.py",
+    "tests/test_timeouts.py",
+    "tests/test_tls.py",
+    "tests/test_operations.py",
+    "tests/test_workers.py",
+    "tests/test_cluster.py",
+    "tests/test_cluster_e2e.py",
+    "tests/test_web.py",
+]
+
+
+@pytest.fixture
+def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Shortcuts checked again inside the test, and again after it."""
+    monkeypatch.delenv(fastpath.SWITCH, raising=False)
+    fastpath.reset()
+    yield monkeypatch
+    monkeypatch.undo()
+    fastpath.reset()
+
+
+def test_every_shortcut_is_found_on_the_libraries_chatd_installs(fresh: pytest.MonkeyPatch) -> None:
+    # A release that moves one of these makes this fail here, not silently
+    # slow chatd down in production.
+    assert fastpath.shortcuts() == fastpath.Shortcuts(
+        send=True, frames=True, quiet_debug=True, redis_alone=True, forget_sigterm=True,
+        tcp_address=True)
+
+
+def test_the_switch_turns_every_shortcut_off_with_one_log_line(fresh: pytest.MonkeyPatch) -> None:
+    fresh.setenv(fastpath.SWITCH, "0")
+    with capturedLogs() as events:
+        assert fastpath.shortcuts() == fastpath.Shortcuts()
+        fastpath.shortcuts()  # checked once
+    assert [e["log_format"] for e in events] == [
+        "Fast paths off ({switch}=0): using the public APIs only"]
+
+
+def test_a_missing_internal_turns_only_its_shortcut_off(fresh: pytest.MonkeyPatch) -> None:
+    fresh.delattr(ReactorBase, "_exitSignal")
+    fresh.delattr(WebSocketProtocol, "_cancelAutoPingTimeoutCall")
+    with capturedLogs() as events:
+        found = fastpath.shortcuts()
+    assert (found.forget_sigterm, found.frames) == (False, False)
+    assert (found.send, found.quiet_debug, found.redis_alone, found.tcp_address) == (True, True, True, True)
+    assert sorted(e["name"] for e in events if e.get("event") == "fastpath_off") == [
+        "forget_sigterm", "frames"]
+
+
+@pytest.mark.parametrize("switch", ["1", "0"])
+def test_frames_are_read_by_chatd_only_with_the_shortcut(fresh: pytest.MonkeyPatch, switch: str) -> None:
+    from tests.test_ws import Peer, make_factory
+
+    fresh.setenv(fastpath.SWITCH, switch)
+    factory = make_factory()
+    peer = Peer(factory)
+    peer.open()
+    assert peer.protocol._quick is (switch == "1")
+    assert peer.send({"action": "create", "body": "r"})[0]["status"] == "success"
+    assert peer.send({"action": "message", "body": "hi"}) == [{"status": "success", "message": "Message sent"}]
+
+
+def test_a_connection_without_autobahns_parser_state_reads_through_autobahn(fresh: pytest.MonkeyPatch) -> None:
+    class Bare:
+        pass
+
+    assert fastpath.shortcuts().frames
+    with capturedLogs() as events:
+        assert fastpath.parser_state_known(Bare()) is False  # type: ignore[arg-type]
+    assert fastpath.shortcuts().frames is False
+    assert [e["name"] for e in events] == ["frames"]
+
+
+def test_without_the_redis_shortcut_no_message_counts_as_alone(fresh: pytest.MonkeyPatch) -> None:
+    fresh.setenv(fastpath.SWITCH, "0")
+
+    class Empty:
+        class _reader:
+            @staticmethod
+            def has_data() -> bool:
+                return False
+
+    assert fastpath.more_buffered(Empty()) is True
+
+
+@pytest.mark.timeout(900)
+def test_the_real_socket_suites_pass_with_every_fast_path_off() -> None:
+    # The public paths stay correct: the end-to-end suites, the real twistd
+    # (its SIGTERM drain exits 0 through chatd's own signal handler) and the
+    # cluster, with every shortcut off.
+    env = dict(os.environ, **{fastpath.SWITCH: "0"})
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *REAL_SOCKET_SUITES],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    tail = "\n".join(result.stdout.splitlines()[-25:])
+    assert result.returncode == 0, tail
+    assert " passed" in tail and " failed" not in tail
