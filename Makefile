@@ -20,8 +20,9 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+# The benchmark is a package of its own (bench/): its tests run here too.
+$(VENV)/.installed-test: $(VENV)/.installed bench/pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test]' -e bench
 	touch $@
 
 install: $(VENV)/.installed
@@ -42,8 +43,8 @@ test: $(VENV)/.installed-test
 # e.g. make bench BENCH_ARGS="--repeat 1 --scenarios fanout,max"
 BENCH_ARGS ?=
 
-$(VENV)/.installed-bench: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
+$(VENV)/.installed-bench: $(VENV)/.installed bench/pyproject.toml
+	$(BIN)/python -m pip install --quiet -e bench
 	touch $@
 
 bench/peers/node/node_modules: bench/peers/node/package.json bench/peers/node/package-lock.json

@@ -236,8 +236,7 @@ class ChatProtocol(WebSocketServerProtocol):
         self.sendData(head.encode("utf-8") + b"\r\n" + body)
 
     def onOpen(self) -> None:
-        self.transport.registerProducer(self, True)
-        self._quick = self._quick_limit > 0 and fastpath.parser_state_known(self)
+        self.opened()
         registered = self.factory.chat.connect(self)
         if not isinstance(registered, Deferred):
             self._welcome(registered)
@@ -245,6 +244,12 @@ class ChatProtocol(WebSocketServerProtocol):
         # In a cluster the ID is checked in Redis first; anything the client
         # sends meanwhile waits its turn.
         self._wait_for(registered.addCallbacks(self._welcome, self._not_registered))
+
+    def opened(self) -> None:
+        """The handshake is done: learn when the client stops reading, and
+        read its frames quickly where that is safe."""
+        self.transport.registerProducer(self, True)
+        self._quick = self._quick_limit > 0 and fastpath.parser_state_known(self)
 
     def _welcome(self, client: Client) -> None:
         if self.state != WebSocketProtocol.STATE_OPEN:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from chatd.bench.cli import WARM_UP, headline, summary
-from chatd.bench.scenarios import SCENARIOS
+from chatd_bench.cli import WARM_UP, headline, summary
+from chatd_bench.scenarios import SCENARIOS
 from tests.conftest import redis_binary
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from chatd.bench import checker
-from chatd.bench.loadgen import Bench, Client
+from chatd_bench import checker
+from chatd_bench.loadgen import Bench, Client
 
 
 class Transport:

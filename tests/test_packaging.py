@@ -26,6 +26,11 @@ def test_pip_install_dot_provides_the_twistd_plugin(tmp_path: Path) -> None:
     assert (target / "twisted" / "plugins" / "chatd_plugin.py").exists()
     assert not (target / "twisted" / "plugins" / "__init__.py").exists()
     assert not (target / "twisted" / "__init__.py").exists()
+    # The daemon, the page and the terminal client; no load generator.
+    assert (target / "chatd" / "web" / "index.html").exists()
+    assert (target / "bin" / "chatd-client").exists()
+    shipped = {p.relative_to(target).as_posix() for p in target.rglob("*")}
+    assert not [p for p in shipped if "bench" in p], sorted(p for p in shipped if "bench" in p)
 
     # -S skips site-packages' .pth files, so the editable install of the
     # source tree cannot stand in for the one just made.

@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any, Callable
 
-from chatd.bench.loadgen import Bench, Client, core_busy, cpu_seconds, message_frame, process_tree, rss_kib
+from chatd_bench.loadgen import Bench, Client, core_busy, cpu_seconds, message_frame, process_tree, rss_kib
 
 SERVER_CORE, LOAD_CORE = 0, 1
 

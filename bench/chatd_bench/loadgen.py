@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, cast
 
-from chatd.bench import checker
+from chatd_bench import checker
 
 HANDSHAKE = (
     "GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
@@ -28,7 +28,7 @@ HANDSHAKE = (
 )
 ZERO_MASK = b"\x00\x00\x00\x00"  # masking with zeros leaves the payload as it is
 BODY_LEN = 44  # len of "~B" + 3 + 1 + 5 + 1 + 9 + 1 + 20 + "~E"
-#: Up to this many clients, deliveries are checked in C (chatd.bench.checker).
+#: Up to this many clients, deliveries are checked in C (chatd_bench.checker).
 MAX_C_CLIENTS = 2000
 
 
@@ -166,7 +166,7 @@ class Bench:
         # Every member of a room receives the same bytes: the fields parsed
         # from a broadcast are kept (briefly) for the other members' copies.
         self._parsed: dict[bytes, tuple[int, int, int, int, bool]] = {}
-        # The C checker (chatd.bench.checker), once the rooms are made.
+        # The C checker (chatd_bench.checker), once the rooms are made.
         self.check: Optional[Any] = None
         self.checker = "python"
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from chatd.bench.scenarios import ALSO_MEASURED, LOAD_CORE, SCENARIOS, SERVER_CORE
+from chatd_bench.scenarios import ALSO_MEASURED, LOAD_CORE, SCENARIOS, SERVER_CORE
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -1,5 +1,5 @@
 /*
- * The load generator's hot loop in C (chatd/bench/checker.py loads it with
+ * The load generator's hot loop in C (bench/chatd_bench/checker.py loads it with
  * ctypes): reads a connection's complete server frames and checks each
  * delivery of a broadcast the generator wrote, as loadgen.Bench.on_delivery
  * does in Python, and counts "Message sent" replies.  It stops at anything
