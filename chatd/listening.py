@@ -56,9 +56,8 @@ class OneAtATime:
 
     Twisted accepts up to 100 connections per wake-up (more while they keep
     coming).  On a socket that several workers share, every worker is woken
-    for a new connection and the first to accept takes the whole burst: in a
-    benchmark's connect burst one of two workers took 94% of 500 clients,
-    and did nearly all the work.  One at a time, the next connection goes to
+    for a new connection and the first to accept takes nearly the whole
+    burst, and then does nearly all the work.  One at a time, the next connection goes to
     whichever worker comes back to its poll first: the one with the least
     to do.
     """

@@ -18,9 +18,8 @@ from chatd.logs import json_observer
 #: 700).  A cluster node holds each message for a round trip to Redis, so at
 #: 700 new objects the young generation is collected thousands of times a
 #: minute, and what is in flight at each pass climbs to the oldest
-#: generation, whose passes then walk every object of every connection: 14%
-#: of a node's CPU at full load (docs/performance.md, optimisation 18).
-#: Most of chatd's objects die by reference counting; this only bounds how
+#: generation, whose passes then walk every object of every connection
+#: (docs/performance.md, "Why chatd is fast").  Most of chatd's objects die by reference counting; this only bounds how
 #: much cyclic garbage may wait for a pass.
 GC_THRESHOLD = 50_000
 

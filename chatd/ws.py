@@ -142,7 +142,7 @@ class ChatProtocol(WebSocketServerProtocol):
         # reads hold whole ones: those are read here (chatd.frames), and
         # anything else, or whatever follows it, goes to Autobahn's parser.
         # Latency at a low rate is mostly the Python run per message before
-        # the first send: Autobahn's parser is about 25 calls per frame.
+        # the first send, and Autobahn's parser is a good share of it.
         if self._quick and self.state == WebSocketProtocol.STATE_OPEN and fastpath.parser_idle(self):
             messages, used = client_text_messages(data, self._quick_limit)
             if messages:
@@ -799,7 +799,7 @@ class ChatFactory(WebSocketServerFactory):
         # of this factory's own carries them once, not once per connection.
         # It also makes tcpNoDelay take effect: Autobahn's connectionMade reads
         # it before that copy, and without it no socket had Nagle off (small
-        # broadcasts waited ~40 ms for delayed ACKs: fanout p99 37.9 ms).
+        # broadcasts waited for delayed ACKs).
         # With every option on the class, the copying loop (which also builds
         # a debug listing of them all, per connection) has nothing to do.
         # Function-valued options (perMessageCompressionAccept) are wrapped

@@ -160,14 +160,14 @@ ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 async def seed_example_2(sender: WSClient, sender_id: str, others: list[WSClient]) -> None:
     """
     The seed's second example: the sender's reply, then to every other
-    member the seed's broadcast, byte for byte (plus "id", issue 4).
+    member the seed's broadcast, byte for byte (plus chatd's "id").
     """
     sender.send({"action": "message", "body": "Hello everyone!"})
     assert await sender.next_raw() == b'{"status": "success", "message": "Message sent"}'
     for other in others:
         raw = await other.next_raw()
         event = json.loads(raw)
-        # The seed's keys in the seed's order; "id" (issue 4) is added last.
+        # The seed's keys in the seed's order; chatd's "id" is added last.
         assert list(event) == ["from", "body", "timestamp", "id"]
         assert event["id"] == 1
         assert (event["from"], event["body"]) == (sender_id, "Hello everyone!")

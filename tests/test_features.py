@@ -1,5 +1,5 @@
 """
-The features beyond the seed (issue 4), in the core and codec, without
+The features beyond the seed, in the core and codec, without
 sockets: list, members, nick, history, events, rate limits.
 """
 

@@ -42,7 +42,7 @@ SERVERS = {
         "--rate-messages 0 --rate-creates 0 --rate-connections-per-ip 0 "
         "--max-connections 0 --max-connections-per-ip 0"
     ),
-    # Issue 6: one node of a Redis cluster, and two workers on one Redis
+    # One node of a Redis cluster, and two workers on one Redis
     # ({redis} is a private redis-server started for the run, on the
     # server's cores, its CPU counted as the server's).
     "chatd-redis": (
@@ -62,7 +62,7 @@ SERVERS = {
     "node-ws": f"node {ROOT / 'bench/peers/node/server.js'} {{port}}",
 }
 BASELINE = "seed"
-#: What `compare` runs unless told otherwise: the issue-5 comparison.
+#: What `compare` runs unless told otherwise: chatd against its peers.
 DEFAULT_SERVERS = ["chatd", "seed", "seed-broadcast", "node-ws"]
 
 #: What the comparison table shows of each scenario: (result key, unit, higher is better).
