@@ -23,6 +23,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import abstract, tcp
 from twisted.internet.interfaces import ISSLTransport
@@ -78,7 +79,7 @@ def _check() -> Shortcuts:
         "send": _has_transport_buffers,
         "frames": lambda: all(
             hasattr(WebSocketProtocol, name)
-            for name in ("STATE_OPEN", "_cancelAutoPingTimeoutCall")
+            for name in ("STATE_OPEN", "_cancelAutoPingTimeoutCall", "_dataReceived")
         ),
         "quiet_debug": _has_debug_helpers,
         "redis_alone": _has_hiredis_reader,
@@ -160,6 +161,18 @@ def parser_state_known(protocol: WebSocketProtocol) -> bool:
 def parser_idle(protocol: Any) -> bool:
     """Autobahn holds no part of a frame or message: the next bytes start a frame."""
     return not protocol.data and protocol.current_frame is None and not protocol.inside_message
+
+
+def parse(protocol: Any, data: bytes) -> None:
+    """
+    Hand ``data`` to Autobahn's parser.  With the shortcut, straight to it:
+    the public ``dataReceived`` first builds a debug log event's arguments
+    on every read, the opening handshake included.
+    """
+    if shortcuts().frames:
+        protocol._dataReceived(data)
+    else:
+        WebSocketServerProtocol.dataReceived(protocol, data)
 
 
 def traffic_seen(protocol: Any) -> None:

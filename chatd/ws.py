@@ -166,7 +166,7 @@ class ChatProtocol(WebSocketServerProtocol):
                 if used == len(data):
                     return
                 data = data[used:]
-        super().dataReceived(data)
+        fastpath.parse(self, data)
 
     def onConnect(self, request: ConnectionRequest) -> None:
         # Autobahn answers any exception but ConnectionDeny with its text in

@@ -78,11 +78,24 @@ def test_a_missing_internal_turns_only_its_shortcut_off(fresh: pytest.MonkeyPatc
 def test_frames_are_read_by_chatd_only_with_the_shortcut(fresh: pytest.MonkeyPatch, switch: str) -> None:
     from tests.test_ws import Peer, make_factory
 
+    from autobahn.twisted.websocket import WebSocketServerProtocol
+
     fresh.setenv(fastpath.SWITCH, switch)
+    public = WebSocketServerProtocol.dataReceived
+    calls: list[bytes] = []
+
+    def counted(protocol: WebSocketServerProtocol, data: bytes) -> None:
+        calls.append(data)
+        public(protocol, data)
+
+    fresh.setattr(WebSocketServerProtocol, "dataReceived", counted)
     factory = make_factory()
     peer = Peer(factory)
     peer.open()
     assert peer.protocol._quick is (switch == "1")
+    # The handshake reaches Autobahn's parser directly with the shortcut,
+    # through its public dataReceived without it.
+    assert len(calls) == (0 if switch == "1" else 1)
     assert peer.send({"action": "create", "body": "r"})[0]["status"] == "success"
     assert peer.send({"action": "message", "body": "hi"}) == [{"status": "success", "message": "Message sent"}]
 

@@ -146,7 +146,8 @@ def test_the_pure_layer_runs_without_twisted_or_autobahn() -> None:
 
 def own_names() -> set[str]:
     """Every name chatd defines outside the fast path module: functions,
-    classes, attributes it assigns, slots, parameters."""
+    classes, attributes and names it assigns, ``__slots__`` entries,
+    parameters."""
     names: set[str] = set()
     for name, path in modules().items():
         if name == FASTPATH:
@@ -162,8 +163,14 @@ def own_names() -> set[str]:
                 names.add(node.target.id)
             elif isinstance(node, ast.arg):
                 names.add(node.arg)
-            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.isidentifier():
-                names.add(node.value)  # __slots__ entries
+            if (
+                isinstance(node, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == "__slots__" for t in node.targets)
+                and isinstance(node.value, (ast.Tuple, ast.List))
+            ):
+                names.update(
+                    e.value for e in node.value.elts
+                    if isinstance(e, ast.Constant) and isinstance(e.value, str))
     return names
 
 

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 from chatd import fastpath
 from chatd.backplane import Listener, scripts
-from chatd.backplane.address import RedisAddress, parse_url  # noqa: F401 (parse_url: part of this API)
+from chatd.backplane.address import RedisAddress
 from chatd.errors import Unavailable
 
 PREFIX = "chatd:"
