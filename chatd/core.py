@@ -428,7 +428,8 @@ class ChatCore:
         in one delivery (with ``join``; without it, this does nothing).  For
         several messages from one read: whoever calls it must ``flush``
         before anything else that delivers (a join, a leave), so that every
-        member sees what happened in order.
+        member sees what happened in order (:class:`chatd.chat.LocalChat`
+        does).
         """
         if self._join is not None:
             self._gathered = {}

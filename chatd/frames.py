@@ -8,9 +8,14 @@ in a few operations instead of Autobahn's twenty-odd calls per frame.
 Anything else (control frames, fragments, binary or compressed messages,
 invalid UTF-8, oversized or malformed frames, a frame not yet complete) is
 left to Autobahn, which owns every rule and every error for them.
+With ``--permessage-deflate``, a broadcast is also compressed once for
+every member that negotiated it.
 """
 
 from __future__ import annotations
+
+import zlib
+from typing import Optional
 
 #: Byte 0 of an unfragmented text frame (FIN, no RSV bits, opcode 1).
 FIN_TEXT = 0x81
@@ -71,3 +76,50 @@ def client_text_messages(data: bytes, limit: int) -> tuple[list[bytes], int]:
         messages.append(payload)
         at = stop
     return messages, at
+
+
+class Broadcast:
+    """
+    One broadcast's frames with ``--permessage-deflate``: plain, and (made
+    on first use, once for every member that negotiated permessage-deflate)
+    compressed.  Each broadcast is compressed on its own, with a fresh
+    compressor and the default window, so it refers to nothing sent before:
+    the same bytes are right for every such member, whether or not its
+    decompressor keeps its window between messages (RFC 7692, 7.2.3).
+    """
+
+    __slots__ = ("payload", "plain", "_deflated")
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.plain = text_frame(payload)
+        self._deflated: Optional[bytes] = None
+
+    @property
+    def deflated(self) -> bytes:
+        if self._deflated is None:
+            compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+            data = compressor.compress(self.payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            # RFC 7692: the empty block the sync flush ends with is left off,
+            # and RSV1 (0x40) marks the message as compressed.
+            self._deflated = text_frame(
+                data[:-4] if data.endswith(b"\x00\x00\xff\xff") else data, FIN_TEXT_DEFLATED)
+        return self._deflated
+
+
+class Broadcasts:
+    """Several broadcasts that go together (a batch from Redis), with
+    ``--permessage-deflate``: their plain frames, and compressed ones."""
+
+    __slots__ = ("parts", "plain", "_deflated")
+
+    def __init__(self, parts: list[Broadcast]) -> None:
+        self.parts = parts
+        self.plain = b"".join(part.plain for part in parts)
+        self._deflated: Optional[bytes] = None
+
+    @property
+    def deflated(self) -> bytes:
+        if self._deflated is None:
+            self._deflated = b"".join(part.deflated for part in self.parts)
+        return self._deflated

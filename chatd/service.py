@@ -38,6 +38,7 @@ def join_cluster(factory: ChatFactory, settings: Settings, reactor: Any) -> tupl
     assert settings.redis is not None
     backplane = RedisBackplane(
         parse_url(settings.redis), reactor, lease=settings.redis_lease, timeout=settings.redis_timeout,
+        at_once=factory.flusher.send_now,
     )
     chat = ClusterChat(
         factory.core, backplane, reactor,

@@ -172,21 +172,26 @@ def test_the_subscriber_tells_a_message_alone_in_its_read(fast_path_on: object) 
     assert got == [(b"M1 a {}", True), (b"M1 a {}", False), (b"M2 a {}", False), (b"M2 a {}", True)]
 
 
-def test_a_lone_message_from_redis_is_sent_at_once_and_a_batch_is_not() -> None:
-    core, clock = ChatCore(), Clock()
-    chat = ClusterChat(core, RecordingBackplane(), clock, refuse=lambda client: None)  # type: ignore[arg-type]
-    at_once: list[Any] = []
+def test_a_lone_message_from_redis_is_handled_at_once_and_the_others_are_not() -> None:
+    from chatd.backplane.address import parse_url
+    from chatd.backplane.redis import PREFIX, RedisBackplane
+
+    at_once: list[bytes] = []
 
     def send_now(function: Any, *args: Any) -> Any:
         at_once.append(args[1])
         return function(*args)
 
-    chat.send_now = send_now
+    core, clock = ChatCore(), Clock()
+    chat = ClusterChat(core, RecordingBackplane(), clock, refuse=lambda client: None)  # type: ignore[arg-type]
+    backplane = RedisBackplane(parse_url("redis://localhost"), clock, at_once=send_now)
+    backplane._listener = chat
     here = in_room(core, "room-one")
-    chat.channel_message("room-one", b'M1 aaaa1111 {"n": 1}', alone=True)
-    chat.channel_message("room-one", b'M2 aaaa1111 {"n": 2}', alone=False)
-    chat.channel_message("room-one", b'M3 aaaa1111 {"n": 3}\n4 aaaa1111 {"n": 4}', alone=True)
-    assert at_once == [[("aaaa1111", b'{"n": 1}')]]
+    channel = f"{PREFIX}r:room-one".encode()
+    backplane._message(channel, b'M1 aaaa1111 {"n": 1}', alone=True)
+    backplane._message(channel, b'M2 aaaa1111 {"n": 2}', alone=False)
+    backplane._message(channel, b'M3 aaaa1111 {"n": 3}\n4 aaaa1111 {"n": 4}', alone=True)
+    assert at_once == [b'M1 aaaa1111 {"n": 1}', b'M3 aaaa1111 {"n": 3}\n4 aaaa1111 {"n": 4}']
     assert [m["n"] for m in here.sink.received] == [1, 2, 3, 4]
 
 

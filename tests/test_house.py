@@ -4,6 +4,7 @@ The house rules that keep chatd's layout, checked on its source:
 - no import cycle between chatd's modules (imports inside functions count);
 - the pure layer imports neither Twisted nor Autobahn, directly or through
   another chatd module (imports under ``TYPE_CHECKING`` do not run);
+- the chat and the conversation never reach Autobahn;
 - a private attribute of another library is used in ``chatd/fastpath.py``
   only.
 
@@ -24,8 +25,11 @@ PACKAGE = ROOT / "chatd"
 #: Modules without I/O: rules, state and bytes, tested without a reactor.
 PURE = {
     "chatd.errors", "chatd.settings", "chatd.codec", "chatd.frames", "chatd.ratelimit",
-    "chatd.core", "chatd.config", "chatd.backplane.address",
+    "chatd.core", "chatd.config", "chatd.backplane.address", "chatd.admission",
 }
+
+#: One client's conversation and the chat it talks to: Twisted, never Autobahn.
+CONVERSATION = {"chatd.chat", "chatd.conversation", "chatd.outbox", "chatd.backplane.cluster"}
 
 #: The one module allowed to touch other libraries' internals.
 FASTPATH = "chatd.fastpath"
@@ -142,6 +146,26 @@ def test_the_pure_layer_runs_without_twisted_or_autobahn() -> None:
             frameworks = sorted(
                 i for i in imports(module, known[module]) if i.split(".")[0] in FRAMEWORKS)
             assert not frameworks, f"{name} runs {module}, which imports {frameworks}"
+
+
+def reached_from(name: str, graph: dict[str, set[str]]) -> set[str]:
+    reached, todo = set(), [name]
+    while todo:
+        current = todo.pop()
+        if current not in reached:
+            reached.add(current)
+            todo.extend(graph[current])
+    return reached
+
+
+def test_the_chat_and_the_conversation_run_without_autobahn() -> None:
+    graph = chatd_graph()
+    known = modules()
+    assert CONVERSATION <= set(known), CONVERSATION - set(known)
+    for name in sorted(CONVERSATION):
+        for module in sorted(reached_from(name, graph)):
+            found = sorted(i for i in imports(module, known[module]) if i.split(".")[0] == "autobahn")
+            assert not found, f"{name} runs {module}, which imports {found}"
 
 
 def own_names() -> set[str]:

@@ -6,8 +6,8 @@ Many chatd processes and hosts as one chat service, through Redis.
   shared state (rooms, members, nicks, history, node leases).
 - :mod:`chatd.backplane.redis`: the connections to Redis (txredisapi), the
   node's lease and the reaping of dead nodes.
-- :mod:`chatd.backplane.cluster`: what the WebSocket adapter talks to in a
-  cluster, in place of the in-memory :class:`chatd.core.ChatCore`.
+- :mod:`chatd.backplane.cluster`: a cluster node's :class:`chatd.chat.Chat`,
+  in place of one process's :class:`chatd.chat.LocalChat`.
 
 docs/scaling.md describes the design.
 """
@@ -63,7 +63,6 @@ class Listener(Protocol):
         """The shared state cannot be reached any more."""
         ...
 
-    def channel_message(self, room_id: str, data: bytes, alone: bool = False) -> None:
-        """A broadcast or event on a room's channel; ``alone``: the only
-        thing Redis sent in this read (nothing else is coming right now)."""
+    def channel_message(self, room_id: str, data: bytes) -> None:
+        """A broadcast or event on a room's channel."""
         ...

@@ -8,8 +8,9 @@ to the shared state.  Every broadcast and room event reaches the nodes on the
 room's channel, in one order for all of them, and each node frames it once
 for its own members.  docs/scaling.md explains the design.
 
-Commands that need Redis answer a Deferred; the adapter keeps each client's
-commands in order meanwhile.  While Redis cannot be reached, members of a
+It implements :class:`chatd.chat.Chat`: every answer is a Deferred, which
+has fired already where no Redis round trip was needed; the conversation
+keeps each client's commands in order meanwhile.  While Redis cannot be reached, members of a
 room on this node keep chatting with each other (the messages are not kept
 in the room's history), leaving works, and everything else answers
 "Service temporarily unavailable".
@@ -18,7 +19,7 @@ in the room's history), leaving works, and everything else answers
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, TypeVar, Union
 
 import txredisapi
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
@@ -28,12 +29,13 @@ from twisted.python.failure import Failure
 
 from chatd import codec
 from chatd.backplane import Backplane, scripts
+from chatd.chat import counts_of
 from chatd.codec import Command
 from chatd.core import ChatCore, Client, Room
 from chatd.errors import ChatError, NotInRoom, RoomNotFound, Unavailable
 
 Reply = dict[str, Any]
-MaybeDeferred = Union[Reply, "Deferred[Reply]"]
+T = TypeVar("T")
 
 #: Candidate IDs tried before giving up (each is 32 random bits).
 _TRIES = 5
@@ -93,10 +95,7 @@ class _Holding:
 
 
 class ClusterChat:
-    """
-    The chat of a cluster node.  Same methods as :class:`ChatCore` for the
-    adapter, but those that need Redis answer Deferreds.
-    """
+    """The chat of a cluster node (a :class:`chatd.chat.Chat`)."""
 
     _log = Logger()
 
@@ -121,22 +120,15 @@ class ClusterChat:
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._pending_of: dict[str, _Pending] = {}
         self._background: set[Deferred[Any]] = set()  # disconnects on their way to Redis
-        # Runs a delivery so that its frames are sent at once rather than
-        # gathered (the adapter's; see ChatFactory.send_now).
-        self.send_now: Callable[..., Any] = _call
         # Chat messages of this reactor iteration, by room, on their way to
         # Redis.
         self._outbox: dict[str, list[_Outgoing]] = {}
 
-    # -- what the adapter and the metrics read -------------------------------
+    # -- what the metrics read ---------------------------------------------------
 
-    @property
-    def clients(self) -> dict[str, Client]:
-        return self.core.clients
-
-    @property
-    def rooms(self) -> dict[str, Room]:
-        return self.core.rooms
+    def counts(self) -> dict[str, float]:
+        """This node's own clients, and its view of their rooms."""
+        return counts_of(self.core)
 
     # -- connections ---------------------------------------------------------
 
@@ -191,7 +183,13 @@ class ClusterChat:
 
     # -- commands ------------------------------------------------------------
 
-    def handle(self, client: Client, command: Command, now: float) -> MaybeDeferred:
+    def handle(self, client: Client, command: Command, now: float) -> "Deferred[Reply]":
+        try:
+            return self._handle(client, command, now)
+        except ChatError as e:
+            return fail(e)
+
+    def _handle(self, client: Client, command: Command, now: float) -> "Deferred[Reply]":
         if isinstance(command, codec.Join):
             return self.join(client, command.room_id, now)
         if isinstance(command, codec.Create):
@@ -207,11 +205,9 @@ class ClusterChat:
         if isinstance(command, codec.History):
             return self.recent(client, command.limit, command.before)
         if isinstance(command, codec.Events):
-            return self.core.set_events(client, command.on)
-        if isinstance(command, codec.Message):
-            self.check_message_rate(client, now)
-            return self.publish(client, command.body, now)
-        raise TypeError(f"unknown command {command!r}")
+            return succeed(self.core.set_events(client, command.on))
+        # A chat message goes through check_message_rate and publish.
+        raise TypeError(f"not a command for handle: {command!r}")
 
     def check_message_rate(self, client: Client, now: float) -> None:
         self.core.check_message_rate(client, now)
@@ -250,10 +246,10 @@ class ClusterChat:
         return self._subscribed(room.room_id).addCallback(run).addCallbacks(
             done, self._failed, errbackArgs=(pending,))
 
-    def join(self, client: Client, room_id: str, now: float = 0.0) -> MaybeDeferred:
+    def join(self, client: Client, room_id: str, now: float = 0.0) -> "Deferred[Reply]":
         current = client.room
         if current is not None and current.room_id == room_id:
-            return {"status": "success", "message": f"Joined room '{current.name}'", "room_id": room_id}
+            return succeed({"status": "success", "message": f"Joined room '{current.name}'", "room_id": room_id})
         if not self.backplane.available:
             raise Unavailable()
         room = self.core.local_room(room_id)
@@ -287,7 +283,7 @@ class ClusterChat:
         return self._subscribed(room_id).addCallback(run).addCallbacks(
             done, self._failed, errbackArgs=(pending,))
 
-    def leave(self, client: Client, now: float = 0.0) -> MaybeDeferred:
+    def leave(self, client: Client, now: float = 0.0) -> "Deferred[Reply]":
         room = client.room
         if room is None:
             raise NotInRoom("Not in any room")
@@ -296,7 +292,7 @@ class ClusterChat:
         self._release(room)
         reply = {"status": "success", "message": "Left room"}
         if not self.backplane.available:
-            return reply  # the resync after Redis is back catches up
+            return succeed(reply)  # the resync after Redis is back catches up
         d = self._call(scripts.LEAVE, self.backplane.node, client.client_id)
 
         def done(result: list[Any]) -> Reply:
@@ -309,14 +305,14 @@ class ClusterChat:
 
         return d.addCallbacks(done, failed)
 
-    def publish(self, client: Client, body: Any, now: float) -> MaybeDeferred:
+    def publish(self, client: Client, body: Any, now: float) -> "Deferred[Reply]":
         """Broadcast through the room's channel (or, without Redis, here only)."""
         room = client.room
         if room is None:
-            raise NotInRoom("You must join a room first")
+            return fail(NotInRoom("You must join a room first"))
         ts = codec.timestamp(now)
         if not self.backplane.available:
-            return self._publish_here(client, room, body, ts, now)
+            return succeed(self._publish_here(client, room, body, ts, now))
         head, tail = codec.broadcast_parts(client.client_id, body, ts, client.nick)
         # Gathered with the room's other messages of this reactor iteration:
         # one script call and one PUBLISH for all of them (_send_outbox), and
@@ -413,11 +409,11 @@ class ClusterChat:
 
         return d.addCallback(done)
 
-    def set_nick(self, client: Client, nick: str, now: float) -> MaybeDeferred:
+    def set_nick(self, client: Client, nick: str, now: float) -> "Deferred[Reply]":
         reply = {"status": "success", "message": f"Nick set to '{nick}'", "nick": nick}
         if not self.backplane.available and client.room is None:
             client.nick = nick  # nobody to clash with; the resync records it
-            return reply
+            return succeed(reply)
         d = self._call(scripts.NICK, self.backplane.node, client.client_id, nick, nick.casefold())
 
         def done(outcome: Any) -> Reply:
@@ -453,9 +449,14 @@ class ClusterChat:
                     self.disconnect(client, self.clock.seconds())
                     break
 
+    def reading(self, function: Callable[..., T], *args: Any) -> T:
+        # A read's messages to one room already reach Redis in one call,
+        # and come back as one batch (_send_outbox).
+        return function(*args)
+
     # -- the backplane's listener ----------------------------------------------
 
-    def channel_message(self, room_id: str, data: bytes, alone: bool = False) -> None:
+    def channel_message(self, room_id: str, data: bytes) -> None:
         room = self.core.rooms.get(room_id)
         if room is None:
             return  # nobody here is in it any more
@@ -471,12 +472,7 @@ class ClusterChat:
                 messages.append((line[first + 1:second].decode(), line[second + 1:]))
             if message_id > room.last_id:
                 room.last_id = message_id
-            if alone and len(messages) == 1:
-                # Nothing else from Redis in this read: sent to each member
-                # as it is fanned out, like a lone message from a client.
-                counts = self.send_now(self.core.deliver_local_batch, room, messages, now)
-            else:
-                counts = self.core.deliver_local_batch(room, messages, now)
+            counts = self.core.deliver_local_batch(room, messages, now)
             # Counted once for the batch.
             self.core.events.delivered(
                 sum(counts), sum(len(payload) * n for (_, payload), n in zip(messages, counts, strict=True))
@@ -670,10 +666,6 @@ class ClusterChat:
     def _background_failure(self, failure: Failure, what: str) -> None:
         if not failure.check(Unavailable):
             self._log.failure("Redis failed during {what}", failure, what=what)
-
-
-def _call(function: Callable[..., Any], *args: Any) -> Any:
-    return function(*args)
 
 
 def _text(value: Any) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import txredisapi
 from twisted.internet.defer import Deferred, fail, succeed
@@ -123,6 +123,10 @@ class _Commands(txredisapi.RedisProtocol):
         return self._send([b"EVAL", script, b"0", *encoded])
 
 
+def _call(function: Callable[..., Any], *args: Any) -> Any:
+    return function(*args)
+
+
 class _Subscriber(txredisapi.SubscriberProtocol):
     # Whether the next reply is the first of the current read.
     _first = False
@@ -154,6 +158,7 @@ class RedisBackplane:
         timeout: float = 5.0,
         node: Optional[str] = None,
         prefix: str = PREFIX,
+        at_once: Callable[..., Any] = _call,
     ) -> None:
         self.address = address
         self.reactor = reactor
@@ -161,6 +166,11 @@ class RedisBackplane:
         self.timeout = timeout
         self.node = node or node_name()
         self.prefix = prefix
+        # Runs the handling of a read from Redis that held one message and
+        # nothing after it, so that what it delivers leaves at once rather
+        # than at the end of the iteration (the service passes the outbox's
+        # Flusher.send_now).
+        self._at_once = at_once
         self._listener: Optional[Listener] = None
         self._commands: Any = None  # the connected protocols, or None
         self._subscriber: Any = None
@@ -357,7 +367,10 @@ class RedisBackplane:
             return
         room_id = channel[len(self.prefix) + 2:].decode("utf-8")
         try:
-            self._listener.channel_message(room_id, message, alone)
+            if alone:
+                self._at_once(self._listener.channel_message, room_id, message)
+            else:
+                self._listener.channel_message(room_id, message)
         except Exception:
             self._log.failure("Handling a message from Redis failed")
 

@@ -1,0 +1,159 @@
+"""
+The chat a conversation talks to: one interface, two implementations.
+
+:class:`LocalChat` is one process's chat, over a :class:`~chatd.core.ChatCore`;
+:class:`chatd.backplane.cluster.ClusterChat` is a cluster node's, with the
+rooms in Redis.  Every call that answers the client answers a Deferred, which
+has fired already where the answer is known at once; a refusal is a failure
+with a :class:`~chatd.errors.ChatError`.  The conversation never asks which
+chat it has.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, TypeVar
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+
+from chatd.codec import Command
+from chatd.core import ChatCore, Client, Sink
+from chatd.errors import ChatError
+
+Reply = dict[str, Any]
+T = TypeVar("T")
+
+
+class Chat(Protocol):
+    """What one client's conversation needs from the chat."""
+
+    def connect(self, sink: Sink) -> "Deferred[Client]":
+        """Register a new connection; its client once it has an ID."""
+        ...
+
+    def disconnect(self, client: Client, now: float) -> None:
+        """The connection is gone: leave its room. Safe to call more than once."""
+        ...
+
+    def check_message_rate(self, client: Client, now: float) -> None:
+        """Take a message token, or raise :class:`~chatd.errors.RateLimited`
+        (before a moderator sees the message)."""
+        ...
+
+    def publish(self, client: Client, body: Any, now: float) -> "Deferred[Reply]":
+        """
+        Broadcast ``body`` to the client's room; the sender's reply.  A
+        client's messages are published in the order of these calls, so the
+        next may be sent before this one is answered.
+        """
+        ...
+
+    def handle(self, client: Client, command: Command, now: float) -> "Deferred[Reply]":
+        """Carry out any other command; its reply."""
+        ...
+
+    def replied(self, client: Client) -> None:
+        """A reply that came later has been sent: what waited behind it follows."""
+        ...
+
+    def reading(self, function: Callable[..., T], *args: Any) -> T:
+        """
+        Run ``function`` over several messages of one read: each room's
+        broadcasts of them reach each member in one delivery.
+        """
+        ...
+
+    def counts(self) -> dict[str, float]:
+        """Clients, rooms and members here, for the metrics."""
+        ...
+
+
+class LocalChat:
+    """
+    One process's chat: every answer is known at once.
+
+    :param observe_fanout: told how long each fan-out took, in the units of
+        ``timer``.
+    :param on_fanout_error: told about an unexpected error fanning out the
+        broadcasts of a read (their replies are sent already).
+    """
+
+    def __init__(
+        self,
+        core: ChatCore,
+        timer: Callable[[], float],
+        observe_fanout: Callable[[float], None],
+        clock: IReactorTime,
+        on_fanout_error: Callable[[], None],
+    ) -> None:
+        self.core = core
+        self._timer = timer
+        self._observe = observe_fanout
+        self._clock = clock
+        self._on_fanout_error = on_fanout_error
+
+    def connect(self, sink: Sink) -> "Deferred[Client]":
+        return succeed(self.core.connect(sink))
+
+    def disconnect(self, client: Client, now: float) -> None:
+        self.core.disconnect(client, now)
+
+    def check_message_rate(self, client: Client, now: float) -> None:
+        self.core.check_message_rate(client, now)
+
+    def publish(self, client: Client, body: Any, now: float) -> "Deferred[Reply]":
+        core = self.core
+        started = self._timer()
+        try:
+            reply = core.publish(client, body, now)
+        except ChatError as e:
+            return fail(e)
+        # A read's messages are fanned out together, and timed so (reading).
+        if not core.gathering:
+            self._observe(self._timer() - started)
+        return succeed(reply)
+
+    def handle(self, client: Client, command: Command, now: float) -> "Deferred[Reply]":
+        if self.core.gathering:
+            # What this read broadcast so far goes first, so that every
+            # member sees what happened in order.
+            self._fan_out(self.core.flush)
+        try:
+            return succeed(self.core.handle(client, command, now))
+        except ChatError as e:
+            return fail(e)
+
+    def replied(self, client: Client) -> None:
+        pass
+
+    def reading(self, function: Callable[..., T], *args: Any) -> T:
+        core = self.core
+        core.gather()
+        try:
+            return function(*args)
+        finally:
+            if core.gathering:
+                self._fan_out(core.release)
+
+    def _fan_out(self, fan_out: Callable[[float], int]) -> None:
+        started = self._timer()
+        try:
+            fanned_out = fan_out(self._clock.seconds())
+        except Exception:
+            self._on_fanout_error()
+            return
+        if fanned_out:
+            self._observe(self._timer() - started)
+
+    def counts(self) -> dict[str, float]:
+        return counts_of(self.core)
+
+
+def counts_of(core: ChatCore) -> dict[str, float]:
+    """The gauges of a core's clients and rooms (a cluster node's: its own)."""
+    rooms = core.rooms
+    return {
+        "clients": len(core.clients),
+        "rooms": len(rooms),
+        "members": sum(len(room.members) for room in rooms.values()),
+    }

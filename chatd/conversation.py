@@ -1,0 +1,276 @@
+"""
+One client's conversation with the chat: commands in, replies out, in order.
+
+:class:`Conversation` decodes each message, keeps the client's commands in
+order while an answer is on its way (a moderator, Redis), has chat messages
+rate-checked, reviewed and published, and turns every refusal into the
+error reply the protocol documents.  It knows nothing of WebSocket framing:
+the connection that mixes it in (``chatd.ws.ChatProtocol``) sends what it
+answers and closes what it closes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from chatd import codec
+from chatd.core import Client
+from chatd.errors import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, ChatError, NotInRoom, Rejected, Unavailable
+from chatd.logs import HotPathLogger
+from chatd.moderation import PASS, Reject, Rewrite, Submission, Verdict
+
+if TYPE_CHECKING:
+    from chatd.chat import Chat
+    from chatd.moderation import Moderation
+
+BINARY_NOT_SUPPORTED = "Binary frames are not supported; send JSON as text frames"
+INTERNAL_ERROR = "Internal server error"
+AWAITING_MODERATION = "Too many messages awaiting moderation"
+TOO_MANY_WAITING = "Too many messages awaiting replies"
+#: Commands a connection may send while one of its messages is reviewed.
+MAX_WAITING = 100
+
+# One logger for the per-connection events: a class-level Logger makes a new
+# bound Logger on every access.
+_connections_log = HotPathLogger(namespace="chatd.ws.ChatProtocol")
+
+
+class Conversation:
+    """
+    The conversation of one connection, mixed into its protocol.
+
+    The host provides ``factory`` (with ``chat``, ``moderation``,
+    ``metrics`` and ``clock``), ``peer``, and the methods ``chatting``,
+    ``send_reply`` (an encoded reply) and ``close`` (a WebSocket close).
+    """
+
+    _log = Logger()
+    factory: Any
+    peer: str
+
+    _client: Optional[Client] = None
+    # While an answer is awaited (a moderator's, or a reply from Redis): what
+    # the client sent since, to be handled in order afterwards.
+    _waiting: Optional[deque[tuple[bytes, bool]]] = None
+    _awaiting_reply = False
+    # Chat messages whose replies are on their way: the chat publishes a
+    # client's messages in order, so the next one need not wait for them;
+    # any other command does.
+    _outstanding = 0
+
+    def chatting(self) -> bool:
+        raise NotImplementedError
+
+    def send_reply(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def close(self, code: int, reason: str) -> None:
+        raise NotImplementedError
+
+    # -- the client arrives and goes ------------------------------------------
+
+    def begin(self) -> None:
+        """The handshake is done: register with the chat, then welcome."""
+        registered = self.factory.chat.connect(self)
+        later = not registered.called
+        registered.addCallbacks(self._welcome, self._not_registered)
+        if later:
+            # In a cluster the ID is checked in Redis first; anything the
+            # client sends meanwhile waits its turn.
+            self._wait_for(registered)
+
+    def _welcome(self, client: Client) -> None:
+        if not self.chatting():
+            self.factory.chat.disconnect(client, self.factory.clock.seconds())
+            return
+        self._client = client
+        _connections_log.info(
+            "{client_id} connected from {peer}",
+            event="connect", client_id=client.client_id, peer=self.peer,
+        )
+        self.send_reply(codec.encode(codec.welcome(client.client_id)))
+
+    def _not_registered(self, failure: Failure) -> None:
+        if not failure.check(Unavailable):
+            self._log.failure("Registering a client failed", failure)
+        self.close(CLOSE_TRY_AGAIN_LATER, Unavailable().message)
+
+    def end(self, code: Optional[int], reason: Optional[str], clean: bool) -> None:
+        """The connection is closed (or never opened); only once per connection."""
+        client, self._client = self._client, None
+        if client is not None:
+            self.factory.chat.disconnect(client, self.factory.clock.seconds())
+            _connections_log.info(
+                "{client_id} disconnected (code {code}, {reason})",
+                event="disconnect", client_id=client.client_id, code=code,
+                reason=reason, clean=clean,
+            )
+
+    # -- commands ---------------------------------------------------------------
+
+    def received(self, payload: bytes, isBinary: bool) -> None:
+        """One message from the client."""
+        # Nothing more is done for a connection that is closing.
+        if not self.chatting():
+            return
+        self.factory.metrics.bytes_received.inc(len(payload))
+        if self._waiting is not None:
+            # An earlier command's answer is on its way: keep the client's order.
+            if len(self._waiting) >= MAX_WAITING:
+                reason = AWAITING_MODERATION if self.factory.moderation else TOO_MANY_WAITING
+                self.close(CLOSE_POLICY_VIOLATION, reason)
+                return
+            self._waiting.append((payload, isBinary))
+            return
+        client = self._client
+        if client is not None:
+            self._process(client, payload, isBinary)
+
+    def _process(self, client: Client, payload: bytes, isBinary: bool) -> None:
+        factory = self.factory
+        if isBinary:
+            factory.metrics.errors.labels("binary").inc()
+            self.send_reply(codec.encode(codec.error(BINARY_NOT_SUPPORTED)))
+            return
+        try:
+            command = codec.decode(payload)
+            if isinstance(command, codec.Message):
+                self._review(client, command.body)
+                return
+            if self._outstanding:
+                # Any other command waits for the messages before it.
+                self._waiting = deque([(payload, isBinary)])
+                return
+            answer = self._answer_with(client, factory.chat.handle(client, command, factory.clock.seconds()))
+        except ChatError as e:
+            self.send_reply(codec.encode(self._rejected(client, e)))
+            return
+        except Exception:
+            self.send_reply(codec.encode(self._internal_error(client)))
+            return
+        if answer is not None:
+            self._wait_for(answer)
+
+    def _answer_with(self, client: Client, reply: "Deferred[Any]") -> "Optional[Deferred[None]]":
+        """Send the reply once it is there: None if it was, or what fires
+        once it has been."""
+        later = not reply.called
+        reply.addBoth(self._answer, client, later)
+        return reply if later else None
+
+    def _answer(self, result: Any, client: Client, later: bool) -> None:
+        if isinstance(result, Failure):
+            if result.check(ChatError):
+                result = self._rejected(client, result.value)
+            else:
+                result = self._internal_error(client, result)
+        if self._client is client:
+            self.send_reply(codec.encode(result))
+            if later:
+                self.factory.chat.replied(client)
+
+    def _wait_for(self, later: "Deferred[Any]") -> None:
+        """The answer comes later: what the client sends meanwhile waits."""
+        self._waiting = deque()
+        self._awaiting_reply = True
+        later.addBoth(self._replied)
+
+    def _replied(self, _: Any) -> None:
+        self._awaiting_reply = False
+        self._resume()
+
+    def _pipeline(self, published: "Deferred[None]") -> None:
+        """A chat message on its way; the next may follow at once."""
+        self._outstanding += 1
+        if self._outstanding >= MAX_WAITING and self._waiting is None:
+            self._waiting = deque()  # enough in flight: the rest waits its turn
+        published.addBoth(self._published)
+
+    def _published(self, _: Any) -> None:
+        self._outstanding -= 1
+        if self._waiting is not None and not self._awaiting_reply and self._outstanding < MAX_WAITING:
+            self._resume()
+
+    def _resume(self) -> None:
+        """Handle, in order, what the client sent while it waited."""
+        waiting, self._waiting = self._waiting, None
+        while waiting:
+            client = self._client
+            if client is None or not self.chatting():
+                return
+            payload, isBinary = waiting.popleft()
+            self._process(client, payload, isBinary)
+            if self._waiting is not None:
+                # Another answer is awaited: the rest waits behind it.
+                self._waiting.extend(waiting)
+                return
+
+    def _rejected(self, client: Client, error: ChatError) -> dict[str, Any]:
+        self.factory.metrics.errors.labels(error.kind).inc()
+        # The kind of mistake, never the content.
+        self._log.info(
+            "{client_id} sent a rejected command: {kind}",
+            event="rejected", client_id=client.client_id, kind=error.kind,
+        )
+        return codec.error(error.message, **error.extra)
+
+    def _internal_error(self, client: Client, failure: Optional[Failure] = None) -> dict[str, Any]:
+        self._log.failure(
+            "Unexpected error handling a message from {client_id}", failure, client_id=client.client_id
+        )
+        self.factory.metrics.errors.labels("internal").inc()
+        return codec.error(INTERNAL_ERROR)
+
+    # -- chat messages: rate, moderation, publication -------------------------
+
+    def _review(self, client: Client, body: Any) -> None:
+        """Rate-limit a chat message now, then publish it (or not) once the
+        moderators, if any, have spoken."""
+        if client.room is None:
+            raise NotInRoom("You must join a room first")
+        factory = self.factory
+        factory.chat.check_message_rate(client, factory.clock.seconds())
+        moderation: Moderation = factory.moderation
+        if not moderation:
+            self._publish(client, body, PASS)
+            return
+        reviewed = moderation.review(Submission(client.client_id, client.nick, client.room.room_id, body))
+        if reviewed.called:
+            # Every moderator answered at once: no waiting, no reordering.
+            verdicts: list[Verdict] = []
+            reviewed.addCallback(verdicts.append)
+            self._publish(client, body, verdicts[0])
+            return
+        reviewed.addCallback(lambda verdict: self._publish(client, body, verdict, pipelined=False))
+        reviewed.addErrback(lambda failure: self._log.failure("Moderation broke", failure))
+        self._wait_for(reviewed)
+
+    def _publish(
+        self, client: Client, body: Any, verdict: Verdict, pipelined: bool = True
+    ) -> "Optional[Deferred[None]]":
+        """Publish a reviewed message; what fires once its reply is sent, if
+        that is later and not ``pipelined``."""
+        if self._client is not client or not self.chatting():
+            return None  # gone while its message was reviewed
+        try:
+            if isinstance(verdict, Reject):
+                raise Rejected()
+            if isinstance(verdict, Rewrite):
+                body = verdict.body
+            chat: Chat = self.factory.chat
+            answer = self._answer_with(client, chat.publish(client, body, self.factory.clock.seconds()))
+        except ChatError as e:
+            self.send_reply(codec.encode(self._rejected(client, e)))
+            return None
+        except Exception:
+            self.send_reply(codec.encode(self._internal_error(client)))
+            return None
+        if answer is not None and pipelined:
+            self._pipeline(answer)
+            return None
+        return answer
