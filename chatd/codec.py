@@ -346,6 +346,12 @@ def encode(obj: dict[str, Any]) -> bytes:
     return _dumps(obj).encode("ascii")
 
 
+#: The reply to every chat message that was sent (shared: never modified),
+#: and its encoding, made once: the commonest reply of all.
+MESSAGE_SENT: dict[str, Any] = {"status": "success", "message": "Message sent"}
+MESSAGE_SENT_ENCODED = encode(MESSAGE_SENT)
+
+
 _last_second: list[Any] = [None, ""]  # the whole second last formatted, and its text
 
 

@@ -170,7 +170,8 @@ class Conversation:
             else:
                 result = self._internal_error(client, result)
         if self._client is client:
-            self.send_reply(codec.encode(result))
+            self.send_reply(
+                codec.MESSAGE_SENT_ENCODED if result is codec.MESSAGE_SENT else codec.encode(result))
             if later:
                 self.factory.chat.replied(client)
 
@@ -237,25 +238,26 @@ class Conversation:
         factory.chat.check_message_rate(client, factory.clock.seconds())
         moderation: Moderation = factory.moderation
         if not moderation:
-            self._publish(client, body, PASS)
+            self._publish(client, body, PASS, at_once=True)
             return
         reviewed = moderation.review(Submission(client.client_id, client.nick, client.room.room_id, body))
         if reviewed.called:
             # Every moderator answered at once: no waiting, no reordering.
             verdicts: list[Verdict] = []
             reviewed.addCallback(verdicts.append)
-            self._publish(client, body, verdicts[0])
+            self._publish(client, body, verdicts[0], at_once=True)
             return
         reviewed.addCallback(lambda verdict: self._publish(client, body, verdict, pipelined=False))
         reviewed.addErrback(lambda failure: self._log.failure("Moderation broke", failure))
         self._wait_for(reviewed)
 
     def _publish(
-        self, client: Client, body: Any, verdict: Verdict, pipelined: bool = True
+        self, client: Client, body: Any, verdict: Verdict, pipelined: bool = True, at_once: bool = False,
     ) -> "Optional[Deferred[None]]":
-        """Publish a reviewed message; what fires once its reply is sent, if
-        that is later and not ``pipelined``."""
-        if self._client is not client or not self.chatting():
+        """Publish a reviewed message (``at_once``: in the same call as it
+        came in); what fires once its reply is sent, if that is later and
+        not ``pipelined``."""
+        if not at_once and (self._client is not client or not self.chatting()):
             return None  # gone while its message was reviewed
         try:
             if isinstance(verdict, Reject):

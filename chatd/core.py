@@ -420,7 +420,7 @@ class ChatCore:
         else:
             recipients = self._fan_out(room, client, payload, now)
             self.events.message_sent(room, client, message, recipients, len(payload))
-        return {"status": "success", "message": "Message sent"}
+        return codec.MESSAGE_SENT
 
     def gather(self) -> None:
         """

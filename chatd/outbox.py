@@ -73,8 +73,8 @@ class Outbox:
     One connection's outgoing frames, mixed into its protocol.
 
     The host provides ``state`` and ``STATE_OPEN`` (a WebSocket
-    protocol's); ``flusher``, ``_to_flush`` and ``outbox_limit`` (on its
-    class); ``_write`` (to the transport, now); and ``too_slow`` (called
+    protocol's); ``flusher``, ``_to_flush``, ``outbox_limit`` and
+    ``_count_sent`` (on its class); ``_write`` (to the transport, now); and ``too_slow`` (called
     once the client has not read ``outbox_limit`` bytes: it starts closing
     the connection).
     """
@@ -86,6 +86,10 @@ class Outbox:
     flusher: Flusher
     _to_flush: "list[Outbox]" = []
     outbox_limit = 0
+
+    @staticmethod
+    def _count_sent(size: int) -> None:
+        """Count the bytes of a reply (set on the class to a metric's ``inc``)."""
 
     # True once this connection is being closed for being too slow: nothing
     # more is queued for it and the core no longer knows it.
@@ -122,14 +126,14 @@ class Outbox:
             return
         self._queue(frame)
 
-    def queue_reply(self, payload: bytes) -> bool:
-        """Queue an encoded reply; False if it is not sent (closing, or too slow)."""
+    def send_reply(self, payload: bytes) -> None:
+        """Queue an encoded reply (unless closing, or too slow)."""
         if self._gone or self.state != self.STATE_OPEN:
-            return False
+            return
         if self._paused and not self._account(len(payload)):
-            return False
+            return
+        self._count_sent(len(payload))
         self._queue(text_frame(payload))
-        return True
 
     # -- the transport's push producer ------------------------------------
 

@@ -205,10 +205,6 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
     def chatting(self) -> bool:
         return not self._gone and self.state == WebSocketProtocol.STATE_OPEN
 
-    def send_reply(self, payload: bytes) -> None:
-        if self.queue_reply(payload):
-            self.factory.metrics.bytes_sent.inc(len(payload))
-
     def close(self, code: int, reason: str) -> None:
         if self.state == WebSocketProtocol.STATE_OPEN:
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123])
@@ -446,6 +442,7 @@ class ChatFactory(WebSocketServerFactory):
             "flusher": self.flusher,
             "_to_flush": self.flusher.to_flush,
             "outbox_limit": settings.max_outgoing_buffer,
+            "_count_sent": staticmethod(self.metrics.bytes_sent.inc),
         })
 
     def use_moderators(self, moderators: list[Any]) -> None:

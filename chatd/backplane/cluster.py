@@ -358,7 +358,7 @@ class ClusterChat:
             except Exception:
                 message.published.errback()  # this message's sender hears of it; the rest go on
             else:
-                message.published.callback({"status": "success", "message": "Message sent"})
+                message.published.callback(codec.MESSAGE_SENT)
 
     @staticmethod
     def _not_published(failure: Failure, batch: list[_Outgoing]) -> None:
@@ -374,7 +374,7 @@ class ClusterChat:
         payload = codec.encode(message)
         recipients = self.core.deliver_local(room, payload, client.client_id, now)
         self.core.events.message_sent(room, client, message, recipients, len(payload))
-        return {"status": "success", "message": "Message sent"}
+        return codec.MESSAGE_SENT
 
     def list_rooms(self, limit: int = codec.DEFAULT_PAGE, after: Optional[str] = None) -> "Deferred[Reply]":
         d = self._call(scripts.LIST, int(after) if after else 0, limit)
