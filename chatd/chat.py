@@ -3,9 +3,11 @@ The chat a conversation talks to: one interface, two implementations.
 
 :class:`LocalChat` is one process's chat, over a :class:`~chatd.core.ChatCore`;
 :class:`chatd.backplane.cluster.ClusterChat` is a cluster node's, with the
-rooms in Redis.  Every call that answers the client answers a Deferred, which
-has fired already where the answer is known at once; a refusal is a failure
-with a :class:`~chatd.errors.ChatError`.  The conversation never asks which
+rooms in Redis.  Both answer every call the same way: a chat message through
+the ``answer`` callable it is given (the hot path: no Deferred per message),
+every other command with a Deferred, which has fired already where the
+answer is known at once.  A refusal is a :class:`~twisted.python.failure.Failure`
+of a :class:`~chatd.errors.ChatError`.  The conversation never asks which
 chat it has.
 """
 
@@ -15,12 +17,15 @@ from typing import Any, Callable, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from chatd.codec import Command
 from chatd.core import ChatCore, Client, Sink
 from chatd.errors import ChatError
 
 Reply = dict[str, Any]
+#: Told the reply to a chat message (or a Failure), and whose it is.
+Answer = Callable[[Any, Client], None]
 T = TypeVar("T")
 
 
@@ -40,11 +45,13 @@ class Chat(Protocol):
         (before a moderator sees the message)."""
         ...
 
-    def publish(self, client: Client, body: Any, now: float) -> "Deferred[Reply]":
+    def publish(self, client: Client, body: Any, now: float, answer: Answer) -> None:
         """
-        Broadcast ``body`` to the client's room; the sender's reply.  A
-        client's messages are published in the order of these calls, so the
-        next may be sent before this one is answered.
+        Broadcast ``body`` to the client's room, and call ``answer`` once
+        with the sender's reply (or a Failure), during this call or later.
+        A client's messages are published, and answered, in the order of
+        these calls, so the next may be sent before this one is answered;
+        no call answers an earlier one.
         """
         ...
 
@@ -98,17 +105,18 @@ class LocalChat:
     def connect(self, sink: Sink) -> "Deferred[Client]":
         return succeed(self.core.connect(sink))
 
-    def publish(self, client: Client, body: Any, now: float) -> "Deferred[Reply]":
+    def publish(self, client: Client, body: Any, now: float, answer: Answer) -> None:
         core = self.core
         started = self._timer()
         try:
             reply = core.publish(client, body, now)
-        except ChatError as e:
-            return fail(e)
+        except ChatError:
+            answer(Failure(), client)
+            return
         # A read's messages are fanned out together, and timed so (reading).
         if not core.gathering:
             self._observe(self._timer() - started)
-        return succeed(reply)
+        answer(reply, client)
 
     def handle(self, client: Client, command: Command, now: float) -> "Deferred[Reply]":
         if self.core.gathering:

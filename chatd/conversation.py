@@ -62,6 +62,8 @@ class Conversation:
     # client's messages in order, so the next one need not wait for them;
     # any other command does.
     _outstanding = 0
+    # True during a call to publish until it answers.
+    _publishing = False
 
     def chatting(self) -> bool:
         raise NotImplementedError
@@ -185,14 +187,13 @@ class Conversation:
         self._awaiting_reply = False
         self._resume()
 
-    def _pipeline(self, published: "Deferred[None]") -> None:
+    def _pipeline(self) -> None:
         """A chat message on its way; the next may follow at once."""
         self._outstanding += 1
         if self._outstanding >= MAX_WAITING and self._waiting is None:
             self._waiting = deque()  # enough in flight: the rest waits its turn
-        published.addBoth(self._published)
 
-    def _published(self, _: Any) -> None:
+    def _published(self) -> None:
         self._outstanding -= 1
         if self._waiting is not None and not self._awaiting_reply and self._outstanding < MAX_WAITING:
             self._resume()
@@ -247,32 +248,41 @@ class Conversation:
             reviewed.addCallback(verdicts.append)
             self._publish(client, body, verdicts[0], at_once=True)
             return
-        reviewed.addCallback(lambda verdict: self._publish(client, body, verdict, pipelined=False))
+        reviewed.addCallback(lambda verdict: self._publish(client, body, verdict))
         reviewed.addErrback(lambda failure: self._log.failure("Moderation broke", failure))
         self._wait_for(reviewed)
 
-    def _publish(
-        self, client: Client, body: Any, verdict: Verdict, pipelined: bool = True, at_once: bool = False,
-    ) -> "Optional[Deferred[None]]":
+    def _publish(self, client: Client, body: Any, verdict: Verdict, at_once: bool = False) -> None:
         """Publish a reviewed message (``at_once``: in the same call as it
-        came in); what fires once its reply is sent, if that is later and
-        not ``pipelined``."""
+        came in); its reply is sent when the chat answers."""
         if not at_once and (self._client is not client or not self.chatting()):
-            return None  # gone while its message was reviewed
+            return  # gone while its message was reviewed
+        chat: Chat = self.factory.chat
         try:
             if isinstance(verdict, Reject):
                 raise Rejected()
             if isinstance(verdict, Rewrite):
                 body = verdict.body
-            chat: Chat = self.factory.chat
-            answer = self._answer_with(client, chat.publish(client, body, self.factory.clock.seconds()))
+            self._publishing = True
+            chat.publish(client, body, self.factory.clock.seconds(), self._message_answered)
         except ChatError as e:
+            self._publishing = False
             self.send_reply(codec.encode(self._rejected(client, e)))
-            return None
+            return
         except Exception:
+            self._publishing = False
             self.send_reply(codec.encode(self._internal_error(client)))
-            return None
-        if answer is not None and pipelined:
-            self._pipeline(answer)
-            return None
-        return answer
+            return
+        if self._publishing:
+            # Not answered yet: the next message may follow at once.
+            self._publishing = False
+            self._pipeline()
+
+    def _message_answered(self, result: Any, client: Client) -> None:
+        if self._publishing:
+            # During the call to publish: the usual case in one process.
+            self._publishing = False
+            self._answer(result, client, False)
+            return
+        self._answer(result, client, True)
+        self._published()

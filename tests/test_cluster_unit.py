@@ -78,7 +78,7 @@ def test_a_rooms_messages_of_one_iteration_go_to_redis_in_one_call_in_order() ->
     a, b, c = in_room(core, "room-one"), in_room(core, "room-one"), in_room(core, "room-two")
     replies: list[Any] = []
     for client, body in ((a, "1"), (b, "2"), (c, "3"), (a, "4")):
-        chat.publish(client, body, 0.0).addBoth(replies.append)  # type: ignore[union-attr]
+        chat.submit(client, body, 0.0).addBoth(replies.append)
     assert backplane.calls == []  # gathered until the end of the iteration
     clock.advance(0)
     [(script_one, one, reply_one), (script_two, two, reply_two)] = backplane.calls
@@ -109,7 +109,7 @@ def test_a_message_whose_bookkeeping_fails_fails_alone() -> None:
     a = in_room(core, "room-one")
     replies: list[Any] = []
     for body in ("1", "poison", "3"):
-        chat.publish(a, body, 0.0).addBoth(replies.append)  # type: ignore[union-attr]
+        chat.submit(a, body, 0.0).addBoth(replies.append)
     clock.advance(0)
     [(_, _, answer)] = backplane.calls
     answer.callback([1, 2, 3])
@@ -121,7 +121,7 @@ def test_a_command_after_a_message_reaches_redis_after_it() -> None:
     core, backplane, clock = ChatCore(), RecordingBackplane(), Clock()
     chat = ClusterChat(core, backplane, clock, refuse=lambda client: None)  # type: ignore[arg-type]
     a = in_room(core, "room-one")
-    chat.publish(a, "last words", 0.0)
+    chat.submit(a, "last words", 0.0)
     chat.disconnect(a, 0.0)  # in the same iteration
     assert [call[0] for call in backplane.calls] == [scripts.PUBLISH, scripts.UNREGISTER]
     clock.advance(0)

@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 
 from chatd import codec
 from chatd.backplane import Backplane, scripts
-from chatd.chat import counts_of
+from chatd.chat import Answer, counts_of
 from chatd.codec import Command
 from chatd.core import ChatCore, Client, Room
 from chatd.errors import ChatError, NotInRoom, RoomNotFound, Unavailable
@@ -305,8 +305,12 @@ class ClusterChat:
 
         return d.addCallbacks(done, failed)
 
-    def publish(self, client: Client, body: Any, now: float) -> "Deferred[Reply]":
-        """Broadcast through the room's channel (or, without Redis, here only)."""
+    def publish(self, client: Client, body: Any, now: float, answer: Answer) -> None:
+        self.submit(client, body, now).addBoth(answer, client)
+
+    def submit(self, client: Client, body: Any, now: float) -> "Deferred[Reply]":
+        """Broadcast through the room's channel (or, without Redis, here
+        only); the sender's reply."""
         room = client.room
         if room is None:
             return fail(NotInRoom("You must join a room first"))

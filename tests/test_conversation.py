@@ -1,0 +1,106 @@
+"""
+One client's conversation against a chat whose answers come when the test
+says: the order of replies, pipelined chat messages, and failures.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
+
+from chatd import codec
+from chatd.chat import Answer, Reply
+from chatd.core import ChatCore, Client, Room
+from chatd.errors import RoomNotFound
+from tests.test_ws import Peer, make_factory
+
+
+class LaterChat:
+    """A Chat whose chat messages are answered when the test calls ``answer_next``."""
+
+    def __init__(self) -> None:
+        self.core = ChatCore()
+        self.room = Room("room0001", "r", "", "", 1)
+        self.published: list[tuple[Any, Answer, Client]] = []
+        self.handled: list[Any] = []
+
+    def connect(self, sink: Any) -> "Deferred[Client]":
+        client = self.core.connect(sink)
+        client.room = self.room
+        return succeed(client)
+
+    def disconnect(self, client: Client, now: float) -> None:
+        pass
+
+    def check_message_rate(self, client: Client, now: float) -> None:
+        pass
+
+    def publish(self, client: Client, body: Any, now: float, answer: Answer) -> None:
+        self.published.append((body, answer, client))
+
+    def answer_next(self, result: Any = None) -> None:
+        body, answer, client = self.published.pop(0)
+        answer(codec.MESSAGE_SENT if result is None else result, client)
+
+    def handle(self, client: Client, command: Any, now: float) -> "Deferred[Reply]":
+        self.handled.append(command)
+        return succeed({"status": "success", "message": f"handled {type(command).__name__}"})
+
+    def replied(self, client: Client) -> None:
+        pass
+
+    def reading(self, function: Callable[..., Any], *args: Any) -> Any:
+        return function(*args)
+
+    def counts(self) -> dict[str, float]:
+        return {}
+
+
+def talking() -> tuple[Peer, LaterChat]:
+    factory = make_factory()
+    chat = LaterChat()
+    factory.use_cluster(chat)  # type: ignore[arg-type]
+    peer = Peer(factory)
+    peer.open()
+    return peer, chat
+
+
+def test_chat_messages_are_pipelined_and_another_command_waits_for_their_replies() -> None:
+    peer, chat = talking()
+    assert peer.send({"action": "message", "body": "one"}) == []
+    assert peer.send({"action": "message", "body": "two"}) == []
+    assert peer.send({"action": "members"}) == []
+    # Both messages went to the chat at once; the command waits for them.
+    assert [body for body, _, _ in chat.published] == ["one", "two"]
+    assert chat.handled == []
+    chat.answer_next()
+    assert peer.messages() == [codec.MESSAGE_SENT]
+    assert chat.handled == []
+    chat.answer_next()
+    assert peer.messages() == [codec.MESSAGE_SENT, {"status": "success", "message": "handled Members"}]
+    assert len(chat.handled) == 1
+
+
+def test_a_refusal_that_comes_later_is_the_senders_error_reply() -> None:
+    peer, chat = talking()
+    peer.send({"action": "message", "body": "one"})
+    chat.answer_next(Failure(RoomNotFound("room0001")))
+    [reply] = peer.messages()
+    assert reply["status"] == "error" and "room0001" in reply["message"]
+
+
+def test_an_unexpected_failure_later_is_an_internal_error_without_its_text() -> None:
+    peer, chat = talking()
+    peer.send({"action": "message", "body": "one"})
+    chat.answer_next(Failure(RuntimeError("secret detail")))
+    assert peer.messages() == [{"status": "error", "message": "Internal server error"}]
+
+
+def test_a_reply_for_a_client_that_left_is_not_sent() -> None:
+    peer, chat = talking()
+    peer.send({"action": "message", "body": "one"})
+    peer.lose()
+    chat.answer_next()  # nothing to send it to, and nothing raised
+    assert chat.published == []
