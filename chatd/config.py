@@ -10,6 +10,7 @@ it came from, so ``twistd chatd`` can stop before anything listens.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import tomllib
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any, Callable, Mapping, Optional
 from urllib.parse import urlsplit
 
 from chatd.backplane.address import parse_url
-from chatd.settings import DEFAULT_LISTEN, Settings, parse_moderator
+from chatd.settings import DEFAULT_LISTEN, DEFAULT_TRUSTED_PROXIES, Settings, parse_moderator
 
 
 class ConfigError(Exception):
@@ -81,6 +82,10 @@ def _endpoint(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"must be an endpoint description such as 'tcp:8765', not {value!r}")
     kind, _, rest = value.partition(":")
+    if kind == "haproxy":
+        # The PROXY protocol (Twisted's haproxy: prefix) over another endpoint.
+        _endpoint(rest)
+        return value
     if kind in ("tcp", "tcp6", "ssl"):
         port_text = rest.split(":", 1)[0]
         if port_text.startswith("port="):
@@ -99,6 +104,19 @@ def endpoints(value: Any, is_text: bool) -> tuple[str, ...]:
     if not isinstance(items, list) or not items:
         raise ValueError(f"must be a non-empty list of endpoint descriptions, not {_toml_type(value)}")
     return tuple(_endpoint(item) for item in items)
+
+
+def networks(value: Any, is_text: bool) -> tuple[str, ...]:
+    items = [value] if is_text else value
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ValueError(f"must be a list of addresses or networks like '10.0.0.0/8', not {_toml_type(value)}")
+    result = []
+    for item in items:
+        try:
+            result.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network like 10.0.0.0/8") from None
+    return tuple(result)
 
 
 def rate(value: Any, is_text: bool) -> float:
@@ -236,6 +254,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("rate-connections-per-ip", "rate_connections_per_ip", rate,
            "New connections a minute from one IP address, and as many at once "
            "(0: no limit); over it: HTTP 503."),
+    Option("trusted-proxy", "trusted_proxies", networks,
+           "A reverse proxy's address or network (CIDR): for its connections the "
+           "client's address is taken from X-Forwarded-For (or Forwarded), or "
+           "from the PROXY protocol header of a haproxy: listener. Repeatable; "
+           f"replaces the default {', '.join(DEFAULT_TRUSTED_PROXIES)}.", kind="list"),
+    Option("limit-loopback", "limit_loopback", flag,
+           "Hold clients that connect directly from a loopback address (tests, "
+           "bots on the same host) to the per-address limits too; by default "
+           "only clients that come through a proxy are.", kind="flag"),
     Option("history-size", "history_size", size(0),
            "Messages each room keeps for the history action (0: none)."),
     Option("history-bytes", "history_bytes", size(0),

@@ -52,6 +52,10 @@ class Conversation:
     _log = Logger()
     factory: Any
     peer: str
+    # The client's IP address (set at the handshake), and whether a proxy
+    # gave it (then ``peer`` is the proxy).
+    client_address: Optional[str] = None
+    proxied = False
 
     _client: Optional[Client] = None
     # While an answer is awaited (a moderator's, or a reply from Redis): what
@@ -91,10 +95,16 @@ class Conversation:
             self.factory.chat.disconnect(client, self.factory.clock.seconds())
             return
         self._client = client
-        _connections_log.info(
-            "{client_id} connected from {peer}",
-            event="connect", client_id=client.client_id, peer=self.peer,
-        )
+        if self.proxied:
+            _connections_log.info(
+                "{client_id} connected from {address} via {peer}",
+                event="connect", client_id=client.client_id, address=self.client_address, peer=self.peer,
+            )
+        else:
+            _connections_log.info(
+                "{client_id} connected from {peer}",
+                event="connect", client_id=client.client_id, address=self.client_address, peer=self.peer,
+            )
         self.send_reply(codec.encode(codec.welcome(client.client_id)))
 
     def _not_registered(self, failure: Failure) -> None:
@@ -110,7 +120,7 @@ class Conversation:
             _connections_log.info(
                 "{client_id} disconnected (code {code}, {reason})",
                 event="disconnect", client_id=client.client_id, code=code,
-                reason=reason, clean=clean,
+                reason=reason, clean=clean, address=self.client_address,
             )
 
     # -- commands ---------------------------------------------------------------

@@ -30,8 +30,15 @@ from chatd import fastpath
 BACKLOG = 1024
 
 
+#: Twisted's prefix for a listener whose connections start with a PROXY
+#: protocol header (HAProxy's ``send-proxy``/``send-proxy-v2``).
+PROXY_PREFIX = "haproxy:"
+
+
 def with_backlog(description: str) -> str:
     """The description with chatd's backlog, unless it names one."""
+    if description.startswith(PROXY_PREFIX):
+        return PROXY_PREFIX + with_backlog(description[len(PROXY_PREFIX):])
     kind = description.partition(":")[0]
     if kind in ("tcp", "tcp6", "ssl", "unix") and "backlog=" not in description:
         return f"{description}:backlog={BACKLOG}"

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.protocols.haproxy import proxyEndpoint
 from twisted.web.server import Site
 
 from chatd import fastpath
@@ -72,7 +73,7 @@ class ChatService(MultiService):
 
     def __init__(
         self, settings: Settings, reactor: Any, notifier: Optional[Notifier] = None,
-        inherited: Sequence[tuple[int, int]] = (),
+        inherited: Sequence[tuple[int, int, bool]] = (),
         moderators: Optional[Sequence[Any]] = None,
     ) -> None:
         super().__init__()
@@ -103,11 +104,12 @@ class ChatService(MultiService):
             strports.service(with_backlog(description), self.factory, reactor=reactor).setServiceParent(
                 self.listeners
             )
-        for fd, family in inherited:
+        for fd, family, proxied in inherited:
             # A worker of --workers: the parent bound the socket.
-            StreamServerEndpointService(
-                WorkerSocketEndpoint(reactor, fd, family), self.factory
-            ).setServiceParent(self.listeners)
+            endpoint: Any = WorkerSocketEndpoint(reactor, fd, family)
+            if proxied:
+                endpoint = proxyEndpoint(endpoint)
+            StreamServerEndpointService(endpoint, self.factory).setServiceParent(self.listeners)
         self._orphan_watch: Optional[LoopingCall] = None
         if inherited:
             # A worker outlives its parent only by mistake (the parent was

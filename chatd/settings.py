@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 DEFAULT_LISTEN = "tcp:8765:interface=127.0.0.1"
+DEFAULT_TRUSTED_PROXIES = ("127.0.0.0/8", "::1/128")
 
 
 def parse_moderator(spec: str) -> tuple[str, dict[str, str]]:
@@ -53,6 +54,12 @@ class Settings:
     rate_creates_burst: int = 10
     #: New connections a minute per IP address (0: no limit); also the burst.
     rate_connections_per_ip: float = 60.0
+    #: Networks (CIDR) of the reverse proxies whose X-Forwarded-For or
+    #: Forwarded header names the client.
+    trusted_proxies: tuple[str, ...] = field(default=DEFAULT_TRUSTED_PROXIES)
+    #: Whether clients connecting directly from a loopback address are held
+    #: to the per-address limits too.
+    limit_loopback: bool = False
     #: Messages kept per room for "history" (0: none), and at most this many
     #: bytes of them per room.
     history_size: int = 100

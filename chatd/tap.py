@@ -48,7 +48,7 @@ class Options(usage.Options):
         for option in config.OPTIONS:
             if option.kind == "list":
                 self[option.name] = []
-        self.inherited: list[tuple[int, int]] = []
+        self.inherited: list[tuple[int, int, bool]] = []
         self.raw_args: list[str] = []
         self.moderators: list[Any] = []
 
@@ -58,11 +58,14 @@ class Options(usage.Options):
         super().parseOptions(options)
 
     def opt_inherit_fd(self, value: str) -> None:
-        """(Internal, for --workers) serve on the inherited listening socket FD:FAMILY."""
-        fd, _, family = value.partition(":")
-        if not fd.isdigit() or family not in FAMILIES:
-            raise usage.UsageError(f"--inherit-fd {value!r}: expected FD:INET, FD:INET6 or FD:UNIX")
-        self.inherited.append((int(fd), FAMILIES[family]))
+        """(Internal, for --workers) serve on the inherited listening socket
+        FD:FAMILY, or FD:FAMILY:haproxy for the PROXY protocol."""
+        fd, _, rest = value.partition(":")
+        family, _, proxy = rest.partition(":")
+        if not fd.isdigit() or family not in FAMILIES or proxy not in ("", "haproxy"):
+            raise usage.UsageError(
+                f"--inherit-fd {value!r}: expected FD:INET, FD:INET6 or FD:UNIX, then :haproxy or nothing")
+        self.inherited.append((int(fd), FAMILIES[family], bool(proxy)))
 
     def opt_listen(self, description: str) -> None:
         self["listen"].append(description)
@@ -73,6 +76,11 @@ class Options(usage.Options):
         self["allowed-origin"].append(origin)
 
     opt_allowed_origin.__doc__ = config.BY_NAME["allowed-origin"].help
+
+    def opt_trusted_proxy(self, network: str) -> None:
+        self["trusted-proxy"].append(network)
+
+    opt_trusted_proxy.__doc__ = config.BY_NAME["trusted-proxy"].help
 
     def opt_moderator(self, spec: str) -> None:
         self["moderator"].append(spec)

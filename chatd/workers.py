@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 
 from chatd import fastpath
 from chatd.config import ConfigError
-from chatd.listening import bind_reuseport, family_name, reuseport_address, with_backlog
+from chatd.listening import PROXY_PREFIX, bind_reuseport, family_name, reuseport_address, with_backlog
 from chatd.runtime import use_json_logs
 from chatd.settings import Settings
 from chatd.systemd import Notifier
@@ -172,6 +172,11 @@ class WorkerPool(MultiService):
         super().privilegedStartService()
 
     def _bind(self, description: str) -> _Listener:
+        if description.startswith(PROXY_PREFIX):
+            # The parent binds the socket; each worker reads the PROXY header.
+            listener = self._bind(description[len(PROXY_PREFIX):])
+            listener.family += ":haproxy"
+            return listener
         address = reuseport_address(self._reactor, description)
         if address is not None:
             family, interface, port_number, backlog = address

@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from chatd import __version__, fastpath, web
-from chatd.admission import Admission, address_of
+from chatd.admission import Address, Admission, address_of, parse_ip
 from chatd.chat import Chat, LocalChat
 from chatd.config import normalise_origin
 from chatd.conversation import Conversation
@@ -54,7 +54,9 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
     _log = Logger()
     factory: "ChatFactory"
 
-    # The address this connection is counted under for the per-IP limit.
+    # The peer's IP address when the connection was accepted, and the
+    # address it is counted under for the per-address limits.
+    accepted_from: Optional[Address] = None
     counted_ip: Optional[str] = None
     # The largest message read without Autobahn's frame parser (see
     # dataReceived); set on each factory's protocol class (0: none).
@@ -73,13 +75,17 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
         # a request (a handshake flood) cost at most their per-IP quota.
         refusal = self.factory.admit(self)
         if refusal is not None:
-            self.factory.metrics.handshake_failures.labels("limit").inc()
-            self.sendHttpErrorResponse(503, refusal, [("Retry-After", "5")])
-            # A refusal chatd chose: counted, not logged per connection (a
-            # flood must not become a flood of log lines), so Autobahn's
-            # failHandshake, which logs twice, is not used here.
-            self.wasClean = True
-            self.dropConnection(abort=False)
+            self._refuse(refusal)
+
+    def _refuse(self, reason: str) -> None:
+        """HTTP 503 for a connection over a limit."""
+        self.factory.metrics.handshake_failures.labels("limit").inc()
+        self.sendHttpErrorResponse(503, reason, [("Retry-After", "5")])
+        # A refusal chatd chose: counted, not logged per connection (a flood
+        # must not become a flood of log lines), so Autobahn's failHandshake,
+        # which logs twice, is not used here.
+        self.wasClean = True
+        self.dropConnection(abort=False)
 
     def connectionLost(self, reason: Any = None) -> None:
         try:
@@ -119,6 +125,9 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
         # Autobahn answers any exception but ConnectionDeny with its text in
         # the HTTP response, so nothing else may escape from here.
         try:
+            refusal = self.factory.identify(self, request.headers)
+            if refusal is not None:
+                raise ConnectionDeny(503, refusal)
             allowed = self.factory.allowed_origins
             origin = request.origin
             # Autobahn reports a missing Origin header as "": not a browser.
@@ -144,6 +153,9 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
             # A plain GET (no Upgrade): the web client, on the same port and
             # path as the WebSocket (Autobahn refuses other methods first).
             self._serve_page()
+            return
+        if code == 503:
+            self._refuse(reason)  # a limit, as at accept time
             return
         self.factory.metrics.handshake_failures.labels(_HANDSHAKE_REASONS.get(code, "bad_request")).inc()
         super().failHandshake(reason, code, responseHeaders)
@@ -382,7 +394,8 @@ class ChatFactory(WebSocketServerFactory):
         )
         self.flusher = Flusher(clock)
         self.admission = Admission(
-            settings.max_connections, settings.max_connections_per_ip, settings.rate_connections_per_ip)
+            settings.max_connections, settings.max_connections_per_ip, settings.rate_connections_per_ip,
+            trusted=settings.trusted_proxies, limit_loopback=settings.limit_loopback)
         self.metrics.watch(self._gauges)
         # Made already by twistd chatd (tap), or here for a factory on its own.
         self.use_moderators(
@@ -474,11 +487,40 @@ class ChatFactory(WebSocketServerFactory):
         counted, and is refused).
         """
         # Autobahn's peer string: already made, and cheaper than another getPeer().
-        ip = address_of(protocol.peer or "")
+        peer = protocol.accepted_from = address_of(protocol.peer or "")
+        ip = self.admission.counted_at_accept(peer)
         refusal = self.admission.admit(ip, self.clock.seconds())
         if refusal is None:
             protocol.counted_ip = ip
             self.connections.add(protocol)
+        return refusal
+
+    def identify(self, protocol: ChatProtocol, headers: dict[str, str]) -> Optional[str]:
+        """
+        At the handshake: the client's address (a trusted proxy's forwarding
+        header, or the PROXY protocol, may name it), counted under it if it
+        is not yet; if that is over a limit, why.
+        """
+        accepted = protocol.accepted_from
+        if accepted is None:
+            return None
+        # A haproxy: listener's transport reports the PROXY header's source
+        # from here on; before the header came, it reported the proxy.
+        host = getattr(protocol.transport.getPeer(), "host", None)
+        peer = (parse_ip(host) if isinstance(host, str) else None) or accepted
+        admission = self.admission
+        client, proxied, key = admission.counted_at_handshake(accepted, peer, headers)
+        protocol.client_address, protocol.proxied = str(client), proxied
+        if key == protocol.counted_ip:
+            return None
+        if protocol.counted_ip is not None:
+            admission.address_gone(protocol.counted_ip)
+            protocol.counted_ip = None
+        if key is None:
+            return None
+        refusal = admission.admit_address(key, self.clock.seconds())
+        if refusal is None:
+            protocol.counted_ip = key
         return refusal
 
     def connection_gone(self, protocol: ChatProtocol) -> None:

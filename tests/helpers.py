@@ -133,10 +133,13 @@ class WSClient:
         self.protocol.transport.abortConnection()
 
 
-async def connect(port: int, tls: Any = None, host: str = "127.0.0.1") -> WSClient:
+async def connect(
+    port: int, tls: Any = None, host: str = "127.0.0.1", source: Optional[str] = None,
+) -> WSClient:
     """
     A connected, opened client; ``tls`` is client TLS options (from
-    ``optionsForClientTLS``) for ``wss://``.
+    ``optionsForClientTLS``) for ``wss://``; ``source`` the loopback address
+    to connect from (127.0.0.2, ...).
     """
     client = WSClient()
     scheme = "wss" if tls is not None else "ws"
@@ -144,7 +147,8 @@ async def connect(port: int, tls: Any = None, host: str = "127.0.0.1") -> WSClie
     factory.setProtocolOptions(autoPingInterval=0, openHandshakeTimeout=WAIT)
     factory.protocol = _ClientProtocol
     factory.client = client
-    endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    endpoint: Any = TCP4ClientEndpoint(
+        reactor, "127.0.0.1", port, bindAddress=(source, 0) if source is not None else None)
     if tls is not None:
         from twisted.internet.endpoints import wrapClientTLS
 
@@ -331,13 +335,14 @@ async def stop_chatd(process: DaemonProcess) -> None:
 # -- a raw client that never reads ----------------------------------------
 
 
-def handshake_from(port: int, source: str = "127.0.0.1") -> bytes:
-    """A raw handshake from a given loopback address: the response's first bytes."""
+def handshake_from(port: int, source: str = "127.0.0.1", headers: bytes = b"") -> bytes:
+    """A raw handshake from a given loopback address, with extra header
+    lines: the response's first bytes."""
     with socket.socket() as sock:
         sock.settimeout(10)
         sock.bind((source, 0))
         sock.connect(("127.0.0.1", port))
-        sock.sendall(HANDSHAKE)
+        sock.sendall(HANDSHAKE[:-2] + headers + b"\r\n")
         data = b""
         while b"\r\n\r\n" not in data and (chunk := sock.recv(4096)):
             data += chunk

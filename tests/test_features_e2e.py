@@ -160,7 +160,7 @@ async def test_rate_limit_retry_after_then_1008_for_hammering(server_factory) ->
 
 @pytest_twisted.ensureDeferred
 async def test_new_connections_per_ip_are_rate_limited(server_factory) -> None:
-    server = await server_factory(Settings(ping_interval=0, rate_connections_per_ip=3))
+    server = await server_factory(Settings(ping_interval=0, rate_connections_per_ip=3, limit_loopback=True))
     for _ in range(3):
         await server.welcomed()
     refused = await deferToThread(handshake_from, server.port_number, "127.0.0.1")

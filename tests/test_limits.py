@@ -45,7 +45,7 @@ async def test_over_max_connections_gets_503_and_a_free_slot_is_reused(server_fa
 
 @pytest_twisted.ensureDeferred
 async def test_max_connections_per_ip_counts_each_address_separately(server_factory) -> None:
-    server = await server_factory(Settings(ping_interval=0, max_connections_per_ip=2))
+    server = await server_factory(Settings(ping_interval=0, max_connections_per_ip=2, limit_loopback=True))
     await server.welcomed()
     await server.welcomed()
     refused = await deferToThread(handshake_from, server.port_number, "127.0.0.1")
@@ -126,6 +126,8 @@ async def test_a_handshake_flood_does_not_stop_normal_clients(daemon_factory) ->
     chatd = daemon_factory(
         "--listen", "tcp:0:interface=127.0.0.1", "--max-connections-per-ip", "100",
         "--handshake-timeout", "60", "--rate-connections-per-ip", "0",
+        # The flood comes from 127.0.0.2: neither a proxy nor exempt.
+        "--trusted-proxy", "127.0.0.1", "--limit-loopback",
     )
     flood: list[socket.socket] = []
     try:

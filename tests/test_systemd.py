@@ -112,7 +112,8 @@ async def test_socket_activation_notify_watchdog_and_drain(tmp_path: Path) -> No
 async def test_the_dual_stack_socket_of_the_unit_counts_ipv4_clients_by_address(tmp_path: Path) -> None:
     # ListenStream=8765 with BindIPv6Only=both: one [::] socket for IPv4 too.
     notify = NotifySocket(str(tmp_path / "notify.sock"))
-    chatd, port = socket_activated(f"[::]:{free_port()}", "INET6", notify, "--max-connections-per-ip", "1")
+    chatd, port = socket_activated(
+        f"[::]:{free_port()}", "INET6", notify, "--max-connections-per-ip", "1", "--limit-loopback")
     try:
         await chatd.wait_for(rb"Listening on \[::\]:\d+ as 3", "the activation socket")
         first = await connect(port)
