@@ -30,6 +30,7 @@ REAL_SOCKET_SUITES = [
     "tests/test_tls.py",
     "tests/test_operations.py",
     "tests/test_workers.py",
+    "tests/test_proxies.py",
     "tests/test_cluster.py",
     "tests/test_cluster_e2e.py",
     "tests/test_web.py",
