@@ -82,9 +82,14 @@ http {{
         raise RuntimeError(f"nginx did not start:\n{seen.decode(errors='replace')}")
 
     def stop(self) -> None:
+        # SIGTERM: the master stops its workers too (SIGKILL would orphan them).
         if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 class HAProxy:

@@ -56,8 +56,10 @@ def test_the_socket_unit_and_the_service_agree() -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+    """A port free on every address, IPv4 and IPv6 (the units bind [::])."""
+    with socket.socket(socket.AF_INET6) as sock:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", 0))
         return sock.getsockname()[1]
 
 
