@@ -13,7 +13,7 @@ chat it has.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Callable, Optional, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -61,6 +61,10 @@ class Chat(Protocol):
 
     def replied(self, client: Client) -> None:
         """A reply that came later has been sent: what waited behind it follows."""
+        ...
+
+    def authenticate(self, client: Client, user: str, name: Optional[str], now: float) -> None:
+        """``client`` has proved it is ``user`` (``name``: its display name)."""
         ...
 
     def reading(self, function: Callable[..., T], *args: Any) -> T:
@@ -130,6 +134,9 @@ class LocalChat:
 
     def replied(self, client: Client) -> None:
         pass
+
+    def authenticate(self, client: Client, user: str, name: Optional[str], now: float) -> None:
+        self.core.authenticated(client, user, name, now)
 
     def reading(self, function: Callable[..., T], *args: Any) -> T:
         core = self.core

@@ -82,7 +82,18 @@ class Events:
     on: bool
 
 
-Command = Union[Create, Join, Leave, Message, ListRooms, Members, Nick, History, Events]
+@dataclass(frozen=True, slots=True)
+class Auth:
+    token: str
+
+
+Command = Union[Create, Join, Leave, Message, ListRooms, Members, Nick, History, Events, Auth]
+
+#: Tokens longer than this are invalid without being decoded.
+MAX_TOKEN = 8 * 1024
+INVALID_TOKEN = "Invalid token"
+TOKEN_EXPIRED = "Token expired"
+AUTH_REQUIRED = "Authentication required"
 
 _LEAVE = Leave()
 
@@ -260,6 +271,14 @@ def decode(payload: bytes) -> Command:
         if not isinstance(on, bool):
             raise ProtocolError("Events body must be true or false", "shape")
         return Events(on)
+    if action == "auth":
+        body = data.get("body")
+        if not isinstance(body, dict) or not isinstance(body.get("token"), str):
+            raise ProtocolError(
+                'Auth body must be an object with a string \'token\', like {"token": "eyJ..."}', "shape")
+        if len(body["token"]) > MAX_TOKEN:
+            raise ProtocolError(INVALID_TOKEN, "auth")
+        return Auth(body["token"])
     raise ProtocolError(INVALID_ACTION, "action")
 
 
@@ -299,6 +318,14 @@ def _nick(value: Any) -> str:
         # Eight hex digits would pass for someone's client ID.
         raise ProtocolError("Nick must not look like a client ID", "shape")
     return nick
+
+
+def valid_nick(value: str) -> bool:
+    """Whether ``value`` may be a nick as it is (a default one, say)."""
+    try:
+        return _nick(value) == value
+    except ProtocolError:
+        return False
 
 
 def _json_type(value: Any) -> str:
@@ -364,8 +391,12 @@ def timestamp(now: float) -> str:
     return f"{_last_second[1]}.{millis:03d}Z"
 
 
-def welcome(client_id: str) -> dict[str, Any]:
-    return {"status": "connected", "client_id": client_id, "message": "Welcome!"}
+def welcome(client_id: str, user: Optional[str] = None) -> dict[str, Any]:
+    """The seed's welcome, and the user when the handshake authenticated one."""
+    reply = {"status": "connected", "client_id": client_id, "message": "Welcome!"}
+    if user is not None:
+        reply["user"] = user
+    return reply
 
 
 def error(message: str, **extra: Any) -> dict[str, Any]:
@@ -373,28 +404,43 @@ def error(message: str, **extra: Any) -> dict[str, Any]:
 
 
 def broadcast(
-    sender_id: str, body: Any, ts: str, message_id: int, nick: Optional[str] = None
+    sender_id: str, body: Any, ts: str, message_id: int, nick: Optional[str] = None,
+    user: Optional[str] = None,
 ) -> dict[str, Any]:
-    """The seed's broadcast, plus fields a seed client ignores: "id", "nick"."""
+    """The seed's broadcast, plus fields a seed client ignores: "id",
+    "nick", and "user" (an authenticated sender's)."""
     message = {"from": sender_id, "body": body, "timestamp": ts, "id": message_id}
     if nick is not None:
         message["nick"] = nick
+    if user is not None:
+        message["user"] = user
     return message
 
 
 def broadcast_parts(
-    sender_id: str, body: Any, ts: str, nick: Optional[str] = None
+    sender_id: str, body: Any, ts: str, nick: Optional[str] = None, user: Optional[str] = None,
 ) -> tuple[bytes, bytes]:
     """
     The encoded broadcast around its id: ``head + str(id) + tail`` is
-    ``encode(broadcast(sender_id, body, ts, id, nick))`` byte for byte, so
-    that the id can be filled in where it is given out (Redis, in a cluster).
+    ``encode(broadcast(sender_id, body, ts, id, nick, user))`` byte for byte,
+    so that the id can be filled in where it is given out (Redis, in a
+    cluster).
     """
     head = encode({"from": sender_id, "body": body, "timestamp": ts})
-    tail = b"}" if nick is None else b', "nick": ' + _dumps(nick).encode("ascii") + b"}"
+    tail = b"}"
+    if user is not None:
+        tail = b', "user": ' + _dumps(user).encode("ascii") + tail
+    if nick is not None:
+        tail = b', "nick": ' + _dumps(nick).encode("ascii") + tail
     return head[:-1] + b', "id": ', tail
 
 
-def event(kind: str, room_id: str, client_id: str, nick: Optional[str], ts: str) -> dict[str, Any]:
-    """A room event, sent only to clients that opted in with "events"."""
-    return {"event": kind, "room_id": room_id, "client_id": client_id, "nick": nick, "timestamp": ts}
+def event(
+    kind: str, room_id: str, client_id: str, nick: Optional[str], ts: str, user: Optional[str] = None,
+) -> dict[str, Any]:
+    """A room event, sent only to clients that opted in with "events"; with
+    "user" when its subject is authenticated."""
+    message = {"event": kind, "room_id": room_id, "client_id": client_id, "nick": nick, "timestamp": ts}
+    if user is not None:
+        message["user"] = user
+    return message

@@ -198,6 +198,18 @@ def redis_url(value: Any, is_text: bool) -> str:
     return value
 
 
+def auth_spec(value: Any, is_text: bool) -> str:
+    # Its syntax here; twistd chatd builds the checker before it listens, so
+    # that a missing key file or an unknown algorithm stops start-up too.
+    if not isinstance(value, str):
+        raise ValueError(f"must be a checker like 'jwt:key=/etc/chatd/jwt.key', not {_toml_type(value)}")
+    try:
+        parse_moderator(value)
+    except ValueError as e:
+        raise ValueError(str(e).replace("the moderator needs", "the checker needs")) from None
+    return value
+
+
 def choice(*choices: str) -> Parser:
     def parse(value: Any, is_text: bool) -> str:
         if value not in choices:
@@ -276,6 +288,13 @@ OPTIONS: tuple[Option, ...] = (
            "What happens to a message when a moderator fails or times out."),
     Option("moderation-timeout", "moderation_timeout", seconds(allow_zero=False),
            "Seconds a moderator may take before it counts as failing."),
+    Option("auth", "auth", auth_spec,
+           "Check users' tokens with this checker: jwt:key=PATH[:algorithms=HS256,...]"
+           "[:audience=A][:issuer=I][:leeway=SECONDS], or a twisted.cred checker "
+           "plugin for chatd tokens by name. Default: no authentication."),
+    Option("guests", "guests", choice("allow", "deny"),
+           "Whether clients that have not authenticated may do anything but 'auth' "
+           "(deny needs --auth)."),
     Option("message-log", "message_log", message_log,
            "Keep every broadcast message in this SQLite database: "
            "sqlite:/var/lib/chatd/messages.db (off unless given)."),
@@ -354,6 +373,8 @@ def load(command_line: Mapping[str, Any], config_path: Optional[str] = None) -> 
     if settings.workers > 1 and settings.redis is None:
         raise ConfigError(
             f"--workers {settings.workers} needs --redis: workers share their rooms through Redis")
+    if settings.guests == "deny" and settings.auth is None:
+        raise ConfigError("--guests deny needs --auth: nobody could authenticate")
     return settings
 
 

@@ -14,13 +14,24 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any, Optional
 
+from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatd import codec
+from chatd.auth import IChatUser, Token, TokenExpired
 from chatd.core import Client
-from chatd.errors import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, ChatError, NotInRoom, Rejected, Unavailable
+from chatd.errors import (
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TOKEN_EXPIRED,
+    CLOSE_TRY_AGAIN_LATER,
+    ChatError,
+    NotAuthenticated,
+    NotInRoom,
+    Rejected,
+    Unavailable,
+)
 from chatd.logs import HotPathLogger
 from chatd.moderation import PASS, Reject, Rewrite, Submission, Verdict
 
@@ -68,6 +79,10 @@ class Conversation:
     _outstanding = 0
     # True during a call to publish until it answers.
     _publishing = False
+    # Who the handshake's token said the client is (until the welcome), and
+    # the timer that closes the connection when the token expires.
+    _identity: Any = None
+    _expiry: Any = None
 
     def chatting(self) -> bool:
         raise NotImplementedError
@@ -95,6 +110,9 @@ class Conversation:
             self.factory.chat.disconnect(client, self.factory.clock.seconds())
             return
         self._client = client
+        identity, self._identity = self._identity, None
+        if identity is not None:
+            self._authenticated(client, identity)
         if self.proxied:
             _connections_log.info(
                 "{client_id} connected from {address} via {peer}",
@@ -105,7 +123,7 @@ class Conversation:
                 "{client_id} connected from {peer}",
                 event="connect", client_id=client.client_id, address=self.client_address, peer=self.peer,
             )
-        self.send_reply(codec.encode(codec.welcome(client.client_id)))
+        self.send_reply(codec.encode(codec.welcome(client.client_id, client.user)))
 
     def _not_registered(self, failure: Failure) -> None:
         if not failure.check(Unavailable):
@@ -115,12 +133,14 @@ class Conversation:
     def end(self, code: Optional[int], reason: Optional[str], clean: bool) -> None:
         """The connection is closed (or never opened); only once per connection."""
         client, self._client = self._client, None
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
         if client is not None:
             self.factory.chat.disconnect(client, self.factory.clock.seconds())
             _connections_log.info(
                 "{client_id} disconnected (code {code}, {reason})",
                 event="disconnect", client_id=client.client_id, code=code,
-                reason=reason, clean=clean, address=self.client_address,
+                reason=reason, clean=clean, address=self.client_address, user=client.user,
             )
 
     # -- commands ---------------------------------------------------------------
@@ -151,6 +171,9 @@ class Conversation:
             return
         try:
             command = codec.decode(payload)
+            if client.user is None and not factory.guests_allowed and not isinstance(command, codec.Auth):
+                factory.metrics.auth.labels("refused").inc()
+                raise NotAuthenticated(codec.AUTH_REQUIRED)
             if isinstance(command, codec.Message):
                 self._review(client, command.body)
                 return
@@ -158,7 +181,11 @@ class Conversation:
                 # Any other command waits for the messages before it.
                 self._waiting = deque([(payload, isBinary)])
                 return
-            answer = self._answer_with(client, factory.chat.handle(client, command, factory.clock.seconds()))
+            if isinstance(command, codec.Auth):
+                asked = self._authenticate(client, command.token)
+            else:
+                asked = factory.chat.handle(client, command, factory.clock.seconds())
+            answer = self._answer_with(client, asked)
         except ChatError as e:
             self.send_reply(codec.encode(self._rejected(client, e)))
             return
@@ -237,6 +264,56 @@ class Conversation:
         )
         self.factory.metrics.errors.labels("internal").inc()
         return codec.error(INTERNAL_ERROR)
+
+    # -- authentication -----------------------------------------------------------
+
+    def _authenticate(self, client: Client, token: str) -> "Deferred[Any]":
+        """The ``auth`` action: the token checked by the portal; the reply."""
+        portal = self.factory.portal
+        if portal is None:
+            raise NotAuthenticated("Authentication is not enabled on this server")
+        d = portal.login(Token(token), None, IChatUser)
+        return d.addCallbacks(self._logged_in, self._login_failed, (client,))
+
+    def _logged_in(self, result: Any, client: Client) -> dict[str, Any]:
+        _, identity, _ = result
+        if client.user is not None and client.user != identity.user:
+            self.factory.metrics.auth.labels("refused").inc()
+            raise NotAuthenticated(f"Already authenticated as '{client.user}'")
+        if self._client is client:
+            self._authenticated(client, identity)
+        return {"status": "success", "message": f"Authenticated as '{identity.user}'", "user": identity.user}
+
+    def _login_failed(self, failure: Failure) -> None:
+        if failure.check(TokenExpired):
+            self.factory.metrics.auth.labels("expired").inc()
+            raise NotAuthenticated(codec.TOKEN_EXPIRED)
+        if failure.check(UnauthorizedLogin):
+            self.factory.metrics.auth.labels("invalid").inc()
+            raise NotAuthenticated(codec.INVALID_TOKEN)
+        failure.raiseException()  # a checker's bug: an internal error
+
+    def _authenticated(self, client: Client, identity: Any) -> None:
+        """``client`` is ``identity.user`` until its credentials expire."""
+        factory = self.factory
+        now = factory.clock.seconds()
+        factory.metrics.auth.labels("ok").inc()
+        factory.chat.authenticate(client, identity.user, identity.name, now)
+        _connections_log.info(
+            "{client_id} authenticated as {user}", event="auth", client_id=client.client_id, user=identity.user)
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
+        if identity.expires is not None:
+            self._expiry = factory.clock.callLater(max(0.0, identity.expires - now), self._token_expired)
+
+    def _token_expired(self) -> None:
+        self._expiry = None
+        client = self._client
+        _connections_log.info(
+            "{client_id} closed: its token expired", event="token_expired",
+            client_id=client.client_id if client else None, user=client.user if client else None)
+        self.close(CLOSE_TOKEN_EXPIRED, codec.TOKEN_EXPIRED)
 
     # -- chat messages: rate, moderation, publication -------------------------
 

@@ -57,6 +57,14 @@ class Sink(Protocol):
         """Begin closing the connection with a WebSocket close code."""
 
 
+def member_entry(client_id: str, nick: Optional[str], user: Optional[str]) -> dict[str, Any]:
+    """One entry of a "members" reply; "user" for an authenticated member."""
+    entry: dict[str, Any] = {"client_id": client_id, "nick": nick}
+    if user is not None:
+        entry["user"] = user
+    return entry
+
+
 def random_id() -> str:
     """
     8 random hex characters, like the seed server's IDs (the first 8 of a
@@ -81,7 +89,7 @@ class Client:
     """One connected client."""
 
     __slots__ = (
-        "client_id", "sink", "room", "nick", "events",
+        "client_id", "sink", "room", "nick", "user", "events",
         "message_bucket", "create_bucket", "strikes", "receiving",
     )
 
@@ -90,6 +98,7 @@ class Client:
         self.sink = sink
         self.room: Optional[Room] = None
         self.nick: Optional[str] = None
+        self.user: Optional[str] = None  # the authenticated user, if any
         self.events = False  # opted in to room events
         self.message_bucket: Optional[TokenBucket] = None  # made on first use
         self.create_bucket: Optional[TokenBucket] = None
@@ -361,7 +370,7 @@ class ChatCore:
                 )
             self._leave_room(client, now)
             self._enter_room(client, room)
-            self.announce(room, "join", client.client_id, client.nick, now, client)
+            self.announce(room, "join", client.client_id, client.nick, now, client, client.user)
         return {
             "status": "success",
             "message": f"Joined room '{room.name}'",
@@ -407,7 +416,7 @@ class ChatCore:
             raise NotInRoom("You must join a room first")
         room.last_id += 1
         message = codec.broadcast(
-            client.client_id, body, codec.timestamp(now), room.last_id, client.nick
+            client.client_id, body, codec.timestamp(now), room.last_id, client.nick, client.user
         )
         payload = codec.encode(message)
         self.history.append(room, message, len(payload))
@@ -495,7 +504,7 @@ class ChatCore:
         return {
             "status": "success",
             "room_id": room.room_id,
-            "members": [{"client_id": m.client_id, "nick": m.nick} for m in room.members.values()],
+            "members": [member_entry(m.client_id, m.nick, m.user) for m in room.members.values()],
         }
 
     def set_nick(self, client: Client, nick: str, now: float) -> dict[str, Any]:
@@ -504,7 +513,7 @@ class ChatCore:
             raise ChatError(f"Nick '{nick}' is already taken in this room")
         client.nick = nick
         if room is not None:
-            self.announce(room, "nick", client.client_id, client.nick, now, client)
+            self.announce(room, "nick", client.client_id, client.nick, now, client, client.user)
         return {"status": "success", "message": f"Nick set to '{nick}'", "nick": nick}
 
     def recent(self, client: Client, limit: int, before: Optional[int]) -> dict[str, Any]:
@@ -531,11 +540,31 @@ class ChatCore:
 
     @staticmethod
     def _nick_taken(room: Room, nick: str, client: Client) -> bool:
+        """Another member has this nick, or is the authenticated user of
+        that name (ignoring case)."""
         folded = nick.casefold()
         return any(
-            m is not client and m.nick is not None and m.nick.casefold() == folded
+            m is not client and (
+                (m.nick is not None and m.nick.casefold() == folded)
+                or (m.user is not None and m.user.casefold() == folded))
             for m in room.members.values()
         )
+
+    def authenticated(self, client: Client, user: str, name: Optional[str], now: float) -> None:
+        """
+        ``client`` is ``user``; without a nick, it takes ``name`` (or the
+        user name) as its nick, unless another member of its room has it.
+        """
+        client.user = user
+        if client.nick is not None:
+            return
+        nick = name if name is not None and codec.valid_nick(name) else user
+        room = client.room
+        if not codec.valid_nick(nick) or (room is not None and self._nick_taken(room, nick, client)):
+            return
+        client.nick = nick
+        if room is not None:
+            self.announce(room, "nick", client.client_id, nick, now, client, user)
 
     def _enter_room(self, client: Client, room: Room) -> None:
         room.members[client.client_id] = client
@@ -552,11 +581,11 @@ class ChatCore:
             self.history.drop(room)
             self.events.room_deleted(room)
         else:
-            self.announce(room, "leave", client.client_id, client.nick, now, client)
+            self.announce(room, "leave", client.client_id, client.nick, now, client, client.user)
 
     def announce(
         self, room: Room, kind: str, subject_id: str, nick: Optional[str], now: float,
-        subject: Optional[Client] = None,
+        subject: Optional[Client] = None, user: Optional[str] = None,
     ) -> None:
         """A room event to the members (but the subject) who opted in."""
         watchers = [
@@ -564,7 +593,7 @@ class ChatCore:
             if m.events and m is not subject and m.client_id != subject_id
         ]
         if watchers:
-            event = codec.event(kind, room.room_id, subject_id, nick, codec.timestamp(now))
+            event = codec.event(kind, room.room_id, subject_id, nick, codec.timestamp(now), user)
             self._deliver(watchers, codec.encode(event), now)
 
     # -- a node of a cluster -------------------------------------------------

@@ -20,6 +20,9 @@ CLOSE_POLICY_VIOLATION = 1008
 CLOSE_INTERNAL_ERROR = 1011
 #: The service cannot keep the client just now (the cluster's Redis is away).
 CLOSE_TRY_AGAIN_LATER = 1013
+#: The connection's token expired and was not renewed (a private-use code,
+#: RFC 6455 7.4.2).
+CLOSE_TOKEN_EXPIRED = 4001
 
 
 class ChatError(Exception):
@@ -42,6 +45,12 @@ class ProtocolError(ChatError):
     def __init__(self, message: str, kind: str = "invalid") -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class NotAuthenticated(ChatError):
+    """A token refused, or an action that needs one (``--guests deny``)."""
+
+    kind = "auth"
 
 
 class RoomNotFound(ChatError):

@@ -90,6 +90,10 @@ class Metrics:
         self.moderation = Counter(
             "chatd_moderation", "Messages reviewed by moderators, by outcome.",
             ["outcome"], registry=r)
+        self.auth = Counter(
+            "chatd_auth", "Authentications, by result (ok, invalid, expired; refused: an "
+            "action refused for want of one, or another user's token).",
+            ["result"], registry=r)
         self.message_log = Counter(
             "chatd_message_log_rows", "Messages the message log wrote, failed to write or dropped.",
             ["outcome"], registry=r)

@@ -75,6 +75,7 @@ class ChatService(MultiService):
         self, settings: Settings, reactor: Any, notifier: Optional[Notifier] = None,
         inherited: Sequence[tuple[int, int, bool]] = (),
         moderators: Optional[Sequence[Any]] = None,
+        portal: Optional[Any] = None,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -91,7 +92,7 @@ class ChatService(MultiService):
             )
         self.factory = ChatFactory(
             settings, clock=reactor, reactor=reactor, metrics=self.metrics, message_log=self.message_log,
-            moderators=moderators,
+            moderators=moderators, portal=portal,
         )
         self.backplane: Optional[Any] = None
         if settings.redis is not None:

@@ -70,6 +70,10 @@ class Settings:
     moderation_failure: str = "reject"
     #: Seconds a moderator may take before it counts as failing.
     moderation_timeout: float = 5.0
+    #: The token checker, as NAME[:options] (None: no authentication).
+    auth: Optional[str] = None
+    #: Whether clients that have not authenticated may chat: "allow" or "deny".
+    guests: str = "allow"
     #: Where every broadcast message is kept: "sqlite:PATH" (None: nowhere).
     message_log: Optional[str] = None
     #: Seconds a client has to finish the opening handshake.

@@ -51,6 +51,7 @@ class Options(usage.Options):
         self.inherited: list[tuple[int, int, bool]] = []
         self.raw_args: list[str] = []
         self.moderators: list[Any] = []
+        self.portal: Optional[Any] = None
 
     def parseOptions(self, options: Optional[list[str]] = None) -> None:
         # Kept as given: --workers passes them on to each worker.
@@ -96,10 +97,23 @@ class Options(usage.Options):
         try:
             self.settings = config.load(given, self["config"])
             self.moderators = self._moderators(bool(self["moderator"]))
+            self.portal = self._portal(bool(self["auth"]))
         except config.ConfigError as e:
             # Before anything listens: one line naming the key, and status 2.
             sys.stderr.write(f"chatd: {e}\n")
             raise SystemExit(2) from None
+
+    def _portal(self, from_command_line: bool) -> Optional[Any]:
+        """The token checker made once, here: a bad one stops start-up."""
+        if self.settings.auth is None:
+            return None
+        from chatd.auth import AuthError, build_portal
+
+        try:
+            return build_portal(self.settings.auth)
+        except AuthError as e:
+            where = "--auth" if from_command_line else f"{self['config']}: auth"
+            raise config.ConfigError(f"{where}: {e}") from None
 
     def _moderators(self, from_command_line: bool) -> list[Any]:
         """Each moderator made once, here: a bad one stops start-up."""
@@ -125,4 +139,5 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> Service:
         except config.ConfigError as e:
             sys.stderr.write(f"chatd: {e}\n")
             raise SystemExit(2) from None
-    return ChatService(settings, reactor, inherited=options.inherited, moderators=options.moderators)
+    return ChatService(
+        settings, reactor, inherited=options.inherited, moderators=options.moderators, portal=options.portal)

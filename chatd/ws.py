@@ -23,12 +23,16 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer, IReactorTime, ISSLTransport
+from twisted.cred.error import UnauthorizedLogin
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatd import __version__, fastpath, web
 from chatd.admission import Address, Admission, address_of, parse_ip
+from chatd.auth import IChatUser, Token, TokenExpired, build_portal
 from chatd.chat import Chat, LocalChat
+from chatd.codec import INVALID_TOKEN, MAX_TOKEN, TOKEN_EXPIRED
 from chatd.config import normalise_origin
 from chatd.conversation import Conversation
 from chatd.core import ChatCore, Client, CoreEvents, Limits, Room
@@ -133,12 +137,47 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
             # Autobahn reports a missing Origin header as "": not a browser.
             if allowed and origin and normalise_origin(origin) not in allowed and not self._same_origin(origin):
                 raise ConnectionDeny(403, "Origin not allowed")
+            token = self._bearer_token(request.headers)
+            if token is not None:
+                return self._check_token(token)
         except ConnectionDeny:
             raise
         except Exception:
             self._log.failure("Unexpected error checking a handshake")
             raise ConnectionDeny(500, "Internal server error") from None
         return None
+
+    def _bearer_token(self, headers: dict[str, str]) -> Optional[str]:
+        """The token of an ``Authorization: Bearer`` header, when chatd checks
+        tokens (another scheme is not chatd's: a proxy's, say)."""
+        if self.factory.portal is None:
+            return None
+        scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        token = token.strip()
+        if not token or len(token) > MAX_TOKEN:
+            raise ConnectionDeny(401, INVALID_TOKEN)
+        return token
+
+    def _check_token(self, token: str) -> "Deferred[None]":
+        """The handshake goes on once the token is good; 401 otherwise."""
+
+        def good(result: Any) -> None:
+            self._identity = result[1]
+
+        def bad(failure: Failure) -> None:
+            if failure.check(TokenExpired):
+                self.factory.metrics.auth.labels("expired").inc()
+                raise ConnectionDeny(401, TOKEN_EXPIRED)
+            if failure.check(UnauthorizedLogin):
+                self.factory.metrics.auth.labels("invalid").inc()
+                raise ConnectionDeny(401, INVALID_TOKEN)
+            self._log.failure("Checking a token failed", failure)
+            raise ConnectionDeny(500, "Internal server error")
+
+        d = self.factory.portal.login(Token(token), None, IChatUser)
+        return d.addCallbacks(good, bad)
 
     def _same_origin(self, origin: str) -> bool:
         """A page chatd served itself (the web client) may always connect back."""
@@ -156,6 +195,13 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
             return
         if code == 503:
             self._refuse(reason)  # a limit, as at accept time
+            return
+        if code == 401:
+            # A bad token: said once, with the scheme to use (RFC 6750).
+            self.factory.metrics.handshake_failures.labels("auth").inc()
+            self.sendHttpErrorResponse(401, reason, [("WWW-Authenticate", 'Bearer error="invalid_token"')])
+            self.wasClean = True
+            self.dropConnection(abort=False)
             return
         self.factory.metrics.handshake_failures.labels(_HANDSHAKE_REASONS.get(code, "bad_request")).inc()
         super().failHandshake(reason, code, responseHeaders)
@@ -358,6 +404,7 @@ class ChatFactory(WebSocketServerFactory):
         metrics: Optional[Metrics] = None,
         message_log: Optional[Any] = None,
         moderators: Optional[Sequence[Any]] = None,
+        portal: Optional[Any] = None,
     ) -> None:
         super().__init__(server=f"chatd/{__version__}", reactor=reactor)
         fastpath.quiet_autobahn_debug()
@@ -401,6 +448,10 @@ class ChatFactory(WebSocketServerFactory):
         self.use_moderators(
             list(moderators) if moderators is not None else [build(spec) for spec in settings.moderators])
         self.connections: set[ChatProtocol] = set()
+        # The twisted.cred portal that checks tokens (made already by twistd
+        # chatd, or here), and whether clients without one may chat.
+        self.portal = portal if portal is not None or settings.auth is None else build_portal(settings.auth)
+        self.guests_allowed = settings.guests == "allow"
         self.allowed_origins = frozenset(settings.allowed_origins)
         self._drained: Optional[Deferred[None]] = None
         # Autobahn leaves every limit unlimited; each is set here on purpose.

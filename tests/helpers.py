@@ -135,6 +135,7 @@ class WSClient:
 
 async def connect(
     port: int, tls: Any = None, host: str = "127.0.0.1", source: Optional[str] = None,
+    headers: Optional[dict[str, str]] = None,
 ) -> WSClient:
     """
     A connected, opened client; ``tls`` is client TLS options (from
@@ -143,7 +144,7 @@ async def connect(
     """
     client = WSClient()
     scheme = "wss" if tls is not None else "ws"
-    factory = WebSocketClientFactory(f"{scheme}://{host}:{port}")
+    factory = WebSocketClientFactory(f"{scheme}://{host}:{port}", headers=headers)
     factory.setProtocolOptions(autoPingInterval=0, openHandshakeTimeout=WAIT)
     factory.protocol = _ClientProtocol
     factory.client = client

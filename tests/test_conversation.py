@@ -104,3 +104,33 @@ def test_a_reply_for_a_client_that_left_is_not_sent() -> None:
     peer.lose()
     chat.answer_next()  # nothing to send it to, and nothing raised
     assert chat.published == []
+
+
+def test_a_token_renewed_in_time_keeps_the_connection_and_one_not_renewed_closes_it(tmp_path: Any) -> None:
+    import time
+
+    import jwt
+
+    from chatd.auth import build_portal
+
+    secret = tmp_path / "jwt.key"
+    secret.write_bytes(b"a shared secret of the test, long enough for HS256")
+    factory = make_factory()
+    factory.portal = build_portal(f"jwt:key={secret}")
+    factory.clock.advance(time.time())  # the clock that times the expiry, at the tokens' time
+    now = factory.clock.seconds()
+
+    def token(expires: float) -> str:
+        return jwt.encode({"sub": "alice", "exp": int(expires)}, secret.read_bytes(), algorithm="HS256")
+
+    peer = Peer(factory)
+    peer.open()
+    assert peer.send({"action": "auth", "body": {"token": token(now + 10)}})[0]["user"] == "alice"
+    factory.clock.advance(5)
+    assert peer.send({"action": "auth", "body": {"token": token(now + 20)}})[0]["status"] == "success"
+    factory.clock.advance(6)  # past the first token's expiry
+    assert peer.frames() == []
+    assert peer.protocol.chatting()
+    factory.clock.advance(10)  # past the renewed one's
+    [(opcode, payload)] = peer.frames()
+    assert opcode == 8 and payload[:2] == (4001).to_bytes(2, "big") and payload[2:] == b"Token expired"

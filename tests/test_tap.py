@@ -45,6 +45,8 @@ def test_defaults() -> None:
 def test_every_option_on_the_command_line(tmp_path: Path) -> None:
     words = tmp_path / "words.txt"
     words.write_text("darn\n")
+    secret = tmp_path / "jwt.key"
+    secret.write_bytes(b"a long enough shared secret for HS256 tokens")
     settings = parse(
         "--listen", "tcp:9000",
         "--listen", "unix:/tmp/chatd.sock",
@@ -76,6 +78,8 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         "--moderator", f"banned-words:file={words}:mode=mask",
         "--moderation-failure", "pass",
         "--moderation-timeout", "2",
+        "--auth", f"jwt:key={secret}:leeway=5",
+        "--guests", "deny",
         "--message-log", "sqlite:/var/lib/chatd/messages.db",
         "--redis", "redis://:s%40cret@redis.internal:6380/2",
         "--redis-lease", "20",
@@ -110,6 +114,8 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         "moderators": (f"banned-words:file={words}", f"banned-words:file={words}:mode=mask"),
         "moderation_failure": "pass",
         "moderation_timeout": 2.0,
+        "auth": f"jwt:key={secret}:leeway=5",
+        "guests": "deny",
         "message_log": "sqlite:/var/lib/chatd/messages.db",
         "redis": "redis://:s%40cret@redis.internal:6380/2",
         "redis_lease": 20.0,
@@ -163,10 +169,52 @@ def test_every_option_is_documented_in_the_example_config() -> None:
          "--allowed-origin 'chat.example.org' is not an origin like https://chat.example.org"),
         (["--allowed-origin", "https://x.org/path"],
          "--allowed-origin 'https://x.org/path' is not an origin like https://chat.example.org"),
+        (["--trusted-proxy", "proxy.example.org"],
+         "--trusted-proxy 'proxy.example.org' is not an IP address or network like 10.0.0.0/8"),
+        (["--listen", "haproxy:tcp:http"], "--listen 'tcp:http': the port must be a number, not 'http'"),
+        (["--auth", "nope"], "--auth: no token checker named 'nope' (installed: jwt)"),
+        (["--auth", "jwt"], "--auth: jwt: key=PATH is required (an HMAC secret file or a PEM public key)"),
+        (["--auth", "jwt:key=/nonexistent/jwt.key"],
+         "--auth: jwt: cannot read the key /nonexistent/jwt.key: No such file or directory"),
+        (["--auth", "jwt:file=x"], "--auth: jwt: unknown option 'file'"),
+        (["--guests", "deny"], "--guests deny needs --auth: nobody could authenticate"),
+        (["--guests", "maybe"], "--guests must be one of allow, deny, not 'maybe'"),
     ],
 )
 def test_bad_values_stop_with_status_2(argv: list[str], message: str, capsys) -> None:
     assert parse_error(*argv, capsys=capsys) == f"chatd: {message}"
+
+
+def test_a_jwt_key_is_checked_against_its_algorithms(tmp_path: Path, capsys) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"shared secret")
+    rsa_key = tmp_path / "rsa.pem"
+    rsa_key.write_bytes(rsa.generate_private_key(65537, 2048).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    ec_key = tmp_path / "ec.pem"
+    ec_key.write_bytes(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    for argv, message in [
+        ([f"jwt:key={secret}:algorithms=HS256,XX999"], "jwt: unknown algorithm 'XX999'"),
+        ([f"jwt:key={secret}:algorithms=none"], "jwt: unknown algorithm 'none'"),
+        ([f"jwt:key={secret}:algorithms=RS256"], f"jwt: algorithm RS256 cannot be used with an HMAC secret ({secret})"),
+        ([f"jwt:key={rsa_key}:algorithms=RS256,HS256"],
+         f"jwt: algorithm HS256 cannot be used with a public key ({rsa_key})"),
+        ([f"jwt:key={secret}:leeway=soon"], "jwt: leeway must be a number of seconds, not 'soon'"),
+        ([f"jwt:key={empty}"], f"jwt: the key file {empty} is empty"),
+    ]:
+        assert parse_error("--auth", *argv, capsys=capsys) == f"chatd: --auth: {message}"
+    # The algorithm a PEM key implies, and an HMAC secret's.
+    for key, algorithm in ((secret, "HS256"), (rsa_key, "RS256"), (ec_key, "ES256")):
+        options = tap.Options()
+        options.parseOptions(["--auth", f"jwt:key={key}"])
+        [checker] = options.portal.checkers.values()
+        assert checker.algorithms == [algorithm]
 
 
 def write(tmp_path: Path, text: str) -> str:

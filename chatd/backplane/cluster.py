@@ -317,7 +317,7 @@ class ClusterChat:
         ts = codec.timestamp(now)
         if not self.backplane.available:
             return succeed(self._publish_here(client, room, body, ts, now))
-        head, tail = codec.broadcast_parts(client.client_id, body, ts, client.nick)
+        head, tail = codec.broadcast_parts(client.client_id, body, ts, client.nick, client.user)
         # Gathered with the room's other messages of this reactor iteration:
         # one script call and one PUBLISH for all of them (_send_outbox), and
         # their replies settled in one pass (_published).
@@ -356,7 +356,8 @@ class ClusterChat:
                 if message_id < 0:
                     raise Unavailable()  # Redis has lost the membership: a resync is due
                 client = message.client
-                sent = codec.broadcast(client.client_id, message.body, message.ts, message_id, client.nick)
+                sent = codec.broadcast(
+                    client.client_id, message.body, message.ts, message_id, client.nick, client.user)
                 size = len(message.head) + len(str(message_id)) + len(message.tail)
                 events.message_sent(message.room, client, sent, 0, size)
             except Exception:
@@ -374,7 +375,7 @@ class ClusterChat:
         # the room's counter past them, so no id is given out twice to
         # anyone who saw these.
         room.last_id += 1
-        message = codec.broadcast(client.client_id, body, ts, room.last_id, client.nick)
+        message = codec.broadcast(client.client_id, body, ts, room.last_id, client.nick, client.user)
         payload = codec.encode(message)
         recipients = self.core.deliver_local(room, payload, client.client_id, now)
         self.core.events.message_sent(room, client, message, recipients, len(payload))
@@ -452,6 +453,9 @@ class ClusterChat:
                 except Exception:
                     self.disconnect(client, self.clock.seconds())
                     break
+
+    def authenticate(self, client: Client, user: str, name: Optional[str], now: float) -> None:
+        self.core.authenticated(client, user, name, now)
 
     def reading(self, function: Callable[..., T], *args: Any) -> T:
         # A read's messages to one room already reach Redis in one call,
