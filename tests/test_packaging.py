@@ -24,6 +24,7 @@ def test_pip_install_dot_provides_the_twistd_plugin(tmp_path: Path) -> None:
         check=True, capture_output=True,
     )
     assert (target / "twisted" / "plugins" / "chatd_plugin.py").exists()
+    assert (target / "twisted" / "plugins" / "chatd_auth.py").exists()
     assert not (target / "twisted" / "plugins" / "__init__.py").exists()
     assert not (target / "twisted" / "__init__.py").exists()
     # The daemon, the page and the terminal client; no load generator.
