@@ -63,8 +63,9 @@ class Chat(Protocol):
         """A reply that came later has been sent: what waited behind it follows."""
         ...
 
-    def authenticate(self, client: Client, user: str, name: Optional[str], now: float) -> None:
-        """``client`` has proved it is ``user`` (``name``: its display name)."""
+    def authenticate(self, client: Client, user: str, name: Optional[str], now: float) -> "Deferred[None]":
+        """``client`` has proved it is ``user`` (``name``: its display name);
+        fires once every member can see it."""
         ...
 
     def reading(self, function: Callable[..., T], *args: Any) -> T:
@@ -135,8 +136,9 @@ class LocalChat:
     def replied(self, client: Client) -> None:
         pass
 
-    def authenticate(self, client: Client, user: str, name: Optional[str], now: float) -> None:
+    def authenticate(self, client: Client, user: str, name: Optional[str], now: float) -> "Deferred[None]":
         self.core.authenticated(client, user, name, now)
+        return succeed(None)
 
     def reading(self, function: Callable[..., T], *args: Any) -> T:
         core = self.core

@@ -99,20 +99,17 @@ class Conversation:
         """The handshake is done: register with the chat, then welcome."""
         registered = self.factory.chat.connect(self)
         later = not registered.called
-        registered.addCallbacks(self._welcome, self._not_registered)
+        registered.addCallback(self._welcome).addErrback(self._not_registered)
         if later:
             # In a cluster the ID is checked in Redis first; anything the
             # client sends meanwhile waits its turn.
             self._wait_for(registered)
 
-    def _welcome(self, client: Client) -> None:
+    def _welcome(self, client: Client) -> "Optional[Deferred[None]]":
         if not self.chatting():
             self.factory.chat.disconnect(client, self.factory.clock.seconds())
-            return
+            return None
         self._client = client
-        identity, self._identity = self._identity, None
-        if identity is not None:
-            self._authenticated(client, identity)
         if self.proxied:
             _connections_log.info(
                 "{client_id} connected from {address} via {peer}",
@@ -123,6 +120,15 @@ class Conversation:
                 "{client_id} connected from {peer}",
                 event="connect", client_id=client.client_id, address=self.client_address, peer=self.peer,
             )
+        identity, self._identity = self._identity, None
+        if identity is None:
+            self._send_welcome(client)
+            return None
+        # The handshake's token: the welcome names the user once every
+        # member can see it.
+        return self._authenticated(client, identity).addCallback(lambda _: self._send_welcome(client))
+
+    def _send_welcome(self, client: Client) -> None:
         self.send_reply(codec.encode(codec.welcome(client.client_id, client.user)))
 
     def _not_registered(self, failure: Failure) -> None:
@@ -275,14 +281,15 @@ class Conversation:
         d = portal.login(Token(token), None, IChatUser)
         return d.addCallbacks(self._logged_in, self._login_failed, (client,))
 
-    def _logged_in(self, result: Any, client: Client) -> dict[str, Any]:
+    def _logged_in(self, result: Any, client: Client) -> Any:
         _, identity, _ = result
         if client.user is not None and client.user != identity.user:
             self.factory.metrics.auth.labels("refused").inc()
             raise NotAuthenticated(f"Already authenticated as '{client.user}'")
-        if self._client is client:
-            self._authenticated(client, identity)
-        return {"status": "success", "message": f"Authenticated as '{identity.user}'", "user": identity.user}
+        reply = {"status": "success", "message": f"Authenticated as '{identity.user}'", "user": identity.user}
+        if self._client is not client:
+            return reply  # gone meanwhile: nobody to tell
+        return self._authenticated(client, identity).addCallback(lambda _: reply)
 
     def _login_failed(self, failure: Failure) -> None:
         if failure.check(TokenExpired):
@@ -293,12 +300,11 @@ class Conversation:
             raise NotAuthenticated(codec.INVALID_TOKEN)
         failure.raiseException()  # a checker's bug: an internal error
 
-    def _authenticated(self, client: Client, identity: Any) -> None:
+    def _authenticated(self, client: Client, identity: Any) -> "Deferred[None]":
         """``client`` is ``identity.user`` until its credentials expire."""
         factory = self.factory
         now = factory.clock.seconds()
         factory.metrics.auth.labels("ok").inc()
-        factory.chat.authenticate(client, identity.user, identity.name, now)
         _connections_log.info(
             "{client_id} authenticated as {user}", event="auth", client_id=client.client_id, user=identity.user)
         if self._expiry is not None and self._expiry.active():
@@ -306,6 +312,8 @@ class Conversation:
         self._expiry = None
         if identity.expires is not None:
             self._expiry = factory.clock.callLater(max(0.0, identity.expires - now), self._token_expired)
+        chat: Chat = factory.chat
+        return chat.authenticate(client, identity.user, identity.name, now)
 
     def _token_expired(self) -> None:
         self._expiry = None

@@ -399,3 +399,43 @@ async def test_history_in_redis_keeps_its_size_and_byte_bounds_across_batches(
     held = sum(len(entry.encode().split(b" ", 1)[1]) for entry in entries)
     assert len(entries) == 2
     assert int(redis_server.command("HGET", f"chatd:room:{room_id}", "bytes")) == held
+
+
+@pytest_twisted.ensureDeferred
+async def test_authenticated_users_are_known_on_every_node(cluster: Any, tmp_path: Any) -> None:
+    import jwt
+
+    from tests.helpers import connect
+
+    secret = tmp_path / "jwt.key"
+    secret.write_bytes(b"a shared secret of the test, long enough for HS256")
+    token = jwt.encode({"sub": "alice smith", "name": "Alice"}, secret.read_bytes(), algorithm="HS256")
+    one, two = [await cluster(auth=f"jwt:key={secret}") for _ in range(2)]
+    watcher, watcher_id = await welcomed(two)
+    await watcher.request({"action": "events", "body": True})
+    room_id = (await watcher.request({"action": "create", "body": "r"}))["room_id"]
+    # At the handshake on one node...
+    alice = await connect(one.port_number, headers={"Authorization": f"Bearer {token}"})
+    welcome = await alice.next()
+    assert welcome["user"] == "alice smith"
+    assert (await alice.request({"action": "join", "body": {"room_id": room_id}}))["status"] == "success"
+    joined = await watcher.next()
+    assert (joined["event"], joined["user"], joined["nick"]) == ("join", "alice smith", "Alice")
+    await alice.request({"action": "message", "body": "hello"})
+    message = await watcher.next()
+    assert (message["user"], message["nick"], message["body"]) == ("alice smith", "Alice", "hello")
+    members = (await watcher.request({"action": "members"}))["members"]
+    assert {"client_id": welcome["client_id"], "nick": "Alice", "user": "alice smith"} in members
+    assert {"client_id": watcher_id, "nick": None} in members
+    # Another node's member's user name cannot be taken as a nick.
+    assert (await watcher.request({"action": "nick", "body": "Alice Smith"}))["status"] == "error"
+    # ...and with the auth action, on the other node.
+    bob, _ = await welcomed(two)
+    await bob.request({"action": "join", "body": {"room_id": room_id}})
+    await watcher.next()  # bob's join
+    bob_token = jwt.encode({"sub": "bob", "name": "Bobby"}, secret.read_bytes(), algorithm="HS256")
+    assert (await bob.request({"action": "auth", "body": {"token": bob_token}}))["user"] == "bob"
+    renamed = await watcher.next()  # the default nick, from the token's name
+    assert (renamed["event"], renamed["nick"], renamed["user"]) == ("nick", "Bobby", "bob")
+    for client in (alice, bob, watcher):
+        await client.close()

@@ -31,7 +31,7 @@ from chatd import codec
 from chatd.backplane import Backplane, scripts
 from chatd.chat import Answer, counts_of
 from chatd.codec import Command
-from chatd.core import ChatCore, Client, Room
+from chatd.core import ChatCore, Client, Room, member_entry
 from chatd.errors import ChatError, NotInRoom, RoomNotFound, Unavailable
 
 Reply = dict[str, Any]
@@ -407,8 +407,8 @@ class ClusterChat:
 
         def done(flat: list[Any]) -> Reply:
             members = [
-                {"client_id": _text(flat[i]), "nick": _text(flat[i + 1]) or None}
-                for i in range(0, len(flat), 2)
+                member_entry(_text(flat[i]), _text(flat[i + 1]) or None, _text(flat[i + 2]) or None)
+                for i in range(0, len(flat), 3)
             ]
             return {"status": "success", "room_id": room.room_id, "members": members}
 
@@ -454,8 +454,24 @@ class ClusterChat:
                     self.disconnect(client, self.clock.seconds())
                     break
 
-    def authenticate(self, client: Client, user: str, name: Optional[str], now: float) -> None:
-        self.core.authenticated(client, user, name, now)
+    def authenticate(self, client: Client, user: str, name: Optional[str], now: float) -> "Deferred[None]":
+        """Record the user in Redis (its name is reserved in the client's
+        room from then on); then, without a nick, take the default one."""
+        d = self._call(scripts.AUTH, self.backplane.node, client.client_id, user, user.casefold())
+
+        def recorded(outcome: Any) -> Any:
+            if _text(outcome) != "ok":
+                raise Unavailable()
+            client.user = user
+            if client.nick is not None:
+                return None
+            nick = name if name is not None and codec.valid_nick(name) else user
+            if not codec.valid_nick(nick):
+                return None
+            # The default nick is a wish: taken in the room, there is none.
+            return self.set_nick(client, nick, now).addErrback(lambda f: f.trap(ChatError))
+
+        return d.addCallback(recorded).addCallback(lambda _: None)
 
     def reading(self, function: Callable[..., T], *args: Any) -> T:
         # A read's messages to one room already reach Redis in one call,
@@ -486,14 +502,16 @@ class ClusterChat:
                 sum(counts), sum(len(payload) * n for (_, payload), n in zip(messages, counts, strict=True))
             )
         elif data[:1] == b"e":
-            # e<kind> <client> <nick>
-            kind, subject, nick = data[1:].decode("utf-8").split(" ", 2)
+            # e<kind> <client> <length> <user><nick>: the user is <length> bytes
+            kind_bytes, subject_bytes, length, rest = data[1:].split(b" ", 3)
+            kind, subject = kind_bytes.decode(), subject_bytes.decode()
+            user, nick = rest[:int(length)].decode("utf-8"), rest[int(length):].decode("utf-8")
             if kind in ("join", "create"):
                 pending = self._pending.pop((room_id, subject), None)
                 if pending is not None:
                     self._place(pending)
             if kind != "create":
-                self.core.announce(room, kind, subject, nick or None, now)
+                self.core.announce(room, kind, subject, nick or None, now, user=user or None)
 
     def backplane_up(self) -> "Deferred[None]":
         """Make Redis agree with this node (after a restart, a partition, or at start)."""
@@ -501,8 +519,8 @@ class ClusterChat:
         rooms: dict[str, list[Any]] = {}
         for client in self.core.clients.values():
             room = client.room
-            nick = client.nick or ""
-            clients.append([client.client_id, room.room_id if room else "", nick, nick.casefold()])
+            nick, user = client.nick or "", client.user or ""
+            clients.append([client.client_id, room.room_id if room else "", nick, nick.casefold(), user, user.casefold()])
             if room is not None:
                 rooms[room.room_id] = [room.name, room.created_at, room.created_by, room.seq, room.last_id]
         state = json.dumps({"clients": clients, "rooms": rooms})

@@ -10,8 +10,10 @@ prefix (``chatd:``):
 - ``P rooms``            sorted set: room ID by creation sequence (``list``)
 - ``P members:ID``       sorted set: client ID by join sequence (``members``)
 - ``P nicks:ID``         hash: case-folded nick -> client ID (unique per room)
+- ``P users:ID``         hash: case-folded user name -> client ID, for the
+  authenticated members (no one else may take it as a nick)
 - ``P history:ID``       list, newest first: "ID PAYLOAD" (``history``)
-- ``P client:ID``        hash: node, room, nick, folded
+- ``P client:ID``        hash: node, room, nick, folded, user, ufolded
 - ``P node:NODE``        the node's lease (a key with a TTL)
 - ``P node-clients:NODE`` set: the node's clients
 - ``P nodes``            set: every node that has registered
@@ -22,7 +24,9 @@ Messages on a room's channel start with one letter:
 messages one node published to the room in one reactor iteration; the
 payloads are JSON with ASCII escapes, so never hold a newline), framed once
 by each node;
-``e<kind> <client> <nick>`` a room event (join, leave, nick, create).
+``e<kind> <client> <length> <user><nick>`` a room event (join, leave, nick,
+create): the user name (empty for a guest) is ``length`` bytes long, and the
+nick is the rest.
 
 Every script takes the prefix as ARGV[1].
 """
@@ -33,8 +37,10 @@ from __future__ import annotations
 _PRELUDE = r"""
 local P = ARGV[1]
 
-local function publish_event(room, kind, client, nick)
-  redis.call('PUBLISH', P .. 'r:' .. room, 'e' .. kind .. ' ' .. client .. ' ' .. (nick or ''))
+local function publish_event(room, kind, client, nick, user)
+  user = user or ''
+  redis.call('PUBLISH', P .. 'r:' .. room,
+             'e' .. kind .. ' ' .. client .. ' ' .. #user .. ' ' .. user .. (nick or ''))
 end
 
 -- Take a client out of its room; the room goes when its last member does.
@@ -45,39 +51,50 @@ local function leave_room(client)
   if not room or room == '' then
     return '', 0
   end
-  local folded = redis.call('HGET', ckey, 'folded')
-  local nick = redis.call('HGET', ckey, 'nick')
+  local folded, nick, user, ufolded = unpack(redis.call('HMGET', ckey, 'folded', 'nick', 'user', 'ufolded'))
   redis.call('HSET', ckey, 'room', '')
   redis.call('ZREM', P .. 'members:' .. room, client)
   if folded and folded ~= '' and redis.call('HGET', P .. 'nicks:' .. room, folded) == client then
     redis.call('HDEL', P .. 'nicks:' .. room, folded)
   end
+  if ufolded and ufolded ~= '' and redis.call('HGET', P .. 'users:' .. room, ufolded) == client then
+    redis.call('HDEL', P .. 'users:' .. room, ufolded)
+  end
   if redis.call('ZCARD', P .. 'members:' .. room) == 0 then
     redis.call('DEL', P .. 'room:' .. room, P .. 'members:' .. room,
-               P .. 'nicks:' .. room, P .. 'history:' .. room)
+               P .. 'nicks:' .. room, P .. 'users:' .. room, P .. 'history:' .. room)
     redis.call('ZREM', P .. 'rooms', room)
     return room, 1
   end
-  publish_event(room, 'leave', client, nick)
+  publish_event(room, 'leave', client, nick, user)
   return room, 0
 end
 
 local function enter_room(client, room, kind)
   local ckey = P .. 'client:' .. client
-  local folded = redis.call('HGET', ckey, 'folded')
+  local folded, nick, user, ufolded = unpack(redis.call('HMGET', ckey, 'folded', 'nick', 'user', 'ufolded'))
   redis.call('ZADD', P .. 'members:' .. room, redis.call('INCR', P .. 'seq:join'), client)
   if folded and folded ~= '' then
     redis.call('HSET', P .. 'nicks:' .. room, folded, client)
   end
+  if ufolded and ufolded ~= '' then
+    redis.call('HSET', P .. 'users:' .. room, ufolded, client)
+  end
   redis.call('HSET', ckey, 'room', room)
-  publish_event(room, kind, client, redis.call('HGET', ckey, 'nick'))
+  publish_event(room, kind, client, nick, user)
 end
 
+-- Whether another member of the room has this nick, or is the
+-- authenticated user of that name.
 local function nick_taken(room, folded, client)
   if not folded or folded == '' then
     return false
   end
   local holder = redis.call('HGET', P .. 'nicks:' .. room, folded)
+  if holder and holder ~= client then
+    return true
+  end
+  holder = redis.call('HGET', P .. 'users:' .. room, folded)
   return holder and holder ~= client
 end
 
@@ -103,9 +120,28 @@ local ckey = P .. 'client:' .. client
 if redis.call('EXISTS', ckey) == 1 then
   return false
 end
-redis.call('HSET', ckey, 'node', node, 'room', '', 'nick', '', 'folded', '')
+redis.call('HSET', ckey, 'node', node, 'room', '', 'nick', '', 'folded', '', 'user', '', 'ufolded', '')
 redis.call('SADD', P .. 'node-clients:' .. node, client)
 return client
+"""
+
+#: ARGV: prefix, node, client, user, folded user.  'ok' or 'gone'.
+AUTH = _PRELUDE + r"""
+local node, client, user, ufolded = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local ckey = P .. 'client:' .. client
+if redis.call('HGET', ckey, 'node') ~= node then
+  return 'gone'
+end
+local room = redis.call('HGET', ckey, 'room')
+if room and room ~= '' then
+  local old = redis.call('HGET', ckey, 'ufolded')
+  if old and old ~= '' and redis.call('HGET', P .. 'users:' .. room, old) == client then
+    redis.call('HDEL', P .. 'users:' .. room, old)
+  end
+  redis.call('HSET', P .. 'users:' .. room, ufolded, client)
+end
+redis.call('HSET', ckey, 'user', user, 'ufolded', ufolded)
+return 'ok'
 """
 
 #: ARGV: prefix, node, client.  {room left, 1 if it was deleted}.
@@ -260,13 +296,16 @@ end
 return out
 """
 
-#: ARGV: prefix, room.  A flat list: client ID, nick ('' for none), in join order.
+#: ARGV: prefix, room.  A flat list: client ID, nick, user ('' for none),
+#: in join order.
 MEMBERS = _PRELUDE + r"""
 local room = ARGV[2]
 local out = {}
 for _, client in ipairs(redis.call('ZRANGE', P .. 'members:' .. room, 0, -1)) do
+  local nick, user = unpack(redis.call('HMGET', P .. 'client:' .. client, 'nick', 'user'))
   table.insert(out, client)
-  table.insert(out, redis.call('HGET', P .. 'client:' .. client, 'nick') or '')
+  table.insert(out, nick or '')
+  table.insert(out, user or '')
 end
 return out
 """
@@ -291,7 +330,7 @@ if room and room ~= '' then
 end
 redis.call('HSET', ckey, 'nick', nick, 'folded', folded)
 if room and room ~= '' then
-  publish_event(room, 'nick', client, nick)
+  publish_event(room, 'nick', client, nick, redis.call('HGET', ckey, 'user'))
 end
 return 'ok'
 """
@@ -345,7 +384,7 @@ return purge_node(ARGV[2])
 """
 
 #: ARGV: prefix, node, lease in ms, the node's state as JSON:
-#: {"clients": [[id, room, nick, folded], ...],
+#: {"clients": [[id, room, nick, folded, user, ufolded], ...],
 #:  "rooms": {id: [name, created_at, created_by, seq, last_id], ...}}.
 #: Makes Redis agree with the node (after a restart of Redis, or after the
 #: node was taken for dead): its clients, their rooms and memberships, each
@@ -392,14 +431,18 @@ for id, c in pairs(wanted) do
   if holder and holder ~= node then
     table.insert(refused, id)
   else
-    local room, nick, folded = c[2], c[3], c[4]
+    local room, nick, folded, user, ufolded = c[2], c[3], c[4], c[5], c[6]
     if redis.call('HGET', ckey, 'room') ~= room then
       leave_room(id)
     end
-    redis.call('HSET', ckey, 'node', node, 'room', room, 'nick', nick, 'folded', folded)
+    redis.call('HSET', ckey, 'node', node, 'room', room, 'nick', nick, 'folded', folded,
+               'user', user, 'ufolded', ufolded)
     redis.call('SADD', P .. 'node-clients:' .. node, id)
     if room ~= '' then
       redis.call('ZADD', P .. 'members:' .. room, 'NX', redis.call('INCR', P .. 'seq:join'), id)
+      if ufolded ~= '' then
+        redis.call('HSET', P .. 'users:' .. room, ufolded, id)
+      end
       if folded ~= '' and not nick_taken(room, folded, id) then
         redis.call('HSET', P .. 'nicks:' .. room, folded, id)
       end
@@ -413,5 +456,5 @@ return refused
 
 
 #: Every script, loaded into Redis as a node connects (RedisBackplane).
-ALL = (REGISTER, UNREGISTER, CREATE, JOIN, LEAVE, PUBLISH, LIST, MEMBERS, NICK, HISTORY, HEARTBEAT, REAP,
-       GOODBYE, RESYNC)
+ALL = (REGISTER, UNREGISTER, AUTH, CREATE, JOIN, LEAVE, PUBLISH, LIST, MEMBERS, NICK, HISTORY, HEARTBEAT,
+       REAP, GOODBYE, RESYNC)
