@@ -284,7 +284,7 @@ def _endpoint(reactor: Any, url: str) -> tuple[Any, str]:
     return endpoint, url
 
 
-async def _run(reactor: Any, url: str, interactive: bool) -> int:
+async def _run(reactor: Any, url: str, interactive: bool, token: Optional[str] = None) -> int:
     endpoint, url = _endpoint(reactor, url)
     terminal: Optional[_Terminal] = None
 
@@ -299,7 +299,8 @@ async def _run(reactor: Any, url: str, interactive: bool) -> int:
                 terminal.print_above(payload.decode("utf-8", "replace"))
 
     session = Session(show)
-    factory = WebSocketClientFactory(url)
+    # A token goes in the handshake (Authorization: Bearer), not in a command.
+    factory = WebSocketClientFactory(url, headers={"Authorization": f"Bearer {token}"} if token else None)
     factory.protocol = _Connection
     factory.session = session
     factory.setProtocolOptions(openHandshakeTimeout=10, autoPingInterval=0)
@@ -329,6 +330,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=HELP)
     parser.add_argument("url", nargs="?", default=DEFAULT_URL, help=f"the server (default {DEFAULT_URL})")
+    parser.add_argument("--token", help="authenticate with this token at the handshake (see chatd-token)")
     args = parser.parse_args(argv)
     from twisted.internet import reactor
 
@@ -347,7 +349,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         tty.setraw(sys.stdin.fileno())
     result: list[int] = []
     try:
-        task.react(lambda r: defer.Deferred.fromCoroutine(_run(r, args.url, interactive))
+        task.react(lambda r: defer.Deferred.fromCoroutine(_run(r, args.url, interactive, args.token))
                    .addCallback(result.append))
     except SystemExit:
         pass

@@ -81,9 +81,9 @@ class Client(ProcessProtocol):
         self.transport.write(text.encode("utf-8"))
 
 
-def spawn(url: str, tty: bool = False, env: Optional[dict[str, str]] = None) -> Client:
+def spawn(url: str, tty: bool = False, env: Optional[dict[str, str]] = None, *options: str) -> Client:
     client = Client()
-    reactor.spawnProcess(client, CLIENT, [CLIENT, url], env=dict(os.environ, **(env or {})), usePTY=tty)
+    reactor.spawnProcess(client, CLIENT, [CLIENT, *options, url], env=dict(os.environ, **(env or {})), usePTY=tty)
     return client
 
 
@@ -134,3 +134,44 @@ async def test_a_bad_url_or_a_refused_connection_is_one_line_and_non_zero() -> N
     refused = spawn(f"ws://127.0.0.1:{free_port()}")  # nothing listens there
     assert await within(refused.ended, "chatd-client to exit") == 1
     assert b"cannot connect to" in refused.errors and b"connection refused" in refused.errors
+
+
+TOKEN = os.path.join(os.path.dirname(sys.executable), "chatd-token")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_from_chatd_token_signs_chatd_client_in(daemon_factory: Any, tmp_path: Any) -> None:
+    import subprocess
+
+    secret = tmp_path / "jwt.key"
+    secret.write_bytes(b"a shared secret of the test, long enough for HS256")
+    made = subprocess.run([TOKEN, "--key", str(secret), "--name", "Ada L.", "--ttl", "600", "ada"],
+                          capture_output=True, text=True, check=True)
+    token = made.stdout.strip()
+    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--auth", f"jwt:key={secret}",
+                           "--guests", "deny")
+    port = await chatd.wait_listening()
+    client = spawn(f"ws://127.0.0.1:{port}", False, None, "--token", token)
+    client.write("/create by token\n")
+    await client.wait_for(rb"Room 'by token' created", "the create reply")
+    client.transport.closeStdin()
+    assert await within(client.ended, "chatd-client to exit") == 0
+    welcome = json.loads(client.output.splitlines()[0])
+    assert welcome["user"] == "ada"
+    assert token.encode() not in chatd.output
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--key", "/nonexistent/key", "ada"], "cannot read the key /nonexistent/key: No such file or directory"),
+    (["--key", "KEY", "x" * 65], "the user name must be 1 to 64 printable characters"),
+    (["--key", "KEY", "--ttl", "0", "ada"], "--ttl must be a number of seconds above 0, not 0"),
+    (["--key", "PEM", "ada"], "PEM is a PEM key: chatd-token signs with a shared secret file (HS256)"),
+])
+def test_chatd_token_refuses_bad_input_in_one_line(argv: list[str], message: str, tmp_path: Any) -> None:
+    import subprocess
+
+    (tmp_path / "KEY").write_bytes(b"secret")
+    (tmp_path / "PEM").write_bytes(b"-----BEGIN PUBLIC KEY-----\n")
+    run = subprocess.run([TOKEN, *argv], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr == f"chatd-token: {message}\n"

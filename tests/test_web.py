@@ -75,7 +75,8 @@ class Page:
         self.driver, self.name = driver, name
         self.wait = WebDriverWait(driver, WAIT)
         driver.get(url)
-        self.until(lambda: "Connected as" in self.text("status"), "to connect")
+        self.until(lambda: "Connected" in self.text("status") or not self.el("auth-form").get_attribute("hidden"),
+                   "to connect")
 
     def el(self, element_id: str) -> Any:
         from selenium.webdriver.common.by import By
@@ -197,3 +198,36 @@ async def test_the_web_page_chats_with_browsers_and_seed_clients(browsers: Any, 
     again = daemon_factory(*listen)
     await again.wait_listening()
     await deferToThread(_wait_reconnected, pages)
+
+
+def _signing_in(browsers: Callable[[], Any], port: int, tokens: dict[str, str]) -> None:
+    url = f"http://127.0.0.1:{port}/"
+    # The token in the page's own URL fragment: signed in from the start.
+    alice = Page(browsers(), f"{url}#token={tokens['alice']}", "alice")
+    alice.until(lambda: alice.text("status") == "Connected as alice", "to be signed in")
+    assert not alice.el("auth-form").is_displayed()
+    # Without one, the page asks for it when the server says so.
+    bob = Page(browsers(), url, "bob")
+    bob.until(lambda: bob.el("auth-form").is_displayed(), "for the token field")
+    bob.until(lambda: bob.text("error") == "Authentication required", "for the server's reason")
+    bob.shot("web-sign-in")
+    bob.submit("token", "not a token")
+    bob.until(lambda: bob.text("error") == "Invalid token", "for the refusal")
+    bob.submit("token", tokens["bob"])
+    bob.until(lambda: bob.text("status") == "Connected as bob", "to be signed in")
+    bob.until(lambda: not bob.el("auth-form").is_displayed(), "for the token field to go")
+    bob.submit("room-name", "members only")
+    bob.until(lambda: "members only" in bob.text("room-title"), "to be in the room")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_web_page_signs_in_with_a_token(browsers: Any, daemon_factory: Any, tmp_path: Path) -> None:
+    import jwt
+
+    secret = tmp_path / "jwt.key"
+    secret.write_bytes(b"a shared secret of the test, long enough for HS256")
+    tokens = {user: jwt.encode({"sub": user}, secret.read_bytes(), algorithm="HS256") for user in ("alice", "bob")}
+    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--auth", f"jwt:key={secret}",
+                           "--guests", "deny")
+    port = await chatd.wait_listening()
+    await deferToThread(_signing_in, browsers, port, tokens)

@@ -9,6 +9,10 @@ const state = {
   pending: [],          // what each outstanding command was, in order: replies come in order
   delay: 1000,          // the next reconnection delay
   wantRoom: null,       // the room to go back to after a reconnection
+  // A token to authenticate with: from the page's own #token=... (a
+  // fragment never reaches a server's log), or typed when the server asks.
+  token: new URLSearchParams(location.hash.slice(1)).get("token"),
+  user: null,
 };
 
 function connect() {
@@ -54,12 +58,13 @@ function send(kind, body) {
 function handle(message) {
   if (message.status === "connected") {
     state.clientId = message.client_id;
+    state.user = message.user || null;
     state.delay = 1000;
-    setStatus("online", `Connected as ${message.client_id}`);
-    send("events", true);
-    if (state.nick) send("nick", state.nick);
-    if (state.wantRoom) send("join", { room_id: state.wantRoom });
-    send("list");
+    if (state.token && !state.user) {
+      send("auth", { token: state.token });  // the rest follows its reply
+      return;
+    }
+    welcomed();
     return;
   }
   if (message.status !== undefined) {
@@ -75,7 +80,20 @@ function handle(message) {
   }
 }
 
+// Connected (and authenticated, if the page has a token): on with the session.
+function welcomed() {
+  setStatus("online", `Connected as ${state.user || state.clientId}`);
+  send("events", true);
+  if (state.nick) send("nick", state.nick);
+  if (state.wantRoom) send("join", { room_id: state.wantRoom });
+  send("list");
+}
+
 function reply(kind, message) {
+  if (kind === "auth" || message.message === "Authentication required") {
+    // The server wants a token (or refused ours): ask for one.
+    $("auth-form").hidden = message.status !== "error";
+  }
   if (message.status === "error") {
     showError(message.message + (message.retry_after ? ` (retry in ${message.retry_after} s)` : ""));
     if (kind === "join") state.wantRoom = null;
@@ -104,6 +122,10 @@ function reply(kind, message) {
     case "nick":
       state.nick = message.nick;
       $("nick").value = message.nick;
+      break;
+    case "auth":
+      state.user = message.user;
+      welcomed();
       break;
     default:
       break;
@@ -263,6 +285,12 @@ $("join-form").onsubmit = (e) => {
 $("nick-form").onsubmit = (e) => {
   e.preventDefault();
   ask("nick", $("nick").value.trim());
+};
+$("auth-form").onsubmit = (e) => {
+  e.preventDefault();
+  state.token = $("token").value.trim();
+  $("token").value = "";
+  ask("auth", { token: state.token });
 };
 $("leave").onclick = () => ask("leave");
 $("refresh").onclick = () => ask("list");
