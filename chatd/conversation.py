@@ -144,7 +144,8 @@ class Conversation:
         if client is not None:
             self.factory.chat.disconnect(client, self.factory.clock.seconds())
             _connections_log.info(
-                "{client_id} disconnected (code {code}, {reason})",
+                "{client_id} disconnected (code {code}, {reason})" if client.user is None
+                else "{client_id} ({user}) disconnected (code {code}, {reason})",
                 event="disconnect", client_id=client.client_id, code=code,
                 reason=reason, clean=clean, address=self.client_address, user=client.user,
             )

@@ -92,7 +92,7 @@ async def test_a_token_at_the_handshake_names_the_user_on_the_wire(
     await alice.close()
     await guest.close()
     await chatd.wait_for(rb"authenticated as alice", "the user in the log")
-    await chatd.wait_for(rb"disconnected", "the disconnect in the log")
+    await chatd.wait_for(rb"\(alice\) disconnected", "the user's disconnect in the log")
     status, body = await http_get(f"http://127.0.0.1:{await chatd.wait_metrics()}/metrics")
     assert b'chatd_auth_total{result="ok"} 1.0' in body
 
@@ -177,3 +177,63 @@ async def test_an_expired_token_closes_the_connection_with_4001(
     client = await connect(port, headers={"Authorization": f"Bearer {token(exp=int(time.time()) + 2)}"})
     assert (await client.next())["user"] == "alice"
     assert await client.wait_closed() == (4001, "Token expired")
+
+
+CHECKER_PLUGIN = '''
+from twisted.cred.strcred import ICheckerFactory
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import fail, succeed
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from chatd.auth import IToken
+
+
+class Backend:
+    """Tokens "USER:PASSPHRASE", as a deployment's own backend might check them."""
+
+    credentialInterfaces = (IToken,)
+
+    def __init__(self, passphrase):
+        self.passphrase = passphrase
+
+    def requestAvatarId(self, credentials):
+        user, _, passphrase = credentials.token.partition(":")
+        if passphrase != self.passphrase:
+            return fail(UnauthorizedLogin())
+        return succeed(user)
+
+
+@implementer(ICheckerFactory, IPlugin)
+class BackendFactory:
+    authType = "backend"
+    authHelp = "Tokens checked by the test's backend."
+    argStringFormat = "PASSPHRASE"
+    credentialInterfaces = (IToken,)
+
+    def generateChecker(self, argstring=""):
+        return Backend(argstring)
+
+
+backend = BackendFactory()
+'''
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deployments_own_checker_is_found_as_a_twisted_plugin(
+    daemon_factory: Callable[..., DaemonProcess], tmp_path: Path,
+) -> None:
+    import os
+
+    plugins = tmp_path / "twisted" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "backend_checker.py").write_text(CHECKER_PLUGIN)  # no __init__.py: a namespace
+    pythonpath = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--auth", "backend:open sesame",
+                           env={"PYTHONPATH": pythonpath})
+    port = await chatd.wait_listening()
+    client = await connect(port, headers={"Authorization": "Bearer carol:open sesame"})
+    assert (await client.next())["user"] == "carol"
+    assert await client.request({"action": "auth", "body": {"token": "carol:wrong"}}) == {
+        "status": "error", "message": "Invalid token"}
+    await client.close()

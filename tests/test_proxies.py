@@ -124,3 +124,22 @@ async def test_haproxy_in_front_of_workers(
     await chatd.wait_for(rb"connected from 127\.0\.0\.2 via tcp4:127\.0\.0\.1:", "the real address in a worker's log")
     for client in clients:
         await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_proxy_protocol_v1_names_the_client_too(daemon_factory: Callable[..., DaemonProcess]) -> None:
+    chatd = daemon_factory("--listen", "haproxy:tcp:0:interface=127.0.0.1")
+    port = await listening(chatd)
+    header = b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 8765\r\n"
+
+    def handshake() -> bytes:
+        import socket
+
+        from tests.fakes import HANDSHAKE
+
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(header + HANDSHAKE)
+            return sock.recv(4096)
+
+    assert (await deferToThread(handshake)).startswith(b"HTTP/1.1 101")
+    await chatd.wait_for(rb"connected from 203\.0\.113\.9 via tcp4:127\.0\.0\.1:", "the PROXY header's address")

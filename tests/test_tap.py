@@ -178,6 +178,7 @@ def test_every_option_is_documented_in_the_example_config() -> None:
          "--auth: jwt: cannot read the key /nonexistent/jwt.key: No such file or directory"),
         (["--auth", "jwt:file=x"], "--auth: jwt: unknown option 'file'"),
         (["--guests", "deny"], "--guests deny needs --auth: nobody could authenticate"),
+        (["--auth", ":key=x"], "--auth must be a checker like 'jwt:key=/etc/chatd/jwt.key', not ':key=x'"),
         (["--guests", "maybe"], "--guests must be one of allow, deny, not 'maybe'"),
     ],
 )
