@@ -237,3 +237,27 @@ async def test_a_deployments_own_checker_is_found_as_a_twisted_plugin(
     assert await client.request({"action": "auth", "body": {"token": "carol:wrong"}}) == {
         "status": "error", "message": "Invalid token"}
     await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_users_cross_two_twistd_nodes_of_a_cluster(
+    daemon_factory: Callable[..., DaemonProcess], secret_file: Path, redis_server: Any,
+) -> None:
+    nodes = [daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--redis", redis_server.url,
+                            "--auth", f"jwt:key={secret_file}") for _ in range(2)]
+    one, two = [await node.wait_listening() for node in nodes]
+    alice = await connect(one, headers={"Authorization": f"Bearer {token('alice')}"})
+    assert (await alice.next())["user"] == "alice"
+    bob = await connect(two)
+    await bob.next()
+    await bob.request({"action": "events", "body": True})
+    room = (await bob.request({"action": "create", "body": "across"}))["room_id"]
+    await alice.request({"action": "join", "body": {"room_id": room}})
+    assert (await bob.next())["user"] == "alice"  # the join event, from the other node
+    await alice.request({"action": "message", "body": "over Redis"})
+    message = await bob.next()
+    assert (message["body"], message["user"], message["nick"]) == ("over Redis", "alice", "alice")
+    members = (await bob.request({"action": "members"}))["members"]
+    assert [m.get("user") for m in members] == [None, "alice"]
+    for client in (alice, bob):
+        await client.close()

@@ -43,6 +43,14 @@ local function publish_event(room, kind, client, nick, user)
              'e' .. kind .. ' ' .. client .. ' ' .. #user .. ' ' .. user .. (nick or ''))
 end
 
+-- A room's hash of names (nicks:, users:) no longer holds ``folded`` for
+-- ``client``.
+local function release_name(hash, folded, client)
+  if folded and folded ~= '' and redis.call('HGET', hash, folded) == client then
+    redis.call('HDEL', hash, folded)
+  end
+end
+
 -- Take a client out of its room; the room goes when its last member does.
 -- Returns the room ID ('' if none) and 1 if the room was deleted.
 local function leave_room(client)
@@ -54,12 +62,8 @@ local function leave_room(client)
   local folded, nick, user, ufolded = unpack(redis.call('HMGET', ckey, 'folded', 'nick', 'user', 'ufolded'))
   redis.call('HSET', ckey, 'room', '')
   redis.call('ZREM', P .. 'members:' .. room, client)
-  if folded and folded ~= '' and redis.call('HGET', P .. 'nicks:' .. room, folded) == client then
-    redis.call('HDEL', P .. 'nicks:' .. room, folded)
-  end
-  if ufolded and ufolded ~= '' and redis.call('HGET', P .. 'users:' .. room, ufolded) == client then
-    redis.call('HDEL', P .. 'users:' .. room, ufolded)
-  end
+  release_name(P .. 'nicks:' .. room, folded, client)
+  release_name(P .. 'users:' .. room, ufolded, client)
   if redis.call('ZCARD', P .. 'members:' .. room) == 0 then
     redis.call('DEL', P .. 'room:' .. room, P .. 'members:' .. room,
                P .. 'nicks:' .. room, P .. 'users:' .. room, P .. 'history:' .. room)
@@ -134,10 +138,7 @@ if redis.call('HGET', ckey, 'node') ~= node then
 end
 local room = redis.call('HGET', ckey, 'room')
 if room and room ~= '' then
-  local old = redis.call('HGET', ckey, 'ufolded')
-  if old and old ~= '' and redis.call('HGET', P .. 'users:' .. room, old) == client then
-    redis.call('HDEL', P .. 'users:' .. room, old)
-  end
+  release_name(P .. 'users:' .. room, redis.call('HGET', ckey, 'ufolded'), client)
   redis.call('HSET', P .. 'users:' .. room, ufolded, client)
 end
 redis.call('HSET', ckey, 'user', user, 'ufolded', ufolded)
@@ -322,10 +323,7 @@ if room and room ~= '' then
   if nick_taken(room, folded, client) then
     return 'taken'
   end
-  local old = redis.call('HGET', ckey, 'folded')
-  if old and old ~= '' and redis.call('HGET', P .. 'nicks:' .. room, old) == client then
-    redis.call('HDEL', P .. 'nicks:' .. room, old)
-  end
+  release_name(P .. 'nicks:' .. room, redis.call('HGET', ckey, 'folded'), client)
   redis.call('HSET', P .. 'nicks:' .. room, folded, client)
 end
 redis.call('HSET', ckey, 'nick', nick, 'folded', folded)
