@@ -153,6 +153,10 @@ async def test_the_auth_action_and_every_way_a_token_is_bad(
     assert (await client.request({"action": "nick", "body": "x"}))["status"] == "success"  # still usable
     await client.close()
     assert b"eyJ" not in chatd.output  # no token is ever logged
+    _, metrics = await http_get(f"http://127.0.0.1:{await chatd.wait_metrics()}/metrics")
+    # Every invalid token of the list but the over-long one, which is refused before any checker.
+    for result, count in (("ok", 2), ("invalid", 11), ("expired", 1), ("refused", 1)):
+        assert f'chatd_auth_total{{result="{result}"}} {count}.0'.encode() in metrics, result
 
 
 @pytest_twisted.ensureDeferred
