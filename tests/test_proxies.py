@@ -124,6 +124,9 @@ async def test_haproxy_in_front_of_workers(
     await chatd.wait_for(rb"connected from 127\.0\.0\.2 via tcp4:127\.0\.0\.1:", "the real address in a worker's log")
     for client in clients:
         await client.close()
+    # Stopped while Redis is still there (the workers leave it as they drain).
+    chatd.signal("TERM")
+    assert await chatd.wait_exit() == 0
 
 
 @pytest_twisted.ensureDeferred
