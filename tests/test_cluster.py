@@ -11,7 +11,7 @@ import pytest_twisted
 
 from chatd.backplane import scripts
 
-from tests.helpers import ClusterNode, RedisServer, WSClient, seed_example_2, within
+from tests.helpers import ClusterNode, InProcessServer, RedisServer, WSClient, seed_example_2, within
 
 UNAVAILABLE = {"status": "error", "message": "Service temporarily unavailable"}
 
@@ -439,3 +439,14 @@ async def test_authenticated_users_are_known_on_every_node(cluster: Any, tmp_pat
     assert (renamed["event"], renamed["nick"], renamed["user"]) == ("nick", "Bobby", "bob")
     for client in (alice, bob, watcher):
         await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_stops_even_when_redis_is_gone(cluster: Any, redis_server: RedisServer) -> None:
+    node = await cluster(redis_timeout=1)
+    client, _ = await welcomed(node)
+    redis_server.stop()
+    # Nothing left to say goodbye to: stopping must not wait for Redis.
+    await within(node.backplane.stop(), "the node to give up on Redis", seconds=10)
+    node.stopped = True
+    await InProcessServer.stop(node)
