@@ -43,6 +43,9 @@ class Create:
 @dataclass(frozen=True, slots=True)
 class Join:
     room_id: str
+    # The id of the last message the client saw in the room: the reply
+    # then carries the ones after it (a reconnect without a gap).
+    since: Optional[int] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +235,12 @@ def decode(payload: bytes) -> Command:
             raise ProtocolError(
                 f"'room_id' must be at most {MAX_ROOM_ID} characters", "shape"
             )
-        return Join(room_id)
+        since = body.get("since")
+        if since is not None and (not _is_int(since) or since < 0):
+            raise ProtocolError(
+                "'since' must be a message id (a whole number of at least 0)", "shape"
+            )
+        return Join(room_id, since)
     if action == "create":
         name = data.get("body")
         if not isinstance(name, str) or not name.strip():
@@ -389,6 +397,23 @@ def timestamp(now: float) -> str:
     if whole != _last_second[0]:
         _last_second[0], _last_second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
     return f"{_last_second[1]}.{millis:03d}Z"
+
+
+def recovery(
+    kept: list[dict[str, Any]], last_id: int, since: int
+) -> tuple[bool, list[dict[str, Any]]]:
+    """
+    What a client that saw a room's messages up to ``since`` missed, from
+    the ``kept`` ones (oldest first) of a room whose latest is ``last_id``:
+    whether they are all there, and those after ``since`` (all kept ones,
+    the most recent, when ``since`` is from another life of the room).
+    Ids go up by one per message, so all are there when as many are kept
+    after ``since`` as were sent.
+    """
+    if since > last_id:
+        return False, kept
+    missed = [message for message in kept if message["id"] > since]
+    return len(missed) == last_id - since, missed
 
 
 def welcome(client_id: str, user: Optional[str] = None) -> dict[str, Any]:

@@ -317,7 +317,7 @@ class ChatCore:
         if isinstance(command, Message):
             return self.message(client, command.body, now)
         if isinstance(command, Join):
-            return self.join(client, command.room_id, now)
+            return self.join(client, command.room_id, now, command.since)
         if isinstance(command, Create):
             return self.create(client, command.name, now)
         if isinstance(command, Leave):
@@ -359,7 +359,9 @@ class ChatCore:
             if wait:
                 raise RateLimited(wait)
 
-    def join(self, client: Client, room_id: str, now: float = 0.0) -> dict[str, Any]:
+    def join(
+        self, client: Client, room_id: str, now: float = 0.0, since: Optional[int] = None
+    ) -> dict[str, Any]:
         room = self.rooms.get(room_id)
         if room is None:
             raise RoomNotFound(room_id)
@@ -371,11 +373,18 @@ class ChatCore:
             self._leave_room(client, now)
             self._enter_room(client, room)
             self.announce(room, "join", client.client_id, client.nick, now, client, client.user)
-        return {
+        reply: dict[str, Any] = {
             "status": "success",
             "message": f"Joined room '{room.name}'",
             "room_id": room.room_id,
         }
+        if since is not None:
+            # Everything after ``since`` is in history (kept when it was
+            # published), and everything after this reply reaches the client
+            # live: each message exactly once.
+            kept = self.history.recent(room, max(1, self.limits.history_size), None)
+            reply["recovered"], reply["messages"] = codec.recovery(kept, room.last_id, since)
+        return reply
 
     def leave(self, client: Client, now: float = 0.0) -> dict[str, Any]:
         if client.room is None:

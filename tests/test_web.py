@@ -231,3 +231,50 @@ async def test_the_web_page_signs_in_with_a_token(browsers: Any, daemon_factory:
                            "--guests", "deny")
     port = await chatd.wait_listening()
     await deferToThread(_signing_in, browsers, port, tokens)
+
+
+def _reconnecting(browsers: Callable[[], Any], port: int) -> None:
+    from websockets.sync.client import connect
+
+    url = f"http://127.0.0.1:{port}/"
+    ann = Page(browsers(), url, "ann")
+    ann.submit("room-name", "steady")
+    ann.until(lambda: "steady" in ann.text("room-title"), "to be in the room")
+    room_id = ann.text("room-title").split("(")[-1].rstrip(")")
+    with connect(f"ws://127.0.0.1:{port}", open_timeout=WAIT) as seed:
+        seed.recv(timeout=WAIT)
+        seed.send(json.dumps({"action": "join", "body": {"room_id": room_id}}))
+        assert json.loads(seed.recv(timeout=WAIT))["status"] == "success"
+
+        def say(text: str) -> None:
+            seed.send(json.dumps({"action": "message", "body": text}))
+            assert json.loads(seed.recv(timeout=WAIT))["message"] == "Message sent"
+
+        say("first words")
+        ann.until(lambda: any("first words" in m for m in ann.messages()), "for the first message")
+        ann.submit("text", "mine before")
+        assert json.loads(seed.recv(timeout=WAIT))["body"] == "mine before"
+        # What is shown stays shown: the page adds to it, it does not redraw it.
+        ann.driver.execute_script("document.querySelector('#messages li').dataset.mark = 'kept';")
+        # The page loses its connection (and waits long before retrying by itself).
+        ann.driver.execute_script("state.delay = 600000; state.ws.close();")
+        ann.until(lambda: "reconnecting" in ann.text("status"), "to notice")
+        for i in range(3):
+            say(f"while away {i}")
+        ann.driver.execute_script("connect();")
+        ann.until(lambda: all(any(f"while away {i}" in m for m in ann.messages()) for i in range(3)),
+                  "for what was said meanwhile")
+        say("after")
+        ann.until(lambda: any("after" in m for m in ann.messages()), "for the live message")
+        texts = ann.messages()
+        for text in ("first words", "mine before", *(f"while away {i}" for i in range(3)), "after"):
+            assert sum(text in m for m in texts) == 1, (text, texts)
+        assert ann.driver.execute_script("return document.querySelector('#messages li').dataset.mark") == "kept"
+        ann.shot("web-recovered")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_web_page_gets_what_it_missed_once_after_reconnecting(browsers: Any, daemon_factory: Any) -> None:
+    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1")
+    port = await chatd.wait_listening()
+    await deferToThread(_reconnecting, browsers, port)

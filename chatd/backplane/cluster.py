@@ -191,7 +191,7 @@ class ClusterChat:
 
     def _handle(self, client: Client, command: Command, now: float) -> "Deferred[Reply]":
         if isinstance(command, codec.Join):
-            return self.join(client, command.room_id, now)
+            return self.join(client, command.room_id, now, command.since)
         if isinstance(command, codec.Create):
             return self.create(client, command.name, now)
         if isinstance(command, codec.Leave):
@@ -246,16 +246,19 @@ class ClusterChat:
         return self._subscribed(room.room_id).addCallback(run).addCallbacks(
             done, self._failed, errbackArgs=(pending,))
 
-    def join(self, client: Client, room_id: str, now: float = 0.0) -> "Deferred[Reply]":
+    def join(
+        self, client: Client, room_id: str, now: float = 0.0, since: Optional[int] = None
+    ) -> "Deferred[Reply]":
         current = client.room
-        if current is not None and current.room_id == room_id:
+        if current is not None and current.room_id == room_id and since is None:
             return succeed({"status": "success", "message": f"Joined room '{current.name}'", "room_id": room_id})
         if not self.backplane.available:
             raise Unavailable()
         room = self.core.local_room(room_id)
 
         def run(_: None) -> "Deferred[Any]":
-            return self._call(scripts.JOIN, self.backplane.node, client.client_id, room_id)
+            return self._call(
+                scripts.JOIN, self.backplane.node, client.client_id, room_id, -1 if since is None else since)
 
         def done(result: list[Any]) -> Reply:
             outcome = _text(result[0])
@@ -277,7 +280,13 @@ class ClusterChat:
                 pending.placed = True
                 self.core.receive_in(client, room)
             self._answered(pending)
-            return {"status": "success", "message": f"Joined room '{room.name}'", "room_id": room_id}
+            if outcome == "same" and current is room:
+                self._release(room)  # the client holds its reference on the room already
+            reply: Reply = {"status": "success", "message": f"Joined room '{room.name}'", "room_id": room_id}
+            if since is not None:
+                reply["recovered"] = int(result[8]) == 1
+                reply["messages"] = [json.loads(payload) for payload in result[9]]
+            return reply
 
         pending = self._expect(client, room)
         return self._subscribed(room_id).addCallback(run).addCallbacks(

@@ -177,11 +177,37 @@ enter_room(client, room, 'create')
 return {'ok', room, seq, old, deleted}
 """
 
-#: ARGV: prefix, node, client, room.
-#: {'ok', name, created_at, created_by, seq, last_id, old room, old deleted},
+#: ARGV: prefix, node, client, room, since (-1: none).
+#: {'ok', name, created_at, created_by, seq, last_id, old room, old deleted,
+#: recovered (1, 0; -1 without since), {payloads after since}},
 #: {'same', ...} when already in it, or {'nf'}, {'nick'}, {'gone'}.
 JOIN = _PRELUDE + r"""
-local node, client, room = ARGV[2], ARGV[3], ARGV[4]
+local node, client, room, since = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5] or '-1')
+
+-- What a client that saw the room up to ``since`` missed, from its history
+-- (kept at publication, in this same step as the join: each message is
+-- either in here or reaches the client live, never both, never neither):
+-- 1 if all of it is there, and the payloads oldest first.
+local function recovery(last_id)
+  if since < 0 then
+    return {-1, {}}
+  end
+  local found = {}
+  for _, entry in ipairs(redis.call('LRANGE', P .. 'history:' .. room, 0, -1)) do
+    local space = string.find(entry, ' ', 1, true)
+    local id = tonumber(string.sub(entry, 1, space - 1))
+    if id <= since and since <= last_id then
+      break
+    end
+    table.insert(found, string.sub(entry, space + 1))
+  end
+  local out = {}
+  for i = #found, 1, -1 do
+    table.insert(out, found[i])
+  end
+  local all = (since <= last_id and #found == last_id - since) and 1 or 0
+  return {all, out}
+end
 local ckey = P .. 'client:' .. client
 if redis.call('HGET', ckey, 'node') ~= node then
   return {'gone'}
@@ -192,14 +218,16 @@ if redis.call('EXISTS', rkey) == 0 then
 end
 local meta = redis.call('HMGET', rkey, 'name', 'created_at', 'created_by', 'seq', 'last_id')
 if redis.call('HGET', ckey, 'room') == room then
-  return {'same', meta[1], meta[2], meta[3], meta[4], meta[5], '', 0}
+  local r = recovery(tonumber(meta[5]))
+  return {'same', meta[1], meta[2], meta[3], meta[4], meta[5], '', 0, r[1], r[2]}
 end
 if nick_taken(room, redis.call('HGET', ckey, 'folded'), client) then
   return {'nick'}
 end
 local old, deleted = leave_room(client)
 enter_room(client, room, 'join')
-return {'ok', meta[1], meta[2], meta[3], meta[4], meta[5], old, deleted}
+local r = recovery(tonumber(meta[5]))
+return {'ok', meta[1], meta[2], meta[3], meta[4], meta[5], old, deleted, r[1], r[2]}
 """
 
 #: ARGV: prefix, node, client.  {room left, 1 if deleted} ('' if in none).

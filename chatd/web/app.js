@@ -13,6 +13,8 @@ const state = {
   // fragment never reaches a server's log), or typed when the server asks.
   token: new URLSearchParams(location.hash.slice(1)).get("token"),
   user: null,
+  lastId: null,         // the id of the last message shown in the room: a rejoin asks for what came after
+  myIds: new Set(),     // this page's client IDs, this connection's and earlier ones
 };
 
 function connect() {
@@ -58,6 +60,7 @@ function send(kind, body) {
 function handle(message) {
   if (message.status === "connected") {
     state.clientId = message.client_id;
+    state.myIds.add(message.client_id);
     state.user = message.user || null;
     state.delay = 1000;
     if (state.token && !state.user) {
@@ -85,7 +88,12 @@ function welcomed() {
   setStatus("online", `Connected as ${state.user || state.clientId}`);
   send("events", true);
   if (state.nick) send("nick", state.nick);
-  if (state.wantRoom) send("join", { room_id: state.wantRoom });
+  if (state.wantRoom) {
+    // Back in the room with what was said meanwhile, each message once.
+    const body = { room_id: state.wantRoom };
+    if (state.lastId !== null) body.since = state.lastId;
+    send("join", body);
+  }
   send("list");
 }
 
@@ -102,10 +110,15 @@ function reply(kind, message) {
   switch (kind) {
     case "create":
     case "join":
+      if (message.messages !== undefined && message.room_id === state.wantRoom && state.lastId !== null) {
+        rejoined(message);
+        break;
+      }
       enterRoom(message.room_id, kind === "create" ? $("room-name").value.trim() || null : null, message.message);
       break;
     case "leave":
       state.wantRoom = null;
+      state.lastId = null;
       inRoom(null, null);
       send("list");
       break;
@@ -137,8 +150,20 @@ function enterRoom(roomId, name, text) {
   const quoted = /'(.*)'/.exec(text || "");
   inRoom(roomId, name || (quoted ? quoted[1] : roomId));
   state.wantRoom = roomId;
+  state.lastId = null;
   $("messages").replaceChildren();
   send("history", { limit: 50 });
+  send("members");
+  send("list");
+}
+
+// Back in the room after a reconnection: only what was missed is added.
+function rejoined(message) {
+  const quoted = /'(.*)'/.exec(message.message || "");
+  inRoom(message.room_id, quoted ? quoted[1] : message.room_id);
+  if (!message.recovered) addLine("Some messages were missed while disconnected", "event", new Date().toISOString());
+  // This page's own messages are shown already (sent before the reconnection).
+  for (const m of message.messages) if (!state.myIds.has(m.from)) addMessage(m, false);
   send("members");
   send("list");
 }
@@ -177,6 +202,7 @@ function refreshRoomsSoon() {
 }
 
 function addMessage(message, fromHistory) {
+  if (typeof message.id === "number") state.lastId = Math.max(state.lastId ?? 0, message.id);
   const li = document.createElement("li");
   if (fromHistory) li.classList.add("history");
   if (message.from === state.clientId) li.classList.add("mine");
