@@ -95,6 +95,10 @@ def describe(message: Any) -> str:
     if "members" in message:
         return "-- members: " + ", ".join(
             (f"{m['nick']} ({m['client_id']})" if m.get("nick") else m["client_id"]) for m in message["members"])
+    if "recovered" in message:
+        # Back in a room after a reconnection: what was said meanwhile.
+        head = f"-- {message.get('message', '')}" + ("" if message["recovered"] else " (some messages were missed)")
+        return "\n".join([head, *(describe(m) for m in message.get("messages", []))])
     if "messages" in message:
         return "\n".join(describe(m) for m in message["messages"]) or "-- no history"
     text = str(message.get("message", ""))
@@ -127,40 +131,78 @@ class _Connection(WebSocketClientProtocol):
 
 
 class Session:
-    """What both modes share: the connection, and the replies awaited."""
+    """
+    What both modes share: the connection, and the replies awaited.  With
+    ``reconnect`` (the interactive mode), a lost connection is made again
+    and the room rejoined with the last message id seen, so nothing said
+    meanwhile is missed or shown twice.
+    """
 
-    def __init__(self, show: Callable[[bytes], None]) -> None:
+    def __init__(self, show: Callable[[bytes], None],
+                 reconnect: Optional[Callable[[float], None]] = None) -> None:
         self.show = show
+        self.reconnect = reconnect
         self.protocol: Optional[_Connection] = None
         self.open: defer.Deferred[None] = defer.Deferred()
         self.ended: defer.Deferred[int] = defer.Deferred()
-        self._awaiting: list[defer.Deferred[None]] = []
+        self._awaiting: list[tuple[str, defer.Deferred[None]]] = []
         self.quitting = False
+        self.room_id: Optional[str] = None  # the room this client is in
+        self.last_id: Optional[int] = None  # the last broadcast shown from it
+        self.delay = 1.0  # before the next reconnection
 
     def opened(self, protocol: _Connection) -> None:
         self.protocol = protocol
-        self.open.callback(None)
+        self.delay = 1.0
+        if not self.open.called:
+            self.open.callback(None)
+        elif self.room_id is not None:
+            body: dict[str, Any] = {"room_id": self.room_id}
+            if self.last_id is not None:
+                body["since"] = self.last_id
+            self.send({"action": "join", "body": body})
 
     def received(self, payload: bytes) -> None:
-        self.show(payload)
         try:
             message = json.loads(payload)
         except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            self.show(payload)
             return
-        if isinstance(message, dict) and "status" in message and message.get("status") != "connected":
-            if self._awaiting:
-                self._awaiting.pop(0).callback(None)
+        if "from" in message and isinstance(message.get("id"), int):
+            self.last_id = message["id"]
+        answered: Optional[defer.Deferred[None]] = None
+        if "status" in message and message.get("status") != "connected" and self._awaiting:
+            kind, answered = self._awaiting.pop(0)
+            self._replied(kind, message)
+        if "recovered" in message:
+            # What was said while this client was away (shown with the
+            # reply, as history is): the last of it is the last seen.
+            ids = [m.get("id") for m in message.get("messages", []) if isinstance(m, dict)]
+            self.last_id = max([i for i in ids if isinstance(i, int)], default=self.last_id)
+        self.show(payload)
+        if answered is not None:
+            answered.callback(None)
+
+    def _replied(self, kind: str, message: dict[str, Any]) -> None:
+        if message.get("status") != "success":
+            return
+        if kind in ("join", "create") and message.get("room_id") != self.room_id:
+            self.room_id, self.last_id = message.get("room_id"), None
+        elif kind == "leave":
+            self.room_id, self.last_id = None, None
 
     def send(self, obj: dict[str, Any]) -> "defer.Deferred[None]":
         assert self.protocol is not None
         d: defer.Deferred[None] = defer.Deferred()
-        self._awaiting.append(d)
+        self._awaiting.append((str(obj.get("action", "")), d))
         self.protocol.sendMessage(json.dumps(obj).encode("utf-8"))
         return d
 
     def answered(self) -> "defer.Deferred[Any]":
         """Fires once every command sent so far has its reply (or never will)."""
-        return defer.DeferredList(list(self._awaiting), consumeErrors=True)
+        return defer.DeferredList([d for _, d in self._awaiting], consumeErrors=True)
 
     def quit(self) -> None:
         self.quitting = True
@@ -168,11 +210,21 @@ class Session:
             self.protocol.sendClose(1000)
 
     def closed(self, code: Optional[int], reason: Optional[str]) -> None:
-        for d in self._awaiting:
+        awaiting, self._awaiting = self._awaiting, []
+        for _, d in awaiting:
             d.cancel()
-        self._awaiting.clear()
         if not self.open.called:
             self.open.errback(ConnectionError(reason or "the WebSocket handshake failed"))
+            return
+        self.protocol = None
+        if self.reconnect is not None and not self.quitting and not self.ended.called:
+            # Going away, a restart, a network blip: come back, with what was missed.
+            delay, self.delay = self.delay, min(self.delay * 2, 30.0)
+            self.show(json.dumps({"status": "error", "message": (
+                f"Connection lost ({code}{': ' + reason if reason else ''}); "
+                f"reconnecting in {delay:g} s")}).encode("utf-8"))
+            self.reconnect(delay)
+            return
         if not self.ended.called:
             self.ended.callback(0 if self.quitting else 1)
             if not self.quitting:
@@ -298,7 +350,17 @@ async def _run(reactor: Any, url: str, interactive: bool, token: Optional[str] =
             except ValueError:
                 terminal.print_above(payload.decode("utf-8", "replace"))
 
-    session = Session(show)
+    def reconnect(delay: float) -> None:
+        def again() -> None:
+            if session.quitting:
+                return
+            d = endpoint.connect(factory)
+            # A failed attempt is one more lost connection: try again later.
+            d.addErrback(lambda f: session.closed(None, _reason(f.value)))
+
+        reactor.callLater(delay, again)
+
+    session = Session(show, reconnect if interactive else None)
     # A token goes in the handshake (Authorization: Bearer), not in a command.
     factory = WebSocketClientFactory(url, headers={"Authorization": f"Bearer {token}"} if token else None)
     factory.protocol = _Connection

@@ -175,3 +175,32 @@ def test_chatd_token_refuses_bad_input_in_one_line(argv: list[str], message: str
     run = subprocess.run([TOKEN, *argv], cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 2
     assert run.stderr == f"chatd-token: {message}\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_interactive_mode_comes_back_with_what_it_missed(server: InProcessServer) -> None:
+    client = spawn(f"ws://127.0.0.1:{server.port_number}", tty=True)
+    await client.wait_for(rb"/help for commands", "its greeting")
+    client.write("/create Steady\r")
+    await client.wait_for(rb"created \((\w+)\)", "the reply")
+    room_id = re.search(rb"created \((\w+)\)", client.output).group(1).decode()  # type: ignore[union-attr]
+    ada, ada_id = await server.welcomed()
+    await ada.request({"action": "nick", "body": "Ada"})
+    await ada.request({"action": "join", "body": {"room_id": room_id}})
+    await ada.request({"action": "message", "body": "number one"})
+    await client.wait_for(rb"Ada: number one", "the first message")
+    # The server loses the client's connection.
+    for protocol in list(server.factory.connections):
+        if protocol._client is not None and protocol._client.client_id != ada_id:
+            protocol.transport.abortConnection()
+    await client.wait_for(rb"reconnecting in 1 s", "the client to notice")
+    for text in ("number two", "number three"):
+        await ada.request({"action": "message", "body": text})
+    await client.wait_for(rb"-- Joined room 'Steady'", "the rejoin")
+    await client.wait_for(rb"Ada: number three", "what was said meanwhile")
+    await ada.request({"action": "message", "body": "number four"})
+    await client.wait_for(rb"Ada: number four", "the live message")
+    for text in (b"one", b"two", b"three", b"four"):
+        assert client.output.count(b"Ada: number " + text) == 1, text
+    client.write("/quit\r")
+    assert await within(client.ended, "chatd-client to exit") == 0
