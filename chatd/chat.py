@@ -40,9 +40,10 @@ class Chat(Protocol):
         """The connection is gone: leave its room. Safe to call more than once."""
         ...
 
-    def check_message_rate(self, client: Client, now: float) -> None:
+    def check_message_rate(self, client: Client, now: float, in_room: bool = True) -> None:
         """Take a message token, or raise :class:`~chatd.errors.RateLimited`
-        (before a moderator sees the message)."""
+        (before a moderator sees the message); ``in_room``: for the client's
+        room (a direct message needs none)."""
         ...
 
     def publish(self, client: Client, body: Any, now: float, answer: Answer) -> None:
@@ -57,6 +58,10 @@ class Chat(Protocol):
 
     def handle(self, client: Client, command: Command, now: float) -> "Deferred[Reply]":
         """Carry out any other command; its reply."""
+        ...
+
+    def direct(self, client: Client, to: str, body: Any, now: float) -> "Deferred[Reply]":
+        """A direct message to a client ID or a user's every connection."""
         ...
 
     def replied(self, client: Client) -> None:
@@ -135,6 +140,12 @@ class LocalChat:
 
     def replied(self, client: Client) -> None:
         pass
+
+    def direct(self, client: Client, to: str, body: Any, now: float) -> "Deferred[Reply]":
+        try:
+            return succeed(self.core.direct(client, to, body, now))
+        except ChatError as e:
+            return fail(e)
 
     def authenticate(self, client: Client, user: str, name: Optional[str], now: float) -> "Deferred[None]":
         self.core.authenticated(client, user, name, now)

@@ -35,6 +35,7 @@ HELP = """commands:
   /members          who is in your room
   /nick NAME        your display name
   /history [N]      the room's last N messages (default 20)
+  /msg TO TEXT      a direct message to a client ID or a user
   /quit             leave chatd-client
   anything else     a message to your room (start it with // to send a leading /)"""
 
@@ -61,6 +62,11 @@ def command(line: str) -> Optional[dict[str, Any]]:
         if not rest:
             raise UsageError("/join needs a room ID")
         return {"action": "join", "body": {"room_id": rest}}
+    if name == "msg":
+        to, _, text = rest.partition(" ")
+        if not to or not text.strip():
+            raise UsageError("/msg needs a client ID or user, then the message")
+        return {"action": "direct", "body": {"to": to, "body": text.strip()}}
     if name == "history":
         if rest and not rest.isdigit():
             raise UsageError("/history takes a number of messages")
@@ -76,6 +82,8 @@ def describe(message: Any) -> str:
     if "from" in message:
         who = message.get("nick") or message["from"]
         body = message["body"] if isinstance(message["body"], str) else json.dumps(message["body"])
+        if message.get("direct"):
+            return f"[{stamp}] {who} (to you): {body}"
         return f"[{stamp}] {who}: {body}"
     if "event" in message:
         who = message.get("nick") or message.get("client_id")

@@ -90,7 +90,13 @@ class Auth:
     token: str
 
 
-Command = Union[Create, Join, Leave, Message, ListRooms, Members, Nick, History, Events, Auth]
+@dataclass(frozen=True, slots=True)
+class Direct:
+    to: str  # a client ID or an authenticated user's name
+    body: Any
+
+
+Command = Union[Create, Join, Leave, Message, ListRooms, Members, Nick, History, Events, Auth, Direct]
 
 #: Tokens longer than this are invalid without being decoded.
 MAX_TOKEN = 8 * 1024
@@ -279,6 +285,16 @@ def decode(payload: bytes) -> Command:
         if not isinstance(on, bool):
             raise ProtocolError("Events body must be true or false", "shape")
         return Events(on)
+    if action == "direct":
+        body = data.get("body")
+        if (not isinstance(body, dict) or not isinstance(body.get("to"), str) or not body["to"]
+                or body.get("body") is None):
+            raise ProtocolError(
+                'Direct body must be an object with a string \'to\' and a \'body\', '
+                'like {"to": "9930240b", "body": "hi"}', "shape")
+        if len(body["to"]) > MAX_ROOM_ID:
+            raise ProtocolError(f"'to' must be at most {MAX_ROOM_ID} characters", "shape")
+        return Direct(body["to"], body["body"])
     if action == "auth":
         body = data.get("body")
         if not isinstance(body, dict) or not isinstance(body.get("token"), str):
@@ -397,6 +413,19 @@ def timestamp(now: float) -> str:
     if whole != _last_second[0]:
         _last_second[0], _last_second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
     return f"{_last_second[1]}.{millis:03d}Z"
+
+
+def direct(
+    sender_id: str, body: Any, ts: str, to: str, nick: Optional[str] = None, user: Optional[str] = None,
+) -> dict[str, Any]:
+    """A direct message as its recipient gets it: a broadcast's keys, with
+    "direct" and "to" (what the sender addressed) instead of an id."""
+    message = {"from": sender_id, "body": body, "timestamp": ts, "direct": True, "to": to}
+    if nick is not None:
+        message["nick"] = nick
+    if user is not None:
+        message["user"] = user
+    return message
 
 
 def recovery(

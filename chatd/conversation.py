@@ -184,6 +184,9 @@ class Conversation:
             if isinstance(command, codec.Message):
                 self._review(client, command.body)
                 return
+            if isinstance(command, codec.Direct):
+                self._review(client, command.body, command.to)
+                return
             if self._outstanding:
                 # Any other command waits for the messages before it.
                 self._waiting = deque([(payload, isBinary)])
@@ -326,53 +329,64 @@ class Conversation:
 
     # -- chat messages: rate, moderation, publication -------------------------
 
-    def _review(self, client: Client, body: Any) -> None:
-        """Rate-limit a chat message now, then publish it (or not) once the
-        moderators, if any, have spoken."""
-        if client.room is None:
+    def _review(self, client: Client, body: Any, to: Optional[str] = None) -> None:
+        """Rate-limit a chat message (or a direct message ``to`` someone)
+        now, then send it (or not) once the moderators, if any, have spoken."""
+        if to is None and client.room is None:
             raise NotInRoom("You must join a room first")
         factory = self.factory
-        factory.chat.check_message_rate(client, factory.clock.seconds())
+        factory.chat.check_message_rate(client, factory.clock.seconds(), to is None)
         moderation: Moderation = factory.moderation
         if not moderation:
-            self._publish(client, body, PASS, at_once=True)
+            self._publish(client, body, PASS, at_once=True, to=to)
             return
-        reviewed = moderation.review(Submission(client.client_id, client.nick, client.room.room_id, body))
+        room_id = client.room.room_id if client.room is not None else ""
+        reviewed = moderation.review(Submission(client.client_id, client.nick, room_id, body, to))
         if reviewed.called:
             # Every moderator answered at once: no waiting, no reordering.
             verdicts: list[Verdict] = []
             reviewed.addCallback(verdicts.append)
-            self._publish(client, body, verdicts[0], at_once=True)
+            self._publish(client, body, verdicts[0], at_once=True, to=to)
             return
-        reviewed.addCallback(lambda verdict: self._publish(client, body, verdict))
+        reviewed.addCallback(lambda verdict: self._publish(client, body, verdict, to=to))
         reviewed.addErrback(lambda failure: self._log.failure("Moderation broke", failure))
         self._wait_for(reviewed)
 
-    def _publish(self, client: Client, body: Any, verdict: Verdict, at_once: bool = False) -> None:
+    def _publish(
+        self, client: Client, body: Any, verdict: Verdict, at_once: bool = False, to: Optional[str] = None,
+    ) -> "Optional[Deferred[Any]]":
         """Publish a reviewed message (``at_once``: in the same call as it
-        came in); its reply is sent when the chat answers."""
+        came in), or send it to ``to``; its reply is sent when the chat
+        answers."""
         if not at_once and (self._client is not client or not self.chatting()):
-            return  # gone while its message was reviewed
+            return None  # gone while its message was reviewed
         chat: Chat = self.factory.chat
         try:
             if isinstance(verdict, Reject):
                 raise Rejected()
             if isinstance(verdict, Rewrite):
                 body = verdict.body
+            if to is not None:
+                # Not pipelined: what the client sends next waits for it.
+                answer = self._answer_with(client, chat.direct(client, to, body, self.factory.clock.seconds()))
+                if answer is not None and at_once:
+                    self._wait_for(answer)
+                return answer
             self._publishing = True
             chat.publish(client, body, self.factory.clock.seconds(), self._message_answered)
         except ChatError as e:
             self._publishing = False
             self.send_reply(codec.encode(self._rejected(client, e)))
-            return
+            return None
         except Exception:
             self._publishing = False
             self.send_reply(codec.encode(self._internal_error(client)))
-            return
+            return None
         if self._publishing:
             # Not answered yet: the next message may follow at once.
             self._publishing = False
             self._pipeline()
+        return None
 
     def _message_answered(self, result: Any, client: Client) -> None:
         if self._publishing:

@@ -30,6 +30,7 @@ from chatd.errors import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY_VIOLATION,
     ChatError,
+    NoRecipient,
     NotInRoom,
     RateLimited,
     RoomNotFound,
@@ -206,6 +207,9 @@ class CoreEvents:
     ) -> None:
         """One broadcast of ``size`` encoded bytes reached ``recipients`` members."""
 
+    def direct_sent(self, sender: Client, message: dict[str, Any], recipients: int, size: int) -> None:
+        """One direct message of ``size`` encoded bytes reached ``recipients`` connections."""
+
     def delivered(self, copies: int, size: int) -> None:
         """
         Broadcasts from another node of a cluster reached members here:
@@ -265,6 +269,8 @@ class ChatCore:
             history if history is not None else MemoryHistory(limits.history_size, limits.history_bytes)
         )
         self.clients: dict[str, Client] = {}
+        # Each authenticated user's connections here, by client ID.
+        self.users: dict[str, dict[str, Client]] = {}
         self.rooms: dict[str, Room] = {}
         self._room_seq = 0
         # Between gather() and release(): broadcasts waiting to be fanned
@@ -303,11 +309,13 @@ class ChatCore:
             return
         self._leave_room(client, now)
         del self.clients[client.client_id]
+        self._unindex(client)
 
     def forget_client(self, client: Client) -> None:
         """Drop a client without the room rules (a cluster node's disconnect)."""
         if self.clients.get(client.client_id) is client:
             del self.clients[client.client_id]
+        self._unindex(client)
         self.receive_in(client, None)
 
     # -- commands ----------------------------------------------------------
@@ -397,15 +405,16 @@ class ChatCore:
         self.check_message_rate(client, now)
         return self.publish(client, body, now)
 
-    def check_message_rate(self, client: Client, now: float) -> None:
+    def check_message_rate(self, client: Client, now: float, in_room: bool = True) -> None:
         """
         Take a message token or raise RateLimited; a client refused twice
-        its burst in a row is closed with 1008.
+        its burst in a row is closed with 1008.  ``in_room``: a message to
+        the client's room (a direct message needs none).
         """
         limits = self.limits
         if limits.messages_per_second <= 0:
             return
-        if client.room is None:
+        if in_room and client.room is None:
             raise NotInRoom("You must join a room first")
         if client.message_bucket is None:
             client.message_bucket = TokenBucket(limits.messages_per_second, limits.messages_burst, now)
@@ -559,12 +568,46 @@ class ChatCore:
             for m in room.members.values()
         )
 
+    def recipients(self, to: str, sender: Client) -> Optional[list[Client]]:
+        """The connections a direct message to ``to`` (a client ID, else a
+        user name) reaches, the sender's own aside; None: nobody of that name."""
+        client = self.clients.get(to)
+        if client is not None:
+            return [client] if client is not sender else []
+        found = self.users.get(to)
+        return [c for c in found.values() if c is not sender] if found else None
+
+    def direct(self, client: Client, to: str, body: Any, now: float) -> dict[str, Any]:
+        """A direct message (no rate limit here): the sender's reply."""
+        recipients = self.recipients(to, client)
+        if recipients is None:
+            raise NoRecipient(to)
+        message = codec.direct(client.client_id, body, codec.timestamp(now), to, client.nick, client.user)
+        payload = codec.encode(message)
+        reached = len(recipients) - self._deliver(recipients, payload, now) if recipients else 0
+        self.events.direct_sent(client, message, reached, len(payload))
+        return codec.MESSAGE_SENT
+
+    def set_user(self, client: Client, user: str) -> None:
+        """``client`` is ``user`` (for direct messages by user name)."""
+        self._unindex(client)
+        client.user = user
+        self.users.setdefault(user, {})[client.client_id] = client
+
+    def _unindex(self, client: Client) -> None:
+        user = client.user
+        connections = self.users.get(user) if user is not None else None
+        if user is not None and connections is not None and connections.get(client.client_id) is client:
+            del connections[client.client_id]
+            if not connections:
+                del self.users[user]
+
     def authenticated(self, client: Client, user: str, name: Optional[str], now: float) -> None:
         """
         ``client`` is ``user``; without a nick, it takes ``name`` (or the
         user name) as its nick, unless another member of its room has it.
         """
-        client.user = user
+        self.set_user(client, user)
         if client.nick is not None:
             return
         nick = name if name is not None and codec.valid_nick(name) else user
@@ -655,6 +698,11 @@ class ChatCore:
                     for i in theirs:
                         counts[i] += 1
         return counts
+
+    def deliver_payload(self, recipients: list[Client], payload: bytes, now: float) -> int:
+        """One encoded message (a direct one, from another node) to these
+        clients; how many it reached."""
+        return len(recipients) - self._deliver(recipients, payload, now)
 
     def forget_room(self, room: Room) -> None:
         """Drop the local view of a room (nobody here is in it)."""

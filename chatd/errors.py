@@ -53,6 +53,15 @@ class NotAuthenticated(ChatError):
     kind = "auth"
 
 
+class NoRecipient(ChatError):
+    """A direct message to no client or user of that name."""
+
+    kind = "no_recipient"
+
+    def __init__(self, to: str) -> None:
+        super().__init__(f"No such client or user: {to}")
+
+
 class RoomNotFound(ChatError):
     """The room named by the client does not exist (any more)."""
 

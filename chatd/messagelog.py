@@ -39,14 +39,20 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX messages_by_room ON messages (room_id, message_id);
     """,
+    # Direct messages: no room (room_id and room_name ""; message_id 0), to
+    # whom the sender addressed them.
+    """
+    ALTER TABLE messages ADD COLUMN direct INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN recipient TEXT;
+    """,
 )
 
 _INSERT = (
-    "INSERT INTO messages (room_id, room_name, message_id, client_id, nick, body, timestamp)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO messages (room_id, room_name, message_id, client_id, nick, body, timestamp, direct, recipient)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
-Row = tuple[str, str, int, str, Optional[str], str, str]
+Row = tuple[str, str, int, str, Optional[str], str, str, int, Optional[str]]
 
 
 class MessageLogError(Exception):
@@ -126,8 +132,9 @@ class SQLiteLog:
     def record(self, room_id: str, room_name: str, message: dict[str, Any]) -> None:
         """Queue one broadcast message; it is written within a flush interval."""
         self._pending.append((
-            room_id, room_name, message["id"], message["from"], message.get("nick"),
+            room_id, room_name, message.get("id", 0), message["from"], message.get("nick"),
             json.dumps(message["body"]), message["timestamp"],
+            1 if message.get("direct") else 0, message.get("to"),
         ))
         if len(self._pending) > self.max_pending:
             excess = len(self._pending) - self.max_pending

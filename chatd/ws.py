@@ -371,6 +371,19 @@ class _Events(CoreEvents):
         self._metrics.deliveries.inc(copies)
         self._metrics.bytes_sent.inc(size)
 
+    def direct_sent(self, sender: Client, message: dict[str, Any], recipients: int, size: int) -> None:
+        self._metrics.messages_received.inc()
+        if recipients:
+            self.delivered(recipients, size * recipients)
+        if self._message_log is not None:
+            self._message_log.record("", "", message)
+        if self._log_messages:
+            self._log.info(
+                "{client_id} to {to}: {body!r}",
+                event="direct", client_id=sender.client_id, to=message["to"], body=message["body"],
+                recipients=recipients,
+            )
+
     def message_sent(
         self, room: Room, sender: Client, message: dict[str, Any], recipients: int, size: int
     ) -> None:

@@ -31,10 +31,11 @@ def test_lines_become_commands() -> None:
     assert command("/history") == {"action": "history", "body": {"limit": 20}}
     assert command("/history 5") == {"action": "history", "body": {"limit": 5}}
     assert command("/nick Ada") == {"action": "nick", "body": "Ada"}
+    assert command("/msg bob see you at 8") == {"action": "direct", "body": {"to": "bob", "body": "see you at 8"}}
     for name in ("leave", "list", "members"):
         assert command(f"/{name}") == {"action": name}
     assert command("/quit") is None
-    for bad, why in [("/join", "needs a room ID"), ("/history x", "a number"), ("/frobnicate", "unknown command")]:
+    for bad, why in [("/join", "needs a room ID"), ("/msg bob", "needs a client ID or user"), ("/history x", "a number"), ("/frobnicate", "unknown command")]:
         with pytest.raises(UsageError, match=why):
             command(bad)
 
@@ -43,6 +44,8 @@ def test_server_messages_read_as_lines() -> None:
     message = {"from": "ab12cd34", "body": "<b>hi</b>", "timestamp": "2026-11-26T07:00:00.000Z", "id": 1, "nick": "Ada"}
     assert describe(message).endswith("] Ada: <b>hi</b>")
     assert describe({"status": "error", "message": "Room x does not exist"}) == "!! Room x does not exist"
+    direct = {"from": "ab12cd34", "body": "psst", "timestamp": "2026-11-26T07:00:00.000Z", "direct": True, "to": "bob"}
+    assert describe(direct).endswith("] ab12cd34 (to you): psst")
     event = {"event": "join", "room_id": "r", "client_id": "ab12cd34", "nick": None, "timestamp": "2026-11-26T07:00:00.000Z"}
     assert describe(event).endswith("* ab12cd34 joined")
     assert describe({"status": "success", "room_id": "r1", "message": "Room 'x' created"}) == "-- Room 'x' created (r1)"

@@ -34,7 +34,7 @@ class LaterChat:
     def disconnect(self, client: Client, now: float) -> None:
         pass
 
-    def check_message_rate(self, client: Client, now: float) -> None:
+    def check_message_rate(self, client: Client, now: float, in_room: bool = True) -> None:
         pass
 
     def publish(self, client: Client, body: Any, now: float, answer: Answer) -> None:

@@ -65,7 +65,7 @@ def test_messages_are_written_in_batches_on_the_flush_interval(tmp_path: Path) -
     assert pool.rows == []  # nothing written on the delivery path
     clock.advance(0.2)
     assert [row[2] for row in pool.rows] == [1, 2, 3]
-    assert pool.rows[0] == ("room0001", "r", 1, "abcd1234", None, '"m1"', "2026-01-01T00:00:00.000Z")
+    assert pool.rows[0] == ("room0001", "r", 1, "abcd1234", None, '"m1"', "2026-01-01T00:00:00.000Z", 0, None)
     assert counts == [("written", 3)]
 
 

@@ -66,3 +66,7 @@ class Listener(Protocol):
     def channel_message(self, room_id: str, data: bytes) -> None:
         """A broadcast or event on a room's channel."""
         ...
+
+    def direct_message(self, data: bytes) -> None:
+        """A direct message for clients of this node (see scripts.DIRECT)."""
+        ...

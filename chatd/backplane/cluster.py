@@ -32,7 +32,7 @@ from chatd.backplane import Backplane, scripts
 from chatd.chat import Answer, counts_of
 from chatd.codec import Command
 from chatd.core import ChatCore, Client, Room, member_entry
-from chatd.errors import ChatError, NotInRoom, RoomNotFound, Unavailable
+from chatd.errors import ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
 
 Reply = dict[str, Any]
 T = TypeVar("T")
@@ -209,8 +209,24 @@ class ClusterChat:
         # A chat message goes through check_message_rate and publish.
         raise TypeError(f"not a command for handle: {command!r}")
 
-    def check_message_rate(self, client: Client, now: float) -> None:
-        self.core.check_message_rate(client, now)
+    def check_message_rate(self, client: Client, now: float, in_room: bool = True) -> None:
+        self.core.check_message_rate(client, now, in_room)
+
+    def direct(self, client: Client, to: str, body: Any, now: float) -> "Deferred[Reply]":
+        """To a client or a user's connections on any node, through Redis."""
+        message = codec.direct(client.client_id, body, codec.timestamp(now), to, client.nick, client.user)
+        payload = codec.encode(message)
+
+        def done(count: Any) -> Reply:
+            if int(count) < 0:
+                raise NoRecipient(to)
+            self.core.events.direct_sent(client, message, 0, len(payload))
+            return codec.MESSAGE_SENT
+
+        try:
+            return self._call(scripts.DIRECT, client.client_id, to, payload).addCallback(done)
+        except ChatError as e:
+            return fail(e)
 
     def create(self, client: Client, name: str, now: float) -> "Deferred[Reply]":
         if not self.backplane.available:
@@ -471,7 +487,7 @@ class ClusterChat:
         def recorded(outcome: Any) -> Any:
             if _text(outcome) != "ok":
                 raise Unavailable()
-            client.user = user
+            self.core.set_user(client, user)
             if client.nick is not None:
                 return None
             nick = name if name is not None and codec.valid_nick(name) else user
@@ -521,6 +537,18 @@ class ClusterChat:
                     self._place(pending)
             if kind != "create":
                 self.core.announce(room, kind, subject, nick or None, now, user=user or None)
+
+    def direct_message(self, data: bytes) -> None:
+        # <sender> <client>,<client>...\n<the encoded message>
+        head, _, payload = data.partition(b"\n")
+        sender, _, targets = head.decode().partition(" ")
+        recipients = [
+            client for client in map(self.core.clients.get, targets.split(","))
+            if client is not None and client.client_id != sender
+        ]
+        if recipients:
+            reached = self.core.deliver_payload(recipients, payload, self.clock.seconds())
+            self.core.events.delivered(reached, reached * len(payload))
 
     def backplane_up(self) -> "Deferred[None]":
         """Make Redis agree with this node (after a restart, a partition, or at start)."""

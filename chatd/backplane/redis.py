@@ -309,6 +309,8 @@ class RedisBackplane:
                 protocol.load_script(self._script(script)[1]).addErrback(lambda _: None)
         else:
             self._subscriber = protocol
+            # This node's direct messages, and the rooms it has members in.
+            protocol.subscribe(f"{self.prefix}d:{self.node}").addErrback(lambda _: None)
             for room_id in self._channels:
                 protocol.subscribe(self._channel(room_id)).addErrback(lambda _: None)
         self._maybe_sync()
@@ -365,9 +367,11 @@ class RedisBackplane:
     def _message(self, channel: bytes, message: bytes, alone: bool = False) -> None:
         if self._listener is None:
             return
-        room_id = channel[len(self.prefix) + 2:].decode("utf-8")
+        kind, room_id = channel[len(self.prefix):len(self.prefix) + 1], channel[len(self.prefix) + 2:].decode("utf-8")
         try:
-            if alone:
+            if kind == b"d":
+                self._listener.direct_message(message)
+            elif alone:
                 self._at_once(self._listener.channel_message, room_id, message)
             else:
                 self._listener.channel_message(room_id, message)

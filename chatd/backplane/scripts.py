@@ -14,10 +14,13 @@ prefix (``chatd:``):
   authenticated members (no one else may take it as a nick)
 - ``P history:ID``       list, newest first: "ID PAYLOAD" (``history``)
 - ``P client:ID``        hash: node, room, nick, folded, user, ufolded
+- ``P user-clients:USER`` set: an authenticated user's clients, on any node
 - ``P node:NODE``        the node's lease (a key with a TTL)
 - ``P node-clients:NODE`` set: the node's clients
 - ``P nodes``            set: every node that has registered
 - channel ``P r:ID``     the room's broadcasts and events
+- channel ``P d:NODE``   direct messages for the node's clients:
+  ``<sender> <client>,<client>...`` then a newline and the encoded message
 
 Messages on a room's channel start with one letter:
 ``M<id> <sender> <payload>`` broadcasts, one per line (a batch: the
@@ -102,12 +105,21 @@ local function nick_taken(room, folded, client)
   return holder and holder ~= client
 end
 
+-- A client no longer counts among its user's connections.
+local function forget_user(client)
+  local user = redis.call('HGET', P .. 'client:' .. client, 'user')
+  if user and user ~= '' then
+    redis.call('SREM', P .. 'user-clients:' .. user, client)
+  end
+end
+
 -- Everything a node has in Redis goes: its clients leave their rooms.
 local function purge_node(node)
   local clients = redis.call('SMEMBERS', P .. 'node-clients:' .. node)
   for _, client in ipairs(clients) do
     if redis.call('HGET', P .. 'client:' .. client, 'node') == node then
       leave_room(client)
+      forget_user(client)
       redis.call('DEL', P .. 'client:' .. client)
     end
   end
@@ -141,8 +153,39 @@ if room and room ~= '' then
   release_name(P .. 'users:' .. room, redis.call('HGET', ckey, 'ufolded'), client)
   redis.call('HSET', P .. 'users:' .. room, ufolded, client)
 end
+forget_user(client)
 redis.call('HSET', ckey, 'user', user, 'ufolded', ufolded)
+redis.call('SADD', P .. 'user-clients:' .. user, client)
 return 'ok'
+"""
+
+#: ARGV: prefix, sender, to (a client ID, else a user name), the encoded
+#: message.  How many connections it went to, or -1: nobody of that name.
+DIRECT = _PRELUDE + r"""
+local sender, to, payload = ARGV[2], ARGV[3], ARGV[4]
+local by_node = {}
+local node = redis.call('HGET', P .. 'client:' .. to, 'node')
+if node then
+  by_node[node] = {to}
+else
+  local clients = redis.call('SMEMBERS', P .. 'user-clients:' .. to)
+  if #clients == 0 then
+    return -1
+  end
+  for _, client in ipairs(clients) do
+    local at = redis.call('HGET', P .. 'client:' .. client, 'node')
+    if at then
+      by_node[at] = by_node[at] or {}
+      table.insert(by_node[at], client)
+    end
+  end
+end
+local count = 0
+for at, clients in pairs(by_node) do
+  redis.call('PUBLISH', P .. 'd:' .. at, sender .. ' ' .. table.concat(clients, ',') .. '\n' .. payload)
+  count = count + #clients
+end
+return count
 """
 
 #: ARGV: prefix, node, client.  {room left, 1 if it was deleted}.
@@ -153,6 +196,7 @@ if redis.call('HGET', ckey, 'node') ~= node then
   return {'', 0}
 end
 local room, deleted = leave_room(client)
+forget_user(client)
 redis.call('DEL', ckey)
 redis.call('SREM', P .. 'node-clients:' .. node, client)
 return {room, deleted}
@@ -426,6 +470,7 @@ end
 for _, client in ipairs(redis.call('SMEMBERS', P .. 'node-clients:' .. node)) do
   if not wanted[client] and redis.call('HGET', P .. 'client:' .. client, 'node') == node then
     leave_room(client)
+    forget_user(client)
     redis.call('DEL', P .. 'client:' .. client)
     redis.call('SREM', P .. 'node-clients:' .. node, client)
   end
@@ -464,6 +509,9 @@ for id, c in pairs(wanted) do
     redis.call('HSET', ckey, 'node', node, 'room', room, 'nick', nick, 'folded', folded,
                'user', user, 'ufolded', ufolded)
     redis.call('SADD', P .. 'node-clients:' .. node, id)
+    if user ~= '' then
+      redis.call('SADD', P .. 'user-clients:' .. user, id)
+    end
     if room ~= '' then
       redis.call('ZADD', P .. 'members:' .. room, 'NX', redis.call('INCR', P .. 'seq:join'), id)
       if ufolded ~= '' then
@@ -482,5 +530,5 @@ return refused
 
 
 #: Every script, loaded into Redis as a node connects (RedisBackplane).
-ALL = (REGISTER, UNREGISTER, AUTH, CREATE, JOIN, LEAVE, PUBLISH, LIST, MEMBERS, NICK, HISTORY, HEARTBEAT,
+ALL = (REGISTER, UNREGISTER, AUTH, DIRECT, CREATE, JOIN, LEAVE, PUBLISH, LIST, MEMBERS, NICK, HISTORY, HEARTBEAT,
        REAP, GOODBYE, RESYNC)

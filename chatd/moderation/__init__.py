@@ -27,12 +27,14 @@ from chatd.settings import parse_moderator
 
 @dataclass(frozen=True)
 class Submission:
-    """A message on its way to a room."""
+    """A message on its way to a room, or directly to someone (``to``)."""
 
     client_id: str
     nick: Optional[str]
-    room_id: str
+    room_id: str  # "" for a direct message
     body: Any
+    #: The recipient a direct message was addressed to (None: the room).
+    to: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -216,6 +216,10 @@ function addMessage(message, fromHistory) {
   const body = document.createElement("span");
   body.className = "body";
   body.textContent = typeof message.body === "string" ? message.body : JSON.stringify(message.body);
+  if (message.direct) {
+    li.classList.add("direct");
+    who.textContent += " (to you)";
+  }
   li.append(time, who, body);
   append(li);
 }
