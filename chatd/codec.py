@@ -420,12 +420,7 @@ def direct(
 ) -> dict[str, Any]:
     """A direct message as its recipient gets it: a broadcast's keys, with
     "direct" and "to" (what the sender addressed) instead of an id."""
-    message = {"from": sender_id, "body": body, "timestamp": ts, "direct": True, "to": to}
-    if nick is not None:
-        message["nick"] = nick
-    if user is not None:
-        message["user"] = user
-    return message
+    return _signed({"from": sender_id, "body": body, "timestamp": ts, "direct": True, "to": to}, nick, user)
 
 
 def recovery(
@@ -463,7 +458,11 @@ def broadcast(
 ) -> dict[str, Any]:
     """The seed's broadcast, plus fields a seed client ignores: "id",
     "nick", and "user" (an authenticated sender's)."""
-    message = {"from": sender_id, "body": body, "timestamp": ts, "id": message_id}
+    return _signed({"from": sender_id, "body": body, "timestamp": ts, "id": message_id}, nick, user)
+
+
+def _signed(message: dict[str, Any], nick: Optional[str], user: Optional[str]) -> dict[str, Any]:
+    """A message with its sender's nick and user, when it has them."""
     if nick is not None:
         message["nick"] = nick
     if user is not None:

@@ -51,6 +51,16 @@ MAX_WAITING = 100
 _connections_log = HotPathLogger(namespace="chatd.ws.ChatProtocol")
 
 
+class _Call:
+    """One question to the chat: whether its answer came during the call."""
+
+    __slots__ = ("asking", "answered")
+
+    def __init__(self) -> None:
+        self.asking = True
+        self.answered = False
+
+
 class Conversation:
     """
     The conversation of one connection, mixed into its protocol.
@@ -98,12 +108,10 @@ class Conversation:
     def begin(self) -> None:
         """The handshake is done: register with the chat, then welcome."""
         registered = self.factory.chat.connect(self)
-        later = not registered.called
         registered.addCallback(self._welcome).addErrback(self._not_registered)
-        if later:
-            # In a cluster the ID is checked in Redis first; anything the
-            # client sends meanwhile waits its turn.
-            self._wait_for(registered)
+        # In a cluster the ID is checked in Redis first (and a token's user
+        # recorded): anything the client sends meanwhile waits its turn.
+        self._wait_for(registered)
 
     def _welcome(self, client: Client) -> "Optional[Deferred[None]]":
         if not self.chatting():
@@ -207,10 +215,16 @@ class Conversation:
 
     def _answer_with(self, client: Client, reply: "Deferred[Any]") -> "Optional[Deferred[None]]":
         """Send the reply once it is there: None if it was, or what fires
-        once it has been."""
-        later = not reply.called
-        reply.addBoth(self._answer, client, later)
-        return reply if later else None
+        once it has been.  (Whether it was is what the callback saw: a
+        Deferred can be ``called`` and still wait for one chained to it.)"""
+        call = _Call()
+        reply.addBoth(self._answer_call, client, call)
+        call.asking = False
+        return None if call.answered else reply
+
+    def _answer_call(self, result: Any, client: Client, call: "_Call") -> None:
+        call.answered = True
+        self._answer(result, client, not call.asking)
 
     def _answer(self, result: Any, client: Client, later: bool) -> None:
         if isinstance(result, Failure):
@@ -342,13 +356,13 @@ class Conversation:
             return
         room_id = client.room.room_id if client.room is not None else ""
         reviewed = moderation.review(Submission(client.client_id, client.nick, room_id, body, to))
-        if reviewed.called:
+        verdicts: list[Verdict] = []
+        reviewed.addCallback(verdicts.append)
+        if verdicts:
             # Every moderator answered at once: no waiting, no reordering.
-            verdicts: list[Verdict] = []
-            reviewed.addCallback(verdicts.append)
             self._publish(client, body, verdicts[0], at_once=True, to=to)
             return
-        reviewed.addCallback(lambda verdict: self._publish(client, body, verdict, to=to))
+        reviewed.addCallback(lambda _: self._publish(client, body, verdicts[0], to=to))
         reviewed.addErrback(lambda failure: self._log.failure("Moderation broke", failure))
         self._wait_for(reviewed)
 

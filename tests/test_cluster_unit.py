@@ -172,7 +172,7 @@ def test_the_subscriber_tells_a_message_alone_in_its_read(fast_path_on: object) 
     assert got == [(b"M1 a {}", True), (b"M1 a {}", False), (b"M2 a {}", False), (b"M2 a {}", True)]
 
 
-def test_a_lone_message_from_redis_is_handled_at_once_and_the_others_are_not() -> None:
+def test_a_lone_broadcast_from_redis_is_handled_at_once_and_the_rest_is_not() -> None:
     from chatd.backplane.address import parse_url
     from chatd.backplane.redis import PREFIX, RedisBackplane
 
@@ -191,7 +191,10 @@ def test_a_lone_message_from_redis_is_handled_at_once_and_the_others_are_not() -
     backplane._message(channel, b'M1 aaaa1111 {"n": 1}', alone=True)
     backplane._message(channel, b'M2 aaaa1111 {"n": 2}', alone=False)
     backplane._message(channel, b'M3 aaaa1111 {"n": 3}\n4 aaaa1111 {"n": 4}', alone=True)
-    assert at_once == [b'M1 aaaa1111 {"n": 1}', b'M3 aaaa1111 {"n": 3}\n4 aaaa1111 {"n": 4}']
+    backplane._message(channel, b"enick aaaa1111 0 Ada", alone=True)
+    # Only a single broadcast goes out at once; a batch, or an event, at the
+    # end of the iteration.
+    assert at_once == [b'M1 aaaa1111 {"n": 1}']
     assert [m["n"] for m in here.sink.received] == [1, 2, 3, 4]
 
 

@@ -371,7 +371,9 @@ class RedisBackplane:
         try:
             if kind == b"d":
                 self._listener.direct_message(message)
-            elif alone:
+            elif alone and message[:1] == b"M" and b"\n" not in message:
+                # One broadcast, and nothing after it in this read: its
+                # frames leave at once, like a lone message from a client.
                 self._at_once(self._listener.channel_message, room_id, message)
             else:
                 self._listener.channel_message(room_id, message)
