@@ -568,6 +568,7 @@ class ChatFactory(WebSocketServerFactory):
         accepted = protocol.accepted_from
         if accepted is None:
             return None
+        protocol.accepted_from = None  # not needed after the handshake: one object less per connection
         # A haproxy: listener's transport reports the PROXY header's source
         # from here on; before the header came, it reported the proxy.
         host = getattr(protocol.transport.getPeer(), "host", None)
