@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from typing import Optional
+from typing import Any, Optional
 
 from chatd.auth import valid_user
 
@@ -21,19 +20,19 @@ from chatd.auth import valid_user
 DEFAULT_TTL = 24 * 3600
 
 
-def make_token(secret: bytes, user: str, ttl: float, name: Optional[str] = None,
-               now: Optional[float] = None) -> str:
+def make_token(secret: bytes, user: str, ttl: float, now: float, name: Optional[str] = None) -> str:
     """An HS256 token for ``user``, good for ``ttl`` seconds from ``now``."""
     import jwt
 
-    issued = int(time.time() if now is None else now)
+    issued = int(now)
     claims: dict[str, object] = {"sub": user, "iat": issued, "exp": issued + int(ttl)}
     if name is not None:
         claims["name"] = name
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, clock: Any = None) -> int:
+    """``clock``: an ``IReactorTime`` (default: Twisted's reactor)."""
     parser = argparse.ArgumentParser(
         prog="chatd-token", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("user", help="the user name: 1 to 64 printable characters")
@@ -55,7 +54,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return _fail(f"the key file {args.key} is empty")
     if secret.lstrip().startswith(b"-----BEGIN"):
         return _fail(f"{args.key} is a PEM key: chatd-token signs with a shared secret file (HS256)")
-    sys.stdout.write(make_token(secret, args.user, args.ttl, args.name) + "\n")
+    if clock is None:
+        from twisted.internet import reactor as clock
+    sys.stdout.write(make_token(secret, args.user, args.ttl, clock.seconds(), args.name) + "\n")
     return 0
 
 

@@ -207,3 +207,17 @@ async def test_interactive_mode_comes_back_with_what_it_missed(server: InProcess
         assert client.output.count(b"Ada: number " + text) == 1, text
     client.write("/quit\r")
     assert await within(client.ended, "chatd-client to exit") == 0
+
+
+def test_chatd_token_takes_its_time_from_the_clock_it_is_given(tmp_path: Any, capsys: Any) -> None:
+    import jwt
+    from twisted.internet.task import Clock
+
+    from chatd.tokens import main as chatd_token
+
+    (tmp_path / "KEY").write_bytes(b"a shared secret of the test, long enough for HS256")
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    assert chatd_token(["--key", str(tmp_path / "KEY"), "--ttl", "60", "--name", "Ada", "ada"], clock) == 0
+    claims = jwt.decode(capsys.readouterr().out.strip(), options={"verify_signature": False})
+    assert claims == {"sub": "ada", "iat": 1_700_000_000, "exp": 1_700_000_060, "name": "Ada"}

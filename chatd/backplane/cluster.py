@@ -223,10 +223,7 @@ class ClusterChat:
             self.core.events.direct_sent(client, message, 0, len(payload))
             return codec.MESSAGE_SENT
 
-        try:
-            return self._call(scripts.DIRECT, client.client_id, to, payload).addCallback(done)
-        except ChatError as e:
-            return fail(e)
+        return self._call(scripts.DIRECT, client.client_id, to, payload).addCallback(done)
 
     def create(self, client: Client, name: str, now: float) -> "Deferred[Reply]":
         if not self.backplane.available:
