@@ -38,6 +38,7 @@ INVALID_ACTION = "Invalid action"
 @dataclass(frozen=True, slots=True)
 class Create:
     name: str
+    private: bool = False  # seen only by members and whoever is invited
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +97,31 @@ class Direct:
     body: Any
 
 
-Command = Union[Create, Join, Leave, Message, ListRooms, Members, Nick, History, Events, Auth, Direct]
+@dataclass(frozen=True, slots=True)
+class Manage:
+    """
+    A room owner's or moderator's action on someone: ``action`` is one of
+    :data:`MANAGE`; the target is a client ID or (for invite, ban and
+    unban) a user name.
+    """
+
+    action: str
+    client_id: Optional[str] = None
+    user: Optional[str] = None
+    reason: str = ""  # kick and ban: shown to the one removed
+
+    @property
+    def target(self) -> str:
+        """The target as the replies name it."""
+        return self.client_id if self.client_id is not None else self.user or ""
+
+
+Command = Union[Create, Join, Leave, Message, ListRooms, Members, Nick, History, Events, Auth, Direct, Manage]
+
+#: The room actions, and whether each may name its target by user name.
+MANAGE = {"invite": True, "ban": True, "unban": True, "kick": False, "op": False, "deop": False}
+#: The longest reason a kick or a ban may give, in characters.
+MAX_REASON = 200
 
 #: Tokens longer than this are invalid without being decoded.
 MAX_TOKEN = 8 * 1024
@@ -249,6 +274,16 @@ def decode(payload: bytes) -> Command:
         return Join(room_id, since)
     if action == "create":
         name = data.get("body")
+        private = False
+        if isinstance(name, dict):
+            private = name.get("private", False)
+            if not isinstance(private, bool):
+                raise ProtocolError("'private' must be true or false", "shape")
+            name = name.get("name")
+            if not isinstance(name, str):
+                raise ProtocolError(
+                    'Create body must be a room name, or an object with a string \'name\', '
+                    'like {"name": "Game Night", "private": true}', "shape")
         if not isinstance(name, str) or not name.strip():
             raise ProtocolError("Room name must be a non-empty string", "shape")
         if len(name) > MAX_ROOM_NAME:
@@ -259,7 +294,7 @@ def decode(payload: bytes) -> Command:
             raise ProtocolError(
                 "Room name must not contain control characters", "shape"
             )
-        return Create(name)
+        return Create(name, private)
     if action == "leave":
         return _LEAVE
     if action == "list":
@@ -295,6 +330,8 @@ def decode(payload: bytes) -> Command:
         if len(body["to"]) > MAX_ROOM_ID:
             raise ProtocolError(f"'to' must be at most {MAX_ROOM_ID} characters", "shape")
         return Direct(body["to"], body["body"])
+    if action in MANAGE:
+        return _manage(action, data.get("body"))
     if action == "auth":
         body = data.get("body")
         if not isinstance(body, dict) or not isinstance(body.get("token"), str):
@@ -308,6 +345,33 @@ def decode(payload: bytes) -> Command:
 
 _MEMBERS = Members()
 _CLIENT_ID = re.compile(r"[0-9a-f]{8}")
+
+
+def _manage(action: str, body: Any) -> Manage:
+    by_user = MANAGE[action]
+    example = '{"client_id": "9930240b"}'
+    if by_user:
+        shape = f"{action.capitalize()} body must be an object with a string 'user' or 'client_id', like "
+        example = '{"user": "bob"} or ' + example
+    else:
+        shape = f"{action.capitalize()} body must be an object with a string 'client_id', like "
+    if action in ("kick", "ban"):
+        example = example[:-1] + ', "reason": "spam"}'
+    if not isinstance(body, dict):
+        raise ProtocolError(shape + example, "shape")
+    client_id, user = body.get("client_id"), body.get("user") if by_user else None
+    if (client_id is None) == (user is None) or not isinstance(client_id if user is None else user, str):
+        raise ProtocolError(shape + example, "shape")
+    target = client_id if user is None else user
+    if not target or len(target) > MAX_ROOM_ID:
+        name = "'client_id'" if user is None else "'user'"
+        raise ProtocolError(f"{name} must be 1 to {MAX_ROOM_ID} characters", "shape")
+    reason = body.get("reason", "") if action in ("kick", "ban") else ""
+    if not isinstance(reason, str):
+        raise ProtocolError("'reason' must be a string", "shape")
+    if len(reason) > MAX_REASON:
+        raise ProtocolError(f"'reason' must be at most {MAX_REASON} characters", "shape")
+    return Manage(action, client_id, user, reason)
 
 
 def _is_int(value: Any) -> bool:
@@ -486,6 +550,28 @@ def broadcast_parts(
     if nick is not None:
         tail = b', "nick": ' + _dumps(nick).encode("ascii") + tail
     return head[:-1] + b', "id": ', tail
+
+
+def created(room_id: str, name: str, private: bool) -> dict[str, Any]:
+    """The seed's reply to "create", and "private" for a private room."""
+    reply: dict[str, Any] = {"status": "success", "room_id": room_id, "message": f"Room '{name}' created"}
+    if private:
+        reply["private"] = True
+    return reply
+
+
+def room_entry(room_id: str, name: str, members: int, created_at: str, private: bool) -> dict[str, Any]:
+    """One room of a "list" reply; "private" only where it is."""
+    entry: dict[str, Any] = {"room_id": room_id, "name": name, "members": members, "created_at": created_at}
+    if private:
+        entry["private"] = True
+    return entry
+
+
+def kick(room_id: str, by: str, reason: str) -> dict[str, Any]:
+    """What a member removed from a room by a kick or a ban receives,
+    whether or not it asked for events."""
+    return {"event": "kick", "room_id": room_id, "by": by, "reason": reason}
 
 
 def event(

@@ -22,6 +22,7 @@ from chatd.codec import (
     Join,
     Leave,
     ListRooms,
+    Manage,
     Members,
     Message,
     Nick,
@@ -29,7 +30,9 @@ from chatd.codec import (
 from chatd.errors import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY_VIOLATION,
+    Banned,
     ChatError,
+    NotAllowed,
     NoRecipient,
     NotInRoom,
     RateLimited,
@@ -58,11 +61,12 @@ class Sink(Protocol):
         """Begin closing the connection with a WebSocket close code."""
 
 
-def member_entry(client_id: str, nick: Optional[str], user: Optional[str]) -> dict[str, Any]:
+def member_entry(client_id: str, nick: Optional[str], user: Optional[str], role: str) -> dict[str, Any]:
     """One entry of a "members" reply; "user" for an authenticated member."""
     entry: dict[str, Any] = {"client_id": client_id, "nick": nick}
     if user is not None:
         entry["user"] = user
+    entry["role"] = role
     return entry
 
 
@@ -114,9 +118,17 @@ class Client:
 
 
 class Room:
-    """One room and its members, in the order they joined."""
+    """
+    One room and its members, in the order they joined (so the longest
+    present first), and who may do what in it: its owner (a client ID),
+    its moderators, and for a private room who is invited; who is banned.
+    Invitations and bans name a client (``c:ID``) or a user (``u:NAME``).
+    """
 
-    __slots__ = ("room_id", "name", "created_at", "created_by", "members", "seq", "last_id")
+    __slots__ = (
+        "room_id", "name", "created_at", "created_by", "members", "seq", "last_id",
+        "owner", "private", "moderators", "invited", "banned",
+    )
 
     def __init__(self, room_id: str, name: str, created_at: str, created_by: str, seq: int) -> None:
         self.room_id = room_id
@@ -126,6 +138,83 @@ class Room:
         self.members: dict[str, Client] = {}
         self.seq = seq  # creation order, the cursor of "list"
         self.last_id = 0  # the id of the room's latest message
+        self.owner = created_by
+        self.private = False
+        # Made on first use: most rooms never have any.
+        self.moderators: Optional[set[str]] = None
+        self.invited: Optional[set[str]] = None
+        self.banned: Optional[set[str]] = None
+
+    def role(self, client_id: str) -> str:
+        """"owner", "moderator" or "member"."""
+        if client_id == self.owner:
+            return "owner"
+        if self.moderators and client_id in self.moderators:
+            return "moderator"
+        return "member"
+
+
+def names_of(client_id: str, user: Optional[str]) -> list[str]:
+    """The keys a client's invitations and bans are found under."""
+    return [f"c:{client_id}"] if user is None else [f"c:{client_id}", f"u:{user}"]
+
+
+def successor(members: dict[str, Client], moderators: Optional[set[str]]) -> Client:
+    """Who owns a room after its owner: the longest-present moderator, else
+    the longest-present member (``members`` is in the order they joined)."""
+    if moderators:
+        for client_id, member in members.items():
+            if client_id in moderators:
+                return member
+    return next(iter(members.values()))
+
+
+def refusal(code: str, command: Manage, room_name: str) -> ChatError:
+    """The error for a room action refused for the reason ``code`` (the
+    cluster's MANAGE script answers these codes)."""
+    action, target = command.action, command.target
+    if code == "role":
+        if action in ("op", "deop"):
+            return NotAllowed(f"Only the room's owner may {action}")
+        return NotAllowed(f"Only the room's owner or a moderator may {action}")
+    if code == "moderator":
+        return NotAllowed(f"Only the room's owner may {action} a moderator")
+    text = {
+        "notbanned": f"'{target}' is not banned from this room",
+        "nosuch": f"No such client: {target}",
+        "notin": f"Client {target} is not in this room",
+        "public": f"Room '{room_name}' is public: anyone may join",
+        "banned": f"'{target}' is banned from this room; unban it first",
+        "isowner": f"Client {target} is the room's owner",
+        "notmod": f"Client {target} is not a moderator",
+        "self": f"You cannot {action} yourself",
+        "owner": f"The room's owner cannot be {'kicked' if action == 'kick' else 'banned'}",
+    }.get(code)
+    if text is None:
+        raise ValueError(f"unknown refusal {code!r}")
+    return ChatError(text)
+
+
+def done_reply(command: Manage) -> dict[str, Any]:
+    """The success reply to a room action."""
+    target = command.target
+    message = {
+        "invite": f"Invited '{target}'",
+        "kick": f"Kicked '{target}'",
+        "ban": f"Banned '{target}'",
+        "unban": f"Unbanned '{target}'",
+        "op": f"'{target}' is now a moderator",
+        "deop": f"'{target}' is no longer a moderator",
+    }[command.action]
+    return {"status": "success", "message": message}
+
+
+def _overlap(keys: list[str], others: list[str]) -> bool:
+    return any(key in others for key in keys)
+
+
+def _listed(entries: Optional[set[str]], keys: list[str]) -> bool:
+    return entries is not None and any(key in entries for key in keys)
 
 
 class HistoryStore(Protocol):
@@ -327,11 +416,13 @@ class ChatCore:
         if isinstance(command, Join):
             return self.join(client, command.room_id, now, command.since)
         if isinstance(command, Create):
-            return self.create(client, command.name, now)
+            return self.create(client, command.name, now, command.private)
         if isinstance(command, Leave):
             return self.leave(client, now)
         if isinstance(command, ListRooms):
-            return self.list_rooms(command.limit, command.after)
+            return self.list_rooms(command.limit, command.after, client)
+        if isinstance(command, Manage):
+            return self.manage(client, command, now)
         if isinstance(command, Members):
             return self.members(client)
         if isinstance(command, Nick):
@@ -342,19 +433,19 @@ class ChatCore:
             return self.set_events(client, command.on)
         raise TypeError(f"unknown command {command!r}")
 
-    def create(self, client: Client, name: str, now: float) -> dict[str, Any]:
+    def create(self, client: Client, name: str, now: float, private: bool = False) -> dict[str, Any]:
         self.check_create_rate(client, now)
         self._leave_room(client, now)
         self._room_seq += 1
         room = Room(self._unique_id(self.rooms), name, codec.timestamp(now), client.client_id, self._room_seq)
+        if private:
+            # Its creator may come back while it lives, like anyone invited.
+            room.private = True
+            room.invited = set(names_of(client.client_id, client.user))
         self.rooms[room.room_id] = room
         self._enter_room(client, room)
         self.events.room_created(room, client)
-        return {
-            "status": "success",
-            "room_id": room.room_id,
-            "message": f"Room '{name}' created",
-        }
+        return codec.created(room.room_id, name, private)
 
     def check_create_rate(self, client: Client, now: float) -> None:
         """Take a room-creation token or raise RateLimited."""
@@ -374,6 +465,11 @@ class ChatCore:
         if room is None:
             raise RoomNotFound(room_id)
         if client.room is not room:
+            keys = names_of(client.client_id, client.user)
+            if _listed(room.banned, keys):
+                raise Banned(room_id)
+            if room.private and not _listed(room.invited, keys):
+                raise RoomNotFound(room_id)  # as if there were none: it does not leak
             if client.nick is not None and self._nick_taken(room, client.nick, client):
                 raise ChatError(
                     f"Nick '{client.nick}' is taken in room {room_id}; choose another with \"nick\""
@@ -495,23 +591,24 @@ class ChatCore:
         finally:
             self._gathered = None
 
-    def list_rooms(self, limit: int = codec.DEFAULT_PAGE, after: Optional[str] = None) -> dict[str, Any]:
-        """Rooms in creation order, a page at a time; "next" pages on."""
+    def list_rooms(
+        self, limit: int = codec.DEFAULT_PAGE, after: Optional[str] = None, client: Optional[Client] = None,
+    ) -> dict[str, Any]:
+        """Rooms in creation order, a page at a time; "next" pages on.  A
+        private room only for its members and whoever is invited."""
         start = int(after) if after else 0
         page: list[dict[str, Any]] = []
         more = False
+        keys = names_of(client.client_id, client.user) if client is not None else []
         for room in self.rooms.values():  # insertion order is creation order
             if room.seq <= start:
+                continue
+            if room.private and not (client is not None and client.room is room) and not _listed(room.invited, keys):
                 continue
             if len(page) == limit:
                 more = True
                 break
-            page.append({
-                "room_id": room.room_id,
-                "name": room.name,
-                "members": len(room.members),
-                "created_at": room.created_at,
-            })
+            page.append(codec.room_entry(room.room_id, room.name, len(room.members), room.created_at, room.private))
         reply: dict[str, Any] = {"status": "success", "rooms": page}
         if more:
             reply["next"] = str(self.rooms[page[-1]["room_id"]].seq)
@@ -522,8 +619,75 @@ class ChatCore:
         return {
             "status": "success",
             "room_id": room.room_id,
-            "members": [member_entry(m.client_id, m.nick, m.user) for m in room.members.values()],
+            "members": [member_entry(m.client_id, m.nick, m.user, room.role(m.client_id))
+                        for m in room.members.values()],
         }
+
+    def manage(self, client: Client, command: Manage, now: float) -> dict[str, Any]:
+        """An owner's or a moderator's action in the client's room (the
+        cluster's MANAGE script applies the same rules, in the same order)."""
+        room = self._room_of(client)
+        action, target_id, user = command.action, command.client_id, command.user
+        role = room.role(client.client_id)
+        if (role != "owner") if action in ("op", "deop") else (role == "member"):
+            raise refusal("role", command, room.name)
+        target = self.clients.get(target_id) if target_id is not None else None
+        keys = names_of(target_id, target.user if target is not None else None) if target_id else [f"u:{user}"]
+        if action == "unban":
+            if not _listed(room.banned, keys):
+                raise refusal("notbanned", command, room.name)
+            assert room.banned is not None
+            room.banned.difference_update(keys)
+            return done_reply(command)
+        if target_id is not None and target is None:
+            raise refusal("nosuch", command, room.name)
+        if action in ("kick", "op", "deop") and (target is None or target.room is not room):
+            raise refusal("notin", command, room.name)
+        if action == "invite":
+            if not room.private:
+                raise refusal("public", command, room.name)
+            if _listed(room.banned, keys):
+                raise refusal("banned", command, room.name)
+            room.invited = (room.invited or set()) | set(keys[:1])  # a client, or a user
+            return done_reply(command)
+        if action in ("op", "deop"):
+            assert target is not None and target_id is not None
+            if target_id == room.owner:
+                raise refusal("isowner", command, room.name)
+            moderators = room.moderators = room.moderators or set()
+            if action == "deop" and target_id not in moderators:
+                raise refusal("notmod", command, room.name)
+            (moderators.add if action == "op" else moderators.discard)(target_id)
+            self.announce(room, action, target_id, target.nick, now, user=target.user, everyone=True)
+            return done_reply(command)
+        # kick, ban: who goes (a ban: every connection of a user it names).
+        if action == "kick":
+            assert target is not None
+            removed = [target]
+            is_self, is_owner = target is client, target.client_id == room.owner
+        else:
+            removed = [m for m in room.members.values() if _overlap(names_of(m.client_id, m.user), keys)]
+            owner = self.clients.get(room.owner)
+            is_self = _overlap(keys, names_of(client.client_id, client.user))
+            is_owner = _overlap(keys, names_of(room.owner, owner.user if owner is not None else None))
+        if is_self:
+            raise refusal("self", command, room.name)
+        if is_owner:
+            raise refusal("owner", command, room.name)
+        if role != "owner" and any(room.role(m.client_id) == "moderator" for m in removed):
+            raise refusal("moderator", command, room.name)
+        if action == "ban":
+            room.banned = (room.banned or set()) | set(keys)
+        if room.private and room.invited:
+            room.invited.difference_update(keys)  # back only with a new invitation
+        for member in removed:
+            self._remove(member, room, client.client_id, command.reason, now)
+        return done_reply(command)
+
+    def _remove(self, member: Client, room: Room, by: str, reason: str, now: float) -> None:
+        """Take ``member`` out of ``room``: it is told why, the others see it leave."""
+        self._leave_room(member, now)
+        self._deliver([member], codec.encode(codec.kick(room.room_id, by, reason)), now)
 
     def set_nick(self, client: Client, nick: str, now: float) -> dict[str, Any]:
         room = client.room
@@ -632,17 +796,24 @@ class ChatCore:
             del self.rooms[room.room_id]
             self.history.drop(room)
             self.events.room_deleted(room)
-        else:
-            self.announce(room, "leave", client.client_id, client.nick, now, client, client.user)
+            return
+        self.announce(room, "leave", client.client_id, client.nick, now, client, client.user)
+        if room.moderators:
+            room.moderators.discard(client.client_id)
+        if room.owner == client.client_id:
+            heir = successor(room.members, room.moderators)
+            room.owner = heir.client_id
+            self.announce(room, "owner", heir.client_id, heir.nick, now, user=heir.user, everyone=True)
 
     def announce(
         self, room: Room, kind: str, subject_id: str, nick: Optional[str], now: float,
-        subject: Optional[Client] = None, user: Optional[str] = None,
+        subject: Optional[Client] = None, user: Optional[str] = None, everyone: bool = False,
     ) -> None:
-        """A room event to the members (but the subject) who opted in."""
+        """A room event to the members who opted in: but its subject, unless
+        ``everyone`` (a change of role, which its subject sees too)."""
         watchers = [
             m for m in room.members.values()
-            if m.events and m is not subject and m.client_id != subject_id
+            if m.events and (everyone or (m is not subject and m.client_id != subject_id))
         ]
         if watchers:
             event = codec.event(kind, room.room_id, subject_id, nick, codec.timestamp(now), user)

@@ -72,6 +72,21 @@ class RoomNotFound(ChatError):
         self.room_id = room_id
 
 
+class NotAllowed(ChatError):
+    """A room action the client's role does not permit."""
+
+    kind = "permission"
+
+
+class Banned(ChatError):
+    """A join refused: the client, or its user, is banned from the room."""
+
+    kind = "banned"
+
+    def __init__(self, room_id: str) -> None:
+        super().__init__(f"You are banned from room {room_id}")
+
+
 class NotInRoom(ChatError):
     """The command needs the client to be in a room."""
 

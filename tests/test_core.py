@@ -374,7 +374,7 @@ def test_flush_sends_what_is_gathered_and_goes_on_gathering() -> None:
     core.publish(bob, "alone", NOW)
     core.release(NOW)
     received = [json.loads(f[0] if isinstance(f, tuple) else f) for f in bob.sink.frames]
-    assert [m.get("body", m.get("event")) for m in received] == ["before", "leave"]
+    assert [m.get("body", m.get("event")) for m in received] == ["before", "leave", "owner"]
 
 
 def test_without_join_gathering_changes_nothing() -> None:

@@ -120,7 +120,8 @@ def test_members_with_nicks_in_join_order() -> None:
     core.join(bob, "room0001", NOW)
     assert core.members(alice) == {
         "status": "success", "room_id": "room0001",
-        "members": [{"client_id": "alice001", "nick": "Alice"}, {"client_id": "bob00002", "nick": None}],
+        "members": [{"client_id": "alice001", "nick": "Alice", "role": "owner"},
+                    {"client_id": "bob00002", "nick": None, "role": "member"}],
     }
     with pytest.raises(NotInRoom):
         core.members(core.connect(FakeSink()))
