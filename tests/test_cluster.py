@@ -151,7 +151,8 @@ async def test_list_members_history_nicks_and_events_are_cluster_wide(cluster: A
     clash = await a.request({"action": "nick", "body": "bob"})
     assert clash == {"status": "error", "message": "Nick 'bob' is already taken in this room"}
     members = await a.request({"action": "members"})
-    assert members["members"] == [{"client_id": a_id, "nick": "Ada"}, {"client_id": b_id, "nick": "Bob"}]
+    assert members["members"] == [{"client_id": a_id, "nick": "Ada", "role": "owner"},
+                                  {"client_id": b_id, "nick": "Bob", "role": "member"}]
     for i in range(3):
         await b.request({"action": "message", "body": f"m{i}"})
     history = await a.request({"action": "history", "body": {"limit": 2}})
@@ -425,8 +426,8 @@ async def test_authenticated_users_are_known_on_every_node(cluster: Any, tmp_pat
     message = await watcher.next()
     assert (message["user"], message["nick"], message["body"]) == ("alice smith", "Alice", "hello")
     members = (await watcher.request({"action": "members"}))["members"]
-    assert {"client_id": welcome["client_id"], "nick": "Alice", "user": "alice smith"} in members
-    assert {"client_id": watcher_id, "nick": None} in members
+    assert {"client_id": welcome["client_id"], "nick": "Alice", "user": "alice smith", "role": "member"} in members
+    assert {"client_id": watcher_id, "nick": None, "role": "owner"} in members
     # Another node's member's user name cannot be taken as a nick.
     assert (await watcher.request({"action": "nick", "body": "Alice Smith"}))["status"] == "error"
     # ...and with the auth action, on the other node.

@@ -92,9 +92,9 @@ async def test_members_nicks_and_presence_events_only_to_opted_in_clients(rich: 
     assert (await guest.request({"action": "nick", "body": "Guest"}))["message"] == "Nick set to 'Guest'"
     assert (await watcher.next())["event"] == "nick"
     assert (await guest.request({"action": "members"}))["members"] == [
-        {"client_id": watcher_id, "nick": "Watcher"},
-        {"client_id": seed_id, "nick": None},
-        {"client_id": guest_id, "nick": "Guest"},
+        {"client_id": watcher_id, "nick": "Watcher", "role": "owner"},
+        {"client_id": seed_id, "nick": None, "role": "member"},
+        {"client_id": guest_id, "nick": "Guest", "role": "member"},
     ]
     await guest.request({"action": "message", "body": "hello"})
     assert (await watcher.next())["nick"] == "Guest"

@@ -31,8 +31,8 @@ from chatd import codec
 from chatd.backplane import Backplane, scripts
 from chatd.chat import Answer, counts_of
 from chatd.codec import Command
-from chatd.core import ChatCore, Client, Room, member_entry
-from chatd.errors import ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
+from chatd.core import ChatCore, Client, Room, done_reply, member_entry, refusal
+from chatd.errors import Banned, ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
 
 Reply = dict[str, Any]
 T = TypeVar("T")
@@ -193,11 +193,13 @@ class ClusterChat:
         if isinstance(command, codec.Join):
             return self.join(client, command.room_id, now, command.since)
         if isinstance(command, codec.Create):
-            return self.create(client, command.name, now)
+            return self.create(client, command.name, now, command.private)
         if isinstance(command, codec.Leave):
             return self.leave(client, now)
         if isinstance(command, codec.ListRooms):
-            return self.list_rooms(command.limit, command.after)
+            return self.list_rooms(command.limit, command.after, client)
+        if isinstance(command, codec.Manage):
+            return self.manage(client, command)
         if isinstance(command, codec.Members):
             return self.members(client)
         if isinstance(command, codec.Nick):
@@ -225,26 +227,28 @@ class ClusterChat:
 
         return self._call(scripts.DIRECT, client.client_id, to, payload).addCallback(done)
 
-    def create(self, client: Client, name: str, now: float) -> "Deferred[Reply]":
+    def create(self, client: Client, name: str, now: float, private: bool = False) -> "Deferred[Reply]":
         if not self.backplane.available:
             raise Unavailable()
         self.core.check_create_rate(client, now)
-        return self._create(client, name, codec.timestamp(now), _TRIES)
+        return self._create(client, name, codec.timestamp(now), private, _TRIES)
 
-    def _create(self, client: Client, name: str, created_at: str, tries: int) -> "Deferred[Reply]":
+    def _create(self, client: Client, name: str, created_at: str, private: bool, tries: int) -> "Deferred[Reply]":
         room = self.core.local_room(self.core.new_room_id())
         room.name, room.created_at, room.created_by = name, created_at, client.client_id
+        room.owner, room.private = client.client_id, private
 
         def run(_: None) -> "Deferred[Any]":
             return self._call(
-                scripts.CREATE, self.backplane.node, client.client_id, room.room_id, name, created_at)
+                scripts.CREATE, self.backplane.node, client.client_id, room.room_id, name, created_at,
+                "1" if private else "0")
 
         def done(result: list[Any]) -> Union[Reply, Deferred[Reply]]:
             outcome = _text(result[0])
             if outcome == "taken":
                 self._abandon(pending)
                 if tries > 1:
-                    return self._create(client, name, created_at, tries - 1)
+                    return self._create(client, name, created_at, private, tries - 1)
                 raise RuntimeError("no free room ID after several tries")
             if outcome != "ok":
                 self._abandon(pending)
@@ -253,7 +257,7 @@ class ClusterChat:
             self._old_room(_text(result[3]), int(result[4]))
             if self._answered(pending):
                 self.core.events.room_created(room, client)
-            return {"status": "success", "room_id": room.room_id, "message": f"Room '{name}' created"}
+            return codec.created(room.room_id, name, private)
 
         pending = self._expect(client, room)
         return self._subscribed(room.room_id).addCallback(run).addCallbacks(
@@ -279,6 +283,8 @@ class ClusterChat:
                 self._abandon(pending)
                 if outcome == "nf":
                     raise RoomNotFound(room_id)
+                if outcome == "banned":
+                    raise Banned(room_id)
                 if outcome == "nick":
                     raise ChatError(
                         f"Nick '{client.nick}' is taken in room {room_id}; choose another with \"nick\""
@@ -287,6 +293,7 @@ class ClusterChat:
             room.name, room.created_at, room.created_by = (_text(x) for x in result[1:4])
             room.seq = int(result[4])
             room.last_id = max(room.last_id, int(result[5]))
+            room.owner, room.private = _text(result[10]), _text(result[11]) == "1"
             self._old_room(_text(result[6]), int(result[7]))
             if outcome == "same":
                 self._pending.pop((room_id, client.client_id), None)
@@ -403,18 +410,18 @@ class ClusterChat:
         self.core.events.message_sent(room, client, message, recipients, len(payload))
         return codec.MESSAGE_SENT
 
-    def list_rooms(self, limit: int = codec.DEFAULT_PAGE, after: Optional[str] = None) -> "Deferred[Reply]":
-        d = self._call(scripts.LIST, int(after) if after else 0, limit)
+    def list_rooms(
+        self, limit: int = codec.DEFAULT_PAGE, after: Optional[str] = None, client: Optional[Client] = None,
+    ) -> "Deferred[Reply]":
+        d = self._call(scripts.LIST, int(after) if after else 0, limit, client.client_id if client else "")
 
         def done(flat: list[Any]) -> Reply:
             page: list[dict[str, Any]] = []
             seqs: list[int] = []
-            for i in range(0, len(flat), 5):
-                room_id, name, members, created_at, seq = flat[i:i + 5]
-                page.append({
-                    "room_id": _text(room_id), "name": _text(name),
-                    "members": int(members), "created_at": _text(created_at),
-                })
+            for i in range(0, len(flat), 6):
+                room_id, name, members, created_at, seq, private = flat[i:i + 6]
+                page.append(codec.room_entry(
+                    _text(room_id), _text(name), int(members), _text(created_at), _text(private) == "1"))
                 seqs.append(int(float(seq)))
             reply: Reply = {"status": "success", "rooms": page[:limit]}
             if len(page) > limit:
@@ -429,10 +436,31 @@ class ClusterChat:
 
         def done(flat: list[Any]) -> Reply:
             members = [
-                member_entry(_text(flat[i]), _text(flat[i + 1]) or None, _text(flat[i + 2]) or None)
-                for i in range(0, len(flat), 3)
+                member_entry(_text(flat[i]), _text(flat[i + 1]) or None, _text(flat[i + 2]) or None,
+                             _text(flat[i + 3]))
+                for i in range(0, len(flat), 4)
             ]
             return {"status": "success", "room_id": room.room_id, "members": members}
+
+        return d.addCallback(done)
+
+    def manage(self, client: Client, command: codec.Manage) -> "Deferred[Reply]":
+        """An owner's or a moderator's action: the MANAGE script applies the
+        core's rules to the room in Redis."""
+        room = self._room_of(client)
+        d = self._call(
+            scripts.MANAGE, self.backplane.node, client.client_id, command.action,
+            command.client_id or "", command.user or "", command.reason)
+
+        def done(result: list[Any]) -> Reply:
+            outcome = _text(result[0])
+            if outcome == "ok":
+                return done_reply(command)
+            if outcome == "noroom":
+                raise NotInRoom("You must join a room first")  # kicked meanwhile
+            if outcome == "gone":
+                raise Unavailable()
+            raise refusal(outcome, command, room.name)
 
         return d.addCallback(done)
 
@@ -532,8 +560,31 @@ class ClusterChat:
                 pending = self._pending.pop((room_id, subject), None)
                 if pending is not None:
                     self._place(pending)
+            # The local view of who owns and moderates the room (for a resync).
+            if kind == "owner":
+                room.owner = subject
+            elif kind == "op":
+                room.moderators = (room.moderators or set()) | {subject}
+            elif kind in ("deop", "leave") and room.moderators:
+                room.moderators.discard(subject)
             if kind != "create":
-                self.core.announce(room, kind, subject, nick or None, now, user=user or None)
+                self.core.announce(room, kind, subject, nick or None, now, user=user or None,
+                                   everyone=kind in ("op", "deop", "owner"))
+        elif data[:1] == b"k":
+            # k<client> <by> <reason>: out of the room, and told so
+            subject_bytes, by_bytes, reason = data[1:].split(b" ", 2)
+            self._kicked(room, subject_bytes.decode(), by_bytes.decode(), reason.decode("utf-8"), now)
+
+    def _kicked(self, room: Room, client_id: str, by: str, reason: str, now: float) -> None:
+        client = self.core.clients.get(client_id)
+        if client is None:
+            return
+        if client.receiving is room:
+            self.core.receive_in(client, None)
+        if client.room is room:
+            client.room = None
+            self._release(room)
+        self.core.deliver_payload([client], codec.encode(codec.kick(room.room_id, by, reason)), now)
 
     def direct_message(self, data: bytes) -> None:
         # <sender> <client>,<client>...\n<the encoded message>
@@ -554,9 +605,12 @@ class ClusterChat:
         for client in self.core.clients.values():
             room = client.room
             nick, user = client.nick or "", client.user or ""
-            clients.append([client.client_id, room.room_id if room else "", nick, nick.casefold(), user, user.casefold()])
+            clients.append([
+                client.client_id, room.room_id if room else "", nick, nick.casefold(), user, user.casefold(),
+                room.role(client.client_id) if room else ""])
             if room is not None:
-                rooms[room.room_id] = [room.name, room.created_at, room.created_by, room.seq, room.last_id]
+                rooms[room.room_id] = [
+                    room.name, room.created_at, room.created_by, room.seq, room.last_id, "1" if room.private else "0"]
         state = json.dumps({"clients": clients, "rooms": rooms})
         d = self.backplane.resync(state)
 

@@ -6,7 +6,12 @@ last member out and leave a room without members, or join a room that is
 being deleted.  docs/scaling.md describes the keys; in short, with P the
 prefix (``chatd:``):
 
-- ``P room:ID``          hash: name, created_at, created_by, seq, last_id, bytes
+- ``P room:ID``          hash: name, created_at, created_by, seq, last_id, bytes,
+  owner (a client ID), private ('1' or '0')
+- ``P mods:ID``          set: the room's moderators (client IDs)
+- ``P invited:ID``       set: who may join a private room: ``c:CLIENT`` or
+  ``u:USER``
+- ``P banned:ID``        set: who may not join the room, the same way
 - ``P rooms``            sorted set: room ID by creation sequence (``list``)
 - ``P members:ID``       sorted set: client ID by join sequence (``members``)
 - ``P nicks:ID``         hash: case-folded nick -> client ID (unique per room)
@@ -28,8 +33,10 @@ messages one node published to the room in one reactor iteration; the
 payloads are JSON with ASCII escapes, so never hold a newline), framed once
 by each node;
 ``e<kind> <client> <length> <user><nick>`` a room event (join, leave, nick,
-create): the user name (empty for a guest) is ``length`` bytes long, and the
-nick is the rest.
+create, op, deop, owner): the user name (empty for a guest) is ``length``
+bytes long, and the nick is the rest;
+``k<client> <by> <reason>`` the client is kicked out of the room (its leave
+event follows).
 
 Every script takes the prefix as ARGV[1].
 """
@@ -54,6 +61,67 @@ local function release_name(hash, folded, client)
   end
 end
 
+-- The keys a client's invitations and bans are found under.
+local function names_of(client)
+  local user = redis.call('HGET', P .. 'client:' .. client, 'user')
+  if user and user ~= '' then
+    return {'c:' .. client, 'u:' .. user}
+  end
+  return {'c:' .. client}
+end
+
+-- Whether any of ``names`` is in the set ``key``.
+local function listed(key, names)
+  for _, name in ipairs(names) do
+    if redis.call('SISMEMBER', key, name) == 1 then
+      return true
+    end
+  end
+  return false
+end
+
+local function overlap(names, others)
+  for _, name in ipairs(names) do
+    for _, other in ipairs(others) do
+      if name == other then
+        return true
+      end
+    end
+  end
+  return false
+end
+
+local function role_of(room, client)
+  if redis.call('HGET', P .. 'room:' .. room, 'owner') == client then
+    return 'owner'
+  end
+  if redis.call('SISMEMBER', P .. 'mods:' .. room, client) == 1 then
+    return 'moderator'
+  end
+  return 'member'
+end
+
+-- A member's event about itself, with its nick and user.
+local function publish_about(room, kind, client)
+  local nick, user = unpack(redis.call('HMGET', P .. 'client:' .. client, 'nick', 'user'))
+  publish_event(room, kind, client, nick, user)
+end
+
+-- The owner is gone: the longest-present moderator owns the room, else
+-- the longest-present member (members are scored by when they joined).
+local function succeed_owner(room)
+  local members = redis.call('ZRANGE', P .. 'members:' .. room, 0, -1)
+  local heir = members[1]
+  for _, member in ipairs(members) do
+    if redis.call('SISMEMBER', P .. 'mods:' .. room, member) == 1 then
+      heir = member
+      break
+    end
+  end
+  redis.call('HSET', P .. 'room:' .. room, 'owner', heir)
+  publish_about(room, 'owner', heir)
+end
+
 -- Take a client out of its room; the room goes when its last member does.
 -- Returns the room ID ('' if none) and 1 if the room was deleted.
 local function leave_room(client)
@@ -69,11 +137,16 @@ local function leave_room(client)
   release_name(P .. 'users:' .. room, ufolded, client)
   if redis.call('ZCARD', P .. 'members:' .. room) == 0 then
     redis.call('DEL', P .. 'room:' .. room, P .. 'members:' .. room,
-               P .. 'nicks:' .. room, P .. 'users:' .. room, P .. 'history:' .. room)
+               P .. 'nicks:' .. room, P .. 'users:' .. room, P .. 'history:' .. room,
+               P .. 'mods:' .. room, P .. 'invited:' .. room, P .. 'banned:' .. room)
     redis.call('ZREM', P .. 'rooms', room)
     return room, 1
   end
   publish_event(room, 'leave', client, nick, user)
+  redis.call('SREM', P .. 'mods:' .. room, client)
+  if redis.call('HGET', P .. 'room:' .. room, 'owner') == client then
+    succeed_owner(room)
+  end
   return room, 0
 end
 
@@ -202,10 +275,11 @@ redis.call('SREM', P .. 'node-clients:' .. node, client)
 return {room, deleted}
 """
 
-#: ARGV: prefix, node, client, candidate room ID, name, created_at.
-#: {'ok', room ID, seq, old room, old deleted} or {'taken'} or {'gone'}.
+#: ARGV: prefix, node, client, candidate room ID, name, created_at, private
+#: ('1' or '0').  {'ok', room ID, seq, old room, old deleted} or {'taken'}
+#: or {'gone'}.
 CREATE = _PRELUDE + r"""
-local node, client, room, name, created_at = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local node, client, room, name, created_at, private = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 if redis.call('HGET', P .. 'client:' .. client, 'node') ~= node then
   return {'gone'}
 end
@@ -215,7 +289,11 @@ end
 local old, deleted = leave_room(client)
 local seq = redis.call('INCR', P .. 'seq:room')
 redis.call('HSET', P .. 'room:' .. room, 'name', name, 'created_at', created_at,
-           'created_by', client, 'seq', seq, 'last_id', 0, 'bytes', 0)
+           'created_by', client, 'seq', seq, 'last_id', 0, 'bytes', 0, 'owner', client, 'private', private)
+if private == '1' then
+  -- Its creator may come back while it lives, like anyone invited.
+  redis.call('SADD', P .. 'invited:' .. room, unpack(names_of(client)))
+end
 redis.call('ZADD', P .. 'rooms', seq, room)
 enter_room(client, room, 'create')
 return {'ok', room, seq, old, deleted}
@@ -223,8 +301,10 @@ return {'ok', room, seq, old, deleted}
 
 #: ARGV: prefix, node, client, room, since (-1: none).
 #: {'ok', name, created_at, created_by, seq, last_id, old room, old deleted,
-#: recovered (1, 0; -1 without since), {payloads after since}},
-#: {'same', ...} when already in it, or {'nf'}, {'nick'}, {'gone'}.
+#: recovered (1, 0; -1 without since), {payloads after since}, owner,
+#: private}, {'same', ...} when already in it, or {'nf'} (no such room, or
+#: a private one the client is not invited to), {'banned'}, {'nick'},
+#: {'gone'}.
 JOIN = _PRELUDE + r"""
 local node, client, room, since = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5] or '-1')
 
@@ -260,10 +340,17 @@ local rkey = P .. 'room:' .. room
 if redis.call('EXISTS', rkey) == 0 then
   return {'nf'}
 end
-local meta = redis.call('HMGET', rkey, 'name', 'created_at', 'created_by', 'seq', 'last_id')
+local meta = redis.call('HMGET', rkey, 'name', 'created_at', 'created_by', 'seq', 'last_id', 'owner', 'private')
 if redis.call('HGET', ckey, 'room') == room then
   local r = recovery(tonumber(meta[5]))
-  return {'same', meta[1], meta[2], meta[3], meta[4], meta[5], '', 0, r[1], r[2]}
+  return {'same', meta[1], meta[2], meta[3], meta[4], meta[5], '', 0, r[1], r[2], meta[6], meta[7]}
+end
+local names = names_of(client)
+if listed(P .. 'banned:' .. room, names) then
+  return {'banned'}
+end
+if meta[7] == '1' and not listed(P .. 'invited:' .. room, names) then
+  return {'nf'}
 end
 if nick_taken(room, redis.call('HGET', ckey, 'folded'), client) then
   return {'nick'}
@@ -271,7 +358,7 @@ end
 local old, deleted = leave_room(client)
 enter_room(client, room, 'join')
 local r = recovery(tonumber(meta[5]))
-return {'ok', meta[1], meta[2], meta[3], meta[4], meta[5], old, deleted, r[1], r[2]}
+return {'ok', meta[1], meta[2], meta[3], meta[4], meta[5], old, deleted, r[1], r[2], meta[6], meta[7]}
 """
 
 #: ARGV: prefix, node, client.  {room left, 1 if deleted} ('' if in none).
@@ -350,27 +437,44 @@ end
 return ids
 """
 
-#: ARGV: prefix, after (a creation sequence), limit.
-#: A flat list: ID, name, members, created_at, seq for up to limit + 1 rooms.
+#: ARGV: prefix, after (a creation sequence), limit, client.  A flat list:
+#: ID, name, members, created_at, seq, private for up to limit + 1 rooms the
+#: client may see (a private room only by its members and whoever is
+#: invited).
 LIST = _PRELUDE + r"""
-local after, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
-local ids = redis.call('ZRANGEBYSCORE', P .. 'rooms', '(' .. after, '+inf',
-                       'WITHSCORES', 'LIMIT', 0, limit + 1)
-local out = {}
-for i = 1, #ids, 2 do
-  local room = ids[i]
-  local meta = redis.call('HMGET', P .. 'room:' .. room, 'name', 'created_at')
-  table.insert(out, room)
-  table.insert(out, meta[1] or '')
-  table.insert(out, redis.call('ZCARD', P .. 'members:' .. room))
-  table.insert(out, meta[2] or '')
-  table.insert(out, ids[i + 1])
+local after, limit, client = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local names = names_of(client)
+local mine = redis.call('HGET', P .. 'client:' .. client, 'room')
+local out, found = {}, 0
+local cursor = '(' .. after
+while found <= limit do
+  local ids = redis.call('ZRANGEBYSCORE', P .. 'rooms', cursor, '+inf', 'WITHSCORES', 'LIMIT', 0, limit + 1)
+  for i = 1, #ids, 2 do
+    local room = ids[i]
+    local meta = redis.call('HMGET', P .. 'room:' .. room, 'name', 'created_at', 'private')
+    if meta[3] ~= '1' or room == mine or listed(P .. 'invited:' .. room, names) then
+      table.insert(out, room)
+      table.insert(out, meta[1] or '')
+      table.insert(out, redis.call('ZCARD', P .. 'members:' .. room))
+      table.insert(out, meta[2] or '')
+      table.insert(out, ids[i + 1])
+      table.insert(out, meta[3] or '0')
+      found = found + 1
+      if found > limit then
+        break
+      end
+    end
+    cursor = '(' .. ids[i + 1]
+  end
+  if #ids < 2 * (limit + 1) then
+    break
+  end
 end
 return out
 """
 
 #: ARGV: prefix, room.  A flat list: client ID, nick, user ('' for none),
-#: in join order.
+#: role, in join order.
 MEMBERS = _PRELUDE + r"""
 local room = ARGV[2]
 local out = {}
@@ -379,8 +483,120 @@ for _, client in ipairs(redis.call('ZRANGE', P .. 'members:' .. room, 0, -1)) do
   table.insert(out, client)
   table.insert(out, nick or '')
   table.insert(out, user or '')
+  table.insert(out, role_of(room, client))
 end
 return out
+"""
+
+#: ARGV: prefix, node, client, action (invite, kick, ban, unban, op, deop),
+#: target client ID ('' for none), target user ('' for none), reason.  The
+#: client's action in its room, by the rules of ``chatd.core.ChatCore.manage``
+#: in the same order: {'ok'}, or {code} for a refusal (``chatd.core.refusal``),
+#: or {'noroom'}, {'gone'}.
+MANAGE = _PRELUDE + r"""
+local node, client, action, tclient, tuser, reason = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local ckey = P .. 'client:' .. client
+if redis.call('HGET', ckey, 'node') ~= node then
+  return {'gone'}
+end
+local room = redis.call('HGET', ckey, 'room')
+if not room or room == '' then
+  return {'noroom'}
+end
+local rkey = P .. 'room:' .. room
+local banned, invited, mods = P .. 'banned:' .. room, P .. 'invited:' .. room, P .. 'mods:' .. room
+local role = role_of(room, client)
+if action == 'op' or action == 'deop' then
+  if role ~= 'owner' then
+    return {'role'}
+  end
+elseif role == 'member' then
+  return {'role'}
+end
+local keys = {'u:' .. tuser}
+if tclient ~= '' then
+  keys = names_of(tclient)
+end
+if action == 'unban' then
+  if not listed(banned, keys) then
+    return {'notbanned'}
+  end
+  redis.call('SREM', banned, unpack(keys))
+  return {'ok'}
+end
+local troom = nil
+if tclient ~= '' then
+  if redis.call('EXISTS', P .. 'client:' .. tclient) == 0 then
+    return {'nosuch'}
+  end
+  troom = redis.call('HGET', P .. 'client:' .. tclient, 'room')
+end
+if (action == 'kick' or action == 'op' or action == 'deop') and troom ~= room then
+  return {'notin'}
+end
+if action == 'invite' then
+  if redis.call('HGET', rkey, 'private') ~= '1' then
+    return {'public'}
+  end
+  if listed(banned, keys) then
+    return {'banned'}
+  end
+  redis.call('SADD', invited, keys[1])
+  return {'ok'}
+end
+if action == 'op' or action == 'deop' then
+  if redis.call('HGET', rkey, 'owner') == tclient then
+    return {'isowner'}
+  end
+  if action == 'deop' and redis.call('SISMEMBER', mods, tclient) == 0 then
+    return {'notmod'}
+  end
+  if action == 'op' then
+    redis.call('SADD', mods, tclient)
+  else
+    redis.call('SREM', mods, tclient)
+  end
+  publish_about(room, action, tclient)
+  return {'ok'}
+end
+-- kick, ban: who goes (a ban: every connection of a user it names).
+local removed, is_self, is_owner = {}, false, false
+local owner = redis.call('HGET', rkey, 'owner')
+if action == 'kick' then
+  removed = {tclient}
+  is_self, is_owner = tclient == client, tclient == owner
+else
+  for _, member in ipairs(redis.call('ZRANGE', P .. 'members:' .. room, 0, -1)) do
+    if overlap(names_of(member), keys) then
+      table.insert(removed, member)
+    end
+  end
+  is_self, is_owner = overlap(keys, names_of(client)), overlap(keys, names_of(owner))
+end
+if is_self then
+  return {'self'}
+end
+if is_owner then
+  return {'owner'}
+end
+if role ~= 'owner' then
+  for _, member in ipairs(removed) do
+    if redis.call('SISMEMBER', mods, member) == 1 then
+      return {'moderator'}
+    end
+  end
+end
+if action == 'ban' then
+  redis.call('SADD', banned, unpack(keys))
+end
+if redis.call('HGET', rkey, 'private') == '1' then
+  redis.call('SREM', invited, unpack(keys))
+end
+for _, member in ipairs(removed) do
+  redis.call('PUBLISH', P .. 'r:' .. room, 'k' .. member .. ' ' .. client .. ' ' .. reason)
+  leave_room(member)
+end
+return {'ok'}
 """
 
 #: ARGV: prefix, node, client, nick, folded.  'ok', or 'taken', or 'gone'.
@@ -454,11 +670,13 @@ return purge_node(ARGV[2])
 """
 
 #: ARGV: prefix, node, lease in ms, the node's state as JSON:
-#: {"clients": [[id, room, nick, folded, user, ufolded], ...],
-#:  "rooms": {id: [name, created_at, created_by, seq, last_id], ...}}.
+#: {"clients": [[id, room, nick, folded, user, ufolded, role], ...],
+#:  "rooms": {id: [name, created_at, created_by, seq, last_id, private], ...}}.
 #: Makes Redis agree with the node (after a restart of Redis, or after the
 #: node was taken for dead): its clients, their rooms and memberships, each
-#: room's message counter at least what the node has seen.  Clients whose ID
+#: room's message counter at least what the node has seen, and who owns and
+#: moderates it (a private room's invitations are its members; other
+#: invitations and bans are lost with Redis's data).  Clients whose ID
 #: another node holds are listed in the reply (they cannot be kept).
 RESYNC = _PRELUDE + r"""
 local node, lease, state = ARGV[2], ARGV[3], cjson.decode(ARGV[4])
@@ -482,7 +700,7 @@ for room, meta in pairs(state.rooms) do
   local seq = tonumber(meta[4])
   if redis.call('EXISTS', rkey) == 0 then
     redis.call('HSET', rkey, 'name', meta[1], 'created_at', meta[2], 'created_by', meta[3],
-               'seq', seq, 'last_id', meta[5], 'bytes', 0)
+               'seq', seq, 'last_id', meta[5], 'bytes', 0, 'owner', '', 'private', meta[6])
     redis.call('ZADD', P .. 'rooms', seq, room)
   elseif tonumber(redis.call('HGET', rkey, 'last_id')) < tonumber(meta[5]) then
     redis.call('HSET', rkey, 'last_id', meta[5])
@@ -520,7 +738,26 @@ for id, c in pairs(wanted) do
       if folded ~= '' and not nick_taken(room, folded, id) then
         redis.call('HSET', P .. 'nicks:' .. room, folded, id)
       end
+      if c[7] == 'owner' then
+        local owner = redis.call('HGET', P .. 'room:' .. room, 'owner')
+        if not owner or owner == '' or not redis.call('ZSCORE', P .. 'members:' .. room, owner) then
+          redis.call('HSET', P .. 'room:' .. room, 'owner', id)
+        end
+      elseif c[7] == 'moderator' then
+        redis.call('SADD', P .. 'mods:' .. room, id)
+      end
+      if redis.call('HGET', P .. 'room:' .. room, 'private') == '1' then
+        redis.call('SADD', P .. 'invited:' .. room, unpack(names_of(id)))
+      end
     end
+  end
+end
+-- A room whose owner is no member (it was on a node that went) gets one.
+for room, _ in pairs(state.rooms) do
+  local owner = redis.call('HGET', P .. 'room:' .. room, 'owner')
+  if (not owner or owner == '' or not redis.call('ZSCORE', P .. 'members:' .. room, owner))
+      and redis.call('ZCARD', P .. 'members:' .. room) > 0 then
+    succeed_owner(room)
   end
 end
 redis.call('SET', P .. 'node:' .. node, '1', 'PX', lease)
@@ -530,5 +767,5 @@ return refused
 
 
 #: Every script, loaded into Redis as a node connects (RedisBackplane).
-ALL = (REGISTER, UNREGISTER, AUTH, DIRECT, CREATE, JOIN, LEAVE, PUBLISH, LIST, MEMBERS, NICK, HISTORY, HEARTBEAT,
-       REAP, GOODBYE, RESYNC)
+ALL = (REGISTER, UNREGISTER, AUTH, DIRECT, CREATE, JOIN, LEAVE, PUBLISH, LIST, MEMBERS, MANAGE, NICK, HISTORY,
+       HEARTBEAT, REAP, GOODBYE, RESYNC)
