@@ -723,10 +723,11 @@ class ChatCore:
     @staticmethod
     def _nick_taken(room: Room, nick: str, client: Client) -> bool:
         """Another member has this nick, or is the authenticated user of
-        that name (ignoring case)."""
+        that name (ignoring case); a user's own connections share them."""
         folded = nick.casefold()
+        user = client.user.casefold() if client.user is not None else None
         return any(
-            m is not client and (
+            m is not client and (user is None or m.user is None or m.user.casefold() != user) and (
                 (m.nick is not None and m.nick.casefold() == folded)
                 or (m.user is not None and m.user.casefold() == folded))
             for m in room.members.values()

@@ -84,8 +84,8 @@ async def test_a_token_at_the_handshake_names_the_user_on_the_wire(
     assert list(message) == ["from", "body", "timestamp", "id", "nick", "user"]
     assert message["user"] == "alice"
     members = (await guest.request({"action": "members"}))["members"]
-    assert {"client_id": welcome["client_id"], "nick": "Alice A.", "user": "alice"} in members
-    assert {"client_id": guest_welcome["client_id"], "nick": None} in members
+    assert {"client_id": welcome["client_id"], "nick": "Alice A.", "user": "alice", "role": "member"} in members
+    assert {"client_id": guest_welcome["client_id"], "nick": None, "role": "owner"} in members
     # Nobody else may take the user name of a member as a nick.
     taken = await guest.request({"action": "nick", "body": "ALICE"})
     assert taken == {"status": "error", "message": "Nick 'ALICE' is already taken in this room"}

@@ -451,3 +451,72 @@ async def test_a_node_stops_even_when_redis_is_gone(cluster: Any, redis_server: 
     await within(node.backplane.stop(), "the node to give up on Redis", seconds=10)
     node.stopped = True
     await InProcessServer.stop(node)
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_pages_skip_private_rooms_and_a_restart_keeps_who_owns_what(
+    cluster: Any, redis_server: RedisServer,
+) -> None:
+    one, two = await cluster(redis_timeout=2), await cluster(redis_timeout=2)
+    (owner, owner_id), (moderator, moderator_id), (outsider, _) = [
+        await welcomed(node) for node in (one, two, two)]
+    # Five private rooms between two public ones, more than a page of two.
+    others = [await welcomed(one) for _ in range(6)]
+    names = ["public 1"] + [f"private {i}" for i in range(5)] + ["public 2"]
+    for (client, _), name in zip(others, names, strict=False):
+        await client.request({"action": "create", "body": {"name": name, "private": name.startswith("private")}})
+    await outsider.request({"action": "create", "body": "public 2"})
+    seen, after = [], None
+    while True:
+        page = await outsider.request({"action": "list", "body": {"limit": 2, **({"after": after} if after else {})}})
+        seen += [room["name"] for room in page["rooms"]]
+        if "next" not in page:
+            break
+        after = page["next"]
+    assert seen == ["public 1", "public 2"]
+    # A private room with an owner and a moderator, through a Redis restart.
+    room_id = (await owner.request({"action": "create", "body": {"name": "Secret", "private": True}}))["room_id"]
+    await owner.request({"action": "invite", "body": {"client_id": moderator_id}})
+    await moderator.request({"action": "join", "body": {"room_id": room_id}})
+    await owner.request({"action": "op", "body": {"client_id": moderator_id}})
+    redis_server.stop()
+    for node in (one, two):
+        await within(node.backplane.when_unavailable(), "the node to notice")
+    redis_server.start()  # empty: the nodes tell it what they know
+    for node in (one, two):
+        await within(node.backplane.when_available(), "the node to be back in step")
+    assert room_id not in [r["room_id"] for r in (await outsider.request({"action": "list"}))["rooms"]]
+    assert await outsider.request({"action": "join", "body": {"room_id": room_id}}) == {
+        "status": "error", "message": f"Room {room_id} does not exist"}
+    members = (await moderator.request({"action": "members"}))["members"]
+    assert {m["client_id"]: m["role"] for m in members} == {owner_id: "owner", moderator_id: "moderator"}
+    # Its members may come back after leaving.
+    await moderator.request({"action": "leave"})
+    assert (await moderator.request({"action": "join", "body": {"room_id": room_id}}))["status"] == "success"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ban_by_user_name_removes_its_connections_on_every_node(cluster: Any, tmp_path: Any) -> None:
+    import jwt
+
+    from tests.helpers import connect
+
+    secret = tmp_path / "jwt.key"
+    secret.write_bytes(b"a shared secret of the test, long enough for HS256")
+    one, two = [await cluster(auth=f"jwt:key={secret}") for _ in range(2)]
+    owner, owner_id = await welcomed(one)
+    room_id = (await owner.request({"action": "create", "body": "Lobby"}))["room_id"]
+    token = jwt.encode({"sub": "bob"}, secret.read_bytes(), algorithm="HS256")
+    bobs = []
+    for node in (one, two):
+        bob = await connect(node.port_number, headers={"Authorization": f"Bearer {token}"})
+        await bob.next()
+        await bob.request({"action": "join", "body": {"room_id": room_id}})
+        bobs.append(bob)
+    assert (await owner.request({"action": "ban", "body": {"user": "bob", "reason": "enough"}}))["status"] == "success"
+    for bob in bobs:
+        assert await bob.next() == {"event": "kick", "room_id": room_id, "by": owner_id, "reason": "enough"}
+        assert await bob.request({"action": "join", "body": {"room_id": room_id}}) == {
+            "status": "error", "message": f"You are banned from room {room_id}"}
+    members = (await owner.request({"action": "members"}))["members"]
+    assert [m["client_id"] for m in members] == [owner_id]

@@ -290,3 +290,16 @@ def test_a_room_action_needs_a_room(chat: Room) -> None:
     with pytest.raises(ChatError) as caught:
         chat.act(alice, "invite", user="bob")
     assert caught.value.message == "You must join a room first"
+
+
+def test_a_users_connections_share_its_name_in_a_room(chat: Room) -> None:
+    alice = chat.client()
+    room_id = chat.core.create(alice, "Lobby", NOW)["room_id"]
+    phone, laptop = chat.client(), chat.client()
+    for connection in (phone, laptop):
+        chat.core.authenticated(connection, "bob", "Bob", NOW)
+        chat.core.join(connection, room_id, NOW)
+    assert (phone.nick, laptop.nick) == ("Bob", "Bob")
+    with pytest.raises(ChatError) as caught:
+        chat.core.set_nick(alice, "bob", NOW)
+    assert caught.value.message == "Nick 'bob' is already taken in this room"

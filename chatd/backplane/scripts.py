@@ -15,8 +15,8 @@ prefix (``chatd:``):
 - ``P rooms``            sorted set: room ID by creation sequence (``list``)
 - ``P members:ID``       sorted set: client ID by join sequence (``members``)
 - ``P nicks:ID``         hash: case-folded nick -> client ID (unique per room)
-- ``P users:ID``         hash: case-folded user name -> client ID, for the
-  authenticated members (no one else may take it as a nick)
+- ``P users:ID``         hash: case-folded user name -> how many of its
+  connections are members (no one else may take it as a nick)
 - ``P history:ID``       list, newest first: "ID PAYLOAD" (``history``)
 - ``P client:ID``        hash: node, room, nick, folded, user, ufolded
 - ``P user-clients:USER`` set: an authenticated user's clients, on any node
@@ -53,7 +53,16 @@ local function publish_event(room, kind, client, nick, user)
              'e' .. kind .. ' ' .. client .. ' ' .. #user .. ' ' .. user .. (nick or ''))
 end
 
--- A room's hash of names (nicks:, users:) no longer holds ``folded`` for
+-- One more (or, with -1, one fewer) connection of a user in a room.
+local function count_user(room, ufolded, by)
+  if ufolded and ufolded ~= '' then
+    if redis.call('HINCRBY', P .. 'users:' .. room, ufolded, by) <= 0 then
+      redis.call('HDEL', P .. 'users:' .. room, ufolded)
+    end
+  end
+end
+
+-- A room's hash of nicks no longer holds ``folded`` for
 -- ``client``.
 local function release_name(hash, folded, client)
   if folded and folded ~= '' and redis.call('HGET', hash, folded) == client then
@@ -91,16 +100,6 @@ local function overlap(names, others)
   return false
 end
 
-local function role_of(room, client)
-  if redis.call('HGET', P .. 'room:' .. room, 'owner') == client then
-    return 'owner'
-  end
-  if redis.call('SISMEMBER', P .. 'mods:' .. room, client) == 1 then
-    return 'moderator'
-  end
-  return 'member'
-end
-
 -- A member's event about itself, with its nick and user.
 local function publish_about(room, kind, client)
   local nick, user = unpack(redis.call('HMGET', P .. 'client:' .. client, 'nick', 'user'))
@@ -122,6 +121,30 @@ local function succeed_owner(room)
   publish_about(room, 'owner', heir)
 end
 
+-- The room's owner; a room whose owner is no member (after Redis lost its
+-- data with the owner's node gone too) gets one first.
+local function owner_of(room)
+  local owner = redis.call('HGET', P .. 'room:' .. room, 'owner')
+  if not owner or owner == '' or not redis.call('ZSCORE', P .. 'members:' .. room, owner) then
+    if redis.call('ZCARD', P .. 'members:' .. room) == 0 then
+      return ''
+    end
+    succeed_owner(room)
+    owner = redis.call('HGET', P .. 'room:' .. room, 'owner')
+  end
+  return owner
+end
+
+local function role_of(room, client)
+  if owner_of(room) == client then
+    return 'owner'
+  end
+  if redis.call('SISMEMBER', P .. 'mods:' .. room, client) == 1 then
+    return 'moderator'
+  end
+  return 'member'
+end
+
 -- Take a client out of its room; the room goes when its last member does.
 -- Returns the room ID ('' if none) and 1 if the room was deleted.
 local function leave_room(client)
@@ -134,7 +157,7 @@ local function leave_room(client)
   redis.call('HSET', ckey, 'room', '')
   redis.call('ZREM', P .. 'members:' .. room, client)
   release_name(P .. 'nicks:' .. room, folded, client)
-  release_name(P .. 'users:' .. room, ufolded, client)
+  count_user(room, ufolded, -1)
   if redis.call('ZCARD', P .. 'members:' .. room) == 0 then
     redis.call('DEL', P .. 'room:' .. room, P .. 'members:' .. room,
                P .. 'nicks:' .. room, P .. 'users:' .. room, P .. 'history:' .. room,
@@ -157,25 +180,24 @@ local function enter_room(client, room, kind)
   if folded and folded ~= '' then
     redis.call('HSET', P .. 'nicks:' .. room, folded, client)
   end
-  if ufolded and ufolded ~= '' then
-    redis.call('HSET', P .. 'users:' .. room, ufolded, client)
-  end
+  count_user(room, ufolded, 1)
   redis.call('HSET', ckey, 'room', room)
   publish_event(room, kind, client, nick, user)
 end
 
 -- Whether another member of the room has this nick, or is the
--- authenticated user of that name.
+-- authenticated user of that name (a user's own connections share them).
 local function nick_taken(room, folded, client)
   if not folded or folded == '' then
     return false
   end
+  local mine = redis.call('HGET', P .. 'client:' .. client, 'ufolded') or ''
   local holder = redis.call('HGET', P .. 'nicks:' .. room, folded)
-  if holder and holder ~= client then
+  if holder and holder ~= client
+      and (mine == '' or redis.call('HGET', P .. 'client:' .. holder, 'ufolded') ~= mine) then
     return true
   end
-  holder = redis.call('HGET', P .. 'users:' .. room, folded)
-  return holder and holder ~= client
+  return folded ~= mine and redis.call('HEXISTS', P .. 'users:' .. room, folded) == 1
 end
 
 -- A client no longer counts among its user's connections.
@@ -223,8 +245,8 @@ if redis.call('HGET', ckey, 'node') ~= node then
 end
 local room = redis.call('HGET', ckey, 'room')
 if room and room ~= '' then
-  release_name(P .. 'users:' .. room, redis.call('HGET', ckey, 'ufolded'), client)
-  redis.call('HSET', P .. 'users:' .. room, ufolded, client)
+  count_user(room, redis.call('HGET', ckey, 'ufolded'), -1)
+  count_user(room, ufolded, 1)
 end
 forget_user(client)
 redis.call('HSET', ckey, 'user', user, 'ufolded', ufolded)
@@ -561,7 +583,7 @@ if action == 'op' or action == 'deop' then
 end
 -- kick, ban: who goes (a ban: every connection of a user it names).
 local removed, is_self, is_owner = {}, false, false
-local owner = redis.call('HGET', rkey, 'owner')
+local owner = owner_of(room)
 if action == 'kick' then
   removed = {tclient}
   is_self, is_owner = tclient == client, tclient == owner
@@ -731,18 +753,14 @@ for id, c in pairs(wanted) do
       redis.call('SADD', P .. 'user-clients:' .. user, id)
     end
     if room ~= '' then
-      redis.call('ZADD', P .. 'members:' .. room, 'NX', redis.call('INCR', P .. 'seq:join'), id)
-      if ufolded ~= '' then
-        redis.call('HSET', P .. 'users:' .. room, ufolded, id)
+      if redis.call('ZADD', P .. 'members:' .. room, 'NX', redis.call('INCR', P .. 'seq:join'), id) == 1 then
+        count_user(room, ufolded, 1)
       end
       if folded ~= '' and not nick_taken(room, folded, id) then
         redis.call('HSET', P .. 'nicks:' .. room, folded, id)
       end
       if c[7] == 'owner' then
-        local owner = redis.call('HGET', P .. 'room:' .. room, 'owner')
-        if not owner or owner == '' or not redis.call('ZSCORE', P .. 'members:' .. room, owner) then
-          redis.call('HSET', P .. 'room:' .. room, 'owner', id)
-        end
+        redis.call('HSET', P .. 'room:' .. room, 'owner', id)
       elseif c[7] == 'moderator' then
         redis.call('SADD', P .. 'mods:' .. room, id)
       end
@@ -750,14 +768,6 @@ for id, c in pairs(wanted) do
         redis.call('SADD', P .. 'invited:' .. room, unpack(names_of(id)))
       end
     end
-  end
-end
--- A room whose owner is no member (it was on a node that went) gets one.
-for room, _ in pairs(state.rooms) do
-  local owner = redis.call('HGET', P .. 'room:' .. room, 'owner')
-  if (not owner or owner == '' or not redis.call('ZSCORE', P .. 'members:' .. room, owner))
-      and redis.call('ZCARD', P .. 'members:' .. room) > 0 then
-    succeed_owner(room)
   end
 end
 redis.call('SET', P .. 'node:' .. node, '1', 'PX', lease)
