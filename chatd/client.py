@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from typing import Any, Callable, Optional
@@ -29,6 +30,7 @@ DEFAULT_URL = "ws://localhost:8765"
 
 HELP = """commands:
   /create NAME      make a room and move into it
+  /private NAME     make a private room (seen by whoever you invite) and move into it
   /join ID          move into a room
   /leave            leave your room
   /list             the rooms
@@ -36,6 +38,12 @@ HELP = """commands:
   /nick NAME        your display name
   /history [N]      the room's last N messages (default 20)
   /msg TO TEXT      a direct message to a client ID or a user
+ in a room you own or moderate (WHO: a client ID, or a user; @NAME is always a user):
+  /invite WHO       let a client or a user into your private room
+  /kick ID [WHY]    put a member out of the room
+  /ban WHO [WHY]    put out, and keep out, a client or a user
+  /unban WHO        let them back
+  /op ID, /deop ID  make a member a moderator, or not (the owner only)
   /quit             leave chatd-client
   anything else     a message to your room (start it with // to send a leading /)"""
 
@@ -58,6 +66,20 @@ def command(line: str) -> Optional[dict[str, Any]]:
         if not rest:
             raise UsageError(f"/{name} needs a name")
         return {"action": name, "body": rest}
+    if name == "private":
+        if not rest:
+            raise UsageError("/private needs a name")
+        return {"action": "create", "body": {"name": rest, "private": True}}
+    if name in ("invite", "kick", "ban", "unban", "op", "deop"):
+        who, _, reason = rest.partition(" ")
+        by_id = name in ("kick", "op", "deop")
+        if not who:
+            raise UsageError(f"/{name} needs a client ID" + ("" if by_id else " or a user"))
+        body: dict[str, Any] = {"client_id": who} if by_id or _CLIENT_ID.fullmatch(who) else {
+            "user": who[1:] if who.startswith("@") else who}
+        if reason.strip() and name in ("kick", "ban"):
+            body["reason"] = reason.strip()
+        return {"action": name, "body": body}
     if name == "join":
         if not rest:
             raise UsageError("/join needs a room ID")
@@ -74,6 +96,9 @@ def command(line: str) -> Optional[dict[str, Any]]:
     raise UsageError(f"unknown command /{name} (try /help)")
 
 
+_CLIENT_ID = re.compile(r"[0-9a-f]{8}")
+
+
 def describe(message: Any) -> str:
     """One server message as a line for a person."""
     if not isinstance(message, dict):
@@ -88,21 +113,31 @@ def describe(message: Any) -> str:
     if "event" in message:
         who = message.get("nick") or message.get("client_id")
         kind = message["event"]
+        if kind == "kick":
+            reason = message.get("reason")
+            return (f"[{stamp}] * you were put out of room {message.get('room_id')} by {message.get('by')}"
+                    + (f": {reason}" if reason else ""))
         text = {
             "join": f"{who} joined",
             "leave": f"{who} left",
             "nick": f"{message.get('client_id')} is now {message.get('nick')}",
+            "owner": f"{who} now owns the room",
+            "op": f"{who} is now a moderator",
+            "deop": f"{who} is no longer a moderator",
         }.get(kind, f"{who}: {kind}")
         return f"[{stamp}] * {text}"
     if message.get("status") == "error":
         return f"!! {message.get('message')}"
     if "rooms" in message:
         rooms = message["rooms"] or []
-        lines = [f"   {r['room_id']}  {r['name']}  ({r['members']})" for r in rooms]
+        lines = [f"   {r['room_id']}  {r['name']}  ({r['members']}{', private' if r.get('private') else ''})"
+                 for r in rooms]
         return "-- rooms:\n" + "\n".join(lines) if lines else "-- no rooms"
     if "members" in message:
         return "-- members: " + ", ".join(
-            (f"{m['nick']} ({m['client_id']})" if m.get("nick") else m["client_id"]) for m in message["members"])
+            (f"{m['nick']} ({m['client_id']})" if m.get("nick") else m["client_id"])
+            + (f" [{m['role']}]" if m.get("role") in ("owner", "moderator") else "")
+            for m in message["members"])
     if "recovered" in message:
         # Back in a room after a reconnection: what was said meanwhile.
         head = f"-- {message.get('message', '')}" + ("" if message["recovered"] else " (some messages were missed)")
@@ -180,6 +215,8 @@ class Session:
             return
         if "from" in message and isinstance(message.get("id"), int):
             self.last_id = message["id"]
+        elif message.get("event") == "kick" and message.get("room_id") == self.room_id:
+            self.room_id, self.last_id = None, None  # out: not to be rejoined
         answered: Optional[defer.Deferred[None]] = None
         if "status" in message and message.get("status") != "connected" and self._awaiting:
             kind, answered = self._awaiting.pop(0)

@@ -40,6 +40,38 @@ def test_lines_become_commands() -> None:
             command(bad)
 
 
+def test_room_commands() -> None:
+    assert command("/private Game Night") == {"action": "create", "body": {"name": "Game Night", "private": True}}
+    assert command("/invite bob") == {"action": "invite", "body": {"user": "bob"}}
+    assert command("/invite 9930240b") == {"action": "invite", "body": {"client_id": "9930240b"}}
+    assert command("/invite @9930240b") == {"action": "invite", "body": {"user": "9930240b"}}
+    assert command("/kick 9930240b too loud") == {
+        "action": "kick", "body": {"client_id": "9930240b", "reason": "too loud"}}
+    assert command("/ban mallory spam") == {"action": "ban", "body": {"user": "mallory", "reason": "spam"}}
+    assert command("/unban mallory") == {"action": "unban", "body": {"user": "mallory"}}
+    assert command("/op 9930240b") == {"action": "op", "body": {"client_id": "9930240b"}}
+    assert command("/deop 9930240b") == {"action": "deop", "body": {"client_id": "9930240b"}}
+    for bad, why in [("/kick", "needs a client ID$"), ("/ban", "needs a client ID or a user"),
+                     ("/private", "needs a name")]:
+        with pytest.raises(UsageError, match=why):
+            command(bad)
+
+
+def test_room_events_read_as_lines() -> None:
+    stamp = "2026-11-26T07:00:00.000Z"
+    assert describe({"event": "kick", "room_id": "r1", "by": "ab12cd34", "reason": "spam"}).endswith(
+        "* you were put out of room r1 by ab12cd34: spam")
+    assert describe({"event": "owner", "room_id": "r1", "client_id": "ab12cd34", "nick": "Ada",
+                     "timestamp": stamp}).endswith("* Ada now owns the room")
+    members = {"status": "success", "room_id": "r1", "members": [
+        {"client_id": "ab12cd34", "nick": "Ada", "role": "owner"}, {"client_id": "cd34ef56", "nick": None,
+                                                                   "role": "member"}]}
+    assert describe(members) == "-- members: Ada (ab12cd34) [owner], cd34ef56"
+    rooms = {"status": "success", "rooms": [{"room_id": "r1", "name": "Den", "members": 2,
+                                             "created_at": stamp, "private": True}]}
+    assert describe(rooms) == "-- rooms:\n   r1  Den  (2, private)"
+
+
 def test_server_messages_read_as_lines() -> None:
     message = {"from": "ab12cd34", "body": "<b>hi</b>", "timestamp": "2026-11-26T07:00:00.000Z", "id": 1, "nick": "Ada"}
     assert describe(message).endswith("] Ada: <b>hi</b>")
@@ -109,6 +141,24 @@ async def test_script_mode_prints_one_json_object_per_server_message(server: InP
         "Nick set to 'Scripty'", "Joined room 'pipes'", "Message sent"]
     assert [m["client_id"] for m in lines[4]["members"]] == [other_id, lines[0]["client_id"]]
     assert lines[5]["from"] == other_id and lines[5]["body"] == "hello back"
+
+
+@pytest_twisted.ensureDeferred
+async def test_script_mode_runs_a_private_room(server: InProcessServer) -> None:
+    guest, guest_id = await server.welcomed()
+    client = spawn(f"ws://127.0.0.1:{server.port_number}")
+    client.write(f"/private Den\n/invite {guest_id}\n")
+    await client.wait_for(rb"Invited", "the invitation")
+    room_id = json.loads(client.output.splitlines()[1])["room_id"]
+    assert (await guest.request({"action": "join", "body": {"room_id": room_id}}))["status"] == "success"
+    client.write(f"/op {guest_id}\n/deop {guest_id}\n/kick {guest_id} not now\n")
+    assert await guest.next() == {"event": "kick", "room_id": room_id, "by": json.loads(
+        client.output.splitlines()[0])["client_id"], "reason": "not now"}
+    client.transport.closeStdin()
+    assert await within(client.ended, "chatd-client to exit") == 0
+    replies = [json.loads(line)["message"] for line in client.output.splitlines()[1:]]
+    assert replies == ["Room 'Den' created", f"Invited '{guest_id}'", f"'{guest_id}' is now a moderator",
+                       f"'{guest_id}' is no longer a moderator", f"Kicked '{guest_id}'"]
 
 
 @pytest_twisted.ensureDeferred
