@@ -278,3 +278,50 @@ async def test_the_web_page_gets_what_it_missed_once_after_reconnecting(browsers
     chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1")
     port = await chatd.wait_listening()
     await deferToThread(_reconnecting, browsers, port)
+
+
+def _owning(browsers: Callable[[], Any], port: int) -> None:
+    from selenium.webdriver.common.by import By
+    from websockets.sync.client import connect
+
+    url = f"http://127.0.0.1:{port}/"
+    ann = Page(browsers(), url, "ann")
+    bob = Page(browsers(), url, "bob")
+    ann.el("private").click()
+    ann.submit("room-name", "den")
+    ann.until(lambda: "den" in ann.text("room-title"), "to be in the room")
+    room_id = ann.text("room-title").split("(")[-1].rstrip(")")
+    bob_id = bob.text("status").removeprefix("Connected as ")
+    with connect(f"ws://127.0.0.1:{port}", open_timeout=WAIT) as outsider:
+        outsider.recv(timeout=WAIT)
+        outsider.send(json.dumps({"action": "join", "body": {"room_id": room_id}}))
+        assert json.loads(outsider.recv(timeout=WAIT)) == {
+            "status": "error", "message": f"Room {room_id} does not exist"}
+    # The owner invites with the form; the room shows in the invitee's list.
+    ann.until(lambda: ann.el("invite-form").is_displayed(), "for the invite form")
+    ann.submit("invitee", bob_id)
+    ann.until(lambda: any(f"Invited '{bob_id}'" in m for m in ann.messages()), "for the invitation")
+    bob.el("refresh").click()
+    bob.until(lambda: "den (private)" in bob.text("rooms"), "for the private room in the list")
+    bob.el("rooms").find_element(By.TAG_NAME, "button").click()
+    bob.until(lambda: "den" in bob.text("room-title"), "to be in the room")
+    # Members show roles; the owner's buttons act on the others.
+    ann.until(lambda: bob_id in ann.text("members"), "for the new member")
+    ann.el("members").find_element(By.CSS_SELECTOR, f'li[data-client="{bob_id}"] .member-op').click()
+    bob.until(lambda: f"{bob_id} (you) · moderator" in bob.text("members"), "to be a moderator")
+    ann.shot("web-owner")
+    # A direct message typed as a command.
+    ann.submit("text", f"/msg {bob_id} just between us")
+    bob.until(lambda: any("just between us" in m and "(to you)" in m for m in bob.messages()), "for the direct message")
+    ann.el("members").find_element(By.CSS_SELECTOR, f'li[data-client="{bob_id}"] .member-kick').click()
+    bob.until(lambda: bob.text("room-title") == "Not in a room", "to be put out")
+    assert any("You were put out of the room by" in m for m in bob.messages())
+    ann.until(lambda: bob_id not in ann.text("members"), "for the member list")
+    bob.shot("web-kicked")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_web_page_runs_a_private_room(browsers: Any, daemon_factory: Any) -> None:
+    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1")
+    port = await chatd.wait_listening()
+    await deferToThread(_owning, browsers, port)

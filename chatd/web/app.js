@@ -4,8 +4,8 @@
 
 const $ = (id) => document.getElementById(id);
 const state = {
-  ws: null, clientId: null, roomId: null, roomName: null, nick: null,
-  members: new Map(),   // client_id -> nick (or null)
+  ws: null, clientId: null, roomId: null, roomName: null, nick: null, private: false,
+  members: new Map(),   // client_id -> {nick (or null), role: "owner", "moderator" or "member"}
   pending: [],          // what each outstanding command was, in order: replies come in order
   delay: 1000,          // the next reconnection delay
   wantRoom: null,       // the room to go back to after a reconnection
@@ -114,7 +114,8 @@ function reply(kind, message) {
         rejoined(message);
         break;
       }
-      enterRoom(message.room_id, kind === "create" ? $("room-name").value.trim() || null : null, message.message);
+      enterRoom(message.room_id, kind === "create" ? $("room-name").value.trim() || null : null, message.message,
+                message.private === true);
       break;
     case "leave":
       state.wantRoom = null;
@@ -126,8 +127,18 @@ function reply(kind, message) {
       showRooms(message.rooms || []);
       break;
     case "members":
-      state.members = new Map(message.members.map((m) => [m.client_id, m.nick]));
+      state.members = new Map(message.members.map((m) => [m.client_id, { nick: m.nick, role: m.role || "member" }]));
       showMembers();
+      break;
+    case "invite":
+    case "kick":
+    case "ban":
+    case "unban":
+    case "op":
+    case "deop":
+    case "direct":
+      // A change of role shows as its event; the others as their replies.
+      if (!["direct", "op", "deop"].includes(kind)) addLine(message.message, "event", new Date().toISOString());
       break;
     case "history":
       for (const m of message.messages || []) addMessage(m, true);
@@ -145,9 +156,10 @@ function reply(kind, message) {
   }
 }
 
-function enterRoom(roomId, name, text) {
+function enterRoom(roomId, name, text, isPrivate) {
   // "Joined room 'lobby'" / "Room 'lobby' created": the name is in the reply.
   const quoted = /'(.*)'/.exec(text || "");
+  state.private = isPrivate;
   inRoom(roomId, name || (quoted ? quoted[1] : roomId));
   state.wantRoom = roomId;
   state.lastId = null;
@@ -173,6 +185,7 @@ function inRoom(roomId, name) {
   state.roomName = name;
   $("room-title").textContent = roomId ? `${name} (${roomId})` : "Not in a room";
   $("leave").hidden = !roomId;
+  showInvite();
   $("text").disabled = !roomId;
   $("send-form").querySelector("button").disabled = !roomId;
   $("text").placeholder = roomId ? "Message" : "Join a room to chat";
@@ -185,13 +198,30 @@ function inRoom(roomId, name) {
 
 function roomEvent(event) {
   if (event.room_id !== state.roomId) return;
+  if (event.event === "kick") {
+    // Put out of the room (whatever the events setting): not to be rejoined.
+    addLine(`You were put out of the room by ${event.by}` + (event.reason ? `: ${event.reason}` : ""), "event",
+            new Date().toISOString());
+    state.wantRoom = null;
+    state.lastId = null;
+    inRoom(null, null);
+    send("list");
+    return;
+  }
   const who = event.nick ? `${event.nick} (${event.client_id})` : event.client_id;
-  if (event.event === "join" || event.event === "nick") state.members.set(event.client_id, event.nick);
+  const member = state.members.get(event.client_id) || { nick: event.nick, role: "member" };
+  member.nick = event.nick;
+  const role = { owner: "owner", op: "moderator", deop: "member" }[event.event];
+  if (role) member.role = role;
   if (event.event === "leave") state.members.delete(event.client_id);
+  else state.members.set(event.client_id, member);
   showMembers();
-  const text = { join: `${who} joined`, leave: `${who} left`, nick: `${event.client_id} is now ${event.nick}` }[event.event];
+  const text = {
+    join: `${who} joined`, leave: `${who} left`, nick: `${event.client_id} is now ${event.nick}`,
+    owner: `${who} now owns the room`, op: `${who} is now a moderator`, deop: `${who} is no longer a moderator`,
+  }[event.event];
   if (text) addLine(text, "event", event.timestamp);
-  if (event.event !== "nick") refreshRoomsSoon();
+  if (event.event === "join" || event.event === "leave") refreshRoomsSoon();
 }
 
 let refreshing = null;
@@ -253,6 +283,11 @@ function showRooms(rooms) {
     const label = document.createElement("span");
     label.textContent = room.name;
     label.title = room.room_id;
+    if (room.private) label.textContent += " (private)";
+    if (room.room_id === state.roomId && state.private !== !!room.private) {
+      state.private = !!room.private;
+      showInvite();
+    }
     const count = document.createElement("small");
     count.textContent = ` ${room.members}`;
     label.append(count);
@@ -274,11 +309,58 @@ function showRooms(rooms) {
 function showMembers() {
   const list = $("members");
   list.replaceChildren();
-  for (const [clientId, nick] of state.members) {
+  const mine = (state.members.get(state.clientId) || {}).role;
+  for (const [clientId, member] of state.members) {
     const li = document.createElement("li");
-    li.textContent = (nick ? `${nick} ` : "") + (clientId === state.clientId ? `${clientId} (you)` : clientId);
+    li.dataset.client = clientId;
+    const label = document.createElement("span");
+    label.textContent = (member.nick ? `${member.nick} ` : "") + (clientId === state.clientId ? `${clientId} (you)` : clientId)
+      + (member.role !== "member" ? ` · ${member.role}` : "");
+    li.append(label);
+    // What the owner and the moderators may do to the others.
+    const actions = [];
+    if (clientId !== state.clientId && member.role !== "owner" && (mine === "owner" || (mine === "moderator" && member.role === "member"))) {
+      actions.push(["kick", "Kick"], ["ban", "Ban"]);
+    }
+    if (clientId !== state.clientId && mine === "owner") {
+      actions.push(member.role === "moderator" ? ["deop", "Deop"] : ["op", "Op"]);
+    }
+    for (const [action, title] of actions) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = `member-${action}`;
+      button.textContent = title;
+      button.onclick = () => ask(action, { client_id: clientId });
+      li.append(button);
+    }
     list.append(li);
   }
+  showInvite();
+}
+
+// The invitation form: in a private room, for its owner and moderators.
+function showInvite() {
+  const mine = (state.members.get(state.clientId) || {}).role;
+  $("invite-form").hidden = !state.roomId || !state.private || !(mine === "owner" || mine === "moderator");
+}
+
+// A line typed with a slash: a direct message or a room action.
+function slashCommand(text) {
+  const [, name, rest] = /^\/(\S+)\s*(.*)$/.exec(text) || [];
+  const [who, ...why] = (rest || "").split(/\s+/);
+  const target = (byId) => (byId || /^[0-9a-f]{8}$/.test(who)) ? { client_id: who } : { user: who.replace(/^@/, "") };
+  if (name === "msg") {
+    const body = (rest || "").slice(who.length).trim();
+    if (!who || !body) return showError("/msg needs a client ID or user, then the message");
+    ask("direct", { to: who, body: body });
+    addLine(`you → ${who}: ${body}`, "direct", new Date().toISOString());
+    return;
+  }
+  if (!["invite", "kick", "ban", "unban", "op", "deop"].includes(name)) return showError(`Unknown command /${name}`);
+  if (!who) return showError(`/${name} needs a client ID or a user`);
+  const body = target(["kick", "op", "deop"].includes(name));
+  if (why.join(" ").trim() && (name === "kick" || name === "ban")) body.reason = why.join(" ").trim();
+  ask(name, body);
 }
 
 function setStatus(kind, text) {
@@ -300,13 +382,27 @@ $("send-form").onsubmit = (e) => {
   e.preventDefault();
   const text = $("text").value;
   if (!text.trim()) return;
-  ask("message", text);
+  if (text.startsWith("/") && !text.startsWith("//")) {
+    slashCommand(text.trim());
+    $("text").value = "";
+    return;
+  }
+  ask("message", text.startsWith("//") ? text.slice(1) : text);
   addMessage({ from: state.clientId, nick: state.nick, body: text, timestamp: new Date().toISOString() }, false);
   $("text").value = "";
 };
 $("create-form").onsubmit = (e) => {
   e.preventDefault();
-  ask("create", $("room-name").value.trim());
+  const name = $("room-name").value.trim();
+  // A public room is created the seed's way, with its name alone.
+  ask("create", $("private").checked ? { name: name, private: true } : name);
+};
+$("invite-form").onsubmit = (e) => {
+  e.preventDefault();
+  const who = $("invitee").value.trim();
+  if (!who) return;
+  ask("invite", /^[0-9a-f]{8}$/.test(who) ? { client_id: who } : { user: who.replace(/^@/, "") });
+  $("invitee").value = "";
 };
 $("join-form").onsubmit = (e) => {
   e.preventDefault();
