@@ -296,6 +296,9 @@ class CoreEvents:
     ) -> None:
         """One broadcast of ``size`` encoded bytes reached ``recipients`` members."""
 
+    def room_action(self, room: Room, client: Client, command: Manage) -> None:
+        """``client`` (an owner or a moderator) carried out ``command`` in ``room``."""
+
     def direct_sent(self, sender: Client, message: dict[str, Any], recipients: int, size: int) -> None:
         """One direct message of ``size`` encoded bytes reached ``recipients`` connections."""
 
@@ -627,6 +630,11 @@ class ChatCore:
         """An owner's or a moderator's action in the client's room (the
         cluster's MANAGE script applies the same rules, in the same order)."""
         room = self._room_of(client)
+        reply = self._manage(client, room, command, now)
+        self.events.room_action(room, client, command)
+        return reply
+
+    def _manage(self, client: Client, room: Room, command: Manage, now: float) -> dict[str, Any]:
         action, target_id, user = command.action, command.client_id, command.user
         role = room.role(client.client_id)
         if (role != "owner") if action in ("op", "deop") else (role == "member"):

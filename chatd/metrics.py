@@ -94,6 +94,9 @@ class Metrics:
             "chatd_auth", "Authentications, by result (ok, invalid, expired; refused: an "
             "action refused for want of one, or another user's token).",
             ["result"], registry=r)
+        self.room_actions = Counter(
+            "chatd_room_actions", "Owners' and moderators' actions carried out (invite, kick, ban, unban, "
+            "op, deop).", ["action"], registry=r)
         self.message_log = Counter(
             "chatd_message_log_rows", "Messages the message log wrote, failed to write or dropped.",
             ["outcome"], registry=r)

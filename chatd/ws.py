@@ -32,7 +32,7 @@ from chatd import __version__, fastpath, web
 from chatd.admission import Address, Admission, address_of, parse_ip
 from chatd.auth import IChatUser, Token, TokenExpired, build_portal
 from chatd.chat import Chat, LocalChat
-from chatd.codec import INVALID_TOKEN, MAX_TOKEN, TOKEN_EXPIRED
+from chatd.codec import INVALID_TOKEN, MAX_TOKEN, TOKEN_EXPIRED, Manage
 from chatd.config import normalise_origin
 from chatd.conversation import Conversation
 from chatd.core import ChatCore, Client, CoreEvents, Limits, Room
@@ -362,6 +362,14 @@ class _Events(CoreEvents):
         self._log.info(
             "{client_id} created room {room_id}",
             event="room_created", room_id=room.room_id, client_id=client.client_id,
+        )
+
+    def room_action(self, room: Room, client: Client, command: Manage) -> None:
+        self._metrics.room_actions.labels(command.action).inc()
+        self._log.info(
+            "{client_id} in {room_id}: {action} {target}",
+            event="room_action", client_id=client.client_id, room_id=room.room_id, action=command.action,
+            target=command.target, reason=command.reason or None,
         )
 
     def room_deleted(self, room: Room) -> None:

@@ -15,7 +15,7 @@ import jwt
 import pytest
 import pytest_twisted
 
-from tests.helpers import DaemonProcess, WSClient, connect
+from tests.helpers import DaemonProcess, WSClient, connect, http_get
 
 SECRET = b"a shared secret of the test, long enough for HS256"
 
@@ -148,9 +148,16 @@ def created_at(rooms: list[dict[str, Any]]) -> Any:
 async def test_owned_rooms_in_one_process(
     daemon_factory: Callable[..., DaemonProcess], secret_file: Path,
 ) -> None:
-    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--auth", f"jwt:key={secret_file}")
+    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--auth", f"jwt:key={secret_file}",
+                           "--metrics", "tcp:0:interface=127.0.0.1")
     port = await chatd.wait_listening()
     await owned_rooms(port, port)
+    # Each action carried out is counted and logged; refusals are errors.
+    _, metrics = await http_get(f"http://127.0.0.1:{await chatd.wait_metrics()}/metrics")
+    for action, count in (("invite", 4), ("op", 1), ("kick", 1), ("ban", 1), ("unban", 1)):
+        assert f'chatd_room_actions_total{{action="{action}"}} {count}.0'.encode() in metrics, action
+    assert b"chatd_errors_total{kind=\"permission\"} 2.0" in metrics
+    await chatd.wait_for(rb"in [0-9a-f]{8}: kick [0-9a-f]{8}", "the kick in the log")
 
 
 @pytest_twisted.ensureDeferred

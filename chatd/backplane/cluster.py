@@ -455,6 +455,7 @@ class ClusterChat:
         def done(result: list[Any]) -> Reply:
             outcome = _text(result[0])
             if outcome == "ok":
+                self.core.events.room_action(room, client, command)
                 return done_reply(command)
             if outcome == "noroom":
                 raise NotInRoom("You must join a room first")  # kicked meanwhile
