@@ -105,6 +105,13 @@ class Page:
         self.driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
 
+async def _on_a_daemon(scenario: Callable[..., None], browsers: Any, daemon_factory: Any) -> None:
+    """Run a browser scenario (in a thread: Selenium blocks) against a real twistd chatd."""
+    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1")
+    port = await chatd.wait_listening()
+    await deferToThread(scenario, browsers, port)
+
+
 def _first_part(browsers: Callable[[], Any], port: int) -> dict[str, Any]:
     from selenium.webdriver.common.by import By
     from websockets.sync.client import connect
@@ -275,9 +282,7 @@ def _reconnecting(browsers: Callable[[], Any], port: int) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_the_web_page_gets_what_it_missed_once_after_reconnecting(browsers: Any, daemon_factory: Any) -> None:
-    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1")
-    port = await chatd.wait_listening()
-    await deferToThread(_reconnecting, browsers, port)
+    await _on_a_daemon(_reconnecting, browsers, daemon_factory)
 
 
 def _owning(browsers: Callable[[], Any], port: int) -> None:
@@ -322,6 +327,4 @@ def _owning(browsers: Callable[[], Any], port: int) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_the_web_page_runs_a_private_room(browsers: Any, daemon_factory: Any) -> None:
-    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1")
-    port = await chatd.wait_listening()
-    await deferToThread(_owning, browsers, port)
+    await _on_a_daemon(_owning, browsers, daemon_factory)
