@@ -136,7 +136,11 @@ async def owned_rooms(first: int, second: int) -> None:
     assert [(m["client_id"], m["role"]) for m in members] == [(bob_id, "owner"), (carol_id, "member")]
     # Alice was invited as its creator, so she may come back.
     assert (await alice.request(join))["status"] == "success"
-    for client in (alice, bob, carol, mallory):
+    # A user invited before connecting may join once signed in, on any node.
+    assert await bob.request({"action": "invite", "body": {"user": "dave"}}) == ok("Invited 'dave'")
+    dave, _ = await person(first, "dave")
+    assert (await dave.request(join))["status"] == "success"
+    for client in (alice, bob, carol, mallory, dave):
         await client.close()
 
 
@@ -154,7 +158,7 @@ async def test_owned_rooms_in_one_process(
     await owned_rooms(port, port)
     # Each action carried out is counted and logged; refusals are errors.
     _, metrics = await http_get(f"http://127.0.0.1:{await chatd.wait_metrics()}/metrics")
-    for action, count in (("invite", 4), ("op", 1), ("kick", 1), ("ban", 1), ("unban", 1)):
+    for action, count in (("invite", 5), ("op", 1), ("kick", 1), ("ban", 1), ("unban", 1)):
         assert f'chatd_room_actions_total{{action="{action}"}} {count}.0'.encode() in metrics, action
     assert b"chatd_errors_total{kind=\"permission\"} 2.0" in metrics
     await chatd.wait_for(rb"in [0-9a-f]{8}: kick [0-9a-f]{8}", "the kick in the log")
