@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from chatd.codec import Command
-from chatd.core import ChatCore, Client, Sink
+from chatd.core import ChatCore, Client, MemoryHistory, Sink
 from chatd.errors import ChatError
 
 Reply = dict[str, Any]
@@ -171,7 +171,11 @@ class LocalChat:
             self._observe(self._timer() - started)
 
     def counts(self) -> dict[str, float]:
-        return counts_of(self.core)
+        counts = counts_of(self.core)
+        history = self.core.history
+        if isinstance(history, MemoryHistory):
+            counts["history_bytes"] = history.total
+        return counts
 
 
 def counts_of(core: ChatCore) -> dict[str, float]:

@@ -191,6 +191,13 @@ def message_log(value: Any, is_text: bool) -> str:
     return value
 
 
+def days(value: Any, is_text: bool) -> float:
+    number = float(_number(value, is_text, integral=False))
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"must be a number of days above 0, not {value}")
+    return number
+
+
 def redis_url(value: Any, is_text: bool) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be a URL like redis://localhost:6379/0, not {_toml_type(value)}")
@@ -276,6 +283,10 @@ OPTIONS: tuple[Option, ...] = (
            "Messages each room keeps for the history action (0: none)."),
     Option("history-bytes", "history_bytes", size(0),
            "Bytes of messages each room keeps at most (the oldest go first)."),
+    Option("history-memory", "history_memory", size(0),
+           "Bytes of memory the history of all rooms may take together; past it, the "
+           "rooms that have gone longest without a message lose their oldest messages "
+           "first (0: no limit but each room's)."),
     Option("moderator", "moderators", moderators,
            "Run each chat message past this moderator before it is broadcast: "
            "NAME[:key=value...], e.g. banned-words:file=/etc/chatd/words.txt:mode=mask; "
@@ -295,6 +306,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("message-log", "message_log", message_log,
            "Keep every broadcast message in this SQLite database: "
            "sqlite:/var/lib/chatd/messages.db (off unless given)."),
+    Option("message-log-keep", "message_log_keep", days,
+           "Days the message log keeps messages; older ones are deleted in the "
+           "background (default: all are kept)."),
     Option("handshake-timeout", "handshake_timeout", seconds(allow_zero=False),
            "Seconds a client has to complete the opening handshake."),
     Option("close-timeout", "close_timeout", seconds(allow_zero=False),
@@ -370,6 +384,8 @@ def load(command_line: Mapping[str, Any], config_path: Optional[str] = None) -> 
     if settings.workers > 1 and settings.redis is None:
         raise ConfigError(
             f"--workers {settings.workers} needs --redis: workers share their rooms through Redis")
+    if settings.message_log_keep is not None and settings.message_log is None:
+        raise ConfigError("--message-log-keep needs --message-log")
     if settings.guests == "deny" and settings.auth is None:
         raise ConfigError("--guests deny needs --auth: nobody could authenticate")
     return settings

@@ -8,8 +8,9 @@ encoded and prepared once, then handed to every recipient's sink.
 
 from __future__ import annotations
 
+import json
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Container, Optional, Protocol
 
@@ -88,6 +89,7 @@ class Limits:
     creates_burst: int = 10
     history_size: int = 100
     history_bytes: int = 512 * 1024
+    history_memory: int = 64 * 1024 * 1024  # over all rooms (0: no limit but the rooms')
 
 
 class Client:
@@ -218,10 +220,10 @@ def _listed(entries: Optional[set[str]], keys: list[str]) -> bool:
 
 
 class HistoryStore(Protocol):
-    """Where a room's recent messages are kept, in the broadcast shape."""
+    """Where a room's recent messages are kept, encoded (the broadcast's bytes)."""
 
-    def append(self, room: Room, message: dict[str, Any], size: int) -> None:
-        """Keep ``message`` (``size`` bytes encoded)."""
+    def append(self, room: Room, message_id: int, payload: bytes) -> None:
+        """Keep the encoded broadcast ``payload``, whose id is ``message_id``."""
         ...
 
     def recent(self, room: Room, limit: int, before: Optional[int]) -> list[dict[str, Any]]:
@@ -233,49 +235,97 @@ class HistoryStore(Protocol):
         ...
 
 
+#: What keeping one message costs beside its bytes (a bytes object's header,
+#: an int, two deque slots), counted against the budget so that it bounds
+#: memory for small messages too.
+ENTRY_OVERHEAD = 80
+
+
 class _Ring:
-    __slots__ = ("messages", "sizes", "total")
+    __slots__ = ("ids", "payloads", "bytes", "cost")
 
     def __init__(self) -> None:
-        self.messages: deque[dict[str, Any]] = deque()
-        self.sizes: deque[int] = deque()
-        self.total = 0
+        self.ids: deque[int] = deque()
+        self.payloads: deque[bytes] = deque()
+        self.bytes = 0  # encoded bytes kept (the per-room bound)
+        self.cost = 0  # and with the overhead (the budget's measure)
+
+    def drop_oldest(self) -> int:
+        """Drop the oldest message; what it cost."""
+        self.ids.popleft()
+        size = len(self.payloads.popleft())
+        self.bytes -= size
+        self.cost -= size + ENTRY_OVERHEAD
+        return size + ENTRY_OVERHEAD
 
 
 class MemoryHistory:
     """
     The last ``size`` messages per room, and no more than ``max_bytes`` of
-    them (encoded), for the room's life.  The byte budget bounds memory: a
-    room of 64 KiB messages would otherwise hold 6 MiB.
+    them (encoded), for the room's life; and no more than ``budget`` bytes
+    of memory over all rooms: past it, the rooms that have gone longest
+    without a message lose their oldest messages first.  Messages are kept
+    encoded, so what they cost is known (and small): a room of 64 KiB
+    messages would otherwise hold 6 MiB, and a connection may own a room.
     """
 
-    def __init__(self, size: int, max_bytes: int = 512 * 1024) -> None:
+    def __init__(self, size: int, max_bytes: int = 512 * 1024, budget: int = 0) -> None:
         self.size = size
         self.max_bytes = max_bytes
-        self._rings: dict[str, _Ring] = {}
+        self.budget = budget
+        self.total = 0  # memory the messages kept cost, over all rooms
+        # By room, the one with the latest message last: the first is the
+        # one to lose messages when the budget is spent.
+        self._rings: OrderedDict[str, _Ring] = OrderedDict()
 
-    def append(self, room: Room, message: dict[str, Any], size: int) -> None:
-        if self.size <= 0 or size > self.max_bytes:
+    def append(self, room: Room, message_id: int, payload: bytes) -> None:
+        size = len(payload)
+        cost = size + ENTRY_OVERHEAD
+        if self.size <= 0 or size > self.max_bytes or (self.budget and cost > self.budget):
             return
-        ring = self._rings.get(room.room_id)
+        rings = self._rings
+        ring = rings.get(room.room_id)
         if ring is None:
-            ring = self._rings[room.room_id] = _Ring()
-        ring.messages.append(message)
-        ring.sizes.append(size)
-        ring.total += size
-        while len(ring.messages) > self.size or ring.total > self.max_bytes:
-            ring.messages.popleft()
-            ring.total -= ring.sizes.popleft()
+            ring = rings[room.room_id] = _Ring()
+        else:
+            rings.move_to_end(room.room_id)
+        ring.ids.append(message_id)
+        ring.payloads.append(payload)
+        ring.bytes += size
+        ring.cost += cost
+        total = self.total + cost
+        while len(ring.ids) > self.size or ring.bytes > self.max_bytes:
+            total -= ring.drop_oldest()
+        if self.budget and total > self.budget:
+            total = self._spend(total)
+        self.total = total
+
+    def _spend(self, total: int) -> int:
+        """Bring the total within the budget: the quietest rooms' oldest
+        messages go first (the room just written to is the last)."""
+        rings = self._rings
+        for room_id in list(rings):
+            ring = rings[room_id]
+            while ring.ids and total > self.budget:
+                total -= ring.drop_oldest()
+            if not ring.ids:
+                del rings[room_id]
+            if total <= self.budget:
+                break
+        return total
 
     def recent(self, room: Room, limit: int, before: Optional[int]) -> list[dict[str, Any]]:
         ring = self._rings.get(room.room_id)
         if ring is None:
             return []
-        messages = [m for m in ring.messages if before is None or m["id"] < before]
-        return messages[-limit:]
+        found = [payload for message_id, payload in zip(ring.ids, ring.payloads, strict=True)
+                 if before is None or message_id < before]
+        return [json.loads(payload) for payload in found[-limit:]]
 
     def drop(self, room: Room) -> None:
-        self._rings.pop(room.room_id, None)
+        ring = self._rings.pop(room.room_id, None)
+        if ring is not None:
+            self.total -= ring.cost
 
 
 class CoreEvents:
@@ -358,7 +408,8 @@ class ChatCore:
         self.events = events if events is not None else CoreEvents()
         self.limits = limits
         self.history: HistoryStore = (
-            history if history is not None else MemoryHistory(limits.history_size, limits.history_bytes)
+            history if history is not None
+            else MemoryHistory(limits.history_size, limits.history_bytes, limits.history_memory)
         )
         self.clients: dict[str, Client] = {}
         # Each authenticated user's connections here, by client ID.
@@ -536,7 +587,7 @@ class ChatCore:
             client.client_id, body, codec.timestamp(now), room.last_id, client.nick, client.user
         )
         payload = codec.encode(message)
-        self.history.append(room, message, len(payload))
+        self.history.append(room, room.last_id, payload)
         gathered = self._gathered
         if gathered is not None and len(room.members) > 1:
             waiting = gathered.get(room.room_id)

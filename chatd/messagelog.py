@@ -7,7 +7,9 @@ and written in batches on a thread (``twisted.enterprise.adbapi``), one
 batch at a time so the rows keep their order.  If a write fails (a full or
 broken disk), the batch is logged, counted and dropped, and delivery goes
 on; if writes keep failing, the oldest queued rows are dropped past
-``max_pending`` so memory stays bounded.
+``max_pending`` so memory stays bounded.  With ``keep_days``, messages
+older than that are deleted, a chunk at a time on the same thread, between
+the batches, at start-up and then every ``prune_interval`` seconds.
 
 The schema is versioned (``PRAGMA user_version``); migrations run at
 start-up, before chatd listens, so a bad path stops start-up with a message.
@@ -23,6 +25,8 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from chatd.codec import timestamp
 
 #: Schema migrations, in order; the database's user_version is how many ran.
 MIGRATIONS: tuple[str, ...] = (
@@ -44,6 +48,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE messages ADD COLUMN direct INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE messages ADD COLUMN recipient TEXT;
+    """,
+    # Retention (--message-log-keep) deletes by age; queries by time too.
+    """
+    CREATE INDEX messages_by_time ON messages (timestamp);
     """,
 )
 
@@ -97,6 +105,9 @@ class SQLiteLog:
         max_pending: int = 100_000,
         counted: Callable[[str, int], None] = lambda what, rows: None,
         pool: Any = None,
+        keep_days: Optional[float] = None,
+        prune_interval: float = 3600.0,
+        prune_chunk: int = 10_000,
     ) -> None:
         self.path = path
         self.reactor = reactor
@@ -109,6 +120,12 @@ class SQLiteLog:
         self._loop = LoopingCall(self.flush)
         self._loop.clock = reactor
         self._flush_interval = flush_interval
+        self.keep_days = keep_days
+        self.prune_chunk = prune_chunk
+        self._pruning: Optional[Deferred[int]] = None
+        self._prune_loop = LoopingCall(self.prune)
+        self._prune_loop.clock = reactor
+        self._prune_interval = prune_interval
 
     def open(self) -> None:
         """Create or migrate the schema, synchronously: call before listening."""
@@ -128,6 +145,45 @@ class SQLiteLog:
                 cp_min=1, cp_max=1, cp_openfun=_configure, cp_reactor=self.reactor,
             )
         self._loop.start(self._flush_interval, now=False)
+        if self.keep_days is not None:
+            self._prune_loop.start(self._prune_interval, now=True)
+
+    def prune(self) -> "Deferred[int]":
+        """
+        Delete the messages older than ``keep_days``, ``prune_chunk`` rows
+        per transaction (the batches of new rows go in between); fires with
+        how many went.  One pruning at a time.
+        """
+        if self._pruning is not None:
+            return self._pruning
+        assert self.keep_days is not None
+        cutoff = timestamp(self.reactor.seconds() - self.keep_days * 86400)
+        d = self._pruning = Deferred.fromCoroutine(self._prune(cutoff))
+
+        def done(result: Any) -> Any:
+            self._pruning = None
+            return result
+
+        return d.addBoth(done)
+
+    async def _prune(self, cutoff: str) -> int:
+        pruned = 0
+        while True:
+            try:
+                count = await self._pool.runInteraction(_delete_before, cutoff, self.prune_chunk)
+            except Exception:
+                self._log.failure("Could not prune the message log {path}", path=self.path,
+                                  event="message_log_failure")
+                return pruned
+            pruned += count
+            if count:
+                self._counted("pruned", count)
+            if count < self.prune_chunk:
+                if pruned:
+                    self._log.info(
+                        "Pruned {rows} messages older than {cutoff} from the message log",
+                        rows=pruned, cutoff=cutoff, event="message_log_pruned")
+                return pruned
 
     def record(self, room_id: str, room_name: str, message: dict[str, Any]) -> None:
         """Queue one broadcast message; it is written within a flush interval."""
@@ -172,6 +228,10 @@ class SQLiteLog:
         """Write everything still queued, then close the database."""
         if self._loop.running:
             self._loop.stop()
+        if self._prune_loop.running:
+            self._prune_loop.stop()
+        if self._pruning is not None:
+            await self._pruning
         while self._writing is not None or self._pending:
             await (self._writing if self._writing is not None else self.flush())
         if self._pool is not None:
@@ -180,3 +240,10 @@ class SQLiteLog:
 
 def _insert(transaction: Any, batch: list[Row]) -> None:
     transaction.executemany(_INSERT, batch)
+
+
+def _delete_before(transaction: Any, cutoff: str, limit: int) -> int:
+    transaction.execute(
+        "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages WHERE timestamp < ? LIMIT ?)",
+        (cutoff, limit))
+    return int(transaction.rowcount)

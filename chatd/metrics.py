@@ -98,7 +98,7 @@ class Metrics:
             "chatd_room_actions", "Owners' and moderators' actions carried out (invite, kick, ban, unban, "
             "op, deop).", ["action"], registry=r)
         self.message_log = Counter(
-            "chatd_message_log_rows", "Messages the message log wrote, failed to write or dropped.",
+            "chatd_message_log_rows", "Messages the message log wrote, failed to write, dropped or pruned (past --message-log-keep).",
             ["outcome"], registry=r)
         self.fanout_seconds = Histogram(
             "chatd_fanout_seconds",
@@ -115,6 +115,7 @@ _GAUGES = {
     "rooms": "Rooms that exist.",
     "members": "Clients that are in a room.",
     "clients": "Clients past the handshake.",
+    "history_bytes": "Memory the rooms' history takes (one process; a cluster's is in Redis).",
 }
 
 

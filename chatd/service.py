@@ -87,7 +87,7 @@ class ChatService(MultiService):
         if settings.message_log is not None:
             # Opened in privilegedStartService, before anything listens.
             self.message_log = SQLiteLog(
-                sqlite_path(settings.message_log), reactor,
+                sqlite_path(settings.message_log), reactor, keep_days=settings.message_log_keep,
                 counted=lambda outcome, rows: self.metrics.message_log.labels(outcome).inc(rows),
             )
         self.factory = ChatFactory(

@@ -64,6 +64,9 @@ class Settings:
     #: bytes of them per room.
     history_size: int = 100
     history_bytes: int = 512 * 1024
+    #: Memory all rooms' history may take together (0: no limit but the
+    #: rooms' own); past it the quietest rooms lose their oldest messages.
+    history_memory: int = 64 * 1024 * 1024
     #: Moderators, as NAME[:key=value...] specs, run in this order.
     moderators: tuple[str, ...] = ()
     #: What a failing (or too slow) moderator amounts to: "pass" or "reject".
@@ -76,6 +79,8 @@ class Settings:
     guests: str = "allow"
     #: Where every broadcast message is kept: "sqlite:PATH" (None: nowhere).
     message_log: Optional[str] = None
+    #: Days the message log keeps messages (None: forever).
+    message_log_keep: Optional[float] = None
     #: Seconds a client has to finish the opening handshake.
     handshake_timeout: float = 10.0
     #: Seconds to wait for the peer's close frame after ours.

@@ -449,6 +449,7 @@ class ChatFactory(WebSocketServerFactory):
                 creates_burst=settings.rate_creates_burst,
                 history_size=settings.history_size,
                 history_bytes=settings.history_bytes,
+                history_memory=settings.history_memory,
             ),
         )
         # What the connections talk to: this process's chat, or a cluster

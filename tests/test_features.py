@@ -213,6 +213,51 @@ def test_history_is_bounded_by_count_and_bytes_and_dies_with_the_room() -> None:
     assert history.recent(room, 50, None) == []
 
 
+def test_past_the_history_memory_the_quietest_rooms_lose_their_oldest_first() -> None:
+    from chatd.core import ENTRY_OVERHEAD
+
+    body = "x" * 1000  # about 1 KiB a message, encoded
+    cost = len(json.dumps({"from": "aaaaaaaa", "body": body, "timestamp": "2025-11-26T07:26:40.250Z",
+                           "id": 1})) + ENTRY_OVERHEAD
+    history = MemoryHistory(size=100, max_bytes=100_000, budget=10 * cost)
+    core = ChatCore(limits=NO_LIMITS, history=history)
+    owners = []
+    for _ in range(3):
+        owner = core.connect(FakeSink())
+        core.create(owner, "r", NOW)
+        owners.append(owner)
+    quiet, middle, busy = owners
+    for owner, count in ((quiet, 4), (middle, 4), (busy, 2)):
+        for _ in range(count):
+            core.message(owner, body, NOW)
+    assert history.total == 10 * cost
+    # Over the budget: the room quiet longest loses its oldest messages first.
+    core.message(busy, body, NOW)
+    assert [m["id"] for m in core.recent(quiet, 50, None)["messages"]] == [2, 3, 4]
+    for _ in range(4):
+        core.message(busy, body, NOW)
+    assert core.recent(quiet, 50, None)["messages"] == []
+    assert [m["id"] for m in core.recent(middle, 50, None)["messages"]] == [2, 3, 4]
+    assert history.total == 10 * cost
+    # What history and a rejoin with "since" say then: what is left.
+    late = core.connect(FakeSink())
+    reply = core.join(late, middle.room.room_id, NOW, since=0)
+    assert (reply["recovered"], [m["id"] for m in reply["messages"]]) == (False, [2, 3, 4])
+    # A room that goes gives its share back.
+    core.leave(busy, NOW)
+    assert history.total == 3 * cost
+
+
+def test_history_keeps_the_broadcast_bytes() -> None:
+    history = MemoryHistory(size=10)
+    core, a, _ = room_with_messages(1, history=history)
+    core.set_nick(a, "Ada", NOW)
+    core.message(a, {"nested": ["é", 1.5]}, NOW)
+    [_, kept] = core.recent(a, 50, None)["messages"]
+    assert list(kept) == ["from", "body", "timestamp", "id", "nick"]
+    assert kept["body"] == {"nested": ["é", 1.5]}
+
+
 def test_history_needs_a_room() -> None:
     core = ChatCore()
     with pytest.raises(NotInRoom):

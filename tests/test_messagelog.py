@@ -168,3 +168,47 @@ async def test_an_unopenable_message_log_stops_startup(tmp_path: Path, daemon_fa
     assert b"chatd: --message-log: cannot open" in chatd.output
     assert b"starting on" not in chatd.output
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_retention_deletes_old_messages_a_chunk_at_a_time(tmp_path: Path) -> None:
+    from twisted.internet import reactor
+
+    from chatd.codec import timestamp
+
+    counts: list[tuple[str, int]] = []
+    log = SQLiteLog(str(tmp_path / "m.db"), reactor, keep_days=7, prune_chunk=3, prune_interval=3600,
+                    counted=lambda what, n: counts.append((what, n)))
+    now = reactor.seconds()
+    for n, age_days in enumerate([30, 10, 8, 8, 8, 6, 1, 0]):
+        log.record("r", "room", {**message(n), "timestamp": timestamp(now - age_days * 86400)})
+    log.open()  # prunes at once, before anything was written
+    await log.flush()
+    assert await log.prune() == 5
+    assert counts[-2:] == [("pruned", 3), ("pruned", 2)]
+    await log.close()
+    connection = sqlite3.connect(tmp_path / "m.db")
+    assert [row[0] for row in connection.execute("SELECT body FROM messages ORDER BY seq")] == [
+        json.dumps(f"m{n}") for n in (5, 6, 7)]
+    connection.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daemon_prunes_its_message_log(tmp_path: Path, daemon_factory) -> None:
+    db = tmp_path / "messages.db"
+    connection = sqlite3.connect(db)
+    migrate(connection)
+    with connection:
+        connection.executemany(
+            "INSERT INTO messages (room_id, room_name, message_id, client_id, body, timestamp)"
+            " VALUES ('r', 'old', ?, 'abcd1234', '\"old\"', '2020-01-01T00:00:00.000Z')", [(i,) for i in range(50)])
+    connection.close()
+    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--message-log", f"sqlite:{db}",
+                           "--message-log-keep", "30")
+    await chat(await chatd.wait_listening(), "new", ["fresh"])
+    await chatd.wait_for(rb"Pruned 50 messages older than", "the pruning")
+    chatd.signal("TERM")
+    assert await chatd.wait_exit() == 0
+    connection = sqlite3.connect(db)
+    assert connection.execute("SELECT room_name, body FROM messages").fetchall() == [("new", '"fresh"')]
+    connection.close()
