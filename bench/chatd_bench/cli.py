@@ -76,7 +76,8 @@ HEADLINES = {
             ("loadgen_us_per_delivery", "generator us/delivery", False)],
     "idle": [("kib_per_connection", "KiB/connection", False)],
     "connect": [("connections_per_s", "connections/s", True),
-                ("server_us_per_connection", "server us/connection", False)],
+                ("server_us_per_connection", "server us/connection", False),
+                ("server_us_per_connection_abort", "server us/connection (aborted)", False)],
 }
 
 

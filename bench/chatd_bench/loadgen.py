@@ -77,6 +77,8 @@ class Client(asyncio.Protocol):
         self.room = -1  # which room it is a member of
         self.expected: dict[int, int] = {}  # sender -> next seq expected from it
         self.replies: asyncio.Queue[Any] = asyncio.Queue()
+        self.closing = False  # this client sent a close frame
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses.
@@ -86,6 +88,17 @@ class Client(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        if not self.gone.done():
+            self.gone.set_result(None)
+
+    async def close(self) -> None:
+        """The closing handshake (code 1000), then the server closes the TCP
+        connection, as RFC 6455 has it."""
+        self.closing = True
+        self.send(bytes((0x88, 0x82)) + ZERO_MASK + (1000).to_bytes(2, "big"))
+        await self.gone
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
@@ -134,6 +147,9 @@ class Client(asyncio.Protocol):
                 self.send(bytes((0x8A, 0x80 | len(payload))) + ZERO_MASK + payload)
             elif opcode == 8:
                 code = int.from_bytes(buf[start:start + 2], "big") if length >= 2 else None
+                if self.closing:
+                    pos = end
+                    continue  # the answer to ours: the server closes the connection next
                 self.bench.stats.error(f"closed by the server ({code}): {buf[start + 2:end]!r}")
                 self.replies.put_nowait({"status": "closed", "code": code, "client_id": ""})
                 assert self.transport is not None

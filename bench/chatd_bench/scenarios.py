@@ -227,30 +227,39 @@ async def idle(port: int, server_pid: int, connections: int = 5000, members: int
     }
 
 
-async def connect(port: int, server_pid: int, total: int = 3000, concurrency: int = 50) -> dict[str, Any]:
-    """Handshake plus welcome, ``concurrency`` at a time; each closed once welcomed."""
+async def connect(port: int, server_pid: int, total: int = 5000, concurrency: int = 100) -> dict[str, Any]:
+    """
+    Handshake plus welcome, ``concurrency`` at a time, each then closed: with
+    the closing handshake (the server closes the TCP connection), and then
+    as many again aborted (a reset, as a client that goes away does).
+    """
     bench = Bench(port)
     loop = asyncio.get_running_loop()
     semaphore = asyncio.Semaphore(concurrency)
     done = 0
 
-    async def one(index: int) -> None:
+    async def one(index: int, clean: bool) -> None:
         nonlocal done
         async with semaphore:
             _, client = await loop.create_connection(lambda: Client(bench, index), "127.0.0.1", port)
             await client.replies.get()
             assert client.transport is not None
-            client.transport.abort()
+            if clean:
+                await client.close()
+            else:
+                client.transport.abort()
             done += 1
 
-    with Window(server_pid) as window:
-        await asyncio.gather(*(one(i) for i in range(total)))
-    return {
-        "connections_per_s": round(done / window.seconds),
-        "server_us_per_connection": round(window.server_cpu / done * 1e6, 1),
-        "errors": bench.stats.errors,
-        **window.report(),
-    }
+    results: dict[str, Any] = {}
+    for clean, suffix in ((True, ""), (False, "_abort")):
+        done = 0
+        with Window(server_pid) as window:
+            await asyncio.gather(*(one(i, clean) for i in range(total)))
+        results[f"connections_per_s{suffix}"] = round(done / window.seconds)
+        results[f"server_us_per_connection{suffix}"] = round(window.server_cpu / done * 1e6, 1)
+        if clean:
+            results.update(window.report())
+    return {**results, "errors": bench.stats.errors}
 
 
 SCENARIOS = {"fanout": fanout, "max": maximum, "idle": idle, "connect": connect}
