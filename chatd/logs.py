@@ -19,6 +19,12 @@ from zope.interface import implementer
 # Keys of Twisted's (and the legacy log's) own bookkeeping, left out of the
 # object; ``log_namespace``, ``log_level`` and the text are kept by name.
 _INTERNAL = frozenset({"message", "system", "isError", "format", "why", "failure", "time"})
+# What a record never takes from an event's own keys: those above, what the
+# record sets itself, and Twisted's usual "log_" keys.
+_SKIP = _INTERNAL | {
+    "level", "namespace", "text", "log_logger", "log_level", "log_namespace", "log_source", "log_format",
+    "log_time", "log_failure", "log_system", "log_flattened", "log_trace", "log_io", "log_text",
+}
 
 
 _second = [-1, ""]  # the last whole second formatted, and its text
@@ -52,9 +58,9 @@ def _record(event: LogEvent) -> dict[str, Any]:
         "namespace": event.get("log_namespace", event.get("system", "-")),
         "text": _text(event),
     }
-    for key, value in event.items():
-        if not key.startswith("log_") and key not in _INTERNAL and key not in record:
-            record[key] = value
+    # The usual keys are skipped by one set lookup each; any other "log_"
+    # key by its prefix.
+    record.update({key: value for key, value in event.items() if key not in _SKIP and key[:4] != "log_"})
     failure = event.get("log_failure")
     if failure is not None:
         record["traceback"] = failure.getTraceback()

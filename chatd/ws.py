@@ -23,6 +23,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer, IReactorTime, ISSLTransport
+from twisted.internet.task import LoopingCall
 from twisted.cred.error import UnauthorizedLogin
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -74,6 +75,7 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self.factory.handshakes.begin(self)
         self._direct = fastpath.sends_directly(self.transport)
         # Limits are checked at accept time, so connections that never send
         # a request (a handshake flood) cost at most their per-IP quota.
@@ -247,6 +249,7 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
     def opened(self) -> None:
         """The handshake is done: learn when the client stops reading, and
         read its frames quickly where that is safe."""
+        self.factory.handshakes.done(self)
         self.transport.registerProducer(self, True)
         self._quick = self._quick_limit > 0 and fastpath.parser_state_known(self)
 
@@ -311,6 +314,44 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
         if self._out and not abort:
             self.flush()
         super().dropConnection(abort)
+
+
+class HandshakeTimer:
+    """
+    Drops connections that have not finished the opening handshake within
+    ``timeout`` seconds (never sooner; at most a second later): one sweep a
+    second over those still shaking hands, instead of a timer set and
+    cancelled for each.
+    """
+
+    def __init__(self, clock: IReactorTime, timeout: float) -> None:
+        self.clock = clock
+        self.timeout = timeout
+        self._deadlines: dict[ChatProtocol, float] = {}
+        self._sweep = LoopingCall(self.sweep)
+        self._sweep.clock = clock
+
+    def begin(self, protocol: ChatProtocol) -> None:
+        if self.timeout > 0:
+            self._deadlines[protocol] = self.clock.seconds() + self.timeout
+
+    def done(self, protocol: ChatProtocol) -> None:
+        self._deadlines.pop(protocol, None)
+
+    def sweep(self) -> None:
+        now = self.clock.seconds()
+        late = [protocol for protocol, deadline in self._deadlines.items() if deadline <= now]
+        for protocol in late:
+            del self._deadlines[protocol]
+            protocol.onOpenHandshakeTimeout()  # drops it if it is still shaking hands
+
+    def start(self) -> None:
+        if self.timeout > 0 and not self._sweep.running:
+            self._sweep.start(1.0, now=False)
+
+    def stop(self) -> None:
+        if self._sweep.running:
+            self._sweep.stop()
 
 
 class DeflateChatProtocol(ChatProtocol):
@@ -470,6 +511,7 @@ class ChatFactory(WebSocketServerFactory):
         self.use_moderators(
             list(moderators) if moderators is not None else [build(spec) for spec in settings.moderators])
         self.connections: set[ChatProtocol] = set()
+        self.handshakes = HandshakeTimer(clock, settings.handshake_timeout)
         # The twisted.cred portal that checks tokens (made already by twistd
         # chatd, or here), and whether clients without one may chat.
         self.portal = portal if portal is not None or settings.auth is None else build_portal(settings.auth)
@@ -487,7 +529,10 @@ class ChatFactory(WebSocketServerFactory):
             autoFragmentSize=0,
             failByDrop=False,  # protocol errors get a close frame with a code
             echoCloseCodeReason=False,
-            openHandshakeTimeout=_at_least(settings.handshake_timeout),
+            # chatd times handshakes itself (HandshakeTimer): Autobahn's
+            # timer is set and cancelled per connection, a tenth of what a
+            # connection costs the server.
+            openHandshakeTimeout=0,
             closeHandshakeTimeout=_at_least(settings.close_timeout),
             tcpNoDelay=True,
             autoPingInterval=settings.ping_interval,
@@ -597,7 +642,16 @@ class ChatFactory(WebSocketServerFactory):
             protocol.counted_ip = key
         return refusal
 
+    def startFactory(self) -> None:
+        super().startFactory()
+        self.handshakes.start()
+
+    def stopFactory(self) -> None:
+        self.handshakes.stop()
+        super().stopFactory()
+
     def connection_gone(self, protocol: ChatProtocol) -> None:
+        self.handshakes.done(protocol)
         if protocol in self.connections:
             self.connections.discard(protocol)
             self.admission.gone(protocol.counted_ip)

@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.internet.error import ConnectionDone
 
@@ -345,9 +346,38 @@ def test_autobahn_timeouts_never_fire_before_the_configured_time() -> None:
     # txaio's batched timer truncates deadlines to whole seconds, so chatd
     # asks for one second more than configured; 0 stays "off".
     factory = make_factory(Settings(handshake_timeout=10, close_timeout=5, ping_interval=30, ping_timeout=30))
-    assert (factory.openHandshakeTimeout, factory.closeHandshakeTimeout) == (11, 6)
+    assert factory.closeHandshakeTimeout == 6
     assert (factory.autoPingInterval, factory.autoPingTimeout) == (30, 31)
     assert make_factory().autoPingTimeout == 0
+    # The opening handshake is timed by chatd (HandshakeTimer), not by Autobahn.
+    assert factory.openHandshakeTimeout == 0
+
+
+def test_the_handshake_timer_drops_late_handshakes_never_early() -> None:
+    from chatd.ws import HandshakeTimer
+
+    class Shaking:
+        timed_out = 0
+
+        def onOpenHandshakeTimeout(self) -> None:
+            self.timed_out += 1
+
+    clock = Clock()
+    timer = HandshakeTimer(clock, 10)
+    timer.start()
+    slow, quick = Shaking(), Shaking()
+    clock.advance(0.5)
+    timer.begin(slow)  # type: ignore[arg-type]
+    timer.begin(quick)  # type: ignore[arg-type]
+    clock.advance(5)
+    timer.done(quick)  # type: ignore[arg-type]
+    clock.pump([1] * 4)  # 9.5 s after its start
+    assert slow.timed_out == 0
+    clock.pump([1] * 2)  # within a second after its 10 s
+    assert (slow.timed_out, quick.timed_out) == (1, 0)
+    clock.pump([1] * 20)
+    assert slow.timed_out == 1  # once
+    timer.stop()
 
 
 def test_autobahn_debug_helpers_format_only_when_debugging(fast_path_on: object) -> None:
