@@ -323,7 +323,8 @@ OPTIONS: tuple[Option, ...] = (
            "e.g. tcp:9108:interface=127.0.0.1 (off unless given)."),
     Option("redis", "redis", redis_url,
            "Run as one node of a cluster whose rooms live in this Redis: "
-           "redis://[[user]:password@]host[:port][/db] or unix:///path/redis.sock[?db=N] "
+           "redis://[[user]:password@]host[:port][/db], unix:///path/redis.sock[?db=N], or a "
+           "Sentinel service's master: sentinel://[[user]:password@]host:port[,host:port...]/service[/db] "
            "(off unless given: this process is the whole service)."),
     Option("redis-lease", "redis_lease", seconds(allow_zero=False),
            "Seconds a node's lease in Redis lasts; a node killed without a goodbye "

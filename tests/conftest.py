@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
@@ -9,7 +10,9 @@ import pytest_twisted
 
 from chatd import fastpath
 from chatd.settings import Settings
-from tests.helpers import ClusterNode, DaemonProcess, InProcessServer, RedisServer, spawn_chatd, stop_chatd
+from tests.helpers import (
+    ClusterNode, DaemonProcess, InProcessServer, RedisServer, SentinelServer, spawn_chatd, stop_chatd,
+)
 
 
 @pytest.fixture
@@ -84,7 +87,7 @@ def redis_server() -> Iterator[RedisServer]:
     redis = RedisServer(redis_binary())
     redis.start()
     yield redis
-    redis.stop()
+    redis.remove()
 
 
 @pytest_twisted.async_yield_fixture
@@ -103,3 +106,30 @@ async def cluster(redis_server: RedisServer) -> AsyncIterator[Callable[..., Awai
     for node in started:
         if not node.stopped:
             await node.stop()
+
+
+@pytest.fixture
+def sentinels(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer, list[SentinelServer]]]:
+    """
+    A master, a replica of it and three sentinels watching it as the
+    service "chatd", all real (redis-sentinel, or redis-server --sentinel).
+    """
+    binary = redis_binary()
+    sentinel_binary = shutil.which("redis-sentinel") or binary
+    master = RedisServer(binary)
+    replica = RedisServer(binary, ("--replicaof", "127.0.0.1", str(master.port)))
+    watchers = [SentinelServer(sentinel_binary, master, "chatd", tmp_path) for _ in range(3)]
+    try:
+        master.start()
+        replica.start()
+        replica.wait_for(b"MASTER <-> REPLICA sync: Finished with success")
+        for sentinel in watchers:
+            sentinel.start()
+        for sentinel in watchers:
+            # Each knows the replica and the two other sentinels: a failover can be voted.
+            sentinel.wait_for(b"+slave slave")
+            sentinel.wait_for(b"+sentinel sentinel", count=2)
+        yield master, replica, watchers
+    finally:
+        for server in (*watchers, replica, master):
+            server.remove()

@@ -6,12 +6,14 @@ Every wait is on an event, bounded by a timeout that fails with a reason.
 
 from __future__ import annotations
 
+import shutil
 import json
 import os
 import re
 import socket
 import struct
 import sys
+import tempfile
 from collections import deque
 from typing import Any, Optional
 
@@ -286,7 +288,7 @@ class DaemonProcess(ProcessProtocol):
         self._watches.clear()
         self.ended.callback(code)
 
-    def wait_for(self, pattern: bytes, what: str) -> Deferred:
+    def wait_for(self, pattern: bytes, what: str, seconds: float = WAIT) -> Deferred:
         match = re.search(pattern, self.output)
         if match:
             d: Deferred = Deferred()
@@ -294,7 +296,7 @@ class DaemonProcess(ProcessProtocol):
             return d
         d = Deferred()
         self._watches.append((re.compile(pattern), d))
-        return within(d, what)
+        return within(d, what, seconds)
 
     async def wait_listening(self) -> int:
         match = await self.wait_for(rb"ChatFactory(?: \(TLS\))? starting on (\d+)", "chatd to listen")
@@ -484,33 +486,57 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A private ``redis-server`` on a free loopback port, no persistence."""
+    """A private ``redis-server`` on a free loopback port, no persistence
+    (``extra``: more options, such as ``--replicaof``)."""
 
-    def __init__(self, binary: str) -> None:
+    ready = b"Ready to accept connections"
+
+    def __init__(self, binary: str, extra: tuple[str, ...] = ()) -> None:
         self.binary = binary
         self.port = free_port()
         self.process: Optional[Any] = None
+        self.extra = extra
+        self.log = b""
+        self.dir = tempfile.mkdtemp(prefix="chatd-redis-")
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def command_line(self) -> list[str]:
+        # A directory of its own: a replica's sync writes dump.rdb there.
+        return [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--loglevel", "notice", "--dir", self.dir, *self.extra]
+
     def start(self) -> None:
         import subprocess
+        import threading
 
-        self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--loglevel", "notice"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )
-        assert self.process.stdout is not None
-        seen = b""
-        # Redis says when it accepts connections: wait for that line.
-        for line in self.process.stdout:
-            seen += line
-            if b"Ready to accept connections" in line:
-                return
-        raise RuntimeError(f"redis-server did not start:\n{seen.decode(errors='replace')}")
+        self.log = b""  # this run's
+        self.process = subprocess.Popen(self.command_line(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self._said = threading.Condition()
+        # Its log is read all along (a full pipe would stop Redis).
+        threading.Thread(target=self._read, args=(self.process.stdout,), daemon=True).start()
+        self.wait_for(self.ready)
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            with self._said:
+                self.log += line
+                self._said.notify_all()
+        with self._said:
+            self._said.notify_all()
+
+    def wait_for(self, text: bytes, count: int = 1, seconds: float = 30) -> None:
+        """Block until its log has said ``text`` ``count`` times."""
+        assert self.process is not None
+        with self._said:
+            if not self._said.wait_for(
+                    lambda: self.log.count(text) >= count or self.process.poll() is not None, seconds):
+                raise RuntimeError(
+                    f"{self.binary} did not say {text!r} in {seconds} s:\n{self.log.decode(errors='replace')}")
+            if self.log.count(text) < count:
+                raise RuntimeError(f"{self.binary} exited:\n{self.log.decode(errors='replace')}")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -518,12 +544,39 @@ class RedisServer:
             self.process.wait()
         self.process = None
 
+    def remove(self) -> None:
+        """Stopped for good: its directory goes too."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
     def command(self, *args: str) -> Any:
         """One command over a blocking socket (for checks from tests)."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
             request = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
             sock.sendall(request.encode())
             return _read_reply(sock.makefile("rb"))
+
+
+class SentinelServer(RedisServer):
+    """A sentinel watching ``master`` as the service ``service`` (quorum 2,
+    a master gone for a second is down)."""
+
+    ready = b"+monitor master"
+
+    def __init__(self, binary: str, master: RedisServer, service: str, workdir: Any) -> None:
+        super().__init__(binary)
+        self.config = workdir / f"sentinel-{self.port}.conf"
+        self.config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\n"
+            f"sentinel monitor {service} 127.0.0.1 {master.port} 2\n"
+            f"sentinel down-after-milliseconds {service} 1000\n"
+            f"sentinel failover-timeout {service} 5000\n"
+            f"sentinel parallel-syncs {service} 1\n"
+        )
+
+    def command_line(self) -> list[str]:
+        # redis-sentinel is redis-server under another name.
+        return [self.binary, str(self.config), "--sentinel"]
 
 
 def _read_reply(stream: Any) -> Any:

@@ -206,3 +206,12 @@ def test_every_script_is_in_the_list_loaded_on_connecting() -> None:
     }
     assert {name for name in defined if getattr(scripts, name) in scripts.ALL} == defined
     assert len(scripts.ALL) == len(defined)
+
+
+def test_a_sentinel_url_names_the_sentinels_and_the_service() -> None:
+    from chatd.backplane.address import parse_url
+
+    address = parse_url("sentinel://:s%40cret@10.0.0.1:26379,[::1]:26380/chatd/2")
+    assert (address.sentinels, address.service, address.db, address.password) == (
+        (("10.0.0.1", 26379), ("::1", 26380)), "chatd", 2, "s@cret")
+    assert str(address) == "sentinel://10.0.0.1:26379,::1:26380/chatd/2"

@@ -44,20 +44,19 @@ def node_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
 
 
-class _Factory(txredisapi.RedisFactory):
-    """One connection, reconnecting with a backoff, that tells the backplane
-    when it is usable and when it is lost."""
+class _Tells:
+    """What a connection's factory tells the backplane: when the connection
+    is usable (a Sentinel service's: once it is the master), and when it is
+    lost.  The factory reconnects with a backoff."""
 
     noisy = False
     maxDelay = 2  # a node without Redis is degraded: come back soon
-
-    def __init__(self, backplane: "RedisBackplane", role: str, **kwargs: Any) -> None:
-        super().__init__(None, kwargs.pop("dbid", None), 1, isLazy=True, **kwargs)
-        self.backplane = backplane
-        self.role = role
+    backplane: "RedisBackplane"
+    role: str
+    master_only = False
 
     def buildProtocol(self, addr: Any) -> Any:
-        protocol = super().buildProtocol(addr)
+        protocol = super().buildProtocol(addr)  # type: ignore[misc]
         protocol.whenConnected().addCallback(self._up)
         return protocol
 
@@ -66,11 +65,50 @@ class _Factory(txredisapi.RedisFactory):
         # Nagle's algorithm holds each behind the previous one's ACK.
         if hasattr(protocol.transport, "setTcpNoDelay"):
             protocol.transport.setTcpNoDelay(True)
+        if not self.master_only:
+            self._ready(protocol)
+            return
+        # Sentinel named it the master, but a failover may have turned it
+        # into a replica since: only a master will do.
+        d = protocol.execute_command("ROLE")
+        d.addCallbacks(self._role, lambda _: protocol.transport.loseConnection(), callbackArgs=(protocol,))
+
+    def _role(self, reply: Any, protocol: Any) -> None:
+        role = reply[0] if isinstance(reply, list) and reply else None
+        if role not in ("master", b"master"):
+            protocol.transport.loseConnection()  # asked again, the sentinels know better
+            return
+        self._ready(protocol)
+
+    def _ready(self, protocol: Any) -> None:
         protocol.whenDisconnected().addCallback(self._down)
         self.backplane._connection_up(self.role, protocol)
 
     def _down(self, protocol: Any) -> None:
         self.backplane._connection_down(self.role, protocol)
+
+
+class _Factory(_Tells, txredisapi.RedisFactory):
+    """A connection to one Redis."""
+
+    def __init__(self, backplane: "RedisBackplane", role: str, **kwargs: Any) -> None:
+        super().__init__(None, kwargs.pop("dbid", None), 1, isLazy=True, **kwargs)
+        self.backplane = backplane
+        self.role = role
+
+
+class _SentinelFactory(_Tells, txredisapi.SentinelConnectionFactory):
+    """A connection to a Sentinel service's master: txredisapi asks the
+    sentinels where it is before each attempt (``Sentinel.master_for``)."""
+
+    master_only = True
+
+    def __init__(self, backplane: "RedisBackplane", role: str, protocol: Any, **kwargs: Any) -> None:
+        super().__init__(isLazy=True, **kwargs)
+        self.backplane = backplane
+        self.role = role
+        self.protocol = protocol
+        backplane._factories.append(self)
 
 
 def _resp(parts: list[bytes]) -> bytes:
@@ -180,7 +218,8 @@ class RedisBackplane:
         # The channels this node wants, confirmed or not: re-subscribed after
         # a reconnection.
         self._channels: set[str] = set()
-        self._factories: list[_Factory] = []
+        self._factories: list[Any] = []
+        self._sentinel: Any = None  # txredisapi.Sentinel, for a sentinel:// address
         self._waiting_for_sync: list[Deferred[None]] = []
         self._waiting_for_loss: list[Deferred[None]] = []
         self._ticker = LoopingCall(self._tick)
@@ -197,14 +236,30 @@ class RedisBackplane:
 
     def start(self, listener: Listener) -> None:
         self._listener = listener
-        auth = dict(password=self.address.password, username=self.address.username)
-        commands = _Factory(self, "commands", dbid=self.address.db, convertNumbers=False, **auth)
-        commands.protocol = _Commands
-        subscriber = _Factory(self, "subscriber", charset=None, convertNumbers=False, **auth)
-        subscriber.protocol = _Subscriber
-        self._factories = [commands, subscriber]
-        for factory in self._factories:
-            factory.startConnecting(endpoint_of(self.address, self.reactor))
+        address = self.address
+        auth = dict(password=address.password, username=address.username)
+        if address.sentinels:
+            self._sentinel = txredisapi.Sentinel(list(address.sentinels))
+            # While a failover is under way no sentinel names a master, and
+            # txredisapi waits this long for one before trying again: the
+            # sentinels themselves answer at once.
+            self._sentinel.discovery_timeout = 1.0
+            self._factories = []
+            self._sentinel.master_for(
+                address.service, factory_class=_SentinelFactory, dbid=address.db,
+                backplane=self, role="commands", protocol=_Commands, convertNumbers=False, **auth)
+            self._sentinel.master_for(
+                address.service, factory_class=_SentinelFactory,
+                backplane=self, role="subscriber", protocol=_Subscriber, charset=None, convertNumbers=False,
+                **auth)
+        else:
+            commands = _Factory(self, "commands", dbid=address.db, convertNumbers=False, **auth)
+            commands.protocol = _Commands
+            subscriber = _Factory(self, "subscriber", charset=None, convertNumbers=False, **auth)
+            subscriber.protocol = _Subscriber
+            self._factories = [commands, subscriber]
+            for factory in self._factories:
+                factory.startConnecting(endpoint_of(address, self.reactor))
         # Renew the lease and look for dead nodes three times per lease.
         self._ticker.start(self.lease / 3, now=False)
         self._stall_watch.start(min(1.0, self.timeout / 2), now=False)
@@ -232,6 +287,11 @@ class RedisBackplane:
         for factory in self._factories:
             try:
                 await factory.disconnect()
+            except Exception:
+                pass
+        if self._sentinel is not None:
+            try:
+                await self._sentinel.disconnect()
             except Exception:
                 pass
 
