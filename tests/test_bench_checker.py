@@ -101,3 +101,34 @@ def test_the_c_checker_agrees_with_the_python_one() -> None:
     # Whole frames in one read: same again.
     whole: Any = [b"".join(stream())]
     assert run(True, whole) == run(False, whole)
+
+
+def test_the_capacity_model_follows_the_measured_costs(tmp_path, capsys) -> None:
+    from chatd_bench import capacity
+
+    def run(server: str, scenario: str, **figures: float) -> dict:
+        return {"server": server, "scenario": scenario, **figures}
+
+    results = [
+        run("chatd", "max", server_us_per_delivery=0.4),
+        run("chatd-redis", "max", server_us_per_delivery=0.8, redis_us_per_delivery=0.2),
+        run("chatd", "connect", server_us_per_connection=250.0),
+        run("chatd", "idle", kib_per_connection=8.0),
+    ]
+    unit = capacity.costs(results)
+    assert unit["node_us_per_delivery"] == pytest.approx(0.6)
+    assert unit["node_us_per_message_per_node"] == pytest.approx(0.2 * 49)
+    assert unit["redis_us_per_message"] == pytest.approx(0.2 * 49)
+    result = capacity.plan(unit, connections=1_000_000, room_size=50, per_minute=1, conns_per_node=50_000,
+                           node_utilisation=0.7, redis_utilisation=0.7)
+    # 16,667 messages/s, 816,667 deliveries/s; 20 nodes by connections, each
+    # room spread over all 20: per node 0.025 + 0.163 cores.
+    assert result["nodes"] == 20 and result["room_span"] == 20
+    assert result["node_core_busy"] == pytest.approx(816_667 / 20 * 0.6e-6 + 16_667 * 9.8e-6, rel=1e-3)
+    assert result["redis_shards"] == 1 and result["redis_cores"] == pytest.approx(16_667 * 9.8e-6, rel=1e-3)
+    assert result["reconnect_storm_core_s"] == pytest.approx(250)
+    assert result["first_limit"] == "connections per node"
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    assert capacity.main([str(path), "--per-minute", "60"]) == 0
+    assert "| redis_shards | 14 |" in capsys.readouterr().out  # 60 times the traffic: Redis first

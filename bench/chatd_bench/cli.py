@@ -203,9 +203,18 @@ def summary(results: list[dict[str, Any]], servers: list[str], scenarios: list[s
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["capacity"]:
+        # Arithmetic on a results file: no server, no cores to pin.
+        from chatd_bench import capacity
+
+        return capacity.main(argv[1:])
     parser = argparse.ArgumentParser(prog="chatd-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("capacity", help="nodes and Redis shards for a workload, from a results file "
+                                    "(chatd-bench capacity --help)")
     run = sub.add_parser("run", help="one scenario against one server")
     run.add_argument("--server", default="chatd", help=f"{', '.join(SERVERS)}, or a command with {{port}}")
     run.add_argument("--scenario", choices=sorted(SCENARIOS), default="fanout")
