@@ -570,7 +570,7 @@ class SentinelServer(RedisServer):
             f"port {self.port}\nbind 127.0.0.1\n"
             f"sentinel monitor {service} 127.0.0.1 {master.port} 2\n"
             f"sentinel down-after-milliseconds {service} 1000\n"
-            f"sentinel failover-timeout {service} 5000\n"
+            f"sentinel failover-timeout {service} 2000\n"
             f"sentinel parallel-syncs {service} 1\n"
         )
 

@@ -45,9 +45,14 @@ async def test_the_cluster_resumes_on_the_promoted_replica(
     master.stop()  # SIGKILL
     # Both nodes notice, and are in step again once the sentinels have
     # promoted the replica (within 30 s of the kill).
-    for node in nodes:
-        await node.wait_for(rb"Lost Redis at", "the node to notice", 30)
-        await node.wait_for(rb"(?s)Lost Redis at.*" + IN_STEP, "the node to be in step with the new master", 30)
+    try:
+        for node in nodes:
+            await node.wait_for(rb"Lost Redis at", "the node to notice", 30)
+            await node.wait_for(rb"(?s)Lost Redis at.*" + IN_STEP, "the node to be in step with the new master", 30)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n" + "\n".join(
+            [node.output.decode(errors="replace")[-3000:] for node in nodes]
+            + [s.log.decode(errors="replace")[-2000:] for s in watchers])) from None
     assert replica.command("ROLE")[0] == "master"
     # The room is there, with its members; ids go on above every one seen.
     members = (await bob.request({"action": "members"}))["members"]

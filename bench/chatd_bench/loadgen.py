@@ -78,11 +78,12 @@ class Client(asyncio.Protocol):
         self.expected: dict[int, int] = {}  # sender -> next seq expected from it
         self.replies: asyncio.Queue[Any] = asyncio.Queue()
         self.closing = False  # this client sent a close frame
-        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.gone: Optional[asyncio.Future[None]] = None  # made once connected
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses.
         self.transport = cast(asyncio.Transport, transport)
+        self.gone = asyncio.get_running_loop().create_future()
         transport.write(HANDSHAKE.format(port=self.bench.port).encode())
 
     def send(self, data: bytes) -> None:
@@ -90,7 +91,7 @@ class Client(asyncio.Protocol):
         self.transport.write(data)
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
-        if not self.gone.done():
+        if self.gone is not None and not self.gone.done():
             self.gone.set_result(None)
 
     async def close(self) -> None:
@@ -98,6 +99,7 @@ class Client(asyncio.Protocol):
         connection, as RFC 6455 has it."""
         self.closing = True
         self.send(bytes((0x88, 0x82)) + ZERO_MASK + (1000).to_bytes(2, "big"))
+        assert self.gone is not None
         await self.gone
 
     def data_received(self, data: bytes) -> None:
