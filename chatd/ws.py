@@ -105,6 +105,8 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
         # anything else, or whatever follows it, goes to Autobahn's parser.
         # Latency at a low rate is mostly the Python run per message before
         # the first send, and Autobahn's parser is a good share of it.
+        if self.state == WebSocketProtocol.STATE_CONNECTING and fastpath.handshake(self, data):
+            return
         if self._quick and self.state == WebSocketProtocol.STATE_OPEN and fastpath.parser_idle(self):
             messages, used = client_text_messages(data, self._quick_limit)
             if messages:

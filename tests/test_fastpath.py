@@ -6,10 +6,11 @@ switched off by CHATD_FASTPATH=0, under which the real-socket suites pass.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -52,7 +53,7 @@ def test_every_shortcut_is_found_on_the_libraries_chatd_installs(fresh: pytest.M
     # slow chatd down in production.
     assert fastpath.shortcuts() == fastpath.Shortcuts(
         send=True, frames=True, quiet_debug=True, redis_alone=True, forget_sigterm=True,
-        tcp_address=True)
+        tcp_address=True, handshake=True)
 
 
 def test_the_switch_turns_every_shortcut_off_with_one_log_line(fresh: pytest.MonkeyPatch) -> None:
@@ -137,3 +138,60 @@ def test_the_real_socket_suites_pass_with_every_fast_path_off() -> None:
     tail = "\n".join(result.stdout.splitlines()[-25:])
     assert result.returncode == 0, tail
     assert " passed" in tail and " failed" not in tail
+
+
+def _handshake(request: bytes) -> tuple[bytes, dict, Any]:
+    """What a server protocol answers to ``request``, and its handshake state."""
+    from tests.test_ws import Peer, make_factory
+
+    factory = make_factory()
+    peer = Peer(factory)
+    taken = []
+    original = fastpath.handshake
+
+    def watched(protocol: Any, data: bytes) -> bool:
+        taken.append(original(protocol, data))
+        return taken[-1]
+
+    fastpath.handshake = watched  # type: ignore[assignment]
+    try:
+        peer.protocol.dataReceived(request)
+        factory.clock.advance(0)
+    finally:
+        fastpath.handshake = original  # type: ignore[assignment]
+    p = peer.protocol
+    state = {name: getattr(p, name, None) for name in (
+        "state", "http_status_line", "http_headers", "http_request_uri", "http_request_path",
+        "http_request_params", "http_request_host", "websocket_version", "websocket_protocols",
+        "websocket_origin", "websocket_extensions", "websocket_protocol_in_use", "data")}
+    # The welcome's client ID is random: the rest must be the same bytes.
+    return re.sub(rb'"client_id": "[0-9a-f]{8}"', b"ID", peer.transport.value()), state, taken[:1]
+
+
+PLAIN = (b"GET / HTTP/1.1\r\nHost: chat.example.org:8765\r\nUpgrade: websocket\r\n"
+         b"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+         b"Origin: https://chat.example.org\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+@pytest.mark.parametrize("request_", [
+    PLAIN,
+    PLAIN.replace(b"GET / ", b"GET /chat?room=1 "),  # a query: Autobahn's
+    PLAIN.replace(b"\r\n\r\n", b"\r\nSec-WebSocket-Protocol: chat\r\n\r\n"),  # a subprotocol: Autobahn's
+    PLAIN.replace(b"Origin: ", b"X-A: 1\r\nX-A: 2\r\nOrigin: "),  # a header twice: Autobahn's
+    PLAIN.replace(b"Origin: https://chat.example.org", b"Origin: not an origin"),  # refused by Autobahn
+    PLAIN.replace(b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 8"),
+    PLAIN.replace(b"Upgrade: websocket", b"Upgrade: h2c"),
+    PLAIN.replace(b"Host: chat", b"Host:\x85chat"),  # obs-text: Autobahn's
+    PLAIN.replace(b"Host: chat", b"Host : chat"),  # not a header line
+    PLAIN.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"dGhlIHNhbXBsZSBub25jZQ"),  # a bad key
+])
+def test_the_quick_handshake_answers_exactly_as_autobahn(fresh: pytest.MonkeyPatch, request_: bytes) -> None:
+    quick_response, quick_state, taken = _handshake(request_)
+    fresh.setenv(fastpath.SWITCH, "0")
+    fastpath.reset()
+    response, state, _ = _handshake(request_)
+    assert quick_response == response
+    assert quick_state == state
+    # The plain request is chatd's; the others are left to Autobahn, as is
+    # any request it would refuse.
+    assert taken == [request_ == PLAIN]
