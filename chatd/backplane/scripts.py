@@ -135,8 +135,9 @@ local function owner_of(room)
   return owner
 end
 
-local function role_of(room, client)
-  if owner_of(room) == client then
+-- A member's role, given the room's owner (owner_of, looked up once).
+local function role_of(room, client, owner)
+  if owner == client then
     return 'owner'
   end
   if redis.call('SISMEMBER', P .. 'mods:' .. room, client) == 1 then
@@ -500,12 +501,13 @@ return out
 MEMBERS = _PRELUDE + r"""
 local room = ARGV[2]
 local out = {}
+local owner = owner_of(room)
 for _, client in ipairs(redis.call('ZRANGE', P .. 'members:' .. room, 0, -1)) do
   local nick, user = unpack(redis.call('HMGET', P .. 'client:' .. client, 'nick', 'user'))
   table.insert(out, client)
   table.insert(out, nick or '')
   table.insert(out, user or '')
-  table.insert(out, role_of(room, client))
+  table.insert(out, role_of(room, client, owner))
 end
 return out
 """
@@ -527,7 +529,8 @@ if not room or room == '' then
 end
 local rkey = P .. 'room:' .. room
 local banned, invited, mods = P .. 'banned:' .. room, P .. 'invited:' .. room, P .. 'mods:' .. room
-local role = role_of(room, client)
+local owner = owner_of(room)
+local role = role_of(room, client, owner)
 if action == 'op' or action == 'deop' then
   if role ~= 'owner' then
     return {'role'}
@@ -567,7 +570,7 @@ if action == 'invite' then
   return {'ok'}
 end
 if action == 'op' or action == 'deop' then
-  if redis.call('HGET', rkey, 'owner') == tclient then
+  if owner == tclient then
     return {'isowner'}
   end
   if action == 'deop' and redis.call('SISMEMBER', mods, tclient) == 0 then
@@ -583,7 +586,6 @@ if action == 'op' or action == 'deop' then
 end
 -- kick, ban: who goes (a ban: every connection of a user it names).
 local removed, is_self, is_owner = {}, false, false
-local owner = owner_of(room)
 if action == 'kick' then
   removed = {tclient}
   is_self, is_owner = tclient == client, tclient == owner
