@@ -408,6 +408,13 @@ def _nick(value: Any) -> str:
     return nick
 
 
+def default_nick(user: str, name: Optional[str]) -> Optional[str]:
+    """The nick an authenticated client without one takes: its display
+    name, else its user name, if that may be a nick as it is."""
+    nick = name if name is not None and valid_nick(name) else user
+    return nick if valid_nick(nick) else None
+
+
 def valid_nick(value: str) -> bool:
     """Whether ``value`` may be a nick as it is (a default one, say)."""
     try:
@@ -550,6 +557,11 @@ def broadcast_parts(
     if nick is not None:
         tail = b', "nick": ' + _dumps(nick).encode("ascii") + tail
     return head[:-1] + b', "id": ', tail
+
+
+def joined(room_id: str, name: str) -> dict[str, Any]:
+    """The seed's reply to "join"."""
+    return {"status": "success", "message": f"Joined room '{name}'", "room_id": room_id}
 
 
 def created(room_id: str, name: str, private: bool) -> dict[str, Any]:

@@ -211,11 +211,8 @@ def done_reply(command: Manage) -> dict[str, Any]:
     return {"status": "success", "message": message}
 
 
-def _overlap(keys: list[str], others: list[str]) -> bool:
-    return any(key in others for key in keys)
-
-
-def _listed(entries: Optional[set[str]], keys: list[str]) -> bool:
+def _listed(entries: Optional[Container[str]], keys: list[str]) -> bool:
+    """Whether any of ``keys`` is among ``entries`` (None: there are none)."""
     return entries is not None and any(key in entries for key in keys)
 
 
@@ -531,11 +528,7 @@ class ChatCore:
             self._leave_room(client, now)
             self._enter_room(client, room)
             self.announce(room, "join", client.client_id, client.nick, now, client, client.user)
-        reply: dict[str, Any] = {
-            "status": "success",
-            "message": f"Joined room '{room.name}'",
-            "room_id": room.room_id,
-        }
+        reply = codec.joined(room.room_id, room.name)
         if since is not None:
             # Everything after ``since`` is in history (kept when it was
             # published), and everything after this reply reaches the client
@@ -725,10 +718,10 @@ class ChatCore:
             removed = [target]
             is_self, is_owner = target is client, target.client_id == room.owner
         else:
-            removed = [m for m in room.members.values() if _overlap(names_of(m.client_id, m.user), keys)]
+            removed = [m for m in room.members.values() if _listed(keys, names_of(m.client_id, m.user))]
             owner = self.clients.get(room.owner)
-            is_self = _overlap(keys, names_of(client.client_id, client.user))
-            is_owner = _overlap(keys, names_of(room.owner, owner.user if owner is not None else None))
+            is_self = _listed(keys, names_of(client.client_id, client.user))
+            is_owner = _listed(keys, names_of(room.owner, owner.user if owner is not None else None))
         if is_self:
             raise refusal("self", command, room.name)
         if is_owner:
@@ -834,9 +827,9 @@ class ChatCore:
         self.set_user(client, user)
         if client.nick is not None:
             return
-        nick = name if name is not None and codec.valid_nick(name) else user
+        nick = codec.default_nick(user, name)
         room = client.room
-        if not codec.valid_nick(nick) or (room is not None and self._nick_taken(room, nick, client)):
+        if nick is None or (room is not None and self._nick_taken(room, nick, client)):
             return
         client.nick = nick
         if room is not None:

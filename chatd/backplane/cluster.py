@@ -268,7 +268,7 @@ class ClusterChat:
     ) -> "Deferred[Reply]":
         current = client.room
         if current is not None and current.room_id == room_id and since is None:
-            return succeed({"status": "success", "message": f"Joined room '{current.name}'", "room_id": room_id})
+            return succeed(codec.joined(room_id, current.name))
         if not self.backplane.available:
             raise Unavailable()
         room = self.core.local_room(room_id)
@@ -302,7 +302,7 @@ class ClusterChat:
             self._answered(pending)
             if outcome == "same" and current is room:
                 self._release(room)  # the client holds its reference on the room already
-            reply: Reply = {"status": "success", "message": f"Joined room '{room.name}'", "room_id": room_id}
+            reply = codec.joined(room_id, room.name)
             if since is not None:
                 reply["recovered"] = int(result[8]) == 1
                 reply["messages"] = [json.loads(payload) for payload in result[9]]
@@ -516,8 +516,8 @@ class ClusterChat:
             self.core.set_user(client, user)
             if client.nick is not None:
                 return None
-            nick = name if name is not None and codec.valid_nick(name) else user
-            if not codec.valid_nick(nick):
+            nick = codec.default_nick(user, name)
+            if nick is None:
                 return None
             # The default nick is a wish: taken in the room, there is none.
             return self.set_nick(client, nick, now).addErrback(lambda f: f.trap(ChatError))
