@@ -223,8 +223,11 @@ class HistoryStore(Protocol):
         """Keep the encoded broadcast ``payload``, whose id is ``message_id``."""
         ...
 
-    def recent(self, room: Room, limit: int, before: Optional[int]) -> list[dict[str, Any]]:
-        """At most ``limit`` messages with ids below ``before``, oldest first."""
+    def recent(
+        self, room: Room, limit: int, before: Optional[int], after: Optional[int] = None,
+    ) -> list[dict[str, Any]]:
+        """At most ``limit`` messages with ids below ``before`` (and above
+        ``after``), oldest first."""
         ...
 
     def drop(self, room: Room) -> None:
@@ -311,12 +314,15 @@ class MemoryHistory:
                 break
         return total
 
-    def recent(self, room: Room, limit: int, before: Optional[int]) -> list[dict[str, Any]]:
+    def recent(
+        self, room: Room, limit: int, before: Optional[int], after: Optional[int] = None,
+    ) -> list[dict[str, Any]]:
         ring = self._rings.get(room.room_id)
         if ring is None:
             return []
+        # Only what is returned is decoded.
         found = [payload for message_id, payload in zip(ring.ids, ring.payloads, strict=True)
-                 if before is None or message_id < before]
+                 if (before is None or message_id < before) and (after is None or message_id > after)]
         return [json.loads(payload) for payload in found[-limit:]]
 
     def drop(self, room: Room) -> None:
@@ -533,7 +539,10 @@ class ChatCore:
             # Everything after ``since`` is in history (kept when it was
             # published), and everything after this reply reaches the client
             # live: each message exactly once.
-            kept = self.history.recent(room, max(1, self.limits.history_size), None)
+            # (From another life of the room, ``since`` is above every id:
+            # then all that is kept.)
+            after = since if since <= room.last_id else None
+            kept = self.history.recent(room, max(1, self.limits.history_size), None, after)
             reply["recovered"], reply["messages"] = codec.recovery(kept, room.last_id, since)
         return reply
 

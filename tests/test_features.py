@@ -202,6 +202,7 @@ def test_history_is_bounded_by_count_and_bytes_and_dies_with_the_room() -> None:
     history = MemoryHistory(size=3, max_bytes=10_000)
     core, a, b = room_with_messages(5, history=history)
     assert [m["id"] for m in core.recent(a, 50, None)["messages"]] == [3, 4, 5]
+    assert [m["id"] for m in history.recent(a.room, 50, None, after=3)] == [4, 5]
     big = "x" * 4000
     for _ in range(3):
         core.message(a, big, NOW)
