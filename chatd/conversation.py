@@ -51,6 +51,18 @@ MAX_WAITING = 100
 _connections_log = HotPathLogger(namespace="chatd.ws.ChatProtocol")
 
 
+def token_refused(failure: Failure, metrics: Any) -> Optional[str]:
+    """Why the portal refused a token (counted in the metrics), for the
+    ``auth`` action and the handshake alike; None: a checker's bug."""
+    if failure.check(TokenExpired):
+        metrics.auth.labels("expired").inc()
+        return codec.TOKEN_EXPIRED
+    if failure.check(UnauthorizedLogin):
+        metrics.auth.labels("invalid").inc()
+        return codec.INVALID_TOKEN
+    return None
+
+
 class _Call:
     """One question to the chat: whether its answer came during the call."""
 
@@ -310,12 +322,9 @@ class Conversation:
         return self._authenticated(client, identity).addCallback(lambda _: reply)
 
     def _login_failed(self, failure: Failure) -> None:
-        if failure.check(TokenExpired):
-            self.factory.metrics.auth.labels("expired").inc()
-            raise NotAuthenticated(codec.TOKEN_EXPIRED)
-        if failure.check(UnauthorizedLogin):
-            self.factory.metrics.auth.labels("invalid").inc()
-            raise NotAuthenticated(codec.INVALID_TOKEN)
+        why = token_refused(failure, self.factory.metrics)
+        if why is not None:
+            raise NotAuthenticated(why)
         failure.raiseException()  # a checker's bug: an internal error
 
     def _authenticated(self, client: Client, identity: Any) -> "Deferred[None]":
