@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import abstract, tcp
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
@@ -303,8 +304,6 @@ def handshake(protocol: Any, data: bytes) -> bool:
             _url_to_origin(origin)  # every origin is allowed ("*"), but it must be one
         except ValueError:
             return False
-    from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-
     protocol.trafficStats.preopenIncomingOctetsWireLevel += len(data)
     protocol.http_request_data = data
     protocol.http_status_line = status
