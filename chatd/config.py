@@ -198,11 +198,13 @@ def days(value: Any, is_text: bool) -> float:
     return number
 
 
-def redis_url(value: Any, is_text: bool) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"must be a URL like redis://localhost:6379/0, not {_toml_type(value)}")
-    parse_url(value)
-    return value
+def redis_urls(value: Any, is_text: bool) -> tuple[str, ...]:
+    items = [value] if is_text or isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(item, str) for item in items):
+        raise ValueError(f"must be a URL like redis://localhost:6379/0 or a list of them, not {_toml_type(value)}")
+    for item in items:
+        parse_url(item)
+    return tuple(items)
 
 
 def auth_spec(value: Any, is_text: bool) -> str:
@@ -321,11 +323,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics", "metrics", endpoint,
            "Serve Prometheus /metrics, /healthz and /readyz on this endpoint, "
            "e.g. tcp:9108:interface=127.0.0.1 (off unless given)."),
-    Option("redis", "redis", redis_url,
+    Option("redis", "redis", redis_urls,
            "Run as one node of a cluster whose rooms live in this Redis: "
            "redis://[[user]:password@]host[:port][/db], unix:///path/redis.sock[?db=N], or a "
            "Sentinel service's master: sentinel://[[user]:password@]host:port[,host:port...]/service[/db] "
-           "(off unless given: this process is the whole service)."),
+           "(off unless given: this process is the whole service). Repeatable: each room lives on one "
+           "of them, by a hash of its ID; every node must list the same ones in the same order.",
+           kind="list"),
     Option("redis-lease", "redis_lease", seconds(allow_zero=False),
            "Seconds a node's lease in Redis lasts; a node killed without a goodbye "
            "has its clients removed from their rooms within this time."),
@@ -382,7 +386,10 @@ def load(command_line: Mapping[str, Any], config_path: Optional[str] = None) -> 
         else:
             values[option.field] = _checked(option, value, True, "command line")
     settings = Settings(**values)
-    if settings.workers > 1 and settings.redis is None:
+    twice = {url for url in settings.redis if settings.redis.count(url) > 1}
+    if twice:
+        raise ConfigError(f"--redis names {sorted(twice)[0]!r} twice: each shard is one Redis")
+    if settings.workers > 1 and not settings.redis:
         raise ConfigError(
             f"--workers {settings.workers} needs --redis: workers share their rooms through Redis")
     if settings.message_log_keep is not None and settings.message_log is None:

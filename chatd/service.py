@@ -31,16 +31,22 @@ from chatd.ws import ChatFactory
 
 
 def join_cluster(factory: ChatFactory, settings: Settings, reactor: Any) -> tuple[Any, Any]:
-    """Make ``factory`` a node of the cluster on ``settings.redis``: (backplane, chat)."""
+    """Make ``factory`` a node of the cluster on ``settings.redis`` (one
+    Redis, or several shards): (shards, chat)."""
     from chatd.backplane.address import parse_url
     from chatd.backplane.cluster import ClusterChat
-    from chatd.backplane.redis import RedisBackplane
+    from chatd.backplane.redis import RedisBackplane, node_name
+    from chatd.backplane.shards import Shards
 
-    assert settings.redis is not None
-    backplane = RedisBackplane(
-        parse_url(settings.redis), reactor, lease=settings.redis_lease, timeout=settings.redis_timeout,
-        at_once=factory.flusher.send_now,
-    )
+    assert settings.redis
+    node = node_name()  # one name on every shard
+    backplane = Shards([
+        RedisBackplane(
+            parse_url(url), reactor, lease=settings.redis_lease, timeout=settings.redis_timeout,
+            node=node, at_once=factory.flusher.send_now,
+        )
+        for url in settings.redis
+    ])
     chat = ClusterChat(
         factory.core, backplane, reactor,
         refuse=lambda client: client.sink.close(CLOSE_TRY_AGAIN_LATER, Unavailable().message),
@@ -95,7 +101,7 @@ class ChatService(MultiService):
             moderators=moderators, portal=portal,
         )
         self.backplane: Optional[Any] = None
-        if settings.redis is not None:
+        if settings.redis:
             self._cluster(settings, reactor)
         self.listeners = MultiService()
         self.listeners.setServiceParent(self)
@@ -135,8 +141,10 @@ class ChatService(MultiService):
             self._reactor.stop()
 
     def is_ready(self) -> bool:
-        """Listening, and (in a cluster) in step with Redis."""
-        return self.ready and (self.backplane is None or self.backplane.available)
+        """Listening, and (in a cluster) in step with Redis: with several
+        shards, with one at least (a shard that is away takes only its rooms
+        down, on every node alike)."""
+        return self.ready and (self.backplane is None or self.backplane.partly_available)
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)

@@ -96,8 +96,9 @@ class Settings:
     permessage_deflate: bool = False
     #: Endpoint for /metrics, /healthz and /readyz (None: not served).
     metrics: Optional[str] = None
-    #: Redis URL of the cluster's backplane (None: this process is the whole service).
-    redis: Optional[str] = None
+    #: Redis URLs of the cluster's backplane, one per shard (none: this
+    #: process is the whole service).
+    redis: tuple[str, ...] = ()
     #: Seconds a node's lease lasts: a node that stops renewing it (killed) has
     #: its clients removed within this time.
     redis_lease: float = 15.0

@@ -83,6 +83,11 @@ class Options(usage.Options):
 
     opt_trusted_proxy.__doc__ = config.BY_NAME["trusted-proxy"].help
 
+    def opt_redis(self, url: str) -> None:
+        self["redis"].append(url)
+
+    opt_redis.__doc__ = config.BY_NAME["redis"].help
+
     def opt_moderator(self, spec: str) -> None:
         self["moderator"].append(spec)
 

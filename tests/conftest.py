@@ -11,7 +11,7 @@ import pytest_twisted
 from chatd import fastpath
 from chatd.settings import Settings
 from tests.helpers import (
-    ClusterNode, DaemonProcess, InProcessServer, RedisServer, SentinelServer, spawn_chatd, stop_chatd,
+    ClusterNode, ClusterNodes, DaemonProcess, InProcessServer, RedisServer, SentinelServer, spawn_chatd, stop_chatd,
 )
 
 
@@ -90,22 +90,34 @@ def redis_server() -> Iterator[RedisServer]:
     redis.remove()
 
 
+@pytest.fixture
+def redis_shards() -> Iterator[list[RedisServer]]:
+    """Two private redis-servers, the shards of one cluster."""
+    binary = redis_binary()
+    shards = [RedisServer(binary), RedisServer(binary)]
+    try:
+        for shard in shards:
+            shard.start()
+        yield shards
+    finally:
+        for shard in shards:
+            shard.remove()
+
+
 @pytest_twisted.async_yield_fixture
 async def cluster(redis_server: RedisServer) -> AsyncIterator[Callable[..., Awaitable[ClusterNode]]]:
     """Starts cluster nodes on the test's Redis; all are stopped afterwards."""
-    started: list[ClusterNode] = []
+    nodes = ClusterNodes((redis_server.url,))
+    yield nodes.start
+    await nodes.stop()
 
-    async def start(**settings: object) -> ClusterNode:
-        options: dict[str, object] = dict(ping_interval=0, ping_timeout=0, redis=redis_server.url)
-        options.update(settings)
-        node = await ClusterNode(Settings(**options)).start()  # type: ignore[arg-type]
-        started.append(node)
-        return node
 
-    yield start
-    for node in started:
-        if not node.stopped:
-            await node.stop()
+@pytest_twisted.async_yield_fixture
+async def sharded_cluster(redis_shards: list[RedisServer]) -> AsyncIterator[Callable[..., Awaitable[ClusterNode]]]:
+    """Starts cluster nodes on both of the test's Redis shards."""
+    nodes = ClusterNodes(tuple(shard.url for shard in redis_shards))
+    yield nodes.start
+    await nodes.stop()
 
 
 @pytest.fixture

@@ -616,3 +616,24 @@ class ClusterNode(InProcessServer):
         self.stopped = True
         await super().stop()
         await within(self.backplane.stop(), "the node to leave Redis")
+
+
+class ClusterNodes:
+    """Starts cluster nodes on the given Redis URLs (one per shard); ``stop``
+    stops every one still running."""
+
+    def __init__(self, redis: tuple[str, ...]) -> None:
+        self.redis = redis
+        self.started: list[ClusterNode] = []
+
+    async def start(self, **settings: object) -> ClusterNode:
+        options: dict[str, object] = dict(ping_interval=0, ping_timeout=0, redis=self.redis)
+        options.update(settings)
+        node = await ClusterNode(Settings(**options)).start()  # type: ignore[arg-type]
+        self.started.append(node)
+        return node
+
+    async def stop(self) -> None:
+        for node in self.started:
+            if not node.stopped:
+                await node.stop()

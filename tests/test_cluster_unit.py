@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 
 from chatd.backplane import scripts
 from chatd.backplane.cluster import ClusterChat
+from chatd.backplane.shards import Shards
 from chatd.core import ChatCore, CoreEvents
 from chatd.errors import Unavailable
 from tests.fakes import FakeSink
@@ -19,7 +20,7 @@ class LosingBackplane:
     """Redis is lost while the node subscribes."""
 
     node = "node-1"
-    available = True
+    available = connected = True
 
     def __init__(self) -> None:
         self.unsubscribed: list[str] = []
@@ -36,7 +37,7 @@ class LosingBackplane:
 
 def test_a_subscription_lost_half_way_is_dropped_and_the_room_forgotten() -> None:
     core, backplane = ChatCore(), LosingBackplane()
-    chat = ClusterChat(core, backplane, Clock(), refuse=lambda client: None)  # type: ignore[arg-type]
+    chat = ClusterChat(core, Shards([backplane]), Clock(), refuse=lambda client: None)  # type: ignore[arg-type]
     client = core.connect(FakeSink())
     failures: list[Any] = []
     chat.join(client, "ab12cd34").addErrback(failures.append)  # type: ignore[union-attr]
@@ -50,7 +51,7 @@ class RecordingBackplane:
     """Records every script call; Redis answers when the test says."""
 
     node = "node-1"
-    available = True
+    available = connected = True
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[Any, ...], Deferred[Any]]] = []
@@ -74,7 +75,7 @@ def in_room(core: ChatCore, room_id: str) -> Any:
 
 def test_a_rooms_messages_of_one_iteration_go_to_redis_in_one_call_in_order() -> None:
     core, backplane, clock = ChatCore(), RecordingBackplane(), Clock()
-    chat = ClusterChat(core, backplane, clock, refuse=lambda client: None)  # type: ignore[arg-type]
+    chat = ClusterChat(core, Shards([backplane]), clock, refuse=lambda client: None)  # type: ignore[arg-type]
     a, b, c = in_room(core, "room-one"), in_room(core, "room-one"), in_room(core, "room-two")
     replies: list[Any] = []
     for client, body in ((a, "1"), (b, "2"), (c, "3"), (a, "4")):
@@ -105,7 +106,7 @@ def test_a_message_whose_bookkeeping_fails_fails_alone() -> None:
                 raise OSError("disk full")
 
     core, backplane, clock = ChatCore(events=BrokenLog()), RecordingBackplane(), Clock()
-    chat = ClusterChat(core, backplane, clock, refuse=lambda client: None)  # type: ignore[arg-type]
+    chat = ClusterChat(core, Shards([backplane]), clock, refuse=lambda client: None)  # type: ignore[arg-type]
     a = in_room(core, "room-one")
     replies: list[Any] = []
     for body in ("1", "poison", "3"):
@@ -119,7 +120,7 @@ def test_a_message_whose_bookkeeping_fails_fails_alone() -> None:
 
 def test_a_command_after_a_message_reaches_redis_after_it() -> None:
     core, backplane, clock = ChatCore(), RecordingBackplane(), Clock()
-    chat = ClusterChat(core, backplane, clock, refuse=lambda client: None)  # type: ignore[arg-type]
+    chat = ClusterChat(core, Shards([backplane]), clock, refuse=lambda client: None)  # type: ignore[arg-type]
     a = in_room(core, "room-one")
     chat.submit(a, "last words", 0.0)
     chat.disconnect(a, 0.0)  # in the same iteration
@@ -139,7 +140,7 @@ class CountedDeliveries(CoreEvents):
 def test_a_batch_from_the_channel_reaches_the_local_members_in_order() -> None:
     events = CountedDeliveries()
     core, clock = ChatCore(events=events), Clock()
-    chat = ClusterChat(core, RecordingBackplane(), clock, refuse=lambda client: None)  # type: ignore[arg-type]
+    chat = ClusterChat(core, Shards([RecordingBackplane()]), clock, refuse=lambda client: None)  # type: ignore[arg-type]
     here, there = in_room(core, "room-one"), in_room(core, "room-one")
     chat.channel_message("room-one", b"M5 aaaa1111 {\"n\": 5}\n6 aaaa1111 {\"n\": 6}\n7 bbbb2222 {\"n\": 7}")
     assert here.sink.received == there.sink.received == [{"n": 5}, {"n": 6}, {"n": 7}]
@@ -183,7 +184,7 @@ def test_a_lone_broadcast_from_redis_is_handled_at_once_and_the_rest_is_not() ->
         return function(*args)
 
     core, clock = ChatCore(), Clock()
-    chat = ClusterChat(core, RecordingBackplane(), clock, refuse=lambda client: None)  # type: ignore[arg-type]
+    chat = ClusterChat(core, Shards([RecordingBackplane()]), clock, refuse=lambda client: None)  # type: ignore[arg-type]
     backplane = RedisBackplane(parse_url("redis://localhost"), clock, at_once=send_now)
     backplane._listener = chat
     here = in_room(core, "room-one")

@@ -14,7 +14,7 @@ import pytest_twisted
 
 from tests.helpers import DaemonProcess, WSClient, connect
 
-IN_STEP = rb"In step with Redis: cluster actions available"
+IN_STEP = rb"In step with Redis at sentinel://\S+: cluster actions available"
 
 
 async def member(port: int) -> tuple[WSClient, str]:

@@ -120,7 +120,7 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         "message_log": "sqlite:/var/lib/chatd/messages.db",
         "message_log_keep": 90.0,
         "history_memory": 1048576,
-        "redis": "redis://:s%40cret@redis.internal:6380/2",
+        "redis": ("redis://:s%40cret@redis.internal:6380/2",),
         "redis_lease": 20.0,
         "redis_timeout": 3.0,
         "workers": 4,
@@ -171,6 +171,8 @@ def test_every_option_is_documented_in_the_example_config() -> None:
          "--redis 'sentinel://h1:26379' names no service: sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]"),
         (["--redis", "sentinel://h1:26379/chatd/x"],
          "--redis 'sentinel://h1:26379/chatd/x': the database must be a number, not 'x'"),
+        (["--redis", "redis://a:6379/0", "--redis", "redis://a:6379/0"],
+         "--redis names 'redis://a:6379/0' twice: each shard is one Redis"),
         (["--workers", "0"], "--workers must be at least 1, not 0"),
         (["--workers", "2"], "--workers 2 needs --redis: workers share their rooms through Redis"),
         (["--allowed-origin", "chat.example.org"],
@@ -253,6 +255,13 @@ shutdown-timeout = 2.5
     assert parse("--config", path, "--listen", "tcp:7000").listen == ("tcp:7000",)
 
 
+def test_redis_shards_from_the_command_line_or_the_config_file(tmp_path: Path) -> None:
+    one, two = "redis://10.0.0.5:6379/0", "sentinel://10.0.1.1:26379,10.0.1.2:26379/chatd"
+    assert parse("--redis", one, "--redis", two).redis == (one, two)  # in the order given
+    assert parse("--config", write(tmp_path, f'redis = "{one}"')).redis == (one,)
+    assert parse("--config", write(tmp_path, f'redis = ["{one}", "{two}"]')).redis == (one, two)
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -268,6 +277,10 @@ shutdown-timeout = 2.5
         ('log-messages = "yes"', "log-messages must be true or false, not a string"),
         ('allowed-origin = "https://a.org"', "allowed-origin must be a list of origins, not a string"),
         ("max-connections-per-ip = 2.5", "max-connections-per-ip must be a whole number, not 2.5"),
+        ("redis = []", "redis must be a URL like redis://localhost:6379/0 or a list of them, not a list"),
+        ('redis = ["redis://a/0", 5]', "redis must be a URL like redis://localhost:6379/0 or a list of them, "
+                                       "not a list"),
+        ('redis = ["redis://a/x"]', "redis 'redis://a/x': the database must be a number, not 'x'"),
     ],
 )
 def test_config_file_errors_name_the_file_and_key(tmp_path: Path, text: str, message: str, capsys) -> None:

@@ -20,7 +20,7 @@ def test_a_worker_gets_the_parents_options_but_listens_on_the_inherited_sockets(
     raw = ["--workers", "4", "--listen", "tcp:8765", "--listen=unix:/run/chatd.sock",
            "--redis", REDIS, "--log-format", "json", "--metrics", "tcp:9108:interface=127.0.0.1",
            "--workers=4", "-c", "/etc/chatd/chatd.toml"]
-    settings = Settings(workers=4, redis=REDIS, metrics="tcp:9108:interface=127.0.0.1")
+    settings = Settings(workers=4, redis=(REDIS,), metrics="tcp:9108:interface=127.0.0.1")
     assert worker_arguments(raw, settings, 2, ["INET", "UNIX"]) == [
         "--redis", REDIS, "--log-format", "json", "-c", "/etc/chatd/chatd.toml",
         # The command line wins over the config file: one worker, these sockets.
@@ -37,7 +37,7 @@ def test_metrics_ports_are_one_per_worker_or_refused() -> None:
 
 
 def test_tls_listeners_are_refused_with_workers() -> None:
-    settings = Settings(workers=2, redis=REDIS, listen=("ssl:8443:privateKey=k.pem",))
+    settings = Settings(workers=2, redis=(REDIS,), listen=("ssl:8443:privateKey=k.pem",))
     with pytest.raises(ConfigError, match="ssl: listener is not supported"):
         WorkerPool(settings, [], reactor=None)
 

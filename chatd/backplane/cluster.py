@@ -28,7 +28,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatd import codec
-from chatd.backplane import Backplane, scripts
+from chatd.backplane import scripts
+from chatd.backplane.shards import Shards
 from chatd.chat import Answer, counts_of
 from chatd.codec import Command
 from chatd.core import ChatCore, Client, Room, done_reply, member_entry, refusal
@@ -39,6 +40,9 @@ T = TypeVar("T")
 
 #: Candidate IDs tried before giving up (each is 32 random bits).
 _TRIES = 5
+#: Candidate room IDs tried for one on a shard in step (with half the
+#: shards away, all of them miss one time in 2 ** 20).
+_ROOM_TRIES = 20
 #: Messages to one room sent to Redis in one script call, at most.
 MAX_BATCH = 100
 
@@ -102,14 +106,14 @@ class ClusterChat:
     def __init__(
         self,
         core: ChatCore,
-        backplane: Backplane,
+        shards: Shards,
         clock: IReactorTime,
         refuse: Callable[[Client], None],
         wait: float = 5.0,
     ) -> None:
         self.core = core
         self.wait = wait
-        self.backplane = backplane
+        self.shards = shards
         self.clock = clock
         self._refuse = refuse  # closes a client the cluster cannot keep
         # Local clients tied to each room (in it, or on their way in); the
@@ -119,7 +123,7 @@ class ClusterChat:
         self._subscriptions: dict[str, Optional[list[Deferred[None]]]] = {}
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._pending_of: dict[str, _Pending] = {}
-        self._background: set[Deferred[Any]] = set()  # disconnects on their way to Redis
+        self._in_background: set[Deferred[Any]] = set()  # disconnects on their way to Redis
         # Chat messages of this reactor iteration, by room, on their way to
         # Redis.
         self._outbox: dict[str, list[_Outgoing]] = {}
@@ -138,9 +142,9 @@ class ClusterChat:
         is away (a node starting, a short outage) the connection waits for it,
         at most ``wait`` seconds, before it is refused.
         """
-        if self.backplane.available:
+        if self.shards.partly_available:
             return self._register(sink, _TRIES)
-        d = self.backplane.when_available()
+        d = self.shards.when_partly_available()
         d.addTimeout(self.wait, self.clock)
 
         def gave_up(failure: Failure) -> None:
@@ -151,11 +155,15 @@ class ClusterChat:
 
     def _register(self, sink: Any, tries: int) -> "Deferred[Client]":
         candidate = self.core.new_client_id()
-        d = self._call(scripts.REGISTER, self.backplane.node, candidate)
+        d = self._each(scripts.REGISTER, self.shards.node, candidate)
 
-        def registered(result: Any) -> Union[Client, Deferred[Client]]:
-            if result:
+        def registered(results: list[tuple[Any, Any]]) -> Union[Client, Deferred[Client]]:
+            if all(result for _, result in results):
                 return self.core.connect(sink, candidate)
+            # Taken on some shard: the others let it go again.
+            for shard, result in results:
+                if result:
+                    self._background(shard.call(scripts.UNREGISTER, self.shards.node, candidate), "a registration")
             if tries > 1:
                 return self._register(sink, tries - 1)
             raise RuntimeError("no free client ID after several tries")
@@ -170,16 +178,16 @@ class ClusterChat:
         room, client.room = client.room, None
         if room is not None:
             self._release(room)
-        if self.backplane.available:
-            d = self._call(scripts.UNREGISTER, self.backplane.node, client.client_id)
-            d.addCallbacks(self._left, self._background_failure, errbackArgs=("a disconnect",))
-            self._background.add(d)
-            d.addBoth(lambda _: self._background.discard(d))
-        # Otherwise the resync after Redis is back takes the client out.
+        self._flush()
+        for shard in self.shards.all:
+            if shard.connected:
+                d = shard.call(scripts.UNREGISTER, self.shards.node, client.client_id).addCallback(self._left)
+                self._background(d, "a disconnect")
+        # A shard not connected now takes the client out at its resync.
 
     def settled(self) -> "Deferred[Any]":
         """Fires once Redis has applied every disconnect made so far."""
-        return DeferredList(list(self._background))
+        return DeferredList(list(self._in_background))
 
     # -- commands ------------------------------------------------------------
 
@@ -225,23 +233,28 @@ class ClusterChat:
             self.core.events.direct_sent(client, message, 0, len(payload))
             return codec.MESSAGE_SENT
 
-        return self._call(scripts.DIRECT, client.client_id, to, payload).addCallback(done)
+        # Every shard knows every client: the first one in step will do.
+        shard = self.shards.serving(to)
+        if shard is None:
+            return fail(Unavailable())
+        return self._call(shard, scripts.DIRECT, client.client_id, to, payload).addCallback(done)
 
     def create(self, client: Client, name: str, now: float, private: bool = False) -> "Deferred[Reply]":
-        if not self.backplane.available:
+        if not self.shards.partly_available:
             raise Unavailable()
         self.core.check_create_rate(client, now)
         return self._create(client, name, codec.timestamp(now), private, _TRIES)
 
     def _create(self, client: Client, name: str, created_at: str, private: bool, tries: int) -> "Deferred[Reply]":
-        room = self.core.local_room(self.core.new_room_id())
+        room = self.core.local_room(self._new_room_id())
         room.name, room.created_at, room.created_by = name, created_at, client.client_id
         room.owner, room.private = client.client_id, private
+        shard, old = self.shards.of(room.room_id), client.room
 
         def run(_: None) -> "Deferred[Any]":
             return self._call(
-                scripts.CREATE, self.backplane.node, client.client_id, room.room_id, name, created_at,
-                "1" if private else "0")
+                shard, scripts.CREATE, self.shards.node, client.client_id, room.room_id, name, created_at,
+                "1" if private else "0", *_who(client), len(self.shards), self.shards.position(shard))
 
         def done(result: list[Any]) -> Union[Reply, Deferred[Reply]]:
             outcome = _text(result[0])
@@ -255,6 +268,7 @@ class ClusterChat:
                 raise Unavailable()
             room.seq = int(result[2])
             self._old_room(_text(result[3]), int(result[4]))
+            self._leave_elsewhere(client, old, shard)
             if self._answered(pending):
                 self.core.events.room_created(room, client)
             return codec.created(room.room_id, name, private)
@@ -269,13 +283,15 @@ class ClusterChat:
         current = client.room
         if current is not None and current.room_id == room_id and since is None:
             return succeed(codec.joined(room_id, current.name))
-        if not self.backplane.available:
+        shard = self.shards.of(room_id)
+        if not shard.available:
             raise Unavailable()
         room = self.core.local_room(room_id)
 
         def run(_: None) -> "Deferred[Any]":
             return self._call(
-                scripts.JOIN, self.backplane.node, client.client_id, room_id, -1 if since is None else since)
+                shard, scripts.JOIN, self.shards.node, client.client_id, room_id, -1 if since is None else since,
+                *_who(client))
 
         def done(result: list[Any]) -> Reply:
             outcome = _text(result[0])
@@ -295,6 +311,7 @@ class ClusterChat:
             room.last_id = max(room.last_id, int(result[5]))
             room.owner, room.private = _text(result[10]), _text(result[11]) == "1"
             self._old_room(_text(result[6]), int(result[7]))
+            self._leave_elsewhere(client, current, shard)
             if outcome == "same":
                 self._pending.pop((room_id, client.client_id), None)
                 pending.placed = True
@@ -320,9 +337,10 @@ class ClusterChat:
         self.core.receive_in(client, None)
         self._release(room)
         reply = {"status": "success", "message": "Left room"}
-        if not self.backplane.available:
+        shard = self.shards.of(room.room_id)
+        if not shard.available:
             return succeed(reply)  # the resync after Redis is back catches up
-        d = self._call(scripts.LEAVE, self.backplane.node, client.client_id)
+        d = self._call(shard, scripts.LEAVE, self.shards.node, client.client_id)
 
         def done(result: list[Any]) -> Reply:
             self._left(result)
@@ -344,7 +362,7 @@ class ClusterChat:
         if room is None:
             return fail(NotInRoom("You must join a room first"))
         ts = codec.timestamp(now)
-        if not self.backplane.available:
+        if not self.shards.of(room.room_id).available:
             return succeed(self._publish_here(client, room, body, ts, now))
         head, tail = codec.broadcast_parts(client.client_id, body, ts, client.nick, client.user)
         # Gathered with the room's other messages of this reactor iteration:
@@ -367,10 +385,10 @@ class ClusterChat:
         for room_id, messages in outbox.items():
             for start in range(0, len(messages), MAX_BATCH):
                 batch = messages[start : start + MAX_BATCH]
-                args: list[Any] = [self.backplane.node, room_id, limits.history_size, limits.history_bytes]
+                args: list[Any] = [self.shards.node, room_id, limits.history_size, limits.history_bytes]
                 for message in batch:
                     args += (message.client.client_id, message.head, message.tail)
-                d = self._run(scripts.PUBLISH, *args)
+                d = self._run(self.shards.of(room_id), scripts.PUBLISH, *args)
                 d.addCallback(self._published, batch)
                 d.addErrback(self._as_chat_error)
                 d.addErrback(self._not_published, batch)
@@ -413,26 +431,36 @@ class ClusterChat:
     def list_rooms(
         self, limit: int = codec.DEFAULT_PAGE, after: Optional[str] = None, client: Optional[Client] = None,
     ) -> "Deferred[Reply]":
-        d = self._call(scripts.LIST, int(after) if after else 0, limit, client.client_id if client else "")
+        # Each shard's first rooms after the cursor, merged in creation
+        # order (a shard that is away leaves its rooms out).
+        shards = [shard for shard in self.shards.all if shard.available]
+        if not shards:
+            return fail(Unavailable())
+        args = (int(after) if after else 0, limit, client.client_id if client else "")
+        d = DeferredList([self._call(shard, scripts.LIST, *args) for shard in shards], consumeErrors=True)
 
-        def done(flat: list[Any]) -> Reply:
-            page: list[dict[str, Any]] = []
-            seqs: list[int] = []
-            for i in range(0, len(flat), 6):
-                room_id, name, members, created_at, seq, private = flat[i:i + 6]
-                page.append(codec.room_entry(
-                    _text(room_id), _text(name), int(members), _text(created_at), _text(private) == "1"))
-                seqs.append(int(float(seq)))
-            reply: Reply = {"status": "success", "rooms": page[:limit]}
-            if len(page) > limit:
-                reply["next"] = str(seqs[limit - 1])
+        def done(answers: list[tuple[bool, Any]]) -> Reply:
+            found: list[tuple[int, dict[str, Any]]] = []
+            for ok, flat in answers:
+                if not ok:
+                    continue
+                for i in range(0, len(flat), 6):
+                    room_id, name, members, created_at, seq, private = flat[i:i + 6]
+                    found.append((int(float(seq)), codec.room_entry(
+                        _text(room_id), _text(name), int(members), _text(created_at), _text(private) == "1")))
+            if not any(ok for ok, _ in answers):
+                raise Unavailable()
+            found.sort(key=lambda entry: entry[0])
+            reply: Reply = {"status": "success", "rooms": [entry for _, entry in found[:limit]]}
+            if len(found) > limit:
+                reply["next"] = str(found[limit - 1][0])
             return reply
 
         return d.addCallback(done)
 
     def members(self, client: Client) -> "Deferred[Reply]":
-        room = self._room_of(client)
-        d = self._call(scripts.MEMBERS, room.room_id)
+        room, shard = self._room_of(client)
+        d = self._call(shard, scripts.MEMBERS, room.room_id)
 
         def done(flat: list[Any]) -> Reply:
             members = [
@@ -447,9 +475,9 @@ class ClusterChat:
     def manage(self, client: Client, command: codec.Manage) -> "Deferred[Reply]":
         """An owner's or a moderator's action: the MANAGE script applies the
         core's rules to the room in Redis."""
-        room = self._room_of(client)
+        room, shard = self._room_of(client)
         d = self._call(
-            scripts.MANAGE, self.backplane.node, client.client_id, command.action,
+            shard, scripts.MANAGE, self.shards.node, client.client_id, command.action,
             command.client_id or "", command.user or "", command.reason)
 
         def done(result: list[Any]) -> Reply:
@@ -467,10 +495,19 @@ class ClusterChat:
 
     def set_nick(self, client: Client, nick: str, now: float) -> "Deferred[Reply]":
         reply = {"status": "success", "message": f"Nick set to '{nick}'", "nick": nick}
-        if not self.backplane.available and client.room is None:
-            client.nick = nick  # nobody to clash with; the resync records it
+        args = (self.shards.node, client.client_id, nick, nick.casefold())
+        room = client.room
+        if room is None:
+            # Nobody to clash with: recorded on every shard in the background
+            # (one away records it at its resync).
+            client.nick = nick
+            self._on_each_other(None, scripts.NICK, *args)
             return succeed(reply)
-        d = self._call(scripts.NICK, self.backplane.node, client.client_id, nick, nick.casefold())
+        # The room's shard says whether it is free there; the others follow.
+        shard = self.shards.of(room.room_id)
+        if not shard.available:
+            raise Unavailable()
+        d = self._call(shard, scripts.NICK, *args)
 
         def done(outcome: Any) -> Reply:
             outcome = _text(outcome)
@@ -479,13 +516,14 @@ class ClusterChat:
             if outcome != "ok":
                 raise Unavailable()
             client.nick = nick
+            self._on_each_other(shard, scripts.NICK, *args)
             return reply
 
         return d.addCallback(done)
 
     def recent(self, client: Client, limit: int, before: Optional[int]) -> "Deferred[Reply]":
-        room = self._room_of(client)
-        d = self._call(scripts.HISTORY, room.room_id, limit, before or 0)
+        room, shard = self._room_of(client)
+        d = self._call(shard, scripts.HISTORY, room.room_id, limit, before or 0)
 
         def done(payloads: list[Any]) -> Reply:
             messages = [json.loads(p) for p in payloads]
@@ -508,10 +546,10 @@ class ClusterChat:
     def authenticate(self, client: Client, user: str, name: Optional[str], now: float) -> "Deferred[None]":
         """Record the user in Redis (its name is reserved in the client's
         room from then on); then, without a nick, take the default one."""
-        d = self._call(scripts.AUTH, self.backplane.node, client.client_id, user, user.casefold())
+        d = self._each(scripts.AUTH, self.shards.node, client.client_id, user, user.casefold())
 
-        def recorded(outcome: Any) -> Any:
-            if _text(outcome) != "ok":
+        def recorded(results: list[tuple[Any, Any]]) -> Any:
+            if not any(_text(outcome) == "ok" for _, outcome in results):
                 raise Unavailable()
             self.core.set_user(client, user)
             if client.nick is not None:
@@ -599,26 +637,30 @@ class ClusterChat:
             reached = self.core.deliver_payload(recipients, payload, self.clock.seconds())
             self.core.events.delivered(reached, reached * len(payload))
 
-    def backplane_up(self) -> "Deferred[None]":
-        """Make Redis agree with this node (after a restart, a partition, or at start)."""
+    def shard_up(self, shard: Any) -> "Deferred[None]":
+        """Make a shard agree with this node (after a restart, a partition, or
+        at start): every client, and the rooms that live on it."""
         clients: list[list[str]] = []
         rooms: dict[str, list[Any]] = {}
         for client in self.core.clients.values():
             room = client.room
+            if room is not None and self.shards.of(room.room_id) is not shard:
+                room = None  # in a room elsewhere: in none, as far as this shard knows
             nick, user = client.nick or "", client.user or ""
             clients.append([
                 client.client_id, room.room_id if room else "", nick, nick.casefold(), user, user.casefold(),
                 room.role(client.client_id) if room else ""])
             if room is not None:
                 rooms[room.room_id] = [
-                    room.name, room.created_at, room.created_by, room.seq, room.last_id, "1" if room.private else "0"]
+                    room.name, room.created_at, room.created_by, str(room.seq), str(room.last_id),
+                    "1" if room.private else "0"]
         state = json.dumps({"clients": clients, "rooms": rooms})
-        d = self.backplane.resync(state)
+        d = shard.resync(state)
 
         def done(refused: list[Any]) -> None:
             # Joins whose event was lost with the channel: in their room now.
             for pending in list(self._pending.values()):
-                if pending.answered:
+                if pending.answered and self.shards.of(pending.room.room_id) is shard:
                     self._pending.pop((pending.room.room_id, pending.client.client_id), None)
                     self._place(pending)
             for client_id in refused:
@@ -636,18 +678,75 @@ class ClusterChat:
 
     # -- internals --------------------------------------------------------------
 
-    def _call(self, script: str, *args: Any) -> "Deferred[Any]":
-        """Run a script once the node is in step with Redis; Unavailable otherwise."""
+    def _flush(self) -> None:
         if self._outbox:
             # Messages published before this command reach Redis before it
             # (a message and then a disconnect, say), as they were sent.
             self._send_outbox()
-        return self._run(script, *args).addErrback(self._as_chat_error)
 
-    def _run(self, script: str, *args: Any) -> "Deferred[Any]":
-        if not self.backplane.available:
+    def _call(self, shard: Any, script: str, *args: Any) -> "Deferred[Any]":
+        """Run a script on a shard in step with this node; Unavailable otherwise."""
+        self._flush()
+        return self._run(shard, script, *args).addErrback(self._as_chat_error)
+
+    def _run(self, shard: Any, script: str, *args: Any) -> "Deferred[Any]":
+        if not shard.available:
             return fail(Unavailable())
-        return self.backplane.call(script, *args)
+        return shard.call(script, *args)
+
+    def _each(self, script: str, *args: Any) -> "Deferred[list[tuple[Any, Any]]]":
+        """
+        Run a script about a client on every shard connected now, in step or
+        about to be (one that is not takes the change at its resync): a list
+        of (shard, answer) from those that answered; Unavailable if none did
+        or none is in step.
+        """
+        self._flush()
+        shards = [shard for shard in self.shards.all if shard.connected]
+        if not any(shard.available for shard in shards):
+            return fail(Unavailable())
+        calls = [shard.call(script, *args).addErrback(self._as_chat_error) for shard in shards]
+        if len(shards) == 1:
+            return calls[0].addCallback(lambda answer: [(shards[0], answer)])
+        d = DeferredList(calls, consumeErrors=True)
+
+        def answered(answers: list[tuple[bool, Any]]) -> list[tuple[Any, Any]]:
+            results = [(shard, answer) for shard, (ok, answer) in zip(shards, answers, strict=True) if ok]
+            if not results:
+                raise Unavailable()
+            return results
+
+        return d.addCallback(answered)
+
+    def _on_each_other(self, done: Any, script: str, *args: Any) -> None:
+        """Run a script about a client on every connected shard but ``done``,
+        in the background."""
+        for shard in self.shards.all:
+            if shard is not done and shard.connected:
+                self._background(shard.call(script, *args), "an update on another shard")
+
+    def _leave_elsewhere(self, client: Client, old: Optional[Room], shard: Any) -> None:
+        """The client went from ``old`` into a room on ``shard``: the old
+        room's shard, if another, takes it out there."""
+        if old is None:
+            return
+        elsewhere = self.shards.of(old.room_id)
+        if elsewhere is not shard and elsewhere.connected:
+            d = elsewhere.call(scripts.LEAVE, self.shards.node, client.client_id).addCallback(self._left)
+            self._background(d, "leaving a room on another shard")
+
+    def _background(self, d: "Deferred[Any]", what: str) -> None:
+        d.addErrback(self._as_chat_error).addErrback(self._background_failure, what)
+        self._in_background.add(d)
+        d.addBoth(lambda _: self._in_background.discard(d))
+
+    def _new_room_id(self) -> str:
+        """A free room ID on a shard in step (one that is away takes no new rooms)."""
+        for _ in range(_ROOM_TRIES):
+            room_id = self.core.new_room_id()
+            if self.shards.of(room_id).available:
+                return room_id
+        raise Unavailable()
 
     def _as_chat_error(self, failure: Failure) -> Failure:
         if failure.check(ChatError):
@@ -657,12 +756,15 @@ class ClusterChat:
             self._log.failure("Redis refused a command", failure)
         raise Unavailable()
 
-    def _room_of(self, client: Client) -> Room:
-        if client.room is None:
+    def _room_of(self, client: Client) -> tuple[Room, Any]:
+        """The client's room, and its shard (in step)."""
+        room = client.room
+        if room is None:
             raise NotInRoom("You must join a room first")
-        if not self.backplane.available:
+        shard = self.shards.of(room.room_id)
+        if not shard.available:
             raise Unavailable()
-        return client.room
+        return room, shard
 
     def _subscribed(self, room_id: str) -> "Deferred[None]":
         """Take a reference on the room's channel; fires once it is subscribed."""
@@ -674,7 +776,7 @@ class ClusterChat:
                 return succeed(None)
         else:
             waiting = self._subscriptions[room_id] = []
-            subscribing = self.backplane.subscribe(room_id)
+            subscribing = self.shards.of(room_id).subscribe(room_id)
         d: Deferred[None] = Deferred()
         waiting.append(d)
         if subscribing is not None:
@@ -708,7 +810,7 @@ class ClusterChat:
         self._subscriptions.pop(room_id, None)
         # Always: a subscription that failed half-way (Redis lost meanwhile)
         # is still on the backplane's list to renew at reconnection.
-        self.backplane.unsubscribe(room_id)
+        self.shards.of(room_id).unsubscribe(room_id)
         self.core.forget_room(room)
 
     def _expect(self, client: Client, room: Room) -> _Pending:
@@ -781,6 +883,13 @@ class ClusterChat:
     def _background_failure(self, failure: Failure, what: str) -> None:
         if not failure.check(Unavailable):
             self._log.failure("Redis failed during {what}", failure, what=what)
+
+
+def _who(client: Client) -> tuple[str, str, str, str]:
+    """A client's nick and user, and their folded forms, for a shard that
+    has not recorded it yet (see scripts.adopt)."""
+    nick, user = client.nick or "", client.user or ""
+    return nick, nick.casefold(), user, user.casefold()
 
 
 def _text(value: Any) -> str:

@@ -301,6 +301,12 @@ class RedisBackplane:
     def available(self) -> bool:
         return self._synced and self._commands is not None and self._subscriber is not None
 
+    @property
+    def connected(self) -> bool:
+        """The command connection is up, in step or on its way there: what is
+        sent now is ordered with any resync on the same connection."""
+        return self._commands is not None
+
     def when_unavailable(self) -> "Deferred[None]":
         """Fires once the node has lost Redis (at once if it has)."""
         if not self.available:
@@ -409,8 +415,8 @@ class RedisBackplane:
             self._syncing = False
             if self._commands is not None and self._subscriber is not None:
                 self._synced = True
-                self._log.info("In step with Redis: cluster actions available",
-                               event="redis_synced", node=self.node)
+                self._log.info("In step with Redis at {address}: cluster actions available",
+                               address=str(self.address), event="redis_synced", node=self.node)
                 waiting, self._waiting_for_sync = self._waiting_for_sync, []
                 for waiter in waiting:
                     waiter.callback(None)

@@ -201,6 +201,27 @@ local function nick_taken(room, folded, client)
   return folded ~= mine and redis.call('HEXISTS', P .. 'users:' .. room, folded) == 1
 end
 
+-- A client of a live node that this Redis has no record of (a shard that
+-- was away when it connected, or registered it too late for the resync) is
+-- recorded as its node knows it.  False if another node holds the ID, or
+-- this node's lease is gone (its resync is due).
+local function adopt(node, client, nick, folded, user, ufolded)
+  local holder = redis.call('HGET', P .. 'client:' .. client, 'node')
+  if holder then
+    return holder == node
+  end
+  if redis.call('EXISTS', P .. 'node:' .. node) == 0 then
+    return false
+  end
+  redis.call('HSET', P .. 'client:' .. client, 'node', node, 'room', '', 'nick', nick, 'folded', folded,
+             'user', user, 'ufolded', ufolded)
+  redis.call('SADD', P .. 'node-clients:' .. node, client)
+  if user ~= '' then
+    redis.call('SADD', P .. 'user-clients:' .. user, client)
+  end
+  return true
+end
+
 -- A client no longer counts among its user's connections.
 local function forget_user(client)
   local user = redis.call('HGET', P .. 'client:' .. client, 'user')
@@ -299,18 +320,29 @@ return {room, deleted}
 """
 
 #: ARGV: prefix, node, client, candidate room ID, name, created_at, private
-#: ('1' or '0').  {'ok', room ID, seq, old room, old deleted} or {'taken'}
-#: or {'gone'}.
+#: ('1' or '0'), the client's nick, folded nick, user, folded user (see
+#: adopt), the number of shards and this one's position.  {'ok', room ID,
+#: seq, old room, old deleted} or {'taken'} or {'gone'}.
 CREATE = _PRELUDE + r"""
 local node, client, room, name, created_at, private = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-if redis.call('HGET', P .. 'client:' .. client, 'node') ~= node then
+local stride, offset = tonumber(ARGV[12]), tonumber(ARGV[13])
+if not adopt(node, client, ARGV[8], ARGV[9], ARGV[10], ARGV[11]) then
   return {'gone'}
 end
 if redis.call('EXISTS', P .. 'room:' .. room) == 1 then
   return {'taken'}
 end
 local old, deleted = leave_room(client)
-local seq = redis.call('INCR', P .. 'seq:room')
+-- The creation sequence orders rooms across shards: Redis's clock in steps
+-- of 100 us since 2025 (rising by one step at least), times the number of
+-- shards, plus this one's position, so that no two shards give the same
+-- (and the product stays below 2^53 for centuries).  Written out with %d:
+-- Redis would write a Lua number this large as 1.2e+14.
+local t = redis.call('TIME')
+local now = (tonumber(t[1]) - 1735689600) * 10000 + math.floor(tonumber(t[2]) / 100)
+local last = math.floor(tonumber(redis.call('GET', P .. 'seq:room') or '0') / stride)
+local seq = string.format('%d', math.max(last + 1, now) * stride + offset)
+redis.call('SET', P .. 'seq:room', seq)
 redis.call('HSET', P .. 'room:' .. room, 'name', name, 'created_at', created_at,
            'created_by', client, 'seq', seq, 'last_id', 0, 'bytes', 0, 'owner', client, 'private', private)
 if private == '1' then
@@ -322,7 +354,8 @@ enter_room(client, room, 'create')
 return {'ok', room, seq, old, deleted}
 """
 
-#: ARGV: prefix, node, client, room, since (-1: none).
+#: ARGV: prefix, node, client, room, since (-1: none), the client's nick,
+#: folded nick, user, folded user (see adopt).
 #: {'ok', name, created_at, created_by, seq, last_id, old room, old deleted,
 #: recovered (1, 0; -1 without since), {payloads after since}, owner,
 #: private}, {'same', ...} when already in it, or {'nf'} (no such room, or
@@ -356,7 +389,7 @@ local function recovery(last_id)
   return {all, out}
 end
 local ckey = P .. 'client:' .. client
-if redis.call('HGET', ckey, 'node') ~= node then
+if not adopt(node, client, ARGV[6], ARGV[7], ARGV[8], ARGV[9]) then
   return {'gone'}
 end
 local rkey = P .. 'room:' .. room
@@ -695,7 +728,8 @@ return purge_node(ARGV[2])
 
 #: ARGV: prefix, node, lease in ms, the node's state as JSON:
 #: {"clients": [[id, room, nick, folded, user, ufolded, role], ...],
-#:  "rooms": {id: [name, created_at, created_by, seq, last_id, private], ...}}.
+#:  "rooms": {id: [name, created_at, created_by, seq, last_id, private], ...}}
+#: (seq and last_id as text: Redis writes large Lua numbers as 1.2e+14).
 #: Makes Redis agree with the node (after a restart of Redis, or after the
 #: node was taken for dead): its clients, their rooms and memberships, each
 #: room's message counter at least what the node has seen, and who owns and
@@ -724,8 +758,8 @@ for room, meta in pairs(state.rooms) do
   local seq = tonumber(meta[4])
   if redis.call('EXISTS', rkey) == 0 then
     redis.call('HSET', rkey, 'name', meta[1], 'created_at', meta[2], 'created_by', meta[3],
-               'seq', seq, 'last_id', meta[5], 'bytes', 0, 'owner', '', 'private', meta[6])
-    redis.call('ZADD', P .. 'rooms', seq, room)
+               'seq', meta[4], 'last_id', meta[5], 'bytes', 0, 'owner', '', 'private', meta[6])
+    redis.call('ZADD', P .. 'rooms', meta[4], room)
   elseif tonumber(redis.call('HGET', rkey, 'last_id')) < tonumber(meta[5]) then
     redis.call('HSET', rkey, 'last_id', meta[5])
   end
@@ -734,7 +768,7 @@ for room, meta in pairs(state.rooms) do
   end
 end
 if tonumber(redis.call('GET', P .. 'seq:room') or '0') < maxseq then
-  redis.call('SET', P .. 'seq:room', maxseq)
+  redis.call('SET', P .. 'seq:room', string.format('%d', maxseq))
 end
 -- The node's clients, each in its room.
 local refused = {}
