@@ -64,11 +64,10 @@ class _Pending:
 class _Outgoing:
     """A chat message in the outbox: what its id and reply need later."""
 
-    __slots__ = ("client", "room", "body", "ts", "head", "tail", "published")
+    __slots__ = ("client", "room", "body", "ts", "head", "tail", "answer")
 
     def __init__(
-        self, client: Client, room: Room, body: Any, ts: str, head: bytes, tail: bytes,
-        published: "Deferred[Reply]",
+        self, client: Client, room: Room, body: Any, ts: str, head: bytes, tail: bytes, answer: Answer,
     ) -> None:
         self.client = client
         self.room = room
@@ -76,7 +75,9 @@ class _Outgoing:
         self.ts = ts
         self.head = head  # the encoded message before its id, and after
         self.tail = tail
-        self.published = published  # fires with the sender's reply
+        # Called with the sender's reply (or a Failure) and the client: no
+        # Deferred per message, at hundreds of thousands a second.
+        self.answer = answer
 
 
 class _Holding:
@@ -353,29 +354,32 @@ class ClusterChat:
         return d.addCallbacks(done, failed)
 
     def publish(self, client: Client, body: Any, now: float, answer: Answer) -> None:
-        self.submit(client, body, now).addBoth(answer, client)
-
-    def submit(self, client: Client, body: Any, now: float) -> "Deferred[Reply]":
         """Broadcast through the room's channel (or, without Redis, here
-        only); the sender's reply."""
+        only); ``answer`` gets the sender's reply once Redis has numbered it."""
         room = client.room
         if room is None:
-            return fail(NotInRoom("You must join a room first"))
+            answer(Failure(NotInRoom("You must join a room first")), client)
+            return
         ts = codec.timestamp(now)
         if not self.shards.of(room.room_id).available:
-            return succeed(self._publish_here(client, room, body, ts, now))
+            answer(self._publish_here(client, room, body, ts, now), client)
+            return
         head, tail = codec.broadcast_parts(client.client_id, body, ts, client.nick, client.user)
         # Gathered with the room's other messages of this reactor iteration:
         # one script call and one PUBLISH for all of them (_send_outbox), and
         # their replies settled in one pass (_published).
-        published: Deferred[Any] = Deferred()
         batch = self._outbox.get(room.room_id)
         if batch is None:
             if not self._outbox:
                 self.clock.callLater(0, self._send_outbox)
             batch = self._outbox[room.room_id] = []
-        batch.append(_Outgoing(client, room, body, ts, head, tail, published))
-        return published
+        batch.append(_Outgoing(client, room, body, ts, head, tail, answer))
+
+    def submit(self, client: Client, body: Any, now: float) -> "Deferred[Reply]":
+        """:meth:`publish`, the reply as a Deferred."""
+        d: Deferred[Reply] = Deferred()
+        self.publish(client, body, now, lambda result, _: d.callback(result))
+        return d
 
     def _send_outbox(self) -> None:
         """Send each room's gathered messages in one script call (or a few,
@@ -408,14 +412,19 @@ class ClusterChat:
                 size = len(message.head) + len(str(message_id)) + len(message.tail)
                 events.message_sent(message.room, client, sent, 0, size)
             except Exception:
-                message.published.errback()  # this message's sender hears of it; the rest go on
+                self._answer(message, Failure())  # this message's sender hears of it; the rest go on
             else:
-                message.published.callback(codec.MESSAGE_SENT)
+                self._answer(message, codec.MESSAGE_SENT)
 
-    @staticmethod
-    def _not_published(failure: Failure, batch: list[_Outgoing]) -> None:
+    def _not_published(self, failure: Failure, batch: list[_Outgoing]) -> None:
         for message in batch:
-            message.published.errback(failure)
+            self._answer(message, failure)
+
+    def _answer(self, message: _Outgoing, result: Any) -> None:
+        try:
+            message.answer(result, message.client)
+        except Exception:
+            self._log.failure("Answering a message failed")
 
     def _publish_here(self, client: Client, room: Room, body: Any, ts: str, now: float) -> Reply:
         # Ids go on from the highest this node has seen; the resync raises
