@@ -10,7 +10,9 @@ from typing import Any, Awaitable, Callable
 
 import pytest_twisted
 
-from chatd.backplane.shards import preference, rendezvous
+from twisted.internet.defer import Deferred
+
+from chatd.backplane.shards import Shards, preference, rendezvous
 from tests.helpers import DaemonProcess, RedisServer, WSClient, connect, within
 
 UNAVAILABLE = {"status": "error", "message": "Service temporarily unavailable"}
@@ -28,6 +30,49 @@ def test_a_rooms_shard_is_stable_even_and_moves_little_when_one_is_added() -> No
     assert 0.28 < len(moved) / len(keys) < 0.38
     assert all(preference(key, 3)[0] == rendezvous(key, 3) for key in keys[:500])
     assert rendezvous("anything", 1) == 0
+
+
+class _Shard:
+    def __init__(self, available: bool) -> None:
+        self.node, self.available = "node-1", available
+        self.waiting: list[Deferred[None]] = []
+
+    def when_available(self) -> "Deferred[None]":
+        d: Deferred[None] = Deferred()
+        self.waiting.append(d)
+        return d
+
+
+def test_what_any_shard_can_answer_goes_to_the_first_in_step_in_the_keys_order() -> None:
+    up, down = _Shard(True), _Shard(False)
+    shards = Shards([up, down])
+    assert shards.partly_available and not shards.available
+    keys = [f"user{i}" for i in range(200)]
+    assert {shards.serving(key) for key in keys} == {up}
+    up.available, down.available = False, True
+    assert {shards.serving(key) for key in keys} == {down}
+    up.available = True
+    # Both in step: spread over both, each key always to the same one.
+    assert {shards.serving(key) for key in keys} == {up, down}
+    assert [shards.serving(key) for key in keys] == [shards.serving(key) for key in keys]
+    assert all(shards.of(key) is shards.all[rendezvous(key, 2)] for key in keys)
+
+
+def test_the_node_is_ready_with_one_shard_and_whole_with_every_shard() -> None:
+    one, two = _Shard(False), _Shard(False)
+    shards = Shards([one, two])
+    partly, whole = shards.when_partly_available(), shards.when_available()
+    fired: list[str] = []
+    partly.addCallback(lambda _: fired.append("partly"))
+    whole.addCallback(lambda _: fired.append("whole"))
+    one.available = True
+    one.waiting.pop().callback(None)
+    one.waiting.pop().callback(None)
+    assert fired == ["partly"]
+    two.available = True
+    for d in two.waiting:
+        d.callback(None)
+    assert fired == ["partly", "whole"]
 
 
 def shard_of(room_id: str, shards: list[RedisServer]) -> int:
