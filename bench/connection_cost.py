@@ -19,7 +19,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import globalLogBeginner
 from twisted.python.failure import Failure
 
 from chatd.logs import JSONLogObserver
@@ -49,7 +49,9 @@ class _Null(io.RawIOBase):
 def main() -> None:
     connections = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
     clock = Clock()
-    globalLogPublisher.addObserver(JSONLogObserver(_Null(), clock))
+    # As twistd does: the observer replaces the start-up buffer and its
+    # filter, which would otherwise see every event too.
+    globalLogBeginner.beginLoggingTo([JSONLogObserver(_Null(), clock)], redirectStandardIO=False)
     factory = ChatFactory(Settings(rate_connections_per_ip=0, max_connections=0, max_connections_per_ip=0),
                           clock=clock, reactor=clock)
     factory.doStart()
