@@ -125,9 +125,12 @@ class ClusterChat:
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._pending_of: dict[str, _Pending] = {}
         self._in_background: set[Deferred[Any]] = set()  # disconnects on their way to Redis
-        # Chat messages of this reactor iteration, by room, on their way to
-        # Redis.
+        # Chat messages on their way to Redis, by room: those of this
+        # reactor iteration, and those held while the room's previous batch
+        # is still with Redis (see _send_outbox).
         self._outbox: dict[str, list[_Outgoing]] = {}
+        self._in_flight: dict[str, int] = {}  # PUBLISH calls awaiting Redis, by room
+        self._send_due = False
 
     # -- what the metrics read ---------------------------------------------------
 
@@ -368,12 +371,14 @@ class ClusterChat:
         # Gathered with the room's other messages of this reactor iteration:
         # one script call and one PUBLISH for all of them (_send_outbox), and
         # their replies settled in one pass (_published).
-        batch = self._outbox.get(room.room_id)
+        room_id = room.room_id
+        batch = self._outbox.get(room_id)
         if batch is None:
-            if not self._outbox:
-                self.clock.callLater(0, self._send_outbox)
-            batch = self._outbox[room.room_id] = []
+            batch = self._outbox[room_id] = []
         batch.append(_Outgoing(client, room, body, ts, head, tail, answer))
+        if not self._send_due and room_id not in self._in_flight:
+            self._send_due = True
+            self.clock.callLater(0, self._send_outbox)
 
     def submit(self, client: Client, body: Any, now: float) -> "Deferred[Reply]":
         """:meth:`publish`, the reply as a Deferred."""
@@ -381,21 +386,52 @@ class ClusterChat:
         self.publish(client, body, now, lambda result, _: d.callback(result))
         return d
 
-    def _send_outbox(self) -> None:
-        """Send each room's gathered messages in one script call (or a few,
-        for a very long batch), in the order they were published."""
+    def _send_outbox(self, everything: bool = False) -> None:
+        """
+        Send each room's gathered messages in one script call (or a few, for
+        a very long batch), in the order they were published.
+
+        A room whose previous batch is still with Redis keeps its messages
+        until that batch's answer (group commit): under load a room's
+        messages then go in batches as large as one round trip gathers,
+        which each member receives in one write, instead of in a batch per
+        reactor iteration; a quiet room's message goes at the end of the
+        iteration as before.  ``everything``: held ones too (another command
+        is about to follow them).
+        """
+        self._send_due = False
         outbox, self._outbox = self._outbox, {}
-        limits = self.core.limits
         for room_id, messages in outbox.items():
-            for start in range(0, len(messages), MAX_BATCH):
-                batch = messages[start : start + MAX_BATCH]
-                args: list[Any] = [self.shards.node, room_id, limits.history_size, limits.history_bytes]
-                for message in batch:
-                    args += (message.client.client_id, message.head, message.tail)
-                d = self._run(self.shards.of(room_id), scripts.PUBLISH, *args)
-                d.addCallback(self._published, batch)
-                d.addErrback(self._as_chat_error)
-                d.addErrback(self._not_published, batch)
+            if everything or room_id not in self._in_flight:
+                self._send_room(room_id, messages)
+            else:
+                self._outbox[room_id] = messages
+
+    def _send_room(self, room_id: str, messages: list[_Outgoing]) -> None:
+        limits = self.core.limits
+        shard = self.shards.of(room_id)
+        for start in range(0, len(messages), MAX_BATCH):
+            batch = messages[start : start + MAX_BATCH]
+            args: list[Any] = [self.shards.node, room_id, limits.history_size, limits.history_bytes]
+            for message in batch:
+                args += (message.client.client_id, message.head, message.tail)
+            self._in_flight[room_id] = self._in_flight.get(room_id, 0) + 1
+            d = self._run(shard, scripts.PUBLISH, *args)
+            d.addCallback(self._published, batch)
+            d.addErrback(self._as_chat_error)
+            d.addErrback(self._not_published, batch)
+            d.addBoth(self._landed, room_id)
+
+    def _landed(self, _: Any, room_id: str) -> None:
+        """Redis has answered one of the room's batches: what it held goes now."""
+        count = self._in_flight[room_id] - 1
+        if count:
+            self._in_flight[room_id] = count
+            return
+        del self._in_flight[room_id]
+        held = self._outbox.pop(room_id, None)
+        if held:
+            self._send_room(room_id, held)
 
     def _published(self, ids: list[Any], batch: list[_Outgoing]) -> None:
         if len(ids) != len(batch):
@@ -691,7 +727,7 @@ class ClusterChat:
         if self._outbox:
             # Messages published before this command reach Redis before it
             # (a message and then a disconnect, say), as they were sent.
-            self._send_outbox()
+            self._send_outbox(everything=True)
 
     def _call(self, shard: Any, script: str, *args: Any) -> "Deferred[Any]":
         """Run a script on a shard in step with this node; Unavailable otherwise."""
