@@ -300,7 +300,10 @@ def decode(payload: bytes) -> Command:
     if action == "list":
         options = _options(data, "List", '{"limit": 50, "after": "CURSOR"}')
         after = options.get("after")
-        if after is not None and not (isinstance(after, str) and after.isdigit() and after.isascii()):
+        # A cursor is a creation sequence: at most 20 digits (one that Redis
+        # and int() take without complaint).
+        if after is not None and not (
+                isinstance(after, str) and after.isdigit() and after.isascii() and len(after) <= 20):
             raise ProtocolError("'after' must be the 'next' string of a previous list reply", "shape")
         return ListRooms(_page_limit(options), after)
     if action == "members":

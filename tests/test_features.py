@@ -54,6 +54,8 @@ def test_new_actions_decode_with_defaults() -> None:
         ({"action": "list", "body": {"limit": True}}, "'limit' must be a whole number from 1 to 100"),
         ({"action": "list", "body": {"after": 3}}, "'after' must be the 'next' string of a previous list reply"),
         ({"action": "list", "body": {"after": "x1"}}, "'after' must be the 'next' string of a previous list reply"),
+        ({"action": "list", "body": {"after": "9" * 5000}},
+         "'after' must be the 'next' string of a previous list reply"),
         ({"action": "history", "body": {"limit": 2.5}}, "'limit' must be a whole number from 1 to 100"),
         ({"action": "history", "body": {"before": 0}}, "'before' must be a message id (a whole number of at least 1)"),
         ({"action": "history", "body": {"before": "5"}}, "'before' must be a message id (a whole number of at least 1)"),
