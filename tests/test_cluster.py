@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest_twisted
+from twisted.internet.defer import Deferred
 
 from chatd.backplane import scripts
 
@@ -520,3 +521,65 @@ async def test_a_ban_by_user_name_removes_its_connections_on_every_node(cluster:
             "status": "error", "message": f"You are banned from room {room_id}"}
     members = (await owner.request({"action": "members"}))["members"]
     assert [m["client_id"] for m in members] == [owner_id]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redis_with_a_password_and_another_database() -> None:
+    import socket as _socket
+
+    from tests.conftest import redis_binary
+    from tests.helpers import ClusterNodes, _read_reply
+
+    redis = RedisServer(redis_binary(), ("--requirepass", "s3cret"))
+    redis.start()
+    nodes = ClusterNodes((f"redis://:s3cret@127.0.0.1:{redis.port}/2",))
+    try:
+        one, two = await nodes.start(), await nodes.start()
+        room_id, [(a, a_id), (b, _)] = await room_across([one, two])
+        assert (await a.request({"action": "message", "body": "in db 2"}))["status"] == "success"
+        assert (await b.next())["body"] == "in db 2"
+        # The room is in database 2, which only the password opens.
+        with _socket.create_connection(("127.0.0.1", redis.port), timeout=10) as sock:
+            sock.sendall(b"AUTH s3cret\r\nSELECT 2\r\nEXISTS chatd:room:" + room_id.encode() + b"\r\n")
+            stream = sock.makefile("rb")
+            assert [_read_reply(stream) for _ in range(3)] == ["OK", "OK", 1]
+        for client in (a, b):
+            await client.close()
+    finally:
+        await nodes.stop()
+        redis.remove()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_redis_password_is_said_and_the_node_keeps_trying() -> None:
+    from twisted.internet import reactor
+    from twisted.logger import globalLogPublisher
+
+    from chatd.service import join_cluster
+    from chatd.settings import Settings
+    from chatd.ws import ChatFactory
+    from tests.conftest import redis_binary
+
+    redis = RedisServer(redis_binary(), ("--requirepass", "s3cret"))
+    redis.start()
+    said: list[str] = []
+    heard: Deferred = Deferred()
+
+    def observe(event: dict[str, Any]) -> None:
+        if "refused the connection's set-up" in str(event.get("log_format", "")):
+            said.append(event["error"])
+            if len(said) == 2 and not heard.called:
+                heard.callback(None)  # twice: it tried again
+
+    globalLogPublisher.addObserver(observe)
+    settings = Settings(redis=(f"redis://:wrong@127.0.0.1:{redis.port}/0",), ping_interval=0, ping_timeout=0)
+    shards, chat = join_cluster(ChatFactory(settings, clock=reactor, reactor=reactor), settings, reactor)
+    try:
+        shards.start(chat)
+        await within(heard, "the node to say Redis refused it, twice")
+        assert "WRONGPASS" in said[0] or "invalid" in said[0]
+        assert not shards.partly_available
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        await shards.stop()
+        redis.remove()

@@ -65,20 +65,34 @@ class _Tells:
         # Nagle's algorithm holds each behind the previous one's ACK.
         if hasattr(protocol.transport, "setTcpNoDelay"):
             protocol.transport.setTcpNoDelay(True)
-        if not self.master_only:
-            self._ready(protocol)
-            return
-        # Sentinel named it the master, but a failover may have turned it
-        # into a replica since: only a master will do.
-        d = protocol.execute_command("ROLE")
-        d.addCallbacks(self._role, lambda _: protocol.transport.loseConnection(), callbackArgs=(protocol,))
+        # AUTH and SELECT are sent here rather than by txredisapi, which
+        # stops reconnecting for good when either fails, even when all that
+        # failed was the connection (a master killed at that moment).
+        address = self.backplane.address
+        d: Deferred[Any] = succeed(None)
+        if address.password is not None:
+            credentials = [address.username, address.password] if address.username else [address.password]
+            d.addCallback(lambda _: protocol.execute_command("AUTH", *credentials))
+        if address.db and self.role == "commands":
+            d.addCallback(lambda _: protocol.execute_command("SELECT", address.db))
+        if self.master_only:
+            # Sentinel named it the master, but a failover may have turned
+            # it into a replica since: only a master will do.
+            d.addCallback(lambda _: protocol.execute_command("ROLE")).addCallback(self._role)
+        d.addCallbacks(lambda _: self._ready(protocol), self._not_ready, errbackArgs=(protocol,))
 
-    def _role(self, reply: Any, protocol: Any) -> None:
+    @staticmethod
+    def _role(reply: Any) -> None:
         role = reply[0] if isinstance(reply, list) and reply else None
         if role not in ("master", b"master"):
-            protocol.transport.loseConnection()  # asked again, the sentinels know better
-            return
-        self._ready(protocol)
+            raise _NotMaster()  # asked again, the sentinels know better
+
+    def _not_ready(self, failure: Failure, protocol: Any) -> None:
+        if failure.check(txredisapi.ResponseError):
+            self.backplane._log.error(
+                "Redis at {address} refused the connection's set-up: {error}",
+                address=str(self.backplane.address), error=failure.getErrorMessage())
+        protocol.transport.loseConnection()  # the factory tries again
 
     def _ready(self, protocol: Any) -> None:
         protocol.whenDisconnected().addCallback(self._down)
@@ -88,11 +102,15 @@ class _Tells:
         self.backplane._connection_down(self.role, protocol)
 
 
+class _NotMaster(Exception):
+    """A server the sentinels named is not (or no longer) the master."""
+
+
 class _Factory(_Tells, txredisapi.RedisFactory):
     """A connection to one Redis."""
 
     def __init__(self, backplane: "RedisBackplane", role: str, **kwargs: Any) -> None:
-        super().__init__(None, kwargs.pop("dbid", None), 1, isLazy=True, **kwargs)
+        super().__init__(None, None, 1, isLazy=True, **kwargs)
         self.backplane = backplane
         self.role = role
 
@@ -237,7 +255,6 @@ class RedisBackplane:
     def start(self, listener: Listener) -> None:
         self._listener = listener
         address = self.address
-        auth = dict(password=address.password, username=address.username)
         if address.sentinels:
             self._sentinel = txredisapi.Sentinel(list(address.sentinels))
             # While a failover is under way no sentinel names a master, and
@@ -246,16 +263,15 @@ class RedisBackplane:
             self._sentinel.discovery_timeout = 1.0
             self._factories = []
             self._sentinel.master_for(
-                address.service, factory_class=_SentinelFactory, dbid=address.db,
-                backplane=self, role="commands", protocol=_Commands, convertNumbers=False, **auth)
+                address.service, factory_class=_SentinelFactory,
+                backplane=self, role="commands", protocol=_Commands, convertNumbers=False)
             self._sentinel.master_for(
                 address.service, factory_class=_SentinelFactory,
-                backplane=self, role="subscriber", protocol=_Subscriber, charset=None, convertNumbers=False,
-                **auth)
+                backplane=self, role="subscriber", protocol=_Subscriber, charset=None, convertNumbers=False)
         else:
-            commands = _Factory(self, "commands", dbid=address.db, convertNumbers=False, **auth)
+            commands = _Factory(self, "commands", convertNumbers=False)
             commands.protocol = _Commands
-            subscriber = _Factory(self, "subscriber", charset=None, convertNumbers=False, **auth)
+            subscriber = _Factory(self, "subscriber", charset=None, convertNumbers=False)
             subscriber.protocol = _Subscriber
             self._factories = [commands, subscriber]
             for factory in self._factories:
