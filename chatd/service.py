@@ -40,7 +40,7 @@ def join_cluster(factory: ChatFactory, settings: Settings, reactor: Any) -> tupl
 
     assert settings.redis
     node = node_name()  # one name on every shard
-    backplane = Shards([
+    shards = Shards([
         RedisBackplane(
             parse_url(url), reactor, lease=settings.redis_lease, timeout=settings.redis_timeout,
             node=node, at_once=factory.flusher.send_now,
@@ -48,12 +48,12 @@ def join_cluster(factory: ChatFactory, settings: Settings, reactor: Any) -> tupl
         for url in settings.redis
     ])
     chat = ClusterChat(
-        factory.core, backplane, reactor,
+        factory.core, shards, reactor,
         refuse=lambda client: client.sink.close(CLOSE_TRY_AGAIN_LATER, Unavailable().message),
         wait=settings.redis_timeout,
     )
     factory.use_cluster(chat)
-    return backplane, chat
+    return shards, chat
 
 
 class MetricsSite(Site):

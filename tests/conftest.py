@@ -91,6 +91,15 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def redis_with_password() -> Iterator[RedisServer]:
+    """A private redis-server that takes commands only after AUTH s3cret."""
+    redis = RedisServer(redis_binary(), ("--requirepass", "s3cret"))
+    redis.start()
+    yield redis
+    redis.remove()
+
+
+@pytest.fixture
 def redis_shards() -> Iterator[list[RedisServer]]:
     """Two private redis-servers, the shards of one cluster."""
     binary = redis_binary()

@@ -524,14 +524,12 @@ async def test_a_ban_by_user_name_removes_its_connections_on_every_node(cluster:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_redis_with_a_password_and_another_database() -> None:
+async def test_a_redis_with_a_password_and_another_database(redis_with_password: RedisServer) -> None:
     import socket as _socket
 
-    from tests.conftest import redis_binary
     from tests.helpers import ClusterNodes, _read_reply
 
-    redis = RedisServer(redis_binary(), ("--requirepass", "s3cret"))
-    redis.start()
+    redis = redis_with_password
     nodes = ClusterNodes((f"redis://:s3cret@127.0.0.1:{redis.port}/2",))
     try:
         one, two = await nodes.start(), await nodes.start()
@@ -547,21 +545,18 @@ async def test_a_redis_with_a_password_and_another_database() -> None:
             await client.close()
     finally:
         await nodes.stop()
-        redis.remove()
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_wrong_redis_password_is_said_and_the_node_keeps_trying() -> None:
+async def test_a_wrong_redis_password_is_said_and_the_node_keeps_trying(redis_with_password: RedisServer) -> None:
     from twisted.internet import reactor
     from twisted.logger import globalLogPublisher
 
     from chatd.service import join_cluster
     from chatd.settings import Settings
     from chatd.ws import ChatFactory
-    from tests.conftest import redis_binary
 
-    redis = RedisServer(redis_binary(), ("--requirepass", "s3cret"))
-    redis.start()
+    redis = redis_with_password
     said: list[str] = []
     heard: Deferred = Deferred()
 
@@ -582,4 +577,3 @@ async def test_a_wrong_redis_password_is_said_and_the_node_keeps_trying() -> Non
     finally:
         globalLogPublisher.removeObserver(observe)
         await shards.stop()
-        redis.remove()

@@ -31,6 +31,11 @@ class Backplane(Protocol):
         """Whether the shared state can be reached (and is in step)."""
         ...
 
+    @property
+    def connected(self) -> bool:
+        """Whether a command sent now reaches it (in step, or about to be)."""
+        ...
+
     def call(self, script: str, *args: Any) -> "Deferred[Any]":
         """Run one of :mod:`chatd.backplane.scripts`; Unavailable if it cannot."""
         ...
@@ -55,8 +60,9 @@ class Backplane(Protocol):
 class Listener(Protocol):
     """What a backplane tells its node."""
 
-    def backplane_up(self) -> "Deferred[None]":
-        """Connected again: bring the shared state in step with this node."""
+    def backplane_up(self, backplane: Backplane) -> "Deferred[None]":
+        """``backplane`` (one shard of several, maybe) is connected again:
+        bring its shared state in step with this node."""
         ...
 
     def backplane_down(self) -> None:

@@ -182,12 +182,8 @@ class ClusterChat:
         room, client.room = client.room, None
         if room is not None:
             self._release(room)
-        self._flush()
-        for shard in self.shards.all:
-            if shard.connected:
-                d = shard.call(scripts.UNREGISTER, self.shards.node, client.client_id).addCallback(self._left)
-                self._background(d, "a disconnect")
         # A shard not connected now takes the client out at its resync.
+        self._on_each(scripts.UNREGISTER, self.shards.node, client.client_id, then=self._left)
 
     def settled(self) -> "Deferred[Any]":
         """Fires once Redis has applied every disconnect made so far."""
@@ -546,7 +542,7 @@ class ClusterChat:
             # Nobody to clash with: recorded on every shard in the background
             # (one away records it at its resync).
             client.nick = nick
-            self._on_each_other(None, scripts.NICK, *args)
+            self._on_each(scripts.NICK, *args)
             return succeed(reply)
         # The room's shard says whether it is free there; the others follow.
         shard = self.shards.of(room.room_id)
@@ -561,7 +557,7 @@ class ClusterChat:
             if outcome != "ok":
                 raise Unavailable()
             client.nick = nick
-            self._on_each_other(shard, scripts.NICK, *args)
+            self._on_each(scripts.NICK, *args, but=shard)
             return reply
 
         return d.addCallback(done)
@@ -682,7 +678,7 @@ class ClusterChat:
             reached = self.core.deliver_payload(recipients, payload, self.clock.seconds())
             self.core.events.delivered(reached, reached * len(payload))
 
-    def shard_up(self, shard: Any) -> "Deferred[None]":
+    def backplane_up(self, shard: Any) -> "Deferred[None]":
         """Make a shard agree with this node (after a restart, a partition, or
         at start): every client, and the rooms that live on it."""
         clients: list[list[str]] = []
@@ -763,12 +759,16 @@ class ClusterChat:
 
         return d.addCallback(answered)
 
-    def _on_each_other(self, done: Any, script: str, *args: Any) -> None:
-        """Run a script about a client on every connected shard but ``done``,
-        in the background."""
+    def _on_each(
+        self, script: str, *args: Any, but: Any = None, then: Optional[Callable[[Any], Any]] = None,
+    ) -> None:
+        """Run a script about a client on every connected shard (``but``
+        one), in the background; ``then`` gets each answer."""
+        self._flush()
         for shard in self.shards.all:
-            if shard is not done and shard.connected:
-                self._background(shard.call(script, *args), "an update on another shard")
+            if shard is not but and shard.connected:
+                d = shard.call(script, *args)
+                self._background(d.addCallback(then) if then else d, "updating a client on every shard")
 
     def _leave_elsewhere(self, client: Client, old: Optional[Room], shard: Any) -> None:
         """The client went from ``old`` into a room on ``shard``: the old

@@ -425,7 +425,7 @@ class RedisBackplane:
         if self._listener is None:
             return
         self._syncing = True
-        d = self._listener.backplane_up()
+        d = self._listener.backplane_up(self)
 
         def done(_: Any) -> None:
             self._syncing = False

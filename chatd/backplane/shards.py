@@ -43,26 +43,6 @@ def preference(key: str, count: int) -> list[int]:
     return sorted(range(count), key=lambda position: _weight(position, key), reverse=True)
 
 
-class _ShardListener:
-    """What one shard tells the node, with the shard named."""
-
-    def __init__(self, listener: Any, shard: Any) -> None:
-        self._listener = listener
-        self._shard = shard
-
-    def backplane_up(self) -> "Deferred[None]":
-        return self._listener.shard_up(self._shard)
-
-    def backplane_down(self) -> None:
-        self._listener.backplane_down()
-
-    def channel_message(self, room_id: str, data: bytes) -> None:
-        self._listener.channel_message(room_id, data)
-
-    def direct_message(self, data: bytes) -> None:
-        self._listener.direct_message(data)
-
-
 class Shards:
     """
     The Redis backplanes a node uses, one per shard: which room is on
@@ -75,12 +55,12 @@ class Shards:
             raise ValueError("at least one shard")
         self.all = tuple(shards)
         self.node: str = self.all[0].node
-        self._of = lru_cache(maxsize=1 << 16)(self._position)
+        self._of = lru_cache(maxsize=1 << 16)(self._rendezvous)
 
     def __len__(self) -> int:
         return len(self.all)
 
-    def _position(self, room_id: str) -> int:
+    def _rendezvous(self, room_id: str) -> int:
         return rendezvous(room_id, len(self.all))
 
     def of(self, room_id: str) -> Any:
@@ -137,7 +117,7 @@ class Shards:
 
     def start(self, listener: Listener) -> None:
         for shard in self.all:
-            shard.start(_ShardListener(listener, shard))
+            shard.start(listener)  # each names itself in backplane_up
 
     def stop(self) -> "Deferred[None]":
         """Every shard: this node's clients out, then disconnected."""
