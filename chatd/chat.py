@@ -32,8 +32,10 @@ T = TypeVar("T")
 class Chat(Protocol):
     """What one client's conversation needs from the chat."""
 
-    def connect(self, sink: Sink) -> "Deferred[Client]":
-        """Register a new connection; its client once it has an ID."""
+    def connect(self, sink: Sink) -> "Client | Deferred[Client]":
+        """Register a new connection: its client, or a Deferred of it when
+        the ID must be checked elsewhere first (it is the first thing every
+        connection does, so a local chat answers without a Deferred)."""
         ...
 
     def disconnect(self, client: Client, now: float) -> None:
@@ -112,8 +114,8 @@ class LocalChat:
         self._clock = clock
         self._on_fanout_error = on_fanout_error
 
-    def connect(self, sink: Sink) -> "Deferred[Client]":
-        return succeed(self.core.connect(sink))
+    def connect(self, sink: Sink) -> Client:
+        return self.core.connect(sink)
 
     def publish(self, client: Client, body: Any, now: float, answer: Answer) -> None:
         core = self.core

@@ -120,6 +120,17 @@ class Conversation:
     def begin(self) -> None:
         """The handshake is done: register with the chat, then welcome."""
         registered = self.factory.chat.connect(self)
+        if isinstance(registered, Client):
+            # Registered at once (one process): welcomed at once too, unless
+            # a token's user must be recorded first.
+            try:
+                later = self._welcome(registered)
+            except Exception:
+                self._not_registered(Failure())
+                return
+            if later is not None:
+                self._wait_for(later.addErrback(self._not_registered))
+            return
         registered.addCallback(self._welcome).addErrback(self._not_registered)
         # In a cluster the ID is checked in Redis first (and a token's user
         # recorded): anything the client sends meanwhile waits its turn.

@@ -225,8 +225,12 @@ def quiet_autobahn_debug() -> None:
 def _only_when_debugging(format_: Callable[..., Any]) -> Callable[..., Any]:
     import txaio
 
+    level = txaio.get_global_log_level
+    debugging = frozenset({"debug", "trace"})
+
     def formatted(*args: Any, **kwargs: Any) -> Any:
-        if txaio.get_global_log_level() in ("debug", "trace"):
+        # Called about ten times per connection: nothing looked up on the way.
+        if level() in debugging:
             return format_(*args, **kwargs)
         return "-"
 

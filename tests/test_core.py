@@ -5,6 +5,7 @@ The room rules, without sockets: fake sinks and explicit time.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pytest
@@ -31,6 +32,27 @@ def test_random_id_is_eight_hex_characters_from_a_uuid() -> None:
     value = random_id()
     assert len(value) == 8
     int(value, 16)
+
+
+def test_random_ids_go_on_past_each_chunk_of_random_bytes() -> None:
+    # 4 KiB of system randomness serves 1024 IDs; the next are drawn afresh.
+    values = [random_id() for _ in range(2500)]
+    assert all(len(value) == 8 for value in values)
+    assert len(set(values)) > 2490  # 32 random bits each: a repeat or two at most
+
+
+def test_a_forked_process_draws_other_ids_than_its_parent() -> None:
+    random_id()  # the parent holds random bytes it has not used yet
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next IDs, for the parent to compare
+        os.write(write, "".join(random_id() for _ in range(4)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        child = pipe.read().decode()
+    assert child != "".join(random_id() for _ in range(4))
 
 
 def test_client_id_collisions_are_retried() -> None:

@@ -60,6 +60,10 @@ SERVERS = {
     "seed": f"{sys.executable} {ROOT / 'bench/peers/seed_server.py'} {{port}}",
     "seed-broadcast": f"{sys.executable} {ROOT / 'bench/peers/seed_server.py'} {{port}} --broadcast",
     "node-ws": f"node {ROOT / 'bench/peers/node/server.js'} {{port}}",
+    # What any server on Twisted and Autobahn, or on Twisted alone, costs per
+    # connection at least (connect scenario only: they do no chat).
+    "autobahn-floor": f"{sys.executable} {ROOT / 'bench/peers/floor.py'} {{port}}",
+    "twisted-floor": f"{sys.executable} {ROOT / 'bench/peers/floor.py'} {{port}} --twisted",
 }
 BASELINE = "seed"
 #: What `compare` runs unless told otherwise: chatd against its peers.
