@@ -456,10 +456,14 @@ for i = 6, #ARGV, 3 do
   local client = ARGV[i]
   if in_room[client] then
     id = id + 1
-    local payload = ARGV[i + 1] .. id .. ARGV[i + 2]
-    lines[#lines + 1] = id .. ' ' .. client .. ' ' .. payload
+    -- Written once, as an integer: Lua writes a number it concatenates
+    -- with '%.14g', the exact float formatting that was a twentieth of
+    -- Redis's time here, three times per message.
+    local text = string.format('%d', id)
+    local payload = ARGV[i + 1] .. text .. ARGV[i + 2]
+    lines[#lines + 1] = text .. ' ' .. client .. ' ' .. payload
     if keep > 0 and #payload <= budget then
-      entries[#entries + 1] = id .. ' ' .. payload
+      entries[#entries + 1] = text .. ' ' .. payload
       total = total + #payload
     end
     ids[#ids + 1] = id
