@@ -384,6 +384,9 @@ async def test_history_in_redis_keeps_its_size_and_byte_bounds_across_batches(
         await b.next()
     history = await b.request({"action": "history"})
     assert [m["body"] for m in history["messages"]] == [f"short {i}" for i in range(6, 10)]
+    # Four short messages cannot reach 10,000 bytes: only the count binds,
+    # and the bytes are left uncounted (-1) until they can matter.
+    assert int(redis_server.command("HGET", f"chatd:room:{room_id}", "bytes")) == -1
     # Three messages of over 4,000 bytes: the newest two fit in 10,000
     # bytes, so the size bound (4) no longer decides.
     big = ["x" * 4000 + str(i) for i in range(3)]
@@ -395,8 +398,9 @@ async def test_history_in_redis_keeps_its_size_and_byte_bounds_across_batches(
         await b.next()
     history = await b.request({"action": "history"})
     assert [m["body"] for m in history["messages"]] == big[1:]
-    # The room's byte count is the size of what its history holds, after
-    # drops by count and drops by bytes.
+    # The room's byte count, counted from the list when the large messages
+    # came, is the size of what its history holds, after drops by count and
+    # drops by bytes.
     entries = redis_server.command("LRANGE", f"chatd:history:{room_id}", "0", "-1")
     held = sum(len(entry.encode().split(b" ", 1)[1]) for entry in entries)
     assert len(entries) == 2

@@ -6,8 +6,8 @@ last member out and leave a room without members, or join a room that is
 being deleted.  docs/scaling.md describes the keys; in short, with P the
 prefix (``chatd:``):
 
-- ``P room:ID``          hash: name, created_at, created_by, seq, last_id, bytes,
-  owner (a client ID), private ('1' or '0')
+- ``P room:ID``          hash: name, created_at, created_by, seq, last_id, bytes
+  (-1: not counted), largest, owner (a client ID), private ('1' or '0')
 - ``P mods:ID``          set: the room's moderators (client IDs)
 - ``P invited:ID``       set: who may join a private room: ``c:CLIENT`` or
   ``u:USER``
@@ -447,7 +447,10 @@ for i = 6, #ARGV, 3 do
     count = count + 1
   end
 end
-local ids, lines, entries, total = {}, {}, {}, 0
+-- The channel message is built from pieces, joined once: 'M', then for
+-- each message its id, sender and payload, a newline between messages.
+local ids, pieces, entries = {}, {'M'}, {}
+local n, m, total, biggest = 1, 0, 0, 0
 local id = 0
 if count > 0 then
   id = redis.call('HINCRBY', rkey, 'last_id', count) - count
@@ -461,38 +464,76 @@ for i = 6, #ARGV, 3 do
     -- Redis's time here, three times per message.
     local text = string.format('%d', id)
     local payload = ARGV[i + 1] .. text .. ARGV[i + 2]
-    lines[#lines + 1] = text .. ' ' .. client .. ' ' .. payload
-    if keep > 0 and #payload <= budget then
-      entries[#entries + 1] = text .. ' ' .. payload
-      total = total + #payload
+    if n > 1 then
+      n = n + 1
+      pieces[n] = '\n'
+    end
+    pieces[n + 1], pieces[n + 2], pieces[n + 3], pieces[n + 4], pieces[n + 5] = text, ' ', client, ' ', payload
+    n = n + 5
+    local size = #payload
+    if keep > 0 and size <= budget then
+      m = m + 1
+      entries[m] = text .. ' ' .. payload
+      total = total + size
+      if size > biggest then
+        biggest = size
+      end
     end
     ids[#ids + 1] = id
   else
     ids[#ids + 1] = -1
   end
 end
-if #lines > 0 then
-  redis.call('PUBLISH', P .. 'r:' .. room, 'M' .. table.concat(lines, '\n'))
+if n > 1 then
+  redis.call('PUBLISH', P .. 'r:' .. room, table.concat(pieces))
 end
-if #entries > 0 then
-  -- The oldest entries go, a batch's worth in one RPOP, until the history
-  -- is within both bounds; its byte count is written once.
+if m > 0 then
   local hkey = P .. 'history:' .. room
   local length = redis.call('LPUSH', hkey, unpack(entries))
-  local bytes = tonumber(redis.call('HGET', rkey, 'bytes') or 0) + total
-  local function drop(dropped)
-    bytes = bytes - (#dropped - string.find(dropped, ' ', 1, true))
-    length = length - 1
+  -- 'largest': the largest payload the room's history has taken.  While
+  -- `keep` of those fit in the byte bound, only the count can bind: the
+  -- history is trimmed to `keep` without reading back what goes, and its
+  -- byte count is left undone ('bytes' -1).  Reading the dropped entries
+  -- back was a sixth of Redis's time here.
+  local meta = redis.call('HMGET', rkey, 'bytes', 'largest')
+  local bytes, largest = tonumber(meta[1] or 0), tonumber(meta[2] or 0)
+  if biggest > largest then
+    largest = biggest
+    redis.call('HSET', rkey, 'largest', largest)
   end
-  if length > keep then
-    for _, dropped in ipairs(redis.call('RPOP', hkey, length - keep)) do
-      drop(dropped)
+  if largest * keep <= budget then
+    if length > keep then
+      redis.call('LTRIM', hkey, 0, keep - 1)
     end
+    if bytes ~= -1 then
+      redis.call('HSET', rkey, 'bytes', -1)
+    end
+  else
+    -- Counted exactly: from the list, the first time; then the oldest
+    -- entries go, a batch's worth in one RPOP, until the history is
+    -- within both bounds, and the count is written once.
+    if bytes == -1 then
+      bytes = 0
+      for _, entry in ipairs(redis.call('LRANGE', hkey, 0, -1)) do
+        bytes = bytes + #entry - string.find(entry, ' ', 1, true)
+      end
+    else
+      bytes = bytes + total
+    end
+    local function drop(dropped)
+      bytes = bytes - (#dropped - string.find(dropped, ' ', 1, true))
+      length = length - 1
+    end
+    if length > keep then
+      for _, dropped in ipairs(redis.call('RPOP', hkey, length - keep)) do
+        drop(dropped)
+      end
+    end
+    while length > 0 and bytes > budget do
+      drop(redis.call('RPOP', hkey))
+    end
+    redis.call('HSET', rkey, 'bytes', bytes)
   end
-  while length > 0 and bytes > budget do
-    drop(redis.call('RPOP', hkey))
-  end
-  redis.call('HSET', rkey, 'bytes', bytes)
 end
 return ids
 """
