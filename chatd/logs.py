@@ -28,14 +28,23 @@ _SKIP = _INTERNAL | {
 
 
 _second = [-1, ""]  # the last whole second formatted, and its text
+# The last millisecond formatted, and its text: a busy daemon logs several
+# events a millisecond (two per connection).
+_milli_at = -1
+_milli_text = ""
 
 
 def _time(when: float) -> str:
-    whole = int(when)
+    global _milli_at, _milli_text
+    milli = int(when * 1000)
+    if milli == _milli_at:
+        return _milli_text
+    whole, part = divmod(milli, 1000)
     if whole != _second[0]:
         stamp = datetime.fromtimestamp(whole, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
         _second[0], _second[1] = whole, stamp
-    return f"{_second[1]}.{int((when - whole) * 1000):03d}Z"
+    _milli_at, _milli_text = milli, f"{_second[1]}.{part:03d}Z"
+    return _milli_text
 
 
 def _text(event: LogEvent) -> str:
@@ -50,18 +59,36 @@ def _text(event: LogEvent) -> str:
     return formatEvent(event)
 
 
+#: Which of an event's keys are its own fields, by the event's keys in order:
+#: events of one call site have the same keys, so each kind is sorted out
+#: once (the connect and disconnect events, on every connection).
+_FIELDS: dict[tuple[str, ...], tuple[str, ...]] = {}
+_FIELD_KINDS = 1024  # kinds remembered at most (a call site with varying keys)
+
+
+def _fields(event: LogEvent) -> tuple[str, ...]:
+    keys = tuple(event)
+    fields = _FIELDS.get(keys)
+    if fields is None:
+        # The usual keys are skipped by name; any other "log_" key by its prefix.
+        fields = tuple(key for key in keys if key not in _SKIP and key[:4] != "log_")
+        if len(_FIELDS) < _FIELD_KINDS:
+            _FIELDS[keys] = fields
+    return fields
+
+
 def _record(event: LogEvent) -> dict[str, Any]:
-    level = event.get("log_level")
+    get = event.get
+    level = get("log_level")
     record: dict[str, Any] = {
-        "time": _time(event.get("log_time", 0.0)),
+        "time": _time(get("log_time", 0.0)),
         "level": level.name if level is not None else "info",
-        "namespace": event.get("log_namespace", event.get("system", "-")),
+        "namespace": get("log_namespace", get("system", "-")),
         "text": _text(event),
     }
-    # The usual keys are skipped by one set lookup each; any other "log_"
-    # key by its prefix.
-    record.update({key: value for key, value in event.items() if key not in _SKIP and key[:4] != "log_"})
-    failure = event.get("log_failure")
+    for key in _fields(event):
+        record[key] = event[key]
+    failure = get("log_failure")
     if failure is not None:
         record["traceback"] = failure.getTraceback()
     return record
@@ -145,18 +172,27 @@ class HotPathLogger(Logger):
     A ``twisted.logger.Logger`` for events logged on every connection.  The
     events are the same; what is skipped is ``Logger.emit``'s check that the
     level is a ``LogLevel``, which sorts all of ``LogLevel``'s constants on
-    every event (chatd only ever passes the constants themselves).
+    every event (chatd only ever passes the constants themselves), and
+    ``Logger.info``'s second copy of its keyword arguments.
     """
 
     def emit(self, level: LogLevel, format: Optional[str] = None, **kwargs: object) -> None:
-        if "log_trace" in kwargs:
-            return super().emit(level, format, **kwargs)
-        kwargs.update(
+        self._emit(level, format, kwargs)
+
+    def info(self, format: Optional[str] = None, **kwargs: object) -> None:
+        # Straight to the event: Logger.info's call of emit copies the
+        # keyword arguments once more.
+        self._emit(LogLevel.info, format, kwargs)
+
+    def _emit(self, level: LogLevel, format: Optional[str], event: dict[str, object]) -> None:
+        if "log_trace" in event:
+            return super().emit(level, format, **event)
+        event.update(
             log_logger=self,
             log_level=level,
             log_namespace=self.namespace,
             log_source=self.source,
             log_format=format,
-            log_time=time.time(),  # noqa: wall-clock log time, as Logger.emit gives
+            log_time=time.time(),  # wall-clock time, as Logger.emit gives
         )
-        self.observer(kwargs)
+        self.observer(event)

@@ -178,3 +178,30 @@ def test_the_hot_path_logger_emits_what_twisteds_logger_does() -> None:
     for key in ours:
         if key != "log_time" and key != "log_logger":
             assert ours[key] == twisteds[key], key
+
+
+def test_log_times_are_utc_to_the_millisecond() -> None:
+    from chatd.logs import _time
+
+    assert _time(1764650000.1234) == "2025-12-02T04:33:20.123Z"
+    assert _time(1764650000.1239) == "2025-12-02T04:33:20.123Z"  # the same millisecond: the same text
+    assert _time(1764650000.9999) == "2025-12-02T04:33:20.999Z"
+    assert _time(1764650001.0) == "2025-12-02T04:33:21.000Z"
+    assert _time(0.0) == "1970-01-01T00:00:00.000Z"
+
+
+def test_events_of_one_call_site_keep_their_own_fields() -> None:
+    from chatd.logs import encode_json
+
+    # The same keys in the same order (the fields are sorted out once per
+    # kind of event), then other keys: each record has its own.
+    for value in ("one", "two"):
+        event = {"event": "e", "x": value, "log_level": LogLevel.info, "log_format": "{x}", "log_time": 0.0,
+                 "log_namespace": "chatd.t"}
+        assert json.loads(encode_json(event)) == {
+            "time": "1970-01-01T00:00:00.000Z", "level": "info", "namespace": "chatd.t", "text": value,
+            "event": "e", "x": value}
+    event = {"y": 1, "log_level": LogLevel.warn, "log_format": "y", "log_time": 0.0, "log_namespace": "chatd.t",
+             "log_extra": "skipped"}
+    assert json.loads(encode_json(event)) == {
+        "time": "1970-01-01T00:00:00.000Z", "level": "warn", "namespace": "chatd.t", "text": "y", "y": 1}
