@@ -193,6 +193,6 @@ class HotPathLogger(Logger):
             log_namespace=self.namespace,
             log_source=self.source,
             log_format=format,
-            log_time=time.time(),  # wall-clock time, as Logger.emit gives
+            log_time=time.time(),  # noqa: wall-clock log time, as Logger.emit gives
         )
         self.observer(event)
