@@ -193,6 +193,7 @@ class HotPathLogger(Logger):
             log_namespace=self.namespace,
             log_source=self.source,
             log_format=format,
-            log_time=time.time(),  # noqa: wall-clock log time, as Logger.emit gives
+            # Wall-clock time, as Logger.emit gives: a log's time, not the reactor's.
+            log_time=time.time(),  # noqa
         )
         self.observer(event)
