@@ -69,6 +69,30 @@ def test_peers_speak_the_seed_protocol(server: str) -> None:
     assert result["errors"] == [] and result["lost"] == 0 and result["sent"] > 0
 
 
+@pytest.mark.parametrize("server", ["autobahn-floor", "twisted-floor"])
+def test_the_floor_servers_take_connections_both_ways(server: str) -> None:
+    # They answer the handshake with a welcome and close on the client's
+    # close frame, or see it abort: both variants of the connect scenario.
+    result = bench(server, "connect")
+    assert result["errors"] == []
+    # Every connection of both variants was welcomed and counted.
+    assert result["connections_per_s"] > 0 and result["connections_per_s_abort"] > 0
+
+
+def test_the_narrow_measures_run() -> None:
+    # bench/connection_cost.py in process; bench/publish_cost.py against a
+    # private redis-server.
+    cost = subprocess.run([sys.executable, str(ROOT / "bench" / "connection_cost.py"), "200"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert cost.returncode == 0, cost.stderr[-2000:]
+    assert cost.stdout.endswith(" us per connection\n")
+    redis_binary()
+    publish = subprocess.run([sys.executable, str(ROOT / "bench" / "publish_cost.py"), "50", "8"],
+                             capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert publish.returncode == 0, publish.stderr[-2000:]
+    assert publish.stdout.endswith(" us of Redis per message\n")
+
+
 @pytest.mark.parametrize("server", ["chatd-redis", "chatd-workers2"])
 def test_cluster_servers(server: str) -> None:
     redis_binary()

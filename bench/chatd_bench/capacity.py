@@ -91,8 +91,9 @@ def plan(
         if per_node <= node_utilisation or nodes > 10_000:
             break
         nodes += 1
-    redis_cores = messages * (unit["redis_us_per_message"]
-                              + (span - 1) * unit["redis_us_per_message_per_extra_node"]) / 1e6
+    # What a message costs Redis with the room's every node subscribed.
+    redis_us = unit["redis_us_per_message"] + (span - 1) * unit["redis_us_per_message_per_extra_node"]
+    redis_cores = messages * redis_us / 1e6
     shards = max(1, math.ceil(redis_cores / redis_utilisation - 1e-9))
     node_limits = {
         "connections": connections / nodes / conns_per_node,
@@ -109,8 +110,7 @@ def plan(
         "redis_cores": redis_cores, "redis_shards": shards,
         "reconnect_storm_core_s": connections * unit["connect_us"] / 1e6,
         "cluster_messages_per_s_ceiling": ceiling,
-        "redis_shard_messages_per_s_ceiling": redis_utilisation / (unit["redis_us_per_message"] / 1e6)
-        if unit["redis_us_per_message"] else math.inf,
+        "redis_shard_messages_per_s_ceiling": redis_utilisation / (redis_us / 1e6) if redis_us else math.inf,
         "node_limited_by": max(node_limits, key=lambda k: node_limits[k]),
         "first_limit": "Redis (one shard)" if shards > 1 else (
             "node CPU" if node_limits["cpu"] >= node_limits["connections"] else "connections per node"),
