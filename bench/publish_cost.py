@@ -22,15 +22,11 @@ from typing import Any
 import hiredis
 
 from chatd.backplane import scripts
+from chatd.backplane.redis import _encoded, _resp
 
 PREFIX = "chatd:"
 HEAD = ('{"type": "message", "from": "abcd1234", "body": "~B000.00000.000000000.00000000000000000000~E", '
         '"timestamp": "2026-12-02T06:30:00.000Z", "id": ')
-
-
-def command(*args: Any) -> bytes:
-    parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 
 class Connection:
@@ -39,7 +35,8 @@ class Connection:
         self.reader = hiredis.Reader()
 
     def call(self, *args: Any) -> Any:
-        self.sock.sendall(command(*args))
+        # Each command built as a node builds it.
+        self.sock.sendall(_resp([_encoded(a) for a in args]))
         while (reply := self.reader.gets()) is False:
             self.reader.feed(self.sock.recv(1 << 20))
         return reply

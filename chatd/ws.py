@@ -448,6 +448,29 @@ class _Events(CoreEvents):
             )
 
 
+def options_on_class(factory: WebSocketServerFactory, base: type, name: str, **attributes: Any) -> type:
+    """
+    A subclass of ``base`` for ``factory`` that carries the factory's
+    options, and ``attributes``, as class attributes.
+
+    Autobahn copies every option from the factory onto each protocol
+    instance that lacks it, and class attributes count: a protocol class of
+    the factory's own carries them once, not once per connection.  It also
+    makes tcpNoDelay take effect: Autobahn's connectionMade reads it before
+    that copy, and without it no socket had Nagle off (small broadcasts
+    waited for delayed ACKs).  With every option on the class, the copying
+    loop (which also builds a debug listing of them all, per connection)
+    has nothing to do.  Function-valued options (perMessageCompressionAccept)
+    are wrapped so that they stay plain functions instead of becoming methods.
+    """
+    options = {
+        attr: staticmethod(value) if inspect.isfunction(value) else value
+        for attr in base.CONFIG_ATTRS  # type: ignore[attr-defined]
+        for value in (getattr(factory, attr),)
+    }
+    return type(name, (base,), {**options, "CONFIG_ATTRS": (), **attributes})
+
+
 class ChatFactory(WebSocketServerFactory):
     """
     Owns the chat state (a :class:`ChatCore`) and every connection to it.
@@ -546,33 +569,17 @@ class ChatFactory(WebSocketServerFactory):
         )
         if settings.permessage_deflate:
             self.setProtocolOptions(perMessageCompressionAccept=accept_deflate(settings.max_message_size))
-        # Autobahn copies every option from the factory onto each protocol
-        # instance that lacks it, and class attributes count: a protocol class
-        # of this factory's own carries them once, not once per connection.
-        # It also makes tcpNoDelay take effect: Autobahn's connectionMade reads
-        # it before that copy, and without it no socket had Nagle off (small
-        # broadcasts waited for delayed ACKs).
-        # With every option on the class, the copying loop (which also builds
-        # a debug listing of them all, per connection) has nothing to do.
-        # Function-valued options (perMessageCompressionAccept) are wrapped
-        # so that they stay plain functions instead of becoming methods.
-        options = {
-            attr: staticmethod(value) if inspect.isfunction(value) else value
-            for attr in ChatProtocol.CONFIG_ATTRS
-            for value in (getattr(self, attr),)
-        }
         base = DeflateChatProtocol if settings.permessage_deflate else ChatProtocol
         # Messages larger than this go through Autobahn's parser and limits.
         quick_limit = min(settings.max_message_size, 0xFFFF) if fastpath.shortcuts().frames else 0
-        self.protocol = type("ChatProtocol", (base,), {
-            **options,
-            "CONFIG_ATTRS": (),
-            "_quick_limit": quick_limit,
-            "flusher": self.flusher,
-            "_to_flush": self.flusher.to_flush,
-            "outbox_limit": settings.max_outgoing_buffer,
-            "_count_sent": staticmethod(self.metrics.bytes_sent.inc),
-        })
+        self.protocol = options_on_class(
+            self, base, "ChatProtocol",
+            _quick_limit=quick_limit,
+            flusher=self.flusher,
+            _to_flush=self.flusher.to_flush,
+            outbox_limit=settings.max_outgoing_buffer,
+            _count_sent=staticmethod(self.metrics.bytes_sent.inc),
+        )
 
     def use_moderators(self, moderators: list[Any]) -> None:
         """Review every chat message with these moderators, in order."""

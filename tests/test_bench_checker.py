@@ -131,15 +131,14 @@ def test_the_capacity_model_follows_the_measured_costs(tmp_path, capsys) -> None
     assert result["redis_shard_messages_per_s_ceiling"] == pytest.approx(0.7 / 9.8e-6)
     # A second node subscribed to a room costs Redis more per message: every
     # node a room spans counts, in the cores and in a shard's ceiling.
-    results.append(run("chatd-workers2", "max", server_us_per_delivery=1.0, redis_us_per_delivery=0.25))
-    unit = capacity.costs(results)
+    unit = capacity.costs(
+        [*results, run("chatd-workers2", "max", server_us_per_delivery=1.0, redis_us_per_delivery=0.25)])
     assert unit["redis_us_per_message_per_extra_node"] == pytest.approx(0.05 * 49)
     result = capacity.plan(unit, connections=1_000_000, room_size=50, per_minute=1, conns_per_node=50_000,
                            node_utilisation=0.7, redis_utilisation=0.7)
     per_message = 9.8e-6 + 19 * 2.45e-6
     assert result["redis_cores"] == pytest.approx(16_667 * per_message, rel=1e-3)
     assert result["redis_shard_messages_per_s_ceiling"] == pytest.approx(0.7 / per_message)
-    results.pop()
     path = tmp_path / "results.json"
     path.write_text(json.dumps(results))
     assert capacity.main([str(path), "--per-minute", "60"]) == 0

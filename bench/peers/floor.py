@@ -17,7 +17,6 @@ connection on the next frame (the scenario's close): the least any Twisted
 server does.
 """
 
-import inspect
 import sys
 
 from twisted.internet import epollreactor
@@ -28,6 +27,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet import protocol, reactor  # noqa: E402
 
 from chatd import fastpath  # noqa: E402
+from chatd.ws import options_on_class  # noqa: E402
 
 WELCOME = b'{"type": "connected", "client_id": "00000000"}'
 
@@ -63,12 +63,7 @@ def autobahn_factory() -> WebSocketServerFactory:
     factory.setProtocolOptions(
         openHandshakeTimeout=0, allowedOrigins=["*"], maxConnections=0, trustXForwardedFor=0, tcpNoDelay=True)
     # As chatd does: the options on the protocol class, not copied per connection.
-    options = {
-        attr: staticmethod(value) if inspect.isfunction(value) else value
-        for attr in Floor.CONFIG_ATTRS
-        for value in (getattr(factory, attr),)
-    }
-    factory.protocol = type("Floor", (Floor,), {**options, "CONFIG_ATTRS": ()})
+    factory.protocol = options_on_class(factory, Floor, "Floor")
     return factory
 
 
