@@ -6,7 +6,6 @@ PROXY protocol v2), clients connecting from 127.0.0.2 and 127.0.0.3.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -98,11 +97,12 @@ async def test_direct_loopback_clients_are_not_limited_by_address_by_default(
         "--rate-connections-per-ip", "2",
     )
     port = await listening(chatd)
+    # Five at once from one address, over both limits: each is welcomed (a
+    # refusal would be an HTTP 503 instead of the welcome).
     clients = [await connect(port) for _ in range(5)]
     for client in clients:
         assert (await client.next())["status"] == "connected"
         await client.close()
-    assert not re.search(rb"503", chatd.output)
 
 
 @pytest_twisted.ensureDeferred
