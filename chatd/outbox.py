@@ -6,6 +6,9 @@ leave together, in one write, right after it (:class:`Flusher`).  A lone
 message (the only one in its read, nothing gathered yet) is the exception:
 its broadcast goes to each member as it is fanned out (:meth:`Flusher.send_now`),
 because at chat rates latency is the Python run before the first send.
+A cluster node may also hold a room's frames back for as long as the room's
+next batch is with Redis (:meth:`Flusher.hold`), so that its members get the
+two batches in one write.
 
 :class:`Outbox` is the per-connection half, mixed into the protocol: it is
 the core's sink, and the transport's push producer, which is how it learns
@@ -36,6 +39,8 @@ class Flusher:
         self.to_flush: list[Outbox] = []
         # True while a lone message is handled (send_now).
         self.sending_now = False
+        # Connections whose frames wait for more of the same (hold), by key.
+        self._held: dict[Any, list[Outbox]] = {}
 
     def soon(self) -> None:
         """Flush the connections in ``to_flush`` right after this reactor
@@ -52,6 +57,43 @@ class Flusher:
                 outbox.flush()
             except Exception:
                 self._log.failure("Sending to a client failed")
+
+    def hold(self, key: Any, function: Callable[..., T], *args: Any) -> T:
+        """
+        Run ``function`` (a delivery); the connections it gave their first
+        frames of this iteration wait, under ``key``, until :meth:`release`
+        instead of leaving at the end of the iteration.  Their frames stay
+        queued in order: whatever else comes for them joins the same write,
+        and Autobahn's own writes (a close, a ping) still flush them first.
+        """
+        to_flush = self.to_flush
+        mark = len(to_flush)
+        try:
+            return function(*args)
+        finally:
+            if len(to_flush) > mark:
+                waiting = self._held.get(key)
+                if waiting is None:
+                    self._held[key] = to_flush[mark:]
+                else:
+                    waiting.extend(to_flush[mark:])
+                del to_flush[mark:]
+
+    def holding(self, key: Any) -> bool:
+        """Whether connections wait under ``key``."""
+        return key in self._held
+
+    def release(self, key: Any) -> None:
+        """What waits under ``key`` leaves at the end of this iteration."""
+        waiting = self._held.pop(key, None)
+        if waiting:
+            if not self.to_flush:
+                self.soon()
+            self.to_flush.extend(waiting)
+
+    def release_all(self) -> None:
+        for key in list(self._held):
+            self.release(key)
 
     def send_now(self, function: Callable[..., T], *args: Any) -> T:
         """

@@ -51,6 +51,7 @@ def join_cluster(factory: ChatFactory, settings: Settings, reactor: Any) -> tupl
         factory.core, shards, reactor,
         refuse=lambda client: client.sink.close(CLOSE_TRY_AGAIN_LATER, Unavailable().message),
         wait=settings.redis_timeout,
+        flusher=factory.flusher,
     )
     factory.use_cluster(chat)
     return shards, chat

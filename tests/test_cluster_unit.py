@@ -9,11 +9,13 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 
 from chatd.backplane import scripts
-from chatd.backplane.cluster import ClusterChat
+from chatd.backplane.cluster import HOLD_LIMIT, ClusterChat
 from chatd.backplane.shards import Shards
 from chatd.core import ChatCore, CoreEvents
 from chatd.errors import Unavailable
-from tests.fakes import FakeSink
+from chatd.frames import text_frame
+from chatd.outbox import Flusher, Outbox
+from tests.fakes import FakeSink, server_frames
 
 
 class LosingBackplane:
@@ -216,3 +218,122 @@ def test_a_sentinel_url_names_the_sentinels_and_the_service() -> None:
     assert (address.sentinels, address.service, address.db, address.password) == (
         (("10.0.0.1", 26379), ("::1", 26380)), "chatd", 2, "s@cret")
     assert str(address) == "sentinel://10.0.0.1:26379,::1:26380/chatd/2"
+
+
+class WritingSink(Outbox):
+    """A connection's outbox whose writes are recorded."""
+
+    STATE_OPEN = 1
+    state = 1
+
+    def __init__(self, flusher: Flusher) -> None:
+        self.flusher = flusher
+        self._to_flush = flusher.to_flush
+        self.writes: list[bytes] = []
+
+    def _write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self, code: int, reason: str) -> None:
+        pass
+
+
+def holding_node() -> tuple[ChatCore, RecordingBackplane, Clock, ClusterChat, Any, WritingSink]:
+    """A node whose members' frames go through a Flusher: a sender, and a
+    member whose writes are recorded."""
+    core, backplane, clock = ChatCore(prepare=text_frame, join=b"".join), RecordingBackplane(), Clock()
+    flusher = Flusher(clock)
+    chat = ClusterChat(core, Shards([backplane]), clock, refuse=lambda client: None,  # type: ignore[arg-type]
+                       flusher=flusher)
+    sender = in_room(core, "room-one")
+    member = core.connect(WritingSink(flusher))
+    member.room = core.local_room("room-one")
+    core.receive_in(member, member.room)
+    return core, backplane, clock, chat, sender, member.sink
+
+
+def batch(sender: Any, *ids: int) -> bytes:
+    return b"M" + b"\n".join(b'%d %s {"n": %d}' % (i, sender.client_id.encode(), i) for i in ids)
+
+
+def payloads(writes: list[bytes]) -> list[list[int]]:
+    """The message numbers in each write."""
+    return [[json.loads(payload)["n"] for _, payload in server_frames(data)] for data in writes]
+
+
+def test_under_load_a_batch_waits_for_the_rooms_next_and_both_go_in_one_write() -> None:
+    core, backplane, clock, chat, sender, member = holding_node()
+    chat.submit(sender, "1", 0.0)
+    clock.advance(0)  # batch A is with Redis
+    chat.submit(sender, "2", 0.0)
+    clock.advance(0)  # batch B gathers behind it
+    [(_, _, reply_a)] = backplane.calls
+    # A comes back on the channel before its reply: B is still to go, so
+    # the member's frames wait.
+    chat.channel_message("room-one", batch(sender, 1))
+    clock.advance(0)
+    assert member.writes == []
+    reply_a.callback([1])  # A lands, B goes to Redis: the frames wait on
+    clock.advance(0)
+    assert member.writes == [] and len(backplane.calls) == 2
+    chat.channel_message("room-one", batch(sender, 2))
+    clock.advance(0)
+    assert payloads(member.writes) == [[1, 2]]
+    backplane.calls[1][2].callback([2])
+    clock.advance(0)
+    assert payloads(member.writes) == [[1, 2]]
+
+
+def test_frames_wait_no_longer_than_the_last_batch_on_its_way() -> None:
+    core, backplane, clock, chat, sender, member = holding_node()
+    chat.submit(sender, "1", 0.0)
+    clock.advance(0)
+    chat.channel_message("room-one", batch(sender, 1))  # before its own reply
+    clock.advance(0)
+    assert member.writes == []
+    backplane.calls[0][2].callback([1])  # nothing follows it
+    clock.advance(0)
+    assert payloads(member.writes) == [[1]]
+
+
+def test_a_batch_that_never_comes_back_holds_nothing_for_long() -> None:
+    core, backplane, clock, chat, sender, member = holding_node()
+    chat.submit(sender, "1", 0.0)
+    clock.advance(0)
+    chat.channel_message("room-one", batch(sender, 1))
+    clock.advance(0)
+    assert member.writes == []
+    clock.advance(HOLD_LIMIT)  # Redis does not answer
+    assert payloads(member.writes) == [[1]]
+    backplane.calls[0][2].callback([1])
+    clock.advance(0)
+    assert payloads(member.writes) == [[1]]
+
+
+def test_an_event_or_losing_redis_sends_the_waiting_frames_first() -> None:
+    core, backplane, clock, chat, sender, member = holding_node()
+    chat.submit(sender, "1", 0.0)
+    clock.advance(0)
+    chat.channel_message("room-one", batch(sender, 1))
+    chat.channel_message("room-one", b"enick " + sender.client_id.encode() + b" 0 Ada")
+    clock.advance(0)
+    assert payloads(member.writes) == [[1]]
+    chat.submit(member_client(core, member), "2", 0.0)
+    clock.advance(0)
+    chat.channel_message("room-one", batch(sender, 2))
+    clock.advance(0)
+    assert len(member.writes) == 1
+    chat.backplane_down()
+    clock.advance(0)
+    assert payloads(member.writes[1:]) == [[2]]
+
+
+def test_a_quiet_rooms_batch_does_not_wait() -> None:
+    core, backplane, clock, chat, sender, member = holding_node()
+    chat.channel_message("room-one", batch(sender, 1, 2))  # from another node; nothing of ours with Redis
+    clock.advance(0)
+    assert payloads(member.writes) == [[1, 2]]
+
+
+def member_client(core: ChatCore, sink: WritingSink) -> Any:
+    return next(client for client in core.clients.values() if client.sink is sink)
