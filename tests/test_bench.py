@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,3 +128,22 @@ def test_every_scenario_has_a_warm_up_of_its_own_parameters() -> None:
     assert set(WARM_UP) == set(SCENARIOS)
     for name, options in WARM_UP.items():
         assert set(options) <= set(inspect.signature(SCENARIOS[name]).parameters), name
+
+
+def test_compare_gives_every_run_the_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from chatd_bench import cli
+
+    runs: list[tuple[str, str, dict[str, Any]]] = []
+
+    def run_one(server: str, scenario: str, options: dict[str, Any]) -> dict[str, Any]:
+        runs.append((server, scenario, options))
+        return {"server": server, "scenario": scenario, "sent": 1, "delivered_per_s": 1,
+                "server_us_per_delivery": 1.0}
+
+    monkeypatch.setattr(cli, "run_one", run_one)
+    monkeypatch.setattr(cli, "prepare", lambda: None)
+    cli.main(["compare", "--servers", "chatd,chatd-redis", "--scenarios", "fanout", "--repeat", "1",
+              "--option", "rate=8000", "--output", str(tmp_path / "out.json")])
+    # The warm-up keeps its own duration; every run has the rate.
+    assert runs[0] == ("chatd", "fanout", {"rate": 8000, "duration": 3})
+    assert [options for _, _, options in runs[2:]] == [{"rate": 8000}, {"rate": 8000}]

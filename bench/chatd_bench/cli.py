@@ -222,8 +222,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     run = sub.add_parser("run", help="one scenario against one server")
     run.add_argument("--server", default="chatd", help=f"{', '.join(SERVERS)}, or a command with {{port}}")
     run.add_argument("--scenario", choices=sorted(SCENARIOS), default="fanout")
-    run.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                     help="a scenario parameter, e.g. rooms=10 members=50 rate=200 duration=10")
     compare = sub.add_parser("compare", help="every server and scenario, interleaved and repeated")
     compare.add_argument("--servers", default=",".join(DEFAULT_SERVERS))
     compare.add_argument("--scenarios", default="fanout,max,idle,connect")
@@ -233,6 +231,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     compare.add_argument("--no-warm-up", dest="warm_up", action="store_false",
                          help="skip the untimed short run of each server before the first round")
     for command in (run, compare):
+        command.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                             help="a scenario parameter, e.g. rooms=10 members=50 rate=200 duration=10 "
+                                  "(with compare: for every scenario, which must all take it)")
         command.add_argument("--server-cores", default=str(SERVER_CORE),
                              help="cores for the server and its Redis, e.g. 0,1 for --workers 2 "
                                   "(the generator stays on core 1)")
@@ -241,8 +242,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     server_cores = args.server_cores
     prepare()
 
+    options = {k: _number(v) for k, _, v in (o.partition("=") for o in args.option)}
     if args.command == "run":
-        options = {k: _number(v) for k, _, v in (o.partition("=") for o in args.option)}
         result = run_one(args.server, args.scenario, options)
         print(json.dumps(result, indent=2))  # noqa: T201 - a CLI's output, not the daemon's
         return 1 if result.get("errors") or result.get("lost") else 0
@@ -253,7 +254,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         # The first run of a comparison was its server's worst (new
         # processes, cold caches): each server has a short untimed one.
         for server in servers:
-            run_one(server, scenarios[0], WARM_UP[scenarios[0]])
+            run_one(server, scenarios[0], {**options, **WARM_UP[scenarios[0]]})
             print(f"warm-up  {scenarios[0]:8} {server:15} done", flush=True)  # noqa: T201
     results = []
     for round_number in range(args.repeat):
@@ -263,7 +264,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         order = servers[shift:] + servers[:shift]
         for scenario in scenarios:
             for server in order:
-                result = run_one(server, scenario, {})
+                result = run_one(server, scenario, options)
                 result["round"] = round_number
                 results.append(result)
                 print(f"round {round_number + 1}/{args.repeat} {scenario:8} {server:15} "  # noqa: T201
