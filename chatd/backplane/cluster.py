@@ -637,12 +637,12 @@ class ClusterChat:
         if data[:1] == b"M":
             # M<id> <sender> <payload>, a line each, ids rising
             messages: list[tuple[str, bytes]] = []
-            message_id = 0
+            add = messages.append
+            last = b"0"
             for line in data[1:].split(b"\n"):
-                first = line.index(b" ")
-                second = line.index(b" ", first + 1)
-                message_id = int(line[:first])
-                messages.append((line[first + 1:second].decode(), line[second + 1:]))
+                last, sender, payload = line.split(b" ", 2)
+                add((sender.decode(), payload))
+            message_id = int(last)
             if message_id > room.last_id:
                 room.last_id = message_id
             counts = self._deliver_batch(room, messages, now)
