@@ -91,10 +91,6 @@ class Flusher:
                 self.soon()
             self.to_flush.extend(waiting)
 
-    def release_all(self) -> None:
-        for key in list(self._held):
-            self.release(key)
-
     def send_now(self, function: Callable[..., T], *args: Any) -> T:
         """
         Run ``function``, sending what it delivers to each member at once
