@@ -284,25 +284,27 @@ def test_under_load_a_batch_waits_for_the_rooms_next_and_both_go_in_one_write() 
     assert payloads(member.writes) == [[1, 2]]
 
 
-def test_frames_wait_no_longer_than_the_last_batch_on_its_way() -> None:
-    core, backplane, clock, chat, sender, member = holding_node()
-    chat.submit(sender, "1", 0.0)
-    clock.advance(0)
-    chat.channel_message("room-one", batch(sender, 1))  # before its own reply
-    clock.advance(0)
-    assert member.writes == []
-    backplane.calls[0][2].callback([1])  # nothing follows it
-    clock.advance(0)
-    assert payloads(member.writes) == [[1]]
-
-
-def test_a_batch_that_never_comes_back_holds_nothing_for_long() -> None:
+def one_batch_waiting() -> tuple[ChatCore, RecordingBackplane, Clock, ClusterChat, Any, WritingSink]:
+    """A node whose one batch came back on the channel before its reply:
+    the member's frames wait."""
     core, backplane, clock, chat, sender, member = holding_node()
     chat.submit(sender, "1", 0.0)
     clock.advance(0)
     chat.channel_message("room-one", batch(sender, 1))
     clock.advance(0)
     assert member.writes == []
+    return core, backplane, clock, chat, sender, member
+
+
+def test_frames_wait_no_longer_than_the_last_batch_on_its_way() -> None:
+    core, backplane, clock, chat, sender, member = one_batch_waiting()
+    backplane.calls[0][2].callback([1])  # nothing follows it
+    clock.advance(0)
+    assert payloads(member.writes) == [[1]]
+
+
+def test_a_batch_that_never_comes_back_holds_nothing_for_long() -> None:
+    core, backplane, clock, chat, sender, member = one_batch_waiting()
     clock.advance(HOLD_LIMIT)  # Redis does not answer
     assert payloads(member.writes) == [[1]]
     backplane.calls[0][2].callback([1])
@@ -311,10 +313,7 @@ def test_a_batch_that_never_comes_back_holds_nothing_for_long() -> None:
 
 
 def test_an_event_or_losing_redis_sends_the_waiting_frames_first() -> None:
-    core, backplane, clock, chat, sender, member = holding_node()
-    chat.submit(sender, "1", 0.0)
-    clock.advance(0)
-    chat.channel_message("room-one", batch(sender, 1))
+    core, backplane, clock, chat, sender, member = one_batch_waiting()
     chat.channel_message("room-one", b"enick " + sender.client_id.encode() + b" 0 Ada")
     clock.advance(0)
     assert payloads(member.writes) == [[1]]
