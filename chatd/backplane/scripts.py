@@ -463,17 +463,21 @@ for i = 6, #ARGV, 3 do
     -- with '%.14g', the exact float formatting that was a twentieth of
     -- Redis's time here, three times per message.
     local text = string.format('%d', id)
-    local payload = ARGV[i + 1] .. text .. ARGV[i + 2]
+    local head, tail = ARGV[i + 1], ARGV[i + 2]
     if n > 1 then
       n = n + 1
       pieces[n] = '\n'
     end
-    pieces[n + 1], pieces[n + 2], pieces[n + 3], pieces[n + 4], pieces[n + 5] = text, ' ', client, ' ', payload
-    n = n + 5
-    local size = #payload
+    -- The payload (head, id, tail) is never a string of its own: Redis's
+    -- Lua hashes every byte of every string it makes, a quarter of its
+    -- time here, so only the history entry and the channel message are.
+    pieces[n + 1], pieces[n + 2], pieces[n + 3], pieces[n + 4] = text, ' ', client, ' '
+    pieces[n + 5], pieces[n + 6], pieces[n + 7] = head, text, tail
+    n = n + 7
+    local size = #head + #text + #tail
     if keep > 0 and size <= budget then
       m = m + 1
-      entries[m] = text .. ' ' .. payload
+      entries[m] = text .. ' ' .. head .. text .. tail
       total = total + size
       if size > biggest then
         biggest = size
