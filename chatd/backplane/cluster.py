@@ -84,6 +84,15 @@ class _Outgoing:
         self.answer = answer
 
 
+class _Hold:
+    """A room's members' frames waiting for the room's next batch."""
+
+    __slots__ = ("landed",)
+
+    def __init__(self) -> None:
+        self.landed = False  # one of the node's batches has landed since
+
+
 class _Holding:
     """
     Stands in for a client's sink between its placement in a room and the
@@ -139,9 +148,8 @@ class ClusterChat:
         self._outbox: dict[str, list[_Outgoing]] = {}
         self._in_flight: dict[str, int] = {}  # PUBLISH calls awaiting Redis, by room
         self._send_due = False
-        # Rooms whose members' frames wait for the room's next batch: whether
-        # the wait has outlasted one landing already (see _landed).
-        self._holds: dict[str, list[bool]] = {}
+        # Rooms whose members' frames wait for the room's next batch.
+        self._holds: dict[str, _Hold] = {}
 
     # -- what the metrics read ---------------------------------------------------
 
@@ -441,8 +449,8 @@ class ClusterChat:
             self._send_room(room_id, held)
         hold = self._holds.get(room_id)
         if hold is not None:
-            if held and not hold[0]:
-                hold[0] = True  # the frames wait for the batch just sent, once
+            if held and not hold.landed:
+                hold.landed = True  # the frames wait for the batch just sent, once
             else:
                 self._end_hold(room_id)  # nothing more of this node's is coming
 
@@ -696,7 +704,7 @@ class ClusterChat:
             return self.core.deliver_local_batch(room, messages, now)
         counts = flusher.hold(room_id, self.core.deliver_local_batch, room, messages, now)
         if flusher.holding(room_id):
-            hold = self._holds[room_id] = [False]
+            hold = self._holds[room_id] = _Hold()
             self.clock.callLater(HOLD_LIMIT, self._hold_expired, room_id, hold)
         return counts
 
@@ -706,7 +714,7 @@ class ClusterChat:
         if self._flusher is not None:
             self._flusher.release(room_id)
 
-    def _hold_expired(self, room_id: str, hold: list[bool]) -> None:
+    def _hold_expired(self, room_id: str, hold: _Hold) -> None:
         if self._holds.get(room_id) is hold:
             self._end_hold(room_id)
 
