@@ -692,17 +692,14 @@ class ClusterChat:
         half as many frames per write, at twice the system calls per
         delivery.  A quiet room's lone message never waits.
         """
-        room_id = room.room_id
-        flusher = self._flusher
-        if flusher is None:
-            return self.core.deliver_local_batch(room, messages, now)
+        room_id, deliver, flusher = room.room_id, self.core.deliver_local_batch, self._flusher
         if room_id in self._holds:
-            counts = self.core.deliver_local_batch(room, messages, now)
+            counts = deliver(room, messages, now)
             self._end_hold(room_id)  # this is the batch the frames waited for
             return counts
-        if room_id not in self._in_flight:
-            return self.core.deliver_local_batch(room, messages, now)
-        counts = flusher.hold(room_id, self.core.deliver_local_batch, room, messages, now)
+        if flusher is None or room_id not in self._in_flight:
+            return deliver(room, messages, now)  # nothing more of the room's on its way
+        counts = flusher.hold(room_id, deliver, room, messages, now)
         if flusher.holding(room_id):
             hold = self._holds[room_id] = _Hold()
             self.clock.callLater(HOLD_LIMIT, self._hold_expired, room_id, hold)
