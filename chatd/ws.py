@@ -44,8 +44,13 @@ from chatd.outbox import Flusher, Outbox
 from chatd.settings import Settings
 
 TOO_SLOW = "Outgoing buffer limit exceeded: client too slow"
+#: The most a client may send before its opening handshake is answered: the
+#: request head (an 8 KiB token and a browser's headers fit several times),
+#: and anything it sends early behind it.
+MAX_REQUEST_HEAD = 16 * 1024
+HEAD_TOO_LARGE = "Request Header Fields Too Large"
 # Handshake failures by HTTP status, for the metrics.
-_HANDSHAKE_REASONS = {426: "no_upgrade", 403: "origin", 503: "limit"}
+_HANDSHAKE_REASONS = {426: "no_upgrade", 403: "origin", 503: "limit", 431: "too_large"}
 
 
 @implementer(IPushProducer)
@@ -69,6 +74,9 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
     _quick = False
     # Whether the transport is a plain socket that _write may send() on.
     _direct = False
+    # Bytes read before the handshake was answered (an instance attribute
+    # only until then).
+    _head_size = 0
 
     # -- Twisted / Autobahn callbacks -------------------------------------
 
@@ -81,6 +89,14 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
         refusal = self.factory.admit(self)
         if refusal is not None:
             self._refuse(refusal)
+
+    def _head_too_large(self) -> None:
+        """HTTP 431 for a request head (or what follows it before the
+        answer) over MAX_REQUEST_HEAD; nothing more of it is read."""
+        self.factory.metrics.handshake_failures.labels("too_large").inc()
+        self.sendHttpErrorResponse(431, HEAD_TOO_LARGE)
+        self.wasClean = True
+        self.dropConnection(abort=False)
 
     def _refuse(self, reason: str) -> None:
         """HTTP 503 for a connection over a limit."""
@@ -104,8 +120,15 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
         # anything else, or whatever follows it, goes to Autobahn's parser.
         # Latency at a low rate is mostly the Python run per message before
         # the first send, and Autobahn's parser is a good share of it.
-        if self.state == WebSocketProtocol.STATE_CONNECTING and fastpath.handshake(self, data):
-            return
+        if self.state == WebSocketProtocol.STATE_CONNECTING:
+            # Autobahn buffers a request head until it ends, searching all of
+            # it again on every read: refused as soon as it is too large.
+            self._head_size += len(data)
+            if self._head_size > MAX_REQUEST_HEAD:
+                self._head_too_large()
+                return
+            if fastpath.handshake(self, data):
+                return
         if self._quick and self.state == WebSocketProtocol.STATE_OPEN and fastpath.parser_idle(self):
             messages, used = client_text_messages(data, self._quick_limit)
             if messages:
@@ -248,6 +271,7 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
         """The handshake is done: learn when the client stops reading, and
         read its frames quickly where that is safe."""
         self.factory.handshakes.done(self)
+        self.__dict__.pop("_head_size", None)
         self.transport.registerProducer(self, True)
         self._quick = self._quick_limit > 0 and fastpath.parser_state_known(self)
 
@@ -283,6 +307,22 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
         # close handshake times out.  Either way nothing more is queued.
         self.close(CLOSE_POLICY_VIOLATION, TOO_SLOW)
 
+    # -- backpressure: a client that does not read is not read either ----------
+
+    def pauseProducing(self) -> None:
+        # The transport holds more than its high-water mark for this client:
+        # stop reading from it too, so that nothing it sends (pings, whose
+        # pongs Autobahn writes at once; commands, whose replies queue) can
+        # make the server write more.  The kernel's buffers then hold the
+        # client back, and a pending ping timeout is no longer cancelled by
+        # its traffic.
+        super().pauseProducing()
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        self.transport.resumeProducing()
+
     def _write(self, data: bytes) -> None:
         if self._direct:
             fastpath.write(self.transport, data)
@@ -297,9 +337,12 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: Optional[int] = None) -> None:
         # Everything Autobahn writes (handshake, close, ping, pong) goes after
-        # the frames already gathered, never before them.
+        # the frames already gathered, never before them, and counts against
+        # the outgoing limit like every other byte for this client.
         if self._out:
             self.flush()
+        if self._paused and not self._gone and not self._account(len(data)):
+            return  # over the limit: too_slow has started the close instead
         if self._direct and self.state == WebSocketProtocol.STATE_CONNECTING and not (sync or chopsize):
             # The handshake response: gathered, so that it and the welcome
             # that follows leave in one send() at the end of this iteration.

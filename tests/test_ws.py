@@ -264,6 +264,33 @@ def test_a_client_that_stops_reading_is_dropped_and_the_room_carries_on() -> Non
     assert len(fast.messages()) == 1
 
 
+def test_a_client_whose_buffer_is_full_is_not_read_and_its_pongs_count() -> None:
+    factory = make_factory()
+    [peer] = [Peer(factory)]
+    peer.open()
+    peer.transport.fill_buffer()
+    # Nothing more is read from it while it does not read (the kernel's
+    # buffers hold it back) ...
+    assert peer.transport.producerState == "paused"
+    # ... and what was read already cannot make the server write past the
+    # limit: pongs count like every other byte.
+    for _ in range(100):  # 100 pongs of 125 bytes for a 10,000-byte cap
+        peer.protocol.dataReceived(client_frame(b"p" * 125, opcode=9))
+    assert close_code(peer.frames()) == (1008, "Outgoing buffer limit exceeded: client too slow")
+    assert factory.metrics.registry.get_sample_value("chatd_slow_client_drops_total") == 1
+
+
+def test_a_client_that_reads_again_is_read_again() -> None:
+    factory = make_factory()
+    [peer] = [Peer(factory)]
+    peer.open()
+    peer.transport.fill_buffer()
+    peer.transport.drain_buffer()
+    peer._seen = 0  # what it had was read
+    assert peer.transport.producerState == "producing"
+    assert peer.send({"action": "leave"}) == [{"status": "error", "message": "Not in any room"}]
+
+
 def test_a_client_whose_buffer_drains_in_time_is_kept() -> None:
     factory = make_factory()
     room_id, [sender, reader] = peers_in_room(factory, 2)
