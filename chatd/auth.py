@@ -131,12 +131,22 @@ class JWTChecker:
             return fail(TokenExpired())
         except (jwt.InvalidTokenError, ValueError, TypeError):
             return fail(InvalidToken())
-        user, name, expires = claims.get("sub"), claims.get("name"), claims.get("exp")
+        user, name = claims.get("sub"), claims.get("name")
         if not valid_user(user):
             return fail(InvalidToken("bad sub"))
         if not (isinstance(name, str) and name.strip()):
             name = None
-        return succeed(Identity(user, name, float(expires) if isinstance(expires, (int, float)) else None))
+        return succeed(Identity(user, name, self._deadline(claims)))
+
+    def _deadline(self, claims: dict[str, Any]) -> Optional[float]:
+        """
+        When the token stops being good, as PyJWT judged it: ``exp`` read
+        as PyJWT reads it (``int()``, so "1700000000" is a deadline too),
+        plus the leeway it allowed.  None: no ``exp``.
+        """
+        if "exp" not in claims:
+            return None
+        return float(int(claims["exp"])) + self.leeway
 
 
 @implementer(ICheckerFactory, IPlugin)

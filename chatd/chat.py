@@ -150,7 +150,10 @@ class LocalChat:
             return fail(e)
 
     def authenticate(self, client: Client, user: str, name: Optional[str], now: float) -> "Deferred[None]":
-        self.core.authenticated(client, user, name, now)
+        try:
+            self.core.authenticated(client, user, name, now)
+        except ChatError as e:
+            return fail(e)
         return succeed(None)
 
     def reading(self, function: Callable[..., T], *args: Any) -> T:

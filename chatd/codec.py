@@ -127,6 +127,7 @@ MAX_REASON = 200
 MAX_TOKEN = 8 * 1024
 INVALID_TOKEN = "Invalid token"
 TOKEN_EXPIRED = "Token expired"
+EXPIRY_REQUIRED = "This connection's token expires: refresh it with a token that has an expiry (exp)"
 AUTH_REQUIRED = "Authentication required"
 
 _LEAVE = Leave()

@@ -339,9 +339,22 @@ class Conversation:
         failure.raiseException()  # a checker's bug: an internal error
 
     def _authenticated(self, client: Client, identity: Any) -> "Deferred[None]":
-        """``client`` is ``identity.user`` until its credentials expire."""
+        """
+        ``client`` is ``identity.user`` until its credentials expire, once
+        the chat has admitted it (its room may refuse the user).  A token
+        moves the deadline to its own expiry; one without any cannot lift
+        the deadline an earlier token set.
+        """
         factory = self.factory
-        now = factory.clock.seconds()
+        if identity.expires is None and self._expiry is not None and self._expiry.active():
+            factory.metrics.auth.labels("refused").inc()
+            raise NotAuthenticated(codec.EXPIRY_REQUIRED)
+        chat: Chat = factory.chat
+        d = chat.authenticate(client, identity.user, identity.name, factory.clock.seconds())
+        return d.addCallback(self._now_authenticated, client, identity)
+
+    def _now_authenticated(self, _: None, client: Client, identity: Any) -> None:
+        factory = self.factory
         factory.metrics.auth.labels("ok").inc()
         _connections_log.info(
             "{client_id} authenticated as {user}", event="auth", client_id=client.client_id, user=identity.user)
@@ -349,9 +362,8 @@ class Conversation:
             self._expiry.cancel()
         self._expiry = None
         if identity.expires is not None:
-            self._expiry = factory.clock.callLater(max(0.0, identity.expires - now), self._token_expired)
-        chat: Chat = factory.chat
-        return chat.authenticate(client, identity.user, identity.name, now)
+            delay = identity.expires - factory.clock.seconds()
+            self._expiry = factory.clock.callLater(max(0.0, delay), self._token_expired)
 
     def _token_expired(self) -> None:
         self._expiry = None

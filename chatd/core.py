@@ -32,6 +32,7 @@ from chatd.errors import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY_VIOLATION,
     Banned,
+    BannedAs,
     ChatError,
     NotAllowed,
     NoRecipient,
@@ -853,7 +854,12 @@ class ChatCore:
         """
         ``client`` is ``user``; without a nick, it takes ``name`` (or the
         user name) as its nick, unless another member of its room has it.
+        The room it is in already admits it as a join by that user would:
+        a ban of the user refuses the authentication (BannedAs).
         """
+        room = client.room
+        if room is not None and _listed(room.banned, [f"u:{user}"]):
+            raise BannedAs(user, room.room_id)
         self.set_user(client, user)
         if client.nick is not None:
             return

@@ -87,6 +87,15 @@ class Banned(ChatError):
         super().__init__(f"You are banned from room {room_id}")
 
 
+class BannedAs(ChatError):
+    """An ``auth`` refused: the user is banned from the room the connection is in."""
+
+    kind = "banned"
+
+    def __init__(self, user: str, room_id: str) -> None:
+        super().__init__(f"'{user}' is banned from room {room_id}; leave it before authenticating")
+
+
 class NotInRoom(ChatError):
     """The command needs the client to be in a room."""
 

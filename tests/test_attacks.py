@@ -8,14 +8,68 @@ test bounds what the attacker could make the server spend.
 from __future__ import annotations
 
 import socket
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
 
+import jwt
+import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
+from chatd.settings import Settings
 from tests.fakes import HANDSHAKE, client_frame
-from tests.helpers import InProcessServer, StalledClient, connect, read_until_eof
+from tests.conftest import redis_binary
+from tests.helpers import (
+    ClusterNodes, InProcessServer, RedisServer, StalledClient, WSClient, connect, read_until_eof,
+)
 
 MIB = 1024 * 1024
+SECRET = b"a shared secret of the test, long enough for HS256"
+
+#: Two servers to connect to: one process twice, or two cluster nodes on
+#: one Redis.  Called with Settings fields.
+Deployment = Callable[..., Awaitable[tuple[InProcessServer, InProcessServer]]]
+
+
+@pytest_twisted.async_yield_fixture(params=["one process", "cluster"])
+async def deployment(request: Any) -> AsyncIterator[Deployment]:
+    started: list[InProcessServer] = []
+    redis: list[RedisServer] = []
+    nodes: list[ClusterNodes] = []
+
+    async def start(**settings: Any) -> tuple[InProcessServer, InProcessServer]:
+        if request.param == "cluster":
+            server = RedisServer(redis_binary())
+            redis.append(server)
+            server.start()
+            nodes.append(ClusterNodes((server.url,)))
+            return await nodes[-1].start(**settings), await nodes[-1].start(**settings)
+        one = await InProcessServer(Settings(ping_interval=0, ping_timeout=0, **settings)).start()
+        started.append(one)
+        return one, one
+
+    yield start
+    for running in started:
+        await running.stop()
+    for cluster in nodes:
+        await cluster.stop()
+    for server in redis:
+        server.remove()
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    path = tmp_path / "jwt.key"
+    path.write_bytes(SECRET)
+    return path
+
+
+def token(user: str, **claims: Any) -> str:
+    return jwt.encode({"sub": user, **claims}, SECRET, algorithm="HS256")
+
+
+async def welcomed(server: InProcessServer) -> tuple[WSClient, str]:
+    return await server.welcomed()
 
 
 # -- what a connection can make the server hold ----------------------------------
@@ -94,3 +148,37 @@ async def test_a_large_request_head_under_the_limit_is_accepted(server: InProces
             return sock.recv(100)
 
     assert (await deferToThread(handshake)).startswith(b"HTTP/1.1 101 ")
+
+
+# -- who gets into a room --------------------------------------------------------
+
+
+@pytest.mark.parametrize("private", [False, True], ids=["public", "private"])
+@pytest_twisted.ensureDeferred
+async def test_a_banned_user_cannot_come_back_by_authenticating_inside_the_room(
+    deployment: Deployment, secret_file: Path, private: bool,
+) -> None:
+    one, two = await deployment(auth=f"jwt:key={secret_file}")
+    (owner, _), (intruder, intruder_id) = await welcomed(one), await welcomed(two)
+    room_id = (await owner.request({"action": "create", "body": {"name": "den", "private": private}}))["room_id"]
+    assert (await owner.request({"action": "ban", "body": {"user": "bob"}}))["status"] == "success"
+    if private:
+        # Invited as a guest connection, by client ID: not as bob.
+        await owner.request({"action": "invite", "body": {"client_id": intruder_id}})
+    assert (await intruder.request({"action": "join", "body": {"room_id": room_id}}))["status"] == "success"
+
+    refused = await intruder.request({"action": "auth", "body": {"token": token("bob")}})
+    assert refused == {
+        "status": "error", "message": f"'bob' is banned from room {room_id}; leave it before authenticating"}
+    # Still a guest: nothing of bob's shows, and nothing of the room is bob's.
+    members = (await owner.request({"action": "members"}))["members"]
+    assert {"client_id": intruder_id, "nick": None, "role": "member"} in members
+    await intruder.request({"action": "message", "body": "hi"})
+    assert "user" not in await owner.next()
+    # Out of the room, bob may authenticate, and the ban holds for him.
+    await intruder.request({"action": "leave"})
+    assert (await intruder.request({"action": "auth", "body": {"token": token("bob")}}))["user"] == "bob"
+    rejoin = await intruder.request({"action": "join", "body": {"room_id": room_id}})
+    assert rejoin["status"] == "error"
+    await owner.close()
+    await intruder.close()

@@ -134,3 +134,68 @@ def test_a_token_renewed_in_time_keeps_the_connection_and_one_not_renewed_closes
     factory.clock.advance(10)  # past the renewed one's
     [(opcode, payload)] = peer.frames()
     assert opcode == 8 and payload[:2] == (4001).to_bytes(2, "big") and payload[2:] == b"Token expired"
+
+
+def expiring_factory(tmp_path: Any, leeway: float = 0) -> Any:
+    """A factory checking HS256 tokens, its clock at the tokens' time."""
+    import time
+
+    from chatd.auth import build_portal
+
+    secret = tmp_path / "jwt.key"
+    secret.write_bytes(b"a shared secret of the test, long enough for HS256")
+    factory = make_factory()
+    factory.portal = build_portal(f"jwt:key={secret}:leeway={leeway}")
+    factory.clock.advance(time.time())
+    return factory
+
+
+def signed(claims: dict[str, Any]) -> str:
+    import jwt
+
+    return jwt.encode({"sub": "alice", **claims}, b"a shared secret of the test, long enough for HS256",
+                      algorithm="HS256")
+
+
+def closed_with_4001(peer: Peer) -> bool:
+    return any(opcode == 8 and payload[:2] == (4001).to_bytes(2, "big") for opcode, payload in peer.frames())
+
+
+def test_an_expiry_written_as_a_string_is_a_deadline_as_pyjwt_read_it(tmp_path: Any) -> None:
+    factory = expiring_factory(tmp_path)
+    now = factory.clock.seconds()
+    peer = Peer(factory)
+    peer.open()
+    assert peer.send({"action": "auth", "body": {"token": signed({"exp": str(int(now) + 10)})}})[0]["user"] == "alice"
+    factory.clock.advance(11)
+    assert closed_with_4001(peer)
+
+
+def test_a_token_without_expiry_cannot_lift_the_deadline_of_an_earlier_one(tmp_path: Any) -> None:
+    factory = expiring_factory(tmp_path)
+    now = factory.clock.seconds()
+    peer = Peer(factory)
+    peer.open()
+    assert peer.send({"action": "auth", "body": {"token": signed({"exp": int(now) + 10})}})[0]["status"] == "success"
+    assert peer.send({"action": "auth", "body": {"token": signed({})}}) == [{
+        "status": "error",
+        "message": "This connection's token expires: refresh it with a token that has an expiry (exp)"}]
+    factory.clock.advance(11)
+    assert closed_with_4001(peer)
+    # A connection that never had a deadline may authenticate without one.
+    other = Peer(factory, 40001)
+    other.open()
+    assert other.send({"action": "auth", "body": {"token": signed({})}})[0]["status"] == "success"
+
+
+def test_a_token_accepted_within_the_leeway_is_good_until_the_leeway_ends(tmp_path: Any) -> None:
+    factory = expiring_factory(tmp_path, leeway=60)
+    now = factory.clock.seconds()
+    peer = Peer(factory)
+    peer.open()
+    # Expired 30 s ago, within the 60 s leeway: accepted, for 30 s more.
+    assert peer.send({"action": "auth", "body": {"token": signed({"exp": int(now) - 30})}})[0]["status"] == "success"
+    factory.clock.advance(20)
+    assert not closed_with_4001(peer) and peer.protocol.chatting()
+    factory.clock.advance(20)
+    assert closed_with_4001(peer)

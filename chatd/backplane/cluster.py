@@ -33,7 +33,7 @@ from chatd.backplane.shards import Shards
 from chatd.chat import Answer, counts_of
 from chatd.codec import Command
 from chatd.core import ChatCore, Client, Room, done_reply, member_entry, refusal
-from chatd.errors import Banned, ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
+from chatd.errors import Banned, BannedAs, ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
 from chatd.outbox import Flusher
 
 Reply = dict[str, Any]
@@ -612,7 +612,22 @@ class ClusterChat:
     def authenticate(self, client: Client, user: str, name: Optional[str], now: float) -> "Deferred[None]":
         """Record the user in Redis (its name is reserved in the client's
         room from then on); then, without a nick, take the default one."""
-        d = self._each(scripts.AUTH, self.shards.node, client.client_id, user, user.casefold())
+        args = (self.shards.node, client.client_id, user, user.casefold())
+        room = client.room
+        if room is None:
+            d = self._each(scripts.AUTH, *args)
+        else:
+            # The room's shard decides, in the same step as it records the
+            # user, whether the room admits it (a ban); the others follow.
+            shard = self.shards.of(room.room_id)
+
+            def admitted(outcome: Any) -> list[tuple[Any, Any]]:
+                if _text(outcome) == "banned":
+                    raise BannedAs(user, room.room_id)
+                self._on_each(scripts.AUTH, *args, but=shard)
+                return [(shard, outcome)]
+
+            d = self._call(shard, scripts.AUTH, *args).addCallback(admitted)
 
         def recorded(results: list[tuple[Any, Any]]) -> Any:
             if not any(_text(outcome) == "ok" for _, outcome in results):

@@ -258,7 +258,8 @@ redis.call('SADD', P .. 'node-clients:' .. node, client)
 return client
 """
 
-#: ARGV: prefix, node, client, user, folded user.  'ok' or 'gone'.
+#: ARGV: prefix, node, client, user, folded user.  'ok', 'gone', or
+#: 'banned': the user is banned from the client's room (as a join would be).
 AUTH = _PRELUDE + r"""
 local node, client, user, ufolded = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ckey = P .. 'client:' .. client
@@ -267,6 +268,9 @@ if redis.call('HGET', ckey, 'node') ~= node then
 end
 local room = redis.call('HGET', ckey, 'room')
 if room and room ~= '' then
+  if redis.call('SISMEMBER', P .. 'banned:' .. room, 'u:' .. user) == 1 then
+    return 'banned'
+  end
   count_user(room, redis.call('HGET', ckey, 'ufolded'), -1)
   count_user(room, ufolded, 1)
 end
