@@ -68,15 +68,21 @@ def _address(text: str) -> Optional[Address]:
 _FORWARDED_FOR = re.compile(r'(?:^|;)\s*for\s*=\s*("[^"]*"|[^;,\s]*)', re.IGNORECASE)
 
 
-def forwarded_chain(headers: Mapping[str, str]) -> list[str]:
+#: The forwarding headers a proxy may be said to set (--forwarded-header).
+FORWARDED_HEADERS = ("x-forwarded-for", "forwarded")
+
+
+def forwarded_chain(headers: Mapping[str, str], header: str = "x-forwarded-for") -> list[str]:
     """
-    The client addresses a request's proxies reported, nearest client first:
-    X-Forwarded-For, or, without it, Forwarded's ``for=`` (RFC 7239).
-    ``headers`` has lower-case names, repeated headers joined with ", ".
+    The client addresses a request's proxies reported in ``header``,
+    nearest client first: X-Forwarded-For's list, or Forwarded's ``for=``
+    (RFC 7239).  Only the header the proxies set is read: a proxy passes
+    the other one on as the client sent it.  ``headers`` has lower-case
+    names, repeated headers joined with ", ".
     """
-    chain = headers.get("x-forwarded-for")
-    if chain is not None:
-        return [part.strip() for part in chain.split(",")]
+    if header == "x-forwarded-for":
+        chain = headers.get("x-forwarded-for")
+        return [part.strip() for part in chain.split(",")] if chain is not None else []
     forwarded = headers.get("forwarded")
     if forwarded is None:
         return []
@@ -87,11 +93,17 @@ def forwarded_chain(headers: Mapping[str, str]) -> list[str]:
     return found
 
 
-class TrustedProxies:
-    """The networks whose forwarding headers are believed."""
+class UntrustedProxy(Exception):
+    """A PROXY protocol header from a peer that is not a trusted proxy."""
 
-    def __init__(self, networks: Sequence[str]) -> None:
+
+class TrustedProxies:
+    """The networks whose forwarding headers are believed, and the header
+    they set."""
+
+    def __init__(self, networks: Sequence[str], header: str = "x-forwarded-for") -> None:
         self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+        self.header = header
         # Asked twice per connection: remembered, for the same reason.
         self._trusted = lru_cache(maxsize=4096)(self._lookup)
 
@@ -113,7 +125,7 @@ class TrustedProxies:
         if peer not in self:
             return peer, False
         client, forwarded = peer, False
-        for entry in reversed(forwarded_chain(headers)):
+        for entry in reversed(forwarded_chain(headers, self.header)):
             address = parse_ip(entry)
             if address is None:
                 break
@@ -135,12 +147,12 @@ class Admission:
 
     def __init__(
         self, max_connections: int, max_per_address: int, per_address_per_minute: float,
-        trusted: Sequence[str] = (), limit_loopback: bool = False,
+        trusted: Sequence[str] = (), limit_loopback: bool = False, forwarded_header: str = "x-forwarded-for",
     ) -> None:
         self.max_connections = max_connections
         self.max_per_address = max_per_address
         self.per_address_per_minute = per_address_per_minute
-        self.trusted = TrustedProxies(trusted)
+        self.trusted = TrustedProxies(trusted, forwarded_header)
         self.limit_loopback = limit_loopback
         self.connections = 0
         self._per_address: dict[str, int] = {}
@@ -167,7 +179,11 @@ class Admission:
         reports ``peer`` (a PROXY protocol header changes it) and whose
         request has ``headers``: the client's address, whether a proxy gave
         it, and the address to count it under (None: not by address).
+        UntrustedProxy if a PROXY header came from a peer that is no
+        trusted proxy: whoever sent it is not a proxy speaking.
         """
+        if peer != accepted and accepted not in self.trusted:
+            raise UntrustedProxy(str(accepted))
         client, forwarded = self.trusted.client_of(peer, headers)
         proxied = forwarded or peer != accepted
         if not proxied and client.is_loopback and not self.limit_loopback:

@@ -274,9 +274,14 @@ OPTIONS: tuple[Option, ...] = (
            "(0: no limit); over it: HTTP 503."),
     Option("trusted-proxy", "trusted_proxies", networks,
            "A reverse proxy's address or network (CIDR): for its connections the "
-           "client's address is taken from X-Forwarded-For (or Forwarded), or "
-           "from the PROXY protocol header of a haproxy: listener. Repeatable; "
+           "client's address is taken from the --forwarded-header, or from the "
+           "PROXY protocol header of a haproxy: listener (a PROXY header from "
+           "any other address is refused). Repeatable; "
            f"replaces the default {', '.join(DEFAULT_TRUSTED_PROXIES)}.", kind="list"),
+    Option("forwarded-header", "forwarded_header", choice("x-forwarded-for", "forwarded"),
+           "The header the trusted proxies set with the client's address: "
+           "x-forwarded-for, or forwarded (RFC 7239). Only that one is read: the "
+           "other may come from the client, through a proxy that passes it on."),
     Option("limit-loopback", "limit_loopback", flag,
            "Hold clients that connect directly from a loopback address (tests, "
            "bots on the same host) to the per-address limits too; by default "

@@ -57,6 +57,9 @@ class Settings:
     #: Networks (CIDR) of the reverse proxies whose X-Forwarded-For or
     #: Forwarded header names the client.
     trusted_proxies: tuple[str, ...] = field(default=DEFAULT_TRUSTED_PROXIES)
+    #: The header the trusted proxies set with the client's address
+    #: ("x-forwarded-for" or "forwarded"); the other is never read.
+    forwarded_header: str = "x-forwarded-for"
     #: Whether clients connecting directly from a loopback address are held
     #: to the per-address limits too.
     limit_loopback: bool = False

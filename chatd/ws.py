@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatd import __version__, fastpath, web
-from chatd.admission import Address, Admission, address_of, parse_ip
+from chatd.admission import Address, Admission, UntrustedProxy, address_of, parse_ip
 from chatd.auth import IChatUser, Token, build_portal
 from chatd.chat import Chat, LocalChat
 from chatd.codec import INVALID_TOKEN, MAX_TOKEN, Manage
@@ -49,6 +49,7 @@ TOO_SLOW = "Outgoing buffer limit exceeded: client too slow"
 #: and anything it sends early behind it.
 MAX_REQUEST_HEAD = 16 * 1024
 HEAD_TOO_LARGE = "Request Header Fields Too Large"
+UNTRUSTED_PROXY = "PROXY protocol header from an address that is not a trusted proxy"
 # Handshake failures by HTTP status, for the metrics.
 _HANDSHAKE_REASONS = {426: "no_upgrade", 403: "origin", 503: "limit", 431: "too_large"}
 
@@ -226,7 +227,8 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
             self.wasClean = True
             self.dropConnection(abort=False)
             return
-        self.factory.metrics.handshake_failures.labels(_HANDSHAKE_REASONS.get(code, "bad_request")).inc()
+        kind = "untrusted_proxy" if reason == UNTRUSTED_PROXY else _HANDSHAKE_REASONS.get(code, "bad_request")
+        self.factory.metrics.handshake_failures.labels(kind).inc()
         super().failHandshake(reason, code, responseHeaders)
 
     def _serve_page(self) -> None:
@@ -569,7 +571,8 @@ class ChatFactory(WebSocketServerFactory):
         self.flusher = Flusher(clock)
         self.admission = Admission(
             settings.max_connections, settings.max_connections_per_ip, settings.rate_connections_per_ip,
-            trusted=settings.trusted_proxies, limit_loopback=settings.limit_loopback)
+            trusted=settings.trusted_proxies, limit_loopback=settings.limit_loopback,
+            forwarded_header=settings.forwarded_header)
         self.metrics.watch(self._gauges)
         # Made already by twistd chatd (tap), or here for a factory on its own.
         self.use_moderators(
@@ -676,7 +679,10 @@ class ChatFactory(WebSocketServerFactory):
         host = getattr(protocol.transport.getPeer(), "host", None)
         peer = (parse_ip(host) if isinstance(host, str) else None) or accepted
         admission = self.admission
-        client, proxied, key = admission.counted_at_handshake(accepted, peer, headers)
+        try:
+            client, proxied, key = admission.counted_at_handshake(accepted, peer, headers)
+        except UntrustedProxy:
+            raise ConnectionDeny(403, UNTRUSTED_PROXY) from None
         protocol.client_address, protocol.proxied = str(client), proxied
         if key == protocol.counted_ip:
             return None

@@ -33,10 +33,12 @@ def proxy_binary(name: str) -> str:
 
 class Nginx:
     """nginx proxying WebSockets on ``port`` to chatd on ``backend``, adding
-    the client's address to X-Forwarded-For."""
+    the client's address to X-Forwarded-For (or, with ``forwarded``, setting
+    only RFC 7239's Forwarded: a client's X-Forwarded-For then passes on)."""
 
-    def __init__(self, directory: Path, backend: int) -> None:
+    def __init__(self, directory: Path, backend: int, forwarded: bool = False) -> None:
         self.binary = proxy_binary("nginx")
+        self.forwarded = forwarded
         self.directory = directory
         self.backend = backend
         self.port = free_port()
@@ -45,6 +47,8 @@ class Nginx:
     def start(self) -> "Nginx":
         d = self.directory
         d.mkdir(parents=True, exist_ok=True)
+        header = ('Forwarded "for=$remote_addr"' if self.forwarded
+                  else "X-Forwarded-For $proxy_add_x_forwarded_for")
         temp = "\n".join(f"    {kind}_temp_path {d / kind};" for kind in
                          ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
         (d / "nginx.conf").write_text(f"""
@@ -63,7 +67,7 @@ http {{
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection "upgrade";
             proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header {header};
         }}
     }}
 }}

@@ -11,6 +11,7 @@ from chatd.admission import (
     MAX_TRACKED_ADDRESSES,
     Admission,
     TrustedProxies,
+    UntrustedProxy,
     address_of,
     forwarded_chain,
     parse_ip,
@@ -89,13 +90,18 @@ def test_an_address_in_a_forwarding_header(text: str, expected: Optional[str]) -
     assert (None if address is None else str(address)) == expected
 
 
-def test_the_chain_is_x_forwarded_for_or_else_forwarded() -> None:
+def test_the_chain_is_read_from_the_one_header_the_proxies_set() -> None:
     assert forwarded_chain({"x-forwarded-for": "203.0.113.9, 10.0.0.2"}) == ["203.0.113.9", "10.0.0.2"]
-    assert forwarded_chain({"forwarded": 'for=203.0.113.9;proto=https, For="[2001:db8::5]:80";by=x'}) == [
-        "203.0.113.9", '"[2001:db8::5]:80"']
-    assert forwarded_chain({"forwarded": "proto=https", "x-forwarded-for": "198.51.100.1"}) == ["198.51.100.1"]
-    assert forwarded_chain({"forwarded": "by=10.0.0.1"}) == [""]
+    assert forwarded_chain({"forwarded": 'for=203.0.113.9;proto=https, For="[2001:db8::5]:80";by=x'},
+                           "forwarded") == ["203.0.113.9", '"[2001:db8::5]:80"']
+    assert forwarded_chain({"forwarded": "by=10.0.0.1"}, "forwarded") == [""]
     assert forwarded_chain({}) == []
+    # The other header is whatever the client sent, passed on: never read.
+    both = {"forwarded": "for=198.51.100.1", "x-forwarded-for": "203.0.113.66"}
+    assert forwarded_chain(both, "forwarded") == ["198.51.100.1"]
+    assert forwarded_chain(both, "x-forwarded-for") == ["203.0.113.66"]
+    assert forwarded_chain({"forwarded": "for=198.51.100.1"}) == []
+    assert forwarded_chain({"x-forwarded-for": "203.0.113.66"}, "forwarded") == []
 
 
 PROXIES = TrustedProxies(["10.0.0.0/8", "2001:db8:ffff::/48"])
@@ -107,8 +113,10 @@ def test_a_trusted_proxys_client_is_the_rightmost_untrusted_address() -> None:
     assert PROXIES.client_of(proxy, headers) == (ip("203.0.113.9"), True)
     # Every hop trusted: the leftmost.
     assert PROXIES.client_of(proxy, {"x-forwarded-for": "10.1.1.1, 10.0.0.2"}) == (ip("10.1.1.1"), True)
-    # Forwarded, for IPv6.
-    assert PROXIES.client_of(proxy, {"forwarded": 'for="[2001:db8::5]:4711"'}) == (ip("2001:db8::5"), True)
+    # Forwarded, for IPv6, from proxies that set it.
+    rfc7239 = TrustedProxies(["10.0.0.0/8"], "forwarded")
+    assert rfc7239.client_of(proxy, {"forwarded": 'for="[2001:db8::5]:4711"'}) == (ip("2001:db8::5"), True)
+    assert rfc7239.client_of(proxy, {"x-forwarded-for": "203.0.113.66"}) == (proxy, False)
     # No header: the proxy itself.
     assert PROXIES.client_of(proxy, {}) == (proxy, False)
 
@@ -138,8 +146,22 @@ def test_direct_loopback_clients_are_not_counted_by_address_unless_asked() -> No
     assert loose.counted_at_handshake(ip("10.0.0.1"), ip("10.0.0.1"), {"x-forwarded-for": "127.0.0.5"}) == (
         ip("127.0.0.5"), True, "127.0.0.5")
     # A PROXY protocol header changed the peer: through a proxy too.
-    assert loose.counted_at_handshake(ip("127.0.0.1"), ip("127.0.0.2"), {}) == (ip("127.0.0.2"), True, "127.0.0.2")
+    assert loose.counted_at_handshake(ip("10.0.0.1"), ip("127.0.0.2"), {}) == (ip("127.0.0.2"), True, "127.0.0.2")
     # Anyone else is counted when accepted, under its own address.
     assert loose.counted_at_accept(ip("198.51.100.7")) == "198.51.100.7"
     assert loose.counted_at_handshake(ip("198.51.100.7"), ip("198.51.100.7"), {"x-forwarded-for": "1.2.3.4"}) == (
         ip("198.51.100.7"), False, "198.51.100.7")
+
+
+def test_a_proxy_header_from_a_peer_that_is_no_trusted_proxy_is_refused() -> None:
+    admission = Admission(0, 3, 0, trusted=["127.0.0.1"], limit_loopback=True)
+    with pytest.raises(UntrustedProxy):
+        admission.counted_at_handshake(ip("127.0.0.2"), ip("203.0.113.9"), {})
+    with pytest.raises(UntrustedProxy):  # naming a trusted proxy does not make it one
+        admission.counted_at_handshake(ip("127.0.0.2"), ip("127.0.0.1"), {"x-forwarded-for": "203.0.113.9"})
+    # From the proxy, its header is believed, and the forwarding header only
+    # when the address the PROXY header names is a trusted proxy too.
+    assert admission.counted_at_handshake(ip("127.0.0.1"), ip("203.0.113.9"), {"x-forwarded-for": "1.2.3.4"}) == (
+        ip("203.0.113.9"), True, "203.0.113.9")
+    assert admission.counted_at_handshake(ip("127.0.0.1"), ip("127.0.0.1"), {"x-forwarded-for": "1.2.3.4"}) == (
+        ip("1.2.3.4"), True, "1.2.3.4")

@@ -182,3 +182,54 @@ async def test_a_banned_user_cannot_come_back_by_authenticating_inside_the_room(
     assert rejoin["status"] == "error"
     await owner.close()
     await intruder.close()
+
+
+# -- who the client is -------------------------------------------------------------
+
+
+def proxied_handshake(port: int, source: str, forged: str) -> bytes:
+    """A handshake from ``source`` behind a PROXY v1 header naming ``forged``."""
+    header = f"PROXY TCP4 {forged} 127.0.0.1 40000 {port}\r\n".encode()
+    with socket.socket() as sock:
+        sock.settimeout(20)
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(header + HANDSHAKE)
+        return sock.recv(200)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_proxy_header_is_believed_only_from_a_trusted_proxy(daemon_factory) -> None:
+    chatd = daemon_factory(
+        "--listen", "haproxy:tcp:0:interface=127.0.0.1", "--trusted-proxy", "127.0.0.1",
+        "--limit-loopback", "--max-connections-per-ip", "3",
+    )
+    port = int((await chatd.wait_for(rb"ChatFactory \(PROXY\) starting on (\d+)", "chatd to listen")).group(1))
+    # Eight connections from 127.0.0.2, no proxy, each naming another
+    # source (a trusted one among them): none is a proxy speaking.
+    for i, forged in enumerate(["127.0.0.1"] + [f"127.0.5.{n}" for n in range(7)]):
+        answer = await deferToThread(proxied_handshake, port, "127.0.0.2", forged)
+        assert answer.startswith(b"HTTP/1.1 403 "), (i, answer[:80])
+    # The proxy itself is believed.
+    answer = await deferToThread(proxied_handshake, port, "127.0.0.1", "127.0.0.9")
+    assert answer.startswith(b"HTTP/1.1 101 "), answer[:80]
+    await chatd.wait_for(rb"connected from 127\.0\.0\.9 via", "the PROXY header's client in the log")
+    assert b"127.0.5." not in chatd.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_behind_a_proxy_that_sets_forwarded_a_clients_x_forwarded_for_is_not_read(
+    daemon_factory, tmp_path: Path,
+) -> None:
+    from tests.proxies import Nginx
+
+    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--forwarded-header", "forwarded")
+    nginx = Nginx(tmp_path / "nginx", await chatd.wait_listening(), forwarded=True).start()
+    try:
+        client = await connect(nginx.port, source="127.0.0.2", headers={"X-Forwarded-For": "127.0.0.77"})
+        assert (await client.next())["status"] == "connected"
+        await chatd.wait_for(rb"connected from 127\.0\.0\.2 via", "the client's real address in the log")
+        assert b"127.0.0.77" not in chatd.output
+        await client.close()
+    finally:
+        nginx.stop()
