@@ -233,3 +233,71 @@ async def test_behind_a_proxy_that_sets_forwarded_a_clients_x_forwarded_for_is_n
         await client.close()
     finally:
         nginx.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ban_that_overtakes_the_answer_to_a_join_on_another_node_holds(
+    cluster: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from twisted.internet.defer import Deferred
+
+    from chatd.backplane import scripts
+
+    # Node one's answer to the join is held until the ban's kick has come
+    # through the room's channel: the order a loaded node sees now and then.
+    one, two = await cluster(), await cluster()
+    (owner, _), (joiner, joiner_id) = await welcomed(two), await welcomed(one)
+    await owner.request({"action": "events", "body": True})
+    room_id = (await owner.request({"action": "create", "body": "den"}))["room_id"]
+    chat = one.factory.chat
+    shard = chat.shards.of(room_id)
+    kick_seen: Deferred = Deferred()
+    call, channel_message = shard.call, chat.channel_message
+
+    def late_join(script: str, *args: Any) -> Deferred:
+        answer = call(script, *args)
+        if script is scripts.JOIN:
+            answer.addCallback(lambda result: kick_seen.addCallback(lambda _: result))
+        return answer
+
+    def watched(room: str, data: bytes) -> None:
+        channel_message(room, data)
+        if data[:1] == b"k" and not kick_seen.called:
+            kick_seen.callback(None)
+
+    monkeypatch.setattr(shard, "call", late_join)
+    monkeypatch.setattr(chat, "channel_message", watched)
+    joiner.send({"action": "join", "body": {"room_id": room_id}})
+    assert (await owner.next())["event"] == "join"
+    assert (await owner.request({"action": "ban", "body": {"client_id": joiner_id}}))["status"] == "success"
+    # The join was answered before the ban, in the order Redis ran them...
+    assert (await joiner.next())["status"] == "success"
+    kick = await joiner.next()
+    assert (kick["event"], kick["room_id"]) == ("kick", room_id)
+    # ...and it does not stand: nothing of the room is the joiner's.
+    for command in ({"action": "history"}, {"action": "members"}, {"action": "message", "body": "still here?"}):
+        assert await joiner.request(command) == {"status": "error", "message": "You must join a room first"}
+    assert (await joiner.request({"action": "join", "body": {"room_id": room_id}}))["status"] == "error"
+    members = (await owner.request({"action": "members"}))["members"]
+    assert [m["client_id"] for m in members] != [] and joiner_id not in [m["client_id"] for m in members]
+    await owner.close()
+    await joiner.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reads_of_a_room_in_a_cluster_are_checked_where_membership_is_decided(
+    cluster: Any, redis_server: RedisServer,
+) -> None:
+    node = await cluster()
+    (owner, _), (reader, reader_id) = await welcomed(node), await welcomed(node)
+    room_id = (await owner.request({"action": "create", "body": "den"}))["room_id"]
+    await reader.request({"action": "join", "body": {"room_id": room_id}})
+    assert (await reader.request({"action": "history"}))["status"] == "success"
+    # Redis says the reader is out (whatever the node thought): reads are refused.
+    redis_server.command("HSET", f"chatd:client:{reader_id}", "room", "")
+    assert await reader.request({"action": "members"}) == {
+        "status": "error", "message": "You must join a room first"}
+    assert await reader.request({"action": "history"}) == {
+        "status": "error", "message": "You must join a room first"}
+    await owner.close()
+    await reader.close()

@@ -55,7 +55,7 @@ class _Pending:
     """A join or create on its way: done once Redis has answered and the
     room's channel has carried the join (or create) event, in either order."""
 
-    __slots__ = ("client", "room", "placed", "answered", "cancelled")
+    __slots__ = ("client", "room", "placed", "answered", "cancelled", "kicked")
 
     def __init__(self, client: Client, room: Room) -> None:
         self.client = client
@@ -63,6 +63,9 @@ class _Pending:
         self.placed = False  # receiving the room's broadcasts here
         self.answered = False  # Redis has answered; client.room is the room
         self.cancelled = False  # the client went meanwhile
+        # Put out of the room (a kick, a ban) after its join, before Redis's
+        # answer to the join came: the join must not stand once it does.
+        self.kicked = False
 
 
 class _Outgoing:
@@ -526,9 +529,10 @@ class ClusterChat:
 
     def members(self, client: Client) -> "Deferred[Reply]":
         room, shard = self._room_of(client)
-        d = self._call(shard, scripts.MEMBERS, room.room_id)
+        d = self._call(shard, scripts.MEMBERS, room.room_id, client.client_id)
 
-        def done(flat: list[Any]) -> Reply:
+        def done(flat: Any) -> Reply:
+            self._check_reader(flat, client, room)
             members = [
                 member_entry(_text(flat[i]), _text(flat[i + 1]) or None, _text(flat[i + 2]) or None,
                              _text(flat[i + 3]))
@@ -589,9 +593,10 @@ class ClusterChat:
 
     def recent(self, client: Client, limit: int, before: Optional[int]) -> "Deferred[Reply]":
         room, shard = self._room_of(client)
-        d = self._call(shard, scripts.HISTORY, room.room_id, limit, before or 0)
+        d = self._call(shard, scripts.HISTORY, room.room_id, limit, before or 0, client.client_id)
 
-        def done(payloads: list[Any]) -> Reply:
+        def done(payloads: Any) -> Reply:
+            self._check_reader(payloads, client, room)
             messages = [json.loads(p) for p in payloads]
             return {"status": "success", "room_id": room.room_id, "messages": messages}
 
@@ -734,12 +739,32 @@ class ClusterChat:
         client = self.core.clients.get(client_id)
         if client is None:
             return
+        # The channel can carry the kick before the command connection
+        # carries the answer to the join it follows (two connections to
+        # Redis): that join is out of the room as soon as it is answered.
+        pending = self._pending_of.get(client_id)
+        if pending is not None and pending.room is room and not pending.answered:
+            pending.kicked = True
+        self._out_of(client, room)
+        self.core.deliver_payload([client], codec.encode(codec.kick(room.room_id, by, reason)), now)
+
+    def _check_reader(self, answer: Any, client: Client, room: Room) -> None:
+        """A read of ``room`` that Redis refused (the client is not a member
+        there, whatever this node thought): NotInRoom, or Unavailable."""
+        if isinstance(answer, list):
+            return
+        if _text(answer) == "notin":
+            self._out_of(client, room)
+            raise NotInRoom("You must join a room first")
+        raise Unavailable()
+
+    def _out_of(self, client: Client, room: Room) -> None:
+        """``client`` is no longer in ``room`` (Redis says so)."""
         if client.receiving is room:
             self.core.receive_in(client, None)
         if client.room is room:
             client.room = None
             self._release(room)
-        self.core.deliver_payload([client], codec.encode(codec.kick(room.room_id, by, reason)), now)
 
     def direct_message(self, data: bytes) -> None:
         # <sender> <client>,<client>...\n<the encoded message>
@@ -966,6 +991,8 @@ class ClusterChat:
             if not pending.placed:
                 self.core.receive_in(client, None)  # nothing more from the old room
             self._release(old)
+        if pending.kicked:
+            self._out_of(client, pending.room)  # and out of it again (_kicked)
         self._done_if_complete(pending)
         return True
 

@@ -201,6 +201,19 @@ local function nick_taken(room, folded, client)
   return folded ~= mine and redis.call('HEXISTS', P .. 'users:' .. room, folded) == 1
 end
 
+-- Why ``client`` may not read ``room``: 'notin' (it is not a member, any
+-- more), 'gone' (no record of it here: a resync is due); nil: it may.
+local function reader_in(room, client)
+  local current = redis.call('HGET', P .. 'client:' .. client, 'room')
+  if not current then
+    return 'gone'
+  end
+  if current ~= room then
+    return 'notin'
+  end
+  return nil
+end
+
 -- A client of a live node that this Redis has no record of (a shard that
 -- was away when it connected, or registered it too late for the resync) is
 -- recorded as its node knows it.  False if another node holds the ID, or
@@ -582,10 +595,15 @@ end
 return out
 """
 
-#: ARGV: prefix, room.  A flat list: client ID, nick, user ('' for none),
-#: role, in join order.
+#: ARGV: prefix, room, client.  A flat list: client ID, nick, user ('' for
+#: none), role, in join order; or 'notin' if the client is not in the room
+#: (any more), 'gone' if this Redis has no record of it.
 MEMBERS = _PRELUDE + r"""
 local room = ARGV[2]
+local reader = reader_in(room, ARGV[3])
+if reader then
+  return reader
+end
 local out = {}
 local owner = owner_of(room)
 for _, client in ipairs(redis.call('ZRANGE', P .. 'members:' .. room, 0, -1)) do
@@ -731,9 +749,14 @@ end
 return 'ok'
 """
 
-#: ARGV: prefix, room, limit, before (0: none).  Payloads, oldest first.
+#: ARGV: prefix, room, limit, before (0: none), client.  Payloads, oldest
+#: first; or 'notin' or 'gone', as for MEMBERS.
 HISTORY = _PRELUDE + r"""
 local room, limit, before = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local reader = reader_in(room, ARGV[5])
+if reader then
+  return reader
+end
 local found = {}
 for _, entry in ipairs(redis.call('LRANGE', P .. 'history:' .. room, 0, -1)) do
   local space = string.find(entry, ' ', 1, true)
