@@ -36,13 +36,15 @@ def submission(body: Any) -> Submission:
 # -- banned words ---------------------------------------------------------------
 
 
-def test_whole_words_case_insensitive_in_strings_and_json_values() -> None:
+def test_whole_words_case_insensitive_in_every_string_of_a_json_body_keys_too() -> None:
     words = BannedWords(["darn", "heck no"])
     assert words.moderate(submission("Darn it")) == REJECT
     assert words.moderate(submission("well, HECK NO!")) == REJECT
     assert words.moderate(submission("darnation and heckler")) == PASS  # not whole words
     assert words.moderate(submission({"text": ["fine", {"deep": "oh DARN"}]})) == REJECT
-    assert words.moderate(submission({"darn": "keys are not text"})) == PASS
+    # Clients show keys too.
+    assert words.moderate(submission({"darn it": 1})) == REJECT
+    assert words.moderate(submission([{"fine": {"oh heck no": None}}])) == REJECT
     assert words.moderate(submission('{"as": "json darn string"}')) == REJECT
     assert words.moderate(submission(42)) == PASS
 
@@ -50,7 +52,7 @@ def test_whole_words_case_insensitive_in_strings_and_json_values() -> None:
 def test_mask_mode_replaces_matches_with_asterisks_keeping_the_shape() -> None:
     words = BannedWords(["darn", "heck no"], mode="mask")
     assert words.moderate(submission("Darn, heck no, darnation")) == Rewrite("****, *******, darnation")
-    assert words.moderate(submission({"darn": ["x darn", 7, None]})) == Rewrite({"darn": ["x ****", 7, None]})
+    assert words.moderate(submission({"darn": ["x darn", 7, None]})) == Rewrite({"****": ["x ****", 7, None]})
     assert words.moderate(submission("clean")) == PASS
 
 

@@ -5,8 +5,8 @@ The built-in banned-words moderator:
 
 The file has one word or phrase a line (blank lines and lines starting with
 ``#`` are skipped).  Matching is case-insensitive and on whole words, in the
-body if it is a string and in every string value of a JSON body (keys are
-left alone).  ``reject`` (the default) refuses the message; ``mask`` replaces
+body if it is a string and in every string of a JSON body, keys included
+(clients show them too).  ``reject`` (the default) refuses the message; ``mask`` replaces
 each match with as many asterisks.
 """
 
@@ -61,7 +61,7 @@ class BannedWords:
         if isinstance(value, str):
             return self._pattern.search(value) is not None
         if isinstance(value, dict):
-            return any(self._contains(v) for v in value.values())
+            return any(self._contains(k) or self._contains(v) for k, v in value.items())
         if isinstance(value, list):
             return any(self._contains(v) for v in value)
         return False
@@ -70,7 +70,8 @@ class BannedWords:
         if isinstance(value, str):
             return self._pattern.sub(lambda m: "*" * len(m.group()), value)
         if isinstance(value, dict):
-            return {k: self._masked(v) for k, v in value.items()}
+            # Two keys that mask alike are one key afterwards (the later's value).
+            return {self._masked(k): self._masked(v) for k, v in value.items()}
         if isinstance(value, list):
             return [self._masked(v) for v in value]
         return value
