@@ -515,7 +515,10 @@ class ChatCore:
     def create(self, client: Client, name: str, now: float, private: bool = False) -> dict[str, Any]:
         self.check_create_rate(client, now)
         self._leave_room(client, now)
-        self._room_seq += 1
+        # The list's cursor: when the room was created, in tenths of a
+        # millisecond (rising by one at least), as in a cluster.  A count
+        # would tell a client paging past private rooms how many there are.
+        self._room_seq = max(self._room_seq + 1, int(now * 10_000))
         room = Room(self._unique_id(self.rooms), name, codec.timestamp(now), client.client_id, self._room_seq)
         if private:
             # Its creator may come back while it lives, like anyone invited.
@@ -545,10 +548,11 @@ class ChatCore:
             raise RoomNotFound(room_id)
         if client.room is not room:
             keys = names_of(client.client_id, client.user)
+            if room.private and not _listed(room.invited, keys):
+                # As if there were none, a ban included: nothing leaks.
+                raise RoomNotFound(room_id)
             if _listed(room.banned, keys):
                 raise Banned(room_id)
-            if room.private and not _listed(room.invited, keys):
-                raise RoomNotFound(room_id)  # as if there were none: it does not leak
             if client.nick is not None and self._nick_taken(room, client.nick, client):
                 raise ChatError(
                     f"Nick '{client.nick}' is taken in room {room_id}; choose another with \"nick\""

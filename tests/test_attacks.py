@@ -301,3 +301,43 @@ async def test_reads_of_a_room_in_a_cluster_are_checked_where_membership_is_deci
         "status": "error", "message": "You must join a room first"}
     await owner.close()
     await reader.close()
+
+
+# -- what a private room tells outsiders --------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_private_room_tells_nothing_to_a_user_banned_before_joining(
+    deployment: Deployment, secret_file: Path,
+) -> None:
+    one, two = await deployment(auth=f"jwt:key={secret_file}")
+    (owner, _), (bob, _) = await welcomed(one), await welcomed(two)
+    room_id = (await owner.request({"action": "create", "body": {"name": "den", "private": True}}))["room_id"]
+    await owner.request({"action": "ban", "body": {"user": "bob"}})
+    await bob.request({"action": "auth", "body": {"token": token("bob")}})
+    assert await bob.request({"action": "join", "body": {"room_id": room_id}}) == {
+        "status": "error", "message": f"Room {room_id} does not exist"}
+    await owner.close()
+    await bob.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_cursors_tell_nothing_of_hidden_rooms(deployment: Deployment) -> None:
+    one, two = await deployment()
+    names = ["public 0", "hidden 0"] + ["public 1"] + [f"hidden 1.{i}" for i in range(8)] + ["public 2"]
+    creators = [await welcomed(one) for _ in names]  # a room lives while it has a member
+    for (creator, _), name in zip(creators, names):
+        await creator.request({"action": "create", "body": {"name": name, "private": name.startswith("h")}})
+    outsider, _ = await welcomed(two)
+    cursors: list[int] = []
+    page = await outsider.request({"action": "list", "body": {"limit": 1}})
+    while "next" in page:
+        cursors.append(int(page["next"]))
+        page = await outsider.request({"action": "list", "body": {"limit": 1, "after": page["next"]}})
+    assert len(cursors) == 2
+    # One hidden room behind the first gap, eight behind the second: a
+    # counter would show gaps of 2 and 9.  A cursor is a creation time.
+    assert cursors[1] - cursors[0] != 9 and cursors[0] > 1000
+    for creator, _ in creators:
+        await creator.close()
+    await outsider.close()

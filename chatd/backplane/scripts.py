@@ -419,11 +419,11 @@ if redis.call('HGET', ckey, 'room') == room then
   return {'same', meta[1], meta[2], meta[3], meta[4], meta[5], '', 0, r[1], r[2], meta[6], meta[7]}
 end
 local names = names_of(client)
+if meta[7] == '1' and not listed(P .. 'invited:' .. room, names) then
+  return {'nf'}  -- as if there were none, a ban included: nothing leaks
+end
 if listed(P .. 'banned:' .. room, names) then
   return {'banned'}
-end
-if meta[7] == '1' and not listed(P .. 'invited:' .. room, names) then
-  return {'nf'}
 end
 if nick_taken(room, redis.call('HGET', ckey, 'folded'), client) then
   return {'nick'}
