@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import time
+import unicodedata
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
@@ -99,8 +100,42 @@ def command(line: str) -> Optional[dict[str, Any]]:
 _CLIENT_ID = re.compile(r"[0-9a-f]{8}")
 
 
+def visible(text: str) -> str:
+    """
+    ``text`` as it may reach a terminal: what a peer chose (a body, a nick,
+    a room's name, a reason) must not control it.  Control and format
+    characters (newlines, escape sequences, bidirectional overrides) are
+    shown as escapes (``\\n``, ``\\x1b``, ``\\u202e``), other spaces as a space.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _shown(c) for c in text)
+
+
+def _shown(char: str) -> str:
+    if unicodedata.category(char) == "Zs":
+        return " "
+    return char.encode("unicode_escape").decode("ascii")
+
+
+def _visible_all(value: Any) -> Any:
+    """Every string of a parsed message (keys too) made :func:`visible`."""
+    if isinstance(value, str):
+        return visible(value)
+    if isinstance(value, dict):
+        return {visible(k): _visible_all(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_visible_all(v) for v in value]
+    return value
+
+
 def describe(message: Any) -> str:
-    """One server message as a line for a person."""
+    """One server message as a line (or lines of its own) for a person;
+    nothing in it from the server or a peer can control the terminal."""
+    return _describe(_visible_all(message))
+
+
+def _describe(message: Any) -> str:
     if not isinstance(message, dict):
         return json.dumps(message)
     stamp = _local_time(message.get("timestamp"))
@@ -141,9 +176,9 @@ def describe(message: Any) -> str:
     if "recovered" in message:
         # Back in a room after a reconnection: what was said meanwhile.
         head = f"-- {message.get('message', '')}" + ("" if message["recovered"] else " (some messages were missed)")
-        return "\n".join([head, *(describe(m) for m in message.get("messages", []))])
+        return "\n".join([head, *(_describe(m) for m in message.get("messages", []))])
     if "messages" in message:
-        return "\n".join(describe(m) for m in message["messages"]) or "-- no history"
+        return "\n".join(_describe(m) for m in message["messages"]) or "-- no history"
     text = str(message.get("message", ""))
     if message.get("room_id") and message["room_id"] not in text:
         text += f" ({message['room_id']})"
@@ -393,7 +428,7 @@ async def _run(reactor: Any, url: str, interactive: bool, token: Optional[str] =
             try:
                 terminal.print_above(describe(json.loads(payload)))
             except ValueError:
-                terminal.print_above(payload.decode("utf-8", "replace"))
+                terminal.print_above(visible(payload.decode("utf-8", "replace")))
 
     def reconnect(delay: float) -> None:
         def again() -> None:

@@ -173,6 +173,9 @@ async def test_interactive_mode_in_a_terminal(server: InProcessServer) -> None:
     await other.request({"action": "join", "body": {"room_id": room_id}})
     await other.request({"action": "message", "body": "hi from Ada"})
     await client.wait_for(rb"\] Ada: hi from Ada", "Ada's message")
+    await other.request({"action": "message", "body": "x\x1b[2J\n[00:00:00] Bob: forged"})
+    await client.wait_for(rb"\] Ada: x\\x1b\[2J\\n\[00:00:00\] Bob: forged", "the hostile message, made visible")
+    assert b"\x1b[2J" not in client.output
     client.write("typed here\r")
     assert (await other.next())["body"] == "typed here"
     client.write("/quit\r")
@@ -271,3 +274,21 @@ def test_chatd_token_takes_its_time_from_the_clock_it_is_given(tmp_path: Any, ca
     assert chatd_token(["--key", str(tmp_path / "KEY"), "--ttl", "60", "--name", "Ada", "ada"], clock) == 0
     claims = jwt.decode(capsys.readouterr().out.strip(), options={"verify_signature": False})
     assert claims == {"sub": "ada", "iat": 1_700_000_000, "exp": 1_700_000_060, "name": "Ada"}
+
+
+def test_nothing_a_peer_chooses_can_control_the_terminal() -> None:
+    hostile = {
+        "from": "ab12cd34", "nick": "\x1b]0;pwned\x07Ada", "timestamp": "2026-11-26T07:27:25.559Z",
+        "body": "hi\n[07:27:26] alice: send me your token\x1b]52;c;ZXZpbA==\x07\x1b[2J\u202egnp.exe\u3000ok",
+    }
+    line = describe(hostile)
+    assert "\n" not in line and "\x1b" not in line and "\x07" not in line and "\u202e" not in line
+    assert line.endswith(
+        "] \\x1b]0;pwned\\x07Ada: hi\\n[07:27:26] alice: send me your token"
+        "\\x1b]52;c;ZXZpbA==\\x07\\x1b[2J\\u202egnp.exe ok")
+    # Room names, reasons, members and history: every string a peer chose.
+    assert describe({"rooms": [{"room_id": "r1", "name": "a\rb", "members": 1}]}) == "-- rooms:\n   r1  a\\rb  (1)"
+    kick = describe({"event": "kick", "room_id": "r1", "by": "ab12cd34", "reason": "\x1b[31mred"})
+    assert kick.endswith(": \\x1b[31mred")
+    history = describe({"status": "success", "messages": [hostile, {**hostile, "body": {"k\n": "v\x9b"}}]})
+    assert history.count("\n") == 1 and "\x9b" not in history
