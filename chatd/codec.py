@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import re
 from typing import Any, Callable, Optional, Union
 
+from chatd import names
 from chatd.errors import ProtocolError
 
 #: The longest room name ``create`` accepts, in characters.
@@ -398,6 +399,9 @@ def _page_limit(options: dict[str, Any]) -> int:
     return int(limit)
 
 
+_HEX_DIGITS = "0123456789abcdef"
+
+
 def _nick(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ProtocolError("Nick must be a non-empty string", "shape")
@@ -406,7 +410,12 @@ def _nick(value: Any) -> str:
         raise ProtocolError(f"Nick must be at most {MAX_NICK} characters", "shape")
     if not nick.isprintable():
         raise ProtocolError("Nick must not contain control characters", "shape")
-    if _CLIENT_ID.fullmatch(nick.lower()):
+    try:
+        # Normalised as people read it: no invisible or filler characters.
+        nick = names.enforce_nick(nick)
+    except names.BadName as e:
+        raise ProtocolError(str(e), "shape") from None
+    if names.looks_like(nick, _HEX_DIGITS, 8):
         # Eight hex digits would pass for someone's client ID.
         raise ProtocolError("Nick must not look like a client ID", "shape")
     return nick

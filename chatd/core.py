@@ -41,6 +41,7 @@ from chatd.errors import (
     RoomNotFound,
     SinkGone,
 )
+from chatd.names import fold
 from chatd.ratelimit import TokenBucket
 
 #: The close reason for a client that keeps sending far over its limit.
@@ -560,6 +561,7 @@ class ChatCore:
             self._leave_room(client, now)
             self._enter_room(client, room)
             self.announce(room, "join", client.client_id, client.nick, now, client, client.user)
+            self._claim_name(room, client, now)
         reply = codec.joined(room.room_id, room.name)
         if since is not None:
             # Everything after ``since`` is in history (kept when it was
@@ -809,16 +811,36 @@ class ChatCore:
 
     @staticmethod
     def _nick_taken(room: Room, nick: str, client: Client) -> bool:
-        """Another member has this nick, or is the authenticated user of
-        that name (ignoring case); a user's own connections share them."""
-        folded = nick.casefold()
-        user = client.user.casefold() if client.user is not None else None
+        """
+        Another member has this nick, or is the authenticated user of that
+        name (as people read names: :func:`chatd.names.fold`); a user's own
+        connections share them.  A user's own name is never taken by
+        another's nick: the name wins (:meth:`_claim_name`).
+        """
+        folded = fold(nick)
+        user = fold(client.user) if client.user is not None else None
+        own_name = folded == user
         return any(
-            m is not client and (user is None or m.user is None or m.user.casefold() != user) and (
-                (m.nick is not None and m.nick.casefold() == folded)
-                or (m.user is not None and m.user.casefold() == folded))
+            m is not client and (user is None or m.user is None or fold(m.user) != user) and (
+                (not own_name and m.nick is not None and fold(m.nick) == folded)
+                or (m.user is not None and fold(m.user) == folded))
             for m in room.members.values()
         )
+
+    def _claim_name(self, room: Room, client: Client, now: float) -> None:
+        """
+        ``client``'s user is in ``room``: anyone else whose nick reads as
+        that user's name loses it (an authenticated name wins over a nick),
+        and everyone who asked for events, that member too, sees the nick go.
+        """
+        if client.user is None:
+            return
+        user = fold(client.user)
+        for member in list(room.members.values()):
+            if (member.nick is not None and fold(member.nick) == user
+                    and (member.user is None or fold(member.user) != user)):
+                member.nick = None
+                self.announce(room, "nick", member.client_id, None, now, user=member.user, everyone=True)
 
     def recipients(self, to: str, sender: Client) -> Optional[list[Client]]:
         """The connections a direct message to ``to`` (a client ID, else a
@@ -865,10 +887,11 @@ class ChatCore:
         if room is not None and _listed(room.banned, [f"u:{user}"]):
             raise BannedAs(user, room.room_id)
         self.set_user(client, user)
+        if room is not None:
+            self._claim_name(room, client, now)
         if client.nick is not None:
             return
         nick = codec.default_nick(user, name)
-        room = client.room
         if nick is None or (room is not None and self._nick_taken(room, nick, client)):
             return
         client.nick = nick

@@ -341,3 +341,59 @@ async def test_list_cursors_tell_nothing_of_hidden_rooms(deployment: Deployment)
     for creator, _ in creators:
         await creator.close()
     await outsider.close()
+
+
+# -- names that pass for someone else's ------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_nicks_are_compared_as_people_read_them(deployment: Deployment, secret_file: Path) -> None:
+    one, two = await deployment(auth=f"jwt:key={secret_file}")
+    (alice, _), (guest, guest_id) = await welcomed(one), await welcomed(two)
+    await alice.request({"action": "auth", "body": {"token": token("alice")}})
+    room_id = (await alice.request({"action": "create", "body": "den"}))["room_id"]
+    await guest.request({"action": "join", "body": {"room_id": room_id}})
+    lookalikes = {
+        "\u0430lice": "Nick 'аlice' is already taken in this room",  # a Cyrillic a
+        "ALICE": "Nick 'ALICE' is already taken in this room",
+        "\uff41lice": "Nick 'alice' is already taken in this room",  # a fullwidth a, normalised
+        "alice\u034f": "Nick must not contain U+034F (invisible, filler or not allowed in names)",
+        "alice\ufe0f": "Nick must not contain U+FE0F (invisible, filler or not allowed in names)",
+        "alice\u3164": "Nick must not contain U+1160 (invisible, filler or not allowed in names)",
+        "\u3164": "Nick must not contain U+1160 (invisible, filler or not allowed in names)",
+        guest_id + "\u034f": "Nick must not contain U+034F (invisible, filler or not allowed in names)",
+        guest_id.upper(): "Nick must not look like a client ID",
+    }
+    for nick, refusal in lookalikes.items():
+        assert await guest.request({"action": "nick", "body": nick}) == {"status": "error", "message": refusal}
+    await alice.close()
+    await guest.close()
+
+
+@pytest.mark.parametrize("how", ["join", "auth"])
+@pytest_twisted.ensureDeferred
+async def test_a_users_own_name_wins_over_a_guests_nick(
+    deployment: Deployment, secret_file: Path, how: str,
+) -> None:
+    one, two = await deployment(auth=f"jwt:key={secret_file}")
+    (guest, guest_id), (carol, carol_id) = await welcomed(one), await welcomed(two)
+    await guest.request({"action": "nick", "body": "Carol"})
+    await guest.request({"action": "events", "body": True})
+    room_id = (await guest.request({"action": "create", "body": "den"}))["room_id"]
+    if how == "join":
+        await carol.request({"action": "auth", "body": {"token": token("carol")}})
+        assert (await carol.request({"action": "join", "body": {"room_id": room_id}}))["status"] == "success"
+        assert (await guest.next())["event"] == "join"
+    else:
+        await carol.request({"action": "join", "body": {"room_id": room_id}})
+        assert (await guest.next())["event"] == "join"
+        assert (await carol.request({"action": "auth", "body": {"token": token("carol")}}))["user"] == "carol"
+    # The guest is told that its nick is gone, and it is gone everywhere.
+    taken = await guest.next()
+    assert (taken["event"], taken["client_id"], taken["nick"]) == ("nick", guest_id, None)
+    members = {m["client_id"]: m for m in (await guest.request({"action": "members"}))["members"]}
+    assert members[guest_id]["nick"] is None and members[carol_id]["user"] == "carol"
+    assert (await guest.request({"action": "message", "body": "hi"}))["status"] == "success"
+    assert "nick" not in await carol.next()
+    await guest.close()
+    await carol.close()

@@ -34,6 +34,7 @@ from chatd.chat import Answer, counts_of
 from chatd.codec import Command
 from chatd.core import ChatCore, Client, Room, done_reply, member_entry, refusal
 from chatd.errors import Banned, BannedAs, ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
+from chatd.names import fold
 from chatd.outbox import Flusher
 
 Reply = dict[str, Any]
@@ -565,7 +566,7 @@ class ClusterChat:
 
     def set_nick(self, client: Client, nick: str, now: float) -> "Deferred[Reply]":
         reply = {"status": "success", "message": f"Nick set to '{nick}'", "nick": nick}
-        args = (self.shards.node, client.client_id, nick, nick.casefold())
+        args = (self.shards.node, client.client_id, nick, fold(nick))
         room = client.room
         if room is None:
             # Nobody to clash with: recorded on every shard in the background
@@ -617,7 +618,7 @@ class ClusterChat:
     def authenticate(self, client: Client, user: str, name: Optional[str], now: float) -> "Deferred[None]":
         """Record the user in Redis (its name is reserved in the client's
         room from then on); then, without a nick, take the default one."""
-        args = (self.shards.node, client.client_id, user, user.casefold())
+        args = (self.shards.node, client.client_id, user, fold(user))
         room = client.room
         if room is None:
             d = self._each(scripts.AUTH, *args)
@@ -694,9 +695,12 @@ class ClusterChat:
                 room.moderators = (room.moderators or set()) | {subject}
             elif kind in ("deop", "leave") and room.moderators:
                 room.moderators.discard(subject)
+            elif kind == "nick" and not nick:
+                self._nick_claimed(room_id, subject)
             if kind != "create":
+                # A nick taken away (by a user's own name) is news to its holder too.
                 self.core.announce(room, kind, subject, nick or None, now, user=user or None,
-                                   everyone=kind in ("op", "deop", "owner"))
+                                   everyone=kind in ("op", "deop", "owner") or (kind == "nick" and not nick))
         elif data[:1] == b"k":
             # k<client> <by> <reason>: out of the room, and told so
             subject_bytes, by_bytes, reason = data[1:].split(b" ", 2)
@@ -748,6 +752,15 @@ class ClusterChat:
         self._out_of(client, room)
         self.core.deliver_payload([client], codec.encode(codec.kick(room.room_id, by, reason)), now)
 
+    def _nick_claimed(self, room_id: str, client_id: str) -> None:
+        """A client of this node lost its nick to a user's own name in its
+        room (scripts.claim_name): it has none from now on, on every shard."""
+        client = self.core.clients.get(client_id)
+        if client is None or client.nick is None:
+            return
+        client.nick = None
+        self._on_each(scripts.NICK, self.shards.node, client_id, "", "", but=self.shards.of(room_id))
+
     def _check_reader(self, answer: Any, client: Client, room: Room) -> None:
         """A read of ``room`` that Redis refused (the client is not a member
         there, whatever this node thought): NotInRoom, or Unavailable."""
@@ -789,7 +802,7 @@ class ClusterChat:
                 room = None  # in a room elsewhere: in none, as far as this shard knows
             nick, user = client.nick or "", client.user or ""
             clients.append([
-                client.client_id, room.room_id if room else "", nick, nick.casefold(), user, user.casefold(),
+                client.client_id, room.room_id if room else "", nick, fold(nick), user, fold(user),
                 room.role(client.client_id) if room else ""])
             if room is not None:
                 rooms[room.room_id] = [
@@ -1041,7 +1054,7 @@ def _who(client: Client) -> tuple[str, str, str, str]:
     """A client's nick and user, and their folded forms, for a shard that
     has not recorded it yet (see scripts.adopt)."""
     nick, user = client.nick or "", client.user or ""
-    return nick, nick.casefold(), user, user.casefold()
+    return nick, fold(nick), user, fold(user)
 
 
 def _text(value: Any) -> str:

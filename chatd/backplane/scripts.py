@@ -188,17 +188,45 @@ end
 
 -- Whether another member of the room has this nick, or is the
 -- authenticated user of that name (a user's own connections share them).
+-- A user's own name is never taken by another's nick (see take_nick).
 local function nick_taken(room, folded, client)
   if not folded or folded == '' then
     return false
   end
   local mine = redis.call('HGET', P .. 'client:' .. client, 'ufolded') or ''
+  if folded == mine then
+    return false
+  end
   local holder = redis.call('HGET', P .. 'nicks:' .. room, folded)
   if holder and holder ~= client
       and (mine == '' or redis.call('HGET', P .. 'client:' .. holder, 'ufolded') ~= mine) then
     return true
   end
-  return folded ~= mine and redis.call('HEXISTS', P .. 'users:' .. room, folded) == 1
+  return redis.call('HEXISTS', P .. 'users:' .. room, folded) == 1
+end
+
+-- The member of the room (another user's connection aside) whose nick
+-- reads as the client's user name, and that name; nil if none.
+local function name_holder(room, client)
+  local ufolded = redis.call('HGET', P .. 'client:' .. client, 'ufolded')
+  if not ufolded or ufolded == '' then
+    return nil
+  end
+  local holder = redis.call('HGET', P .. 'nicks:' .. room, ufolded)
+  if not holder or holder == client
+      or redis.call('HGET', P .. 'client:' .. holder, 'ufolded') == ufolded then
+    return nil
+  end
+  return holder, ufolded
+end
+
+-- A user's own name wins over a nick: the holder (name_holder) loses it,
+-- and a 'nick' event with no nick tells everyone.
+local function take_nick(room, holder, name)
+  local hkey = P .. 'client:' .. holder
+  release_name(P .. 'nicks:' .. room, name, holder)
+  redis.call('HSET', hkey, 'nick', '', 'folded', '')
+  publish_event(room, 'nick', holder, '', redis.call('HGET', hkey, 'user'))
 end
 
 -- Why ``client`` may not read ``room``: 'notin' (it is not a member, any
@@ -290,6 +318,12 @@ end
 forget_user(client)
 redis.call('HSET', ckey, 'user', user, 'ufolded', ufolded)
 redis.call('SADD', P .. 'user-clients:' .. user, client)
+if room and room ~= '' then
+  local holder, name = name_holder(room, client)
+  if holder then
+    take_nick(room, holder, name)
+  end
+end
 return 'ok'
 """
 
@@ -428,8 +462,12 @@ end
 if nick_taken(room, redis.call('HGET', ckey, 'folded'), client) then
   return {'nick'}
 end
+local holder, name = name_holder(room, client)  -- before its own nick takes the name
 local old, deleted = leave_room(client)
 enter_room(client, room, 'join')
+if holder then
+  take_nick(room, holder, name)
+end
 local r = recovery(tonumber(meta[5]))
 return {'ok', meta[1], meta[2], meta[3], meta[4], meta[5], old, deleted, r[1], r[2], meta[6], meta[7]}
 """
