@@ -31,7 +31,7 @@ run: $(VENV)/.installed
 	$(BIN)/twistd --nodaemon --pidfile= chatd $(ARGS)
 
 # The pure layer is kept mypy --strict clean (docs/development.md).
-STRICT := chatd/core.py chatd/codec.py chatd/errors.py chatd/settings.py chatd/config.py chatd/ratelimit.py \
+STRICT := chatd/core.py chatd/codec.py chatd/errors.py chatd/settings.py chatd/config.py chatd/ratelimit.py chatd/names.py \
 	chatd/frames.py chatd/backplane/address.py chatd/admission.py
 
 test: $(VENV)/.installed-test

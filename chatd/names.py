@@ -22,7 +22,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Optional
 
-import precis_i18n  # type: ignore[import-untyped]
+import precis_i18n
 
 _NICKNAME = precis_i18n.get_profile("NicknameCasePreserved")
 

@@ -326,7 +326,7 @@ async def test_list_cursors_tell_nothing_of_hidden_rooms(deployment: Deployment)
     one, two = await deployment()
     names = ["public 0", "hidden 0"] + ["public 1"] + [f"hidden 1.{i}" for i in range(8)] + ["public 2"]
     creators = [await welcomed(one) for _ in names]  # a room lives while it has a member
-    for (creator, _), name in zip(creators, names):
+    for (creator, _), name in zip(creators, names, strict=True):
         await creator.request({"action": "create", "body": {"name": name, "private": name.startswith("h")}})
     outsider, _ = await welcomed(two)
     cursors: list[int] = []

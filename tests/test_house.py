@@ -25,7 +25,7 @@ PACKAGE = ROOT / "chatd"
 #: Modules without I/O: rules, state and bytes, tested without a reactor.
 PURE = {
     "chatd.errors", "chatd.settings", "chatd.codec", "chatd.frames", "chatd.ratelimit",
-    "chatd.core", "chatd.config", "chatd.backplane.address", "chatd.admission",
+    "chatd.core", "chatd.config", "chatd.backplane.address", "chatd.admission", "chatd.names",
 }
 
 #: One client's conversation and the chat it talks to: Twisted, never Autobahn.
