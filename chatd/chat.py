@@ -48,6 +48,14 @@ class Chat(Protocol):
         room (a direct message needs none)."""
         ...
 
+    def check_command_rate(self, client: Client, now: float) -> None:
+        """Take a token for any other command, or raise RateLimited."""
+        ...
+
+    def charge_reply(self, client: Client, size: int, now: float) -> None:
+        """A reply of ``size`` bytes went out: a large one costs more tokens."""
+        ...
+
     def publish(self, client: Client, body: Any, now: float, answer: Answer) -> None:
         """
         Broadcast ``body`` to the client's room, and call ``answer`` once
@@ -109,6 +117,8 @@ class LocalChat:
         # The calls that need nothing more than the core's, without a call between.
         self.disconnect = core.disconnect
         self.check_message_rate = core.check_message_rate
+        self.check_command_rate = core.check_command_rate
+        self.charge_reply = core.charge_reply
         self._timer = timer
         self._observe = observe_fanout
         self._clock = clock

@@ -269,6 +269,12 @@ OPTIONS: tuple[Option, ...] = (
            "Rooms a minute each connection may create (0: no limit)."),
     Option("rate-creates-burst", "rate_creates_burst", size(1),
            "Rooms a connection may create at once before --rate-creates applies."),
+    Option("rate-commands", "rate_commands", rate,
+           "Commands other than chat and direct messages (history, members, list, "
+           "join, room actions, ...) a second per connection (0: no limit); a "
+           "reply costs one more for each 16 KiB of it."),
+    Option("rate-commands-burst", "rate_commands_burst", size(1),
+           "Commands a connection may send at once before --rate-commands applies."),
     Option("rate-connections-per-ip", "rate_connections_per_ip", rate,
            "New connections a minute from one IP address, and as many at once "
            "(0: no limit); over it: HTTP 503."),

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 
 from chatd import codec
 from chatd.auth import IChatUser, Token, TokenExpired
-from chatd.core import Client
+from chatd.core import REPLY_UNIT, Client
 from chatd.errors import (
     CLOSE_POLICY_VIOLATION,
     CLOSE_TOKEN_EXPIRED,
@@ -222,6 +222,7 @@ class Conversation:
                 # Any other command waits for the messages before it.
                 self._waiting = deque([(payload, isBinary)])
                 return
+            factory.chat.check_command_rate(client, factory.clock.seconds())
             if isinstance(command, codec.Auth):
                 asked = self._authenticate(client, command.token)
             else:
@@ -256,8 +257,14 @@ class Conversation:
             else:
                 result = self._internal_error(client, result)
         if self._client is client:
-            self.send_reply(
-                codec.MESSAGE_SENT_ENCODED if result is codec.MESSAGE_SENT else codec.encode(result))
+            if result is codec.MESSAGE_SENT:
+                self.send_reply(codec.MESSAGE_SENT_ENCODED)
+            else:
+                payload = codec.encode(result)
+                self.send_reply(payload)
+                if len(payload) >= REPLY_UNIT:
+                    # A large reply (a history page) costs the client more.
+                    self.factory.chat.charge_reply(client, len(payload), self.factory.clock.seconds())
             if later:
                 self.factory.chat.replied(client)
 

@@ -110,6 +110,10 @@ class Limits:
     messages_burst: int = 40
     creates_per_minute: float = 10.0
     creates_burst: int = 10
+    # Every other command (history, members, list, room actions, ...): one
+    # token each, and one more for each REPLY_UNIT bytes of its reply.
+    commands_per_second: float = 10.0
+    commands_burst: int = 20
     history_size: int = 100
     history_bytes: int = 512 * 1024
     history_memory: int = 64 * 1024 * 1024  # over all rooms (0: no limit but the rooms')
@@ -120,7 +124,7 @@ class Client:
 
     __slots__ = (
         "client_id", "sink", "room", "nick", "user", "events",
-        "message_bucket", "create_bucket", "strikes", "receiving",
+        "message_bucket", "create_bucket", "command_bucket", "strikes", "receiving",
     )
 
     def __init__(self, client_id: str, sink: Sink) -> None:
@@ -132,6 +136,7 @@ class Client:
         self.events = False  # opted in to room events
         self.message_bucket: Optional[TokenBucket] = None  # made on first use
         self.create_bucket: Optional[TokenBucket] = None
+        self.command_bucket: Optional[TokenBucket] = None
         self.strikes = 0  # messages refused in a row by the rate limit
         # A cluster node's local view only: the room whose broadcasts reach
         # this client here (it can differ from ``room`` while a join is on
@@ -206,7 +211,8 @@ def refusal(code: str, command: Manage, room_name: str) -> ChatError:
         return NotAllowed(f"Only the room's owner may {action} a moderator")
     text = {
         "notbanned": f"'{target}' is not banned from this room",
-        "nosuch": f"No such client: {target}",
+        "full": f"This room's {'ban' if action == 'ban' else 'invitation'} list is full "
+                f"({MAX_LISTED} entries); remove some first",
         "notin": f"Client {target} is not in this room",
         "public": f"Room '{room_name}' is public: anyone may join",
         "banned": f"'{target}' is banned from this room; unban it first",
@@ -218,6 +224,18 @@ def refusal(code: str, command: Manage, room_name: str) -> ChatError:
     if text is None:
         raise ValueError(f"unknown refusal {code!r}")
     return ChatError(text)
+
+
+#: Reply bytes that cost one more command token (ChatCore.charge_reply).
+REPLY_UNIT = 16 * 1024
+
+#: The most entries a room's invitations, and its bans, may hold.
+MAX_LISTED = 1000
+
+
+def _room_for(entries: Optional[set[str]], keys: list[str]) -> bool:
+    """Whether ``keys`` fit in a room's list (as new entries, or there already)."""
+    return entries is None or len(entries) < MAX_LISTED or all(key in entries for key in keys)
 
 
 def done_reply(command: Manage) -> dict[str, Any]:
@@ -598,12 +616,34 @@ class ChatCore:
             raise NotInRoom("You must join a room first")
         if client.message_bucket is None:
             client.message_bucket = TokenBucket(limits.messages_per_second, limits.messages_burst, now)
-        wait = client.message_bucket.take(now)
+        self._take(client, client.message_bucket, limits.messages_burst, now)
+
+    def check_command_rate(self, client: Client, now: float) -> None:
+        """Take a command token (any command but a chat or direct message)
+        or raise RateLimited, as :meth:`check_message_rate` does."""
+        limits = self.limits
+        if limits.commands_per_second <= 0:
+            return
+        if client.command_bucket is None:
+            client.command_bucket = TokenBucket(limits.commands_per_second, limits.commands_burst, now)
+        self._take(client, client.command_bucket, limits.commands_burst, now)
+
+    def charge_reply(self, client: Client, size: int, now: float) -> None:
+        """A reply of ``size`` bytes was sent: one more command token for
+        each REPLY_UNIT of it (a history page, a long list)."""
+        if client.command_bucket is not None and size >= REPLY_UNIT:
+            client.command_bucket.charge(size // REPLY_UNIT, now)
+
+    @staticmethod
+    def _take(client: Client, bucket: TokenBucket, burst: int, now: float) -> None:
+        """A token from ``bucket``, or RateLimited; a client refused twice
+        the burst in a row, by any of its limits, is closed with 1008."""
+        wait = bucket.take(now)
         if not wait:
             client.strikes = 0
             return
         client.strikes += 1
-        if client.strikes >= 2 * limits.messages_burst:
+        if client.strikes >= 2 * burst:
             client.sink.close(CLOSE_POLICY_VIOLATION, HAMMERING)
         raise RateLimited(wait)
 
@@ -728,8 +768,8 @@ class ChatCore:
             assert room.banned is not None
             room.banned.difference_update(keys)
             return done_reply(command)
-        if target_id is not None and target is None:
-            raise refusal("nosuch", command, room.name)
+        # A client that is not in the room, and one that does not exist, get
+        # the same answer: the errors tell nobody which client IDs are in use.
         if action in ("kick", "op", "deop") and (target is None or target.room is not room):
             raise refusal("notin", command, room.name)
         if action == "invite":
@@ -737,6 +777,8 @@ class ChatCore:
                 raise refusal("public", command, room.name)
             if _listed(room.banned, keys):
                 raise refusal("banned", command, room.name)
+            if not _room_for(room.invited, keys[:1]):
+                raise refusal("full", command, room.name)
             room.invited = (room.invited or set()) | set(keys[:1])  # a client, or a user
             return done_reply(command)
         if action in ("op", "deop"):
@@ -766,6 +808,8 @@ class ChatCore:
         if role != "owner" and any(room.role(m.client_id) == "moderator" for m in removed):
             raise refusal("moderator", command, room.name)
         if action == "ban":
+            if not _room_for(room.banned, keys):
+                raise refusal("full", command, room.name)
             room.banned = (room.banned or set()) | set(keys)
         if room.private and room.invited:
             room.invited.difference_update(keys)  # back only with a new invitation

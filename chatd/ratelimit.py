@@ -39,6 +39,12 @@ class TokenBucket:
             return 0.0
         return (1 - self.tokens) / self.rate
 
+    def charge(self, tokens: float, now: float) -> None:
+        """Take ``tokens`` whether or not they are there (a cost known only
+        afterwards): the bucket may go below empty, and refills from there."""
+        self._refill(now)
+        self.tokens -= tokens
+
     def full(self, now: float) -> bool:
         """Whether the bucket has refilled completely (it can be forgotten)."""
         self._refill(now)

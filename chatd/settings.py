@@ -52,6 +52,10 @@ class Settings:
     #: Rooms created a minute per connection (0: no limit), and the burst.
     rate_creates: float = 10.0
     rate_creates_burst: int = 10
+    #: Other commands a second per connection (0: no limit), and the burst;
+    #: a reply costs one more for each 16 KiB.
+    rate_commands: float = 10.0
+    rate_commands_burst: int = 20
     #: New connections a minute per IP address (0: no limit); also the burst.
     rate_connections_per_ip: float = 60.0
     #: Networks (CIDR) of the reverse proxies whose X-Forwarded-For or

@@ -554,6 +554,8 @@ class ChatFactory(WebSocketServerFactory):
                 messages_burst=settings.rate_messages_burst,
                 creates_per_minute=settings.rate_creates,
                 creates_burst=settings.rate_creates_burst,
+                commands_per_second=settings.rate_commands,
+                commands_burst=settings.rate_commands_burst,
                 history_size=settings.history_size,
                 history_bytes=settings.history_bytes,
                 history_memory=settings.history_memory,

@@ -397,3 +397,69 @@ async def test_a_users_own_name_wins_over_a_guests_nick(
     assert "nick" not in await carol.next()
     await guest.close()
     await carol.close()
+
+
+# -- what one client can make the server send, and keep ------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_replies_are_metered_by_their_size(deployment: Deployment) -> None:
+    one, two = await deployment()
+    (writer, _), (reader, _) = await welcomed(one), await welcomed(two)
+    room_id = (await writer.request({"action": "create", "body": "archive"}))["room_id"]
+    await reader.request({"action": "join", "body": {"room_id": room_id}})
+    for _ in range(8):  # 8 x 60 KB: the room's history is nearly its 512 KiB
+        await writer.request({"action": "message", "body": "x" * 60_000})
+    for _ in range(8):
+        await reader.next()
+    # A 60-byte request answered with 480 KB costs the reader 30 of its 20
+    # tokens: the next ones wait for the bucket to refill.
+    for _ in range(30):
+        reader.send({"action": "history", "body": {"limit": 100}})
+    replies = [await reader.next() for _ in range(30)]
+    served = [r for r in replies if r["status"] == "success"]
+    assert len(served) == 1 and len(served[0]["messages"]) == 8
+    assert {r["message"] for r in replies if r["status"] == "error"} == {"Rate limit exceeded"}
+    assert all(r["retry_after"] > 0 for r in replies if r["status"] == "error")
+    await writer.close()
+    await reader.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_room_action_errors_do_not_tell_which_client_ids_exist(deployment: Deployment) -> None:
+    one, two = await deployment()
+    (owner, _), (elsewhere, elsewhere_id) = await welcomed(one), await welcomed(two)
+    await owner.request({"action": "create", "body": "den"})
+    for action in ("kick", "op", "deop"):
+        absent = await owner.request({"action": action, "body": {"client_id": elsewhere_id}})
+        unknown = await owner.request({"action": action, "body": {"client_id": "0badc0de"}})
+        assert absent["message"] == f"Client {elsewhere_id} is not in this room"
+        assert unknown["message"] == "Client 0badc0de is not in this room"
+    await owner.close()
+    await elsewhere.close()
+
+
+@pytest.mark.parametrize("action", ["ban", "invite"])
+@pytest_twisted.ensureDeferred
+async def test_invitation_and_ban_lists_are_capped(deployment: Deployment, action: str) -> None:
+    from chatd.core import MAX_LISTED
+
+    one, _ = await deployment(rate_commands=0)
+    owner, _ = await welcomed(one)
+    await owner.request({"action": "create", "body": {"name": "den", "private": True}})
+    # The creator's own invitation is one entry already.
+    room = MAX_LISTED - 1 if action == "invite" else MAX_LISTED
+    statuses = []
+    for start in range(0, room, 50):  # 50 at a time: a node answers through Redis
+        batch = range(start, min(room, start + 50))
+        for i in batch:
+            owner.send({"action": action, "body": {"user": f"user{i}"}})
+        statuses += [(await owner.next())["status"] for _ in batch]
+    assert statuses == ["success"] * room
+    full = await owner.request({"action": action, "body": {"user": "one too many"}})
+    what = "ban" if action == "ban" else "invitation"
+    assert full == {"status": "error",
+                    "message": f"This room's {what} list is full ({MAX_LISTED} entries); remove some first"}
+    # An entry already there is no new one.
+    assert (await owner.request({"action": action, "body": {"user": "user0"}}))["status"] == "success"
+    await owner.close()

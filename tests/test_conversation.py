@@ -37,6 +37,12 @@ class LaterChat:
     def check_message_rate(self, client: Client, now: float, in_room: bool = True) -> None:
         pass
 
+    def check_command_rate(self, client: Client, now: float) -> None:
+        pass
+
+    def charge_reply(self, client: Client, size: int, now: float) -> None:
+        pass
+
     def publish(self, client: Client, body: Any, now: float, answer: Answer) -> None:
         self.published.append((body, answer, client))
 

@@ -32,7 +32,7 @@ from chatd.backplane import scripts
 from chatd.backplane.shards import Shards
 from chatd.chat import Answer, counts_of
 from chatd.codec import Command
-from chatd.core import ChatCore, Client, Room, done_reply, member_entry, refusal
+from chatd.core import MAX_LISTED, ChatCore, Client, Room, done_reply, member_entry, refusal
 from chatd.errors import Banned, BannedAs, ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
 from chatd.names import fold
 from chatd.outbox import Flusher
@@ -244,6 +244,12 @@ class ClusterChat:
 
     def check_message_rate(self, client: Client, now: float, in_room: bool = True) -> None:
         self.core.check_message_rate(client, now, in_room)
+
+    def check_command_rate(self, client: Client, now: float) -> None:
+        self.core.check_command_rate(client, now)
+
+    def charge_reply(self, client: Client, size: int, now: float) -> None:
+        self.core.charge_reply(client, size, now)
 
     def direct(self, client: Client, to: str, body: Any, now: float) -> "Deferred[Reply]":
         """To a client or a user's connections on any node, through Redis."""
@@ -549,7 +555,7 @@ class ClusterChat:
         room, shard = self._room_of(client)
         d = self._call(
             shard, scripts.MANAGE, self.shards.node, client.client_id, command.action,
-            command.client_id or "", command.user or "", command.reason)
+            command.client_id or "", command.user or "", command.reason, MAX_LISTED)
 
         def done(result: list[Any]) -> Reply:
             outcome = _text(result[0])

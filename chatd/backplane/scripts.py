@@ -655,12 +655,14 @@ return out
 """
 
 #: ARGV: prefix, node, client, action (invite, kick, ban, unban, op, deop),
-#: target client ID ('' for none), target user ('' for none), reason.  The
+#: target client ID ('' for none), target user ('' for none), reason, the
+#: most entries a room's invitations or bans may hold.  The
 #: client's action in its room, by the rules of ``chatd.core.ChatCore.manage``
 #: in the same order: {'ok'}, or {code} for a refusal (``chatd.core.refusal``),
 #: or {'noroom'}, {'gone'}.
 MANAGE = _PRELUDE + r"""
 local node, client, action, tclient, tuser, reason = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local most = tonumber(ARGV[8])
 local ckey = P .. 'client:' .. client
 if redis.call('HGET', ckey, 'node') ~= node then
   return {'gone'}
@@ -691,11 +693,21 @@ if action == 'unban' then
   redis.call('SREM', banned, unpack(keys))
   return {'ok'}
 end
+-- Whether ``keys`` fit in a room's list (new, or there already).
+local function fits(set, keys)
+  if redis.call('SCARD', set) < most then
+    return true
+  end
+  for _, key in ipairs(keys) do
+    if redis.call('SISMEMBER', set, key) == 0 then
+      return false
+    end
+  end
+  return true
+end
+-- A client not in the room and one that does not exist are answered alike.
 local troom = nil
 if tclient ~= '' then
-  if redis.call('EXISTS', P .. 'client:' .. tclient) == 0 then
-    return {'nosuch'}
-  end
   troom = redis.call('HGET', P .. 'client:' .. tclient, 'room')
 end
 if (action == 'kick' or action == 'op' or action == 'deop') and troom ~= room then
@@ -707,6 +719,9 @@ if action == 'invite' then
   end
   if listed(banned, keys) then
     return {'banned'}
+  end
+  if not fits(invited, {keys[1]}) then
+    return {'full'}
   end
   redis.call('SADD', invited, keys[1])
   return {'ok'}
@@ -753,6 +768,9 @@ if role ~= 'owner' then
   end
 end
 if action == 'ban' then
+  if not fits(banned, keys) then
+    return {'full'}
+  end
   redis.call('SADD', banned, unpack(keys))
 end
 if redis.call('HGET', rkey, 'private') == '1' then
