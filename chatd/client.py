@@ -39,6 +39,7 @@ HELP = """commands:
   /nick NAME        your display name
   /history [N]      the room's last N messages (default 20)
   /msg TO TEXT      a direct message to a client ID or a user
+  /block WHO        no more direct messages from a client or a user; /unblock WHO
  in a room you own or moderate (WHO: a client ID, or a user; @NAME is always a user):
   /invite WHO       let a client or a user into your private room
   /kick ID [WHY]    put a member out of the room
@@ -71,7 +72,7 @@ def command(line: str) -> Optional[dict[str, Any]]:
         if not rest:
             raise UsageError("/private needs a name")
         return {"action": "create", "body": {"name": rest, "private": True}}
-    if name in ("invite", "kick", "ban", "unban", "op", "deop"):
+    if name in ("invite", "kick", "ban", "unban", "op", "deop", "block", "unblock"):
         who, _, reason = rest.partition(" ")
         by_id = name in ("kick", "op", "deop")
         if not who:

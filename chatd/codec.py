@@ -117,7 +117,28 @@ class Manage:
         return self.client_id if self.client_id is not None else self.user or ""
 
 
-Command = Union[Create, Join, Leave, Message, ListRooms, Members, Nick, History, Events, Auth, Direct, Manage]
+@dataclass(frozen=True, slots=True)
+class Block:
+    """This connection receives no direct messages from a user or a client
+    (``on``), or does again (``on`` False)."""
+
+    on: bool
+    client_id: Optional[str] = None
+    user: Optional[str] = None
+
+    @property
+    def target(self) -> str:
+        """The target as the replies name it."""
+        return self.client_id if self.client_id is not None else self.user or ""
+
+    @property
+    def key(self) -> str:
+        """What the block is kept under: ``c:ID`` or ``u:NAME``."""
+        return f"c:{self.client_id}" if self.client_id is not None else f"u:{self.user}"
+
+
+Command = Union[
+    Create, Join, Leave, Message, ListRooms, Members, Nick, History, Events, Auth, Direct, Manage, Block]
 
 #: The room actions, and whether each may name its target by user name.
 MANAGE = {"invite": True, "ban": True, "unban": True, "kick": False, "op": False, "deop": False}
@@ -337,6 +358,9 @@ def decode(payload: bytes) -> Command:
         return Direct(body["to"], body["body"])
     if action in MANAGE:
         return _manage(action, data.get("body"))
+    if action in ("block", "unblock"):
+        target = _manage(action, data.get("body"))
+        return Block(action == "block", target.client_id, target.user)
     if action == "auth":
         body = data.get("body")
         if not isinstance(body, dict) or not isinstance(body.get("token"), str):
@@ -353,7 +377,7 @@ _CLIENT_ID = re.compile(r"[0-9a-f]{8}")
 
 
 def _manage(action: str, body: Any) -> Manage:
-    by_user = MANAGE[action]
+    by_user = MANAGE.get(action, True)
     example = '{"client_id": "9930240b"}'
     if by_user:
         shape = f"{action.capitalize()} body must be an object with a string 'user' or 'client_id', like "

@@ -16,6 +16,7 @@ from typing import Any, Callable, Container, Optional, Protocol
 
 from chatd import codec
 from chatd.codec import (
+    Block,
     Command,
     Create,
     Events,
@@ -124,7 +125,7 @@ class Client:
 
     __slots__ = (
         "client_id", "sink", "room", "nick", "user", "events",
-        "message_bucket", "create_bucket", "command_bucket", "strikes", "receiving",
+        "message_bucket", "create_bucket", "command_bucket", "strikes", "receiving", "blocked",
     )
 
     def __init__(self, client_id: str, sink: Sink) -> None:
@@ -142,6 +143,8 @@ class Client:
         # this client here (it can differ from ``room`` while a join is on
         # its way; see chatd.backplane.cluster).
         self.receiving: Optional[Room] = None
+        # Whose direct messages it does not receive: c:ID and u:NAME keys.
+        self.blocked: Optional[set[str]] = None
 
     def __repr__(self) -> str:
         return f"<Client {self.client_id}>"
@@ -182,6 +185,13 @@ class Room:
         if self.moderators and client_id in self.moderators:
             return "moderator"
         return "member"
+
+
+def blocks(recipient: Client, sender_id: str, sender_user: Optional[str]) -> bool:
+    """Whether ``recipient`` blocked direct messages from this sender."""
+    blocked = recipient.blocked
+    return blocked is not None and (
+        f"c:{sender_id}" in blocked or (sender_user is not None and f"u:{sender_user}" in blocked))
 
 
 def names_of(client_id: str, user: Optional[str]) -> list[str]:
@@ -529,6 +539,8 @@ class ChatCore:
             return self.recent(client, command.limit, command.before)
         if isinstance(command, Events):
             return self.set_events(client, command.on)
+        if isinstance(command, Block):
+            return self.block(client, command)
         raise TypeError(f"unknown command {command!r}")
 
     def create(self, client: Client, name: str, now: float, private: bool = False) -> dict[str, Any]:
@@ -842,6 +854,22 @@ class ChatCore:
     def replied(self, client: Client) -> None:
         """The adapter has sent a reply that came later (a cluster's); nothing here."""
 
+    def block(self, client: Client, command: Block) -> dict[str, Any]:
+        """No direct messages from a user or a client to this connection (or
+        again, for an unblock), at most MAX_LISTED of them."""
+        key, blocked = command.key, client.blocked
+        if command.on:
+            if blocked is None:
+                blocked = client.blocked = set()
+            if key not in blocked and len(blocked) >= MAX_LISTED:
+                raise ChatError(f"You block {MAX_LISTED} already; unblock someone first")
+            blocked.add(key)
+            return {"status": "success", "message": f"Blocked '{command.target}'"}
+        if blocked is None or key not in blocked:
+            raise ChatError(f"'{command.target}' is not blocked")
+        blocked.discard(key)
+        return {"status": "success", "message": f"Unblocked '{command.target}'"}
+
     def set_events(self, client: Client, on: bool) -> dict[str, Any]:
         client.events = on
         return {"status": "success", "message": "Events on" if on else "Events off"}
@@ -900,6 +928,8 @@ class ChatCore:
         recipients = self.recipients(to, client)
         if recipients is None:
             raise NoRecipient(to)
+        # Answered as sent, as messengers do, so that a block is not announced.
+        recipients = [r for r in recipients if not blocks(r, client.client_id, client.user)]
         message = codec.direct(client.client_id, body, codec.timestamp(now), to, client.nick, client.user)
         payload = codec.encode(message)
         reached = len(recipients) - self._deliver(recipients, payload, now) if recipients else 0

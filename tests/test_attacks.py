@@ -463,3 +463,34 @@ async def test_invitation_and_ban_lists_are_capped(deployment: Deployment, actio
     # An entry already there is no new one.
     assert (await owner.request({"action": action, "body": {"user": "user0"}}))["status"] == "success"
     await owner.close()
+
+
+# -- other people's attention ---------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_blocks_direct_messages_from_a_user_or_a_client(
+    deployment: Deployment, secret_file: Path,
+) -> None:
+    one, two = await deployment(auth=f"jwt:key={secret_file}")
+    (pest, pest_id), (bob, bob_id), (carol, _) = await welcomed(one), await welcomed(two), await welcomed(one)
+    await pest.request({"action": "auth", "body": {"token": token("pest")}})
+    assert await bob.request({"action": "block", "body": {"user": "pest"}}) == {
+        "status": "success", "message": "Blocked 'pest'"}
+    # Answered as sent (a block is not announced), and never delivered.
+    for _ in range(3):
+        assert await pest.request({"action": "direct", "body": {"to": bob_id, "body": "hey"}}) == {
+            "status": "success", "message": "Message sent"}
+    await carol.request({"action": "direct", "body": {"to": bob_id, "body": "from carol"}})
+    assert (await bob.next())["body"] == "from carol"  # nothing of pest's came before it
+    # By client ID too; and an unblock lets them through again.
+    assert (await bob.request({"action": "unblock", "body": {"user": "pest"}}))["status"] == "success"
+    await bob.request({"action": "block", "body": {"client_id": pest_id}})
+    await pest.request({"action": "direct", "body": {"to": bob_id, "body": "still me"}})
+    await bob.request({"action": "unblock", "body": {"client_id": pest_id}})
+    await pest.request({"action": "direct", "body": {"to": bob_id, "body": "let in"}})
+    assert (await bob.next())["body"] == "let in"
+    assert await bob.request({"action": "unblock", "body": {"user": "nobody"}}) == {
+        "status": "error", "message": "'nobody' is not blocked"}
+    for client in (pest, bob, carol):
+        await client.close()

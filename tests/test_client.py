@@ -292,3 +292,8 @@ def test_nothing_a_peer_chooses_can_control_the_terminal() -> None:
     assert kick.endswith(": \\x1b[31mred")
     history = describe({"status": "success", "messages": [hostile, {**hostile, "body": {"k\n": "v\x9b"}}]})
     assert history.count("\n") == 1 and "\x9b" not in history
+
+
+def test_block_and_unblock_name_a_client_or_a_user() -> None:
+    assert command("/block bob") == {"action": "block", "body": {"user": "bob"}}
+    assert command("/unblock 9930240b") == {"action": "unblock", "body": {"client_id": "9930240b"}}

@@ -32,7 +32,7 @@ from chatd.backplane import scripts
 from chatd.backplane.shards import Shards
 from chatd.chat import Answer, counts_of
 from chatd.codec import Command
-from chatd.core import MAX_LISTED, ChatCore, Client, Room, done_reply, member_entry, refusal
+from chatd.core import MAX_LISTED, ChatCore, Client, Room, blocks, done_reply, member_entry, refusal
 from chatd.errors import Banned, BannedAs, ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
 from chatd.names import fold
 from chatd.outbox import Flusher
@@ -239,6 +239,11 @@ class ClusterChat:
             return self.recent(client, command.limit, command.before)
         if isinstance(command, codec.Events):
             return succeed(self.core.set_events(client, command.on))
+        if isinstance(command, codec.Block):
+            try:
+                return succeed(self.core.block(client, command))  # the connection's own
+            except ChatError as e:
+                return fail(e)
         # A chat message goes through check_message_rate and publish.
         raise TypeError(f"not a command for handle: {command!r}")
 
@@ -793,6 +798,9 @@ class ClusterChat:
             client for client in map(self.core.clients.get, targets.split(","))
             if client is not None and client.client_id != sender
         ]
+        if any(client.blocked for client in recipients):
+            user = json.loads(payload).get("user")
+            recipients = [client for client in recipients if not blocks(client, sender, user)]
         if recipients:
             reached = self.core.deliver_payload(recipients, payload, self.clock.seconds())
             self.core.events.delivered(reached, reached * len(payload))
