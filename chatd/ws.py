@@ -670,7 +670,8 @@ class ChatFactory(WebSocketServerFactory):
         """
         At the handshake: the client's address (a trusted proxy's forwarding
         header, or the PROXY protocol, may name it), counted under it if it
-        is not yet; if that is over a limit, why.
+        is not yet; if that is over a limit, why.  ConnectionDeny (403) for
+        a PROXY header from a peer that is no trusted proxy.
         """
         accepted = protocol.accepted_from
         if accepted is None:
