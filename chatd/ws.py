@@ -22,7 +22,12 @@ from autobahn.websocket.compress import (
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import (
+    IProtocolNegotiationFactory,
+    IPushProducer,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -516,6 +521,7 @@ def options_on_class(factory: WebSocketServerFactory, base: type, name: str, **a
     return type(name, (base,), {**options, "CONFIG_ATTRS": (), **attributes})
 
 
+@implementer(IProtocolNegotiationFactory)
 class ChatFactory(WebSocketServerFactory):
     """
     Owns the chat state (a :class:`ChatCore`) and every connection to it.
@@ -628,6 +634,14 @@ class ChatFactory(WebSocketServerFactory):
             outbox_limit=settings.max_outgoing_buffer,
             _count_sent=staticmethod(self.metrics.bytes_sent.inc),
         )
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        What chatd speaks when TLS negotiates it (ALPN): HTTP/1.1, whose
+        Upgrade is the WebSocket handshake.  Browsers and curl offer ALPN,
+        and a TLS listener that has no answer fails their handshake.
+        """
+        return [b"http/1.1"]
 
     def use_moderators(self, moderators: list[Any]) -> None:
         """Review every chat message with these moderators, in order."""

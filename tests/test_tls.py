@@ -64,3 +64,34 @@ async def test_wss_with_a_trusted_certificate_and_a_refused_untrusted_client(
     assert a.protocol is not None and a.protocol.transport.getPeerCertificate() is not None
     await a.close()
     await b.close()
+
+
+def handshake_offering_alpn(port: int, cert: Path, protocols: list[str]) -> tuple[bytes, object]:
+    """A TLS connection that offers ALPN as browsers and curl do, then the
+    WebSocket handshake: the response's first bytes, and the protocol agreed."""
+    import socket
+    import ssl
+
+    from tests.fakes import HANDSHAKE
+
+    context = ssl.create_default_context(cafile=str(cert))
+    context.set_alpn_protocols(protocols)
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(HANDSHAKE)
+            return tls.recv(100), tls.selected_alpn_protocol()
+
+
+@pytest.mark.parametrize("protocols", [["h2", "http/1.1"], ["http/1.1"]])
+@pytest_twisted.ensureDeferred
+async def test_wss_for_a_client_that_offers_alpn_as_browsers_do(
+    tmp_path: Path, daemon_factory, protocols: list[str],
+) -> None:
+    from twisted.internet.threads import deferToThread
+
+    key, cert = self_signed(tmp_path)
+    chatd = daemon_factory("--listen", f"ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1")
+    port = await chatd.wait_listening()
+    response, agreed = await deferToThread(handshake_offering_alpn, port, cert, protocols)
+    assert response.startswith(b"HTTP/1.1 101 "), response
+    assert agreed == "http/1.1"

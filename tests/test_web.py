@@ -52,10 +52,10 @@ def browsers() -> Iterator[Callable[[], Any]]:
 
     made: list[Any] = []
 
-    def start() -> Any:
+    def start(*extra: str) -> Any:
         options = webdriver.ChromeOptions()
         options.binary_location = shutil.which("chromium") or "chromium"
-        for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,700"):
+        for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,700", *extra):
             options.add_argument(flag)
         driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
         made.append(driver)
@@ -328,3 +328,21 @@ def _owning(browsers: Callable[[], Any], port: int) -> None:
 @pytest_twisted.ensureDeferred
 async def test_the_web_page_runs_a_private_room(browsers: Any, daemon_factory: Any) -> None:
     await _on_a_daemon(_owning, browsers, daemon_factory)
+
+
+def _over_tls(browsers: Callable[[], Any], port: int) -> None:
+    # Chromium offers ALPN (h2, http/1.1), as every browser does.
+    page = Page(browsers("--ignore-certificate-errors"), f"https://localhost:{port}/", "tls")
+    page.until(lambda: "Connected" in page.text("status"), "to connect over wss://")
+    page.submit("room-name", "Encrypted")
+    page.until(lambda: "Encrypted" in page.text("room-title"), "to be in the room")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_web_page_over_https_and_wss(browsers: Any, daemon_factory: Any, tmp_path: Path) -> None:
+    from tests.test_tls import self_signed
+
+    key, cert = self_signed(tmp_path)
+    chatd = daemon_factory("--listen", f"ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1")
+    port = await chatd.wait_listening()
+    await deferToThread(_over_tls, browsers, port)
