@@ -153,3 +153,43 @@ def bind_reuseport(family: int, interface: str, port: int, backlog: int, count: 
             handle.close()
         raise
     return sockets
+
+
+def check_endpoint(reactor: Any, description: str) -> None:
+    """
+    Build the server endpoint ``description`` names, as chatd will listen
+    on it, without listening: ValueError saying in one line what is wrong
+    (an unknown endpoint type, a TLS key or certificate that cannot be
+    read, a socket in a directory that does not exist).
+    """
+    described = with_backlog(description)
+    plain = described[len(PROXY_PREFIX):] if described.startswith(PROXY_PREFIX) else described
+    kind, _, rest = plain.partition(":")
+    try:
+        serverFromString(reactor, described)
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else ""
+        raise ValueError(f"cannot read{where}: {e.strerror or e}") from None
+    except ValueError as e:
+        if str(e).startswith("Unknown endpoint type"):
+            raise ValueError(
+                f"unknown endpoint type {kind!r} (tcp, tcp6, ssl, unix, systemd, or haproxy: before one)"
+            ) from None
+        raise ValueError(str(e)) from None
+    except (KeyError, IndexError) as e:
+        if kind == "systemd":
+            which = f"named {e}" if isinstance(e, KeyError) else "at that index"
+            raise ValueError(
+                f"systemd passed no socket {which} (run chatd from its .socket unit, whose "
+                "FileDescriptorName= names it)") from None
+        raise ValueError(str(e)) from None
+    except Exception as e:
+        if kind != "ssl":
+            raise ValueError(f"{type(e).__name__}: {e}") from None
+        # pyOpenSSL's errors for a file that is no key or certificate.
+        raise ValueError(f"not a usable TLS key and certificate ({e})") from None
+    if kind == "unix":
+        path = rest.split(":")[0].removeprefix("address=")
+        directory = os.path.dirname(path) or "."
+        if not os.path.isdir(directory):
+            raise ValueError(f"the directory {directory} does not exist")

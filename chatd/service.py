@@ -6,7 +6,7 @@ metrics endpoint, systemd notifications, and an orderly shutdown.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, NoReturn, Optional, Sequence
 
 from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
@@ -66,6 +66,16 @@ class MetricsSite(Site):
         pass
 
 
+class StartupFailed(Exception):
+    """
+    chatd cannot start (a port it cannot listen on, a message log it cannot
+    open).  Raised instead of SystemExit when twistd runs as a daemon: its
+    launching process waits for the daemon's word on a pipe, and twistd
+    writes that word only for an Exception, so a SystemExit would leave the
+    launcher waiting forever.  The launcher prints this message and exits 1.
+    """
+
+
 class ChatService(MultiService):
     """
     Listens on every endpoint in ``settings.listen`` (and ``settings.metrics``).
@@ -83,9 +93,12 @@ class ChatService(MultiService):
         inherited: Sequence[tuple[int, int, bool]] = (),
         moderators: Optional[Sequence[Any]] = None,
         portal: Optional[Any] = None,
+        daemon: bool = False,
     ) -> None:
         super().__init__()
         self.settings = settings
+        # Whether twistd daemonized (see StartupFailed).
+        self.daemon = daemon
         self._reactor = reactor
         self.notifier = notifier if notifier is not None else Notifier()
         self.ready = False
@@ -158,13 +171,22 @@ class ChatService(MultiService):
             try:
                 self.message_log.open()
             except MessageLogError as e:
-                raise SystemExit(f"chatd: --message-log: {e}") from None
+                self._cannot_start(f"chatd: --message-log: {e}")
         try:
             super().privilegedStartService()
         except CannotListenError as e:
             # One clear line and a non-zero exit instead of a traceback.
             where = f"{e.interface}:{e.port}" if e.interface else str(e.port)
-            raise SystemExit(f"chatd: cannot listen on {where}: {e.socketError}") from None
+            self._cannot_start(f"chatd: cannot listen on {where}: {e.socketError}")
+        except OSError as e:
+            # A UNIX socket's lock file, say.
+            where = f" {e.filename}" if e.filename else ""
+            self._cannot_start(f"chatd: cannot listen on{where}: {e.strerror or e}")
+
+    def _cannot_start(self, message: str) -> NoReturn:
+        if self.daemon:
+            raise StartupFailed(message.removeprefix("chatd: "))
+        raise SystemExit(message)
 
     def startService(self) -> None:
         if self.backplane is not None:

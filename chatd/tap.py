@@ -14,7 +14,7 @@ from chatd import config
 from chatd.moderation import ModeratorError, build
 from chatd.service import ChatService
 from chatd.settings import DEFAULT_LISTEN, Settings
-from chatd.listening import FAMILIES
+from chatd.listening import FAMILIES, check_endpoint
 from chatd.workers import WorkerPool
 
 _DEFAULTS = Settings()
@@ -101,12 +101,24 @@ class Options(usage.Options):
                 given[option.name] = value
         try:
             self.settings = config.load(given, self["config"])
+            self._check_listeners(bool(self["listen"]))
             self.moderators = self._moderators(bool(self["moderator"]))
             self.portal = self._portal(bool(self["auth"]))
         except config.ConfigError as e:
             # Before anything listens: one line naming the key, and status 2.
             sys.stderr.write(f"chatd: {e}\n")
             raise SystemExit(2) from None
+
+    def _check_listeners(self, from_command_line: bool) -> None:
+        """Each --listen built once, here: a bad one stops start-up in a line."""
+        from twisted.internet import reactor
+
+        for description in self.settings.listen:
+            try:
+                check_endpoint(reactor, description)
+            except ValueError as e:
+                where = "--listen" if from_command_line else f"{self['config']}: listen"
+                raise config.ConfigError(f"{where} {description!r}: {e}") from None
 
     def _portal(self, from_command_line: bool) -> Optional[Any]:
         """The token checker made once, here: a bad one stops start-up."""
@@ -144,5 +156,9 @@ def makeService(options: Options, reactor: Optional[Any] = None) -> Service:
         except config.ConfigError as e:
             sys.stderr.write(f"chatd: {e}\n")
             raise SystemExit(2) from None
+    # twistd's own options (when it parsed these): whether it daemonizes.
+    parent = getattr(options, "parent", None)
+    daemon = parent is not None and not parent.get("nodaemon", True)
     return ChatService(
-        settings, reactor, inherited=options.inherited, moderators=options.moderators, portal=options.portal)
+        settings, reactor, inherited=options.inherited, moderators=options.moderators, portal=options.portal,
+        daemon=daemon)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
@@ -66,6 +67,40 @@ async def test_a_port_that_cannot_be_bound_stops_startup(daemon_factory) -> None
     assert code != 0
     assert f"chatd: cannot listen on 127.0.0.1:{port}: [Errno 98] Address already in use".encode() in chatd.output
     assert b"Traceback" not in chatd.output
+
+
+def test_as_a_daemon_a_port_that_cannot_be_bound_fails_at_once(tmp_path) -> None:
+    import subprocess
+
+    from tests.helpers import twistd_path
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # Without -n: twistd's launching process waits for the daemon's word.
+        launched = subprocess.run(
+            [twistd_path(), f"--pidfile={tmp_path / 'chatd.pid'}", f"--logfile={tmp_path / 'chatd.log'}",
+             "chatd", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+            capture_output=True, timeout=60, cwd=tmp_path)
+    assert launched.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}: [Errno 98] Address already in use".encode() in launched.stderr
+    assert not (tmp_path / "chatd.pid").exists()
+
+
+@pytest.mark.parametrize(("listen", "error"), [
+    ("tpc:9000", "unknown endpoint type 'tpc' (tcp, tcp6, ssl, unix, systemd, or haproxy: before one)"),
+    ("haproxy:tpc:9000", "unknown endpoint type 'tpc' (tcp, tcp6, ssl, unix, systemd, or haproxy: before one)"),
+    ("ssl:9443:privateKey=/missing/key.pem", "cannot read /missing/key.pem: No such file or directory"),
+    ("unix:/missing-dir/chatd.sock", "the directory /missing-dir does not exist"),
+    ("systemd:domain=INET:name=chatd",
+     "systemd passed no socket named 'chatd' (run chatd from its .socket unit, whose FileDescriptorName= names it)"),
+])
+@pytest_twisted.ensureDeferred
+async def test_every_listen_mistake_is_one_line_and_status_2(daemon_factory, listen: str, error: str) -> None:
+    chatd = daemon_factory("--listen", listen)
+    assert await chatd.wait_exit() == 2
+    assert chatd.output.decode().strip() == f"chatd: --listen {listen!r}: {error}"
 
 
 @pytest_twisted.ensureDeferred
