@@ -10,9 +10,9 @@ synchronously, so it never races the chat state.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import Resource
@@ -97,6 +97,12 @@ class Metrics:
         self.room_actions = Counter(
             "chatd_room_actions", "Owners' and moderators' actions carried out (invite, kick, ban, unban, "
             "op, deop).", ["action"], registry=r)
+        self.redis_connect_failures = Counter(
+            "chatd_redis_connect_failures", "Attempts to connect to a Redis of the cluster that failed.",
+            registry=r)
+        self.redis_available = Gauge(
+            "chatd_redis_available", "1 while this node is in step with Redis (every shard), else 0.",
+            registry=r)
         self.message_log = Counter(
             "chatd_message_log_rows", "Messages the message log wrote, failed to write, dropped or pruned (past --message-log-keep).",
             ["outcome"], registry=r)
@@ -146,16 +152,18 @@ class _Text(Resource):
         return body
 
 
-def metrics_root(metrics: Metrics, is_ready: Callable[[], bool]) -> Resource:
-    """``/metrics``, ``/healthz`` (the process runs) and ``/readyz`` (serving)."""
+def metrics_root(metrics: Metrics, not_ready: Callable[[], Optional[str]]) -> Resource:
+    """``/metrics``, ``/healthz`` (the process runs) and ``/readyz``
+    (serving; if not, ``not_ready()`` says why in its body)."""
 
     def render_metrics() -> tuple[int, bytes, str]:
         return 200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST
 
     def render_ready() -> tuple[int, bytes, str]:
-        if is_ready():
+        why = not_ready()
+        if why is None:
             return 200, b"ready\n", "text/plain; charset=utf-8"
-        return 503, b"not ready\n", "text/plain; charset=utf-8"
+        return 503, f"not ready: {why}\n".encode("utf-8"), "text/plain; charset=utf-8"
 
     root = Resource()
     root.putChild(b"metrics", _Text(render_metrics))

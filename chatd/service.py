@@ -44,9 +44,11 @@ def join_cluster(factory: ChatFactory, settings: Settings, reactor: Any) -> tupl
         RedisBackplane(
             parse_url(url), reactor, lease=settings.redis_lease, timeout=settings.redis_timeout,
             node=node, at_once=factory.flusher.send_now,
+            connect_failed=factory.metrics.redis_connect_failures.inc,
         )
         for url in settings.redis
     ])
+    factory.metrics.redis_available.set_function(lambda: 1.0 if shards.available else 0.0)
     chat = ClusterChat(
         factory.core, shards, reactor,
         refuse=lambda client: client.sink.close(CLOSE_TRY_AGAIN_LATER, Unavailable().message),
@@ -99,6 +101,7 @@ class ChatService(MultiService):
         self.settings = settings
         # Whether twistd daemonized (see StartupFailed).
         self.daemon = daemon
+        self.draining = False
         self._reactor = reactor
         self.notifier = notifier if notifier is not None else Notifier()
         self.ready = False
@@ -140,7 +143,7 @@ class ChatService(MultiService):
             self._orphan_watch.clock = reactor
         self.metrics_listener: Optional[Service] = None
         if settings.metrics is not None:
-            site = MetricsSite(metrics_root(self.metrics, self.is_ready))
+            site = MetricsSite(metrics_root(self.metrics, self.not_ready))
             self.metrics_listener = strports.service(settings.metrics, site, reactor=reactor)
             self.metrics_listener.setServiceParent(self)
         self._watchdog: Optional[LoopingCall] = None
@@ -158,7 +161,15 @@ class ChatService(MultiService):
         """Listening, and (in a cluster) in step with Redis: with several
         shards, with one at least (a shard that is away takes only its rooms
         down, on every node alike)."""
-        return self.ready and (self.backplane is None or self.backplane.partly_available)
+        return self.not_ready() is None
+
+    def not_ready(self) -> Optional[str]:
+        """Why the node is not ready (None: it is), as /readyz says it."""
+        if not self.ready:
+            return "draining" if self.draining else "starting"
+        if self.backplane is not None and not self.backplane.partly_available:
+            return "; ".join(self.backplane.problems()) or "not in step with Redis"
+        return None
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
@@ -212,6 +223,7 @@ class ChatService(MultiService):
     async def _stop(self) -> None:
         Service.stopService(self)
         self.ready = False
+        self.draining = True
         self.notifier.notify("STOPPING=1")
         await self.listeners.stopService()
         count = len(self.factory.connections)

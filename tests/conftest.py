@@ -91,6 +91,15 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def redis_server_later() -> Iterator[RedisServer]:
+    """A private redis-server whose port is chosen but not started: the test
+    starts it."""
+    redis = RedisServer(redis_binary())
+    yield redis
+    redis.remove()
+
+
+@pytest.fixture
 def redis_with_password() -> Iterator[RedisServer]:
     """A private redis-server that takes commands only after AUTH s3cret."""
     redis = RedisServer(redis_binary(), ("--requirepass", "s3cret"))

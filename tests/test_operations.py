@@ -118,7 +118,7 @@ async def test_sigterm_drains_in_order_as_systemd_sees_it(tmp_path, daemon_facto
         assert (await polite.wait_closed())[0] == 1001
         assert await deferToThread(straggler.read_close) == (1001, "Server shutting down")
         # Still draining: not ready, and the chat port no longer accepts.
-        assert await http_get(f"http://127.0.0.1:{metrics_port}/readyz") == (503, b"not ready\n")
+        assert await http_get(f"http://127.0.0.1:{metrics_port}/readyz") == (503, b"not ready: draining\n")
         assert (await http_get(f"http://127.0.0.1:{metrics_port}/healthz"))[0] == 200
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
@@ -143,3 +143,35 @@ async def test_stragglers_are_forced_after_the_shutdown_timeout(tmp_path, daemon
     assert await chatd.wait_exit() == 0
     assert b"Aborting a connection that did not close in time" in chatd.output
     straggler.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unreachable_redis_is_said_once_in_the_log_in_readyz_and_in_the_metrics(
+    daemon_factory, redis_server_later,
+) -> None:
+    from tests.helpers import http_get
+
+    redis = redis_server_later  # its port chosen, nothing listening on it yet
+    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--metrics", "tcp:0:interface=127.0.0.1",
+                           "--redis", redis.url)
+    metrics = await chatd.wait_metrics()
+    await chatd.wait_for(rb"Cannot reach Redis at redis://127\.0\.0\.1:\d+/0: .*refused", "the reason in the log")
+
+    async def failures() -> float:
+        _, body = await http_get(f"http://127.0.0.1:{metrics}/metrics")
+        line = next(x for x in body.decode().splitlines() if x.startswith("chatd_redis_connect_failures_total"))
+        return float(line.split()[-1])
+
+    status, body = await http_get(f"http://127.0.0.1:{metrics}/readyz")
+    assert status == 503
+    assert body.decode().startswith(f"not ready: cannot reach Redis at {redis.url}: ")
+    # Retried, and counted each time, but said once.
+    await chatd.wait_for(rb"Scheduling retry 3 ", "a third retry")
+    assert await failures() >= 3
+    assert chatd.output.count(b"Cannot reach Redis") == 1
+    redis.start()
+    await chatd.wait_for(rb"In step with Redis at", "the node to come into step")
+    status, body = await http_get(f"http://127.0.0.1:{metrics}/readyz")
+    assert (status, body) == (200, b"ready\n")
+    _, text = await http_get(f"http://127.0.0.1:{metrics}/metrics")
+    assert "chatd_redis_available 1.0" in text.decode()

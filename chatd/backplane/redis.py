@@ -20,9 +20,11 @@ from typing import Any, Callable, Optional
 import txredisapi
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from chatd import fastpath
 from chatd.backplane import Listener, scripts
@@ -37,6 +39,20 @@ def endpoint_of(address: RedisAddress, reactor: Any) -> Any:
     if address.path is not None:
         return UNIXClientEndpoint(reactor, address.path, timeout=5)
     return HostnameEndpoint(reactor, address.host, address.port, timeout=5)
+
+
+@implementer(IStreamClientEndpoint)
+class _Watched:
+    """An endpoint that tells the backplane why each attempt to connect
+    failed (txredisapi's reconnecting service logs only that it will retry)."""
+
+    def __init__(self, endpoint: Any, backplane: "RedisBackplane") -> None:
+        self._endpoint = endpoint
+        self._backplane = backplane
+
+    def connect(self, factory: Any) -> "Deferred[Any]":
+        d: Deferred[Any] = self._endpoint.connect(factory)
+        return d.addErrback(self._backplane._connect_failed)
 
 
 def node_name() -> str:
@@ -215,8 +231,14 @@ class RedisBackplane:
         node: Optional[str] = None,
         prefix: str = PREFIX,
         at_once: Callable[..., Any] = _call,
+        connect_failed: Callable[[], None] = lambda: None,
     ) -> None:
         self.address = address
+        # Counts each failed attempt to connect (a metric).
+        self._count_failure = connect_failed
+        #: Why this node is not in step with this Redis (None: it is), for
+        #: /readyz; each change is logged once.
+        self.problem: Optional[str] = f"connecting to Redis at {address}"
         self.reactor = reactor
         self.lease = lease
         self.timeout = timeout
@@ -275,7 +297,7 @@ class RedisBackplane:
             subscriber.protocol = _Subscriber
             self._factories = [commands, subscriber]
             for factory in self._factories:
-                factory.startConnecting(endpoint_of(address, self.reactor))
+                factory.startConnecting(_Watched(endpoint_of(address, self.reactor), self))
         # Renew the lease and look for dead nodes three times per lease.
         self._ticker.start(self.lease / 3, now=False)
         self._stall_watch.start(min(1.0, self.timeout / 2), now=False)
@@ -376,6 +398,22 @@ class RedisBackplane:
     def _channel(self, room_id: str) -> str:
         return f"{self.prefix}r:{room_id}"
 
+    def _connect_failed(self, failure: Failure) -> Failure:
+        """An attempt to connect failed: said once per new reason, counted each time."""
+        self._count_failure()
+        if not self._stopping:
+            error = failure.getErrorMessage().rstrip(".")
+            self._set_problem(
+                f"cannot reach Redis at {self.address}: {error}", "redis_unreachable",
+                "Cannot reach Redis at {address}: {error}; trying again, every {every} s at most",
+                error=error, every=_Tells.maxDelay)
+        return failure
+
+    def _set_problem(self, problem: Optional[str], event: str, text: str, **fields: Any) -> None:
+        if problem != self.problem:
+            self.problem = problem
+            self._log.warn(text, address=str(self.address), event=event, **fields)
+
     def _connection_up(self, role: str, protocol: Any) -> None:
         if self._stopping:
             protocol.transport.loseConnection()
@@ -410,8 +448,9 @@ class RedisBackplane:
             return
         was_synced, self._synced = self._synced, False
         if was_synced and not self._stopping:
-            self._log.warn("Lost Redis at {address}: cluster actions are unavailable until it is back",
-                           address=str(self.address), event="redis_lost")
+            self._set_problem(
+                f"lost the connection to Redis at {self.address}", "redis_lost",
+                "Lost Redis at {address}: cluster actions are unavailable until it is back")
             if self._listener is not None:
                 self._listener.backplane_down()
             waiting, self._waiting_for_loss = self._waiting_for_loss, []
@@ -431,6 +470,7 @@ class RedisBackplane:
             self._syncing = False
             if self._commands is not None and self._subscriber is not None:
                 self._synced = True
+                self.problem = None
                 self._log.info("In step with Redis at {address}: cluster actions available",
                                address=str(self.address), event="redis_synced", node=self.node)
                 waiting, self._waiting_for_sync = self._waiting_for_sync, []
@@ -439,7 +479,9 @@ class RedisBackplane:
 
         def failed(failure: Failure) -> None:
             self._syncing = False
-            self._log.warn("Could not bring Redis in step: {error}", error=failure.getErrorMessage())
+            self._set_problem(
+                f"could not bring Redis at {self.address} in step: {failure.getErrorMessage()}", "redis_sync_failed",
+                "Could not bring Redis at {address} in step: {error}", error=failure.getErrorMessage())
 
         d.addCallbacks(done, failed)
 

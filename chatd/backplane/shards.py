@@ -89,6 +89,10 @@ class Shards:
         """Every shard in step: the whole service is there."""
         return all(shard.available for shard in self.all)
 
+    def problems(self) -> list[str]:
+        """Why each shard that is not in step is not (their own words)."""
+        return [shard.problem for shard in self.all if not shard.available and shard.problem]
+
     @property
     def partly_available(self) -> bool:
         """Some shard in step: the node serves (the rooms of) those."""
