@@ -29,6 +29,8 @@ from chatd.settings import parse_moderator as parse_spec
 
 #: Tokens longer than this are refused without being decoded.
 MAX_TOKEN = 8 * 1024
+#: The shortest HMAC secret accepted: HS256's hash size (RFC 7518, 3.2).
+MIN_SECRET = 32
 #: The longest user name (a token's ``sub``).
 MAX_USER = 64
 _PRINTABLE = set(string.printable) - set("\t\n\r\x0b\x0c")
@@ -182,6 +184,10 @@ class JWTCheckerFactory:
             raise AuthError(f"jwt: the key file {path} is empty")
         key: Any = data
         implied = "HS256"
+        if not data.lstrip().startswith(b"-----BEGIN") and len(data) < MIN_SECRET:
+            raise AuthError(
+                f"jwt: the key {path} has {len(data)} bytes; an HMAC secret needs {MIN_SECRET} at least "
+                f"(make one with: chatd-token --new-key PATH)")
         if data.lstrip().startswith(b"-----BEGIN"):
             try:
                 key = load_pem_public_key(data)

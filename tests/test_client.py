@@ -222,6 +222,9 @@ async def test_a_token_from_chatd_token_signs_chatd_client_in(daemon_factory: An
     (["--key", "KEY", "x" * 65], "the user name must be 1 to 64 printable characters"),
     (["--key", "KEY", "--ttl", "0", "ada"], "--ttl must be a number of seconds above 0, not 0"),
     (["--key", "PEM", "ada"], "PEM is a PEM key: chatd-token signs with a shared secret file (HS256)"),
+    (["ada"], "--key PATH is needed to sign a token (make one with --new-key PATH)"),
+    (["--new-key", "KEY"], "KEY exists already: a new key would lock out every token made with it"),
+    (["--new-key", "NEW", "ada"], "--new-key makes a key and nothing else: no --key, no user"),
 ])
 def test_chatd_token_refuses_bad_input_in_one_line(argv: list[str], message: str, tmp_path: Any) -> None:
     import subprocess
@@ -297,3 +300,20 @@ def test_nothing_a_peer_chooses_can_control_the_terminal() -> None:
 def test_block_and_unblock_name_a_client_or_a_user() -> None:
     assert command("/block bob") == {"action": "block", "body": {"user": "bob"}}
     assert command("/unblock 9930240b") == {"action": "unblock", "body": {"client_id": "9930240b"}}
+
+
+def test_chatd_token_makes_a_key_only_its_owner_reads_and_chatd_takes_it(tmp_path: Any) -> None:
+    import stat
+    import subprocess
+
+    key = tmp_path / "jwt.key"
+    made = subprocess.run([TOKEN, "--new-key", str(key)], capture_output=True, text=True)
+    assert made.returncode == 0
+    assert made.stderr == f"chatd-token: wrote a new 32-byte key to {key} (mode 0600)\n"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_bytes()) == 32
+    signed = subprocess.run([TOKEN, "--key", str(key), "ada"], capture_output=True, text=True)
+    assert signed.returncode == 0 and signed.stdout.count(".") == 2
+    from chatd import tap
+
+    options = tap.Options()
+    options.parseOptions(["--auth", f"jwt:key={key}"])  # long enough for chatd

@@ -210,7 +210,9 @@ def test_a_jwt_key_is_checked_against_its_algorithms(tmp_path: Path, capsys) -> 
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     secret = tmp_path / "secret"
-    secret.write_bytes(b"shared secret")
+    secret.write_bytes(b"a shared secret of 32 bytes or more")
+    short = tmp_path / "short"
+    short.write_bytes(b"shared secret")
     rsa_key = tmp_path / "rsa.pem"
     rsa_key.write_bytes(rsa.generate_private_key(65537, 2048).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
@@ -227,6 +229,8 @@ def test_a_jwt_key_is_checked_against_its_algorithms(tmp_path: Path, capsys) -> 
          f"jwt: algorithm HS256 cannot be used with a public key ({rsa_key})"),
         ([f"jwt:key={secret}:leeway=soon"], "jwt: leeway must be a number of seconds, not 'soon'"),
         ([f"jwt:key={empty}"], f"jwt: the key file {empty} is empty"),
+        ([f"jwt:key={short}"], f"jwt: the key {short} has 13 bytes; an HMAC secret needs 32 at least "
+                               "(make one with: chatd-token --new-key PATH)"),
     ]:
         assert parse_error("--auth", *argv, capsys=capsys) == f"chatd: --auth: {message}"
     # The algorithm a PEM key implies, and an HMAC secret's.
