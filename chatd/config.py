@@ -246,7 +246,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("ping-interval", "ping_interval", seconds(allow_zero=True),
            "Seconds between WebSocket pings to each client (0: never)."),
     Option("ping-timeout", "ping_timeout", seconds(allow_zero=True),
-           "Seconds to wait for a pong before dropping the client (0: forever)."),
+           "Seconds to wait for a pong before dropping the client (0: never drop it)."),
     Option("max-connections", "max_connections", size(0),
            "Most connections at once, handshakes included; over it a new "
            "connection gets HTTP 503 (0: no limit)."),
@@ -375,6 +375,25 @@ def read_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
 
 
+#: The sections of ``--help``, each option in one, in the order shown.
+SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Listening", ("listen", "metrics", "workers", "permessage-deflate")),
+    ("Who may connect", (
+        "max-connections", "max-connections-per-ip", "rate-connections-per-ip", "allowed-origin",
+        "trusted-proxy", "forwarded-header", "limit-loopback", "handshake-timeout")),
+    ("Identity", ("auth", "guests")),
+    ("Limits per connection", (
+        "max-message-size", "max-outgoing-buffer", "rate-messages", "rate-messages-burst", "rate-creates",
+        "rate-creates-burst", "rate-commands", "rate-commands-burst", "ping-interval", "ping-timeout",
+        "close-timeout")),
+    ("Rooms and messages", (
+        "history-size", "history-bytes", "history-memory", "moderator", "moderation-failure",
+        "moderation-timeout", "message-log", "message-log-keep")),
+    ("Cluster", ("redis", "redis-lease", "redis-timeout")),
+    ("Logs and shutdown", ("log-format", "log-messages", "shutdown-timeout")),
+)
+
+
 def load(command_line: Mapping[str, Any], config_path: Optional[str] = None) -> Settings:
     """
     Settings from the options given on the command line (raw text, by option
@@ -386,6 +405,8 @@ def load(command_line: Mapping[str, Any], config_path: Optional[str] = None) -> 
             option = BY_NAME.get(key)
             if option is None:
                 raise ConfigError(f"{config_path}: unknown key {key!r}")
+            if option.kind == "list" and isinstance(value, str):
+                value = [value]  # one item, written without the brackets
             values[option.field] = _checked(option, value, False, config_path)
     for name, value in command_line.items():
         option = BY_NAME[name]

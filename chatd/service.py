@@ -11,17 +11,20 @@ from typing import Any, NoReturn, Optional, Sequence
 from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.haproxy import proxyEndpoint
 from twisted.web.server import Site
+from zope.interface import implementer
 
-from chatd import fastpath
+from chatd import __version__, fastpath
 from chatd.config import sqlite_path
 from chatd.errors import CLOSE_TRY_AGAIN_LATER, Unavailable
-from chatd.listening import WorkerSocketEndpoint, with_backlog
+from chatd.listening import PROXY_PREFIX, WorkerSocketEndpoint, with_backlog
 from chatd.messagelog import MessageLogError, SQLiteLog
 from chatd.metrics import Metrics, metrics_root
 from chatd.runtime import CollectorTuning, use_json_logs
@@ -66,6 +69,49 @@ class MetricsSite(Site):
 
     def log(self, request: Any) -> None:
         pass
+
+
+@implementer(IStreamServerEndpoint)
+class _Announced:
+    """A server endpoint that says, once it listens, the address a person
+    would open: chatd's first log line worth reading."""
+
+    _log = Logger(namespace="chatd")
+
+    def __init__(self, endpoint: Any, description: str) -> None:
+        self.endpoint = endpoint
+        self.description = description
+
+    def listen(self, factory: Any) -> "Deferred[Any]":
+        d: Deferred[Any] = self.endpoint.listen(factory)
+        return d.addCallback(self._listening)
+
+    def _listening(self, port: Any) -> Any:
+        self._log.info("chatd {version} serving {url}", version=__version__, url=served_at(
+            port.getHost(), self.description), event="serving", listen=self.description)
+        return port
+
+
+def served_at(address: Any, description: str) -> str:
+    """What a person opens for a listener on ``address`` (its description
+    says whether it is TLS, or behind a PROXY-protocol proxy)."""
+    proxied = description.startswith(PROXY_PREFIX)
+    plain = description.removeprefix(PROXY_PREFIX)
+    secure = plain.startswith("ssl:")
+    if isinstance(address, UNIXAddress):
+        where = f"the UNIX socket {address.name.decode() if isinstance(address.name, bytes) else address.name}"
+    else:
+        host = address.host
+        anywhere = host in ("0.0.0.0", "::")
+        shown = "localhost" if anywhere or host in ("127.0.0.1", "::1") else (
+            f"[{host}]" if ":" in host else host)
+        page = f"{'https' if secure else 'http'}://{shown}:{address.port}/"
+        where = f"{page} (the web page; WebSocket clients: {'wss' if secure else 'ws'}://{shown}:{address.port})"
+        if anywhere:
+            where += ", on every interface"
+    if proxied:
+        where += ", behind a proxy that speaks the PROXY protocol"
+    return where
 
 
 class StartupFailed(Exception):
@@ -125,9 +171,9 @@ class ChatService(MultiService):
         for description in (() if inherited else settings.listen):
             # strports.service raises a bind failure synchronously at start-up,
             # so twistd exits with a message instead of running deaf.
-            strports.service(with_backlog(description), self.factory, reactor=reactor).setServiceParent(
-                self.listeners
-            )
+            listener = strports.service(with_backlog(description), self.factory, reactor=reactor)
+            listener.endpoint = _Announced(listener.endpoint, description)
+            listener.setServiceParent(self.listeners)
         for fd, family, proxied in inherited:
             # A worker of --workers: the parent bound the socket.
             endpoint: Any = WorkerSocketEndpoint(reactor, fd, family)

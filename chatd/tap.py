@@ -10,7 +10,7 @@ from typing import Any, Optional
 from twisted.application.service import Service
 from twisted.python import usage
 
-from chatd import config
+from chatd import __version__, config
 from chatd.moderation import ModeratorError, build
 from chatd.service import ChatService
 from chatd.settings import DEFAULT_LISTEN, Settings
@@ -24,7 +24,39 @@ def _help(option: config.Option) -> str:
     default = getattr(_DEFAULTS, option.field)
     if option.kind != "value" or default is None:
         return option.help
+    if isinstance(default, float) and default.is_integer():
+        default = int(default)  # "60", not "60.0"
     return f"{option.help} [default: {default}]"
+
+
+def _usage(longdesc: str) -> str:
+    """``twistd chatd --help``: the options by section (config.SECTIONS),
+    each with its help and default, wrapped to 79 columns."""
+    import textwrap
+
+    width, indent = 79, 30
+    lines = ["", *textwrap.wrap(longdesc, width), ""]
+
+    def entry(flag: str, text: str) -> None:
+        head = f"  {flag}"
+        body = textwrap.wrap(text, width - indent)
+        if len(head) >= indent:
+            lines.append(head)
+            head = ""
+        lines.append(head.ljust(indent) + (body[0] if body else ""))
+        lines.extend(" " * indent + more for more in body[1:])
+
+    for title, names in config.SECTIONS:
+        lines.append(f"{title}:")
+        for name in names:
+            option = config.BY_NAME[name]
+            entry(f"--{name}" + ("" if option.kind == "flag" else "=VALUE"), _help(option))
+        lines.append("")
+    lines.append("Other:")
+    entry("-c, --config=PATH", "A TOML file of options (see etc/chatd.toml).")
+    entry("--version", "Print chatd's version (and its libraries') and exit.")
+    entry("--help", "Print this help and exit.")
+    return "\n".join(lines) + "\n"
 
 
 class Options(usage.Options):
@@ -52,6 +84,21 @@ class Options(usage.Options):
         self.raw_args: list[str] = []
         self.moderators: list[Any] = []
         self.portal: Optional[Any] = None
+
+    def getUsage(self, width: Optional[int] = None) -> str:
+        return _usage(self.longdesc)
+
+    def opt_version(self) -> None:
+        """Print chatd's version (and its libraries') and exit."""
+        import platform
+
+        import autobahn
+        import twisted
+
+        sys.stdout.write(
+            f"chatd {__version__} (Twisted {twisted.__version__}, Autobahn {autobahn.__version__}, "
+            f"Python {platform.python_version()})\n")
+        raise SystemExit(0)
 
     def parseOptions(self, options: Optional[list[str]] = None) -> None:
         # Kept as given: --workers passes them on to each worker.

@@ -83,6 +83,8 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
     # Bytes read before the handshake was answered (an instance attribute
     # only until then).
     _head_size = 0
+    # Whether the request was a HEAD: a response without its body.
+    _head_only = False
 
     # -- Twisted / Autobahn callbacks -------------------------------------
 
@@ -225,6 +227,8 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
         if code == 503:
             self._refuse(reason)  # a limit, as at accept time
             return
+        if code == 405 and self._answer_head():
+            return
         if code == 401:
             # A bad token: said once, with the scheme to use (RFC 6750).
             self.factory.metrics.handshake_failures.labels("auth").inc()
@@ -235,6 +239,22 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
         kind = "untrusted_proxy" if reason == UNTRUSTED_PROXY else _HANDSHAKE_REASONS.get(code, "bad_request")
         self.factory.metrics.handshake_failures.labels(kind).inc()
         super().failHandshake(reason, code, responseHeaders)
+
+    def _answer_head(self) -> bool:
+        """A HEAD request (an uptime monitor's): the page's headers, as a GET
+        of the same path would have them, and no body.  False: not a HEAD."""
+        method, _, rest = self.http_status_line.partition(" ")
+        if method != "HEAD":
+            return False
+        page = web.PAGES.get(rest.partition(" ")[0].partition("?")[0])
+        if page is None:
+            self._head_only = True
+            self.sendHttpErrorResponse(404, "Not Found")
+        else:
+            self.sendData(page[:page.index(b"\r\n\r\n") + 4])
+        self.wasClean = True
+        self.dropConnection(abort=False)
+        return True
 
     def _serve_page(self) -> None:
         page = web.PAGES.get(self.http_request_path)
@@ -268,7 +288,7 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
             headers.append(("Upgrade", "websocket"))
         headers.extend(responseHeaders or ())
         head = f"HTTP/1.1 {code} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
-        self.sendData(head.encode("utf-8") + b"\r\n" + body)
+        self.sendData(head.encode("utf-8") + b"\r\n" + (b"" if self._head_only else body))
 
     def onOpen(self) -> None:
         self.opened()

@@ -49,10 +49,20 @@ def test_the_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
 def test_the_socket_unit_and_the_service_agree() -> None:
     service = (ROOT / "etc" / "chatd.service").read_text()
     sock = (ROOT / "etc" / "chatd.socket").read_text()
-    assert "FileDescriptorName=chatd" in sock and "ListenStream=8765" in sock
-    assert "--listen systemd:domain=INET6:name=chatd" in service
-    assert "BindIPv6Only=both" in sock  # so that INET6 is always right
+    assert "FileDescriptorName=chatd" in sock
+    # Plain ws:// on loopback only, behind a proxy that serves the world.
+    assert "\nListenStream=127.0.0.1:8765\n" in sock
+    assert "--listen systemd:domain=INET:name=chatd" in service
     assert "Type=notify" in service
+    # A key only root reads reaches the dynamic user as a credential.
+    assert "LoadCredential=jwt.key:/etc/chatd/jwt.key" in service and "jwt:key=%d/jwt.key" in service
+
+
+def test_one_config_path_everywhere() -> None:
+    for path in (ROOT / "etc").iterdir():
+        text = path.read_text()
+        assert "/etc/chatd.toml" not in text, path
+    assert "/etc/chatd.toml" not in (ROOT / "README.md").read_text()
 
 
 def free_port() -> int:

@@ -279,12 +279,12 @@ def test_redis_shards_from_the_command_line_or_the_config_file(tmp_path: Path) -
         ("max-message-size = 1.5", "max-message-size must be a whole number, not 1.5"),
         ("max-message-size = true", "max-message-size must be a number, not a boolean"),
         ("max-outgoing-buffer = -1", "max-outgoing-buffer must be at least 1, not -1"),
-        ('listen = "tcp:8765"', "listen must be a non-empty list of endpoint descriptions, not a string"),
+        ("listen = 8765", "listen must be a non-empty list of endpoint descriptions, not a number"),
         ("listen = []", "listen must be a non-empty list of endpoint descriptions, not a list"),
         ('listen = ["tcp:70000"]', "listen 'tcp:70000': port 70000 is out of range (0-65535)"),
         ("close-timeout = 0", "close-timeout must be at least 1 second, not 0"),
         ('log-messages = "yes"', "log-messages must be true or false, not a string"),
-        ('allowed-origin = "https://a.org"', "allowed-origin must be a list of origins, not a string"),
+        ("allowed-origin = true", "allowed-origin must be a list of origins, not a boolean"),
         ("max-connections-per-ip = 2.5", "max-connections-per-ip must be a whole number, not 2.5"),
         ("redis = []", "redis must be a URL like redis://localhost:6379/0 or a list of them, not a list"),
         ('redis = ["redis://a/0", 5]', "redis must be a URL like redis://localhost:6379/0 or a list of them, "
@@ -385,3 +385,31 @@ def test_the_readme_documents_every_option() -> None:
     for option in config.OPTIONS:
         assert f"`--{option.name}" in readme, option.name
     assert "`--config PATH`" in readme
+
+
+def test_a_list_option_written_as_one_string_in_the_file_is_a_list_of_one(tmp_path: Path) -> None:
+    path = write(tmp_path, 'listen = "tcp:9100"\ntrusted-proxy = "10.0.0.0/8"\n')
+    settings = parse("--config", path)
+    assert (settings.listen, settings.trusted_proxies) == (("tcp:9100",), ("10.0.0.0/8",))
+
+
+def test_help_groups_every_option_in_one_section_without_internals(capsys) -> None:
+    named = [name for _, names in config.SECTIONS for name in names]
+    assert sorted(named) == sorted(option.name for option in config.OPTIONS)
+    with pytest.raises(SystemExit):
+        tap.Options().parseOptions(["--help"])
+    text = capsys.readouterr().out
+    titles = [title for title, _ in config.SECTIONS]
+    assert [line[:-1] for line in text.splitlines() if line[:-1] in titles] == titles
+    assert "--inherit-fd" not in text
+    assert "[default: 30]" in text and ".0]" not in text  # whole seconds are written whole
+    assert all(len(line) <= 79 for line in text.splitlines())
+
+
+def test_version_is_chatds(capsys) -> None:
+    from chatd import __version__
+
+    with pytest.raises(SystemExit) as exited:
+        tap.Options().parseOptions(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith(f"chatd {__version__} (Twisted ")

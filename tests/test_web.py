@@ -346,3 +346,28 @@ async def test_the_web_page_over_https_and_wss(browsers: Any, daemon_factory: An
     chatd = daemon_factory("--listen", f"ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1")
     port = await chatd.wait_listening()
     await deferToThread(_over_tls, browsers, port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_head_request_gets_the_pages_headers_and_no_body(daemon_factory: Any) -> None:
+    import socket
+
+    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1")
+    port = await chatd.wait_listening()
+    # The first thing a person reads: where to go.
+    await chatd.wait_for(rf"chatd \S+ serving http://localhost:{port}/ \(the web page; ".encode(), "the URL")
+
+    def head(path: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+            return data
+
+    page = await deferToThread(head, "/")
+    get_head = page.partition(b"\r\n\r\n")
+    assert page.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Type: text/html" in page
+    assert get_head[2] == b""  # no body
+    assert (await deferToThread(head, "/missing")).startswith(b"HTTP/1.1 404 Not Found\r\n")
+    assert (await deferToThread(head, "/missing")).endswith(b"\r\n\r\n")
