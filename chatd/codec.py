@@ -623,6 +623,18 @@ def kick(room_id: str, by: str, reason: str) -> dict[str, Any]:
     return {"event": "kick", "room_id": room_id, "by": by, "reason": reason}
 
 
+def invited(
+    room_id: str, name: str, by_id: str, by_nick: Optional[str], ts: str, by_user: Optional[str] = None,
+) -> dict[str, Any]:
+    """An invitation, to the connections it names that asked for events:
+    the room, and who invited them (the event's subject)."""
+    message = {"event": "invite", "room_id": room_id, "name": name, "client_id": by_id, "nick": by_nick,
+               "timestamp": ts}
+    if by_user is not None:
+        message["user"] = by_user
+    return message
+
+
 def event(
     kind: str, room_id: str, client_id: str, nick: Optional[str], ts: str, user: Optional[str] = None,
 ) -> dict[str, Any]:

@@ -792,6 +792,7 @@ class ChatCore:
             if not _room_for(room.invited, keys[:1]):
                 raise refusal("full", command, room.name)
             room.invited = (room.invited or set()) | set(keys[:1])  # a client, or a user
+            self._tell_invited(room, client, target_id or user or "", now)
             return done_reply(command)
         if action in ("op", "deop"):
             assert target is not None and target_id is not None
@@ -828,6 +829,17 @@ class ChatCore:
         for member in removed:
             self._remove(member, room, client.client_id, command.reason, now)
         return done_reply(command)
+
+    def _tell_invited(self, room: Room, by: Client, to: str, now: float) -> None:
+        """The connections an invitation names (a client, or a user's), if
+        they asked for events and do not block the inviter, hear of it."""
+        told = [
+            r for r in self.recipients(to, by) or ()
+            if r.events and r.room is not room and not blocks(r, by.client_id, by.user)
+        ]
+        if told:
+            notice = codec.invited(room.room_id, room.name, by.client_id, by.nick, codec.timestamp(now), by.user)
+            self._deliver(told, codec.encode(notice), now)
 
     def _remove(self, member: Client, room: Room, by: str, reason: str, now: float) -> None:
         """Take ``member`` out of ``room``: it is told why, the others see it leave."""

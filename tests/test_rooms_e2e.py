@@ -199,3 +199,26 @@ async def test_a_seed_client_sees_the_seed_replies_in_an_owned_room(
     assert list(message) == ["from", "body", "timestamp", "id"]
     for client in (owner, seed):
         await client.close()
+
+
+@pytest.mark.parametrize("where", ["one process", "two nodes"])
+@pytest_twisted.ensureDeferred
+async def test_an_invitee_that_asked_for_events_hears_of_the_invitation(
+    where: str, server: InProcessServer, cluster: Any,
+) -> None:
+    first, second = (server, server) if where == "one process" else (await cluster(), await cluster())
+    owner, owner_id = await first.welcomed()
+    guest, guest_id = await second.welcomed()
+    quiet, quiet_id = await second.welcomed()
+    await owner.request({"action": "nick", "body": "Ada"})
+    await guest.request({"action": "events", "body": True})
+    room_id = (await owner.request({"action": "create", "body": {"name": "Den", "private": True}}))["room_id"]
+    await owner.request({"action": "invite", "body": {"client_id": quiet_id}})  # events off: not told
+    assert (await owner.request({"action": "invite", "body": {"client_id": guest_id}}))["status"] == "success"
+    notice = await guest.next()
+    assert notice == {"event": "invite", "room_id": room_id, "name": "Den", "client_id": owner_id,
+                      "nick": "Ada", "timestamp": notice["timestamp"]}
+    assert (await guest.request({"action": "join", "body": {"room_id": room_id}}))["status"] == "success"
+    assert await quiet.request({"action": "members"}) == {"status": "error", "message": "You must join a room first"}
+    for client in (owner, guest, quiet):
+        await client.close()

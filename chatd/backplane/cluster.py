@@ -566,6 +566,8 @@ class ClusterChat:
             outcome = _text(result[0])
             if outcome == "ok":
                 self.core.events.room_action(room, client, command)
+                if command.action == "invite":
+                    self._tell_invited(room, client, command.target)
                 return done_reply(command)
             if outcome == "noroom":
                 raise NotInRoom("You must join a room first")  # kicked meanwhile
@@ -790,13 +792,26 @@ class ClusterChat:
             client.room = None
             self._release(room)
 
+    def _tell_invited(self, room: Room, by: Client, to: str) -> None:
+        """The invitee's connections, wherever they are, hear of it (in the
+        background: the invitation stands whether or not they do)."""
+        shard = self.shards.serving(to)
+        if shard is None:
+            return
+        notice = codec.invited(
+            room.room_id, room.name, by.client_id, by.nick, codec.timestamp(self.clock.seconds()), by.user)
+        d = self._run(shard, scripts.DIRECT, by.client_id, to, codec.encode(notice), "n")
+        self._background(d, "telling an invitee")
+
     def direct_message(self, data: bytes) -> None:
-        # <sender> <client>,<client>...\n<the encoded message>
+        # <sender> <client>,<client>...[ n]\n<the encoded message>, where n
+        # marks a notice (an invitation): only for those who asked for events.
         head, _, payload = data.partition(b"\n")
-        sender, _, targets = head.decode().partition(" ")
+        sender, _, rest = head.decode().partition(" ")
+        targets, _, kind = rest.partition(" ")
         recipients = [
             client for client in map(self.core.clients.get, targets.split(","))
-            if client is not None and client.client_id != sender
+            if client is not None and client.client_id != sender and (client.events or kind != "n")
         ]
         if any(client.blocked for client in recipients):
             user = json.loads(payload).get("user")

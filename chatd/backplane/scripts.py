@@ -328,9 +328,11 @@ return 'ok'
 """
 
 #: ARGV: prefix, sender, to (a client ID, else a user name), the encoded
-#: message.  How many connections it went to, or -1: nobody of that name.
+#: message, and 'n' for a notice (an invitation) or nothing.  How many
+#: connections it went to, or -1: nobody of that name.
 DIRECT = _PRELUDE + r"""
 local sender, to, payload = ARGV[2], ARGV[3], ARGV[4]
+local kind = ARGV[5] and (' ' .. ARGV[5]) or ''
 local by_node = {}
 local node = redis.call('HGET', P .. 'client:' .. to, 'node')
 if node then
@@ -350,7 +352,7 @@ else
 end
 local count = 0
 for at, clients in pairs(by_node) do
-  redis.call('PUBLISH', P .. 'd:' .. at, sender .. ' ' .. table.concat(clients, ',') .. '\n' .. payload)
+  redis.call('PUBLISH', P .. 'd:' .. at, sender .. ' ' .. table.concat(clients, ',') .. kind .. '\n' .. payload)
   count = count + #clients
 end
 return count
