@@ -246,7 +246,7 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
         method, _, rest = self.http_status_line.partition(" ")
         if method != "HEAD":
             return False
-        page = web.PAGES.get(rest.partition(" ")[0].partition("?")[0])
+        page = self.factory.pages.get(rest.partition(" ")[0].partition("?")[0])
         if page is None:
             self._head_only = True
             self.sendHttpErrorResponse(404, "Not Found")
@@ -257,7 +257,7 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
         return True
 
     def _serve_page(self) -> None:
-        page = web.PAGES.get(self.http_request_path)
+        page = self.factory.pages.get(self.http_request_path)
         if page is None:
             self.factory.metrics.handshake_failures.labels("no_upgrade").inc()
             self.sendHttpErrorResponse(404, "Not Found")
@@ -611,6 +611,7 @@ class ChatFactory(WebSocketServerFactory):
         # chatd, or here), and whether clients without one may chat.
         self.portal = portal if portal is not None or settings.auth is None else build_portal(settings.auth)
         self.guests_allowed = settings.guests == "allow"
+        self.pages = web.pages(sign_in=self.portal is not None)
         self.allowed_origins = frozenset(settings.allowed_origins)
         self._drained: Optional[Deferred[None]] = None
         # Autobahn leaves every limit unlimited; each is set here on purpose.

@@ -118,8 +118,10 @@ def _first_part(browsers: Callable[[], Any], port: int) -> dict[str, Any]:
 
     url = f"http://127.0.0.1:{port}/"
     ann = Page(browsers(), url, "ann")
+    assert not ann.el("sign-in").is_displayed()  # this server checks no tokens
     ann.submit("nick", "Ann")
     ann.until(lambda: ann.el("nick").get_attribute("value") == "Ann", "for the nick")
+    ann.until(lambda: ann.text("status") == "Connected as Ann", "to be called by its nick")
     ann.submit("room-name", "lobby")
     ann.until(lambda: "lobby" in ann.text("room-title"), "to be in the room")
     room_id = ann.text("room-title").split("(")[-1].rstrip(")")
@@ -166,7 +168,7 @@ def _first_part(browsers: Callable[[], Any], port: int) -> dict[str, Any]:
     bob.until(lambda: bob.text("error") == "Room deadbeef does not exist", "for the error")
     bob.el("leave").click()
     bob.until(lambda: bob.text("room-title") == "Not in a room", "to leave")
-    ann.until(lambda: any("Bob (" in m and "left" in m for m in ann.messages()), "for Bob's leave event")
+    ann.until(lambda: any("Bob left" in m for m in ann.messages()), "for Bob's leave event")
     ann.until(lambda: "Bob" not in ann.text("members"), "for the member list")
     stack.close()
 
@@ -213,6 +215,7 @@ def _signing_in(browsers: Callable[[], Any], port: int, tokens: dict[str, str]) 
     alice = Page(browsers(), f"{url}#token={tokens['alice']}", "alice")
     alice.until(lambda: alice.text("status") == "Connected as alice", "to be signed in")
     assert not alice.el("auth-form").is_displayed()
+    assert "token" not in alice.driver.current_url  # out of the address bar once read
     # Without one, the page asks for it when the server says so.
     bob = Page(browsers(), url, "bob")
     bob.until(lambda: bob.el("auth-form").is_displayed(), "for the token field")
@@ -296,7 +299,9 @@ def _owning(browsers: Callable[[], Any], port: int) -> None:
     ann.submit("room-name", "den")
     ann.until(lambda: "den" in ann.text("room-title"), "to be in the room")
     room_id = ann.text("room-title").split("(")[-1].rstrip(")")
-    bob_id = bob.text("status").removeprefix("Connected as ")
+    # A guest is "a guest" to read; its client ID is there for whoever needs it.
+    bob.until(lambda: bob.text("status") == "Connected as a guest", "to be a guest")
+    bob_id = bob.el("status").get_attribute("title").removeprefix("client ID ")
     with connect(f"ws://127.0.0.1:{port}", open_timeout=WAIT) as outsider:
         outsider.recv(timeout=WAIT)
         outsider.send(json.dumps({"action": "join", "body": {"room_id": room_id}}))
@@ -371,3 +376,46 @@ async def test_a_head_request_gets_the_pages_headers_and_no_body(daemon_factory:
     assert get_head[2] == b""  # no body
     assert (await deferToThread(head, "/missing")).startswith(b"HTTP/1.1 404 Not Found\r\n")
     assert (await deferToThread(head, "/missing")).endswith(b"\r\n\r\n")
+
+
+def _expiring(browsers: Callable[[], Any], port: int, tokens: dict[str, str]) -> None:
+    url = f"http://127.0.0.1:{port}/"
+    # Guests are allowed: the page offers sign-in all the same.
+    ada = Page(browsers(), url, "ada")
+    ada.until(lambda: ada.text("status") == "Connected as a guest", "to be a guest")
+    ada.el("sign-in").click()
+    ada.until(lambda: ada.el("auth-form").is_displayed(), "for the token field")
+    ada.submit("token", tokens["short"])
+    ada.until(lambda: ada.text("status") == "Connected as ada", "to be signed in")
+    ada.submit("room-name", "Workshop")
+    ada.until(lambda: "Workshop" in ada.text("room-title"), "to be in the room")
+    ada.submit("text", "signed")
+    ada.until(lambda: any("ada" in m and m.endswith("signed") for m in ada.messages()), "its message under its name")
+    # The token runs out: the page says so and asks for another...
+    ada.until(lambda: "Your sign-in expired" in ada.text("auth-why"), "the expiry to be said")
+    assert ada.el("auth-form").is_displayed()
+    ada.until(lambda: ada.text("status") == "Connected as a guest", "to be back as a guest")
+    # ...which the app that signs its users in hands over (same origin).
+    ada.driver.execute_script(
+        "window.postMessage({type: 'chatd-token', token: arguments[0]}, location.origin)", tokens["long"])
+    ada.until(lambda: ada.text("status") == "Connected as ada", "to be signed in again")
+    ada.until(lambda: not ada.el("auth-form").is_displayed(), "for the token field to go")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_web_page_offers_sign_in_and_survives_an_expired_token(
+    browsers: Any, daemon_factory: Any, tmp_path: Path,
+) -> None:
+    import time
+
+    import jwt
+
+    secret = tmp_path / "jwt.key"
+    secret.write_bytes(b"a shared secret of the test, long enough for HS256")
+    tokens = {
+        "short": jwt.encode({"sub": "ada", "exp": int(time.time()) + 4}, secret.read_bytes(), algorithm="HS256"),
+        "long": jwt.encode({"sub": "ada", "exp": int(time.time()) + 3600}, secret.read_bytes(), algorithm="HS256"),
+    }
+    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--auth", f"jwt:key={secret}")
+    port = await chatd.wait_listening()
+    await deferToThread(_expiring, browsers, port, tokens)

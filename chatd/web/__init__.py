@@ -24,8 +24,11 @@ _POLICY = (
 )
 
 
-def _response(name: str, content_type: str) -> bytes:
+def _response(name: str, content_type: str, sign_in: bool = False) -> bytes:
     body = files("chatd.web").joinpath(name).read_bytes()
+    if sign_in and name == "index.html":
+        # The page offers sign-in where the server checks tokens.
+        body = body.replace(b"<body>", b'<body data-sign-in="yes">', 1)
     head = (
         "HTTP/1.1 200 OK\r\n"
         f"Server: chatd/{__version__}\r\n"
@@ -39,5 +42,11 @@ def _response(name: str, content_type: str) -> bytes:
     return head.encode("ascii") + body
 
 
-#: Request path -> the complete HTTP response, made once at start.
-PAGES: dict[str, bytes] = {path: _response(name, kind) for path, (name, kind) in _FILES.items()}
+def pages(sign_in: bool = False) -> dict[str, bytes]:
+    """Request path -> the complete HTTP response (made once per server);
+    ``sign_in``: the server checks tokens, so the page offers to sign in."""
+    return {path: _response(name, kind, sign_in) for path, (name, kind) in _FILES.items()}
+
+
+#: The pages of a server without authentication.
+PAGES: dict[str, bytes] = pages()

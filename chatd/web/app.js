@@ -5,7 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const state = {
   ws: null, clientId: null, roomId: null, roomName: null, nick: null, private: false,
-  members: new Map(),   // client_id -> {nick (or null), role: "owner", "moderator" or "member"}
+  members: new Map(),   // client_id -> {nick (or null), user (or null), role: "owner", "moderator" or "member"}
   pending: [],          // what each outstanding command was, in order: replies come in order
   delay: 1000,          // the next reconnection delay
   wantRoom: null,       // the room to go back to after a reconnection
@@ -13,9 +13,26 @@ const state = {
   // fragment never reaches a server's log), or typed when the server asks.
   token: new URLSearchParams(location.hash.slice(1)).get("token"),
   user: null,
+  signInWhy: null,      // why the sign-in form is shown (the server's words), if it is
   lastId: null,         // the id of the last message shown in the room: a rejoin asks for what came after
   myIds: new Set(),     // this page's client IDs, this connection's and earlier ones
 };
+
+// The token leaves the address bar once read: it would be bookmarked, shared
+// and reused by a reload long after it expired.
+if (location.hash) history.replaceState(null, "", location.pathname + location.search);
+
+// How people read a person: the nick, else the user name; a guest without a
+// nick by its client ID (the one thing that tells two such guests apart).
+function nameOf(nick, user, clientId) {
+  return nick || user || `guest ${clientId}`;
+}
+
+function memberName(clientId) {
+  const member = state.members.get(clientId);
+  if (clientId === state.clientId) return nameOf(state.nick, state.user, clientId) + " (you)";
+  return member ? nameOf(member.nick, member.user, clientId) : `guest ${clientId}`;
+}
 
 function connect() {
   const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/";
@@ -23,14 +40,21 @@ function connect() {
   const ws = new WebSocket(url);
   state.ws = ws;
   state.pending = [];
+  state.welcomed = false;  // this connection's session has begun (welcomed)
   ws.onmessage = (event) => {
     let message;
     try { message = JSON.parse(event.data); } catch (e) { return; }
     handle(message);
   };
-  ws.onclose = () => {
+  ws.onclose = (event) => {
     if (state.ws !== ws) return;
     state.ws = null;
+    if (event.code === 4001) {
+      // The token expired: sign in again (a reload will not bring it back).
+      state.token = null;
+      state.user = null;
+      askSignIn("Your sign-in expired: paste a new token");
+    }
     state.clientId = null;
     state.wantRoom = state.roomId || state.wantRoom;
     inRoom(null, null);
@@ -85,7 +109,8 @@ function handle(message) {
 
 // Connected (and authenticated, if the page has a token): on with the session.
 function welcomed() {
-  setStatus("online", `Connected as ${state.user || state.clientId}`);
+  state.welcomed = true;
+  showIdentity();
   send("events", true);
   if (state.nick) send("nick", state.nick);
   if (state.wantRoom) {
@@ -97,10 +122,30 @@ function welcomed() {
   send("list");
 }
 
+function showIdentity() {
+  setStatus("online", `Connected as ${state.nick || state.user || "a guest"}`);
+  $("status").title = state.clientId ? `client ID ${state.clientId}` + (state.user ? `, user ${state.user}` : "") : "";
+  $("sign-in").hidden = !!state.user || document.body.dataset.signIn !== "yes";
+}
+
+function askSignIn(why) {
+  state.signInWhy = why;
+  $("auth-why").textContent = why;
+  $("auth-form").hidden = false;
+  $("token").focus();
+}
+
 function reply(kind, message) {
   if (kind === "auth" || message.message === "Authentication required") {
     // The server wants a token (or refused ours): ask for one.
-    $("auth-form").hidden = message.status !== "error";
+    if (message.status === "error") {
+      state.token = null;
+      askSignIn(message.message === "Authentication required"
+        ? "This server needs you to sign in: paste your token" : `${message.message}: paste another token`);
+      if (kind === "auth" && !state.welcomed) welcomed();  // the token it came with: on as a guest
+    } else {
+      $("auth-form").hidden = true;
+    }
   }
   if (message.status === "error") {
     showError(message.message + (message.retry_after ? ` (retry in ${message.retry_after} s)` : ""));
@@ -127,7 +172,8 @@ function reply(kind, message) {
       showRooms(message.rooms || []);
       break;
     case "members":
-      state.members = new Map(message.members.map((m) => [m.client_id, { nick: m.nick, role: m.role || "member" }]));
+      state.members = new Map(message.members.map(
+        (m) => [m.client_id, { nick: m.nick, user: m.user || null, role: m.role || "member" }]));
       showMembers();
       break;
     case "invite":
@@ -146,8 +192,15 @@ function reply(kind, message) {
     case "nick":
       state.nick = message.nick;
       $("nick").value = message.nick;
+      showIdentity();
+      showMembers();
       break;
     case "auth":
+      if (state.user || state.welcomed) {  // signed in on the way: the session goes on
+        state.user = message.user;
+        showIdentity();
+        break;
+      }
       state.user = message.user;
       welcomed();
       break;
@@ -197,27 +250,42 @@ function inRoom(roomId, name) {
 }
 
 function roomEvent(event) {
+  if (event.event === "invite") {
+    // Shown at once, wherever the page is; the room is in the list now.
+    addLine(`${nameOf(event.nick, event.user, event.client_id)} invited you to the private room ${event.name}`,
+            "event", event.timestamp);
+    send("list");
+    return;
+  }
   if (event.room_id !== state.roomId) return;
   if (event.event === "kick") {
     // Put out of the room (whatever the events setting): not to be rejoined.
-    addLine(`You were put out of the room by ${event.by}` + (event.reason ? `: ${event.reason}` : ""), "event",
-            new Date().toISOString());
+    addLine(`You were put out of the room by ${memberName(event.by)}` + (event.reason ? `: ${event.reason}` : ""),
+            "event", new Date().toISOString());
     state.wantRoom = null;
     state.lastId = null;
     inRoom(null, null);
     send("list");
     return;
   }
-  const who = event.nick ? `${event.nick} (${event.client_id})` : event.client_id;
-  const member = state.members.get(event.client_id) || { nick: event.nick, role: "member" };
+  const before = memberName(event.client_id);
+  const member = state.members.get(event.client_id) || { nick: event.nick, user: event.user || null, role: "member" };
   member.nick = event.nick;
+  member.user = event.user || member.user || null;
+  if (event.client_id === state.clientId && event.event === "nick") {
+    state.nick = event.nick;  // null: a user of that name came, and the name is theirs
+    $("nick").value = event.nick || "";
+    showIdentity();
+  }
   const role = { owner: "owner", op: "moderator", deop: "member" }[event.event];
   if (role) member.role = role;
   if (event.event === "leave") state.members.delete(event.client_id);
   else state.members.set(event.client_id, member);
   showMembers();
+  const who = memberName(event.client_id);
   const text = {
-    join: `${who} joined`, leave: `${who} left`, nick: `${event.client_id} is now ${event.nick}`,
+    join: `${who} joined`, leave: `${before} left`,
+    nick: event.nick ? `${before} is now ${event.nick}` : `${before} has no nick any more (a user of that name is here)`,
     owner: `${who} now owns the room`, op: `${who} is now a moderator`, deop: `${who} is no longer a moderator`,
   }[event.event];
   if (text) addLine(text, "event", event.timestamp);
@@ -241,8 +309,8 @@ function addMessage(message, fromHistory) {
   time.textContent = localTime(message.timestamp) + " ";
   const who = document.createElement("span");
   who.className = "who";
-  who.textContent = message.nick ? `${message.nick}` : message.from;
-  who.title = message.from;
+  who.textContent = nameOf(message.nick, message.user, message.from);
+  who.title = message.user ? `${message.user} (${message.from})` : message.from;
   const body = document.createElement("span");
   body.className = "body";
   body.textContent = typeof message.body === "string" ? message.body : JSON.stringify(message.body);
@@ -314,8 +382,8 @@ function showMembers() {
     const li = document.createElement("li");
     li.dataset.client = clientId;
     const label = document.createElement("span");
-    label.textContent = (member.nick ? `${member.nick} ` : "") + (clientId === state.clientId ? `${clientId} (you)` : clientId)
-      + (member.role !== "member" ? ` · ${member.role}` : "");
+    label.textContent = memberName(clientId) + (member.role !== "member" ? ` · ${member.role}` : "");
+    label.title = member.user ? `${member.user} (${clientId})` : clientId;
     li.append(label);
     // What the owner and the moderators may do to the others.
     const actions = [];
@@ -388,7 +456,8 @@ $("send-form").onsubmit = (e) => {
     return;
   }
   ask("message", text.startsWith("//") ? text.slice(1) : text);
-  addMessage({ from: state.clientId, nick: state.nick, body: text, timestamp: new Date().toISOString() }, false);
+  addMessage({ from: state.clientId, nick: state.nick, user: state.user, body: text, timestamp: new Date().toISOString() },
+             false);
   $("text").value = "";
 };
 $("create-form").onsubmit = (e) => {
@@ -414,10 +483,24 @@ $("nick-form").onsubmit = (e) => {
 };
 $("auth-form").onsubmit = (e) => {
   e.preventDefault();
-  state.token = $("token").value.trim();
+  signIn($("token").value.trim());
   $("token").value = "";
-  ask("auth", { token: state.token });
 };
+$("sign-in").onclick = () => askSignIn("Sign in: paste your token");
+
+function signIn(token) {
+  if (!token) return;
+  state.token = token;
+  if (state.ws && state.clientId) ask("auth", { token: token });  // else at the next welcome
+}
+
+// An app that signs its users in hands the page a token, and a fresh one
+// before the last expires, from a window of the same origin (the page
+// that opened this one): window.postMessage({type: "chatd-token", token}).
+window.addEventListener("message", (event) => {
+  if (event.origin !== location.origin || !event.data || event.data.type !== "chatd-token") return;
+  if (typeof event.data.token === "string") signIn(event.data.token);
+});
 $("leave").onclick = () => ask("leave");
 $("refresh").onclick = () => ask("list");
 setInterval(() => { if (state.ws && state.clientId) send("list"); }, 15000);
