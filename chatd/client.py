@@ -1,19 +1,20 @@
 """
-``chatd-client [URL]``: a terminal client for chatd (or any server of the
-seed protocol), on Twisted and Autobahn like the daemon.
+chatd-client [URL]: a terminal client for chatd (or any server of the seed
+protocol), on Twisted and Autobahn like the daemon.
 
 Interactive on a terminal: type a line to send it to your room, or a command
-(``/help``); what arrives prints above the line you are typing.  Scriptable
+(/help). The line editor is prompt_toolkit's: arrow keys move, Up and Down
+go through what you typed, and what arrives prints above the line you are
+typing, under a prompt that shows your room and your name. Scriptable
 otherwise: with standard input not a terminal it reads commands line by
-line (each waits for its reply) and prints every server message as one
-JSON object a line, then exits once the input ends and the replies are in.
+line (each waits for its reply) and prints every server message as one JSON
+object a line, then exits once the input ends and the replies are in.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -24,7 +25,6 @@ from urllib.parse import urlsplit
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, error, stdio, task
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.protocol import Protocol
 from twisted.protocols.basic import LineReceiver
 
 DEFAULT_URL = "ws://localhost:8765"
@@ -32,13 +32,14 @@ DEFAULT_URL = "ws://localhost:8765"
 HELP = """commands:
   /create NAME      make a room and move into it
   /private NAME     make a private room (seen by whoever you invite) and move into it
-  /join ID          move into a room
+  /join ROOM        move into a room (its name from /list, or its ID)
   /leave            leave your room
   /list             the rooms
   /members          who is in your room
   /nick NAME        your display name
   /history [N]      the room's last N messages (default 20)
-  /msg TO TEXT      a direct message to a client ID or a user
+  /msg TO TEXT      a direct message to someone in your room by nick, a user, or a client ID
+  /auth TOKEN       sign in (see chatd-token)
   /block WHO        no more direct messages from a client or a user; /unblock WHO
  in a room you own or moderate (WHO: a client ID, or a user; @NAME is always a user):
   /invite WHO       let a client or a user into your private room
@@ -84,12 +85,16 @@ def command(line: str) -> Optional[dict[str, Any]]:
         return {"action": name, "body": body}
     if name == "join":
         if not rest:
-            raise UsageError("/join needs a room ID")
+            raise UsageError("/join needs a room's name or ID")
         return {"action": "join", "body": {"room_id": rest}}
+    if name == "auth":
+        if not rest:
+            raise UsageError("/auth needs a token")
+        return {"action": "auth", "body": {"token": rest}}
     if name == "msg":
         to, _, text = rest.partition(" ")
         if not to or not text.strip():
-            raise UsageError("/msg needs a client ID or user, then the message")
+            raise UsageError("/msg needs a nick, a user or a client ID, then the message")
         return {"action": "direct", "body": {"to": to, "body": text.strip()}}
     if name == "history":
         if rest and not rest.isdigit():
@@ -214,21 +219,29 @@ class Session:
     What both modes share: the connection, and the replies awaited.  With
     ``reconnect`` (the interactive mode), a lost connection is made again
     and the room rejoined with the last message id seen, so nothing said
-    meanwhile is missed or shown twice.
+    meanwhile is missed or shown twice.  It keeps what a person names
+    things by: the rooms of the last list, the room's members' nicks.
     """
 
-    def __init__(self, show: Callable[[bytes], None],
+    def __init__(self, show: Callable[[bytes, Optional[dict[str, Any]]], None],
                  reconnect: Optional[Callable[[float], None]] = None) -> None:
+        # show(payload, the command it answers, if it is a reply)
         self.show = show
         self.reconnect = reconnect
         self.protocol: Optional[_Connection] = None
         self.open: defer.Deferred[None] = defer.Deferred()
         self.ended: defer.Deferred[int] = defer.Deferred()
-        self._awaiting: list[tuple[str, defer.Deferred[None]]] = []
+        self._awaiting: list[tuple[dict[str, Any], defer.Deferred[None]]] = []
         self.quitting = False
         self.room_id: Optional[str] = None  # the room this client is in
+        self.room_name: Optional[str] = None
         self.last_id: Optional[int] = None  # the last broadcast shown from it
         self.delay = 1.0  # before the next reconnection
+        self.client_id: Optional[str] = None
+        self.nick: Optional[str] = None
+        self.user: Optional[str] = None
+        self.rooms: list[dict[str, Any]] = []  # the last list
+        self.members: dict[str, Optional[str]] = {}  # client ID -> nick, in the room
 
     def opened(self, protocol: _Connection) -> None:
         self.protocol = protocol
@@ -247,37 +260,90 @@ class Session:
         except ValueError:
             message = None
         if not isinstance(message, dict):
-            self.show(payload)
+            self.show(payload, None)
             return
+        if message.get("status") == "connected":
+            self.client_id = message.get("client_id")
+            self.user = message.get("user") or self.user
         if "from" in message and isinstance(message.get("id"), int):
             self.last_id = message["id"]
-        elif message.get("event") == "kick" and message.get("room_id") == self.room_id:
-            self.room_id, self.last_id = None, None  # out: not to be rejoined
+        elif "event" in message:
+            self._event(message)
         answered: Optional[defer.Deferred[None]] = None
+        asked: Optional[dict[str, Any]] = None
         if "status" in message and message.get("status") != "connected" and self._awaiting:
-            kind, answered = self._awaiting.pop(0)
-            self._replied(kind, message)
+            asked, answered = self._awaiting.pop(0)
+            self._replied(str(asked.get("action", "")), message)
         if "recovered" in message:
             # What was said while this client was away (shown with the
             # reply, as history is): the last of it is the last seen.
             ids = [m.get("id") for m in message.get("messages", []) if isinstance(m, dict)]
             self.last_id = max([i for i in ids if isinstance(i, int)], default=self.last_id)
-        self.show(payload)
+        self.show(payload, asked)
         if answered is not None:
             answered.callback(None)
+
+    def _event(self, event: dict[str, Any]) -> None:
+        if event.get("room_id") != self.room_id:
+            return
+        kind, subject = event.get("event"), event.get("client_id")
+        if kind == "kick":
+            self.room_id, self.room_name, self.last_id = None, None, None  # out: not to be rejoined
+            self.members = {}
+        elif kind == "leave":
+            self.members.pop(str(subject), None)
+        elif kind in ("join", "nick") and isinstance(subject, str):
+            self.members[subject] = event.get("nick")
+            if subject == self.client_id and kind == "nick":
+                self.nick = event.get("nick")  # None: a user of that name took it
 
     def _replied(self, kind: str, message: dict[str, Any]) -> None:
         if message.get("status") != "success":
             return
-        if kind in ("join", "create") and message.get("room_id") != self.room_id:
-            self.room_id, self.last_id = message.get("room_id"), None
+        if kind in ("join", "create"):
+            if message.get("room_id") != self.room_id:
+                self.room_id, self.last_id = message.get("room_id"), None
+            quoted = re.search(r"'(.*)'", str(message.get("message", "")))
+            self.room_name = quoted.group(1) if quoted else self.room_id
+            self.members = {}
         elif kind == "leave":
-            self.room_id, self.last_id = None, None
+            self.room_id, self.room_name, self.last_id = None, None, None
+            self.members = {}
+        elif kind == "nick":
+            self.nick = message.get("nick")
+        elif kind == "auth":
+            self.user = message.get("user")
+        elif kind == "list":
+            self.rooms = [r for r in message.get("rooms", []) if isinstance(r, dict)]
+        elif kind == "members":
+            self.members = {m["client_id"]: m.get("nick") for m in message.get("members", [])
+                            if isinstance(m, dict) and isinstance(m.get("client_id"), str)}
+
+    def resolved(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """A command with the names a person typed made what the server
+        takes: a room by its name in the last list, a person by nick in
+        this room.  UsageError when a name is ambiguous."""
+        action, body = obj.get("action"), obj.get("body")
+        if action == "join" and isinstance(body, dict):
+            wanted = str(body["room_id"])
+            if not any(r.get("room_id") == wanted for r in self.rooms):
+                named = [r for r in self.rooms if str(r.get("name", "")).casefold() == wanted.casefold()]
+                if len(named) > 1:
+                    ids = ", ".join(str(r["room_id"]) for r in named)
+                    raise UsageError(f"{len(named)} rooms are called {wanted!r}: /join one of {ids}")
+                if named:
+                    return {**obj, "body": {**body, "room_id": named[0]["room_id"]}}
+        if action == "direct" and isinstance(body, dict):
+            wanted = str(body["to"]).casefold()
+            named = [c for c, nick in self.members.items() if nick is not None and nick.casefold() == wanted]
+            if len(named) == 1:
+                return {**obj, "body": {**body, "to": named[0]}}
+        return obj
 
     def send(self, obj: dict[str, Any]) -> "defer.Deferred[None]":
         assert self.protocol is not None
         d: defer.Deferred[None] = defer.Deferred()
-        self._awaiting.append((str(obj.get("action", "")), d))
+        self._awaiting.append((obj, d))
         self.protocol.sendMessage(json.dumps(obj).encode("utf-8"))
         return d
 
@@ -289,6 +355,8 @@ class Session:
         self.quitting = True
         if self.protocol is not None:
             self.protocol.sendClose(1000)
+        elif not self.ended.called:
+            self.ended.callback(0)
 
     def closed(self, code: Optional[int], reason: Optional[str]) -> None:
         awaiting, self._awaiting = self._awaiting, []
@@ -303,7 +371,7 @@ class Session:
             delay, self.delay = self.delay, min(self.delay * 2, 30.0)
             self.show(json.dumps({"status": "error", "message": (
                 f"Connection lost ({code}{': ' + reason if reason else ''}); "
-                f"reconnecting in {delay:g} s")}).encode("utf-8"))
+                f"reconnecting in {delay:g} s")}).encode("utf-8"), None)
             self.reconnect(delay)
             return
         if not self.ended.called:
@@ -340,68 +408,100 @@ class _Script(LineReceiver):
         self.session.answered().addBoth(lambda _: self.session.quit())
 
 
-class _Terminal(Protocol):
-    """A tiny line editor in raw mode: arrivals print above the input line."""
-
-    prompt = "> "
+class _Prompt:
+    """
+    The interactive mode: prompt_toolkit's line editor (cursor keys,
+    history, Ctrl-R, ...) on Twisted's asyncio reactor.  Arrivals print
+    above the line being typed; a message of one's own shows once the
+    server has taken it.
+    """
 
     def __init__(self, session: Session) -> None:
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.history import InMemoryHistory
+
         self.session = session
-        self.buffer = ""
+        self.editor: Any = PromptSession(history=InMemoryHistory())
+        # The commands the client sent of itself, whose replies are not shown.
+        self._quiet: set[int] = set()
 
-    def connectionMade(self) -> None:
-        self.write(HELP.splitlines()[0].replace("commands:", "chatd-client: /help for commands") + "\r\n")
-        self.redraw()
+    def prompt(self) -> str:
+        session = self.session
+        room = f"[{session.room_name}] " if session.room_name else "[no room] "
+        return f"{room}{visible(session.nick or session.user or 'guest')}> "
 
-    def write(self, text: str) -> None:
-        os.write(sys.stdout.fileno(), text.replace("\n", "\r\n").replace("\r\r\n", "\r\n").encode("utf-8"))
+    def show(self, payload: bytes, asked: Optional[dict[str, Any]]) -> None:
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            self.say(visible(payload.decode("utf-8", "replace")))
+            return
+        if isinstance(message, dict) and message.get("status") == "success" and asked is not None:
+            action = asked.get("action")
+            if action == "message":
+                self.say(f"[{time.strftime('%H:%M:%S')}] you: {visible(str(asked.get('body', '')))}")
+                return
+            if action == "direct":
+                body = asked.get("body") or {}
+                self.say(f"[{time.strftime('%H:%M:%S')}] you (to {visible(str(body.get('to')))}): "
+                         f"{visible(str(body.get('body', '')))}")
+                return
+        if asked is not None and id(asked) in self._quiet:
+            self._quiet.discard(id(asked))
+            if isinstance(message, dict) and message.get("status") == "success":
+                return  # asked for by the client itself
+        self.say(describe(message))
 
-    def redraw(self) -> None:
-        self.write("\r\x1b[2K" + self.prompt + self.buffer)
+    def say(self, text: str) -> None:
+        from prompt_toolkit import print_formatted_text
 
-    def print_above(self, text: str) -> None:
-        self.write("\r\x1b[2K" + text + "\n")
-        self.redraw()
+        # Written as text: prompt_toolkit also drops any escape character.
+        print_formatted_text(text)
 
-    def dataReceived(self, data: bytes) -> None:
-        for char in data.decode("utf-8", "replace"):
-            if char in ("\r", "\n"):
-                line, self.buffer = self.buffer, ""
-                self.write("\r\x1b[2K")
+    def send(self, obj: dict[str, Any], shown: bool = True) -> None:
+        if not shown:
+            self._quiet.add(id(obj))
+        self.session.send(obj)
+
+    async def run(self) -> None:
+        import asyncio
+
+        from prompt_toolkit.patch_stdout import patch_stdout
+
+        self.say(HELP.splitlines()[0].replace("commands:", "chatd-client: /help for commands"))
+        with patch_stdout(raw=True):
+            while not self.session.ended.called:
+                typing = asyncio.ensure_future(self.editor.prompt_async(self.prompt))
+                try:
+                    line = await defer.Deferred.fromFuture(typing)
+                except (EOFError, KeyboardInterrupt):
+                    self.session.quit()
+                    return
                 self.submit(line)
-                self.redraw()
-            elif char in ("\x7f", "\x08"):
-                self.buffer = self.buffer[:-1]
-                self.redraw()
-            elif char in ("\x03", "\x04"):  # Ctrl-C, Ctrl-D
-                self.session.quit()
-            elif char == "\x15":  # Ctrl-U
-                self.buffer = ""
-                self.redraw()
-            elif char.isprintable():
-                self.buffer += char
-                self.write(char)
 
     def submit(self, line: str) -> None:
         if not line.strip():
             return
         if line.strip() == "/help":
-            self.print_above(HELP)
+            self.say(HELP)
             return
         try:
             obj = command(line)
+            if obj is not None:
+                obj = self.session.resolved(obj)
         except UsageError as e:
-            self.print_above(f"!! {e}")
+            self.say(f"!! {e}")
             return
         if obj is None:
             self.session.quit()
             return
-        if obj["action"] == "message":
-            self.print_above(f"[{time.strftime('%H:%M:%S')}] you: {obj['body']}")
+        if self.session.protocol is None:
+            self.say("!! Not connected: wait for the reconnection")
+            return
         self.session.send(obj)
 
 
-def _endpoint(reactor: Any, url: str) -> tuple[Any, str]:
+def _endpoint(reactor: Any, url: str, cafile: Optional[str] = None, insecure: bool = False) -> tuple[Any, str]:
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"{url!r} is not a WebSocket URL like ws://localhost:8765")
@@ -411,25 +511,35 @@ def _endpoint(reactor: Any, url: str) -> tuple[Any, str]:
         raise ValueError(f"{url!r}: {e}") from None
     endpoint: Any = HostnameEndpoint(reactor, parts.hostname, port, timeout=10)
     if parts.scheme == "wss":
-        from twisted.internet.ssl import optionsForClientTLS
+        from twisted.internet import ssl
 
-        endpoint = wrapClientTLS(optionsForClientTLS(parts.hostname), endpoint)
+        if insecure:
+            options: Any = ssl.CertificateOptions()  # no verification at all
+        elif cafile is not None:
+            try:
+                with open(cafile, "rb") as f:
+                    root = ssl.Certificate.loadPEM(f.read())
+            except OSError as e:
+                raise ValueError(f"--cafile {cafile}: {e.strerror}") from None
+            except Exception:
+                raise ValueError(f"--cafile {cafile}: not a PEM certificate") from None
+            options = ssl.optionsForClientTLS(parts.hostname, trustRoot=root)
+        else:
+            options = ssl.optionsForClientTLS(parts.hostname)
+        endpoint = wrapClientTLS(options, endpoint)
     return endpoint, url
 
 
-async def _run(reactor: Any, url: str, interactive: bool, token: Optional[str] = None) -> int:
-    endpoint, url = _endpoint(reactor, url)
-    terminal: Optional[_Terminal] = None
+async def _run(reactor: Any, args: Any, interactive: bool) -> int:
+    endpoint, url = _endpoint(reactor, args.url, args.cafile, args.insecure)
+    prompt: Optional[_Prompt] = None
 
-    def show(payload: bytes) -> None:
-        if terminal is None:
+    def show(payload: bytes, asked: Optional[dict[str, Any]]) -> None:
+        if prompt is None:
             sys.stdout.buffer.write(payload.rstrip(b"\n") + b"\n")
             sys.stdout.buffer.flush()
         else:
-            try:
-                terminal.print_above(describe(json.loads(payload)))
-            except ValueError:
-                terminal.print_above(visible(payload.decode("utf-8", "replace")))
+            prompt.show(payload, asked)
 
     def reconnect(delay: float) -> None:
         def again() -> None:
@@ -443,6 +553,7 @@ async def _run(reactor: Any, url: str, interactive: bool, token: Optional[str] =
 
     session = Session(show, reconnect if interactive else None)
     # A token goes in the handshake (Authorization: Bearer), not in a command.
+    token = args.token
     factory = WebSocketClientFactory(url, headers={"Authorization": f"Bearer {token}"} if token else None)
     factory.protocol = _Connection
     factory.session = session
@@ -450,14 +561,27 @@ async def _run(reactor: Any, url: str, interactive: bool, token: Optional[str] =
     try:
         await endpoint.connect(factory)
         await session.open
-    except (error.ConnectError, error.DNSLookupError, ConnectionError, OSError) as e:
+    except Exception as e:
         sys.stderr.write(f"chatd-client: cannot connect to {url}: {_reason(e)}\n")
         return 1
-    if interactive:
-        terminal = _Terminal(session)
-        stdio.StandardIO(terminal)
-    else:
+    if not interactive:
         stdio.StandardIO(_Script(session))
+        return await session.ended
+    prompt = _Prompt(session)
+    opened = session.opened
+
+    def opened_again(protocol: _Connection) -> None:
+        # Room events (joins, leaves, nicks) are shown; so is the room list.
+        opened(protocol)
+        prompt_now = prompt
+        if prompt_now is not None:
+            prompt_now.send({"action": "events", "body": True}, shown=False)
+
+    session.opened = opened_again  # type: ignore[method-assign]
+    prompt.send({"action": "events", "body": True}, shown=False)
+    prompt.send({"action": "list"})
+    typing = defer.Deferred.fromCoroutine(prompt.run())
+    typing.addErrback(lambda f: (sys.stderr.write(f"chatd-client: {f.getErrorMessage()}\n"), session.quit()))
     return await session.ended
 
 
@@ -465,6 +589,11 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, error.ConnectionRefusedError):
         return "connection refused"
     text = str(e).strip() or type(e).__name__
+    if "certificate verify failed" in text or "CERTIFICATE_VERIFY_FAILED" in text:
+        return ("the server's certificate is not trusted (--cafile FILE trusts it, "
+                "--insecure skips the check)")
+    if type(e).__name__ == "SSLError" or "SSL routines" in text:
+        return f"TLS failed ({text})"
     return text.split(": ", 1)[-1] if text.startswith("Connection was refused") else text
 
 
@@ -474,34 +603,30 @@ def main(argv: Optional[list[str]] = None) -> int:
                                      epilog=HELP)
     parser.add_argument("url", nargs="?", default=DEFAULT_URL, help=f"the server (default {DEFAULT_URL})")
     parser.add_argument("--token", help="authenticate with this token at the handshake (see chatd-token)")
+    parser.add_argument("--cafile", help="for wss://: trust the certificate (or CA) in this PEM file")
+    parser.add_argument("--insecure", action="store_true",
+                        help="for wss://: do not check the server's certificate at all (tests only)")
     args = parser.parse_args(argv)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if interactive:
+        # prompt_toolkit runs on asyncio: so does Twisted, then.
+        import asyncio
+
+        from twisted.internet import asyncioreactor
+
+        asyncioreactor.install(asyncio.new_event_loop())
     from twisted.internet import reactor
 
     try:
-        _endpoint(reactor, args.url)
+        _endpoint(reactor, args.url, args.cafile, args.insecure)
     except ValueError as e:
         sys.stderr.write(f"chatd-client: {e}\n")
         return 2
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    saved = None
-    if interactive:
-        import termios
-        import tty
-
-        saved = termios.tcgetattr(sys.stdin.fileno())
-        tty.setraw(sys.stdin.fileno())
     result: list[int] = []
     try:
-        task.react(lambda r: defer.Deferred.fromCoroutine(_run(r, args.url, interactive, args.token))
-                   .addCallback(result.append))
+        task.react(lambda r: defer.Deferred.fromCoroutine(_run(r, args, interactive)).addCallback(result.append))
     except SystemExit:
         pass
-    finally:
-        if saved is not None:
-            import termios
-
-            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
-            sys.stdout.write("\r\n")
     return result[0] if result else 1
 
 

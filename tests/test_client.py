@@ -35,7 +35,9 @@ def test_lines_become_commands() -> None:
     for name in ("leave", "list", "members"):
         assert command(f"/{name}") == {"action": name}
     assert command("/quit") is None
-    for bad, why in [("/join", "needs a room ID"), ("/msg bob", "needs a client ID or user"), ("/history x", "a number"), ("/frobnicate", "unknown command")]:
+    assert command("/auth eyJ.x.y") == {"action": "auth", "body": {"token": "eyJ.x.y"}}
+    for bad, why in [("/join", "needs a room's name or ID"), ("/msg bob", "needs a nick, a user or a client ID"),
+                     ("/history x", "a number"), ("/frobnicate", "unknown command"), ("/auth", "needs a token")]:
         with pytest.raises(UsageError, match=why):
             command(bad)
 
@@ -118,6 +120,10 @@ class Client(ProcessProtocol):
 
 def spawn(url: str, tty: bool = False, env: Optional[dict[str, str]] = None, *options: str) -> Client:
     client = Client()
+    if tty:
+        # The pseudo-terminal does not answer prompt_toolkit's cursor
+        # position requests, as a real terminal does.
+        env = {"PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm", **(env or {})}
     reactor.spawnProcess(client, CLIENT, [CLIENT, *options, url], env=dict(os.environ, **(env or {})), usePTY=tty)
     return client
 
@@ -317,3 +323,45 @@ def test_chatd_token_makes_a_key_only_its_owner_reads_and_chatd_takes_it(tmp_pat
 
     options = tap.Options()
     options.parseOptions(["--auth", f"jwt:key={key}"])  # long enough for chatd
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_terminal_edits_lines_names_rooms_and_people_and_shows_events(server: InProcessServer) -> None:
+    bea, _ = await server.welcomed()
+    await bea.request({"action": "nick", "body": "Bea"})
+    await bea.request({"action": "create", "body": "Den"})
+    client = spawn(f"ws://127.0.0.1:{server.port_number}", tty=True)
+    await client.wait_for(rb"/help for commands", "its greeting")
+    await client.wait_for(rb"Den", "the room list, asked for at the start")
+    # A room by its name; the prompt says where one is and who.
+    client.write("/join Den\r")
+    await client.wait_for(rb"-- Joined room 'Den'", "the join")
+    await client.wait_for(rb"\[Den\] guest>", "the prompt with the room")
+    client.write("/nick Ada\r")
+    await client.wait_for(rb"\[Den\] Ada>", "the prompt with the nick")
+    # Events are shown: someone comes in.
+    cy, cy_id = await server.welcomed()
+    await cy.request({"action": "nick", "body": "Cy"})
+    await cy.request({"action": "join", "body": {"room_id": (await bea.request({"action": "members"}))["room_id"]}})
+    await client.wait_for(rb"\* Cy joined", "the join event")
+    # Arrow keys move the cursor instead of landing in the message.
+    client.write("helo\x1b[Dl\r")
+    assert (await bea.next())["body"] == "hello"
+    await client.wait_for(rb"\] you: hello", "its own message, once the server took it")
+    assert b"Message sent" not in client.output
+    # Up brings back what was typed.
+    client.write("\x1b[A\r")
+    assert (await bea.next())["body"] == "hello"
+    # A person by nick, in the room.
+    await client.wait_for(rb"Cy", "Cy among the members")
+    client.write("/members\r")
+    await client.wait_for(rb"-- members: .*Cy", "the member list")
+    client.write("/msg cy psst\r")
+    direct = await cy.next()
+    while "direct" not in direct:
+        direct = await cy.next()
+    assert (direct["body"], direct["to"]) == ("psst", cy_id)
+    client.write("/quit\r")
+    assert await within(client.ended, "chatd-client to exit") == 0
+    for other in (bea, cy):
+        await other.close()

@@ -95,3 +95,31 @@ async def test_wss_for_a_client_that_offers_alpn_as_browsers_do(
     response, agreed = await deferToThread(handshake_offering_alpn, port, cert, protocols)
     assert response.startswith(b"HTTP/1.1 101 "), response
     assert agreed == "http/1.1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_chatd_client_over_wss_with_a_self_signed_certificate(tmp_path: Path, daemon_factory) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from twisted.internet.threads import deferToThread
+
+    key, cert = self_signed(tmp_path)
+    chatd = daemon_factory("--listen", f"ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1")
+    port = await chatd.wait_listening()
+    client = os.path.join(os.path.dirname(sys.executable), "chatd-client")
+    url = f"wss://localhost:{port}"
+
+    def run(*options: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([client, *options, url], input="/list\n", capture_output=True, text=True, timeout=60)
+
+    untrusted = await deferToThread(run)
+    assert untrusted.returncode == 1
+    assert untrusted.stderr == (
+        f"chatd-client: cannot connect to {url}: the server's certificate is not trusted "
+        "(--cafile FILE trusts it, --insecure skips the check)\n")
+    for options in (("--cafile", str(cert)), ("--insecure",)):
+        trusted = await deferToThread(run, *options)
+        assert trusted.returncode == 0, trusted.stderr
+        assert '"status": "connected"' in trusted.stdout
