@@ -7,7 +7,7 @@ ARGS ?=
 # Extra options for pytest, e.g. make test PYTEST_ARGS="-k e2e -x"
 PYTEST_ARGS ?=
 
-.PHONY: run test install clean bench
+.PHONY: run test install clean bench screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench/peers/node/node_modules: bench/peers/node/package.json bench/peers/node/pa
 
 bench: $(VENV)/.installed-bench bench/peers/node/node_modules
 	$(BIN)/chatd-bench compare $(BENCH_ARGS)
+
+# The documentation's screenshots, taken by the browser test (tests/test_web.py).
+screenshots: $(VENV)/.installed-test
+	CHATD_WRITE_SCREENSHOTS=1 $(BIN)/python -m pytest tests/test_web.py -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache bench/peers/node/node_modules

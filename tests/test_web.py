@@ -25,6 +25,7 @@ from twisted.internet.threads import deferToThread
 from tests.helpers import free_port
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+DOC_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
 XSS = "<img src=x onerror=alert(1)>"
 WAIT = 20
 
@@ -100,9 +101,14 @@ class Page:
 
         return [li.text for li in self.el("messages").find_elements(By.TAG_NAME, "li")]
 
-    def shot(self, name: str) -> None:
+    def shot(self, name: str, docs: bool = False) -> None:
+        """A screenshot in test-artifacts/; ``docs``: the documentation's
+        picture of it too, written over when CHATD_WRITE_SCREENSHOTS=1
+        (``make screenshots``), so the README shows the page as it is."""
         ARTIFACTS.mkdir(exist_ok=True)
         self.driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+        if docs and os.environ.get("CHATD_WRITE_SCREENSHOTS") == "1":
+            self.driver.save_screenshot(str(DOC_IMAGES / f"{name}.png"))
 
 
 async def _on_a_daemon(scenario: Callable[..., None], browsers: Any, daemon_factory: Any) -> None:
@@ -151,6 +157,8 @@ def _first_part(browsers: Callable[[], Any], port: int) -> dict[str, Any]:
     assert json.loads(seed.recv(timeout=WAIT))["status"] == "success"
     for page in (ann, bob):
         page.until(lambda p=page: any("hi from the seed client" in m for m in p.messages()), "for the seed's message")
+    ann.until(lambda: "Bob" in ann.text("members"), "for Bob among the members")
+    ann.shot("web-client", docs=True)  # the README's picture
 
     # A body that is HTML shows as its characters and makes no element.
     bob.submit("text", XSS)
