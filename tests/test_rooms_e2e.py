@@ -15,7 +15,7 @@ import jwt
 import pytest
 import pytest_twisted
 
-from tests.helpers import DaemonProcess, WSClient, connect, http_get
+from tests.helpers import DaemonProcess, InProcessServer, WSClient, connect, http_get
 
 SECRET = b"a shared secret of the test, long enough for HS256"
 
