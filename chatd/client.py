@@ -424,6 +424,8 @@ class _Prompt:
         self.editor: Any = PromptSession(history=InMemoryHistory())
         # The commands the client sent of itself, whose replies are not shown.
         self._quiet: set[int] = set()
+        self._typing: Any = None  # the line being typed (an asyncio future)
+        self._stopped = False
 
     def prompt(self) -> str:
         session = self.session
@@ -470,14 +472,23 @@ class _Prompt:
 
         self.say(HELP.splitlines()[0].replace("commands:", "chatd-client: /help for commands"))
         with patch_stdout(raw=True):
-            while not self.session.ended.called:
-                typing = asyncio.ensure_future(self.editor.prompt_async(self.prompt))
+            while not self._stopped:
+                self._typing = asyncio.ensure_future(self.editor.prompt_async(self.prompt))
                 try:
-                    line = await defer.Deferred.fromFuture(typing)
+                    line = await defer.Deferred.fromFuture(self._typing)
                 except (EOFError, KeyboardInterrupt):
                     self.session.quit()
                     return
+                except (asyncio.CancelledError, defer.CancelledError):
+                    return  # stopped: the terminal is as it was
                 self.submit(line)
+
+    def stop(self) -> None:
+        """The session is over: stop reading lines (prompt_toolkit gives the
+        terminal back as it found it)."""
+        self._stopped = True
+        if self._typing is not None and not self._typing.done():
+            self._typing.cancel()
 
     def submit(self, line: str) -> None:
         if not line.strip():
@@ -493,6 +504,7 @@ class _Prompt:
             self.say(f"!! {e}")
             return
         if obj is None:
+            self._stopped = True
             self.session.quit()
             return
         if self.session.protocol is None:
@@ -582,7 +594,10 @@ async def _run(reactor: Any, args: Any, interactive: bool) -> int:
     prompt.send({"action": "list"})
     typing = defer.Deferred.fromCoroutine(prompt.run())
     typing.addErrback(lambda f: (sys.stderr.write(f"chatd-client: {f.getErrorMessage()}\n"), session.quit()))
-    return await session.ended
+    code = await session.ended
+    prompt.stop()
+    await typing  # the editor has put the terminal back
+    return code
 
 
 def _reason(e: BaseException) -> str:
