@@ -22,7 +22,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from tests.helpers import free_port
+from tests.helpers import free_port, read_until_eof
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 DOC_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
@@ -373,10 +373,7 @@ async def test_a_head_request_gets_the_pages_headers_and_no_body(daemon_factory:
     def head(path: str) -> bytes:
         with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
             sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-            data = b""
-            while chunk := sock.recv(4096):
-                data += chunk
-            return data
+            return read_until_eof(sock)
 
     page = await deferToThread(head, "/")
     get_head = page.partition(b"\r\n\r\n")
