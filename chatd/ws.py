@@ -37,14 +37,15 @@ from chatd import __version__, fastpath, web
 from chatd.admission import Address, Admission, UntrustedProxy, address_of, parse_ip
 from chatd.auth import IChatUser, Token, build_portal
 from chatd.chat import Chat, LocalChat
-from chatd.codec import INVALID_TOKEN, MAX_TOKEN, Manage
+from chatd.codec import INVALID_TOKEN, MAX_TOKEN
 from chatd.config import normalise_origin
 from chatd.conversation import Conversation, token_refused
-from chatd.core import ChatCore, Client, CoreEvents, Limits, Room
+from chatd.core import ChatCore, Client, Limits
 from chatd.errors import CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION
 from chatd.frames import Broadcast, Broadcasts, client_text_messages, text_frame
 from chatd.metrics import Metrics
 from chatd.moderation import Moderation, build
+from chatd.observers import Observers
 from chatd.outbox import Flusher, Outbox
 from chatd.settings import Settings
 
@@ -457,67 +458,6 @@ def _at_least(seconds: float) -> float:
     return seconds + 1 if seconds > 0 else 0
 
 
-class _Events(CoreEvents):
-    """What the core reports, as structured log events and metrics."""
-
-    _log = Logger(namespace="chatd.rooms")
-
-    def __init__(self, settings: Settings, metrics: Metrics, message_log: Optional[Any]) -> None:
-        self._log_messages = settings.log_messages
-        self._metrics = metrics
-        self._message_log = message_log  # a chatd.messagelog.SQLiteLog, or None
-
-    def room_created(self, room: Room, client: Client) -> None:
-        self._log.info(
-            "{client_id} created room {room_id}",
-            event="room_created", room_id=room.room_id, client_id=client.client_id,
-        )
-
-    def room_action(self, room: Room, client: Client, command: Manage) -> None:
-        self._metrics.room_actions.labels(command.action).inc()
-        self._log.info(
-            "{client_id} in {room_id}: {action} {target}",
-            event="room_action", client_id=client.client_id, room_id=room.room_id, action=command.action,
-            target=command.target, reason=command.reason or None,
-        )
-
-    def room_deleted(self, room: Room) -> None:
-        self._log.info("room {room_id} deleted", event="room_deleted", room_id=room.room_id)
-
-    def delivered(self, copies: int, size: int) -> None:
-        self._metrics.deliveries.inc(copies)
-        self._metrics.bytes_sent.inc(size)
-
-    def direct_sent(self, sender: Client, message: dict[str, Any], recipients: int, size: int) -> None:
-        self._metrics.messages_received.inc()
-        if recipients:
-            self.delivered(recipients, size * recipients)
-        if self._message_log is not None:
-            self._message_log.record("", "", message)
-        if self._log_messages:
-            self._log.info(
-                "{client_id} to {to}: {body!r}",
-                event="direct", client_id=sender.client_id, to=message["to"], body=message["body"],
-                recipients=recipients,
-            )
-
-    def message_sent(
-        self, room: Room, sender: Client, message: dict[str, Any], recipients: int, size: int
-    ) -> None:
-        metrics = self._metrics
-        metrics.messages_received.inc()
-        if recipients:
-            self.delivered(recipients, size * recipients)
-        if self._message_log is not None:
-            self._message_log.record(room.room_id, room.name, message)
-        if self._log_messages:
-            self._log.info(
-                "{client_id} in {room_id}: {body!r}",
-                event="message", client_id=sender.client_id, room_id=room.room_id,
-                body=message["body"], message_id=message["id"], recipients=recipients,
-            )
-
-
 def options_on_class(factory: WebSocketServerFactory, base: type, name: str, **attributes: Any) -> type:
     """
     A subclass of ``base`` for ``factory`` that carries the factory's
@@ -565,7 +505,7 @@ class ChatFactory(WebSocketServerFactory):
         self.settings = settings
         self.clock = clock
         self.metrics = metrics if metrics is not None else Metrics()
-        self.events = _Events(settings, self.metrics, message_log)
+        self.events = Observers(settings, self.metrics, message_log)
         self.core = ChatCore(
             # Each broadcast is framed once, whatever the number of recipients,
             # by the same framer as replies (with --permessage-deflate, once
