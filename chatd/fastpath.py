@@ -17,6 +17,7 @@ No other module of chatd touches a private attribute of another library;
 
 from __future__ import annotations
 
+import inspect
 import os
 import pprint
 import re
@@ -55,6 +56,16 @@ class Shortcuts:
     tcp_address: bool = False
     #: A plain opening handshake parsed here, then Autobahn's succeedHandshake.
     handshake: bool = False
+    #: The factory's options set once on a protocol class of its own.
+    options_on_class: bool = False
+    #: A connection chatd answers and closes itself (a refusal, the page)
+    #: is dropped as clean: Autobahn warns of every unclean drop.
+    clean_drops: bool = False
+    #: A command to Redis written as it was encoded, its reply taken from
+    #: txredisapi's queue of them.
+    redis_send: bool = False
+    #: txredisapi's wait for a sentinel's answer, shortened.
+    sentinel_timeout: bool = False
 
 
 _current: Optional[Shortcuts] = None
@@ -90,6 +101,11 @@ def _check() -> Shortcuts:
         "forget_sigterm": _reactor_has_exit_signal,
         "tcp_address": _endpoint_keeps_address,
         "handshake": _has_handshake_steps,
+        "options_on_class": lambda: hasattr(WebSocketServerProtocol, "CONFIG_ATTRS") and (
+            "CONFIG_ATTRS" in WebSocketProtocol._connectionMade.__code__.co_names),
+        "clean_drops": lambda: "wasClean" in WebSocketProtocol._connectionMade.__code__.co_names,
+        "redis_send": _has_reply_queue,
+        "sentinel_timeout": _sentinel_has_discovery_timeout,
     }
     for name, available in checks.items():
         try:
@@ -237,6 +253,48 @@ def _only_when_debugging(format_: Callable[..., Any]) -> Callable[..., Any]:
     return formatted
 
 
+# -- Autobahn: a protocol class of the factory's own, and clean drops ------------
+
+
+def options_on_class(factory: Any, base: type, name: str, **attributes: Any) -> type:
+    """
+    A subclass of ``base`` for ``factory`` that carries the factory's
+    options, and ``attributes``, as class attributes.
+
+    Autobahn copies every option from the factory onto each protocol
+    instance that lacks it (its ``CONFIG_ATTRS``), and class attributes
+    count: a protocol class of the factory's own carries them once, not
+    once per connection.  It also makes tcpNoDelay take effect: Autobahn's
+    connectionMade reads it before that copy, and without it no socket had
+    Nagle off (small broadcasts waited for delayed ACKs).  With every option
+    on the class, the copying loop (which also builds a debug listing of them
+    all, per connection) has nothing to do.  Function-valued options
+    (perMessageCompressionAccept) are wrapped so that they stay plain
+    functions instead of becoming methods.  Without the shortcut, the class
+    carries ``attributes`` and tcpNoDelay, and Autobahn copies the rest.
+    """
+    if not shortcuts().options_on_class:
+        return type(name, (base,), {"tcpNoDelay": factory.tcpNoDelay, **attributes})
+    options = {
+        attr: staticmethod(value) if inspect.isfunction(value) else value
+        for attr in base.CONFIG_ATTRS  # type: ignore[attr-defined]
+        for value in (getattr(factory, attr),)
+    }
+    return type(name, (base,), {**options, "CONFIG_ATTRS": (), **attributes})
+
+
+def drop_answered(protocol: Any) -> None:
+    """
+    Close a connection chatd has answered itself (a refusal, the page): the
+    answer goes first.  Marked clean, so that Autobahn does not log a
+    warning for each (a flood of refusals must not become a flood of log
+    lines); without the shortcut, it may.
+    """
+    if shortcuts().clean_drops:
+        protocol.wasClean = True
+    protocol.dropConnection(abort=False)
+
+
 # -- Autobahn: the opening handshake of a plain request ------------------------
 #
 # Autobahn's processHandshake parses a request three ways (its strict header
@@ -349,6 +407,47 @@ def more_buffered(protocol: Any) -> bool:
         return True
     reader = getattr(protocol, "_reader", None)
     return reader is None or bool(reader.has_data())
+
+
+# -- txredisapi: a command as it was encoded; the sentinels' answer --------------
+
+
+def _has_reply_queue() -> bool:
+    import txredisapi
+
+    protocol = txredisapi.RedisProtocol()
+    return hasattr(protocol, "replyQueue") and hasattr(protocol.replyQueue, "get") and hasattr(
+        protocol, "handle_reply")
+
+
+def redis_command(protocol: Any, parts: list[bytes], encode: Callable[[list[bytes]], bytes]) -> Any:
+    """
+    Send one command (``parts``, its words as bytes) on a txredisapi
+    connection: with the shortcut, written as ``encode`` makes it in one go
+    and answered from txredisapi's queue of replies (``execute_command``
+    encodes every argument again on each call, a measurable share of a
+    cluster's cost per message); else through ``execute_command``.
+    """
+    if shortcuts().redis_send:
+        protocol.transport.write(encode(parts))
+        return protocol.replyQueue.get().addCallback(protocol.handle_reply)
+    return protocol.execute_command(*parts)
+
+
+def _sentinel_has_discovery_timeout() -> bool:
+    import txredisapi
+
+    return isinstance(getattr(txredisapi.Sentinel, "discovery_timeout", None), (int, float))
+
+
+def sentinel_discovery_timeout(sentinel: Any, seconds: float) -> None:
+    """
+    While a failover is under way no sentinel names a master, and
+    txredisapi waits its discovery timeout for one before it asks again:
+    the sentinels themselves answer at once, so ``seconds`` will do.
+    """
+    if shortcuts().sentinel_timeout:
+        sentinel.discovery_timeout = seconds
 
 
 # -- twistd: exit 0 after a SIGTERM drain ---------------------------------------

@@ -11,7 +11,6 @@ quick frame reader, and the factory that wires a chat to its connections.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Optional, Sequence
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -104,8 +103,7 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
         answer) over MAX_REQUEST_HEAD; nothing more of it is read."""
         self.factory.metrics.handshake_failures.labels("too_large").inc()
         self.sendHttpErrorResponse(431, HEAD_TOO_LARGE)
-        self.wasClean = True
-        self.dropConnection(abort=False)
+        fastpath.drop_answered(self)
 
     def _refuse(self, reason: str) -> None:
         """HTTP 503 for a connection over a limit."""
@@ -114,8 +112,7 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
         # A refusal chatd chose: counted, not logged per connection (a flood
         # must not become a flood of log lines), so Autobahn's failHandshake,
         # which logs twice, is not used here.
-        self.wasClean = True
-        self.dropConnection(abort=False)
+        fastpath.drop_answered(self)
 
     def connectionLost(self, reason: Any = None) -> None:
         try:
@@ -234,8 +231,7 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
             # A bad token: said once, with the scheme to use (RFC 6750).
             self.factory.metrics.handshake_failures.labels("auth").inc()
             self.sendHttpErrorResponse(401, reason, [("WWW-Authenticate", 'Bearer error="invalid_token"')])
-            self.wasClean = True
-            self.dropConnection(abort=False)
+            fastpath.drop_answered(self)
             return
         kind = "untrusted_proxy" if reason == UNTRUSTED_PROXY else _HANDSHAKE_REASONS.get(code, "bad_request")
         self.factory.metrics.handshake_failures.labels(kind).inc()
@@ -253,8 +249,7 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
             self.sendHttpErrorResponse(404, "Not Found")
         else:
             self.sendData(page[:page.index(b"\r\n\r\n") + 4])
-        self.wasClean = True
-        self.dropConnection(abort=False)
+        fastpath.drop_answered(self)
         return True
 
     def _serve_page(self) -> None:
@@ -264,8 +259,7 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
             self.sendHttpErrorResponse(404, "Not Found")
         else:
             self.sendData(page)
-        self.wasClean = True
-        self.dropConnection(abort=False)
+        fastpath.drop_answered(self)
 
     def onOpenHandshakeTimeout(self) -> None:
         self.factory.metrics.handshake_failures.labels("timeout").inc()
@@ -458,29 +452,6 @@ def _at_least(seconds: float) -> float:
     return seconds + 1 if seconds > 0 else 0
 
 
-def options_on_class(factory: WebSocketServerFactory, base: type, name: str, **attributes: Any) -> type:
-    """
-    A subclass of ``base`` for ``factory`` that carries the factory's
-    options, and ``attributes``, as class attributes.
-
-    Autobahn copies every option from the factory onto each protocol
-    instance that lacks it, and class attributes count: a protocol class of
-    the factory's own carries them once, not once per connection.  It also
-    makes tcpNoDelay take effect: Autobahn's connectionMade reads it before
-    that copy, and without it no socket had Nagle off (small broadcasts
-    waited for delayed ACKs).  With every option on the class, the copying
-    loop (which also builds a debug listing of them all, per connection)
-    has nothing to do.  Function-valued options (perMessageCompressionAccept)
-    are wrapped so that they stay plain functions instead of becoming methods.
-    """
-    options = {
-        attr: staticmethod(value) if inspect.isfunction(value) else value
-        for attr in base.CONFIG_ATTRS  # type: ignore[attr-defined]
-        for value in (getattr(factory, attr),)
-    }
-    return type(name, (base,), {**options, "CONFIG_ATTRS": (), **attributes})
-
-
 @implementer(IProtocolNegotiationFactory)
 class ChatFactory(WebSocketServerFactory):
     """
@@ -587,7 +558,7 @@ class ChatFactory(WebSocketServerFactory):
         base = DeflateChatProtocol if settings.permessage_deflate else ChatProtocol
         # Messages larger than this go through Autobahn's parser and limits.
         quick_limit = min(settings.max_message_size, 0xFFFF) if fastpath.shortcuts().frames else 0
-        self.protocol = options_on_class(
+        self.protocol = fastpath.options_on_class(
             self, base, "ChatProtocol",
             _quick_limit=quick_limit,
             flusher=self.flusher,

@@ -53,7 +53,8 @@ def test_every_shortcut_is_found_on_the_libraries_chatd_installs(fresh: pytest.M
     # slow chatd down in production.
     assert fastpath.shortcuts() == fastpath.Shortcuts(
         send=True, frames=True, quiet_debug=True, redis_alone=True, forget_sigterm=True,
-        tcp_address=True, handshake=True)
+        tcp_address=True, handshake=True, options_on_class=True, clean_drops=True, redis_send=True,
+        sentinel_timeout=True)
 
 
 def test_the_switch_turns_every_shortcut_off_with_one_log_line(fresh: pytest.MonkeyPatch) -> None:
@@ -195,3 +196,26 @@ def test_the_quick_handshake_answers_exactly_as_autobahn(fresh: pytest.MonkeyPat
     # The plain request is chatd's; the others are left to Autobahn, as is
     # any request it would refuse.
     assert taken == [request_ == PLAIN]
+
+
+def test_without_the_shortcuts_a_factorys_protocol_class_and_clean_drops_use_the_public_api(
+    fresh: pytest.MonkeyPatch,
+) -> None:
+    from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+
+    fresh.setenv(fastpath.SWITCH, "0")
+    factory = WebSocketServerFactory()
+    factory.setProtocolOptions(tcpNoDelay=True)
+    made = fastpath.options_on_class(factory, WebSocketServerProtocol, "Made", extra=1)
+    assert made.CONFIG_ATTRS == WebSocketServerProtocol.CONFIG_ATTRS  # Autobahn copies them itself
+    assert (made.tcpNoDelay, made.extra) == (True, 1)
+
+    class Dropped:
+        dropped = None
+
+        def dropConnection(self, abort: bool = False) -> None:
+            self.dropped = abort
+
+    protocol = Dropped()
+    fastpath.drop_answered(protocol)
+    assert protocol.dropped is False and not hasattr(protocol, "wasClean")

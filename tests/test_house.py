@@ -35,7 +35,10 @@ CONVERSATION = {"chatd.chat", "chatd.conversation", "chatd.outbox", "chatd.backp
 FASTPATH = "chatd.fastpath"
 
 #: Public-looking names that are internals of Twisted or Autobahn all the same.
-KNOWN_INTERNALS = {"dataBuffer", "offset", "current_frame", "inside_message"}
+KNOWN_INTERNALS = {
+    "dataBuffer", "offset", "current_frame", "inside_message", "wasClean", "CONFIG_ATTRS",
+    "replyQueue", "discovery_timeout",
+}
 
 FRAMEWORKS = ("twisted", "autobahn", "txaio", "txredisapi")
 

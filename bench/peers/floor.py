@@ -27,7 +27,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet import protocol, reactor  # noqa: E402
 
 from chatd import fastpath  # noqa: E402
-from chatd.ws import options_on_class  # noqa: E402
+from chatd.fastpath import options_on_class  # noqa: E402
 
 WELCOME = b'{"type": "connected", "client_id": "00000000"}'
 

@@ -159,16 +159,14 @@ def _encoded(value: Any) -> bytes:
 class _Commands(txredisapi.RedisProtocol):
     """
     The command connection.  Scripts go by their SHA1 (worked out once, not
-    per call as ``eval`` does), each command is built in one go, and replies
-    are counted for the backplane's stall watch (instead of a timer per
-    command: a DelayedCall made and cancelled for every broadcast).
+    per call as ``eval`` does), each command is built in one go, and the
+    commands sent and answered are counted for the backplane's stall watch
+    (instead of a timer per command: a DelayedCall made and cancelled for
+    every broadcast).
     """
 
+    sent = 0
     replies = 0
-
-    def replyReceived(self, reply: Any) -> None:
-        self.replies += 1
-        super().replyReceived(reply)
 
     def run_script(self, sha: bytes, script: bytes, args: tuple[Any, ...]) -> "Deferred[Any]":
         encoded = [_encoded(a) for a in args]
@@ -181,8 +179,12 @@ class _Commands(txredisapi.RedisProtocol):
     def _send(self, parts: list[bytes]) -> "Deferred[Any]":
         if not self.connected:
             return fail(txredisapi.ConnectionError("Not connected"))
-        self.transport.write(_resp(parts))
-        return self.replyQueue.get().addCallback(self.handle_reply)
+        self.sent += 1
+        return fastpath.redis_command(self, parts, _resp).addBoth(self._answered)
+
+    def _answered(self, result: Any) -> Any:
+        self.replies += 1
+        return result
 
     def _not_loaded(self, failure: Failure, script: bytes, encoded: list[bytes]) -> "Deferred[Any]":
         failure.trap(txredisapi.ResponseError)
@@ -203,9 +205,9 @@ class _Subscriber(txredisapi.SubscriberProtocol):
     # Whether the next reply is the first of the current read.
     _first = False
 
-    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+    def dataReceived(self, data: bytes, *more: Any) -> None:
         self._first = True
-        super().dataReceived(data, unpause)
+        super().dataReceived(data, *more)
 
     def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
         # Alone: the first reply of the read, with nothing buffered after it.
@@ -282,7 +284,7 @@ class RedisBackplane:
             # While a failover is under way no sentinel names a master, and
             # txredisapi waits this long for one before trying again: the
             # sentinels themselves answer at once.
-            self._sentinel.discovery_timeout = 1.0
+            fastpath.sentinel_discovery_timeout(self._sentinel, 1.0)
             self._factories = []
             self._sentinel.master_for(
                 address.service, factory_class=_SentinelFactory,
@@ -507,7 +509,7 @@ class RedisBackplane:
     def _check_stall(self) -> None:
         protocol = self._commands
         now = self.reactor.seconds()
-        if protocol is None or not protocol.replyQueue.waiting or protocol.replies != self._seen_replies:
+        if protocol is None or protocol.sent == protocol.replies or protocol.replies != self._seen_replies:
             self._seen_replies = protocol.replies if protocol is not None else 0
             self._stalled_since = now
             return
