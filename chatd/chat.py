@@ -20,7 +20,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from chatd.codec import Command
-from chatd.core import ChatCore, Client, MemoryHistory, Sink
+from chatd.core import ChatCore
+from chatd.rooms.history import MemoryHistory
+from chatd.rooms.state import Client, Sink
 from chatd.errors import ChatError
 
 Reply = dict[str, Any]

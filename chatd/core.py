@@ -8,11 +8,7 @@ encoded and prepared once, then handed to every recipient's sink.
 
 from __future__ import annotations
 
-import json
-import os
-from collections import OrderedDict, deque
-from dataclasses import dataclass
-from typing import Any, Callable, Container, Optional, Protocol
+from typing import Any, Callable, Container, Optional
 
 from chatd import codec
 from chatd.codec import (
@@ -44,159 +40,23 @@ from chatd.errors import (
 )
 from chatd.names import fold
 from chatd.ratelimit import TokenBucket
+from chatd.rooms.history import HistoryStore, MemoryHistory
+from chatd.rooms.state import (
+    Client,
+    Limits,
+    Room,
+    Sink,
+    listed,
+    blocks,
+    member_entry,
+    names_of,
+    random_id,
+)
+
+_DEFAULT_LIMITS = Limits()
 
 #: The close reason for a client that keeps sending far over its limit.
 HAMMERING = "Rate limit exceeded repeatedly"
-
-
-class Sink(Protocol):
-    """
-    One member's connection, as the core sees it.
-
-    ``deliver`` must not call back into the core; it may raise
-    :class:`~chatd.errors.SinkGone` (the connection is closing itself) or any
-    other exception (a bug), and the core then removes the member.
-    """
-
-    def deliver(self, frame: Any) -> None:
-        """Queue one prepared frame for sending; never block."""
-
-    def close(self, code: int, reason: str) -> None:
-        """Begin closing the connection with a WebSocket close code."""
-
-
-def member_entry(client_id: str, nick: Optional[str], user: Optional[str], role: str) -> dict[str, Any]:
-    """One entry of a "members" reply; "user" for an authenticated member."""
-    entry: dict[str, Any] = {"client_id": client_id, "nick": nick}
-    if user is not None:
-        entry["user"] = user
-    entry["role"] = role
-    return entry
-
-
-#: Random bytes drawn from the system at a time for IDs (a system call per
-#: ID was a noticeable part of what a connection costs), and what is left.
-_RANDOM_CHUNK = 4096
-_random: list[Any] = [b"", 0]  # the bytes, and the offset of the next ID's
-
-
-def _forget_random() -> None:
-    # A forked worker must not hand out the same IDs as its parent.
-    _random[0], _random[1] = b"", 0
-
-
-os.register_at_fork(after_in_child=_forget_random)
-
-
-def random_id() -> str:
-    """
-    8 random hex characters, like the seed server's IDs (the first 8 of a
-    random UUID's hex, which are 32 random bits): 4 bytes of ``os.urandom``,
-    read 4 KiB at a time.
-    """
-    chunk: bytes = _random[0]
-    at: int = _random[1]
-    if at >= len(chunk):
-        chunk = _random[0] = os.urandom(_RANDOM_CHUNK)
-        at = 0
-    _random[1] = at + 4
-    return chunk[at:at + 4].hex()
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-client rate limits (0 turns one off) and the history size."""
-
-    messages_per_second: float = 20.0
-    messages_burst: int = 40
-    creates_per_minute: float = 10.0
-    creates_burst: int = 10
-    # Every other command (history, members, list, room actions, ...): one
-    # token each, and one more for each REPLY_UNIT bytes of its reply.
-    commands_per_second: float = 10.0
-    commands_burst: int = 20
-    history_size: int = 100
-    history_bytes: int = 512 * 1024
-    history_memory: int = 64 * 1024 * 1024  # over all rooms (0: no limit but the rooms')
-
-
-class Client:
-    """One connected client."""
-
-    __slots__ = (
-        "client_id", "sink", "room", "nick", "user", "events",
-        "message_bucket", "create_bucket", "command_bucket", "strikes", "receiving", "blocked",
-    )
-
-    def __init__(self, client_id: str, sink: Sink) -> None:
-        self.client_id = client_id
-        self.sink = sink
-        self.room: Optional[Room] = None
-        self.nick: Optional[str] = None
-        self.user: Optional[str] = None  # the authenticated user, if any
-        self.events = False  # opted in to room events
-        self.message_bucket: Optional[TokenBucket] = None  # made on first use
-        self.create_bucket: Optional[TokenBucket] = None
-        self.command_bucket: Optional[TokenBucket] = None
-        self.strikes = 0  # messages refused in a row by the rate limit
-        # A cluster node's local view only: the room whose broadcasts reach
-        # this client here (it can differ from ``room`` while a join is on
-        # its way; see chatd.backplane.cluster).
-        self.receiving: Optional[Room] = None
-        # Whose direct messages it does not receive: c:ID and u:NAME keys.
-        self.blocked: Optional[set[str]] = None
-
-    def __repr__(self) -> str:
-        return f"<Client {self.client_id}>"
-
-
-class Room:
-    """
-    One room and its members, in the order they joined (so the longest
-    present first), and who may do what in it: its owner (a client ID),
-    its moderators, and for a private room who is invited; who is banned.
-    Invitations and bans name a client (``c:ID``) or a user (``u:NAME``).
-    """
-
-    __slots__ = (
-        "room_id", "name", "created_at", "created_by", "members", "seq", "last_id",
-        "owner", "private", "moderators", "invited", "banned",
-    )
-
-    def __init__(self, room_id: str, name: str, created_at: str, created_by: str, seq: int) -> None:
-        self.room_id = room_id
-        self.name = name
-        self.created_at = created_at
-        self.created_by = created_by
-        self.members: dict[str, Client] = {}
-        self.seq = seq  # creation order, the cursor of "list"
-        self.last_id = 0  # the id of the room's latest message
-        self.owner = created_by
-        self.private = False
-        # Made on first use: most rooms never have any.
-        self.moderators: Optional[set[str]] = None
-        self.invited: Optional[set[str]] = None
-        self.banned: Optional[set[str]] = None
-
-    def role(self, client_id: str) -> str:
-        """"owner", "moderator" or "member"."""
-        if client_id == self.owner:
-            return "owner"
-        if self.moderators and client_id in self.moderators:
-            return "moderator"
-        return "member"
-
-
-def blocks(recipient: Client, sender_id: str, sender_user: Optional[str]) -> bool:
-    """Whether ``recipient`` blocked direct messages from this sender."""
-    blocked = recipient.blocked
-    return blocked is not None and (
-        f"c:{sender_id}" in blocked or (sender_user is not None and f"u:{sender_user}" in blocked))
-
-
-def names_of(client_id: str, user: Optional[str]) -> list[str]:
-    """The keys a client's invitations and bans are found under."""
-    return [f"c:{client_id}"] if user is None else [f"c:{client_id}", f"u:{user}"]
 
 
 def successor(members: dict[str, Client], moderators: Optional[set[str]]) -> Client:
@@ -260,126 +120,6 @@ def done_reply(command: Manage) -> dict[str, Any]:
         "deop": f"'{target}' is no longer a moderator",
     }[command.action]
     return {"status": "success", "message": message}
-
-
-def _listed(entries: Optional[Container[str]], keys: list[str]) -> bool:
-    """Whether any of ``keys`` is among ``entries`` (None: there are none)."""
-    return entries is not None and any(key in entries for key in keys)
-
-
-class HistoryStore(Protocol):
-    """Where a room's recent messages are kept, encoded (the broadcast's bytes)."""
-
-    def append(self, room: Room, message_id: int, payload: bytes) -> None:
-        """Keep the encoded broadcast ``payload``, whose id is ``message_id``."""
-        ...
-
-    def recent(
-        self, room: Room, limit: int, before: Optional[int], after: Optional[int] = None,
-    ) -> list[dict[str, Any]]:
-        """At most ``limit`` messages with ids below ``before`` (and above
-        ``after``), oldest first."""
-        ...
-
-    def drop(self, room: Room) -> None:
-        """The room is gone."""
-        ...
-
-
-#: What keeping one message costs beside its bytes (a bytes object's header,
-#: an int, two deque slots), counted against the budget so that it bounds
-#: memory for small messages too.
-ENTRY_OVERHEAD = 80
-
-
-class _Ring:
-    __slots__ = ("ids", "payloads", "bytes", "cost")
-
-    def __init__(self) -> None:
-        self.ids: deque[int] = deque()
-        self.payloads: deque[bytes] = deque()
-        self.bytes = 0  # encoded bytes kept (the per-room bound)
-        self.cost = 0  # and with the overhead (the budget's measure)
-
-    def drop_oldest(self) -> int:
-        """Drop the oldest message; what it cost."""
-        self.ids.popleft()
-        size = len(self.payloads.popleft())
-        self.bytes -= size
-        self.cost -= size + ENTRY_OVERHEAD
-        return size + ENTRY_OVERHEAD
-
-
-class MemoryHistory:
-    """
-    The last ``size`` messages per room, and no more than ``max_bytes`` of
-    them (encoded), for the room's life; and no more than ``budget`` bytes
-    of memory over all rooms: past it, the rooms that have gone longest
-    without a message lose their oldest messages first.  Messages are kept
-    encoded, so what they cost is known (and small): a room of 64 KiB
-    messages would otherwise hold 6 MiB, and a connection may own a room.
-    """
-
-    def __init__(self, size: int, max_bytes: int = 512 * 1024, budget: int = 0) -> None:
-        self.size = size
-        self.max_bytes = max_bytes
-        self.budget = budget
-        self.total = 0  # memory the messages kept cost, over all rooms
-        # By room, the one with the latest message last: the first is the
-        # one to lose messages when the budget is spent.
-        self._rings: OrderedDict[str, _Ring] = OrderedDict()
-
-    def append(self, room: Room, message_id: int, payload: bytes) -> None:
-        size = len(payload)
-        cost = size + ENTRY_OVERHEAD
-        if self.size <= 0 or size > self.max_bytes or (self.budget and cost > self.budget):
-            return
-        rings = self._rings
-        ring = rings.get(room.room_id)
-        if ring is None:
-            ring = rings[room.room_id] = _Ring()
-        else:
-            rings.move_to_end(room.room_id)
-        ring.ids.append(message_id)
-        ring.payloads.append(payload)
-        ring.bytes += size
-        ring.cost += cost
-        total = self.total + cost
-        while len(ring.ids) > self.size or ring.bytes > self.max_bytes:
-            total -= ring.drop_oldest()
-        if self.budget and total > self.budget:
-            total = self._spend(total)
-        self.total = total
-
-    def _spend(self, total: int) -> int:
-        """Bring the total within the budget: the quietest rooms' oldest
-        messages go first (the room just written to is the last)."""
-        rings = self._rings
-        for room_id in list(rings):
-            ring = rings[room_id]
-            while ring.ids and total > self.budget:
-                total -= ring.drop_oldest()
-            if not ring.ids:
-                del rings[room_id]
-            if total <= self.budget:
-                break
-        return total
-
-    def recent(
-        self, room: Room, limit: int, before: Optional[int], after: Optional[int] = None,
-    ) -> list[dict[str, Any]]:
-        ring = self._rings.get(room.room_id)
-        if ring is None:
-            return []
-        # Only what is returned is decoded.
-        found = [payload for message_id, payload in zip(ring.ids, ring.payloads, strict=True)
-                 if (before is None or message_id < before) and (after is None or message_id > after)]
-        return [json.loads(payload) for payload in found[-limit:]]
-
-    def drop(self, room: Room) -> None:
-        ring = self._rings.pop(room.room_id, None)
-        if ring is not None:
-            self.total -= ring.cost
 
 
 class CoreEvents:
@@ -452,7 +192,7 @@ class ChatCore:
         join: Optional[Callable[[list[Any]], Any]] = None,
         on_sink_error: SinkErrorHandler = _ignore_sink_error,
         events: Optional[CoreEvents] = None,
-        limits: Limits = Limits(),
+        limits: Limits = _DEFAULT_LIMITS,
         history: Optional[HistoryStore] = None,
     ) -> None:
         self._prepare = prepare
@@ -579,10 +319,10 @@ class ChatCore:
             raise RoomNotFound(room_id)
         if client.room is not room:
             keys = names_of(client.client_id, client.user)
-            if room.private and not _listed(room.invited, keys):
+            if room.private and not listed(room.invited, keys):
                 # As if there were none, a ban included: nothing leaks.
                 raise RoomNotFound(room_id)
-            if _listed(room.banned, keys):
+            if listed(room.banned, keys):
                 raise Banned(room_id)
             if client.nick is not None and self._nick_taken(room, client.nick, client):
                 raise ChatError(
@@ -739,7 +479,7 @@ class ChatCore:
         for room in self.rooms.values():  # insertion order is creation order
             if room.seq <= start:
                 continue
-            if room.private and not (client is not None and client.room is room) and not _listed(room.invited, keys):
+            if room.private and not (client is not None and client.room is room) and not listed(room.invited, keys):
                 continue
             if len(page) == limit:
                 more = True
@@ -775,7 +515,7 @@ class ChatCore:
         target = self.clients.get(target_id) if target_id is not None else None
         keys = names_of(target_id, target.user if target is not None else None) if target_id else [f"u:{user}"]
         if action == "unban":
-            if not _listed(room.banned, keys):
+            if not listed(room.banned, keys):
                 raise refusal("notbanned", command, room.name)
             assert room.banned is not None
             room.banned.difference_update(keys)
@@ -787,7 +527,7 @@ class ChatCore:
         if action == "invite":
             if not room.private:
                 raise refusal("public", command, room.name)
-            if _listed(room.banned, keys):
+            if listed(room.banned, keys):
                 raise refusal("banned", command, room.name)
             if not _room_for(room.invited, keys[:1]):
                 raise refusal("full", command, room.name)
@@ -810,10 +550,10 @@ class ChatCore:
             removed = [target]
             is_self, is_owner = target is client, target.client_id == room.owner
         else:
-            removed = [m for m in room.members.values() if _listed(keys, names_of(m.client_id, m.user))]
+            removed = [m for m in room.members.values() if listed(keys, names_of(m.client_id, m.user))]
             owner = self.clients.get(room.owner)
-            is_self = _listed(keys, names_of(client.client_id, client.user))
-            is_owner = _listed(keys, names_of(room.owner, owner.user if owner is not None else None))
+            is_self = listed(keys, names_of(client.client_id, client.user))
+            is_owner = listed(keys, names_of(room.owner, owner.user if owner is not None else None))
         if is_self:
             raise refusal("self", command, room.name)
         if is_owner:
@@ -970,7 +710,7 @@ class ChatCore:
         a ban of the user refuses the authentication (BannedAs).
         """
         room = client.room
-        if room is not None and _listed(room.banned, [f"u:{user}"]):
+        if room is not None and listed(room.banned, [f"u:{user}"]):
             raise BannedAs(user, room.room_id)
         self.set_user(client, user)
         if room is not None:

@@ -39,7 +39,8 @@ from chatd.chat import Chat, LocalChat
 from chatd.codec import INVALID_TOKEN, MAX_TOKEN
 from chatd.config import normalise_origin
 from chatd.conversation import Conversation, token_refused
-from chatd.core import ChatCore, Client, Limits
+from chatd.core import ChatCore
+from chatd.rooms.state import Client, Limits
 from chatd.errors import CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION
 from chatd.frames import Broadcast, Broadcasts, client_text_messages, text_frame
 from chatd.metrics import Metrics

@@ -12,7 +12,8 @@ from twisted.python.failure import Failure
 
 from chatd import codec
 from chatd.chat import Answer, Reply
-from chatd.core import ChatCore, Client, Room
+from chatd.core import ChatCore
+from chatd.rooms.state import Client, Room
 from chatd.errors import RoomNotFound
 from tests.test_ws import Peer, make_factory
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from chatd.core import ChatCore, CoreEvents, random_id
+from chatd.core import ChatCore, CoreEvents
+from chatd.rooms.state import random_id
 from chatd.errors import NotInRoom, RoomNotFound
 from tests.fakes import FakeSink, GoneSink, SequentialIds
 

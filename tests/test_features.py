@@ -12,7 +12,9 @@ import pytest
 
 from chatd import codec
 from chatd.codec import Events, History, ListRooms, Members, Nick
-from chatd.core import ChatCore, Limits, MemoryHistory
+from chatd.core import ChatCore
+from chatd.rooms.history import MemoryHistory
+from chatd.rooms.state import Limits
 from chatd.errors import ChatError, NotInRoom, ProtocolError, RateLimited
 from chatd.ratelimit import TokenBucket
 from tests.fakes import FakeSink, SequentialIds
@@ -217,7 +219,7 @@ def test_history_is_bounded_by_count_and_bytes_and_dies_with_the_room() -> None:
 
 
 def test_past_the_history_memory_the_quietest_rooms_lose_their_oldest_first() -> None:
-    from chatd.core import ENTRY_OVERHEAD
+    from chatd.rooms.history import ENTRY_OVERHEAD
 
     body = "x" * 1000  # about 1 KiB a message, encoded
     cost = len(json.dumps({"from": "aaaaaaaa", "body": body, "timestamp": "2025-11-26T07:26:40.250Z",

@@ -12,7 +12,8 @@ import pytest
 
 from chatd import codec
 from chatd.codec import Create, Manage, decode
-from chatd.core import ChatCore, Client
+from chatd.core import ChatCore
+from chatd.rooms.state import Client
 from chatd.errors import Banned, ChatError, NotAllowed, ProtocolError, RoomNotFound
 from tests.fakes import FakeSink
 
