@@ -44,7 +44,7 @@ class Shortcuts:
 
     #: One send() to the socket while Twisted's own buffer is empty.
     send: bool = False
-    #: Whole text frames read without Autobahn's parser (chatd.frames).
+    #: Whole text frames read without Autobahn's parser (chatd.delivery.frames).
     frames: bool = False
     #: Autobahn's debug-log arguments formatted only when debugging.
     quiet_debug: bool = False

@@ -3,7 +3,7 @@ The Autobahn adapter: one WebSocket connection per client.
 
 A connection's jobs are mixed into :class:`ChatProtocol`: its conversation
 (:mod:`chatd.conversation`: commands in, replies out, in order) and its
-outbox (:mod:`chatd.outbox`: the frames out, gathered or at once).  What
+outbox (:mod:`chatd.delivery.outbox`: the frames out, gathered or at once).  What
 is left here is what only a WebSocket server does: admission at accept
 time, the origin check, the page and the error bodies for plain HTTP, the
 quick frame reader, and the factory that wires a chat to its connections.
@@ -42,11 +42,11 @@ from chatd.conversation import Conversation, token_refused
 from chatd.core import ChatCore
 from chatd.rooms.state import Client, Limits
 from chatd.errors import CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION
-from chatd.frames import Broadcast, Broadcasts, client_text_messages, text_frame
+from chatd.delivery.frames import Broadcast, Broadcasts, client_text_messages, text_frame
 from chatd.metrics import Metrics
 from chatd.moderation import Moderation, build
 from chatd.observers import Observers
-from chatd.outbox import Flusher, Outbox
+from chatd.delivery.outbox import Flusher, Outbox
 from chatd.settings import Settings
 
 TOO_SLOW = "Outgoing buffer limit exceeded: client too slow"
@@ -123,7 +123,7 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         # Nearly every client message is one masked text frame, and most
-        # reads hold whole ones: those are read here (chatd.frames), and
+        # reads hold whole ones: those are read here (chatd.delivery.frames), and
         # anything else, or whatever follows it, goes to Autobahn's parser.
         # Latency at a low rate is mostly the Python run per message before
         # the first send, and Autobahn's parser is a good share of it.

@@ -13,8 +13,8 @@ from chatd.backplane.cluster import HOLD_LIMIT, ClusterChat
 from chatd.backplane.shards import Shards
 from chatd.core import ChatCore, CoreEvents
 from chatd.errors import Unavailable
-from chatd.frames import text_frame
-from chatd.outbox import Flusher, Outbox
+from chatd.delivery.frames import text_frame
+from chatd.delivery.outbox import Flusher, Outbox
 from tests.fakes import FakeSink, server_frames
 
 

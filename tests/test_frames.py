@@ -1,5 +1,5 @@
 """
-chatd.frames: the client frames chatd reads itself, and every frame it
+chatd.delivery.frames: the client frames chatd reads itself, and every frame it
 leaves to Autobahn.
 """
 
@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from chatd.frames import client_text_messages, unmask
+from chatd.delivery.frames import client_text_messages, unmask
 from tests.fakes import client_frame
 
 LIMIT = 65535

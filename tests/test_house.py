@@ -24,13 +24,13 @@ PACKAGE = ROOT / "chatd"
 
 #: Modules without I/O: rules, state and bytes, tested without a reactor.
 PURE = {
-    "chatd.errors", "chatd.settings", "chatd.codec", "chatd.frames", "chatd.ratelimit",
+    "chatd.errors", "chatd.settings", "chatd.codec", "chatd.delivery.frames", "chatd.ratelimit",
     "chatd.core", "chatd.config", "chatd.backplane.address", "chatd.admission", "chatd.names",
     "chatd.rooms", "chatd.rooms.state", "chatd.rooms.history",
 }
 
 #: One client's conversation and the chat it talks to: Twisted, never Autobahn.
-CONVERSATION = {"chatd.chat", "chatd.conversation", "chatd.outbox", "chatd.backplane.cluster"}
+CONVERSATION = {"chatd.chat", "chatd.conversation", "chatd.delivery.outbox", "chatd.backplane.cluster"}
 
 #: The one module allowed to touch other libraries' internals.
 FASTPATH = "chatd.fastpath"

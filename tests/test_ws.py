@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.internet.error import ConnectionDone
 
 from chatd.settings import Settings
-from chatd.frames import text_frame
+from chatd.delivery.frames import text_frame
 from chatd.ws import ChatFactory, ChatProtocol
 from tests.fakes import HANDSHAKE, ProducerTransport, client_frame, server_frames
 
@@ -431,7 +431,7 @@ def test_chatds_framer_matches_autobahns(size: int) -> None:
     # bytes must be exactly those of Autobahn's own framer.
     from autobahn.twisted.websocket import WebSocketServerFactory
 
-    from chatd.frames import text_frame
+    from chatd.delivery.frames import text_frame
 
     payload = bytes(range(97, 123)) * (size // 26) + b"x" * (size % 26)
     assert text_frame(payload) == WebSocketServerFactory().prepareMessage(payload).payloadHybi
@@ -454,7 +454,7 @@ def test_every_autobahn_option_reaches_the_protocol_from_its_class() -> None:
 def test_a_compressed_broadcast_inflates_to_the_payload() -> None:
     import zlib
 
-    from chatd.frames import Broadcast
+    from chatd.delivery.frames import Broadcast
 
     for payload in (b'{"body": "x"}', b'{"body": "' + b"abc" * 30000 + b'"}'):
         frame = Broadcast(payload)
@@ -469,7 +469,7 @@ def test_a_compressed_broadcast_inflates_to_the_payload() -> None:
 
 
 def test_a_batch_of_broadcasts_is_their_frames_in_order_plain_or_compressed() -> None:
-    from chatd.frames import Broadcast, Broadcasts
+    from chatd.delivery.frames import Broadcast, Broadcasts
 
     parts = [Broadcast(b'{"body": "one"}'), Broadcast(b'{"body": "two"}')]
     batch = Broadcasts(parts)

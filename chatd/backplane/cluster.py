@@ -36,7 +36,7 @@ from chatd.core import MAX_LISTED, ChatCore, done_reply, refusal
 from chatd.rooms.state import Client, Room, blocks, member_entry
 from chatd.errors import Banned, BannedAs, ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
 from chatd.names import fold
-from chatd.outbox import Flusher
+from chatd.delivery.outbox import Flusher
 
 Reply = dict[str, Any]
 T = TypeVar("T")

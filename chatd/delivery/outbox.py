@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from chatd.errors import SinkGone
-from chatd.frames import text_frame
+from chatd.delivery.frames import text_frame
 
 T = TypeVar("T")
 
