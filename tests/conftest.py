@@ -10,9 +10,8 @@ import pytest_twisted
 
 from chatd import fastpath
 from chatd.settings import Settings
-from tests.helpers import (
-    ClusterNode, ClusterNodes, DaemonProcess, InProcessServer, RedisServer, SentinelServer, spawn_chatd, stop_chatd,
-)
+from tests.support.redis import ClusterNode, ClusterNodes, RedisServer, SentinelServer
+from tests.support.servers import DaemonProcess, InProcessServer, spawn_chatd, stop_chatd
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Optional
 
 import pytest
 
-from tests.helpers import free_port
+from tests.support.raw import free_port
 
 
 def proxy_binary(name: str) -> str:

@@ -19,9 +19,10 @@ from twisted.internet.threads import deferToThread
 from chatd.settings import Settings
 from tests.fakes import HANDSHAKE, client_frame
 from tests.conftest import redis_binary
-from tests.helpers import (
-    ClusterNodes, InProcessServer, RedisServer, StalledClient, WSClient, connect, read_until_eof,
-)
+from tests.support.clients import connect, WSClient
+from tests.support.raw import read_until_eof, StalledClient
+from tests.support.redis import ClusterNodes, RedisServer
+from tests.support.servers import InProcessServer
 
 MIB = 1024 * 1024
 SECRET = b"a shared secret of the test, long enough for HS256"

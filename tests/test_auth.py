@@ -19,7 +19,9 @@ import pytest_twisted
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.helpers import DaemonProcess, connect, http_get
+from tests.support.clients import connect
+from tests.support.raw import http_get
+from tests.support.servers import DaemonProcess
 
 SECRET = b"a shared secret of the test, long enough for HS256"
 

@@ -11,7 +11,8 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from tests.fakes import HANDSHAKE
-from tests.helpers import StalledClient, connect, two_in_a_room
+from tests.support.clients import connect, two_in_a_room
+from tests.support.raw import StalledClient
 
 
 @pytest_twisted.ensureDeferred
@@ -72,7 +73,7 @@ async def test_a_port_that_cannot_be_bound_stops_startup(daemon_factory) -> None
 def test_as_a_daemon_a_port_that_cannot_be_bound_fails_at_once(tmp_path) -> None:
     import subprocess
 
-    from tests.helpers import twistd_path
+    from tests.support.servers import twistd_path
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -18,7 +18,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 
 from chatd.client import UsageError, command, describe
-from tests.helpers import InProcessServer, free_port, within
+from tests.support.clients import within
+from tests.support.raw import free_port
+from tests.support.servers import InProcessServer
 
 CLIENT = os.path.join(os.path.dirname(sys.executable), "chatd-client")
 

@@ -12,7 +12,9 @@ from twisted.internet.defer import Deferred
 
 from chatd.backplane import scripts
 
-from tests.helpers import ClusterNode, InProcessServer, RedisServer, WSClient, seed_example_2, within
+from tests.support.clients import seed_example_2, within, WSClient
+from tests.support.redis import ClusterNode, RedisServer
+from tests.support.servers import InProcessServer
 
 UNAVAILABLE = {"status": "error", "message": "Service temporarily unavailable"}
 
@@ -411,7 +413,7 @@ async def test_history_in_redis_keeps_its_size_and_byte_bounds_across_batches(
 async def test_authenticated_users_are_known_on_every_node(cluster: Any, tmp_path: Any) -> None:
     import jwt
 
-    from tests.helpers import connect
+    from tests.support.clients import connect
 
     secret = tmp_path / "jwt.key"
     secret.write_bytes(b"a shared secret of the test, long enough for HS256")
@@ -504,7 +506,7 @@ async def test_list_pages_skip_private_rooms_and_a_restart_keeps_who_owns_what(
 async def test_a_ban_by_user_name_removes_its_connections_on_every_node(cluster: Any, tmp_path: Any) -> None:
     import jwt
 
-    from tests.helpers import connect
+    from tests.support.clients import connect
 
     secret = tmp_path / "jwt.key"
     secret.write_bytes(b"a shared secret of the test, long enough for HS256")
@@ -531,7 +533,7 @@ async def test_a_ban_by_user_name_removes_its_connections_on_every_node(cluster:
 async def test_a_redis_with_a_password_and_another_database(redis_with_password: RedisServer) -> None:
     import socket as _socket
 
-    from tests.helpers import ClusterNodes, _read_reply
+    from tests.support.redis import _read_reply, ClusterNodes
 
     redis = redis_with_password
     nodes = ClusterNodes((f"redis://:s3cret@127.0.0.1:{redis.port}/2",))

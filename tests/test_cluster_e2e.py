@@ -13,7 +13,8 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
 from chatd import fastpath
-from tests.helpers import RedisServer, connect
+from tests.support.clients import connect
+from tests.support.redis import RedisServer
 
 
 async def welcomed_on(port: int) -> tuple[Any, str]:

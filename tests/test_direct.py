@@ -17,7 +17,8 @@ import jwt
 import pytest
 import pytest_twisted
 
-from tests.helpers import DaemonProcess, WSClient, connect
+from tests.support.clients import connect, WSClient
+from tests.support.servers import DaemonProcess
 
 SECRET = b"a shared secret of the test, long enough for HS256"
 

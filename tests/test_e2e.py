@@ -12,7 +12,8 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThread
 
-from tests.helpers import InProcessServer, WSClient, seed_example_2
+from tests.support.clients import seed_example_2, WSClient
+from tests.support.servers import InProcessServer
 
 
 

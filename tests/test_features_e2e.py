@@ -11,7 +11,9 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from chatd.settings import Settings
-from tests.helpers import InProcessServer, WSClient, handshake_from
+from tests.support.clients import WSClient
+from tests.support.raw import handshake_from
+from tests.support.servers import InProcessServer
 
 
 @pytest_twisted.async_yield_fixture

@@ -16,14 +16,9 @@ from twisted.internet.threads import deferToThread
 
 from chatd.config import normalise_origin
 from chatd.settings import Settings
-from tests.helpers import (
-    handshake_from,
-    InProcessServer,
-    WSClient,
-    _ClientProtocol,
-    two_in_a_room,
-    within,
-)
+from tests.support.clients import _ClientProtocol, two_in_a_room, within, WSClient
+from tests.support.raw import handshake_from
+from tests.support.servers import InProcessServer
 
 
 @pytest_twisted.ensureDeferred

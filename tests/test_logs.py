@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 
 from chatd.logs import JSONLogObserver, format_json
 from tests.fakes import FakeSink
-from tests.helpers import two_in_a_room
+from tests.support.clients import two_in_a_room
 
 
 def test_format_json_is_one_object_a_line_with_the_fields() -> None:

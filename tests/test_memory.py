@@ -11,7 +11,9 @@ from typing import Any, Callable
 
 import pytest_twisted
 
-from tests.helpers import DaemonProcess, connect, http_get
+from tests.support.clients import connect
+from tests.support.raw import http_get
+from tests.support.servers import DaemonProcess
 
 MIB = 1024 * 1024
 

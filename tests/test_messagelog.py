@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from chatd.messagelog import MIGRATIONS, MessageLogError, SQLiteLog, migrate
-from tests.helpers import two_in_a_room
+from tests.support.clients import two_in_a_room
 
 
 def message(n: int, body: Any = None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest_twisted
 
-from tests.helpers import two_in_a_room
+from tests.support.clients import two_in_a_room
 
 
 @pytest_twisted.ensureDeferred

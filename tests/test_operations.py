@@ -13,13 +13,9 @@ import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.threads import deferToThread
 
-from tests.helpers import (
-    DaemonProcess,
-    NotifySocket,
-    StalledClient,
-    connect,
-    http_get,
-)
+from tests.support.clients import connect
+from tests.support.raw import http_get, StalledClient
+from tests.support.servers import DaemonProcess, NotifySocket
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -149,7 +145,7 @@ async def test_stragglers_are_forced_after_the_shutdown_timeout(tmp_path, daemon
 async def test_an_unreachable_redis_is_said_once_in_the_log_in_readyz_and_in_the_metrics(
     daemon_factory, redis_server_later,
 ) -> None:
-    from tests.helpers import http_get
+    from tests.support.raw import http_get
 
     redis = redis_server_later  # its port chosen, nothing listening on it yet
     chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--metrics", "tcp:0:interface=127.0.0.1",

@@ -13,7 +13,10 @@ import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from tests.helpers import DaemonProcess, connect, free_port, handshake_from
+from tests.support.clients import connect
+from tests.support.raw import handshake_from
+from tests.support.raw import free_port
+from tests.support.servers import DaemonProcess
 from tests.proxies import HAProxy, Nginx
 
 LISTENING = rb"ChatFactory(?: \(PROXY\))? starting on (\d+)"

@@ -13,7 +13,8 @@ import pytest_twisted
 
 from chatd import codec
 from chatd.errors import ProtocolError
-from tests.helpers import DaemonProcess, WSClient, connect
+from tests.support.clients import connect, WSClient
+from tests.support.servers import DaemonProcess
 
 
 def kept(*ids: int) -> list[dict[str, Any]]:

@@ -15,7 +15,9 @@ import jwt
 import pytest
 import pytest_twisted
 
-from tests.helpers import DaemonProcess, InProcessServer, WSClient, connect, http_get
+from tests.support.clients import connect, WSClient
+from tests.support.raw import http_get
+from tests.support.servers import DaemonProcess, InProcessServer
 
 SECRET = b"a shared secret of the test, long enough for HS256"
 

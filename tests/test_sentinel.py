@@ -12,7 +12,8 @@ from typing import Any, Callable
 
 import pytest_twisted
 
-from tests.helpers import DaemonProcess, WSClient, connect
+from tests.support.clients import connect, WSClient
+from tests.support.servers import DaemonProcess
 
 IN_STEP = rb"In step with Redis at sentinel://\S+: cluster actions available"
 

@@ -13,7 +13,9 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 
 from chatd.backplane.shards import Shards, preference, rendezvous
-from tests.helpers import DaemonProcess, RedisServer, WSClient, connect, within
+from tests.support.clients import connect, within, WSClient
+from tests.support.redis import RedisServer
+from tests.support.servers import DaemonProcess
 
 UNAVAILABLE = {"status": "error", "message": "Service temporarily unavailable"}
 

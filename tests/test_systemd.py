@@ -17,7 +17,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from tests.helpers import DaemonProcess, NotifySocket, connect, stop_chatd, twistd_path
+from tests.support.clients import connect
+from tests.support.servers import DaemonProcess, NotifySocket, stop_chatd, twistd_path
 
 ROOT = Path(__file__).resolve().parent.parent
 

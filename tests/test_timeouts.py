@@ -18,14 +18,9 @@ from twisted.internet.threads import deferToThread
 
 from chatd.settings import Settings
 from tests.fakes import client_frame
-from tests.helpers import (
-    InProcessServer,
-    StalledClient,
-    WSClient,
-    _ClientProtocol,
-    read_until_eof,
-    within,
-)
+from tests.support.clients import _ClientProtocol, within, WSClient
+from tests.support.raw import read_until_eof, StalledClient
+from tests.support.servers import InProcessServer
 
 
 @pytest_twisted.async_yield_fixture

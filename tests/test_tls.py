@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 
-from tests.helpers import connect, two_in_a_room
+from tests.support.clients import connect, two_in_a_room
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:

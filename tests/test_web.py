@@ -22,7 +22,8 @@ import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from tests.helpers import free_port, read_until_eof
+from tests.support.raw import read_until_eof
+from tests.support.raw import free_port
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 DOC_IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
