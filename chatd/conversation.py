@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 
 from chatd import codec
 from chatd.auth import IChatUser, Token, TokenExpired
-from chatd.core import REPLY_UNIT
+from chatd.rooms.rules import REPLY_UNIT
 from chatd.rooms.state import Client
 from chatd.errors import (
     CLOSE_POLICY_VIOLATION,

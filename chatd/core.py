@@ -28,10 +28,8 @@ from chatd.codec import (
 from chatd.errors import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY_VIOLATION,
-    Banned,
     BannedAs,
     ChatError,
-    NotAllowed,
     NoRecipient,
     NotInRoom,
     RateLimited,
@@ -41,6 +39,16 @@ from chatd.errors import (
 from chatd.names import fold
 from chatd.ratelimit import TokenBucket
 from chatd.rooms.history import HistoryStore, MemoryHistory
+from chatd.rooms.rules import (
+    MAX_LISTED,
+    REPLY_UNIT,
+    done_reply,
+    join_refusal,
+    nick_taken,
+    refusal,
+    room_for,
+    successor,
+)
 from chatd.rooms.state import (
     Client,
     Limits,
@@ -57,69 +65,6 @@ _DEFAULT_LIMITS = Limits()
 
 #: The close reason for a client that keeps sending far over its limit.
 HAMMERING = "Rate limit exceeded repeatedly"
-
-
-def successor(members: dict[str, Client], moderators: Optional[set[str]]) -> Client:
-    """Who owns a room after its owner: the longest-present moderator, else
-    the longest-present member (``members`` is in the order they joined)."""
-    if moderators:
-        for client_id, member in members.items():
-            if client_id in moderators:
-                return member
-    return next(iter(members.values()))
-
-
-def refusal(code: str, command: Manage, room_name: str) -> ChatError:
-    """The error for a room action refused for the reason ``code`` (the
-    cluster's MANAGE script answers these codes)."""
-    action, target = command.action, command.target
-    if code == "role":
-        if action in ("op", "deop"):
-            return NotAllowed(f"Only the room's owner may {action}")
-        return NotAllowed(f"Only the room's owner or a moderator may {action}")
-    if code == "moderator":
-        return NotAllowed(f"Only the room's owner may {action} a moderator")
-    text = {
-        "notbanned": f"'{target}' is not banned from this room",
-        "full": f"This room's {'ban' if action == 'ban' else 'invitation'} list is full "
-                f"({MAX_LISTED} entries); remove some first",
-        "notin": f"Client {target} is not in this room",
-        "public": f"Room '{room_name}' is public: anyone may join",
-        "banned": f"'{target}' is banned from this room; unban it first",
-        "isowner": f"Client {target} is the room's owner",
-        "notmod": f"Client {target} is not a moderator",
-        "self": f"You cannot {action} yourself",
-        "owner": f"The room's owner cannot be {'kicked' if action == 'kick' else 'banned'}",
-    }.get(code)
-    if text is None:
-        raise ValueError(f"unknown refusal {code!r}")
-    return ChatError(text)
-
-
-#: Reply bytes that cost one more command token (ChatCore.charge_reply).
-REPLY_UNIT = 16 * 1024
-
-#: The most entries a room's invitations, and its bans, may hold.
-MAX_LISTED = 1000
-
-
-def _room_for(entries: Optional[set[str]], keys: list[str]) -> bool:
-    """Whether ``keys`` fit in a room's list (as new entries, or there already)."""
-    return entries is None or len(entries) < MAX_LISTED or all(key in entries for key in keys)
-
-
-def done_reply(command: Manage) -> dict[str, Any]:
-    """The success reply to a room action."""
-    target = command.target
-    message = {
-        "invite": f"Invited '{target}'",
-        "kick": f"Kicked '{target}'",
-        "ban": f"Banned '{target}'",
-        "unban": f"Unbanned '{target}'",
-        "op": f"'{target}' is now a moderator",
-        "deop": f"'{target}' is no longer a moderator",
-    }[command.action]
-    return {"status": "success", "message": message}
 
 
 class CoreEvents:
@@ -318,16 +263,9 @@ class ChatCore:
         if room is None:
             raise RoomNotFound(room_id)
         if client.room is not room:
-            keys = names_of(client.client_id, client.user)
-            if room.private and not listed(room.invited, keys):
-                # As if there were none, a ban included: nothing leaks.
-                raise RoomNotFound(room_id)
-            if listed(room.banned, keys):
-                raise Banned(room_id)
-            if client.nick is not None and self._nick_taken(room, client.nick, client):
-                raise ChatError(
-                    f"Nick '{client.nick}' is taken in room {room_id}; choose another with \"nick\""
-                )
+            refused = join_refusal(room, client)
+            if refused is not None:
+                raise refused
             self._leave_room(client, now)
             self._enter_room(client, room)
             self.announce(room, "join", client.client_id, client.nick, now, client, client.user)
@@ -529,7 +467,7 @@ class ChatCore:
                 raise refusal("public", command, room.name)
             if listed(room.banned, keys):
                 raise refusal("banned", command, room.name)
-            if not _room_for(room.invited, keys[:1]):
+            if not room_for(room.invited, keys[:1]):
                 raise refusal("full", command, room.name)
             room.invited = (room.invited or set()) | set(keys[:1])  # a client, or a user
             self._tell_invited(room, client, target_id or user or "", now)
@@ -561,7 +499,7 @@ class ChatCore:
         if role != "owner" and any(room.role(m.client_id) == "moderator" for m in removed):
             raise refusal("moderator", command, room.name)
         if action == "ban":
-            if not _room_for(room.banned, keys):
+            if not room_for(room.banned, keys):
                 raise refusal("full", command, room.name)
             room.banned = (room.banned or set()) | set(keys)
         if room.private and room.invited:
@@ -588,7 +526,7 @@ class ChatCore:
 
     def set_nick(self, client: Client, nick: str, now: float) -> dict[str, Any]:
         room = client.room
-        if room is not None and self._nick_taken(room, nick, client):
+        if room is not None and nick_taken(room, nick, client):
             raise ChatError(f"Nick '{nick}' is already taken in this room")
         client.nick = nick
         if room is not None:
@@ -632,24 +570,6 @@ class ChatCore:
         if client.room is None:
             raise NotInRoom("You must join a room first")
         return client.room
-
-    @staticmethod
-    def _nick_taken(room: Room, nick: str, client: Client) -> bool:
-        """
-        Another member has this nick, or is the authenticated user of that
-        name (as people read names: :func:`chatd.names.fold`); a user's own
-        connections share them.  A user's own name is never taken by
-        another's nick: the name wins (:meth:`_claim_name`).
-        """
-        folded = fold(nick)
-        user = fold(client.user) if client.user is not None else None
-        own_name = folded == user
-        return any(
-            m is not client and (user is None or m.user is None or fold(m.user) != user) and (
-                (not own_name and m.nick is not None and fold(m.nick) == folded)
-                or (m.user is not None and fold(m.user) == folded))
-            for m in room.members.values()
-        )
 
     def _claim_name(self, room: Room, client: Client, now: float) -> None:
         """
@@ -718,7 +638,7 @@ class ChatCore:
         if client.nick is not None:
             return
         nick = codec.default_nick(user, name)
-        if nick is None or (room is not None and self._nick_taken(room, nick, client)):
+        if nick is None or (room is not None and nick_taken(room, nick, client)):
             return
         client.nick = nick
         if room is not None:

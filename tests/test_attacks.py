@@ -443,7 +443,7 @@ async def test_room_action_errors_do_not_tell_which_client_ids_exist(deployment:
 @pytest.mark.parametrize("action", ["ban", "invite"])
 @pytest_twisted.ensureDeferred
 async def test_invitation_and_ban_lists_are_capped(deployment: Deployment, action: str) -> None:
-    from chatd.core import MAX_LISTED
+    from chatd.rooms.rules import MAX_LISTED
 
     one, _ = await deployment(rate_commands=0)
     owner, _ = await welcomed(one)

@@ -32,7 +32,8 @@ from chatd.backplane import scripts
 from chatd.backplane.shards import Shards
 from chatd.chat import Answer, counts_of
 from chatd.codec import Command
-from chatd.core import MAX_LISTED, ChatCore, done_reply, refusal
+from chatd.core import ChatCore
+from chatd.rooms.rules import MAX_LISTED, done_reply, refusal
 from chatd.rooms.state import Client, Room, blocks, member_entry
 from chatd.errors import Banned, BannedAs, ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
 from chatd.names import fold

@@ -660,7 +660,7 @@ return out
 #: target client ID ('' for none), target user ('' for none), reason, the
 #: most entries a room's invitations or bans may hold.  The
 #: client's action in its room, by the rules of ``chatd.core.ChatCore.manage``
-#: in the same order: {'ok'}, or {code} for a refusal (``chatd.core.refusal``),
+#: in the same order: {'ok'}, or {code} for a refusal (``chatd.rooms.rules.refusal``),
 #: or {'noroom'}, {'gone'}.
 MANAGE = _PRELUDE + r"""
 local node, client, action, tclient, tuser, reason = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
