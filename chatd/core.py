@@ -39,14 +39,13 @@ from chatd.errors import (
 from chatd.names import fold
 from chatd.ratelimit import TokenBucket
 from chatd.rooms.history import HistoryStore, MemoryHistory
+from chatd.rooms import rules
 from chatd.rooms.rules import (
     MAX_LISTED,
     REPLY_UNIT,
     done_reply,
     join_refusal,
     nick_taken,
-    refusal,
-    room_for,
     successor,
 )
 from chatd.rooms.state import (
@@ -438,74 +437,36 @@ class ChatCore:
         }
 
     def manage(self, client: Client, command: Manage, now: float) -> dict[str, Any]:
-        """An owner's or a moderator's action in the client's room (the
-        cluster's MANAGE script applies the same rules, in the same order)."""
+        """An owner's or a moderator's action in the client's room, decided by
+        :func:`chatd.rooms.rules.manage` and applied here (the cluster's
+        MANAGE script still keeps its own copy of the rules)."""
         room = self._room_of(client)
         reply = self._manage(client, room, command, now)
         self.events.room_action(room, client, command)
         return reply
 
     def _manage(self, client: Client, room: Room, command: Manage, now: float) -> dict[str, Any]:
-        action, target_id, user = command.action, command.client_id, command.user
-        role = room.role(client.client_id)
-        if (role != "owner") if action in ("op", "deop") else (role == "member"):
-            raise refusal("role", command, room.name)
-        target = self.clients.get(target_id) if target_id is not None else None
-        keys = names_of(target_id, target.user if target is not None else None) if target_id else [f"u:{user}"]
-        if action == "unban":
-            if not listed(room.banned, keys):
-                raise refusal("notbanned", command, room.name)
-            assert room.banned is not None
-            room.banned.difference_update(keys)
-            return done_reply(command)
-        # A client that is not in the room, and one that does not exist, get
-        # the same answer: the errors tell nobody which client IDs are in use.
-        if action in ("kick", "op", "deop") and (target is None or target.room is not room):
-            raise refusal("notin", command, room.name)
-        if action == "invite":
-            if not room.private:
-                raise refusal("public", command, room.name)
-            if listed(room.banned, keys):
-                raise refusal("banned", command, room.name)
-            if not room_for(room.invited, keys[:1]):
-                raise refusal("full", command, room.name)
-            room.invited = (room.invited or set()) | set(keys[:1])  # a client, or a user
-            self._tell_invited(room, client, target_id or user or "", now)
-            return done_reply(command)
-        if action in ("op", "deop"):
-            assert target is not None and target_id is not None
-            if target_id == room.owner:
-                raise refusal("isowner", command, room.name)
-            moderators = room.moderators = room.moderators or set()
-            if action == "deop" and target_id not in moderators:
-                raise refusal("notmod", command, room.name)
-            (moderators.add if action == "op" else moderators.discard)(target_id)
-            self.announce(room, action, target_id, target.nick, now, user=target.user, everyone=True)
-            return done_reply(command)
-        # kick, ban: who goes (a ban: every connection of a user it names).
-        if action == "kick":
-            assert target is not None
-            removed = [target]
-            is_self, is_owner = target is client, target.client_id == room.owner
-        else:
-            removed = [m for m in room.members.values() if listed(keys, names_of(m.client_id, m.user))]
-            owner = self.clients.get(room.owner)
-            is_self = listed(keys, names_of(client.client_id, client.user))
-            is_owner = listed(keys, names_of(room.owner, owner.user if owner is not None else None))
-        if is_self:
-            raise refusal("self", command, room.name)
-        if is_owner:
-            raise refusal("owner", command, room.name)
-        if role != "owner" and any(room.role(m.client_id) == "moderator" for m in removed):
-            raise refusal("moderator", command, room.name)
-        if action == "ban":
-            if not room_for(room.banned, keys):
-                raise refusal("full", command, room.name)
-            room.banned = (room.banned or set()) | set(keys)
-        if room.private and room.invited:
-            room.invited.difference_update(keys)  # back only with a new invitation
-        for member in removed:
-            self._remove(member, room, client.client_id, command.reason, now)
+        target = self.clients.get(command.client_id) if command.client_id is not None else None
+        target_room = target.room.room_id if target is not None and target.room is not None else None
+        changes = rules.manage(room, client, command, target.user if target is not None else None, target_room)
+        if changes.unban and room.banned:
+            room.banned.difference_update(changes.unban)
+        if changes.ban:
+            room.banned = (room.banned or set()) | changes.ban
+        if changes.invite:
+            room.invited = (room.invited or set()) | changes.invite
+        if changes.uninvite and room.invited:
+            room.invited.difference_update(changes.uninvite)
+        for subject, kind in ((changes.op, "op"), (changes.deop, "deop")):
+            if subject is not None:
+                moderators = room.moderators = room.moderators or set()
+                (moderators.add if kind == "op" else moderators.discard)(subject)
+                member = room.members[subject]
+                self.announce(room, kind, subject, member.nick, now, user=member.user, everyone=True)
+        for member_id in changes.remove:
+            self._remove(room.members[member_id], room, client.client_id, command.reason, now)
+        if changes.tell_invited is not None:
+            self._tell_invited(room, client, changes.tell_invited, now)
         return done_reply(command)
 
     def _tell_invited(self, room: Room, by: Client, to: str, now: float) -> None:

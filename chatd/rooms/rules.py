@@ -9,6 +9,7 @@ of some (docs/development.md, "The room rules and their stores").
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from chatd.codec import Manage
@@ -112,3 +113,81 @@ def join_refusal(room: Room, client: Client) -> Optional[ChatError]:
     if client.nick is not None and nick_taken(room, client.nick, client):
         return ChatError(f"Nick '{client.nick}' is taken in room {room.room_id}; choose another with \"nick\"")
     return None
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What an owner's or a moderator's action changes in a room, for the
+    chat to apply in this order: the lists, the roles, who is put out (each
+    told why, the others seeing a leave), and who hears of an invitation."""
+
+    ban: frozenset[str] = frozenset()
+    unban: frozenset[str] = frozenset()
+    invite: frozenset[str] = frozenset()
+    uninvite: frozenset[str] = frozenset()
+    op: Optional[str] = None
+    deop: Optional[str] = None
+    remove: tuple[str, ...] = ()
+    tell_invited: Optional[str] = None  # the client ID or user an invitation names
+
+
+def manage(
+    room: Room, actor: Client, command: Manage, target_user: Optional[str], target_room: Optional[str],
+) -> Changes:
+    """
+    The changes an action of ``actor`` in ``room`` makes, or the refusal
+    (a ChatError) that says why it makes none.  ``target_user`` and
+    ``target_room`` are what is known of the client the action names (its
+    user, and the room it is in; None for a client that does not exist, so
+    that it is answered as one in another room: the errors tell nobody which
+    client IDs are in use).
+    """
+    action, target_id = command.action, command.client_id
+    role = room.role(actor.client_id)
+    if (role != "owner") if action in ("op", "deop") else (role == "member"):
+        raise refusal("role", command, room.name)
+    keys = names_of(target_id, target_user) if target_id is not None else [f"u:{command.user}"]
+    if action == "unban":
+        if not listed(room.banned, keys):
+            raise refusal("notbanned", command, room.name)
+        return Changes(unban=frozenset(keys))
+    if action in ("kick", "op", "deop") and target_room != room.room_id:
+        raise refusal("notin", command, room.name)
+    if action == "invite":
+        if not room.private:
+            raise refusal("public", command, room.name)
+        if listed(room.banned, keys):
+            raise refusal("banned", command, room.name)
+        if not room_for(room.invited, keys[:1]):
+            raise refusal("full", command, room.name)
+        return Changes(invite=frozenset(keys[:1]), tell_invited=command.target)  # a client, or a user
+    if action in ("op", "deop"):
+        assert target_id is not None
+        if target_id == room.owner:
+            raise refusal("isowner", command, room.name)
+        if action == "deop" and not (room.moderators and target_id in room.moderators):
+            raise refusal("notmod", command, room.name)
+        return Changes(op=target_id) if action == "op" else Changes(deop=target_id)
+    # kick, ban: who goes (a ban: every connection of a user it names).
+    if action == "kick":
+        assert target_id is not None
+        removed = [target_id]
+        is_self, is_owner = target_id == actor.client_id, target_id == room.owner
+    else:
+        removed = [m.client_id for m in room.members.values() if listed(keys, names_of(m.client_id, m.user))]
+        owner = room.members.get(room.owner)
+        is_self = listed(keys, names_of(actor.client_id, actor.user))
+        is_owner = listed(keys, names_of(room.owner, owner.user if owner is not None else None))
+    if is_self:
+        raise refusal("self", command, room.name)
+    if is_owner:
+        raise refusal("owner", command, room.name)
+    if role != "owner" and any(room.role(member) == "moderator" for member in removed):
+        raise refusal("moderator", command, room.name)
+    if action == "ban" and not room_for(room.banned, keys):
+        raise refusal("full", command, room.name)
+    return Changes(
+        ban=frozenset(keys) if action == "ban" else frozenset(),
+        uninvite=frozenset(keys) if room.private else frozenset(),  # back only with a new invitation
+        remove=tuple(removed),
+    )
