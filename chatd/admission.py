@@ -54,7 +54,7 @@ def parse_ip(text: str) -> Optional[Address]:
 @lru_cache(maxsize=4096)
 def _address(text: str) -> Optional[Address]:
     """``ipaddress``'s parse, remembered: clients come back from the same
-    addresses, and it is a tenth of what accepting a connection costs."""
+    addresses, and parsing is a visible share of accepting a connection."""
     try:
         address = ipaddress.ip_address(text)
     except ValueError:

@@ -221,7 +221,7 @@ def quiet_autobahn_debug() -> None:
     Autobahn builds the arguments of its debug log messages whether or not
     debug logging is on: it pretty-prints its options on every new
     connection and formats type and value names on every handshake and
-    frame, a quarter of chatd's CPU per connection.  From here on, those
+    frame, a large share of what a connection costs.  From here on, those
     helpers format only at txaio's debug level.  Called by the server's
     factory, never at import.
     """
@@ -299,7 +299,7 @@ def drop_answered(protocol: Any) -> None:
 #
 # Autobahn's processHandshake parses a request three ways (its strict header
 # parser, urlparse, parse_qs), checks it, and runs onConnect through a
-# Deferred: a sixth of what a connection costs the server.  The common
+# Deferred, a visible share of what a connection costs.  The common
 # request (a whole one in one read, no extension, subprotocol, token or
 # repeated header, a plain path) is checked here as strictly, and then
 # Autobahn's own onConnect and succeedHandshake take over; anything else

@@ -538,8 +538,7 @@ class ChatFactory(WebSocketServerFactory):
             failByDrop=False,  # protocol errors get a close frame with a code
             echoCloseCodeReason=False,
             # chatd times handshakes itself (HandshakeTimer): Autobahn's
-            # timer is set and cancelled per connection (about 5% of what a
-            # connection cost the server, profiled).
+            # timer would be set and cancelled for every connection.
             openHandshakeTimeout=0,
             closeHandshakeTimeout=_at_least(settings.close_timeout),
             tcpNoDelay=True,

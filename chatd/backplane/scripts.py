@@ -517,8 +517,7 @@ for i = 6, #ARGV, 3 do
   if in_room[client] then
     id = id + 1
     -- Written once, as an integer: Lua writes a number it concatenates
-    -- with '%.14g', the exact float formatting that was a twentieth of
-    -- Redis's time here, three times per message.
+    -- with '%.14g', an exact float formatting that is dear in Redis.
     local text = string.format('%d', id)
     local head, tail = ARGV[i + 1], ARGV[i + 2]
     if n > 1 then
@@ -526,8 +525,8 @@ for i = 6, #ARGV, 3 do
       pieces[n] = '\n'
     end
     -- The payload (head, id, tail) is never a string of its own: Redis's
-    -- Lua hashes every byte of every string it makes, a quarter of its
-    -- time here, so only the history entry and the channel message are.
+    -- Lua hashes every byte of every string it makes, so only the history
+    -- entry and the channel message are made.
     pieces[n + 1], pieces[n + 2], pieces[n + 3], pieces[n + 4] = text, ' ', client, ' '
     pieces[n + 5], pieces[n + 6], pieces[n + 7] = head, text, tail
     n = n + 7
@@ -554,8 +553,8 @@ if m > 0 then
   -- 'largest': the largest payload the room's history has taken.  While
   -- `keep` of those fit in the byte bound, only the count can bind: the
   -- history is trimmed to `keep` without reading back what goes, and its
-  -- byte count is left undone ('bytes' -1).  Reading the dropped entries
-  -- back was a sixth of Redis's time here.
+  -- byte count is left undone ('bytes' -1), since reading the dropped
+  -- entries back would cost Redis more than the trim itself.
   local meta = redis.call('HMGET', rkey, 'bytes', 'largest')
   local bytes, largest = tonumber(meta[1] or 0), tonumber(meta[2] or 0)
   if biggest > largest then

@@ -38,7 +38,7 @@ def member_entry(client_id: str, nick: Optional[str], user: Optional[str], role:
 
 
 #: Random bytes drawn from the system at a time for IDs (a system call per
-#: ID was a noticeable part of what a connection costs), and what is left.
+#: ID is a noticeable part of what a connection costs), and what is left.
 _RANDOM_CHUNK = 4096
 
 
