@@ -438,8 +438,8 @@ class ChatCore:
 
     def manage(self, client: Client, command: Manage, now: float) -> dict[str, Any]:
         """An owner's or a moderator's action in the client's room, decided by
-        :func:`chatd.rooms.rules.manage` and applied here (the cluster's
-        MANAGE script still keeps its own copy of the rules)."""
+        :func:`chatd.rooms.rules.manage` and applied here (a cluster node
+        decides by the same rule, and applies in Redis)."""
         room = self._room_of(client)
         reply = self._manage(client, room, command, now)
         self.events.room_action(room, client, command)

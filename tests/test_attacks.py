@@ -495,3 +495,43 @@ async def test_a_connection_blocks_direct_messages_from_a_user_or_a_client(
         "status": "error", "message": "'nobody' is not blocked"}
     for client in (pest, bob, carol):
         await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_room_action_decided_on_a_room_that_changed_meanwhile_is_decided_again(
+    cluster: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from twisted.internet.defer import Deferred
+
+    from chatd.backplane import scripts
+
+    # Y (a moderator, node one) kicks X while the owner (node two) makes X a
+    # moderator.  Y's decision is held until the owner's is applied: applied
+    # then, both would stand, which no order of the two allows (a moderator
+    # may not kick a moderator; nobody can op a member who is out).
+    one, two = await cluster(), await cluster()
+    (owner, _), (x, x_id), (y, y_id) = await welcomed(two), await welcomed(two), await welcomed(one)
+    room_id = (await owner.request({"action": "create", "body": "den"}))["room_id"]
+    for member in (x, y):
+        await member.request({"action": "join", "body": {"room_id": room_id}})
+    await owner.request({"action": "op", "body": {"client_id": y_id}})
+    shard = one.factory.chat.shards.of(room_id)
+    call, held, released = shard.call, Deferred(), Deferred()
+
+    def held_apply(script: str, *args: Any) -> Deferred:
+        if script is scripts.APPLY and not held.called:
+            held.callback(None)
+            return released.addCallback(lambda _: call(script, *args))
+        return call(script, *args)
+
+    monkeypatch.setattr(shard, "call", held_apply)
+    y.send({"action": "kick", "body": {"client_id": x_id}})
+    await held
+    assert (await owner.request({"action": "op", "body": {"client_id": x_id}}))["status"] == "success"
+    released.callback(None)
+    # Decided again on the room as it now is: X is a moderator.
+    assert await y.next() == {"status": "error", "message": "Only the room's owner may kick a moderator"}
+    members = (await owner.request({"action": "members"}))["members"]
+    assert {"client_id": x_id, "nick": None, "role": "moderator"} in members
+    for client in (owner, x, y):
+        await client.close()

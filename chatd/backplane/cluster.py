@@ -33,7 +33,8 @@ from chatd.backplane.shards import Shards
 from chatd.chat import Answer, counts_of
 from chatd.codec import Command
 from chatd.core import ChatCore
-from chatd.rooms.rules import MAX_LISTED, done_reply, refusal
+from chatd.rooms import rules
+from chatd.rooms.rules import done_reply
 from chatd.rooms.state import Client, Room, blocks, member_entry
 from chatd.errors import Banned, BannedAs, ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
 from chatd.names import fold
@@ -557,27 +558,34 @@ class ClusterChat:
         return d.addCallback(done)
 
     def manage(self, client: Client, command: codec.Manage) -> "Deferred[Reply]":
-        """An owner's or a moderator's action: the MANAGE script applies the
-        core's rules to the room in Redis."""
+        """An owner's or a moderator's action: decided by the room rules
+        (:func:`chatd.rooms.rules.manage`) on the room as Redis has it, and
+        applied there only if the room is still so; else decided again."""
         room, shard = self._room_of(client)
-        d = self._call(
-            shard, scripts.MANAGE, self.shards.node, client.client_id, command.action,
-            command.client_id or "", command.user or "", command.reason, MAX_LISTED)
+        return Deferred.fromCoroutine(self._manage(client, room, shard, command))
 
-        def done(result: list[Any]) -> Reply:
-            outcome = _text(result[0])
-            if outcome == "ok":
-                self.core.events.room_action(room, client, command)
-                if command.action == "invite":
-                    self._tell_invited(room, client, command.target)
-                return done_reply(command)
+    async def _manage(self, client: Client, room: Room, shard: Any, command: codec.Manage) -> Reply:
+        for _ in range(_DECISIONS):
+            read = await self._call(
+                shard, scripts.ROOM, self.shards.node, client.client_id, command.client_id or "")
+            outcome = _text(read[0])
             if outcome == "noroom":
                 raise NotInRoom("You must join a room first")  # kicked meanwhile
-            if outcome == "gone":
+            if outcome != "ok":
                 raise Unavailable()
-            raise refusal(outcome, command, room.name)
-
-        return d.addCallback(done)
+            view, actor, target_user, target_room = _room_view(read, client)
+            changes = rules.manage(view, actor, command, target_user, target_room)
+            applied = _text(await self._call(
+                shard, scripts.APPLY, self.shards.node, client.client_id, view.room_id, _text(read[2]),
+                command.reason, _changes_json(changes)))
+            if applied == "ok":
+                self.core.events.room_action(room, client, command)
+                if changes.tell_invited is not None:
+                    self._tell_invited(room, client, changes.tell_invited)
+                return done_reply(command)
+            if applied != "stale":
+                raise Unavailable()
+        raise Unavailable()  # the room kept changing under the decision
 
     def set_nick(self, client: Client, nick: str, now: float) -> "Deferred[Reply]":
         reply = {"status": "success", "message": f"Nick set to '{nick}'", "nick": nick}
@@ -1092,3 +1100,47 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8")
     return "" if value is None else str(value)
+
+
+#: How many times a room action is decided again on a room that changed
+#: between the decision and its application, before giving up.
+_DECISIONS = 5
+
+
+class _NoSink:
+    """A member of a room as Redis has it: nothing is delivered to it here."""
+
+    def deliver(self, frame: Any) -> None:
+        raise NotImplementedError
+
+    def close(self, code: int, reason: str) -> None:
+        raise NotImplementedError
+
+
+_NO_SINK = _NoSink()
+
+
+def _room_view(read: list[Any], client: Client) -> tuple[Room, Client, Optional[str], Optional[str]]:
+    """The ROOM script's answer as the rules read a room: the room, the
+    acting client as a member of it, and what is known of the target."""
+    room_id, name, owner, private = _text(read[1]), _text(read[3]), _text(read[4]), _text(read[5])
+    view = Room(room_id, name, "", "", 0)
+    view.owner, view.private = owner, private == "1"
+    moderators, invited, banned = ({_text(x) for x in read[i]} for i in (6, 7, 8))
+    view.moderators, view.invited, view.banned = moderators or None, invited or None, banned or None
+    flat = read[9]
+    for i in range(0, len(flat), 2):
+        member = Client(_text(flat[i]), _NO_SINK)
+        member.user = _text(flat[i + 1]) or None
+        view.members[member.client_id] = member
+    actor = view.members.get(client.client_id) or Client(client.client_id, _NO_SINK)
+    return view, actor, _text(read[10]) or None, _text(read[11]) or None
+
+
+def _changes_json(changes: rules.Changes) -> str:
+    """The changes as the APPLY script takes them."""
+    return json.dumps({
+        "ban": sorted(changes.ban), "unban": sorted(changes.unban), "invite": sorted(changes.invite),
+        "uninvite": sorted(changes.uninvite), "op": changes.op or "", "deop": changes.deop or "",
+        "remove": list(changes.remove),
+    })

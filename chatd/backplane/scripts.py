@@ -106,6 +106,12 @@ local function publish_about(room, kind, client)
   publish_event(room, kind, client, nick, user)
 end
 
+-- The room changed in what a rule reads (members, their users, roles,
+-- invitations, bans): a decision made on the room as it was is stale.
+local function bump(room)
+  redis.call('HINCRBY', P .. 'room:' .. room, 'v', 1)
+end
+
 -- The owner is gone: the longest-present moderator owns the room, else
 -- the longest-present member (members are scored by when they joined).
 local function succeed_owner(room)
@@ -118,6 +124,7 @@ local function succeed_owner(room)
     end
   end
   redis.call('HSET', P .. 'room:' .. room, 'owner', heir)
+  bump(room)
   publish_about(room, 'owner', heir)
 end
 
@@ -167,6 +174,7 @@ local function leave_room(client)
     return room, 1
   end
   publish_event(room, 'leave', client, nick, user)
+  bump(room)
   redis.call('SREM', P .. 'mods:' .. room, client)
   if redis.call('HGET', P .. 'room:' .. room, 'owner') == client then
     succeed_owner(room)
@@ -183,6 +191,7 @@ local function enter_room(client, room, kind)
   end
   count_user(room, ufolded, 1)
   redis.call('HSET', ckey, 'room', room)
+  bump(room)
   publish_event(room, kind, client, nick, user)
 end
 
@@ -314,6 +323,7 @@ if room and room ~= '' then
   end
   count_user(room, redis.call('HGET', ckey, 'ufolded'), -1)
   count_user(room, ufolded, 1)
+  bump(room)
 end
 forget_user(client)
 redis.call('HSET', ckey, 'user', user, 'ufolded', ufolded)
@@ -655,15 +665,13 @@ end
 return out
 """
 
-#: ARGV: prefix, node, client, action (invite, kick, ban, unban, op, deop),
-#: target client ID ('' for none), target user ('' for none), reason, the
-#: most entries a room's invitations or bans may hold.  The
-#: client's action in its room, by the rules of ``chatd.core.ChatCore.manage``
-#: in the same order: {'ok'}, or {code} for a refusal (``chatd.rooms.rules.refusal``),
-#: or {'noroom'}, {'gone'}.
-MANAGE = _PRELUDE + r"""
-local node, client, action, tclient, tuser, reason = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local most = tonumber(ARGV[8])
+#: ARGV: prefix, node, client, target client ('' for none).  What the room
+#: rules read of the client's room (chatd.rooms.rules.manage), and the
+#: room's version: {'ok', room, version, name, owner, private ('1'/'0'),
+#: {moderators}, {invited}, {banned}, {member, user, ...} in join order,
+#: target's user, target's room}, or {'noroom'}, {'gone'}.
+ROOM = _PRELUDE + r"""
+local node, client, target = ARGV[2], ARGV[3], ARGV[4]
 local ckey = P .. 'client:' .. client
 if redis.call('HGET', ckey, 'node') ~= node then
   return {'gone'}
@@ -673,115 +681,69 @@ if not room or room == '' then
   return {'noroom'}
 end
 local rkey = P .. 'room:' .. room
-local banned, invited, mods = P .. 'banned:' .. room, P .. 'invited:' .. room, P .. 'mods:' .. room
 local owner = owner_of(room)
-local role = role_of(room, client, owner)
-if action == 'op' or action == 'deop' then
-  if role ~= 'owner' then
-    return {'role'}
-  end
-elseif role == 'member' then
-  return {'role'}
+local meta = redis.call('HMGET', rkey, 'name', 'private', 'v')
+local members = {}
+for _, member in ipairs(redis.call('ZRANGE', P .. 'members:' .. room, 0, -1)) do
+  members[#members + 1] = member
+  members[#members + 1] = redis.call('HGET', P .. 'client:' .. member, 'user') or ''
 end
-local keys = {'u:' .. tuser}
-if tclient ~= '' then
-  keys = names_of(tclient)
+local tuser, troom = '', ''
+if target ~= '' then
+  local t = redis.call('HMGET', P .. 'client:' .. target, 'user', 'room')
+  tuser, troom = t[1] or '', t[2] or ''
 end
-if action == 'unban' then
-  if not listed(banned, keys) then
-    return {'notbanned'}
-  end
-  redis.call('SREM', banned, unpack(keys))
-  return {'ok'}
+return {'ok', room, meta[3] or '0', meta[1], owner, meta[2] or '0',
+        redis.call('SMEMBERS', P .. 'mods:' .. room), redis.call('SMEMBERS', P .. 'invited:' .. room),
+        redis.call('SMEMBERS', P .. 'banned:' .. room), members, tuser, troom}
+"""
+
+#: ARGV: prefix, node, client, room, version (ROOM's), reason, and the
+#: changes as JSON ({"ban": [...], "unban": [...], "invite": [...],
+#: "uninvite": [...], "op": ID or "", "deop": ID or "", "remove": [...]}).
+#: Applied only if the room is still as the rule read it: 'ok'; 'stale'
+#: (decide again on a fresh ROOM); 'gone'.  No rule in here: the changes
+#: were decided in Python.
+APPLY = _PRELUDE + r"""
+local node, client, room, version, reason = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local changes = cjson.decode(ARGV[7])
+if redis.call('HGET', P .. 'client:' .. client, 'node') ~= node then
+  return 'gone'
 end
--- Whether ``keys`` fit in a room's list (new, or there already).
-local function fits(set, keys)
-  if redis.call('SCARD', set) < most then
-    return true
-  end
-  for _, key in ipairs(keys) do
-    if redis.call('SISMEMBER', set, key) == 0 then
-      return false
-    end
-  end
-  return true
+local rkey = P .. 'room:' .. room
+if redis.call('HGET', P .. 'client:' .. client, 'room') ~= room
+    or (redis.call('HGET', rkey, 'v') or '0') ~= version then
+  return 'stale'
 end
--- A client not in the room and one that does not exist are answered alike.
-local troom = nil
-if tclient ~= '' then
-  troom = redis.call('HGET', P .. 'client:' .. tclient, 'room')
+local banned, invited, mods = P .. 'banned:' .. room, P .. 'invited:' .. room, P .. 'mods:' .. room
+for _, key in ipairs(changes.unban) do
+  redis.call('SREM', banned, key)
 end
-if (action == 'kick' or action == 'op' or action == 'deop') and troom ~= room then
-  return {'notin'}
+for _, key in ipairs(changes.ban) do
+  redis.call('SADD', banned, key)
 end
-if action == 'invite' then
-  if redis.call('HGET', rkey, 'private') ~= '1' then
-    return {'public'}
-  end
-  if listed(banned, keys) then
-    return {'banned'}
-  end
-  if not fits(invited, {keys[1]}) then
-    return {'full'}
-  end
-  redis.call('SADD', invited, keys[1])
-  return {'ok'}
+for _, key in ipairs(changes.invite) do
+  redis.call('SADD', invited, key)
 end
-if action == 'op' or action == 'deop' then
-  if owner == tclient then
-    return {'isowner'}
-  end
-  if action == 'deop' and redis.call('SISMEMBER', mods, tclient) == 0 then
-    return {'notmod'}
-  end
-  if action == 'op' then
-    redis.call('SADD', mods, tclient)
-  else
-    redis.call('SREM', mods, tclient)
-  end
-  publish_about(room, action, tclient)
-  return {'ok'}
+for _, key in ipairs(changes.uninvite) do
+  redis.call('SREM', invited, key)
 end
--- kick, ban: who goes (a ban: every connection of a user it names).
-local removed, is_self, is_owner = {}, false, false
-if action == 'kick' then
-  removed = {tclient}
-  is_self, is_owner = tclient == client, tclient == owner
-else
-  for _, member in ipairs(redis.call('ZRANGE', P .. 'members:' .. room, 0, -1)) do
-    if overlap(names_of(member), keys) then
-      table.insert(removed, member)
-    end
-  end
-  is_self, is_owner = overlap(keys, names_of(client)), overlap(keys, names_of(owner))
+if changes.op ~= '' then
+  redis.call('SADD', mods, changes.op)
+  publish_about(room, 'op', changes.op)
 end
-if is_self then
-  return {'self'}
+if changes.deop ~= '' then
+  redis.call('SREM', mods, changes.deop)
+  publish_about(room, 'deop', changes.deop)
 end
-if is_owner then
-  return {'owner'}
-end
-if role ~= 'owner' then
-  for _, member in ipairs(removed) do
-    if redis.call('SISMEMBER', mods, member) == 1 then
-      return {'moderator'}
-    end
-  end
-end
-if action == 'ban' then
-  if not fits(banned, keys) then
-    return {'full'}
-  end
-  redis.call('SADD', banned, unpack(keys))
-end
-if redis.call('HGET', rkey, 'private') == '1' then
-  redis.call('SREM', invited, unpack(keys))
-end
-for _, member in ipairs(removed) do
+for _, member in ipairs(changes.remove) do
   redis.call('PUBLISH', P .. 'r:' .. room, 'k' .. member .. ' ' .. client .. ' ' .. reason)
   leave_room(member)
 end
-return {'ok'}
+if redis.call('EXISTS', rkey) == 1 then
+  bump(room)
+end
+return 'ok'
 """
 
 #: ARGV: prefix, node, client, nick, folded.  'ok', or 'taken', or 'gone'.
@@ -939,6 +901,9 @@ for id, c in pairs(wanted) do
     end
   end
 end
+for room, _ in pairs(state.rooms) do
+  bump(room)
+end
 redis.call('SET', P .. 'node:' .. node, '1', 'PX', lease)
 redis.call('SADD', P .. 'nodes', node)
 return refused
@@ -946,5 +911,5 @@ return refused
 
 
 #: Every script, loaded into Redis as a node connects (RedisBackplane).
-ALL = (REGISTER, UNREGISTER, AUTH, DIRECT, CREATE, JOIN, LEAVE, PUBLISH, LIST, MEMBERS, MANAGE, NICK, HISTORY,
+ALL = (REGISTER, UNREGISTER, AUTH, DIRECT, CREATE, JOIN, LEAVE, PUBLISH, LIST, MEMBERS, ROOM, APPLY, NICK, HISTORY,
        HEARTBEAT, REAP, GOODBYE, RESYNC)

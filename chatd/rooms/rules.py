@@ -3,8 +3,9 @@ The room rules as pure functions: who succeeds an owner, who may join,
 whose nick clashes with whose, how full a room's lists may get, and how
 each refusal and each owner's action is answered.  They read the state
 they are given and say what follows; the chat applies it.  One process
-decides through them; a cluster's Redis scripts still keep their own copy
-of some (docs/development.md, "The room rules and their stores").
+decides through them, and a cluster node decides owners' and moderators'
+actions through them too; the Redis scripts still keep their own copy of
+the others (docs/development.md, "The room rules and their stores").
 """
 
 from __future__ import annotations
