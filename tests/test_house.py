@@ -26,7 +26,7 @@ PACKAGE = ROOT / "chatd"
 PURE = {
     "chatd.errors", "chatd.settings", "chatd.codec", "chatd.delivery.frames", "chatd.ratelimit",
     "chatd.core", "chatd.config", "chatd.backplane.address", "chatd.admission", "chatd.names",
-    "chatd.rooms", "chatd.rooms.state", "chatd.rooms.history", "chatd.rooms.rules",
+    "chatd.rooms", "chatd.rooms.state", "chatd.rooms.history", "chatd.rooms.rules", "chatd.backplane.lines",
 }
 
 #: One client's conversation and the chat it talks to: Twisted, never Autobahn.

@@ -28,14 +28,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatd import codec
-from chatd.backplane import scripts
+from chatd.backplane import lines, scripts
 from chatd.backplane.shards import Shards
 from chatd.chat import Answer, counts_of
 from chatd.codec import Command
 from chatd.core import ChatCore
 from chatd.rooms import rules
 from chatd.rooms.rules import done_reply
-from chatd.rooms.state import Client, Room, blocks, member_entry
+from chatd.rooms.state import Client, Room, blocks
 from chatd.errors import Banned, BannedAs, ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
 from chatd.names import fold
 from chatd.delivery.outbox import Flusher
@@ -293,8 +293,9 @@ class ClusterChat:
                 shard, scripts.CREATE, self.shards.node, client.client_id, room.room_id, name, created_at,
                 "1" if private else "0", *_who(client), len(self.shards), self.shards.position(shard))
 
-        def done(result: list[Any]) -> Union[Reply, Deferred[Reply]]:
-            outcome = _text(result[0])
+        def done(reply: list[Any]) -> Union[Reply, Deferred[Reply]]:
+            created = lines.Created.decode(reply)
+            outcome = created.outcome
             if outcome == "taken":
                 self._abandon(pending)
                 if tries > 1:
@@ -303,8 +304,8 @@ class ClusterChat:
             if outcome != "ok":
                 self._abandon(pending)
                 raise Unavailable()
-            room.seq = int(result[2])
-            self._old_room(_text(result[3]), int(result[4]))
+            room.seq = created.seq
+            self._old_room(created.left)
             self._leave_elsewhere(client, old, shard)
             if self._answered(pending):
                 self.core.events.room_created(room, client)
@@ -330,8 +331,9 @@ class ClusterChat:
                 shard, scripts.JOIN, self.shards.node, client.client_id, room_id, -1 if since is None else since,
                 *_who(client))
 
-        def done(result: list[Any]) -> Reply:
-            outcome = _text(result[0])
+        def done(answer: list[Any]) -> Reply:
+            joined = lines.Joined.decode(answer)
+            outcome = joined.outcome
             if outcome not in ("ok", "same"):
                 self._abandon(pending)
                 if outcome == "nf":
@@ -343,11 +345,11 @@ class ClusterChat:
                         f"Nick '{client.nick}' is taken in room {room_id}; choose another with \"nick\""
                     )
                 raise Unavailable()
-            room.name, room.created_at, room.created_by = (_text(x) for x in result[1:4])
-            room.seq = int(result[4])
-            room.last_id = max(room.last_id, int(result[5]))
-            room.owner, room.private = _text(result[10]), _text(result[11]) == "1"
-            self._old_room(_text(result[6]), int(result[7]))
+            room.name, room.created_at, room.created_by = joined.name, joined.created_at, joined.created_by
+            room.seq = joined.seq
+            room.last_id = max(room.last_id, joined.last_id)
+            room.owner, room.private = joined.owner, joined.private
+            self._old_room(joined.left)
             self._leave_elsewhere(client, current, shard)
             if outcome == "same":
                 self._pending.pop((room_id, client.client_id), None)
@@ -358,8 +360,7 @@ class ClusterChat:
                 self._release(room)  # the client holds its reference on the room already
             reply = codec.joined(room_id, room.name)
             if since is not None:
-                reply["recovered"] = int(result[8]) == 1
-                reply["messages"] = [json.loads(payload) for payload in result[9]]
+                reply["recovered"], reply["messages"] = joined.recovered is True, joined.messages
             return reply
 
         pending = self._expect(client, room)
@@ -524,20 +525,13 @@ class ClusterChat:
         d = DeferredList([self._call(shard, scripts.LIST, *args) for shard in shards], consumeErrors=True)
 
         def done(answers: list[tuple[bool, Any]]) -> Reply:
-            found: list[tuple[int, dict[str, Any]]] = []
-            for ok, flat in answers:
-                if not ok:
-                    continue
-                for i in range(0, len(flat), 6):
-                    room_id, name, members, created_at, seq, private = flat[i:i + 6]
-                    found.append((int(float(seq)), codec.room_entry(
-                        _text(room_id), _text(name), int(members), _text(created_at), _text(private) == "1")))
+            found = [room for ok, flat in answers if ok for room in lines.ListedRoom.decode_all(flat)]
             if not any(ok for ok, _ in answers):
                 raise Unavailable()
-            found.sort(key=lambda entry: entry[0])
-            reply: Reply = {"status": "success", "rooms": [entry for _, entry in found[:limit]]}
+            found.sort(key=lambda room: room.seq)
+            reply: Reply = {"status": "success", "rooms": [room.entry for room in found[:limit]]}
             if len(found) > limit:
-                reply["next"] = str(found[limit - 1][0])
+                reply["next"] = str(found[limit - 1].seq)
             return reply
 
         return d.addCallback(done)
@@ -548,12 +542,7 @@ class ClusterChat:
 
         def done(flat: Any) -> Reply:
             self._check_reader(flat, client, room)
-            members = [
-                member_entry(_text(flat[i]), _text(flat[i + 1]) or None, _text(flat[i + 2]) or None,
-                             _text(flat[i + 3]))
-                for i in range(0, len(flat), 4)
-            ]
-            return {"status": "success", "room_id": room.room_id, "members": members}
+            return {"status": "success", "room_id": room.room_id, "members": lines.members_of(flat)}
 
         return d.addCallback(done)
 
@@ -568,15 +557,16 @@ class ClusterChat:
         for _ in range(_DECISIONS):
             read = await self._call(
                 shard, scripts.ROOM, self.shards.node, client.client_id, command.client_id or "")
-            outcome = _text(read[0])
+            outcome = lines.text(read[0])
             if outcome == "noroom":
                 raise NotInRoom("You must join a room first")  # kicked meanwhile
             if outcome != "ok":
                 raise Unavailable()
-            view, actor, target_user, target_room = _room_view(read, client)
-            changes = rules.manage(view, actor, command, target_user, target_room)
-            applied = _text(await self._call(
-                shard, scripts.APPLY, self.shards.node, client.client_id, view.room_id, _text(read[2]),
+            state = lines.RoomState.decode(read)
+            view, actor = _room_view(state, client)
+            changes = rules.manage(view, actor, command, state.target_user, state.target_room)
+            applied = lines.text(await self._call(
+                shard, scripts.APPLY, self.shards.node, client.client_id, state.room_id, state.version,
                 command.reason, _changes_json(changes)))
             if applied == "ok":
                 self.core.events.room_action(room, client, command)
@@ -604,7 +594,7 @@ class ClusterChat:
         d = self._call(shard, scripts.NICK, *args)
 
         def done(outcome: Any) -> Reply:
-            outcome = _text(outcome)
+            outcome = lines.text(outcome)
             if outcome == "taken":
                 raise ChatError(f"Nick '{nick}' is already taken in this room")
             if outcome != "ok":
@@ -651,7 +641,7 @@ class ClusterChat:
             shard = self.shards.of(room.room_id)
 
             def admitted(outcome: Any) -> list[tuple[Any, Any]]:
-                if _text(outcome) == "banned":
+                if lines.text(outcome) == "banned":
                     raise BannedAs(user, room.room_id)
                 self._on_each(scripts.AUTH, *args, but=shard)
                 return [(shard, outcome)]
@@ -659,7 +649,7 @@ class ClusterChat:
             d = self._call(shard, scripts.AUTH, *args).addCallback(admitted)
 
         def recorded(results: list[tuple[Any, Any]]) -> Any:
-            if not any(_text(outcome) == "ok" for _, outcome in results):
+            if not any(lines.text(outcome) == "ok" for _, outcome in results):
                 raise Unavailable()
             self.core.set_user(client, user)
             if client.nick is not None:
@@ -687,14 +677,7 @@ class ClusterChat:
             return  # nobody here is in it any more
         now = self.clock.seconds()
         if data[:1] == b"M":
-            # M<id> <sender> <payload>, a line each, ids rising
-            messages: list[tuple[str, bytes]] = []
-            add = messages.append
-            last = b"0"
-            for line in data[1:].split(b"\n"):
-                last, sender, payload = line.split(b" ", 2)
-                add((sender.decode(), payload))
-            message_id = int(last)
+            messages, message_id = lines.batch(data)
             if message_id > room.last_id:
                 room.last_id = message_id
             counts = self._deliver_batch(room, messages, now)
@@ -703,10 +686,8 @@ class ClusterChat:
                 sum(counts), sum(len(payload) * n for (_, payload), n in zip(messages, counts, strict=True))
             )
         elif data[:1] == b"e":
-            # e<kind> <client> <length> <user><nick>: the user is <length> bytes
-            kind_bytes, subject_bytes, length, rest = data[1:].split(b" ", 3)
-            kind, subject = kind_bytes.decode(), subject_bytes.decode()
-            user, nick = rest[:int(length)].decode("utf-8"), rest[int(length):].decode("utf-8")
+            event = lines.RoomEvent.decode(data)
+            kind, subject, nick = event.kind, event.subject, event.nick
             if kind in ("join", "create"):
                 pending = self._pending.pop((room_id, subject), None)
                 if pending is not None:
@@ -722,12 +703,11 @@ class ClusterChat:
                 self._nick_claimed(room_id, subject)
             if kind != "create":
                 # A nick taken away (by a user's own name) is news to its holder too.
-                self.core.announce(room, kind, subject, nick or None, now, user=user or None,
+                self.core.announce(room, kind, subject, nick, now, user=event.user,
                                    everyone=kind in ("op", "deop", "owner") or (kind == "nick" and not nick))
         elif data[:1] == b"k":
-            # k<client> <by> <reason>: out of the room, and told so
-            subject_bytes, by_bytes, reason = data[1:].split(b" ", 2)
-            self._kicked(room, subject_bytes.decode(), by_bytes.decode(), reason.decode("utf-8"), now)
+            kick = lines.Kick.decode(data)  # out of the room, and told so
+            self._kicked(room, kick.subject, kick.by, kick.reason, now)
 
     def _deliver_batch(self, room: Room, messages: list[tuple[str, bytes]], now: float) -> list[int]:
         """
@@ -787,9 +767,10 @@ class ClusterChat:
     def _check_reader(self, answer: Any, client: Client, room: Room) -> None:
         """A read of ``room`` that Redis refused (the client is not a member
         there, whatever this node thought): NotInRoom, or Unavailable."""
-        if isinstance(answer, list):
+        refusal = lines.Read.of(answer).refusal
+        if refusal is None:
             return
-        if _text(answer) == "notin":
+        if refusal == "notin":
             self._out_of(client, room)
             raise NotInRoom("You must join a room first")
         raise Unavailable()
@@ -857,7 +838,7 @@ class ClusterChat:
                     self._pending.pop((pending.room.room_id, pending.client.client_id), None)
                     self._place(pending)
             for client_id in refused:
-                client = self.core.clients.get(_text(client_id))
+                client = self.core.clients.get(lines.text(client_id))
                 if client is not None:
                     self._log.warn(
                         "Client ID {client_id} is held by another node: closing it",
@@ -1076,13 +1057,13 @@ class ClusterChat:
         self._abandon(pending)
         return failure
 
-    def _old_room(self, room_id: str, deleted: int) -> None:
+    def _old_room(self, left: lines.Left) -> None:
         """A room the client left on its way: counted if it went."""
-        if room_id and deleted:
-            self.core.events.room_deleted(Room(room_id, "", "", "", 0))
+        if left.room_id and left.deleted:
+            self.core.events.room_deleted(Room(left.room_id, "", "", "", 0))
 
-    def _left(self, result: list[Any]) -> None:
-        self._old_room(_text(result[0]), int(result[1]))
+    def _left(self, reply: list[Any]) -> None:
+        self._old_room(lines.Left.decode(reply))
 
     def _background_failure(self, failure: Failure, what: str) -> None:
         if not failure.check(Unavailable):
@@ -1094,12 +1075,6 @@ def _who(client: Client) -> tuple[str, str, str, str]:
     has not recorded it yet (see scripts.adopt)."""
     nick, user = client.nick or "", client.user or ""
     return nick, fold(nick), user, fold(user)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    return "" if value is None else str(value)
 
 
 #: How many times a room action is decided again on a room that changed
@@ -1120,21 +1095,19 @@ class _NoSink:
 _NO_SINK = _NoSink()
 
 
-def _room_view(read: list[Any], client: Client) -> tuple[Room, Client, Optional[str], Optional[str]]:
-    """The ROOM script's answer as the rules read a room: the room, the
-    acting client as a member of it, and what is known of the target."""
-    room_id, name, owner, private = _text(read[1]), _text(read[3]), _text(read[4]), _text(read[5])
-    view = Room(room_id, name, "", "", 0)
-    view.owner, view.private = owner, private == "1"
-    moderators, invited, banned = ({_text(x) for x in read[i]} for i in (6, 7, 8))
-    view.moderators, view.invited, view.banned = moderators or None, invited or None, banned or None
-    flat = read[9]
-    for i in range(0, len(flat), 2):
-        member = Client(_text(flat[i]), _NO_SINK)
-        member.user = _text(flat[i + 1]) or None
-        view.members[member.client_id] = member
-    actor = view.members.get(client.client_id) or Client(client.client_id, _NO_SINK)
-    return view, actor, _text(read[10]) or None, _text(read[11]) or None
+def _room_view(state: lines.RoomState, client: Client) -> tuple[Room, Client]:
+    """A room as Redis has it, as the rules read a room, and the acting
+    client as a member of it."""
+    view = Room(state.room_id, state.name, "", "", 0)
+    view.owner, view.private = state.owner, state.private
+    view.moderators = set(state.moderators) or None
+    view.invited = set(state.invited) or None
+    view.banned = set(state.banned) or None
+    for client_id, user in state.members:
+        member = Client(client_id, _NO_SINK)
+        member.user = user
+        view.members[client_id] = member
+    return view, view.members.get(client.client_id) or Client(client.client_id, _NO_SINK)
 
 
 def _changes_json(changes: rules.Changes) -> str:
