@@ -82,6 +82,8 @@ HEADLINES = {
     "connect": [("connections_per_s", "connections/s", True),
                 ("server_us_per_connection", "server us/connection", False),
                 ("server_us_per_connection_abort", "server us/connection (aborted)", False)],
+    "joins": [("joins_per_s", "joins/s", True), ("server_us_per_join", "server us/join", False),
+              ("redis_us_per_join", "of which Redis us/join", False)],
 }
 
 
@@ -167,6 +169,7 @@ WARM_UP: dict[str, dict[str, Any]] = {
     "max": {"step_seconds": 0.5},
     "idle": {"connections": 500},
     "connect": {"total": 500},
+    "joins": {"total": 500},
 }
 
 

@@ -262,4 +262,34 @@ async def connect(port: int, server_pid: int, total: int = 5000, concurrency: in
     return {**results, "errors": bench.stats.errors}
 
 
-SCENARIOS = {"fanout": fanout, "max": maximum, "idle": idle, "connect": connect}
+async def joins(port: int, server_pid: int, total: int = 5000) -> dict[str, Any]:
+    """
+    A join storm: ``total`` welcomed clients all join one room at once (on
+    a server of several workers or nodes, through each of them).  Every
+    join must succeed and every joiner be a member; the figure is the
+    server's CPU per join, its Redis's included.
+    """
+    bench = Bench(port, record_latency=False)
+    owner, *joiners = await bench.connect(total + 1)
+    room_id = (await owner.request({"action": "create", "body": "storm"}))["room_id"]
+    join = {"action": "join", "body": {"room_id": room_id}}
+    with Window(server_pid) as window:
+        replies = await asyncio.gather(*(client.request(join) for client in joiners))
+    refused = [reply for reply in replies if reply.get("status") != "success"]
+    members = (await owner.request({"action": "members"})).get("members", [])
+    errors = [f"join refused: {reply}" for reply in refused[:5]]
+    if len(members) != total + 1:
+        errors.append(f"{len(members)} members after {total} joins")
+    await bench.close()
+    return {
+        "joins": total,
+        "joins_per_s": round(total / window.seconds),
+        "server_us_per_join": round(window.server_cpu / total * 1e6, 1),
+        **({"redis_us_per_join": round(window.redis_cpu / total * 1e6, 1)} if ALSO_MEASURED else {}),
+        "members": len(members),
+        "errors": errors,
+        **window.report(),
+    }
+
+
+SCENARIOS = {"fanout": fanout, "max": maximum, "idle": idle, "connect": connect, "joins": joins}
