@@ -36,7 +36,6 @@ from chatd.errors import (
     RoomNotFound,
     SinkGone,
 )
-from chatd.names import fold
 from chatd.ratelimit import TokenBucket
 from chatd.rooms.history import HistoryStore, MemoryHistory
 from chatd.rooms import rules
@@ -474,7 +473,7 @@ class ChatCore:
         they asked for events and do not block the inviter, hear of it."""
         told = [
             r for r in self.recipients(to, by) or ()
-            if r.events and r.room is not room and not blocks(r, by.client_id, by.user)
+            if rules.hears_invitation(r, room.room_id, by.client_id, by.user)
         ]
         if told:
             notice = codec.invited(room.room_id, room.name, by.client_id, by.nick, codec.timestamp(now), by.user)
@@ -538,14 +537,9 @@ class ChatCore:
         that user's name loses it (an authenticated name wins over a nick),
         and everyone who asked for events, that member too, sees the nick go.
         """
-        if client.user is None:
-            return
-        user = fold(client.user)
-        for member in list(room.members.values()):
-            if (member.nick is not None and fold(member.nick) == user
-                    and (member.user is None or fold(member.user) != user)):
-                member.nick = None
-                self.announce(room, "nick", member.client_id, None, now, user=member.user, everyone=True)
+        for member in rules.name_holders(room, client):
+            member.nick = None
+            self.announce(room, "nick", member.client_id, None, now, user=member.user, everyone=True)
 
     def recipients(self, to: str, sender: Client) -> Optional[list[Client]]:
         """The connections a direct message to ``to`` (a client ID, else a

@@ -9,7 +9,7 @@ import pytest
 
 from chatd.codec import Manage
 from chatd.errors import ChatError
-from chatd.rooms.rules import Changes, join_refusal, manage
+from chatd.rooms.rules import Changes, hears_invitation, join_refusal, manage, name_holders
 from chatd.rooms.state import Client, Room
 from tests.fakes import FakeSink
 
@@ -62,3 +62,22 @@ def test_the_join_admission_of_a_private_room_says_nothing_to_the_banned() -> No
     room.invited = {"c:b"}
     refused = join_refusal(room, bob)
     assert refused is not None and refused.message == "You are banned from room r1"
+
+
+def test_a_users_name_is_taken_back_from_other_peoples_nicks_only() -> None:
+    ada, guest, other_ada = person("a", "ada"), person("g"), person("a2", "ada")
+    guest.nick, other_ada.nick = "ADA", "ada"
+    room = room_of(ada, guest, other_ada)
+    assert name_holders(room, ada) == [guest]  # her own other connection keeps it
+    assert name_holders(room, guest) == []  # a guest has no name to claim
+
+
+def test_who_hears_of_an_invitation() -> None:
+    bob, inside, pest = person("b", "bob"), person("i"), person("p", "pest")
+    room_of(person("o"), inside)
+    bob.events = inside.events = True
+    assert hears_invitation(bob, "r1", "p", "pest")
+    assert not hears_invitation(inside, "r1", "p", "pest")  # in the room already
+    bob.blocked = {"u:pest"}
+    assert not hears_invitation(bob, "r1", "p", "pest")
+    assert not hears_invitation(pest, "r1", "b", "bob")  # asked for no events

@@ -802,9 +802,13 @@ class ClusterChat:
         targets, _, kind = rest.partition(" ")
         recipients = [
             client for client in map(self.core.clients.get, targets.split(","))
-            if client is not None and client.client_id != sender and (client.events or kind != "n")
+            if client is not None and client.client_id != sender
         ]
-        if any(client.blocked for client in recipients):
+        if kind == "n":
+            notice = json.loads(payload)  # an invitation: rare, and read by the same rule as one process's
+            recipients = [client for client in recipients
+                          if rules.hears_invitation(client, notice["room_id"], sender, notice.get("user"))]
+        elif any(client.blocked for client in recipients):
             user = json.loads(payload).get("user")
             recipients = [client for client in recipients if not blocks(client, sender, user)]
         if recipients:

@@ -16,7 +16,7 @@ from typing import Any, Optional
 from chatd.codec import Manage
 from chatd.errors import Banned, ChatError, NotAllowed, RoomNotFound
 from chatd.names import fold
-from chatd.rooms.state import Client, Room, listed, names_of
+from chatd.rooms.state import Client, Room, blocks, listed, names_of
 
 
 def successor(members: dict[str, Client], moderators: Optional[set[str]]) -> Client:
@@ -100,6 +100,26 @@ def nick_taken(room: Room, nick: str, client: Client) -> bool:
         for m in room.members.values()
     )
 
+
+
+def name_holders(room: Room, client: Client) -> list[Client]:
+    """The members of ``room`` whose nick reads as ``client``'s user name
+    (that user's own connections aside): an authenticated name wins over a
+    nick, so each loses it."""
+    if client.user is None:
+        return []
+    user = fold(client.user)
+    return [
+        member for member in room.members.values()
+        if member.nick is not None and fold(member.nick) == user and (member.user is None or fold(member.user) != user)
+    ]
+
+
+def hears_invitation(recipient: Client, room_id: str, by_id: str, by_user: Optional[str]) -> bool:
+    """Whether a connection an invitation names is told of it: if it asked
+    for events, is not in that room already, and does not block the inviter."""
+    in_it = recipient.room is not None and recipient.room.room_id == room_id
+    return recipient.events and not in_it and not blocks(recipient, by_id, by_user)
 
 
 def join_refusal(room: Room, client: Client) -> Optional[ChatError]:
