@@ -242,6 +242,8 @@ class Session:
         self.user: Optional[str] = None
         self.rooms: list[dict[str, Any]] = []  # the last list
         self.members: dict[str, Optional[str]] = {}  # client ID -> nick, in the room
+        # Called each time a connection opens, a reconnection's too.
+        self.on_open: Optional[Callable[[], None]] = None
 
     def opened(self, protocol: _Connection) -> None:
         self.protocol = protocol
@@ -253,6 +255,8 @@ class Session:
             if self.last_id is not None:
                 body["since"] = self.last_id
             self.send({"action": "join", "body": body})
+        if self.on_open is not None:
+            self.on_open()
 
     def received(self, payload: bytes) -> None:
         try:
@@ -580,17 +584,9 @@ async def _run(reactor: Any, args: Any, interactive: bool) -> int:
         stdio.StandardIO(_Script(session))
         return await session.ended
     prompt = _Prompt(session)
-    opened = session.opened
-
-    def opened_again(protocol: _Connection) -> None:
-        # Room events (joins, leaves, nicks) are shown; so is the room list.
-        opened(protocol)
-        prompt_now = prompt
-        if prompt_now is not None:
-            prompt_now.send({"action": "events", "body": True}, shown=False)
-
-    session.opened = opened_again  # type: ignore[method-assign]
-    prompt.send({"action": "events", "body": True}, shown=False)
+    # Room events (joins, leaves, nicks) are shown, on every connection.
+    session.on_open = lambda: prompt.send({"action": "events", "body": True}, shown=False)
+    session.on_open()
     prompt.send({"action": "list"})
     typing = defer.Deferred.fromCoroutine(prompt.run())
     typing.addErrback(lambda f: (sys.stderr.write(f"chatd-client: {f.getErrorMessage()}\n"), session.quit()))
