@@ -84,8 +84,6 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
     # Bytes read before the handshake was answered (an instance attribute
     # only until then).
     _head_size = 0
-    # Whether the request was a HEAD: a response without its body.
-    _head_only = False
 
     # -- Twisted / Autobahn callbacks -------------------------------------
 
@@ -245,11 +243,8 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
         if method != "HEAD":
             return False
         page = self.factory.pages.get(rest.partition(" ")[0].partition("?")[0])
-        if page is None:
-            self._head_only = True
-            self.sendHttpErrorResponse(404, "Not Found")
-        else:
-            self.sendData(page[:page.index(b"\r\n\r\n") + 4])
+        response = page if page is not None else _http_error(404, "Not Found")
+        self.sendData(response[:response.index(b"\r\n\r\n") + 4])
         fastpath.drop_answered(self)
         return True
 
@@ -271,20 +266,7 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
     ) -> None:
         # Autobahn's own error response has a status line only; give plain
         # HTTP clients (curl, a browser, a health checker) a complete one.
-        body = (
-            f"{code} {reason}\n\nThis is a chatd WebSocket endpoint: connect with a "
-            "WebSocket client (ws://...).\n"
-        ).encode("utf-8")
-        headers = [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", str(len(body))),
-            ("Connection", "close"),
-        ]
-        if code == 426:
-            headers.append(("Upgrade", "websocket"))
-        headers.extend(responseHeaders or ())
-        head = f"HTTP/1.1 {code} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
-        self.sendData(head.encode("utf-8") + b"\r\n" + (b"" if self._head_only else body))
+        self.sendData(_http_error(code, reason, responseHeaders))
 
     def onOpen(self) -> None:
         self.opened()
@@ -378,6 +360,24 @@ class ChatProtocol(Outbox, Conversation, WebSocketServerProtocol):
         if self._out and not abort:
             self.flush()
         super().dropConnection(abort)
+
+
+def _http_error(code: int, reason: str, extra: Optional[list[tuple[str, str]]] = None) -> bytes:
+    """A complete HTTP error response, with a short text body."""
+    body = (
+        f"{code} {reason}\n\nThis is a chatd WebSocket endpoint: connect with a "
+        "WebSocket client (ws://...).\n"
+    ).encode("utf-8")
+    headers = [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Length", str(len(body))),
+        ("Connection", "close"),
+    ]
+    if code == 426:
+        headers.append(("Upgrade", "websocket"))
+    headers.extend(extra or ())
+    head = f"HTTP/1.1 {code} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
+    return head.encode("utf-8") + b"\r\n" + body
 
 
 class HandshakeTimer:
