@@ -37,8 +37,8 @@ from chatd.errors import (
     SinkGone,
 )
 from chatd.ratelimit import TokenBucket
-from chatd.rooms.history import HistoryStore, MemoryHistory
 from chatd.rooms import rules
+from chatd.rooms.history import HistoryStore, MemoryHistory
 from chatd.rooms.rules import (
     MAX_LISTED,
     REPLY_UNIT,

@@ -33,12 +33,12 @@ from chatd.backplane.shards import Shards
 from chatd.chat import Answer, counts_of
 from chatd.codec import Command
 from chatd.core import ChatCore
+from chatd.delivery.outbox import Flusher
+from chatd.errors import Banned, BannedAs, ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
+from chatd.names import fold
 from chatd.rooms import rules
 from chatd.rooms.rules import done_reply
 from chatd.rooms.state import Client, Room, blocks
-from chatd.errors import Banned, BannedAs, ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
-from chatd.names import fold
-from chatd.delivery.outbox import Flusher
 
 Reply = dict[str, Any]
 T = TypeVar("T")
