@@ -196,13 +196,9 @@ function reply(kind, message) {
       showMembers();
       break;
     case "auth":
-      if (state.user || state.welcomed) {  // signed in on the way: the session goes on
-        state.user = message.user;
-        showIdentity();
-        break;
-      }
       state.user = message.user;
-      welcomed();
+      if (state.welcomed) showIdentity();  // signed in on the way: the session goes on
+      else welcomed();                      // the token it came with: the session begins
       break;
     default:
       break;
