@@ -28,7 +28,6 @@ from chatd.codec import (
 from chatd.errors import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY_VIOLATION,
-    BannedAs,
     ChatError,
     NoRecipient,
     NotInRoom,
@@ -52,7 +51,6 @@ from chatd.rooms.state import (
     Limits,
     Room,
     Sink,
-    listed,
     blocks,
     member_entry,
     names_of,
@@ -411,11 +409,10 @@ class ChatCore:
         start = int(after) if after else 0
         page: list[dict[str, Any]] = []
         more = False
-        keys = names_of(client.client_id, client.user) if client is not None else []
         for room in self.rooms.values():  # insertion order is creation order
             if room.seq <= start:
                 continue
-            if room.private and not (client is not None and client.room is room) and not listed(room.invited, keys):
+            if not rules.visible(room, client, client is not None and client.room is room):
                 continue
             if len(page) == limit:
                 more = True
@@ -486,8 +483,9 @@ class ChatCore:
 
     def set_nick(self, client: Client, nick: str, now: float) -> dict[str, Any]:
         room = client.room
-        if room is not None and nick_taken(room, nick, client):
-            raise ChatError(f"Nick '{nick}' is already taken in this room")
+        refused = rules.nick_refusal(room, client, nick)
+        if refused is not None:
+            raise refused
         client.nick = nick
         if room is not None:
             self.announce(room, "nick", client.client_id, client.nick, now, client, client.user)
@@ -537,7 +535,8 @@ class ChatCore:
         that user's name loses it (an authenticated name wins over a nick),
         and everyone who asked for events, that member too, sees the nick go.
         """
-        for member in rules.name_holders(room, client):
+        for holder in rules.name_holders(room, client):
+            member = room.members[holder]
             member.nick = None
             self.announce(room, "nick", member.client_id, None, now, user=member.user, everyone=True)
 
@@ -585,8 +584,9 @@ class ChatCore:
         a ban of the user refuses the authentication (BannedAs).
         """
         room = client.room
-        if room is not None and listed(room.banned, [f"u:{user}"]):
-            raise BannedAs(user, room.room_id)
+        refused = rules.auth_refusal(room, user)
+        if refused is not None:
+            raise refused
         self.set_user(client, user)
         if room is not None:
             self._claim_name(room, client, now)

@@ -3,18 +3,17 @@ The room rules as pure functions: who succeeds an owner, who may join,
 whose nick clashes with whose, how full a room's lists may get, and how
 each refusal and each owner's action is answered.  They read the state
 they are given and say what follows; the chat applies it.  One process
-decides through them, and a cluster node decides owners' and moderators'
-actions through them too; the Redis scripts still keep their own copy of
-the others (docs/development.md, "The room rules and their stores").
+decides through them, and so does a cluster node, on the room as it reads
+it in Redis (docs/development.md, "The room rules and their stores").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 from chatd.codec import Manage
-from chatd.errors import Banned, ChatError, NotAllowed, RoomNotFound
+from chatd.errors import Banned, BannedAs, ChatError, NotAllowed, RoomNotFound
 from chatd.names import fold
 from chatd.rooms.state import Client, Room, blocks, listed, names_of
 
@@ -83,36 +82,58 @@ def done_reply(command: Manage) -> dict[str, Any]:
     return {"status": "success", "message": message}
 
 
-def nick_taken(room: Room, nick: str, client: Client) -> bool:
+class RoomView(Protocol):
+    """
+    What the rules read of a room, as a store answers it: one process's
+    :class:`~chatd.rooms.state.Room` from its members, a cluster node from
+    what it read of the room in Redis (recording each fact it gives, so that
+    a change is applied only while those facts still hold).
+    """
+
+    @property
+    def room_id(self) -> str: ...
+
+    @property
+    def private(self) -> bool: ...
+
+    def listed(self, which: str, keys: list[str]) -> bool:
+        """Whether any of ``keys`` is on the room's "invited" or "banned" list."""
+        ...
+
+    def nick_holders(self, folded: str) -> list[tuple[str, Optional[str]]]:
+        """The members whose nick folds to ``folded``: (client ID, folded user)."""
+        ...
+
+    def has_user(self, folded: str) -> bool:
+        """Whether a member is the authenticated user whose name folds to ``folded``."""
+        ...
+
+
+def nick_taken(room: RoomView, nick: str, client: Client) -> bool:
     """
     Another member has this nick, or is the authenticated user of that
     name (as people read names: :func:`chatd.names.fold`); a user's own
     connections share them.  A user's own name is never taken by
-    another's nick: the name wins (:meth:`_claim_name`).
+    another's nick: the name wins (:func:`name_holders`).
     """
     folded = fold(nick)
     user = fold(client.user) if client.user is not None else None
-    own_name = folded == user
-    return any(
-        m is not client and (user is None or m.user is None or fold(m.user) != user) and (
-            (not own_name and m.nick is not None and fold(m.nick) == folded)
-            or (m.user is not None and fold(m.user) == folded))
-        for m in room.members.values()
-    )
+    if folded == user:
+        return False
+    for holder, holder_user in room.nick_holders(folded):
+        if holder != client.client_id and (user is None or holder_user != user):
+            return True
+    return room.has_user(folded)
 
 
-
-def name_holders(room: Room, client: Client) -> list[Client]:
+def name_holders(room: RoomView, client: Client) -> list[str]:
     """The members of ``room`` whose nick reads as ``client``'s user name
     (that user's own connections aside): an authenticated name wins over a
     nick, so each loses it."""
     if client.user is None:
         return []
     user = fold(client.user)
-    return [
-        member for member in room.members.values()
-        if member.nick is not None and fold(member.nick) == user and (member.user is None or fold(member.user) != user)
-    ]
+    return [holder for holder, holder_user in room.nick_holders(user) if holder_user != user]
 
 
 def hears_invitation(recipient: Client, room_id: str, by_id: str, by_user: Optional[str]) -> bool:
@@ -122,18 +143,41 @@ def hears_invitation(recipient: Client, room_id: str, by_id: str, by_user: Optio
     return recipient.events and not in_it and not blocks(recipient, by_id, by_user)
 
 
-def join_refusal(room: Room, client: Client) -> Optional[ChatError]:
+def join_refusal(room: RoomView, client: Client) -> Optional[ChatError]:
     """Why ``client`` may not join ``room`` (None: it may): a private room
     it is not invited to is as if there were none (a ban included: nothing
     leaks); a ban; a nick another member has."""
     keys = names_of(client.client_id, client.user)
-    if room.private and not listed(room.invited, keys):
+    if room.private and not room.listed("invited", keys):
         return RoomNotFound(room.room_id)
-    if listed(room.banned, keys):
+    if room.listed("banned", keys):
         return Banned(room.room_id)
     if client.nick is not None and nick_taken(room, client.nick, client):
         return ChatError(f"Nick '{client.nick}' is taken in room {room.room_id}; choose another with \"nick\"")
     return None
+
+
+def nick_refusal(room: Optional[RoomView], client: Client, nick: str) -> Optional[ChatError]:
+    """Why ``client`` may not take ``nick`` in ``room`` (None: it may)."""
+    if room is not None and nick_taken(room, nick, client):
+        return ChatError(f"Nick '{nick}' is already taken in this room")
+    return None
+
+
+def auth_refusal(room: Optional[RoomView], user: str) -> Optional[ChatError]:
+    """Why a client in ``room`` may not become ``user``: the room admits it
+    as a join by that user would, so a ban of the user refuses it."""
+    if room is not None and room.listed("banned", [f"u:{user}"]):
+        return BannedAs(user, room.room_id)
+    return None
+
+
+def visible(room: RoomView, client: Optional[Client], in_it: bool) -> bool:
+    """Whether ``client`` sees ``room`` listed: a private room only its
+    members and whoever is invited do."""
+    if not room.private or in_it:
+        return True
+    return client is not None and room.listed("invited", names_of(client.client_id, client.user))
 
 
 @dataclass(frozen=True)

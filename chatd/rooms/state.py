@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Container, Optional, Protocol
 
+from chatd.names import fold
 from chatd.ratelimit import TokenBucket
 
 
@@ -150,6 +151,23 @@ class Room:
         if self.moderators and client_id in self.moderators:
             return "moderator"
         return "member"
+
+    # What the rules read of a room (chatd.rooms.rules.RoomView).
+
+    def listed(self, which: str, keys: list[str]) -> bool:
+        """Whether any of ``keys`` is on the "invited" or "banned" list."""
+        return listed(self.invited if which == "invited" else self.banned, keys)
+
+    def nick_holders(self, folded: str) -> list[tuple[str, Optional[str]]]:
+        """The members whose nick folds to ``folded``: (client ID, folded user)."""
+        return [
+            (m.client_id, fold(m.user) if m.user is not None else None)
+            for m in self.members.values() if m.nick is not None and fold(m.nick) == folded
+        ]
+
+    def has_user(self, folded: str) -> bool:
+        """Whether a member is the user whose name folds to ``folded``."""
+        return any(m.user is not None and fold(m.user) == folded for m in self.members.values())
 
 
 def blocks(recipient: Client, sender_id: str, sender_user: Optional[str]) -> bool:
