@@ -53,7 +53,6 @@ from chatd.rooms.state import (
     Sink,
     blocks,
     member_entry,
-    names_of,
     random_id,
 )
 
@@ -232,10 +231,8 @@ class ChatCore:
         # would tell a client paging past private rooms how many there are.
         self._room_seq = max(self._room_seq + 1, int(now * 10_000))
         room = Room(self._unique_id(self.rooms), name, codec.timestamp(now), client.client_id, self._room_seq)
-        if private:
-            # Its creator may come back while it lives, like anyone invited.
-            room.private = True
-            room.invited = set(names_of(client.client_id, client.user))
+        room.private = private
+        room.invited = set(rules.invited_at_creation(client, private)) or None
         self.rooms[room.room_id] = room
         self._enter_room(client, room)
         self.events.room_created(room, client)

@@ -257,7 +257,7 @@ async def test_a_ban_that_overtakes_the_answer_to_a_join_on_another_node_holds(
 
     def late_join(script: str, *args: Any) -> Deferred:
         answer = call(script, *args)
-        if script is scripts.JOIN:
+        if script is scripts.ENTER:
             answer.addCallback(lambda result: kick_seen.addCallback(lambda _: result))
         return answer
 
@@ -519,7 +519,7 @@ async def test_a_room_action_decided_on_a_room_that_changed_meanwhile_is_decided
     call, held, released = shard.call, Deferred(), Deferred()
 
     def held_apply(script: str, *args: Any) -> Deferred:
-        if script is scripts.APPLY and not held.called:
+        if script is scripts.CHANGE and not held.called:
             held.callback(None)
             return released.addCallback(lambda _: call(script, *args))
         return call(script, *args)

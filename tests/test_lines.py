@@ -10,19 +10,21 @@ def test_replies_are_read_by_name_not_position() -> None:
     assert lines.Created.decode([b"ok", b"r2", 1700000000, b"r1", 0]) == lines.Created(
         "ok", 1700000000, lines.Left("r1", False))
     assert lines.Created.decode([b"taken"]).outcome == "taken"
-    joined = lines.Joined.decode([b"ok", b"Den", b"2026-12-07T00:00:00.000Z", b"a1", 5, 7, b"", 0, 1,
-                                  [b'{"id": 7}'], b"a1", b"1"])
-    assert (joined.name, joined.seq, joined.last_id, joined.recovered, joined.messages, joined.owner,
-            joined.private) == ("Den", 5, 7, True, [{"id": 7}], "a1", True)
-    assert lines.Joined.decode([b"ok", b"", b"", b"", 1, 0, b"", 0, -1, [], b"", b"0"]).recovered is None
-    assert lines.Joined.decode([b"banned"]) == lines.Joined("banned")
-    [listed] = lines.ListedRoom.decode_all([b"r1", b"Den", 3, b"t", b"42", b"0"])
-    assert (listed.seq, listed.entry["name"], listed.entry["members"]) == (42, "Den", 3)
+    entered = lines.Entered.decode([b"ok", [b"7", b"Den", b"t", b"a1", b"5", b"1"], [[b"a1"]], b"", 0,
+                                    [b'{"id": 7}']])
+    assert (entered.last_id, entered.fields, entered.reads, entered.missed, entered.left) == (
+        7, ["Den", "t", "a1", "5", "1"], [[b"a1"]], [{"id": 7}], lines.Left("", False))
+    assert lines.Entered.decode([b"stale"]) == lines.Entered("stale")
+    [listed] = lines.ListedRoom.decode_all([[b"r1", b"42", 3, [b"Den", b"t", b"0"], [1, 0]]])
+    assert (listed.room_id, listed.seq, listed.members, listed.fields, listed.flags) == (
+        "r1", 42, 3, ["Den", "t", "0"], [True, False])
     assert lines.Read.of([]).refusal is None and lines.Read.of(b"notin").refusal == "notin"
-    state = lines.RoomState.decode([b"ok", b"r1", b"4", b"Den", b"a1", b"1", [b"b1"], [b"u:bob"], [],
-                                    [b"a1", b"", b"b1", b"bob"], b"", b""])
-    assert (state.version, state.private, state.moderators, state.members, state.target_user) == (
-        "4", True, frozenset({"b1"}), [("a1", None), ("b1", "bob")], None)
+    state = lines.RoomState.decode("r1", [[b"Den", b"1", b"4"], [b"u:bob"], [], [b"a1", b"b1"],
+                                          [b"0 ", b"3 bobBob"], [b"a1"], [b"b1"]])
+    assert (state.version, state.private, state.invited, state.target_user) == ("4", True, {"u:bob"}, None)
+    assert (state.members.members, state.members.owner, state.members.moderators) == (
+        [("a1", None, None), ("b1", "Bob", "bob")], "a1", {"b1"})
+    assert lines.unwho("3 bobBöb".encode()) == ("Böb", "bob")
 
 
 def test_channel_lines() -> None:

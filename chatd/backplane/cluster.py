@@ -28,17 +28,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatd import codec
-from chatd.backplane import lines, scripts
+from chatd.backplane import facts, lines, scripts
 from chatd.backplane.shards import Shards
 from chatd.chat import Answer, counts_of
 from chatd.codec import Command
 from chatd.core import ChatCore
 from chatd.delivery.outbox import Flusher
-from chatd.errors import Banned, BannedAs, ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
+from chatd.errors import ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
 from chatd.names import fold
 from chatd.rooms import rules
 from chatd.rooms.rules import done_reply
-from chatd.rooms.state import Client, Room, blocks
+from chatd.rooms.state import Client, Room, blocks, member_entry, names_of
 
 Reply = dict[str, Any]
 T = TypeVar("T")
@@ -185,7 +185,7 @@ class ClusterChat:
 
     def _register(self, sink: Any, tries: int) -> "Deferred[Client]":
         candidate = self.core.new_client_id()
-        d = self._each(scripts.REGISTER, self.shards.node, candidate)
+        d = self._each(scripts.REGISTER, self.shards.node, candidate, facts.who(None, None))
 
         def registered(results: list[tuple[Any, Any]]) -> Union[Client, Deferred[Client]]:
             if all(result for _, result in results):
@@ -286,12 +286,20 @@ class ClusterChat:
         room = self.core.local_room(self._new_room_id())
         room.name, room.created_at, room.created_by = name, created_at, client.client_id
         room.owner, room.private = client.client_id, private
-        shard, old = self.shards.of(room.room_id), client.room
+        room_id = room.room_id
+        shard, old = self.shards.of(room_id), client.room
+        fields = ["name", name, "created_at", created_at, "created_by", client.client_id,
+                  "private", "1" if private else "0"]
+        changes: list[list[Any]] = [["sadd", room_id, f"owner:{room_id}", client.client_id]]
+        invited = rules.invited_at_creation(client, private)
+        if invited:
+            changes.append(["sadd", room_id, f"invited:{room_id}", *invited])
 
         def run(_: None) -> "Deferred[Any]":
             return self._call(
-                shard, scripts.CREATE, self.shards.node, client.client_id, room.room_id, name, created_at,
-                "1" if private else "0", *_who(client), len(self.shards), self.shards.position(shard))
+                shard, scripts.CREATE, self.shards.node, client.client_id, room_id, *facts.identity(client),
+                len(self.shards), self.shards.position(shard), _json(fields), _json(_room_sets(room_id)),
+                _json(changes))
 
         def done(reply: list[Any]) -> Union[Reply, Deferred[Reply]]:
             created = lines.Created.decode(reply)
@@ -309,10 +317,10 @@ class ClusterChat:
             self._leave_elsewhere(client, old, shard)
             if self._answered(pending):
                 self.core.events.room_created(room, client)
-            return codec.created(room.room_id, name, private)
+            return codec.created(room_id, name, private)
 
         pending = self._expect(client, room)
-        return self._subscribed(room.room_id).addCallback(run).addCallbacks(
+        return self._subscribed(room_id).addCallback(run).addCallbacks(
             done, self._failed, errbackArgs=(pending,))
 
     def join(
@@ -326,30 +334,22 @@ class ClusterChat:
             raise Unavailable()
         room = self.core.local_room(room_id)
 
-        def run(_: None) -> "Deferred[Any]":
-            return self._call(
-                shard, scripts.JOIN, self.shards.node, client.client_id, room_id, -1 if since is None else since,
-                *_who(client))
+        def run(_: None) -> "Deferred[lines.Entered]":
+            return Deferred.fromCoroutine(self._enter(client, room_id, shard, since))
 
-        def done(answer: list[Any]) -> Reply:
-            joined = lines.Joined.decode(answer)
-            outcome = joined.outcome
+        def done(entered: lines.Entered) -> Reply:
+            outcome = entered.outcome
             if outcome not in ("ok", "same"):
                 self._abandon(pending)
                 if outcome == "nf":
                     raise RoomNotFound(room_id)
-                if outcome == "banned":
-                    raise Banned(room_id)
-                if outcome == "nick":
-                    raise ChatError(
-                        f"Nick '{client.nick}' is taken in room {room_id}; choose another with \"nick\""
-                    )
                 raise Unavailable()
-            room.name, room.created_at, room.created_by = joined.name, joined.created_at, joined.created_by
-            room.seq = joined.seq
-            room.last_id = max(room.last_id, joined.last_id)
-            room.owner, room.private = joined.owner, joined.private
-            self._old_room(joined.left)
+            room.name, room.created_at, room.created_by, seq, private = entered.fields
+            room.seq, room.private = int(seq or 0), private == "1"
+            room.last_id = max(room.last_id, entered.last_id)
+            owners = [lines.text(x) for x in entered.reads[0]]
+            room.owner = owners[0] if owners else ""
+            self._old_room(entered.left)
             self._leave_elsewhere(client, current, shard)
             if outcome == "same":
                 self._pending.pop((room_id, client.client_id), None)
@@ -360,12 +360,38 @@ class ClusterChat:
                 self._release(room)  # the client holds its reference on the room already
             reply = codec.joined(room_id, room.name)
             if since is not None:
-                reply["recovered"], reply["messages"] = joined.recovered is True, joined.messages
+                reply["recovered"], reply["messages"] = codec.recovery(entered.missed, room.last_id, since)
             return reply
 
         pending = self._expect(client, room)
         return self._subscribed(room_id).addCallback(run).addCallbacks(
             done, self._failed, errbackArgs=(pending,))
+
+    async def _enter(self, client: Client, room_id: str, shard: Any, since: Optional[int]) -> lines.Entered:
+        """
+        The join, decided by :func:`chatd.rooms.rules.join_refusal`: first
+        on what most rooms are (public, nobody listed, no name claimed),
+        and entered if that is still so; else on the room as read, and
+        entered if that is still so; and so on.
+        """
+        view, read = facts.Facts(room_id), False
+        for _ in range(_DECISIONS):
+            refused = rules.join_refusal(view, client)
+            if refused is not None and read:
+                raise refused
+            if refused is None:
+                takes = _name_takes(view, client, room_id)  # what it reads is guarded too
+                answer = await self._call(
+                    shard, scripts.ENTER, self.shards.node, client.client_id, room_id,
+                    -1 if since is None else since, *facts.identity(client), _json(view.guards),
+                    _json(takes), _ROOM_FIELDS, _json([["SMEMBERS", f"owner:{room_id}"]]))
+                entered = lines.Entered.decode(answer)
+                if entered.outcome != "stale":
+                    return entered
+            answers = await self._call(
+                shard, scripts.LOOK, "", "", _json(facts.Facts.probes(room_id, client, client.nick, client.user)))
+            view, read = facts.Facts.read(room_id, client, client.nick, client.user, answers), True
+        raise Unavailable()  # the room kept changing under the decision
 
     def leave(self, client: Client, now: float = 0.0) -> "Deferred[Reply]":
         room = client.room
@@ -516,35 +542,71 @@ class ClusterChat:
     def list_rooms(
         self, limit: int = codec.DEFAULT_PAGE, after: Optional[str] = None, client: Optional[Client] = None,
     ) -> "Deferred[Reply]":
-        # Each shard's first rooms after the cursor, merged in creation
-        # order (a shard that is away leaves its rooms out).
+        # Each shard's first rooms after the cursor that the client may see,
+        # merged in creation order (a shard that is away leaves its rooms out).
         shards = [shard for shard in self.shards.all if shard.available]
         if not shards:
             return fail(Unavailable())
-        args = (int(after) if after else 0, limit, client.client_id if client else "")
-        d = DeferredList([self._call(shard, scripts.LIST, *args) for shard in shards], consumeErrors=True)
+        start = int(after) if after else 0
+        d = DeferredList([Deferred.fromCoroutine(self._listed(shard, start, limit, client)) for shard in shards],
+                         consumeErrors=True)
 
         def done(answers: list[tuple[bool, Any]]) -> Reply:
-            found = [room for ok, flat in answers if ok for room in lines.ListedRoom.decode_all(flat)]
+            found = [room for ok, rooms in answers if ok for room in rooms]
             if not any(ok for ok, _ in answers):
                 raise Unavailable()
             found.sort(key=lambda room: room.seq)
-            reply: Reply = {"status": "success", "rooms": [room.entry for room in found[:limit]]}
+            reply: Reply = {"status": "success", "rooms": [
+                codec.room_entry(room.room_id, room.fields[0], room.members, room.fields[1], room.fields[2] == "1")
+                for room in found[:limit]]}
             if len(found) > limit:
                 reply["next"] = str(found[limit - 1].seq)
             return reply
 
         return d.addCallback(done)
 
+    async def _listed(
+        self, shard: Any, after: int, limit: int, client: Optional[Client],
+    ) -> list[lines.ListedRoom]:
+        """A shard's first ``limit`` + 1 rooms after ``after`` that the client
+        sees (:func:`chatd.rooms.rules.visible`)."""
+        keys = names_of(client.client_id, client.user) if client is not None else []
+        mine = client.room.room_id if client is not None and client.room is not None else None
+        found: list[lines.ListedRoom] = []
+        while True:
+            rows = lines.ListedRoom.decode_all(await self._call(
+                shard, scripts.LIST, after, limit + 1, "invited:", _json(keys), _LIST_FIELDS))
+            for row in rows:
+                view = facts.Facts(row.room_id, row.fields[2] == "1", {
+                    ("invited", key): flag for key, flag in zip(keys, row.flags, strict=True)})
+                if rules.visible(view, client, row.room_id == mine):
+                    found.append(row)
+                    if len(found) > limit:
+                        return found
+            if len(rows) <= limit:
+                return found
+            after = rows[-1].seq
+
     def members(self, client: Client) -> "Deferred[Reply]":
         room, shard = self._room_of(client)
-        d = self._call(shard, scripts.MEMBERS, room.room_id, client.client_id)
+        return Deferred.fromCoroutine(self._members(client, room, shard))
 
-        def done(flat: Any) -> Reply:
-            self._check_reader(flat, client, room)
-            return {"status": "success", "room_id": room.room_id, "members": lines.members_of(flat)}
-
-        return d.addCallback(done)
+    async def _members(self, client: Client, room: Room, shard: Any) -> Reply:
+        room_id = room.room_id
+        for _ in range(_DECISIONS):
+            answers = await self._call(
+                shard, scripts.LOOK, room_id, client.client_id, _json(lines.Members.reads(room_id)))
+            self._check_reader(answers, client, room)
+            found = lines.Members.decode(answers)
+            owner = found.owner
+            if owner is None and found.members:
+                await self._succeed(room_id)  # its owner has gone: who owns it now, first
+                continue
+            view = Room(room_id, "", "", "", 0)
+            view.owner, view.moderators = owner or "", set(found.moderators)
+            return {"status": "success", "room_id": room_id, "members": [
+                member_entry(client_id, nick, user, view.role(client_id)) for client_id, nick, user in found.members]}
+        raise Unavailable()
 
     def manage(self, client: Client, command: codec.Manage) -> "Deferred[Reply]":
         """An owner's or a moderator's action: decided by the room rules
@@ -554,20 +616,23 @@ class ClusterChat:
         return Deferred.fromCoroutine(self._manage(client, room, shard, command))
 
     async def _manage(self, client: Client, room: Room, shard: Any, command: codec.Manage) -> Reply:
+        room_id = room.room_id
         for _ in range(_DECISIONS):
-            read = await self._call(
-                shard, scripts.ROOM, self.shards.node, client.client_id, command.client_id or "")
-            outcome = lines.text(read[0])
-            if outcome == "noroom":
-                raise NotInRoom("You must join a room first")  # kicked meanwhile
-            if outcome != "ok":
-                raise Unavailable()
-            state = lines.RoomState.decode(read)
+            answers = await self._call(
+                shard, scripts.LOOK, room_id, client.client_id,
+                _json(lines.RoomState.reads(room_id, command.client_id)))
+            self._check_reader(answers, client, room)
+            state = lines.RoomState.decode(room_id, answers)
+            if state.members.owner is None:
+                await self._succeed(room_id)
+                continue
             view, actor = _room_view(state, client)
             changes = rules.manage(view, actor, command, state.target_user, state.target_room)
+            guards = [["HGET", f"room:{room_id}", "v", state.version],
+                      ["HGET", f"client:{client.client_id}", "room", room_id]]
             applied = lines.text(await self._call(
-                shard, scripts.APPLY, self.shards.node, client.client_id, state.room_id, state.version,
-                command.reason, _changes_json(changes)))
+                shard, scripts.CHANGE, self.shards.node, client.client_id, _json(guards),
+                _json(_manage_changes(view, client, command, changes))))
             if applied == "ok":
                 self.core.events.room_action(room, client, command)
                 if changes.tell_invited is not None:
@@ -579,31 +644,51 @@ class ClusterChat:
 
     def set_nick(self, client: Client, nick: str, now: float) -> "Deferred[Reply]":
         reply = {"status": "success", "message": f"Nick set to '{nick}'", "nick": nick}
-        args = (self.shards.node, client.client_id, nick, fold(nick))
+        everywhere = _json([["claim", "", client.client_id, fold(nick)],
+                            ["hset", f"client:{client.client_id}", "who", facts.who(nick, client.user)]])
         room = client.room
         if room is None:
             # Nobody to clash with: recorded on every shard in the background
             # (one away records it at its resync).
             client.nick = nick
-            self._on_each(scripts.NICK, *args)
+            self._on_each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere)
             return succeed(reply)
         # The room's shard says whether it is free there; the others follow.
         shard = self.shards.of(room.room_id)
         if not shard.available:
             raise Unavailable()
-        d = self._call(shard, scripts.NICK, *args)
 
-        def done(outcome: Any) -> Reply:
-            outcome = lines.text(outcome)
-            if outcome == "taken":
-                raise ChatError(f"Nick '{nick}' is already taken in this room")
-            if outcome != "ok":
-                raise Unavailable()
+        def done(_: None) -> Reply:
             client.nick = nick
-            self._on_each(scripts.NICK, *args, but=shard)
+            self._on_each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere, but=shard)
             return reply
 
-        return d.addCallback(done)
+        return Deferred.fromCoroutine(self._renamed(client, room, shard, nick)).addCallback(done)
+
+    async def _renamed(self, client: Client, room: Room, shard: Any, nick: str) -> None:
+        """The nick taken in the client's room, as :func:`chatd.rooms.rules.nick_refusal` allows."""
+        room_id, client_id = room.room_id, client.client_id
+        view, read = facts.Facts(room_id), False
+        for _ in range(_DECISIONS):
+            refused = rules.nick_refusal(view, client, nick)
+            if refused is not None and read:
+                raise refused
+            if refused is None:
+                changes = [["claim", room_id, client_id, fold(nick)],
+                           ["hset", f"client:{client_id}", "who", facts.who(nick, client.user)],
+                           ["publish", room_id, facts.event_line("nick", client_id, nick, client.user)]]
+                outcome = lines.text(await self._call(
+                    shard, scripts.CHANGE, self.shards.node, client_id,
+                    _json([*view.guards, ["HGET", f"client:{client_id}", "room", room_id]]), _json(changes)))
+                if outcome == "ok":
+                    return
+                if outcome != "stale":
+                    raise Unavailable()
+            answers = await self._call(
+                shard, scripts.LOOK, room_id, client_id, _json(facts.Facts.probes(room_id, client, nick, client.user)))
+            self._check_reader(answers, client, room)
+            view, read = facts.Facts.read(room_id, client, nick, client.user, answers), True
+        raise Unavailable()
 
     def recent(self, client: Client, limit: int, before: Optional[int]) -> "Deferred[Reply]":
         room, shard = self._room_of(client)
@@ -631,22 +716,22 @@ class ClusterChat:
     def authenticate(self, client: Client, user: str, name: Optional[str], now: float) -> "Deferred[None]":
         """Record the user in Redis (its name is reserved in the client's
         room from then on); then, without a nick, take the default one."""
-        args = (self.shards.node, client.client_id, user, fold(user))
+        as_user = Client(client.client_id, _NO_SINK)
+        as_user.nick, as_user.user = client.nick, user
+        everywhere = _json([["identity", client.client_id, facts.who(client.nick, user), fold(user), user]])
         room = client.room
         if room is None:
-            d = self._each(scripts.AUTH, *args)
+            d = self._each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere)
         else:
-            # The room's shard decides, in the same step as it records the
-            # user, whether the room admits it (a ban); the others follow.
+            # The room's shard decides whether the room admits the user (a
+            # ban), and records it; the others follow.
             shard = self.shards.of(room.room_id)
 
-            def admitted(outcome: Any) -> list[tuple[Any, Any]]:
-                if lines.text(outcome) == "banned":
-                    raise BannedAs(user, room.room_id)
-                self._on_each(scripts.AUTH, *args, but=shard)
+            def admitted(outcome: str) -> list[tuple[Any, Any]]:
+                self._on_each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere, but=shard)
                 return [(shard, outcome)]
 
-            d = self._call(shard, scripts.AUTH, *args).addCallback(admitted)
+            d = Deferred.fromCoroutine(self._become(as_user, room, shard)).addCallback(admitted)
 
         def recorded(results: list[tuple[Any, Any]]) -> Any:
             if not any(lines.text(outcome) == "ok" for _, outcome in results):
@@ -661,6 +746,54 @@ class ClusterChat:
             return self.set_nick(client, nick, now).addErrback(lambda f: f.trap(ChatError))
 
         return d.addCallback(recorded).addCallback(lambda _: None)
+
+    async def _become(self, as_user: Client, room: Room, shard: Any) -> str:
+        """The client, in ``room``, becomes ``as_user.user`` as
+        :func:`chatd.rooms.rules.auth_refusal` allows; whoever has its
+        name as a nick there loses it (:func:`chatd.rooms.rules.name_holders`)."""
+        room_id, client_id, user = room.room_id, as_user.client_id, as_user.user or ""
+        view, read = facts.Facts(room_id), False
+        for _ in range(_DECISIONS):
+            refused = rules.auth_refusal(view, user)
+            if refused is not None and read:
+                raise refused
+            if refused is None:
+                changes = [["identity", client_id, facts.who(as_user.nick, user), fold(user), user],
+                           *_name_takes(view, as_user, room_id)]
+                outcome = lines.text(await self._call(
+                    shard, scripts.CHANGE, self.shards.node, client_id,
+                    _json([*view.guards, ["HGET", f"client:{client_id}", "room", room_id]]), _json(changes)))
+                if outcome != "stale":
+                    return outcome
+            answers = await self._call(
+                shard, scripts.LOOK, "", "", _json(facts.Facts.probes(room_id, as_user, as_user.nick, user)))
+            view, read = facts.Facts.read(room_id, as_user, as_user.nick, user, answers), True
+        raise Unavailable()
+
+    async def _succeed(self, room_id: str) -> None:
+        """A room whose owner has gone gets the one :func:`chatd.rooms.rules.successor`
+        picks; every node with members in it may try, and one wins."""
+        shard = self.shards.of(room_id)
+        for _ in range(_DECISIONS):
+            found = lines.Members.decode(
+                await self._call(shard, scripts.LOOK, "", "", _json(lines.Members.reads(room_id))))
+            if not found.members or found.owner is not None:
+                return
+            members: dict[str, Client] = {}
+            for client_id, nick, user in found.members:
+                member = members[client_id] = Client(client_id, _NO_SINK)
+                member.nick, member.user = nick, user
+            heir = rules.successor(members, set(found.moderators))
+            owner_key = f"owner:{room_id}"
+            guards = [["SCARD", owner_key, str(len(found.owners))],
+                      *(["SISMEMBER", owner_key, owner, "1"] for owner in sorted(found.owners)),
+                      ["ZSCORE", f"members:{room_id}", heir.client_id, "*"]]
+            changes = [["sadd", room_id, owner_key, heir.client_id], ["bump", room_id],
+                       ["publish", room_id, facts.event_line("owner", heir.client_id, heir.nick, heir.user)]]
+            outcome = lines.text(await self._call(
+                shard, scripts.CHANGE, self.shards.node, "", _json(guards), _json(changes)))
+            if outcome != "stale":
+                return
 
     def reading(self, function: Callable[..., T], *args: Any) -> T:
         # A read's messages to one room already reach Redis in one call,
@@ -708,6 +841,10 @@ class ClusterChat:
         elif data[:1] == b"k":
             kick = lines.Kick.decode(data)  # out of the room, and told so
             self._kicked(room, kick.subject, kick.by, kick.reason, now)
+        elif data[:1] == b"h":
+            # Its owner has gone: this node, as every node with members in
+            # it, tries to put the successor in; one of them does.
+            self._background(Deferred.fromCoroutine(self._succeed(room_id)), "naming a room's owner")
 
     def _deliver_batch(self, room: Room, messages: list[tuple[str, bytes]], now: float) -> list[int]:
         """
@@ -757,12 +894,13 @@ class ClusterChat:
 
     def _nick_claimed(self, room_id: str, client_id: str) -> None:
         """A client of this node lost its nick to a user's own name in its
-        room (scripts.claim_name): it has none from now on, on every shard."""
+        room (rules.name_holders): it has none from now on, on every shard."""
         client = self.core.clients.get(client_id)
         if client is None or client.nick is None:
             return
         client.nick = None
-        self._on_each(scripts.NICK, self.shards.node, client_id, "", "", but=self.shards.of(room_id))
+        changes = [["claim", "", client_id, ""], ["hset", f"client:{client_id}", "who", facts.who(None, client.user)]]
+        self._on_each(scripts.CHANGE, self.shards.node, client_id, "[]", _json(changes), but=self.shards.of(room_id))
 
     def _check_reader(self, answer: Any, client: Client, room: Room) -> None:
         """A read of ``room`` that Redis refused (the client is not a member
@@ -819,20 +957,30 @@ class ClusterChat:
         """Make a shard agree with this node (after a restart, a partition, or
         at start): every client, and the rooms that live on it."""
         clients: list[list[str]] = []
-        rooms: dict[str, list[Any]] = {}
+        rooms: dict[str, dict[str, Any]] = {}
+        sets: list[list[str]] = []
         for client in self.core.clients.values():
             room = client.room
             if room is not None and self.shards.of(room.room_id) is not shard:
                 room = None  # in a room elsewhere: in none, as far as this shard knows
-            nick, user = client.nick or "", client.user or ""
-            clients.append([
-                client.client_id, room.room_id if room else "", nick, fold(nick), user, fold(user),
-                room.role(client.client_id) if room else ""])
-            if room is not None:
-                rooms[room.room_id] = [
-                    room.name, room.created_at, room.created_by, str(room.seq), str(room.last_id),
-                    "1" if room.private else "0"]
-        state = json.dumps({"clients": clients, "rooms": rooms})
+            client_id = client.client_id
+            clients.append([client_id, room.room_id if room else "", *facts.identity(client)])
+            if room is None:
+                continue
+            room_id = room.room_id
+            rooms[room_id] = {
+                "fields": ["name", room.name, "created_at", room.created_at, "created_by", room.created_by,
+                           "private", "1" if room.private else "0"],
+                "seq": str(room.seq), "last_id": str(room.last_id), "sets": _room_sets(room_id)}
+            # What the node knows of who owns and moderates the room; a
+            # private room's members are invited (other invitations and
+            # bans are lost with Redis's data).
+            role = room.role(client_id)
+            if role != "member":
+                sets.append([room_id, f"{'owner' if role == 'owner' else 'mods'}:{room_id}", client_id, client_id])
+            if room.private:
+                sets += ([room_id, f"invited:{room_id}", key, client_id] for key in names_of(client_id, client.user))
+        state = json.dumps({"clients": clients, "rooms": rooms, "sets": sets})
         d = shard.resync(state)
 
         def done(refused: list[Any]) -> None:
@@ -1074,13 +1222,6 @@ class ClusterChat:
             self._log.failure("Redis failed during {what}", failure, what=what)
 
 
-def _who(client: Client) -> tuple[str, str, str, str]:
-    """A client's nick and user, and their folded forms, for a shard that
-    has not recorded it yet (see scripts.adopt)."""
-    nick, user = client.nick or "", client.user or ""
-    return nick, fold(nick), user, fold(user)
-
-
 #: How many times a room action is decided again on a room that changed
 #: between the decision and its application, before giving up.
 _DECISIONS = 5
@@ -1103,21 +1244,62 @@ def _room_view(state: lines.RoomState, client: Client) -> tuple[Room, Client]:
     """A room as Redis has it, as the rules read a room, and the acting
     client as a member of it."""
     view = Room(state.room_id, state.name, "", "", 0)
-    view.owner, view.private = state.owner, state.private
-    view.moderators = set(state.moderators) or None
+    view.owner, view.private = state.members.owner or "", state.private
+    view.moderators = set(state.members.moderators) or None
     view.invited = set(state.invited) or None
     view.banned = set(state.banned) or None
-    for client_id, user in state.members:
+    for client_id, nick, user in state.members.members:
         member = Client(client_id, _NO_SINK)
-        member.user = user
+        member.nick, member.user = nick, user
         view.members[client_id] = member
     return view, view.members.get(client.client_id) or Client(client.client_id, _NO_SINK)
 
 
-def _changes_json(changes: rules.Changes) -> str:
-    """The changes as the APPLY script takes them."""
-    return json.dumps({
-        "ban": sorted(changes.ban), "unban": sorted(changes.unban), "invite": sorted(changes.invite),
-        "uninvite": sorted(changes.uninvite), "op": changes.op or "", "deop": changes.deop or "",
-        "remove": list(changes.remove),
-    })
+def _manage_changes(view: Room, actor: Client, command: codec.Manage, changes: rules.Changes) -> list[list[Any]]:
+    """The changes of a room action, as the CHANGE script applies them."""
+    room_id = view.room_id
+    out: list[list[Any]] = []
+    for keys, kind, which in ((changes.unban, "srem", "banned"), (changes.ban, "sadd", "banned"),
+                              (changes.invite, "sadd", "invited"), (changes.uninvite, "srem", "invited")):
+        if keys:
+            key = f"{which}:{room_id}"
+            out.append(["sadd", room_id, key, *sorted(keys)] if kind == "sadd" else ["srem", key, *sorted(keys)])
+    for subject, kind in ((changes.op, "op"), (changes.deop, "deop")):
+        if subject is not None:
+            mods = f"mods:{room_id}"
+            out.append(["sadd", room_id, mods, subject] if kind == "op" else ["srem", mods, subject])
+            member = view.members.get(subject)
+            nick, user = (member.nick, member.user) if member is not None else (None, None)
+            out.append(["publish", room_id, facts.event_line(kind, subject, nick, user)])
+    for member_id in changes.remove:
+        out.append(["publish", room_id, f"k{member_id} {actor.client_id} {command.reason}"])
+        out.append(["leave", member_id])
+    out.append(["bump", room_id])
+    return out
+
+
+def _name_takes(view: facts.Facts, client: Client, room_id: str) -> list[list[Any]]:
+    """The changes by which the members whose nick reads as the client's
+    user name lose it (:func:`chatd.rooms.rules.name_holders`)."""
+    out: list[list[Any]] = []
+    for holder in rules.name_holders(view, client):
+        _, user = view.holder_who(holder)
+        out += [["claim", room_id, holder, ""], ["hset", f"client:{holder}", "who", facts.who(None, user)],
+                ["publish", room_id, facts.event_line("nick", holder, None, user)]]
+    return out
+
+
+def _room_sets(room_id: str) -> list[str]:
+    """A room's sets and their kinds, as the scripts keep them: its owner
+    (one member, replaced when it leaves), its moderators (members), who is
+    invited and who is banned (the room's)."""
+    return [f"owner:{room_id}", "h", f"mods:{room_id}", "m", f"invited:{room_id}", "r", f"banned:{room_id}", "r"]
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+#: What a join answers of the room, and what the list shows of each.
+_ROOM_FIELDS = _json(["name", "created_at", "created_by", "seq", "private"])
+_LIST_FIELDS = _json(["name", "created_at", "private"])

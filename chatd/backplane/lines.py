@@ -11,7 +11,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from chatd import codec
 
 
 def text(value: Any) -> str:
@@ -52,56 +51,54 @@ class Created:
 
 
 @dataclass(frozen=True)
-class Joined:
-    """JOIN's answer: "ok" or "same" (already in it) with what the client
-    learns of the room; else "nf", "banned", "nick" or "gone"."""
+class Entered:
+    """ENTER's answer: "ok" or "same" (already in it) with the room's
+    fields (its last id first, then those asked for), the reads asked for,
+    the room left on the way and the payloads after ``since``; else "nf",
+    "stale" (decide again) or "gone"."""
 
     outcome: str
-    name: str = ""
-    created_at: str = ""
-    created_by: str = ""
-    seq: int = 0
     last_id: int = 0
+    fields: list[str] = field(default_factory=list)
+    reads: list[Any] = field(default_factory=list)
     left: Left = Left("", False)
-    recovered: Optional[bool] = None  # None: no ``since`` was asked for
-    messages: list[Any] = field(default_factory=list)  # what came after ``since``
-    owner: str = ""
-    private: bool = False
+    missed: list[Any] = field(default_factory=list)  # decoded messages after ``since``, oldest first
 
     @classmethod
-    def decode(cls, reply: list[Any]) -> "Joined":
+    def decode(cls, reply: list[Any]) -> "Entered":
         outcome = text(reply[0])
         if outcome not in ("ok", "same"):
             return cls(outcome)
-        recovered = int(reply[8])
-        return cls(
-            outcome, text(reply[1]), text(reply[2]), text(reply[3]), int(reply[4]), int(reply[5]),
-            Left.decode(reply[6:8]), None if recovered < 0 else recovered == 1,
-            [json.loads(payload) for payload in reply[9]], text(reply[10]), text(reply[11]) == "1",
-        )
+        fields = [text(value) for value in reply[1]]
+        return cls(outcome, int(fields[0] or 0), fields[1:], list(reply[2]), Left.decode(reply[3:5]),
+                   [json.loads(payload) for payload in reply[5]])
 
 
 @dataclass(frozen=True)
 class ListedRoom:
-    """One room of LIST's answer (a flat list, six values a room)."""
+    """One room of LIST's answer: its ID, creation sequence, member count,
+    the fields asked for, and whether each key asked for is in its set."""
 
+    room_id: str
     seq: int
-    entry: dict[str, Any]
+    members: int
+    fields: list[str]
+    flags: list[bool]
 
     @classmethod
-    def decode_all(cls, flat: list[Any]) -> list["ListedRoom"]:
+    def decode_all(cls, rows: list[Any]) -> list["ListedRoom"]:
         return [
-            cls(int(float(seq)), codec.room_entry(
-                text(room_id), text(name), int(members), text(created_at), text(private) == "1"))
-            for room_id, name, members, created_at, seq, private in (flat[i:i + 6] for i in range(0, len(flat), 6))
+            cls(text(room_id), int(float(text(seq))), int(members), [text(f) for f in fields],
+                [int(flag) == 1 for flag in flags])
+            for room_id, seq, members, fields, flags in rows
         ]
 
 
 @dataclass(frozen=True)
 class Read:
-    """A read of a room (MEMBERS, HISTORY, ROOM) that Redis may refuse:
-    "notin" (the reader is not a member there), "gone" (no record of it),
-    "noroom" (in no room); None when it is answered."""
+    """A read of a room (LOOK, HISTORY) that Redis may refuse: "notin"
+    (the reader is not a member there), "gone" (no record of it); None when
+    it is answered."""
 
     refusal: Optional[str]
 
@@ -112,45 +109,80 @@ class Read:
         return cls(text(reply))
 
 
-def members_of(flat: list[Any]) -> list[dict[str, Any]]:
-    """MEMBERS' answer (four values a member) as the members reply has them."""
-    from chatd.rooms.state import member_entry
+def unwho(value: Any) -> tuple[Optional[str], Optional[str]]:
+    """(nick, user) from what a client's events carry after its ID
+    (``<length> <user><nick>``)."""
+    data = value if isinstance(value, bytes) else text(value).encode("utf-8")
+    length, _, rest = data.partition(b" ")
+    size = int(length or 0)
+    user, nick = rest[:size].decode("utf-8"), rest[size:].decode("utf-8")
+    return nick or None, user or None
 
-    return [
-        member_entry(text(client), text(nick) or None, text(user) or None, text(role))
-        for client, nick, user, role in (flat[i:i + 4] for i in range(0, len(flat), 4))
-    ]
+
+@dataclass(frozen=True)
+class Members:
+    """A room's members as read: (client ID, nick, user) in join order,
+    who holds it, and its moderators."""
+
+    members: list[tuple[str, Optional[str], Optional[str]]]
+    owners: frozenset[str]
+    moderators: frozenset[str]
+
+    @staticmethod
+    def reads(room_id: str, at: int = 1) -> list[list[Any]]:
+        """The reads, the first being the ``at``-th of the request."""
+        return [["ZRANGE", f"members:{room_id}", 0, -1], ["EACH", at, "client:", "who"],
+                ["SMEMBERS", f"owner:{room_id}"], ["SMEMBERS", f"mods:{room_id}"]]
+
+    @classmethod
+    def decode(cls, answers: list[Any]) -> "Members":
+        ids, whos, owners, moderators = answers[:4]
+        return cls(
+            [(text(client_id), *unwho(w)) for client_id, w in zip(ids, whos, strict=True)],
+            frozenset(text(x) for x in owners), frozenset(text(x) for x in moderators))
+
+    @property
+    def owner(self) -> Optional[str]:
+        """The room's owner, if it is a member (else one is due)."""
+        ids = {client_id for client_id, _, _ in self.members}
+        held = [owner for owner in self.owners if owner in ids]
+        return held[0] if held else None
 
 
 @dataclass(frozen=True)
 class RoomState:
-    """ROOM's answer: what the room rules read of the client's room, and
-    the room's version, which APPLY checks."""
+    """What the room rules read of a room for an owner's or a moderator's
+    action, and the room's version, which the change's guard checks."""
 
     room_id: str
     version: str
     name: str
-    owner: str
     private: bool
-    moderators: frozenset[str]
+    members: Members
     invited: frozenset[str]
     banned: frozenset[str]
-    members: list[tuple[str, Optional[str]]]  # (client, user), in join order
     target_user: Optional[str]
     target_room: Optional[str]
 
+    @staticmethod
+    def reads(room_id: str, target: Optional[str]) -> list[list[Any]]:
+        reads: list[list[Any]] = [
+            ["HMGET", f"room:{room_id}", "name", "private", "v"],
+            ["SMEMBERS", f"invited:{room_id}"], ["SMEMBERS", f"banned:{room_id}"],
+            *Members.reads(room_id, 4),
+        ]
+        if target:
+            reads.append(["HMGET", f"client:{target}", "user", "room"])
+        return reads
+
     @classmethod
-    def decode(cls, reply: list[Any]) -> "RoomState":
-        flat = reply[9]
-
-        def names(i: int) -> frozenset[str]:
-            return frozenset(text(x) for x in reply[i])
-
+    def decode(cls, room_id: str, answers: list[Any]) -> "RoomState":
+        name, private, version = (text(x) for x in answers[0])
+        target = [text(x) for x in answers[7]] if len(answers) > 7 else ["", ""]
         return cls(
-            text(reply[1]), text(reply[2]), text(reply[3]), text(reply[4]), text(reply[5]) == "1",
-            names(6), names(7), names(8),
-            [(text(flat[i]), text(flat[i + 1]) or None) for i in range(0, len(flat), 2)],
-            text(reply[10]) or None, text(reply[11]) or None,
+            room_id, version or "0", name, private == "1", Members.decode(answers[3:7]),
+            frozenset(text(x) for x in answers[1]), frozenset(text(x) for x in answers[2]),
+            target[0] or None, target[1] or None,
         )
 
 

@@ -1,24 +1,30 @@
 """
 The Lua scripts that keep the cluster's shared state in Redis.
 
-Each runs atomically in Redis, so two nodes can never both take a room's
-last member out and leave a room without members, or join a room that is
-being deleted.  docs/scaling.md describes the keys; in short, with P the
-prefix (``chatd:``):
+They hold no room rule: a node decides every room action by the rules of
+:mod:`chatd.rooms.rules` on what it read (``LOOK``), and a script applies
+the changes only if what the rule read is still so (the guards), else the
+node reads again and decides again.  What the scripts keep is mechanics,
+each step atomic: the hot path (numbering, storing and publishing a
+message), entering and leaving a room (its indexes, its channel's events,
+and the room's end with its last member), the node registry and leases,
+and a node's resync.  docs/scaling.md describes the keys; in short, with P
+the prefix (``chatd:``):
 
-- ``P room:ID``          hash: name, created_at, created_by, seq, last_id, bytes
-  (-1: not counted), largest, owner (a client ID), private ('1' or '0')
-- ``P mods:ID``          set: the room's moderators (client IDs)
-- ``P invited:ID``       set: who may join a private room: ``c:CLIENT`` or
-  ``u:USER``
-- ``P banned:ID``        set: who may not join the room, the same way
+- ``P room:ID``          hash: seq, last_id, bytes (-1: not counted),
+  largest, v (the room's version, bumped by every change the rules read),
+  and the fields the node gives at creation
+- ``P sets:ID``          hash: each of the room's sets (a full key) ->
+  'r' (the room's), 'm' (of members: a member leaving leaves it), 'h' (of
+  one member, who is replaced when leaving it: the channel says ``h``)
 - ``P rooms``            sorted set: room ID by creation sequence (``list``)
-- ``P members:ID``       sorted set: client ID by join sequence (``members``)
-- ``P nicks:ID``         hash: case-folded nick -> client ID (unique per room)
-- ``P users:ID``         hash: case-folded user name -> how many of its
-  connections are members (no one else may take it as a nick)
-- ``P history:ID``       list, newest first: "ID PAYLOAD" (``history``)
-- ``P client:ID``        hash: node, room, nick, folded, user, ufolded
+- ``P members:ID``       sorted set: client ID by join sequence
+- ``P claims:ID``        hash: a claimed name -> the client holding it
+- ``P counts:ID``        hash: a counted name -> how many members have it
+- ``P history:ID``       list, newest first: "ID PAYLOAD"
+- ``P client:ID``        hash: node, room, who (what its events carry after
+  its ID), claim (the name it holds in its room's claims), counted (the
+  name its room counts it under), user
 - ``P user-clients:USER`` set: an authenticated user's clients, on any node
 - ``P node:NODE``        the node's lease (a key with a TTL)
 - ``P node-clients:NODE`` set: the node's clients
@@ -31,14 +37,13 @@ Messages on a room's channel start with one letter:
 ``M<id> <sender> <payload>`` broadcasts, one per line (a batch: the
 messages one node published to the room in one reactor iteration; the
 payloads are JSON with ASCII escapes, so never hold a newline), framed once
-by each node;
-``e<kind> <client> <length> <user><nick>`` a room event (join, leave, nick,
-create, op, deop, owner): the user name (empty for a guest) is ``length``
-bytes long, and the nick is the rest;
-``k<client> <by> <reason>`` the client is kicked out of the room (its leave
-event follows).
+by each node; ``e<kind> <client> <who>`` a room event; ``k<client> <by>
+<reason>`` the client is put out of the room (its leave event follows);
+``h`` the holder of one of the room's 'h' sets left it (the nodes pick a
+successor, and one of them wins).  chatd.backplane.lines reads them.
 
-Every script takes the prefix as ARGV[1].
+Every script takes the prefix as ARGV[1].  Keys inside the JSON a node
+sends (reads, guards, changes) are without it.
 """
 
 from __future__ import annotations
@@ -47,110 +52,29 @@ from __future__ import annotations
 _PRELUDE = r"""
 local P = ARGV[1]
 
-local function publish_event(room, kind, client, nick, user)
-  user = user or ''
-  redis.call('PUBLISH', P .. 'r:' .. room,
-             'e' .. kind .. ' ' .. client .. ' ' .. #user .. ' ' .. user .. (nick or ''))
+local function publish_event(room, kind, client, who)
+  redis.call('PUBLISH', P .. 'r:' .. room, 'e' .. kind .. ' ' .. client .. ' ' .. (who or '0 '))
 end
 
--- One more (or, with -1, one fewer) connection of a user in a room.
-local function count_user(room, ufolded, by)
-  if ufolded and ufolded ~= '' then
-    if redis.call('HINCRBY', P .. 'users:' .. room, ufolded, by) <= 0 then
-      redis.call('HDEL', P .. 'users:' .. room, ufolded)
+-- One more (or, with -1, one fewer) member counted under ``name``.
+local function count(room, name, by)
+  if name and name ~= '' then
+    if redis.call('HINCRBY', P .. 'counts:' .. room, name, by) <= 0 then
+      redis.call('HDEL', P .. 'counts:' .. room, name)
     end
   end
 end
 
--- A room's hash of nicks no longer holds ``folded`` for
--- ``client``.
-local function release_name(hash, folded, client)
-  if folded and folded ~= '' and redis.call('HGET', hash, folded) == client then
-    redis.call('HDEL', hash, folded)
+-- The room's claims no longer give ``name`` to ``client``.
+local function release(room, name, client)
+  if name and name ~= '' and redis.call('HGET', P .. 'claims:' .. room, name) == client then
+    redis.call('HDEL', P .. 'claims:' .. room, name)
   end
 end
 
--- The keys a client's invitations and bans are found under.
-local function names_of(client)
-  local user = redis.call('HGET', P .. 'client:' .. client, 'user')
-  if user and user ~= '' then
-    return {'c:' .. client, 'u:' .. user}
-  end
-  return {'c:' .. client}
-end
-
--- Whether any of ``names`` is in the set ``key``.
-local function listed(key, names)
-  for _, name in ipairs(names) do
-    if redis.call('SISMEMBER', key, name) == 1 then
-      return true
-    end
-  end
-  return false
-end
-
-local function overlap(names, others)
-  for _, name in ipairs(names) do
-    for _, other in ipairs(others) do
-      if name == other then
-        return true
-      end
-    end
-  end
-  return false
-end
-
--- A member's event about itself, with its nick and user.
-local function publish_about(room, kind, client)
-  local nick, user = unpack(redis.call('HMGET', P .. 'client:' .. client, 'nick', 'user'))
-  publish_event(room, kind, client, nick, user)
-end
-
--- The room changed in what a rule reads (members, their users, roles,
--- invitations, bans): a decision made on the room as it was is stale.
+-- The room changed in what a rule reads: a decision on it as it was is stale.
 local function bump(room)
   redis.call('HINCRBY', P .. 'room:' .. room, 'v', 1)
-end
-
--- The owner is gone: the longest-present moderator owns the room, else
--- the longest-present member (members are scored by when they joined).
-local function succeed_owner(room)
-  local members = redis.call('ZRANGE', P .. 'members:' .. room, 0, -1)
-  local heir = members[1]
-  for _, member in ipairs(members) do
-    if redis.call('SISMEMBER', P .. 'mods:' .. room, member) == 1 then
-      heir = member
-      break
-    end
-  end
-  redis.call('HSET', P .. 'room:' .. room, 'owner', heir)
-  bump(room)
-  publish_about(room, 'owner', heir)
-end
-
--- The room's owner; a room whose owner is no member (after Redis lost its
--- data with the owner's node gone too) gets one first.
-local function owner_of(room)
-  local owner = redis.call('HGET', P .. 'room:' .. room, 'owner')
-  if not owner or owner == '' or not redis.call('ZSCORE', P .. 'members:' .. room, owner) then
-    if redis.call('ZCARD', P .. 'members:' .. room) == 0 then
-      return ''
-    end
-    succeed_owner(room)
-    owner = redis.call('HGET', P .. 'room:' .. room, 'owner')
-  end
-  return owner
-end
-
--- A member's role, given the room's owner (owner_of, looked up once).
-local function role_of(room, client, owner)
-  if owner == client then
-    return 'owner'
-  end
-  if redis.call('SISMEMBER', P .. 'mods:' .. room, client) == 1 then
-    return 'moderator'
-  end
-  return 'member'
 end
 
 -- Take a client out of its room; the room goes when its last member does.
@@ -161,81 +85,43 @@ local function leave_room(client)
   if not room or room == '' then
     return '', 0
   end
-  local folded, nick, user, ufolded = unpack(redis.call('HMGET', ckey, 'folded', 'nick', 'user', 'ufolded'))
+  local claim, counted, who = unpack(redis.call('HMGET', ckey, 'claim', 'counted', 'who'))
   redis.call('HSET', ckey, 'room', '')
   redis.call('ZREM', P .. 'members:' .. room, client)
-  release_name(P .. 'nicks:' .. room, folded, client)
-  count_user(room, ufolded, -1)
+  release(room, claim, client)
+  count(room, counted, -1)
+  local sets = redis.call('HGETALL', P .. 'sets:' .. room)
   if redis.call('ZCARD', P .. 'members:' .. room) == 0 then
-    redis.call('DEL', P .. 'room:' .. room, P .. 'members:' .. room,
-               P .. 'nicks:' .. room, P .. 'users:' .. room, P .. 'history:' .. room,
-               P .. 'mods:' .. room, P .. 'invited:' .. room, P .. 'banned:' .. room)
+    local keys = {P .. 'room:' .. room, P .. 'members:' .. room, P .. 'claims:' .. room,
+                  P .. 'counts:' .. room, P .. 'history:' .. room, P .. 'sets:' .. room}
+    for i = 1, #sets, 2 do
+      keys[#keys + 1] = sets[i]
+    end
+    redis.call('DEL', unpack(keys))
     redis.call('ZREM', P .. 'rooms', room)
     return room, 1
   end
-  publish_event(room, 'leave', client, nick, user)
+  publish_event(room, 'leave', client, who)
   bump(room)
-  redis.call('SREM', P .. 'mods:' .. room, client)
-  if redis.call('HGET', P .. 'room:' .. room, 'owner') == client then
-    succeed_owner(room)
+  for i = 1, #sets, 2 do
+    if sets[i + 1] ~= 'r' and redis.call('SREM', sets[i], client) == 1 and sets[i + 1] == 'h' then
+      redis.call('PUBLISH', P .. 'r:' .. room, 'h')
+    end
   end
   return room, 0
 end
 
 local function enter_room(client, room, kind)
   local ckey = P .. 'client:' .. client
-  local folded, nick, user, ufolded = unpack(redis.call('HMGET', ckey, 'folded', 'nick', 'user', 'ufolded'))
+  local claim, counted, who = unpack(redis.call('HMGET', ckey, 'claim', 'counted', 'who'))
   redis.call('ZADD', P .. 'members:' .. room, redis.call('INCR', P .. 'seq:join'), client)
-  if folded and folded ~= '' then
-    redis.call('HSET', P .. 'nicks:' .. room, folded, client)
+  if claim and claim ~= '' then
+    redis.call('HSET', P .. 'claims:' .. room, claim, client)
   end
-  count_user(room, ufolded, 1)
+  count(room, counted, 1)
   redis.call('HSET', ckey, 'room', room)
   bump(room)
-  publish_event(room, kind, client, nick, user)
-end
-
--- Whether another member of the room has this nick, or is the
--- authenticated user of that name (a user's own connections share them).
--- A user's own name is never taken by another's nick (see take_nick).
-local function nick_taken(room, folded, client)
-  if not folded or folded == '' then
-    return false
-  end
-  local mine = redis.call('HGET', P .. 'client:' .. client, 'ufolded') or ''
-  if folded == mine then
-    return false
-  end
-  local holder = redis.call('HGET', P .. 'nicks:' .. room, folded)
-  if holder and holder ~= client
-      and (mine == '' or redis.call('HGET', P .. 'client:' .. holder, 'ufolded') ~= mine) then
-    return true
-  end
-  return redis.call('HEXISTS', P .. 'users:' .. room, folded) == 1
-end
-
--- The member of the room (another user's connection aside) whose nick
--- reads as the client's user name, and that name; nil if none.
-local function name_holder(room, client)
-  local ufolded = redis.call('HGET', P .. 'client:' .. client, 'ufolded')
-  if not ufolded or ufolded == '' then
-    return nil
-  end
-  local holder = redis.call('HGET', P .. 'nicks:' .. room, ufolded)
-  if not holder or holder == client
-      or redis.call('HGET', P .. 'client:' .. holder, 'ufolded') == ufolded then
-    return nil
-  end
-  return holder, ufolded
-end
-
--- A user's own name wins over a nick: the holder (name_holder) loses it,
--- and a 'nick' event with no nick tells everyone.
-local function take_nick(room, holder, name)
-  local hkey = P .. 'client:' .. holder
-  release_name(P .. 'nicks:' .. room, name, holder)
-  redis.call('HSET', hkey, 'nick', '', 'folded', '')
-  publish_event(room, 'nick', holder, '', redis.call('HGET', hkey, 'user'))
+  publish_event(room, kind, client, who)
 end
 
 -- Why ``client`` may not read ``room``: 'notin' (it is not a member, any
@@ -255,7 +141,7 @@ end
 -- was away when it connected, or registered it too late for the resync) is
 -- recorded as its node knows it.  False if another node holds the ID, or
 -- this node's lease is gone (its resync is due).
-local function adopt(node, client, nick, folded, user, ufolded)
+local function adopt(node, client, who, claim, counted, user)
   local holder = redis.call('HGET', P .. 'client:' .. client, 'node')
   if holder then
     return holder == node
@@ -263,8 +149,8 @@ local function adopt(node, client, nick, folded, user, ufolded)
   if redis.call('EXISTS', P .. 'node:' .. node) == 0 then
     return false
   end
-  redis.call('HSET', P .. 'client:' .. client, 'node', node, 'room', '', 'nick', nick, 'folded', folded,
-             'user', user, 'ufolded', ufolded)
+  redis.call('HSET', P .. 'client:' .. client, 'node', node, 'room', '', 'who', who, 'claim', claim,
+             'counted', counted, 'user', user)
   redis.call('SADD', P .. 'node-clients:' .. node, client)
   if user ~= '' then
     redis.call('SADD', P .. 'user-clients:' .. user, client)
@@ -294,46 +180,168 @@ local function purge_node(node)
   redis.call('SREM', P .. 'nodes', node)
   return #clients
 end
+
+-- The commands a read or a guard may run: reads only.
+local READS = {HGET = true, HMGET = true, HEXISTS = true, SISMEMBER = true, SMISMEMBER = true,
+               SMEMBERS = true, SCARD = true, ZRANGE = true, ZSCORE = true, ZCARD = true}
+
+local function result(value)
+  if value == false or value == nil then
+    return ''
+  end
+  return value
+end
+
+-- Run reads: each {command, key, args...}, where '$N' in an argument is
+-- the N-th read's answer (a read naming an empty answer is empty itself);
+-- {'EACH', N, key prefix, field}: HGET of that field for each element of
+-- the N-th answer.
+local function read(reads)
+  local out = {}
+  for i, r in ipairs(reads) do
+    if r[1] == 'EACH' then
+      local each = {}
+      for j, element in ipairs(out[r[2]]) do
+        each[j] = result(redis.call('HGET', P .. r[3] .. element, r[4]))
+      end
+      out[i] = each
+    else
+      if not READS[r[1]] then
+        error('not a read: ' .. tostring(r[1]))
+      end
+      local args, empty = {}, false
+      for j = 2, #r do
+        local arg = string.gsub(tostring(r[j]), '%$(%d+)', function(n)
+          local v = out[tonumber(n)]
+          if type(v) ~= 'string' or v == '' then
+            empty = true
+            return ''
+          end
+          return v
+        end)
+        args[j - 1] = (j == 2) and (P .. arg) or arg
+      end
+      out[i] = empty and '' or result(redis.call(r[1], unpack(args)))
+    end
+  end
+  return out
+end
+
+-- Whether every guard, {command, key, args..., expected}, still reads as
+-- expected ('*': anything but nothing).
+local function holds(guards)
+  for _, g in ipairs(guards) do
+    if not READS[g[1]] then
+      error('not a read: ' .. tostring(g[1]))
+    end
+    local args = {P .. g[2]}
+    for j = 3, #g - 1 do
+      args[#args + 1] = g[j]
+    end
+    local value = tostring(result(redis.call(g[1], unpack(args))))
+    local expected = g[#g]
+    if (expected == '*' and (value == '' or value == '0')) or (expected ~= '*' and value ~= expected) then
+      return false
+    end
+  end
+  return true
+end
+
+-- Apply changes, in order:
+-- {'sadd', room, key, members...}: into one of the room's sets (an 'h' set
+-- holds the new one only); {'srem', key, members...};
+-- {'hset', key, field, value, ...}; {'publish', room, line} on the room's
+-- channel; {'leave', client}: out of its room;
+-- {'claim', room ('' for none), client, name ('' for none)}: the client's
+-- claimed name; {'identity', client, who, counted, user}; {'bump', room}.
+local function apply(changes)
+  for _, c in ipairs(changes) do
+    local kind = c[1]
+    if kind == 'sadd' then
+      local key = P .. c[3]
+      if redis.call('HGET', P .. 'sets:' .. c[2], key) == 'h' then
+        redis.call('DEL', key)
+      end
+      redis.call('SADD', key, unpack(c, 4))
+    elseif kind == 'srem' then
+      redis.call('SREM', P .. c[2], unpack(c, 3))
+    elseif kind == 'hset' then
+      redis.call('HSET', P .. c[2], unpack(c, 3))
+    elseif kind == 'publish' then
+      redis.call('PUBLISH', P .. 'r:' .. c[2], c[3])
+    elseif kind == 'leave' then
+      leave_room(c[2])
+    elseif kind == 'claim' then
+      local ckey = P .. 'client:' .. c[3]
+      if c[2] ~= '' then
+        release(c[2], redis.call('HGET', ckey, 'claim'), c[3])
+        if c[4] ~= '' then
+          redis.call('HSET', P .. 'claims:' .. c[2], c[4], c[3])
+        end
+      end
+      redis.call('HSET', ckey, 'claim', c[4])
+    elseif kind == 'identity' then
+      local ckey = P .. 'client:' .. c[2]
+      local room, old = unpack(redis.call('HMGET', ckey, 'room', 'counted'))
+      if room and room ~= '' then
+        count(room, old, -1)
+        count(room, c[4], 1)
+        bump(room)
+      end
+      forget_user(c[2])
+      redis.call('HSET', ckey, 'who', c[3], 'counted', c[4], 'user', c[5])
+      if c[5] ~= '' then
+        redis.call('SADD', P .. 'user-clients:' .. c[5], c[2])
+      end
+    elseif kind == 'bump' then
+      if redis.call('EXISTS', P .. 'room:' .. c[2]) == 1 then
+        bump(c[2])
+      end
+    else
+      error('not a change: ' .. tostring(kind))
+    end
+  end
+end
 """
 
-#: ARGV: prefix, node, candidate client ID.  The ID, or false if taken.
+#: ARGV: prefix, node, candidate client ID, who.  The ID, or false if taken.
 REGISTER = _PRELUDE + r"""
 local node, client = ARGV[2], ARGV[3]
 local ckey = P .. 'client:' .. client
 if redis.call('EXISTS', ckey) == 1 then
   return false
 end
-redis.call('HSET', ckey, 'node', node, 'room', '', 'nick', '', 'folded', '', 'user', '', 'ufolded', '')
+redis.call('HSET', ckey, 'node', node, 'room', '', 'who', ARGV[4], 'claim', '', 'counted', '', 'user', '')
 redis.call('SADD', P .. 'node-clients:' .. node, client)
 return client
 """
 
-#: ARGV: prefix, node, client, user, folded user.  'ok', 'gone', or
-#: 'banned': the user is banned from the client's room (as a join would be).
-AUTH = _PRELUDE + r"""
-local node, client, user, ufolded = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local ckey = P .. 'client:' .. client
-if redis.call('HGET', ckey, 'node') ~= node then
+#: ARGV: prefix, reader's room, reader ('' for none), the reads as JSON
+#: (see ``read``).  The answers in order; or 'notin' or 'gone' when the
+#: reader is not in that room (any more) or this Redis has no record of it.
+LOOK = _PRELUDE + r"""
+if ARGV[3] ~= '' then
+  local refused = reader_in(ARGV[2], ARGV[3])
+  if refused then
+    return refused
+  end
+end
+return read(cjson.decode(ARGV[4]))
+"""
+
+#: ARGV: prefix, node, acting client ('' for none), guards as JSON (see
+#: ``holds``), changes as JSON (see ``apply``).  'ok'; 'stale' (a guard no
+#: longer holds: read again and decide again); 'gone' (the acting client
+#: is not this node's here).
+CHANGE = _PRELUDE + r"""
+local node, client = ARGV[2], ARGV[3]
+if client ~= '' and redis.call('HGET', P .. 'client:' .. client, 'node') ~= node then
   return 'gone'
 end
-local room = redis.call('HGET', ckey, 'room')
-if room and room ~= '' then
-  if redis.call('SISMEMBER', P .. 'banned:' .. room, 'u:' .. user) == 1 then
-    return 'banned'
-  end
-  count_user(room, redis.call('HGET', ckey, 'ufolded'), -1)
-  count_user(room, ufolded, 1)
-  bump(room)
+if not holds(cjson.decode(ARGV[4])) then
+  return 'stale'
 end
-forget_user(client)
-redis.call('HSET', ckey, 'user', user, 'ufolded', ufolded)
-redis.call('SADD', P .. 'user-clients:' .. user, client)
-if room and room ~= '' then
-  local holder, name = name_holder(room, client)
-  if holder then
-    take_nick(room, holder, name)
-  end
-end
+apply(cjson.decode(ARGV[5]))
 return 'ok'
 """
 
@@ -360,12 +368,12 @@ else
     end
   end
 end
-local count = 0
+local total = 0
 for at, clients in pairs(by_node) do
   redis.call('PUBLISH', P .. 'd:' .. at, sender .. ' ' .. table.concat(clients, ',') .. kind .. '\n' .. payload)
-  count = count + #clients
+  total = total + #clients
 end
-return count
+return total
 """
 
 #: ARGV: prefix, node, client.  {room left, 1 if it was deleted}.
@@ -382,14 +390,15 @@ redis.call('SREM', P .. 'node-clients:' .. node, client)
 return {room, deleted}
 """
 
-#: ARGV: prefix, node, client, candidate room ID, name, created_at, private
-#: ('1' or '0'), the client's nick, folded nick, user, folded user (see
-#: adopt), the number of shards and this one's position.  {'ok', room ID,
-#: seq, old room, old deleted} or {'taken'} or {'gone'}.
+#: ARGV: prefix, node, client, candidate room ID, the client as adopt
+#: takes it (who, claim, counted, user), the number of shards and this
+#: one's position, the room's fields as JSON ([field, value, ...]), its
+#: sets as JSON ([key, kind, ...]), changes as JSON (see ``apply``).
+#: {'ok', room ID, seq, old room, old deleted} or {'taken'} or {'gone'}.
 CREATE = _PRELUDE + r"""
-local node, client, room, name, created_at, private = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local stride, offset = tonumber(ARGV[12]), tonumber(ARGV[13])
-if not adopt(node, client, ARGV[8], ARGV[9], ARGV[10], ARGV[11]) then
+local node, client, room = ARGV[2], ARGV[3], ARGV[4]
+local stride, offset = tonumber(ARGV[9]), tonumber(ARGV[10])
+if not adopt(node, client, ARGV[5], ARGV[6], ARGV[7], ARGV[8]) then
   return {'gone'}
 end
 if redis.call('EXISTS', P .. 'room:' .. room) == 1 then
@@ -406,52 +415,45 @@ local now = (tonumber(t[1]) - 1735689600) * 10000 + math.floor(tonumber(t[2]) / 
 local last = math.floor(tonumber(redis.call('GET', P .. 'seq:room') or '0') / stride)
 local seq = string.format('%d', math.max(last + 1, now) * stride + offset)
 redis.call('SET', P .. 'seq:room', seq)
-redis.call('HSET', P .. 'room:' .. room, 'name', name, 'created_at', created_at,
-           'created_by', client, 'seq', seq, 'last_id', 0, 'bytes', 0, 'owner', client, 'private', private)
-if private == '1' then
-  -- Its creator may come back while it lives, like anyone invited.
-  redis.call('SADD', P .. 'invited:' .. room, unpack(names_of(client)))
+local rkey = P .. 'room:' .. room
+redis.call('HSET', rkey, 'seq', seq, 'last_id', 0, 'bytes', 0, unpack(cjson.decode(ARGV[11])))
+local sets = cjson.decode(ARGV[12])
+for i = 1, #sets, 2 do
+  redis.call('HSET', P .. 'sets:' .. room, P .. sets[i], sets[i + 1])
 end
 redis.call('ZADD', P .. 'rooms', seq, room)
 enter_room(client, room, 'create')
+apply(cjson.decode(ARGV[13]))
 return {'ok', room, seq, old, deleted}
 """
 
-#: ARGV: prefix, node, client, room, since (-1: none), the client's nick,
-#: folded nick, user, folded user (see adopt).
-#: {'ok', name, created_at, created_by, seq, last_id, old room, old deleted,
-#: recovered (1, 0; -1 without since), {payloads after since}, owner,
-#: private}, {'same', ...} when already in it, or {'nf'} (no such room, or
-#: a private one the client is not invited to), {'banned'}, {'nick'},
-#: {'gone'}.
-JOIN = _PRELUDE + r"""
-local node, client, room, since = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5] or '-1')
+#: ARGV: prefix, node, client, room, since (-1: none), the client as adopt
+#: takes it (who, claim, counted, user), guards as JSON (see ``holds``),
+#: changes to apply after the join as JSON (see ``apply``), the room's
+#: fields to answer as JSON, and reads as JSON (see ``read``).
+#: {'ok', {fields}, {reads}, old room, old deleted, {payloads after since,
+#: oldest first}}, {'same', ...} when already in it, or {'nf'} (no such
+#: room), {'stale'} (a guard no longer holds), {'gone'}.
+ENTER = _PRELUDE + r"""
+local node, client, room, since = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 
 -- What a client that saw the room up to ``since`` missed, from its history
 -- (kept at publication, in this same step as the join: each message is
--- either in here or reaches the client live, never both, never neither):
--- 1 if all of it is there, and the payloads oldest first.
-local function recovery(last_id)
-  if since < 0 then
-    return {-1, {}}
-  end
+-- either in here or reaches the client live, never both, never neither).
+local function missed(last_id)
   local found = {}
+  if since < 0 then
+    return found
+  end
   for _, entry in ipairs(redis.call('LRANGE', P .. 'history:' .. room, 0, -1)) do
     local space = string.find(entry, ' ', 1, true)
-    local id = tonumber(string.sub(entry, 1, space - 1))
-    if id <= since and since <= last_id then
+    if tonumber(string.sub(entry, 1, space - 1)) <= since and since <= last_id then
       break
     end
-    table.insert(found, string.sub(entry, space + 1))
+    table.insert(found, 1, string.sub(entry, space + 1))
   end
-  local out = {}
-  for i = #found, 1, -1 do
-    table.insert(out, found[i])
-  end
-  local all = (since <= last_id and #found == last_id - since) and 1 or 0
-  return {all, out}
+  return found
 end
-local ckey = P .. 'client:' .. client
 if not adopt(node, client, ARGV[6], ARGV[7], ARGV[8], ARGV[9]) then
   return {'gone'}
 end
@@ -459,29 +461,21 @@ local rkey = P .. 'room:' .. room
 if redis.call('EXISTS', rkey) == 0 then
   return {'nf'}
 end
-local meta = redis.call('HMGET', rkey, 'name', 'created_at', 'created_by', 'seq', 'last_id', 'owner', 'private')
-if redis.call('HGET', ckey, 'room') == room then
-  local r = recovery(tonumber(meta[5]))
-  return {'same', meta[1], meta[2], meta[3], meta[4], meta[5], '', 0, r[1], r[2], meta[6], meta[7]}
+local outcome, old, deleted = 'same', '', 0
+if redis.call('HGET', P .. 'client:' .. client, 'room') ~= room then
+  if not holds(cjson.decode(ARGV[10])) then
+    return {'stale'}
+  end
+  outcome = 'ok'
+  old, deleted = leave_room(client)
+  enter_room(client, room, 'join')
+  apply(cjson.decode(ARGV[11]))
 end
-local names = names_of(client)
-if meta[7] == '1' and not listed(P .. 'invited:' .. room, names) then
-  return {'nf'}  -- as if there were none, a ban included: nothing leaks
+local fields = redis.call('HMGET', rkey, 'last_id', unpack(cjson.decode(ARGV[12])))
+for i, value in ipairs(fields) do
+  fields[i] = result(value)
 end
-if listed(P .. 'banned:' .. room, names) then
-  return {'banned'}
-end
-if nick_taken(room, redis.call('HGET', ckey, 'folded'), client) then
-  return {'nick'}
-end
-local holder, name = name_holder(room, client)  -- before its own nick takes the name
-local old, deleted = leave_room(client)
-enter_room(client, room, 'join')
-if holder then
-  take_nick(room, holder, name)
-end
-local r = recovery(tonumber(meta[5]))
-return {'ok', meta[1], meta[2], meta[3], meta[4], meta[5], old, deleted, r[1], r[2], meta[6], meta[7]}
+return {outcome, fields, read(cjson.decode(ARGV[13])), old, deleted, missed(tonumber(fields[1]))}
 """
 
 #: ARGV: prefix, node, client.  {room left, 1 if deleted} ('' if in none).
@@ -608,164 +602,29 @@ end
 return ids
 """
 
-#: ARGV: prefix, after (a creation sequence), limit, client.  A flat list:
-#: ID, name, members, created_at, seq, private for up to limit + 1 rooms the
-#: client may see (a private room only by its members and whoever is
-#: invited).
+#: ARGV: prefix, after (a creation sequence), how many, the key prefix of
+#: the set to look the keys up in, the keys as JSON, the fields as JSON.
+#: For each of the first rooms after ``after``: {ID, seq, members,
+#: {fields}, {1 or 0 for each key: in the room's set}}.  The node chooses
+#: which it shows (chatd.rooms.rules.visible).
 LIST = _PRELUDE + r"""
-local after, limit, client = ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local names = names_of(client)
-local mine = redis.call('HGET', P .. 'client:' .. client, 'room')
-local out, found = {}, 0
-local cursor = '(' .. after
-while found <= limit do
-  local ids = redis.call('ZRANGEBYSCORE', P .. 'rooms', cursor, '+inf', 'WITHSCORES', 'LIMIT', 0, limit + 1)
-  for i = 1, #ids, 2 do
-    local room = ids[i]
-    local meta = redis.call('HMGET', P .. 'room:' .. room, 'name', 'created_at', 'private')
-    if meta[3] ~= '1' or room == mine or listed(P .. 'invited:' .. room, names) then
-      table.insert(out, room)
-      table.insert(out, meta[1] or '')
-      table.insert(out, redis.call('ZCARD', P .. 'members:' .. room))
-      table.insert(out, meta[2] or '')
-      table.insert(out, ids[i + 1])
-      table.insert(out, meta[3] or '0')
-      found = found + 1
-      if found > limit then
-        break
-      end
-    end
-    cursor = '(' .. ids[i + 1]
-  end
-  if #ids < 2 * (limit + 1) then
-    break
-  end
-end
-return out
-"""
-
-#: ARGV: prefix, room, client.  A flat list: client ID, nick, user ('' for
-#: none), role, in join order; or 'notin' if the client is not in the room
-#: (any more), 'gone' if this Redis has no record of it.
-MEMBERS = _PRELUDE + r"""
-local room = ARGV[2]
-local reader = reader_in(room, ARGV[3])
-if reader then
-  return reader
-end
+local after, limit, set = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local keys, fields = cjson.decode(ARGV[5]), cjson.decode(ARGV[6])
 local out = {}
-local owner = owner_of(room)
-for _, client in ipairs(redis.call('ZRANGE', P .. 'members:' .. room, 0, -1)) do
-  local nick, user = unpack(redis.call('HMGET', P .. 'client:' .. client, 'nick', 'user'))
-  table.insert(out, client)
-  table.insert(out, nick or '')
-  table.insert(out, user or '')
-  table.insert(out, role_of(room, client, owner))
+local ids = redis.call('ZRANGEBYSCORE', P .. 'rooms', '(' .. after, '+inf', 'WITHSCORES', 'LIMIT', 0, limit)
+for i = 1, #ids, 2 do
+  local room = ids[i]
+  local meta = redis.call('HMGET', P .. 'room:' .. room, unpack(fields))
+  for j = 1, #fields do
+    meta[j] = result(meta[j])
+  end
+  local listed = {}
+  if #keys > 0 then
+    listed = redis.call('SMISMEMBER', P .. set .. room, unpack(keys))
+  end
+  out[#out + 1] = {room, ids[i + 1], redis.call('ZCARD', P .. 'members:' .. room), meta, listed}
 end
 return out
-"""
-
-#: ARGV: prefix, node, client, target client ('' for none).  What the room
-#: rules read of the client's room (chatd.rooms.rules.manage), and the
-#: room's version: {'ok', room, version, name, owner, private ('1'/'0'),
-#: {moderators}, {invited}, {banned}, {member, user, ...} in join order,
-#: target's user, target's room}, or {'noroom'}, {'gone'}.
-ROOM = _PRELUDE + r"""
-local node, client, target = ARGV[2], ARGV[3], ARGV[4]
-local ckey = P .. 'client:' .. client
-if redis.call('HGET', ckey, 'node') ~= node then
-  return {'gone'}
-end
-local room = redis.call('HGET', ckey, 'room')
-if not room or room == '' then
-  return {'noroom'}
-end
-local rkey = P .. 'room:' .. room
-local owner = owner_of(room)
-local meta = redis.call('HMGET', rkey, 'name', 'private', 'v')
-local members = {}
-for _, member in ipairs(redis.call('ZRANGE', P .. 'members:' .. room, 0, -1)) do
-  members[#members + 1] = member
-  members[#members + 1] = redis.call('HGET', P .. 'client:' .. member, 'user') or ''
-end
-local tuser, troom = '', ''
-if target ~= '' then
-  local t = redis.call('HMGET', P .. 'client:' .. target, 'user', 'room')
-  tuser, troom = t[1] or '', t[2] or ''
-end
-return {'ok', room, meta[3] or '0', meta[1], owner, meta[2] or '0',
-        redis.call('SMEMBERS', P .. 'mods:' .. room), redis.call('SMEMBERS', P .. 'invited:' .. room),
-        redis.call('SMEMBERS', P .. 'banned:' .. room), members, tuser, troom}
-"""
-
-#: ARGV: prefix, node, client, room, version (ROOM's), reason, and the
-#: changes as JSON ({"ban": [...], "unban": [...], "invite": [...],
-#: "uninvite": [...], "op": ID or "", "deop": ID or "", "remove": [...]}).
-#: Applied only if the room is still as the rule read it: 'ok'; 'stale'
-#: (decide again on a fresh ROOM); 'gone'.  No rule in here: the changes
-#: were decided in Python.
-APPLY = _PRELUDE + r"""
-local node, client, room, version, reason = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local changes = cjson.decode(ARGV[7])
-if redis.call('HGET', P .. 'client:' .. client, 'node') ~= node then
-  return 'gone'
-end
-local rkey = P .. 'room:' .. room
-if redis.call('HGET', P .. 'client:' .. client, 'room') ~= room
-    or (redis.call('HGET', rkey, 'v') or '0') ~= version then
-  return 'stale'
-end
-local banned, invited, mods = P .. 'banned:' .. room, P .. 'invited:' .. room, P .. 'mods:' .. room
-for _, key in ipairs(changes.unban) do
-  redis.call('SREM', banned, key)
-end
-for _, key in ipairs(changes.ban) do
-  redis.call('SADD', banned, key)
-end
-for _, key in ipairs(changes.invite) do
-  redis.call('SADD', invited, key)
-end
-for _, key in ipairs(changes.uninvite) do
-  redis.call('SREM', invited, key)
-end
-if changes.op ~= '' then
-  redis.call('SADD', mods, changes.op)
-  publish_about(room, 'op', changes.op)
-end
-if changes.deop ~= '' then
-  redis.call('SREM', mods, changes.deop)
-  publish_about(room, 'deop', changes.deop)
-end
-for _, member in ipairs(changes.remove) do
-  redis.call('PUBLISH', P .. 'r:' .. room, 'k' .. member .. ' ' .. client .. ' ' .. reason)
-  leave_room(member)
-end
-if redis.call('EXISTS', rkey) == 1 then
-  bump(room)
-end
-return 'ok'
-"""
-
-#: ARGV: prefix, node, client, nick, folded.  'ok', or 'taken', or 'gone'.
-NICK = _PRELUDE + r"""
-local node, client, nick, folded = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local ckey = P .. 'client:' .. client
-if redis.call('HGET', ckey, 'node') ~= node then
-  return 'gone'
-end
-local room = redis.call('HGET', ckey, 'room')
-if room and room ~= '' then
-  if nick_taken(room, folded, client) then
-    return 'taken'
-  end
-  release_name(P .. 'nicks:' .. room, redis.call('HGET', ckey, 'folded'), client)
-  redis.call('HSET', P .. 'nicks:' .. room, folded, client)
-end
-redis.call('HSET', ckey, 'nick', nick, 'folded', folded)
-if room and room ~= '' then
-  publish_event(room, 'nick', client, nick, redis.call('HGET', ckey, 'user'))
-end
-return 'ok'
 """
 
 #: ARGV: prefix, room, limit, before (0: none), client.  Payloads, oldest
@@ -822,15 +681,18 @@ return purge_node(ARGV[2])
 """
 
 #: ARGV: prefix, node, lease in ms, the node's state as JSON:
-#: {"clients": [[id, room, nick, folded, user, ufolded, role], ...],
-#:  "rooms": {id: [name, created_at, created_by, seq, last_id, private], ...}}
+#: {"clients": [[id, room, who, claim, counted, user], ...],
+#:  "rooms": {id: {"fields": [field, value, ...], "seq": s, "last_id": n,
+#:                 "sets": [key, kind, ...]}, ...},
+#:  "sets": [[room, key, member, client], ...]}
 #: (seq and last_id as text: Redis writes large Lua numbers as 1.2e+14).
 #: Makes Redis agree with the node (after a restart of Redis, or after the
 #: node was taken for dead): its clients, their rooms and memberships, each
-#: room's message counter at least what the node has seen, and who owns and
-#: moderates it (a private room's invitations are its members; other
-#: invitations and bans are lost with Redis's data).  Clients whose ID
-#: another node holds are listed in the reply (they cannot be kept).
+#: room's message counter at least what the node has seen, and the members
+#: of the room's sets the node knows of (a set's member named with a
+#: client of the node's that another node holds is left out).  Clients
+#: whose ID another node holds are listed in the reply (they cannot be
+#: kept).
 RESYNC = _PRELUDE + r"""
 local node, lease, state = ARGV[2], ARGV[3], cjson.decode(ARGV[4])
 local wanted = {}
@@ -848,61 +710,69 @@ for _, client in ipairs(redis.call('SMEMBERS', P .. 'node-clients:' .. node)) do
 end
 -- Rooms the node has members in.
 local maxseq = 0
-for room, meta in pairs(state.rooms) do
+for room, r in pairs(state.rooms) do
   local rkey = P .. 'room:' .. room
-  local seq = tonumber(meta[4])
   if redis.call('EXISTS', rkey) == 0 then
-    redis.call('HSET', rkey, 'name', meta[1], 'created_at', meta[2], 'created_by', meta[3],
-               'seq', meta[4], 'last_id', meta[5], 'bytes', 0, 'owner', '', 'private', meta[6])
-    redis.call('ZADD', P .. 'rooms', meta[4], room)
-  elseif tonumber(redis.call('HGET', rkey, 'last_id')) < tonumber(meta[5]) then
-    redis.call('HSET', rkey, 'last_id', meta[5])
+    redis.call('HSET', rkey, 'seq', r.seq, 'last_id', r.last_id, 'bytes', 0, unpack(r.fields))
+    for i = 1, #r.sets, 2 do
+      redis.call('HSET', P .. 'sets:' .. room, P .. r.sets[i], r.sets[i + 1])
+    end
+    redis.call('ZADD', P .. 'rooms', r.seq, room)
+  elseif tonumber(redis.call('HGET', rkey, 'last_id')) < tonumber(r.last_id) then
+    redis.call('HSET', rkey, 'last_id', r.last_id)
   end
-  if seq > maxseq then
-    maxseq = seq
+  if tonumber(r.seq) > maxseq then
+    maxseq = tonumber(r.seq)
   end
 end
 if tonumber(redis.call('GET', P .. 'seq:room') or '0') < maxseq then
   redis.call('SET', P .. 'seq:room', string.format('%d', maxseq))
 end
 -- The node's clients, each in its room.
-local refused = {}
+local refused, kept = {}, {}
 for id, c in pairs(wanted) do
   local ckey = P .. 'client:' .. id
   local holder = redis.call('HGET', ckey, 'node')
   if holder and holder ~= node then
     table.insert(refused, id)
   else
-    local room, nick, folded, user, ufolded = c[2], c[3], c[4], c[5], c[6]
+    kept[id] = true
+    local room, who, claim, counted, user = c[2], c[3], c[4], c[5], c[6]
     if redis.call('HGET', ckey, 'room') ~= room then
       leave_room(id)
     end
-    redis.call('HSET', ckey, 'node', node, 'room', room, 'nick', nick, 'folded', folded,
-               'user', user, 'ufolded', ufolded)
+    redis.call('HSET', ckey, 'node', node, 'room', room, 'who', who, 'claim', claim, 'counted', counted,
+               'user', user)
     redis.call('SADD', P .. 'node-clients:' .. node, id)
     if user ~= '' then
       redis.call('SADD', P .. 'user-clients:' .. user, id)
     end
     if room ~= '' then
       if redis.call('ZADD', P .. 'members:' .. room, 'NX', redis.call('INCR', P .. 'seq:join'), id) == 1 then
-        count_user(room, ufolded, 1)
+        count(room, counted, 1)
       end
-      if folded ~= '' and not nick_taken(room, folded, id) then
-        redis.call('HSET', P .. 'nicks:' .. room, folded, id)
-      end
-      if c[7] == 'owner' then
-        redis.call('HSET', P .. 'room:' .. room, 'owner', id)
-      elseif c[7] == 'moderator' then
-        redis.call('SADD', P .. 'mods:' .. room, id)
-      end
-      if redis.call('HGET', P .. 'room:' .. room, 'private') == '1' then
-        redis.call('SADD', P .. 'invited:' .. room, unpack(names_of(id)))
+      if claim ~= '' then
+        redis.call('HSETNX', P .. 'claims:' .. room, claim, id)
       end
     end
   end
 end
+for _, s in ipairs(state.sets) do
+  if kept[s[4]] then
+    apply({{'sadd', s[1], s[2], s[3]}})
+  end
+end
 for room, _ in pairs(state.rooms) do
-  bump(room)
+  if redis.call('EXISTS', P .. 'room:' .. room) == 1 then
+    bump(room)
+    -- A set of one left empty: the nodes pick its next holder.
+    local sets = redis.call('HGETALL', P .. 'sets:' .. room)
+    for i = 1, #sets, 2 do
+      if sets[i + 1] == 'h' and redis.call('SCARD', sets[i]) == 0 then
+        redis.call('PUBLISH', P .. 'r:' .. room, 'h')
+      end
+    end
+  end
 end
 redis.call('SET', P .. 'node:' .. node, '1', 'PX', lease)
 redis.call('SADD', P .. 'nodes', node)
@@ -911,5 +781,5 @@ return refused
 
 
 #: Every script, loaded into Redis as a node connects (RedisBackplane).
-ALL = (REGISTER, UNREGISTER, AUTH, DIRECT, CREATE, JOIN, LEAVE, PUBLISH, LIST, MEMBERS, ROOM, APPLY, NICK, HISTORY,
+ALL = (REGISTER, UNREGISTER, LOOK, CHANGE, DIRECT, CREATE, ENTER, LEAVE, PUBLISH, LIST, HISTORY,
        HEARTBEAT, REAP, GOODBYE, RESYNC)

@@ -28,6 +28,12 @@ def successor(members: dict[str, Client], moderators: Optional[set[str]]) -> Cli
     return next(iter(members.values()))
 
 
+def invited_at_creation(client: Client, private: bool) -> list[str]:
+    """Who a new room invites: for a private room its creator, who may come
+    back while it lives, like anyone invited."""
+    return names_of(client.client_id, client.user) if private else []
+
+
 def refusal(code: str, command: Manage, room_name: str) -> ChatError:
     """The error for a room action refused for the reason ``code`` (the
     cluster's MANAGE script answers these codes)."""
