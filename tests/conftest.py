@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 import pytest_twisted
@@ -12,6 +12,7 @@ from chatd import fastpath
 from chatd.settings import Settings
 from tests.support.redis import ClusterNode, ClusterNodes, RedisServer, SentinelServer
 from tests.support.servers import DaemonProcess, InProcessServer, spawn_chatd, stop_chatd
+from tests.support.tokens import SECRET
 
 
 @pytest.fixture
@@ -162,3 +163,44 @@ def sentinels(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer, list[S
     finally:
         for server in (*watchers, replica, master):
             server.remove()
+
+
+#: Two servers to connect to: one process twice, or two cluster nodes on
+#: one Redis.  Called with Settings fields.
+Deployment = Callable[..., Awaitable[tuple[InProcessServer, InProcessServer]]]
+
+
+@pytest_twisted.async_yield_fixture(params=["one process", "cluster"])
+async def deployment(request: Any) -> AsyncIterator[Deployment]:
+    """Two servers to talk to: one process (the rooms in its memory) twice,
+    or two cluster nodes on one real redis-server (the rooms in Redis)."""
+    started: list[InProcessServer] = []
+    redis: list[RedisServer] = []
+    nodes: list[ClusterNodes] = []
+
+    async def start(**settings: Any) -> tuple[InProcessServer, InProcessServer]:
+        if request.param == "cluster":
+            server = RedisServer(redis_binary())
+            redis.append(server)
+            server.start()
+            nodes.append(ClusterNodes((server.url,)))
+            return await nodes[-1].start(**settings), await nodes[-1].start(**settings)
+        one = await InProcessServer(Settings(ping_interval=0, ping_timeout=0, **settings)).start()
+        started.append(one)
+        return one, one
+
+    yield start
+    for running in started:
+        await running.stop()
+    for cluster in nodes:
+        await cluster.stop()
+    for server in redis:
+        server.remove()
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    """The shared key of tests.support.tokens, in a file for ``--auth jwt:key=``."""
+    path = tmp_path / "jwt.key"
+    path.write_bytes(SECRET)
+    return path

@@ -9,65 +9,21 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
-import jwt
 import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
-from chatd.settings import Settings
 from tests.fakes import HANDSHAKE, client_frame
-from tests.conftest import redis_binary
 from tests.support.clients import connect, WSClient
 from tests.support.raw import read_until_eof, StalledClient
-from tests.support.redis import ClusterNodes, RedisServer
+from tests.support.redis import RedisServer
 from tests.support.servers import InProcessServer
+from tests.support.tokens import token
+from tests.conftest import Deployment
 
 MIB = 1024 * 1024
-SECRET = b"a shared secret of the test, long enough for HS256"
-
-#: Two servers to connect to: one process twice, or two cluster nodes on
-#: one Redis.  Called with Settings fields.
-Deployment = Callable[..., Awaitable[tuple[InProcessServer, InProcessServer]]]
-
-
-@pytest_twisted.async_yield_fixture(params=["one process", "cluster"])
-async def deployment(request: Any) -> AsyncIterator[Deployment]:
-    started: list[InProcessServer] = []
-    redis: list[RedisServer] = []
-    nodes: list[ClusterNodes] = []
-
-    async def start(**settings: Any) -> tuple[InProcessServer, InProcessServer]:
-        if request.param == "cluster":
-            server = RedisServer(redis_binary())
-            redis.append(server)
-            server.start()
-            nodes.append(ClusterNodes((server.url,)))
-            return await nodes[-1].start(**settings), await nodes[-1].start(**settings)
-        one = await InProcessServer(Settings(ping_interval=0, ping_timeout=0, **settings)).start()
-        started.append(one)
-        return one, one
-
-    yield start
-    for running in started:
-        await running.stop()
-    for cluster in nodes:
-        await cluster.stop()
-    for server in redis:
-        server.remove()
-
-
-@pytest.fixture
-def secret_file(tmp_path: Path) -> Path:
-    path = tmp_path / "jwt.key"
-    path.write_bytes(SECRET)
-    return path
-
-
-def token(user: str, **claims: Any) -> str:
-    return jwt.encode({"sub": user, **claims}, SECRET, algorithm="HS256")
-
 
 async def welcomed(server: InProcessServer) -> tuple[WSClient, str]:
     return await server.welcomed()

@@ -14,6 +14,7 @@ docs/development.md explains the layers.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -27,6 +28,7 @@ PURE = {
     "chatd.errors", "chatd.settings", "chatd.codec", "chatd.delivery.frames", "chatd.ratelimit",
     "chatd.core", "chatd.config", "chatd.backplane.address", "chatd.admission", "chatd.names",
     "chatd.rooms", "chatd.rooms.state", "chatd.rooms.history", "chatd.rooms.rules", "chatd.backplane.lines",
+    "chatd.backplane.facts",
 }
 
 #: One client's conversation and the chat it talks to: Twisted, never Autobahn.
@@ -239,3 +241,14 @@ def test_private_attributes_of_other_libraries_live_in_one_module() -> None:
 ])
 def test_the_internals_check_catches_each_kind(source: str) -> None:
     assert foreign_internals(source, own_names())
+
+
+def test_no_room_rule_is_written_in_lua() -> None:
+    # The rules live in chatd/rooms/rules.py alone: a script that spoke of
+    # bans, invitations, roles, privacy, nicks or owners would be deciding.
+    from chatd.backplane import scripts
+
+    words = re.compile(r"ban|invit|role|private|nick|owner|moderat", re.IGNORECASE)
+    for script in scripts.ALL:
+        lua = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("--"))
+        assert not words.search(lua), words.search(lua)
