@@ -2,8 +2,11 @@
 Many chatd processes and hosts as one chat service, through Redis.
 
 - :mod:`chatd.backplane.address`: Redis URLs, parsed without I/O.
-- :mod:`chatd.backplane.scripts`: the Lua scripts that hold the rules for the
-  shared state (rooms, members, nicks, history, node leases).
+- :mod:`chatd.backplane.scripts` (and their helpers, ``prelude``): the Lua
+  scripts that keep the shared state (rooms, members, history, node
+  leases) and apply a node's decisions only while what it read still holds.
+- :mod:`chatd.backplane.facts`: a room as the rules read it in Redis, and
+  the guards of what they read.
 - :mod:`chatd.backplane.redis`: the connections to Redis (txredisapi), the
   node's lease and the reaping of dead nodes.
 - :mod:`chatd.backplane.cluster`: a cluster node's :class:`chatd.chat.Chat`,

@@ -3,8 +3,10 @@ A chatd node of a cluster: the WebSocket adapter's chat, with the rooms in
 Redis and this node's clients here.
 
 The node's :class:`~chatd.core.ChatCore` holds its own clients and a local
-view of the rooms they are in; the backplane's scripts apply the room rules
-to the shared state.  Every broadcast and room event reaches the nodes on the
+view of the rooms they are in.  The node decides every room action by the
+rules of :mod:`chatd.rooms.rules` on the room as it reads it in Redis, and
+the backplane's scripts apply a decision only while what the rule read
+still holds (else the node decides again).  Every broadcast and room event reaches the nodes on the
 room's channel, in one order for all of them, and each node frames it once
 for its own members.  docs/scaling.md explains the design.
 
