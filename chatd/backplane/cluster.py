@@ -30,17 +30,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatd import codec
-from chatd.backplane import facts, lines, scripts
+from chatd.backplane import facts, lines, redis_store, scripts
 from chatd.backplane.shards import Shards
 from chatd.chat import Answer, counts_of
 from chatd.codec import Command
 from chatd.core import ChatCore
 from chatd.delivery.outbox import Flusher
 from chatd.errors import ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
-from chatd.names import fold
 from chatd.rooms import rules
 from chatd.rooms.rules import done_reply
-from chatd.rooms.state import Client, Room, blocks, member_entry, names_of
+from chatd.rooms.state import Client, Room, blocks
 
 Reply = dict[str, Any]
 T = TypeVar("T")
@@ -143,6 +142,7 @@ class ClusterChat:
         self.shards = shards
         self.clock = clock
         self._refuse = refuse  # closes a client the cluster cannot keep
+        self.rooms = redis_store.RedisRooms(shards.node, self._call, self._check_reader)
         # Local clients tied to each room (in it, or on their way in); the
         # room's channel is subscribed while there are any.
         self._refs: dict[str, int] = {}
@@ -290,18 +290,9 @@ class ClusterChat:
         room.owner, room.private = client.client_id, private
         room_id = room.room_id
         shard, old = self.shards.of(room_id), client.room
-        fields = ["name", name, "created_at", created_at, "created_by", client.client_id,
-                  "private", "1" if private else "0"]
-        changes: list[list[Any]] = [["sadd", room_id, f"owner:{room_id}", client.client_id]]
-        invited = rules.invited_at_creation(client, private)
-        if invited:
-            changes.append(["sadd", room_id, f"invited:{room_id}", *invited])
 
         def run(_: None) -> "Deferred[Any]":
-            return self._call(
-                shard, scripts.CREATE, self.shards.node, client.client_id, room_id, *facts.identity(client),
-                len(self.shards), self.shards.position(shard), _json(fields), _json(_room_sets(room_id)),
-                _json(changes))
+            return self.rooms.create(shard, client, room, len(self.shards), self.shards.position(shard))
 
         def done(reply: list[Any]) -> Union[Reply, Deferred[Reply]]:
             created = lines.Created.decode(reply)
@@ -337,7 +328,7 @@ class ClusterChat:
         room = self.core.local_room(room_id)
 
         def run(_: None) -> "Deferred[lines.Entered]":
-            return Deferred.fromCoroutine(self._enter(client, room_id, shard, since))
+            return Deferred.fromCoroutine(self.rooms.enter(client, room_id, shard, since))
 
         def done(entered: lines.Entered) -> Reply:
             outcome = entered.outcome
@@ -368,32 +359,6 @@ class ClusterChat:
         pending = self._expect(client, room)
         return self._subscribed(room_id).addCallback(run).addCallbacks(
             done, self._failed, errbackArgs=(pending,))
-
-    async def _enter(self, client: Client, room_id: str, shard: Any, since: Optional[int]) -> lines.Entered:
-        """
-        The join, decided by :func:`chatd.rooms.rules.join_refusal`: first
-        on what most rooms are (public, nobody listed, no name claimed),
-        and entered if that is still so; else on the room as read, and
-        entered if that is still so; and so on.
-        """
-        view, read = facts.Facts(room_id), False
-        for _ in range(_DECISIONS):
-            refused = rules.join_refusal(view, client)
-            if refused is not None and read:
-                raise refused
-            if refused is None:
-                takes = _name_takes(view, client, room_id)  # what it reads is guarded too
-                answer = await self._call(
-                    shard, scripts.ENTER, self.shards.node, client.client_id, room_id,
-                    -1 if since is None else since, *facts.identity(client), _json(view.guards),
-                    _json(takes), _ROOM_FIELDS, _json([["SMEMBERS", f"owner:{room_id}"]]))
-                entered = lines.Entered.decode(answer)
-                if entered.outcome != "stale":
-                    return entered
-            answers = await self._call(
-                shard, scripts.LOOK, "", "", _json(facts.Facts.probes(room_id, client, client.nick, client.user)))
-            view, read = facts.Facts.read(room_id, client, client.nick, client.user, answers), True
-        raise Unavailable()  # the room kept changing under the decision
 
     def leave(self, client: Client, now: float = 0.0) -> "Deferred[Reply]":
         room = client.room
@@ -550,7 +515,7 @@ class ClusterChat:
         if not shards:
             return fail(Unavailable())
         start = int(after) if after else 0
-        d = DeferredList([Deferred.fromCoroutine(self._listed(shard, start, limit, client)) for shard in shards],
+        d = DeferredList([Deferred.fromCoroutine(self.rooms.listed(shard, start, limit, client)) for shard in shards],
                          consumeErrors=True)
 
         def done(answers: list[tuple[bool, Any]]) -> Reply:
@@ -567,87 +532,27 @@ class ClusterChat:
 
         return d.addCallback(done)
 
-    async def _listed(
-        self, shard: Any, after: int, limit: int, client: Optional[Client],
-    ) -> list[lines.ListedRoom]:
-        """A shard's first ``limit`` + 1 rooms after ``after`` that the client
-        sees (:func:`chatd.rooms.rules.visible`)."""
-        keys = names_of(client.client_id, client.user) if client is not None else []
-        mine = client.room.room_id if client is not None and client.room is not None else None
-        found: list[lines.ListedRoom] = []
-        while True:
-            rows = lines.ListedRoom.decode_all(await self._call(
-                shard, scripts.LIST, after, limit + 1, "invited:", _json(keys), _LIST_FIELDS))
-            for row in rows:
-                view = facts.Facts(row.room_id, row.fields[2] == "1", {
-                    ("invited", key): flag for key, flag in zip(keys, row.flags, strict=True)})
-                if rules.visible(view, client, row.room_id == mine):
-                    found.append(row)
-                    if len(found) > limit:
-                        return found
-            if len(rows) <= limit:
-                return found
-            after = rows[-1].seq
-
     def members(self, client: Client) -> "Deferred[Reply]":
         room, shard = self._room_of(client)
-        return Deferred.fromCoroutine(self._members(client, room, shard))
-
-    async def _members(self, client: Client, room: Room, shard: Any) -> Reply:
-        room_id = room.room_id
-        for _ in range(_DECISIONS):
-            answers = await self._call(
-                shard, scripts.LOOK, room_id, client.client_id, _json(lines.Members.reads(room_id)))
-            self._check_reader(answers, client, room)
-            found = lines.Members.decode(answers)
-            owner = found.owner
-            if owner is None and found.members:
-                await self._succeed(room_id)  # its owner has gone: who owns it now, first
-                continue
-            view = Room(room_id, "", "", "", 0)
-            view.owner, view.moderators = owner or "", set(found.moderators)
-            return {"status": "success", "room_id": room_id, "members": [
-                member_entry(client_id, nick, user, view.role(client_id)) for client_id, nick, user in found.members]}
-        raise Unavailable()
+        return Deferred.fromCoroutine(self.rooms.members(client, room, shard))
 
     def manage(self, client: Client, command: codec.Manage) -> "Deferred[Reply]":
         """An owner's or a moderator's action: decided by the room rules
         (:func:`chatd.rooms.rules.manage`) on the room as Redis has it, and
         applied there only if the room is still so; else decided again."""
         room, shard = self._room_of(client)
-        return Deferred.fromCoroutine(self._manage(client, room, shard, command))
 
-    async def _manage(self, client: Client, room: Room, shard: Any, command: codec.Manage) -> Reply:
-        room_id = room.room_id
-        for _ in range(_DECISIONS):
-            answers = await self._call(
-                shard, scripts.LOOK, room_id, client.client_id,
-                _json(lines.RoomState.reads(room_id, command.client_id)))
-            self._check_reader(answers, client, room)
-            state = lines.RoomState.decode(room_id, answers)
-            if state.members.owner is None:
-                await self._succeed(room_id)
-                continue
-            view, actor = _room_view(state, client)
-            changes = rules.manage(view, actor, command, state.target_user, state.target_room)
-            guards = [["HGET", f"room:{room_id}", "v", state.version],
-                      ["HGET", f"client:{client.client_id}", "room", room_id]]
-            applied = lines.text(await self._call(
-                shard, scripts.CHANGE, self.shards.node, client.client_id, _json(guards),
-                _json(_manage_changes(view, client, command, changes))))
-            if applied == "ok":
-                self.core.events.room_action(room, client, command)
-                if changes.tell_invited is not None:
-                    self._tell_invited(room, client, changes.tell_invited)
-                return done_reply(command)
-            if applied != "stale":
-                raise Unavailable()
-        raise Unavailable()  # the room kept changing under the decision
+        def applied(changes: rules.Changes) -> Reply:
+            self.core.events.room_action(room, client, command)
+            if changes.tell_invited is not None:
+                self._tell_invited(room, client, changes.tell_invited)
+            return done_reply(command)
+
+        return Deferred.fromCoroutine(self.rooms.manage(client, room, shard, command)).addCallback(applied)
 
     def set_nick(self, client: Client, nick: str, now: float) -> "Deferred[Reply]":
         reply = {"status": "success", "message": f"Nick set to '{nick}'", "nick": nick}
-        everywhere = _json([["claim", "", client.client_id, fold(nick)],
-                            ["hset", f"client:{client.client_id}", "who", facts.who(nick, client.user)]])
+        everywhere = redis_store.renamed(client.client_id, nick, client.user)
         room = client.room
         if room is None:
             # Nobody to clash with: recorded on every shard in the background
@@ -665,32 +570,7 @@ class ClusterChat:
             self._on_each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere, but=shard)
             return reply
 
-        return Deferred.fromCoroutine(self._renamed(client, room, shard, nick)).addCallback(done)
-
-    async def _renamed(self, client: Client, room: Room, shard: Any, nick: str) -> None:
-        """The nick taken in the client's room, as :func:`chatd.rooms.rules.nick_refusal` allows."""
-        room_id, client_id = room.room_id, client.client_id
-        view, read = facts.Facts(room_id), False
-        for _ in range(_DECISIONS):
-            refused = rules.nick_refusal(view, client, nick)
-            if refused is not None and read:
-                raise refused
-            if refused is None:
-                changes = [["claim", room_id, client_id, fold(nick)],
-                           ["hset", f"client:{client_id}", "who", facts.who(nick, client.user)],
-                           ["publish", room_id, facts.event_line("nick", client_id, nick, client.user)]]
-                outcome = lines.text(await self._call(
-                    shard, scripts.CHANGE, self.shards.node, client_id,
-                    _json([*view.guards, ["HGET", f"client:{client_id}", "room", room_id]]), _json(changes)))
-                if outcome == "ok":
-                    return
-                if outcome != "stale":
-                    raise Unavailable()
-            answers = await self._call(
-                shard, scripts.LOOK, room_id, client_id, _json(facts.Facts.probes(room_id, client, nick, client.user)))
-            self._check_reader(answers, client, room)
-            view, read = facts.Facts.read(room_id, client, nick, client.user, answers), True
-        raise Unavailable()
+        return Deferred.fromCoroutine(self.rooms.rename(client, room, shard, nick)).addCallback(done)
 
     def recent(self, client: Client, limit: int, before: Optional[int]) -> "Deferred[Reply]":
         room, shard = self._room_of(client)
@@ -718,9 +598,9 @@ class ClusterChat:
     def authenticate(self, client: Client, user: str, name: Optional[str], now: float) -> "Deferred[None]":
         """Record the user in Redis (its name is reserved in the client's
         room from then on); then, without a nick, take the default one."""
-        as_user = Client(client.client_id, _NO_SINK)
+        as_user = Client(client.client_id, redis_store.NO_SINK)
         as_user.nick, as_user.user = client.nick, user
-        everywhere = _json([["identity", client.client_id, facts.who(client.nick, user), fold(user), user]])
+        everywhere = redis_store.identified(client.client_id, client.nick, user)
         room = client.room
         if room is None:
             d = self._each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere)
@@ -733,7 +613,7 @@ class ClusterChat:
                 self._on_each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere, but=shard)
                 return [(shard, outcome)]
 
-            d = Deferred.fromCoroutine(self._become(as_user, room, shard)).addCallback(admitted)
+            d = Deferred.fromCoroutine(self.rooms.become(as_user, room, shard)).addCallback(admitted)
 
         def recorded(results: list[tuple[Any, Any]]) -> Any:
             if not any(lines.text(outcome) == "ok" for _, outcome in results):
@@ -748,54 +628,6 @@ class ClusterChat:
             return self.set_nick(client, nick, now).addErrback(lambda f: f.trap(ChatError))
 
         return d.addCallback(recorded).addCallback(lambda _: None)
-
-    async def _become(self, as_user: Client, room: Room, shard: Any) -> str:
-        """The client, in ``room``, becomes ``as_user.user`` as
-        :func:`chatd.rooms.rules.auth_refusal` allows; whoever has its
-        name as a nick there loses it (:func:`chatd.rooms.rules.name_holders`)."""
-        room_id, client_id, user = room.room_id, as_user.client_id, as_user.user or ""
-        view, read = facts.Facts(room_id), False
-        for _ in range(_DECISIONS):
-            refused = rules.auth_refusal(view, user)
-            if refused is not None and read:
-                raise refused
-            if refused is None:
-                changes = [["identity", client_id, facts.who(as_user.nick, user), fold(user), user],
-                           *_name_takes(view, as_user, room_id)]
-                outcome = lines.text(await self._call(
-                    shard, scripts.CHANGE, self.shards.node, client_id,
-                    _json([*view.guards, ["HGET", f"client:{client_id}", "room", room_id]]), _json(changes)))
-                if outcome != "stale":
-                    return outcome
-            answers = await self._call(
-                shard, scripts.LOOK, "", "", _json(facts.Facts.probes(room_id, as_user, as_user.nick, user)))
-            view, read = facts.Facts.read(room_id, as_user, as_user.nick, user, answers), True
-        raise Unavailable()
-
-    async def _succeed(self, room_id: str) -> None:
-        """A room whose owner has gone gets the one :func:`chatd.rooms.rules.successor`
-        picks; every node with members in it may try, and one wins."""
-        shard = self.shards.of(room_id)
-        for _ in range(_DECISIONS):
-            found = lines.Members.decode(
-                await self._call(shard, scripts.LOOK, "", "", _json(lines.Members.reads(room_id))))
-            if not found.members or found.owner is not None:
-                return
-            members: dict[str, Client] = {}
-            for client_id, nick, user in found.members:
-                member = members[client_id] = Client(client_id, _NO_SINK)
-                member.nick, member.user = nick, user
-            heir = rules.successor(members, set(found.moderators))
-            owner_key = f"owner:{room_id}"
-            guards = [["SCARD", owner_key, str(len(found.owners))],
-                      *(["SISMEMBER", owner_key, owner, "1"] for owner in sorted(found.owners)),
-                      ["ZSCORE", f"members:{room_id}", heir.client_id, "*"]]
-            changes = [["sadd", room_id, owner_key, heir.client_id], ["bump", room_id],
-                       ["publish", room_id, facts.event_line("owner", heir.client_id, heir.nick, heir.user)]]
-            outcome = lines.text(await self._call(
-                shard, scripts.CHANGE, self.shards.node, "", _json(guards), _json(changes)))
-            if outcome != "stale":
-                return
 
     def reading(self, function: Callable[..., T], *args: Any) -> T:
         # A read's messages to one room already reach Redis in one call,
@@ -846,7 +678,8 @@ class ClusterChat:
         elif data[:1] == b"h":
             # Its owner has gone: this node, as every node with members in
             # it, tries to put the successor in; one of them does.
-            self._background(Deferred.fromCoroutine(self._succeed(room_id)), "naming a room's owner")
+            self._background(Deferred.fromCoroutine(self.rooms.succeed(room_id, self.shards.of(room_id))),
+                             "naming a room's owner")
 
     def _deliver_batch(self, room: Room, messages: list[tuple[str, bytes]], now: float) -> list[int]:
         """
@@ -901,8 +734,8 @@ class ClusterChat:
         if client is None or client.nick is None:
             return
         client.nick = None
-        changes = [["claim", "", client_id, ""], ["hset", f"client:{client_id}", "who", facts.who(None, client.user)]]
-        self._on_each(scripts.CHANGE, self.shards.node, client_id, "[]", _json(changes), but=self.shards.of(room_id))
+        self._on_each(scripts.CHANGE, self.shards.node, client_id, "[]", redis_store.renamed(client_id, None, client.user),
+                      but=self.shards.of(room_id))
 
     def _check_reader(self, answer: Any, client: Client, room: Room) -> None:
         """A read of ``room`` that Redis refused (the client is not a member
@@ -958,31 +791,9 @@ class ClusterChat:
     def backplane_up(self, shard: Any) -> "Deferred[None]":
         """Make a shard agree with this node (after a restart, a partition, or
         at start): every client, and the rooms that live on it."""
-        clients: list[list[str]] = []
-        rooms: dict[str, dict[str, Any]] = {}
-        sets: list[list[str]] = []
-        for client in self.core.clients.values():
-            room = client.room
-            if room is not None and self.shards.of(room.room_id) is not shard:
-                room = None  # in a room elsewhere: in none, as far as this shard knows
-            client_id = client.client_id
-            clients.append([client_id, room.room_id if room else "", *facts.identity(client)])
-            if room is None:
-                continue
-            room_id = room.room_id
-            rooms[room_id] = {
-                "fields": ["name", room.name, "created_at", room.created_at, "created_by", room.created_by,
-                           "private", "1" if room.private else "0"],
-                "seq": str(room.seq), "last_id": str(room.last_id), "sets": _room_sets(room_id)}
-            # What the node knows of who owns and moderates the room; a
-            # private room's members are invited (other invitations and
-            # bans are lost with Redis's data).
-            role = room.role(client_id)
-            if role != "member":
-                sets.append([room_id, f"{'owner' if role == 'owner' else 'mods'}:{room_id}", client_id, client_id])
-            if room.private:
-                sets += ([room_id, f"invited:{room_id}", key, client_id] for key in names_of(client_id, client.user))
-        state = json.dumps({"clients": clients, "rooms": rooms, "sets": sets})
+        state = redis_store.resync_state([
+            (client, client.room if client.room is not None and self.shards.of(client.room.room_id) is shard else None)
+            for client in self.core.clients.values()])  # a room elsewhere: none, as far as this shard knows
         d = shard.resync(state)
 
         def done(refused: list[Any]) -> None:
@@ -1222,86 +1033,3 @@ class ClusterChat:
     def _background_failure(self, failure: Failure, what: str) -> None:
         if not failure.check(Unavailable):
             self._log.failure("Redis failed during {what}", failure, what=what)
-
-
-#: How many times a room action is decided again on a room that changed
-#: between the decision and its application, before giving up.
-_DECISIONS = 5
-
-
-class _NoSink:
-    """A member of a room as Redis has it: nothing is delivered to it here."""
-
-    def deliver(self, frame: Any) -> None:
-        raise NotImplementedError
-
-    def close(self, code: int, reason: str) -> None:
-        raise NotImplementedError
-
-
-_NO_SINK = _NoSink()
-
-
-def _room_view(state: lines.RoomState, client: Client) -> tuple[Room, Client]:
-    """A room as Redis has it, as the rules read a room, and the acting
-    client as a member of it."""
-    view = Room(state.room_id, state.name, "", "", 0)
-    view.owner, view.private = state.members.owner or "", state.private
-    view.moderators = set(state.members.moderators) or None
-    view.invited = set(state.invited) or None
-    view.banned = set(state.banned) or None
-    for client_id, nick, user in state.members.members:
-        member = Client(client_id, _NO_SINK)
-        member.nick, member.user = nick, user
-        view.members[client_id] = member
-    return view, view.members.get(client.client_id) or Client(client.client_id, _NO_SINK)
-
-
-def _manage_changes(view: Room, actor: Client, command: codec.Manage, changes: rules.Changes) -> list[list[Any]]:
-    """The changes of a room action, as the CHANGE script applies them."""
-    room_id = view.room_id
-    out: list[list[Any]] = []
-    for keys, kind, which in ((changes.unban, "srem", "banned"), (changes.ban, "sadd", "banned"),
-                              (changes.invite, "sadd", "invited"), (changes.uninvite, "srem", "invited")):
-        if keys:
-            key = f"{which}:{room_id}"
-            out.append(["sadd", room_id, key, *sorted(keys)] if kind == "sadd" else ["srem", key, *sorted(keys)])
-    for subject, kind in ((changes.op, "op"), (changes.deop, "deop")):
-        if subject is not None:
-            mods = f"mods:{room_id}"
-            out.append(["sadd", room_id, mods, subject] if kind == "op" else ["srem", mods, subject])
-            member = view.members.get(subject)
-            nick, user = (member.nick, member.user) if member is not None else (None, None)
-            out.append(["publish", room_id, facts.event_line(kind, subject, nick, user)])
-    for member_id in changes.remove:
-        out.append(["publish", room_id, f"k{member_id} {actor.client_id} {command.reason}"])
-        out.append(["leave", member_id])
-    out.append(["bump", room_id])
-    return out
-
-
-def _name_takes(view: facts.Facts, client: Client, room_id: str) -> list[list[Any]]:
-    """The changes by which the members whose nick reads as the client's
-    user name lose it (:func:`chatd.rooms.rules.name_holders`)."""
-    out: list[list[Any]] = []
-    for holder in rules.name_holders(view, client):
-        _, user = view.holder_who(holder)
-        out += [["claim", room_id, holder, ""], ["hset", f"client:{holder}", "who", facts.who(None, user)],
-                ["publish", room_id, facts.event_line("nick", holder, None, user)]]
-    return out
-
-
-def _room_sets(room_id: str) -> list[str]:
-    """A room's sets and their kinds, as the scripts keep them: its owner
-    (one member, replaced when it leaves), its moderators (members), who is
-    invited and who is banned (the room's)."""
-    return [f"owner:{room_id}", "h", f"mods:{room_id}", "m", f"invited:{room_id}", "r", f"banned:{room_id}", "r"]
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-#: What a join answers of the room, and what the list shows of each.
-_ROOM_FIELDS = _json(["name", "created_at", "created_by", "seq", "private"])
-_LIST_FIELDS = _json(["name", "created_at", "private"])

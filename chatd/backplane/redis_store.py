@@ -1,0 +1,338 @@
+"""
+The rooms of a cluster in Redis, as the room rules read and change them.
+
+:class:`RedisRooms` is the Redis store of the room state: it reads a room
+as :mod:`chatd.rooms.rules` reads one (a :class:`~chatd.backplane.facts.Facts`,
+assumed first, then read with the ``LOOK`` script), decides by those
+rules, and has the scripts apply the decision only while its guards hold,
+else reads and decides again.  One process's store is its
+:class:`~chatd.core.ChatCore`, whose rooms answer the same rules from
+memory; docs/development.md says how another store fits beside them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Optional
+
+from twisted.internet.defer import Deferred
+
+from chatd import codec
+from chatd.backplane import facts, lines, scripts
+from chatd.errors import Unavailable
+from chatd.names import fold
+from chatd.rooms import rules
+from chatd.rooms.state import Client, Room, member_entry, names_of
+
+Reply = dict[str, Any]
+
+
+class RedisRooms:
+    """Room decisions of one node, applied in Redis under guards."""
+
+    def __init__(
+        self,
+        node: str,
+        call: Callable[..., "Deferred[Any]"],
+        check_reader: Callable[[Any, Client, Room], None],
+    ) -> None:
+        self.node = node
+        self._call = call  # runs a script on a shard in step, else Unavailable
+        # Raises if Redis refused a read of the reader's room (it is no
+        # member there), after the node has put its view right.
+        self._check_reader = check_reader
+
+    def create(self, shard: Any, client: Client, room: Room, stride: int, position: int) -> "Deferred[Any]":
+        """Create ``room`` (its name, creator and privacy set) with its
+        creator in it, owner, and invited if it is private."""
+        room_id = room.room_id
+        fields = ["name", room.name, "created_at", room.created_at, "created_by", client.client_id,
+                  "private", "1" if room.private else "0"]
+        changes: list[list[Any]] = [["sadd", room_id, f"owner:{room_id}", client.client_id]]
+        invited = rules.invited_at_creation(client, room.private)
+        if invited:
+            changes.append(["sadd", room_id, f"invited:{room_id}", *invited])
+        return self._call(
+            shard, scripts.CREATE, self.node, client.client_id, room_id, *facts.identity(client), stride, position,
+            as_json(fields), as_json(room_sets(room_id)), as_json(changes))
+
+    async def enter(self, client: Client, room_id: str, shard: Any, since: Optional[int]) -> lines.Entered:
+        """
+        The join, decided by :func:`chatd.rooms.rules.join_refusal`: first
+        on what most rooms are (public, nobody listed, no name claimed),
+        and entered if that is still so; else on the room as read, and
+        entered if that is still so; and so on.
+        """
+        view, read = facts.Facts(room_id), False
+        for _ in range(_DECISIONS):
+            refused = rules.join_refusal(view, client)
+            if refused is not None and read:
+                raise refused
+            if refused is None:
+                takes = _name_takes(view, client, room_id)  # what it reads is guarded too
+                answer = await self._call(
+                    shard, scripts.ENTER, self.node, client.client_id, room_id,
+                    -1 if since is None else since, *facts.identity(client), as_json(view.guards),
+                    as_json(takes), _ROOM_FIELDS, as_json([["SMEMBERS", f"owner:{room_id}"]]))
+                entered = lines.Entered.decode(answer)
+                if entered.outcome != "stale":
+                    return entered
+            answers = await self._call(
+                shard, scripts.LOOK, "", "", as_json(facts.Facts.probes(room_id, client, client.nick, client.user)))
+            view, read = facts.Facts.read(room_id, client, client.nick, client.user, answers), True
+        raise Unavailable()  # the room kept changing under the decision
+
+    async def listed(
+        self, shard: Any, after: int, limit: int, client: Optional[Client],
+    ) -> list[lines.ListedRoom]:
+        """A shard's first ``limit`` + 1 rooms after ``after`` that the client
+        sees (:func:`chatd.rooms.rules.visible`)."""
+        keys = names_of(client.client_id, client.user) if client is not None else []
+        mine = client.room.room_id if client is not None and client.room is not None else None
+        found: list[lines.ListedRoom] = []
+        while True:
+            rows = lines.ListedRoom.decode_all(await self._call(
+                shard, scripts.LIST, after, limit + 1, "invited:", as_json(keys), _LIST_FIELDS))
+            for row in rows:
+                view = facts.Facts(row.room_id, row.fields[2] == "1", {
+                    ("invited", key): flag for key, flag in zip(keys, row.flags, strict=True)})
+                if rules.visible(view, client, row.room_id == mine):
+                    found.append(row)
+                    if len(found) > limit:
+                        return found
+            if len(rows) <= limit:
+                return found
+            after = rows[-1].seq
+
+    async def members(self, client: Client, room: Room, shard: Any) -> Reply:
+        room_id = room.room_id
+        for _ in range(_DECISIONS):
+            answers = await self._call(
+                shard, scripts.LOOK, room_id, client.client_id, as_json(lines.Members.reads(room_id)))
+            self._check_reader(answers, client, room)
+            found = lines.Members.decode(answers)
+            owner = found.owner
+            if owner is None and found.members:
+                await self.succeed(room_id, shard)  # its owner has gone: who owns it now, first
+                continue
+            view = Room(room_id, "", "", "", 0)
+            view.owner, view.moderators = owner or "", set(found.moderators)
+            return {"status": "success", "room_id": room_id, "members": [
+                member_entry(client_id, nick, user, view.role(client_id)) for client_id, nick, user in found.members]}
+        raise Unavailable()
+
+    async def manage(self, client: Client, room: Room, shard: Any, command: codec.Manage) -> rules.Changes:
+        room_id = room.room_id
+        for _ in range(_DECISIONS):
+            answers = await self._call(
+                shard, scripts.LOOK, room_id, client.client_id,
+                as_json(lines.RoomState.reads(room_id, command.client_id)))
+            self._check_reader(answers, client, room)
+            state = lines.RoomState.decode(room_id, answers)
+            if state.members.owner is None:
+                await self.succeed(room_id, shard)
+                continue
+            view, actor = _room_view(state, client)
+            changes = rules.manage(view, actor, command, state.target_user, state.target_room)
+            guards = [["HGET", f"room:{room_id}", "v", state.version],
+                      ["HGET", f"client:{client.client_id}", "room", room_id]]
+            applied = lines.text(await self._call(
+                shard, scripts.CHANGE, self.node, client.client_id, as_json(guards),
+                as_json(_manage_changes(view, client, command, changes))))
+            if applied == "ok":
+                return changes
+            if applied != "stale":
+                raise Unavailable()
+        raise Unavailable()  # the room kept changing under the decision
+
+    async def rename(self, client: Client, room: Room, shard: Any, nick: str) -> None:
+        """The nick taken in the client's room, as :func:`chatd.rooms.rules.nick_refusal` allows."""
+        room_id, client_id = room.room_id, client.client_id
+        view, read = facts.Facts(room_id), False
+        for _ in range(_DECISIONS):
+            refused = rules.nick_refusal(view, client, nick)
+            if refused is not None and read:
+                raise refused
+            if refused is None:
+                changes = [["claim", room_id, client_id, fold(nick)],
+                           ["hset", f"client:{client_id}", "who", facts.who(nick, client.user)],
+                           ["publish", room_id, facts.event_line("nick", client_id, nick, client.user)]]
+                outcome = lines.text(await self._call(
+                    shard, scripts.CHANGE, self.node, client_id,
+                    as_json([*view.guards, ["HGET", f"client:{client_id}", "room", room_id]]), as_json(changes)))
+                if outcome == "ok":
+                    return
+                if outcome != "stale":
+                    raise Unavailable()
+            answers = await self._call(
+                shard, scripts.LOOK, room_id, client_id, as_json(facts.Facts.probes(room_id, client, nick, client.user)))
+            self._check_reader(answers, client, room)
+            view, read = facts.Facts.read(room_id, client, nick, client.user, answers), True
+        raise Unavailable()
+
+    async def become(self, as_user: Client, room: Room, shard: Any) -> str:
+        """The client, in ``room``, becomes ``as_user.user`` as
+        :func:`chatd.rooms.rules.auth_refusal` allows; whoever has its
+        name as a nick there loses it (:func:`chatd.rooms.rules.name_holders`)."""
+        room_id, client_id, user = room.room_id, as_user.client_id, as_user.user or ""
+        view, read = facts.Facts(room_id), False
+        for _ in range(_DECISIONS):
+            refused = rules.auth_refusal(view, user)
+            if refused is not None and read:
+                raise refused
+            if refused is None:
+                changes = [["identity", client_id, facts.who(as_user.nick, user), fold(user), user],
+                           *_name_takes(view, as_user, room_id)]
+                outcome = lines.text(await self._call(
+                    shard, scripts.CHANGE, self.node, client_id,
+                    as_json([*view.guards, ["HGET", f"client:{client_id}", "room", room_id]]), as_json(changes)))
+                if outcome != "stale":
+                    return outcome
+            answers = await self._call(
+                shard, scripts.LOOK, "", "", as_json(facts.Facts.probes(room_id, as_user, as_user.nick, user)))
+            view, read = facts.Facts.read(room_id, as_user, as_user.nick, user, answers), True
+        raise Unavailable()
+
+    async def succeed(self, room_id: str, shard: Any) -> None:
+        """A room whose owner has gone gets the one :func:`chatd.rooms.rules.successor`
+        picks; every node with members in it may try, and one wins."""
+        for _ in range(_DECISIONS):
+            found = lines.Members.decode(
+                await self._call(shard, scripts.LOOK, "", "", as_json(lines.Members.reads(room_id))))
+            if not found.members or found.owner is not None:
+                return
+            members: dict[str, Client] = {}
+            for client_id, nick, user in found.members:
+                member = members[client_id] = Client(client_id, NO_SINK)
+                member.nick, member.user = nick, user
+            heir = rules.successor(members, set(found.moderators))
+            owner_key = f"owner:{room_id}"
+            guards = [["SCARD", owner_key, str(len(found.owners))],
+                      *(["SISMEMBER", owner_key, owner, "1"] for owner in sorted(found.owners)),
+                      ["ZSCORE", f"members:{room_id}", heir.client_id, "*"]]
+            changes = [["sadd", room_id, owner_key, heir.client_id], ["bump", room_id],
+                       ["publish", room_id, facts.event_line("owner", heir.client_id, heir.nick, heir.user)]]
+            outcome = lines.text(await self._call(
+                shard, scripts.CHANGE, self.node, "", as_json(guards), as_json(changes)))
+            if outcome != "stale":
+                return
+
+
+#: How many times a room action is decided again on a room that changed
+#: between the decision and its application, before giving up.
+_DECISIONS = 5
+
+
+class NoSink:
+    """A member of a room as Redis has it: nothing is delivered to it here."""
+
+    def deliver(self, frame: Any) -> None:
+        raise NotImplementedError
+
+    def close(self, code: int, reason: str) -> None:
+        raise NotImplementedError
+
+
+NO_SINK = NoSink()
+
+
+def _room_view(state: lines.RoomState, client: Client) -> tuple[Room, Client]:
+    """A room as Redis has it, as the rules read a room, and the acting
+    client as a member of it."""
+    view = Room(state.room_id, state.name, "", "", 0)
+    view.owner, view.private = state.members.owner or "", state.private
+    view.moderators = set(state.members.moderators) or None
+    view.invited = set(state.invited) or None
+    view.banned = set(state.banned) or None
+    for client_id, nick, user in state.members.members:
+        member = Client(client_id, NO_SINK)
+        member.nick, member.user = nick, user
+        view.members[client_id] = member
+    return view, view.members.get(client.client_id) or Client(client.client_id, NO_SINK)
+
+
+def _manage_changes(view: Room, actor: Client, command: codec.Manage, changes: rules.Changes) -> list[list[Any]]:
+    """The changes of a room action, as the CHANGE script applies them."""
+    room_id = view.room_id
+    out: list[list[Any]] = []
+    for keys, kind, which in ((changes.unban, "srem", "banned"), (changes.ban, "sadd", "banned"),
+                              (changes.invite, "sadd", "invited"), (changes.uninvite, "srem", "invited")):
+        if keys:
+            key = f"{which}:{room_id}"
+            out.append(["sadd", room_id, key, *sorted(keys)] if kind == "sadd" else ["srem", key, *sorted(keys)])
+    for subject, kind in ((changes.op, "op"), (changes.deop, "deop")):
+        if subject is not None:
+            mods = f"mods:{room_id}"
+            out.append(["sadd", room_id, mods, subject] if kind == "op" else ["srem", mods, subject])
+            member = view.members.get(subject)
+            nick, user = (member.nick, member.user) if member is not None else (None, None)
+            out.append(["publish", room_id, facts.event_line(kind, subject, nick, user)])
+    for member_id in changes.remove:
+        out.append(["publish", room_id, f"k{member_id} {actor.client_id} {command.reason}"])
+        out.append(["leave", member_id])
+    out.append(["bump", room_id])
+    return out
+
+
+def _name_takes(view: facts.Facts, client: Client, room_id: str) -> list[list[Any]]:
+    """The changes by which the members whose nick reads as the client's
+    user name lose it (:func:`chatd.rooms.rules.name_holders`)."""
+    out: list[list[Any]] = []
+    for holder in rules.name_holders(view, client):
+        _, user = view.holder_who(holder)
+        out += [["claim", room_id, holder, ""], ["hset", f"client:{holder}", "who", facts.who(None, user)],
+                ["publish", room_id, facts.event_line("nick", holder, None, user)]]
+    return out
+
+
+def room_sets(room_id: str) -> list[str]:
+    """A room's sets and their kinds, as the scripts keep them: its owner
+    (one member, replaced when it leaves), its moderators (members), who is
+    invited and who is banned (the room's)."""
+    return [f"owner:{room_id}", "h", f"mods:{room_id}", "m", f"invited:{room_id}", "r", f"banned:{room_id}", "r"]
+
+
+def as_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+#: What a join answers of the room, and what the list shows of each.
+_ROOM_FIELDS = as_json(["name", "created_at", "created_by", "seq", "private"])
+_LIST_FIELDS = as_json(["name", "created_at", "private"])
+
+
+def renamed(client_id: str, nick: Optional[str], user: Optional[str]) -> str:
+    """A client's new nick (None: none) as every shard records it."""
+    return as_json([["claim", "", client_id, fold(nick) if nick else ""],
+                    ["hset", f"client:{client_id}", "who", facts.who(nick, user)]])
+
+
+def identified(client_id: str, nick: Optional[str], user: str) -> str:
+    """A client's user as every shard records it."""
+    return as_json([["identity", client_id, facts.who(nick, user), fold(user), user]])
+
+
+def resync_state(clients: list[tuple[Client, Optional[Room]]]) -> str:
+    """What RESYNC takes: a node's clients, each with its room on the
+    shard (or None), and the rooms: what the node knows of who owns and
+    moderates each; a private room's members are invited (other
+    invitations and bans are lost with Redis's data)."""
+    records: list[list[str]] = []
+    rooms: dict[str, dict[str, Any]] = {}
+    sets: list[list[str]] = []
+    for client, room in clients:
+        client_id = client.client_id
+        records.append([client_id, room.room_id if room else "", *facts.identity(client)])
+        if room is None:
+            continue
+        room_id = room.room_id
+        rooms[room_id] = {
+            "fields": ["name", room.name, "created_at", room.created_at, "created_by", room.created_by,
+                       "private", "1" if room.private else "0"],
+            "seq": str(room.seq), "last_id": str(room.last_id), "sets": room_sets(room_id)}
+        role = room.role(client_id)
+        if role != "member":
+            sets.append([room_id, f"{'owner' if role == 'owner' else 'mods'}:{room_id}", client_id, client_id])
+        if room.private:
+            sets += ([room_id, f"invited:{room_id}", key, client_id] for key in names_of(client_id, client.user))
+    return as_json({"clients": records, "rooms": rooms, "sets": sets})
