@@ -9,7 +9,8 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 
 from chatd.backplane import scripts
-from chatd.backplane.cluster import HOLD_LIMIT, ClusterChat
+from chatd.backplane.batches import HOLD_LIMIT
+from chatd.backplane.cluster import ClusterChat
 from chatd.backplane.shards import Shards
 from chatd.core import ChatCore, CoreEvents
 from chatd.errors import Unavailable

@@ -35,6 +35,7 @@ from chatd.backplane.shards import Shards
 from chatd.chat import Answer, counts_of
 from chatd.codec import Command
 from chatd.core import ChatCore
+from chatd.backplane.batches import RoomBatches
 from chatd.delivery.outbox import Flusher
 from chatd.errors import ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
 from chatd.rooms import rules
@@ -49,13 +50,6 @@ _TRIES = 5
 #: Candidate room IDs tried for one on a shard in step (with half the
 #: shards away, all of them miss one time in 2 ** 20).
 _ROOM_TRIES = 20
-#: Messages to one room sent to Redis in one script call, at most.
-MAX_BATCH = 100
-#: The longest a room's frames wait for its next batch (Redis slow to
-#: answer), in seconds; a batch's landing ends the wait sooner.
-HOLD_LIMIT = 0.05
-
-
 class _Pending:
     """A join or create on its way: done once Redis has answered and the
     room's channel has carried the join (or create) event, in either order."""
@@ -71,34 +65,6 @@ class _Pending:
         # Put out of the room (a kick, a ban) after its join, before Redis's
         # answer to the join came: the join must not stand once it does.
         self.kicked = False
-
-
-class _Outgoing:
-    """A chat message in the outbox: what its id and reply need later."""
-
-    __slots__ = ("client", "room", "body", "ts", "head", "tail", "answer")
-
-    def __init__(
-        self, client: Client, room: Room, body: Any, ts: str, head: bytes, tail: bytes, answer: Answer,
-    ) -> None:
-        self.client = client
-        self.room = room
-        self.body = body
-        self.ts = ts
-        self.head = head  # the encoded message before its id, and after
-        self.tail = tail
-        # Called with the sender's reply (or a Failure) and the client: no
-        # Deferred per message, at hundreds of thousands a second.
-        self.answer = answer
-
-
-class _Hold:
-    """A room's members' frames waiting for the room's next batch."""
-
-    __slots__ = ("landed",)
-
-    def __init__(self) -> None:
-        self.landed = False  # one of the node's batches has landed since
 
 
 class _Holding:
@@ -135,9 +101,6 @@ class ClusterChat:
         flusher: Optional[Flusher] = None,
     ) -> None:
         self.core = core
-        # What sends the members' frames; with it, a batch from the channel
-        # may wait for the room's next one (channel_message).
-        self._flusher = flusher
         self.wait = wait
         self.shards = shards
         self.clock = clock
@@ -151,14 +114,8 @@ class ClusterChat:
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._pending_of: dict[str, _Pending] = {}
         self._in_background: set[Deferred[Any]] = set()  # disconnects on their way to Redis
-        # Chat messages on their way to Redis, by room: those of this
-        # reactor iteration, and those held while the room's previous batch
-        # is still with Redis (see _send_outbox).
-        self._outbox: dict[str, list[_Outgoing]] = {}
-        self._in_flight: dict[str, int] = {}  # PUBLISH calls awaiting Redis, by room
-        self._send_due = False
-        # Rooms whose members' frames wait for the room's next batch.
-        self._holds: dict[str, _Hold] = {}
+        # Chat messages on their way through Redis, and their frames back.
+        self.batches = RoomBatches(core, shards, clock, self._run, self._as_chat_error, flusher)
 
     # -- what the metrics read ---------------------------------------------------
 
@@ -394,106 +351,13 @@ class ClusterChat:
         if not self.shards.of(room.room_id).available:
             answer(self._publish_here(client, room, body, ts, now), client)
             return
-        head, tail = codec.broadcast_parts(client.client_id, body, ts, client.nick, client.user)
-        # Gathered with the room's other messages of this reactor iteration:
-        # one script call and one PUBLISH for all of them (_send_outbox), and
-        # their replies settled in one pass (_published).
-        room_id = room.room_id
-        batch = self._outbox.get(room_id)
-        if batch is None:
-            batch = self._outbox[room_id] = []
-        batch.append(_Outgoing(client, room, body, ts, head, tail, answer))
-        if not self._send_due and room_id not in self._in_flight:
-            self._send_due = True
-            self.clock.callLater(0, self._send_outbox)
+        self.batches.gather(client, room, body, ts, answer)
 
     def submit(self, client: Client, body: Any, now: float) -> "Deferred[Reply]":
         """:meth:`publish`, the reply as a Deferred."""
         d: Deferred[Reply] = Deferred()
         self.publish(client, body, now, lambda result, _: d.callback(result))
         return d
-
-    def _send_outbox(self, everything: bool = False) -> None:
-        """
-        Send each room's gathered messages in one script call (or a few, for
-        a very long batch), in the order they were published.
-
-        A room whose previous batch is still with Redis keeps its messages
-        until that batch's answer (group commit): under load a room's
-        messages then go in batches as large as one round trip gathers,
-        which each member receives in one write, instead of in a batch per
-        reactor iteration; a quiet room's message goes at the end of the
-        iteration as before.  ``everything``: held ones too (another command
-        is about to follow them).
-        """
-        self._send_due = False
-        outbox, self._outbox = self._outbox, {}
-        for room_id, messages in outbox.items():
-            if everything or room_id not in self._in_flight:
-                self._send_room(room_id, messages)
-            else:
-                self._outbox[room_id] = messages
-
-    def _send_room(self, room_id: str, messages: list[_Outgoing]) -> None:
-        limits = self.core.limits
-        shard = self.shards.of(room_id)
-        for start in range(0, len(messages), MAX_BATCH):
-            batch = messages[start : start + MAX_BATCH]
-            args: list[Any] = [self.shards.node, room_id, limits.history_size, limits.history_bytes]
-            for message in batch:
-                args += (message.client.client_id, message.head, message.tail)
-            self._in_flight[room_id] = self._in_flight.get(room_id, 0) + 1
-            d = self._run(shard, scripts.PUBLISH, *args)
-            d.addCallback(self._published, batch)
-            d.addErrback(self._as_chat_error)
-            d.addErrback(self._not_published, batch)
-            d.addBoth(self._landed, room_id)
-
-    def _landed(self, _: Any, room_id: str) -> None:
-        """Redis has answered one of the room's batches: what it held goes now."""
-        count = self._in_flight[room_id] - 1
-        if count:
-            self._in_flight[room_id] = count
-            return
-        del self._in_flight[room_id]
-        held = self._outbox.pop(room_id, None)
-        if held:
-            self._send_room(room_id, held)
-        hold = self._holds.get(room_id)
-        if hold is not None:
-            if held and not hold.landed:
-                hold.landed = True  # the frames wait for the batch just sent, once
-            else:
-                self._end_hold(room_id)  # nothing more of this node's is coming
-
-    def _published(self, ids: list[Any], batch: list[_Outgoing]) -> None:
-        if len(ids) != len(batch):
-            raise RuntimeError(f"PUBLISH gave {len(ids)} ids for {len(batch)} messages")
-        events = self.core.events
-        for message, message_id in zip(batch, ids, strict=True):
-            message_id = int(message_id)
-            try:
-                if message_id < 0:
-                    raise Unavailable()  # Redis has lost the membership: a resync is due
-                client = message.client
-                sent = codec.broadcast(
-                    client.client_id, message.body, message.ts, message_id, client.nick, client.user)
-                size = len(message.head) + len(str(message_id)) + len(message.tail)
-                events.message_sent(message.room, client, sent, 0, size)
-            except Exception:
-                self._answer(message, Failure())  # this message's sender hears of it; the rest go on
-            else:
-                self._answer(message, codec.MESSAGE_SENT)
-
-    def _not_published(self, failure: Failure, batch: list[_Outgoing]) -> None:
-        for message in batch:
-            self._answer(message, failure)
-
-    def _answer(self, message: _Outgoing, result: Any) -> None:
-        try:
-            message.answer(result, message.client)
-        except Exception:
-            self._log.failure("Answering a message failed")
 
     def _publish_here(self, client: Client, room: Room, body: Any, ts: str, now: float) -> Reply:
         # Ids go on from the highest this node has seen; the resync raises
@@ -631,15 +495,15 @@ class ClusterChat:
 
     def reading(self, function: Callable[..., T], *args: Any) -> T:
         # A read's messages to one room already reach Redis in one call,
-        # and come back as one batch (_send_outbox).
+        # and come back as one batch (RoomBatches).
         return function(*args)
 
     # -- the backplane's listener ----------------------------------------------
 
     def channel_message(self, room_id: str, data: bytes) -> None:
         room = self.core.rooms.get(room_id)
-        if room_id in self._holds and (room is None or data[:1] != b"M"):
-            self._end_hold(room_id)
+        if data[:1] != b"M" or room is None:
+            self.batches.release(room_id)  # any other news of the room: the frames wait no more
         if room is None:
             return  # nobody here is in it any more
         now = self.clock.seconds()
@@ -647,7 +511,7 @@ class ClusterChat:
             messages, message_id = lines.batch(data)
             if message_id > room.last_id:
                 room.last_id = message_id
-            counts = self._deliver_batch(room, messages, now)
+            counts = self.batches.deliver(room, messages, now)
             # Counted once for the batch.
             self.core.events.delivered(
                 sum(counts), sum(len(payload) * n for (_, payload), n in zip(messages, counts, strict=True))
@@ -680,39 +544,6 @@ class ClusterChat:
             # it, tries to put the successor in; one of them does.
             self._background(Deferred.fromCoroutine(self.rooms.succeed(room_id, self.shards.of(room_id))),
                              "naming a room's owner")
-
-    def _deliver_batch(self, room: Room, messages: list[tuple[str, bytes]], now: float) -> list[int]:
-        """
-        A batch from the channel to the room's members here.  While another
-        batch of the room is with Redis, their frames wait for it (at most
-        until that batch lands, or HOLD_LIMIT): the members then get both in
-        one write.  Under load a node's batches alternate (one with Redis
-        while the next gathers), and without the wait each member would get
-        half as many frames per write, at twice the system calls per
-        delivery.  A quiet room's lone message never waits.
-        """
-        room_id, deliver, flusher = room.room_id, self.core.deliver_local_batch, self._flusher
-        if room_id in self._holds:
-            counts = deliver(room, messages, now)
-            self._end_hold(room_id)  # this is the batch the frames waited for
-            return counts
-        if flusher is None or room_id not in self._in_flight:
-            return deliver(room, messages, now)  # nothing more of the room's on its way
-        counts = flusher.hold(room_id, deliver, room, messages, now)
-        if flusher.holding(room_id):
-            hold = self._holds[room_id] = _Hold()
-            self.clock.callLater(HOLD_LIMIT, self._hold_expired, room_id, hold)
-        return counts
-
-    def _end_hold(self, room_id: str) -> None:
-        """The room's waiting frames leave at the end of this iteration."""
-        del self._holds[room_id]
-        if self._flusher is not None:
-            self._flusher.release(room_id)
-
-    def _hold_expired(self, room_id: str, hold: _Hold) -> None:
-        if self._holds.get(room_id) is hold:
-            self._end_hold(room_id)
 
     def _kicked(self, room: Room, client_id: str, by: str, reason: str, now: float) -> None:
         client = self.core.clients.get(client_id)
@@ -815,16 +646,14 @@ class ClusterChat:
     def backplane_down(self) -> None:
         # Commands answer Unavailable; local rooms go on here, and no frames
         # wait for a batch from Redis.
-        for room_id in list(self._holds):
-            self._end_hold(room_id)
+        self.batches.release_all()
 
     # -- internals --------------------------------------------------------------
 
     def _flush(self) -> None:
-        if self._outbox:
-            # Messages published before this command reach Redis before it
-            # (a message and then a disconnect, say), as they were sent.
-            self._send_outbox(everything=True)
+        # Messages published before this command reach Redis before it
+        # (a message and then a disconnect, say), as they were sent.
+        self.batches.send_all()
 
     def _call(self, shard: Any, script: str, *args: Any) -> "Deferred[Any]":
         """Run a script on a shard in step with this node; Unavailable otherwise."""
@@ -958,8 +787,7 @@ class ClusterChat:
         # is still on the backplane's list to renew at reconnection.
         self.shards.of(room_id).unsubscribe(room_id)
         self.core.forget_room(room)
-        if room_id in self._holds:
-            self._end_hold(room_id)
+        self.batches.release(room_id)
 
     def _expect(self, client: Client, room: Room) -> _Pending:
         pending = _Pending(client, room)
