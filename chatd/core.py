@@ -193,7 +193,6 @@ class ChatCore:
         if self.clients.get(client.client_id) is client:
             del self.clients[client.client_id]
         self._unindex(client)
-        self.receive_in(client, None)
 
     # -- commands ----------------------------------------------------------
 
@@ -378,7 +377,7 @@ class ChatCore:
         events = self.events
         error: Optional[Exception] = None
         for room, waiting in gathered.values():
-            counts = self.deliver_local_batch(
+            counts = self.deliver_batch(
                 room, [(sender.client_id, payload) for sender, payload, _ in waiting], now
             )
             fanned_out += len(waiting)
@@ -633,42 +632,16 @@ class ChatCore:
             event = codec.event(kind, room.room_id, subject_id, nick, codec.timestamp(now), user)
             self._deliver(watchers, codec.encode(event), now)
 
-    # -- a node of a cluster -------------------------------------------------
-    #
-    # In a cluster (chatd.backplane) the rooms live in Redis, and this core
-    # holds the node's own clients and a local view of the rooms they are
-    # in: who receives what here.  These primitives change that view
-    # without the room rules above, which Redis then applies.
+    # -- delivery for others (a cluster node's local view) --------------------
 
-    def local_room(self, room_id: str) -> Room:
-        """The local view of a room, made if there is none yet."""
-        room = self.rooms.get(room_id)
-        if room is None:
-            room = self.rooms[room_id] = Room(room_id, "", "", "", 0)
-        return room
-
-    def receive_in(self, client: Client, room: Optional[Room]) -> None:
-        """``client`` receives what ``room`` gets here (None: no room's)."""
-        old = client.receiving
-        if old is not None and old is not room:
-            old.members.pop(client.client_id, None)
-        if room is not None:
-            room.members[client.client_id] = client
-        client.receiving = room
-
-    def deliver_local(self, room: Room, payload: bytes, exclude_id: str, now: float) -> int:
-        """One encoded broadcast to this node's members but ``exclude_id``."""
-        recipients = [m for m in room.members.values() if m.client_id != exclude_id]
-        return len(recipients) - self._deliver(recipients, payload, now) if recipients else 0
-
-    def deliver_local_batch(self, room: Room, messages: list[tuple[str, bytes]], now: float) -> list[int]:
+    def deliver_batch(self, room: Room, messages: list[tuple[str, bytes]], now: float) -> list[int]:
         """
         Several encoded broadcasts, ``(sender ID, payload)`` in order, to this
         node's members, each to all but its sender: with ``join``, every
         member's frames in one delivery.  How many members each reached.
         """
         if self._join is None or len(messages) == 1:
-            return [self.deliver_local(room, payload, sender, now) for sender, payload in messages]
+            return [self._deliver_one(room, payload, sender, now) for sender, payload in messages]
         frames = [self._prepare(payload) for _, payload in messages]
         senders = {sender for sender, _ in messages}
         members = list(room.members.values())
@@ -684,15 +657,14 @@ class ChatCore:
                         counts[i] += 1
         return counts
 
+    def _deliver_one(self, room: Room, payload: bytes, exclude_id: str, now: float) -> int:
+        recipients = [m for m in room.members.values() if m.client_id != exclude_id]
+        return len(recipients) - self._deliver(recipients, payload, now) if recipients else 0
+
     def deliver_payload(self, recipients: list[Client], payload: bytes, now: float) -> int:
         """One encoded message (a direct one, from another node) to these
         clients; how many it reached."""
         return len(recipients) - self._deliver(recipients, payload, now)
-
-    def forget_room(self, room: Room) -> None:
-        """Drop the local view of a room (nobody here is in it)."""
-        if self.rooms.get(room.room_id) is room:
-            del self.rooms[room.room_id]
 
     def _fan_out(self, room: Room, sender: Client, payload: bytes, now: float) -> int:
         """

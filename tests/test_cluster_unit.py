@@ -12,6 +12,7 @@ from chatd.backplane import scripts
 from chatd.backplane.batches import HOLD_LIMIT
 from chatd.backplane.cluster import ClusterChat
 from chatd.backplane.shards import Shards
+from chatd.delivery.local import LocalRooms
 from chatd.core import ChatCore, CoreEvents
 from chatd.errors import Unavailable
 from chatd.delivery.frames import text_frame
@@ -70,10 +71,16 @@ class RecordingBackplane:
 
 def in_room(core: ChatCore, room_id: str) -> Any:
     client = core.connect(FakeSink())
-    room = core.local_room(room_id)
-    client.room = room
-    core.receive_in(client, room)
+    place(core, client, room_id)
     return client
+
+
+def place(core: ChatCore, client: Any, room_id: str) -> None:
+    """As a node has a client once its join is done."""
+    local = LocalRooms(core)
+    room = local.room(room_id)
+    client.room = room
+    local.receive_in(client, room)
 
 
 def test_a_rooms_messages_of_one_iteration_go_to_redis_in_one_call_in_order() -> None:
@@ -248,8 +255,7 @@ def holding_node() -> tuple[ChatCore, RecordingBackplane, Clock, ClusterChat, An
                        flusher=flusher)
     sender = in_room(core, "room-one")
     member = core.connect(WritingSink(flusher))
-    member.room = core.local_room("room-one")
-    core.receive_in(member, member.room)
+    place(core, member, "room-one")
     return core, backplane, clock, chat, sender, member.sink
 
 

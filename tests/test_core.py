@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from chatd.delivery.local import LocalRooms
 from chatd.core import ChatCore, CoreEvents
 from chatd.rooms.state import random_id
 from chatd.errors import NotInRoom, RoomNotFound
@@ -316,24 +317,26 @@ def test_handle_dispatches_commands() -> None:
 
 def test_a_cluster_nodes_view_moves_a_receiver_between_rooms() -> None:
     core = ChatCore()
+    local = LocalRooms(core)
     client = core.connect(FakeSink())
-    first, second = core.local_room("r1"), core.local_room("r2")
-    core.receive_in(client, first)
-    core.receive_in(client, second)
+    first, second = local.room("r1"), local.room("r2")
+    local.receive_in(client, first)
+    local.receive_in(client, second)
     assert client.client_id not in first.members and second.members[client.client_id] is client
-    core.forget_client(client)
+    local.receive_in(client, None)
     assert second.members == {} and client.receiving is None
 
 
 def test_a_batch_reaches_each_member_in_one_delivery_without_its_own_messages() -> None:
     # join=tuple: each delivery shows the frames it holds.
     core = ChatCore(join=tuple)
-    room = core.local_room("r1")
+    local = LocalRooms(core)
+    room = local.room("r1")
     ann, bob, cat, gone = (core.connect(sink) for sink in (FakeSink(), FakeSink(), FakeSink(), GoneSink()))
     for client in (ann, bob, cat, gone):
-        core.receive_in(client, room)
+        local.receive_in(client, room)
     batch = [(ann.client_id, b"1"), ("elsewhere", b"2"), (ann.client_id, b"3"), (bob.client_id, b"4")]
-    counts = core.deliver_local_batch(room, batch, NOW)
+    counts = local.deliver_batch(room, batch, NOW)
     assert cat.sink.frames == [(b"1", b"2", b"3", b"4")]
     assert ann.sink.frames == [(b"2", b"4")]
     assert bob.sink.frames == [(b"1", b"2", b"3")]
@@ -343,11 +346,12 @@ def test_a_batch_reaches_each_member_in_one_delivery_without_its_own_messages() 
 
 def test_without_join_a_batch_is_delivered_message_by_message() -> None:
     core = ChatCore()
-    room = core.local_room("r1")
+    local = LocalRooms(core)
+    room = local.room("r1")
     ann, bob = core.connect(FakeSink()), core.connect(FakeSink())
     for client in (ann, bob):
-        core.receive_in(client, room)
-    assert core.deliver_local_batch(room, [(ann.client_id, b"1"), ("x", b"2")], NOW) == [1, 2]
+        local.receive_in(client, room)
+    assert local.deliver_batch(room, [(ann.client_id, b"1"), ("x", b"2")], NOW) == [1, 2]
     assert bob.sink.frames == [b"1", b"2"] and ann.sink.frames == [b"2"]
 
 

@@ -31,6 +31,7 @@ from chatd.backplane import scripts
 from chatd.backplane.shards import Shards
 from chatd.chat import Answer
 from chatd.core import ChatCore
+from chatd.delivery.local import LocalRooms
 from chatd.delivery.outbox import Flusher
 from chatd.errors import Unavailable
 from chatd.rooms.state import Client, Room
@@ -87,6 +88,7 @@ class RoomBatches:
     def __init__(
         self,
         core: ChatCore,
+        local: LocalRooms,
         shards: Shards,
         clock: IReactorTime,
         run: Callable[..., "Deferred[Any]"],
@@ -94,6 +96,7 @@ class RoomBatches:
         flusher: Optional[Flusher] = None,
     ) -> None:
         self.core = core
+        self.local = local  # who receives a room's batch here
         self.shards = shards
         self.clock = clock
         self._run = run  # a script call on a shard in step
@@ -221,7 +224,7 @@ class RoomBatches:
         half as many frames per write, at twice the system calls per
         delivery.  A quiet room's lone message never waits.
         """
-        room_id, deliver, flusher = room.room_id, self.core.deliver_local_batch, self._flusher
+        room_id, deliver, flusher = room.room_id, self.local.deliver_batch, self._flusher
         if room_id in self._holds:
             counts = deliver(room, messages, now)
             self._end_hold(room_id)  # this is the batch the frames waited for

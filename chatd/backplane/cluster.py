@@ -36,6 +36,8 @@ from chatd.chat import Answer, counts_of
 from chatd.codec import Command
 from chatd.core import ChatCore
 from chatd.backplane.batches import RoomBatches
+from chatd.backplane.membership import Membership
+from chatd.delivery.local import LocalRooms
 from chatd.delivery.outbox import Flusher
 from chatd.errors import ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
 from chatd.rooms import rules
@@ -50,42 +52,6 @@ _TRIES = 5
 #: Candidate room IDs tried for one on a shard in step (with half the
 #: shards away, all of them miss one time in 2 ** 20).
 _ROOM_TRIES = 20
-class _Pending:
-    """A join or create on its way: done once Redis has answered and the
-    room's channel has carried the join (or create) event, in either order."""
-
-    __slots__ = ("client", "room", "placed", "answered", "cancelled", "kicked")
-
-    def __init__(self, client: Client, room: Room) -> None:
-        self.client = client
-        self.room = room
-        self.placed = False  # receiving the room's broadcasts here
-        self.answered = False  # Redis has answered; client.room is the room
-        self.cancelled = False  # the client went meanwhile
-        # Put out of the room (a kick, a ban) after its join, before Redis's
-        # answer to the join came: the join must not stand once it does.
-        self.kicked = False
-
-
-class _Holding:
-    """
-    Stands in for a client's sink between its placement in a room and the
-    reply to its join: what arrives waits, so that the reply comes first.
-    """
-
-    __slots__ = ("sink", "frames")
-
-    def __init__(self, sink: Any) -> None:
-        self.sink = sink
-        self.frames: list[Any] = []
-
-    def deliver(self, frame: Any) -> None:
-        self.frames.append(frame)
-
-    def close(self, code: int, reason: str) -> None:
-        self.sink.close(code, reason)
-
-
 class ClusterChat:
     """The chat of a cluster node (a :class:`chatd.chat.Chat`)."""
 
@@ -106,16 +72,12 @@ class ClusterChat:
         self.clock = clock
         self._refuse = refuse  # closes a client the cluster cannot keep
         self.rooms = redis_store.RedisRooms(shards.node, self._call, self._check_reader)
-        # Local clients tied to each room (in it, or on their way in); the
-        # room's channel is subscribed while there are any.
-        self._refs: dict[str, int] = {}
-        # None once subscribed; the Deferreds waiting for it until then.
-        self._subscriptions: dict[str, Optional[list[Deferred[None]]]] = {}
-        self._pending: dict[tuple[str, str], _Pending] = {}
-        self._pending_of: dict[str, _Pending] = {}
+        # Who is in which room here, the joins on their way, the channels.
+        self.membership = Membership(LocalRooms(core), shards, clock, self.disconnect)
         self._in_background: set[Deferred[Any]] = set()  # disconnects on their way to Redis
         # Chat messages on their way through Redis, and their frames back.
-        self.batches = RoomBatches(core, shards, clock, self._run, self._as_chat_error, flusher)
+        self.batches = RoomBatches(core, self.membership.local, shards, clock, self._run, self._as_chat_error, flusher)
+        self.membership.batches = self.batches
 
     # -- what the metrics read ---------------------------------------------------
 
@@ -163,10 +125,7 @@ class ClusterChat:
         if self.core.clients.get(client.client_id) is not client:
             return
         self.core.forget_client(client)
-        self._cancel_pending(client)
-        room, client.room = client.room, None
-        if room is not None:
-            self._release(room)
+        self.membership.gone(client)
         # A shard not connected now takes the client out at its resync.
         self._on_each(scripts.UNREGISTER, self.shards.node, client.client_id, then=self._left)
 
@@ -242,9 +201,8 @@ class ClusterChat:
         return self._create(client, name, codec.timestamp(now), private, _TRIES)
 
     def _create(self, client: Client, name: str, created_at: str, private: bool, tries: int) -> "Deferred[Reply]":
-        room = self.core.local_room(self._new_room_id())
-        room.name, room.created_at, room.created_by = name, created_at, client.client_id
-        room.owner, room.private = client.client_id, private
+        room = self.membership.local.room(self._new_room_id())
+        self.membership.created(room, name, created_at, client.client_id, private)
         room_id = room.room_id
         shard, old = self.shards.of(room_id), client.room
 
@@ -255,23 +213,23 @@ class ClusterChat:
             created = lines.Created.decode(reply)
             outcome = created.outcome
             if outcome == "taken":
-                self._abandon(pending)
+                self.membership.abandon(pending)
                 if tries > 1:
                     return self._create(client, name, created_at, private, tries - 1)
                 raise RuntimeError("no free room ID after several tries")
             if outcome != "ok":
-                self._abandon(pending)
+                self.membership.abandon(pending)
                 raise Unavailable()
             room.seq = created.seq
             self._old_room(created.left)
             self._leave_elsewhere(client, old, shard)
-            if self._answered(pending):
+            if self.membership.answered(pending):
                 self.core.events.room_created(room, client)
             return codec.created(room_id, name, private)
 
-        pending = self._expect(client, room)
-        return self._subscribed(room_id).addCallback(run).addCallbacks(
-            done, self._failed, errbackArgs=(pending,))
+        pending = self.membership.expect(client, room)
+        return self.membership.subscribed(room_id).addCallback(run).addCallbacks(
+            done, self.membership.failed, errbackArgs=(pending,))
 
     def join(
         self, client: Client, room_id: str, now: float = 0.0, since: Optional[int] = None
@@ -282,7 +240,7 @@ class ClusterChat:
         shard = self.shards.of(room_id)
         if not shard.available:
             raise Unavailable()
-        room = self.core.local_room(room_id)
+        room = self.membership.local.room(room_id)
 
         def run(_: None) -> "Deferred[lines.Entered]":
             return Deferred.fromCoroutine(self.rooms.enter(client, room_id, shard, since))
@@ -290,40 +248,28 @@ class ClusterChat:
         def done(entered: lines.Entered) -> Reply:
             outcome = entered.outcome
             if outcome not in ("ok", "same"):
-                self._abandon(pending)
+                self.membership.abandon(pending)
                 if outcome == "nf":
                     raise RoomNotFound(room_id)
                 raise Unavailable()
-            room.name, room.created_at, room.created_by, seq, private = entered.fields
-            room.seq, room.private = int(seq or 0), private == "1"
-            room.last_id = max(room.last_id, entered.last_id)
             owners = [lines.text(x) for x in entered.reads[0]]
-            room.owner = owners[0] if owners else ""
+            self.membership.learned(room, entered.fields, entered.last_id, owners[0] if owners else "")
             self._old_room(entered.left)
             self._leave_elsewhere(client, current, shard)
-            if outcome == "same":
-                self._pending.pop((room_id, client.client_id), None)
-                pending.placed = True
-                self.core.receive_in(client, room)
-            self._answered(pending)
-            if outcome == "same" and current is room:
-                self._release(room)  # the client holds its reference on the room already
+            self.membership.answered(pending, same=outcome == "same")
             reply = codec.joined(room_id, room.name)
             if since is not None:
                 reply["recovered"], reply["messages"] = codec.recovery(entered.missed, room.last_id, since)
             return reply
 
-        pending = self._expect(client, room)
-        return self._subscribed(room_id).addCallback(run).addCallbacks(
-            done, self._failed, errbackArgs=(pending,))
+        pending = self.membership.expect(client, room)
+        return self.membership.subscribed(room_id).addCallback(run).addCallbacks(
+            done, self.membership.failed, errbackArgs=(pending,))
 
     def leave(self, client: Client, now: float = 0.0) -> "Deferred[Reply]":
-        room = client.room
+        room = self.membership.left(client)
         if room is None:
             raise NotInRoom("Not in any room")
-        client.room = None
-        self.core.receive_in(client, None)
-        self._release(room)
         reply = {"status": "success", "message": "Left room"}
         shard = self.shards.of(room.room_id)
         if not shard.available:
@@ -366,7 +312,7 @@ class ClusterChat:
         room.last_id += 1
         message = codec.broadcast(client.client_id, body, ts, room.last_id, client.nick, client.user)
         payload = codec.encode(message)
-        recipients = self.core.deliver_local(room, payload, client.client_id, now)
+        recipients = self.membership.local.deliver(room, payload, client.client_id, now)
         self.core.events.message_sent(room, client, message, recipients, len(payload))
         return codec.MESSAGE_SENT
 
@@ -447,18 +393,6 @@ class ClusterChat:
 
         return d.addCallback(done)
 
-    def replied(self, client: Client) -> None:
-        """The adapter has sent ``client`` its reply: what waited follows it."""
-        holding = client.sink
-        if isinstance(holding, _Holding):
-            client.sink = holding.sink
-            for frame in holding.frames:
-                try:
-                    holding.sink.deliver(frame)
-                except Exception:
-                    self.disconnect(client, self.clock.seconds())
-                    break
-
     def authenticate(self, client: Client, user: str, name: Optional[str], now: float) -> "Deferred[None]":
         """Record the user in Redis (its name is reserved in the client's
         room from then on); then, without a nick, take the default one."""
@@ -498,6 +432,10 @@ class ClusterChat:
         # and come back as one batch (RoomBatches).
         return function(*args)
 
+    def replied(self, client: Client) -> None:
+        """The adapter has sent ``client`` its reply: what waited follows it."""
+        self.membership.replied(client)
+
     # -- the backplane's listener ----------------------------------------------
 
     def channel_message(self, room_id: str, data: bytes) -> None:
@@ -509,8 +447,7 @@ class ClusterChat:
         now = self.clock.seconds()
         if data[:1] == b"M":
             messages, message_id = lines.batch(data)
-            if message_id > room.last_id:
-                room.last_id = message_id
+            self.membership.saw(room, message_id)
             counts = self.batches.deliver(room, messages, now)
             # Counted once for the batch.
             self.core.events.delivered(
@@ -519,18 +456,8 @@ class ClusterChat:
         elif data[:1] == b"e":
             event = lines.RoomEvent.decode(data)
             kind, subject, nick = event.kind, event.subject, event.nick
-            if kind in ("join", "create"):
-                pending = self._pending.pop((room_id, subject), None)
-                if pending is not None:
-                    self._place(pending)
-            # The local view of who owns and moderates the room (for a resync).
-            if kind == "owner":
-                room.owner = subject
-            elif kind == "op":
-                room.moderators = (room.moderators or set()) | {subject}
-            elif kind in ("deop", "leave") and room.moderators:
-                room.moderators.discard(subject)
-            elif kind == "nick" and not nick:
+            self.membership.event(room, kind, subject)
+            if kind == "nick" and not nick:
                 self._nick_claimed(room_id, subject)
             if kind != "create":
                 # A nick taken away (by a user's own name) is news to its holder too.
@@ -549,13 +476,7 @@ class ClusterChat:
         client = self.core.clients.get(client_id)
         if client is None:
             return
-        # The channel can carry the kick before the command connection
-        # carries the answer to the join it follows (two connections to
-        # Redis): that join is out of the room as soon as it is answered.
-        pending = self._pending_of.get(client_id)
-        if pending is not None and pending.room is room and not pending.answered:
-            pending.kicked = True
-        self._out_of(client, room)
+        self.membership.kicked(client, room)
         self.core.deliver_payload([client], codec.encode(codec.kick(room.room_id, by, reason)), now)
 
     def _nick_claimed(self, room_id: str, client_id: str) -> None:
@@ -575,17 +496,9 @@ class ClusterChat:
         if refusal is None:
             return
         if refusal == "notin":
-            self._out_of(client, room)
+            self.membership.out_of(client, room)
             raise NotInRoom("You must join a room first")
         raise Unavailable()
-
-    def _out_of(self, client: Client, room: Room) -> None:
-        """``client`` is no longer in ``room`` (Redis says so)."""
-        if client.receiving is room:
-            self.core.receive_in(client, None)
-        if client.room is room:
-            client.room = None
-            self._release(room)
 
     def _tell_invited(self, room: Room, by: Client, to: str) -> None:
         """The invitee's connections, wherever they are, hear of it (in the
@@ -628,11 +541,7 @@ class ClusterChat:
         d = shard.resync(state)
 
         def done(refused: list[Any]) -> None:
-            # Joins whose event was lost with the channel: in their room now.
-            for pending in list(self._pending.values()):
-                if pending.answered and self.shards.of(pending.room.room_id) is shard:
-                    self._pending.pop((pending.room.room_id, pending.client.client_id), None)
-                    self._place(pending)
+            self.membership.place_answered(shard)  # joins whose event was lost with the channel
             for client_id in refused:
                 client = self.core.clients.get(lines.text(client_id))
                 if client is not None:
@@ -740,115 +649,6 @@ class ClusterChat:
         if not shard.available:
             raise Unavailable()
         return room, shard
-
-    def _subscribed(self, room_id: str) -> "Deferred[None]":
-        """Take a reference on the room's channel; fires once it is subscribed."""
-        self._refs[room_id] = self._refs.get(room_id, 0) + 1
-        subscribing: Optional[Deferred[None]] = None
-        if room_id in self._subscriptions:
-            waiting = self._subscriptions[room_id]
-            if waiting is None:
-                return succeed(None)
-        else:
-            waiting = self._subscriptions[room_id] = []
-            subscribing = self.shards.of(room_id).subscribe(room_id)
-        d: Deferred[None] = Deferred()
-        waiting.append(d)
-        if subscribing is not None:
-            # Only now: the subscription may have settled already (failed at
-            # once with the connection down), and this waiter must hear it.
-            subscribing.addCallbacks(
-                self._subscription_done, self._subscription_failed,
-                callbackArgs=(room_id, waiting), errbackArgs=(room_id, waiting))
-        return d
-
-    def _subscription_done(self, _: Any, room_id: str, waiting: list[Deferred[None]]) -> None:
-        if self._subscriptions.get(room_id) is waiting:
-            self._subscriptions[room_id] = None
-        for d in waiting:
-            d.callback(None)
-
-    def _subscription_failed(self, failure: Failure, room_id: str, waiting: list[Deferred[None]]) -> None:
-        if self._subscriptions.get(room_id) is waiting:
-            del self._subscriptions[room_id]
-        for d in waiting:
-            d.errback(Unavailable())
-
-    def _release(self, room: Room) -> None:
-        """Drop a reference on the room; the last one unsubscribes here."""
-        room_id = room.room_id
-        count = self._refs.get(room_id, 0) - 1
-        if count > 0:
-            self._refs[room_id] = count
-            return
-        self._refs.pop(room_id, None)
-        self._subscriptions.pop(room_id, None)
-        # Always: a subscription that failed half-way (Redis lost meanwhile)
-        # is still on the backplane's list to renew at reconnection.
-        self.shards.of(room_id).unsubscribe(room_id)
-        self.core.forget_room(room)
-        self.batches.release(room_id)
-
-    def _expect(self, client: Client, room: Room) -> _Pending:
-        pending = _Pending(client, room)
-        self._pending[(room.room_id, client.client_id)] = pending
-        self._pending_of[client.client_id] = pending
-        return pending
-
-    def _place(self, pending: _Pending) -> None:
-        """The room's channel has carried the client's join: it receives from here on."""
-        if pending.cancelled:
-            return
-        pending.placed = True
-        client = pending.client
-        self.core.receive_in(client, pending.room)
-        if not pending.answered and not isinstance(client.sink, _Holding):
-            client.sink = _Holding(client.sink)
-        self._done_if_complete(pending)
-
-    def _answered(self, pending: _Pending) -> bool:
-        """Redis said yes: the client is in the room.  False if it went meanwhile."""
-        if pending.cancelled:
-            return False
-        client = pending.client
-        old, client.room = client.room, pending.room
-        pending.answered = True
-        if old is not None and old is not pending.room:
-            if not pending.placed:
-                self.core.receive_in(client, None)  # nothing more from the old room
-            self._release(old)
-        if pending.kicked:
-            self._out_of(client, pending.room)  # and out of it again (_kicked)
-        self._done_if_complete(pending)
-        return True
-
-    def _done_if_complete(self, pending: _Pending) -> None:
-        if pending.placed and pending.answered:
-            if self._pending_of.get(pending.client.client_id) is pending:
-                del self._pending_of[pending.client.client_id]
-
-    def _abandon(self, pending: _Pending) -> None:
-        """A join or create that did not happen: its reference goes."""
-        key = (pending.room.room_id, pending.client.client_id)
-        if self._pending.get(key) is pending:
-            del self._pending[key]
-        if self._pending_of.get(pending.client.client_id) is pending:
-            del self._pending_of[pending.client.client_id]
-        if not pending.cancelled:
-            pending.cancelled = True
-            self._release(pending.room)
-
-    def _cancel_pending(self, client: Client) -> None:
-        pending = self._pending_of.pop(client.client_id, None)
-        if pending is not None and not pending.answered:
-            self._abandon(pending)
-        elif pending is not None:
-            pending.cancelled = True
-            self._pending.pop((pending.room.room_id, client.client_id), None)
-
-    def _failed(self, failure: Failure, pending: _Pending) -> Failure:
-        self._abandon(pending)
-        return failure
 
     def _old_room(self, left: lines.Left) -> None:
         """A room the client left on its way: counted if it went."""
