@@ -23,43 +23,14 @@ from zope.interface import implementer
 
 from chatd import __version__, fastpath
 from chatd.config import sqlite_path
-from chatd.errors import CLOSE_TRY_AGAIN_LATER, Unavailable
 from chatd.listening import PROXY_PREFIX, WorkerSocketEndpoint, with_backlog
 from chatd.messagelog import MessageLogError, SQLiteLog
 from chatd.metrics import Metrics, metrics_root
 from chatd.runtime import CollectorTuning, use_json_logs
 from chatd.settings import Settings
 from chatd.systemd import Notifier
+from chatd.compose import compose
 from chatd.ws import ChatFactory
-
-
-def join_cluster(factory: ChatFactory, settings: Settings, reactor: Any) -> tuple[Any, Any]:
-    """Make ``factory`` a node of the cluster on ``settings.redis`` (one
-    Redis, or several shards): (shards, chat)."""
-    from chatd.backplane.address import parse_url
-    from chatd.backplane.cluster import ClusterChat
-    from chatd.backplane.redis import RedisBackplane, node_name
-    from chatd.backplane.shards import Shards
-
-    assert settings.redis
-    node = node_name()  # one name on every shard
-    shards = Shards([
-        RedisBackplane(
-            parse_url(url), reactor, lease=settings.redis_lease, timeout=settings.redis_timeout,
-            node=node, at_once=factory.flusher.send_now,
-            connect_failed=factory.metrics.redis_connect_failures.inc,
-        )
-        for url in settings.redis
-    ])
-    factory.metrics.redis_available.set_function(lambda: 1.0 if shards.available else 0.0)
-    chat = ClusterChat(
-        factory.core, shards, reactor,
-        refuse=lambda client: client.sink.close(CLOSE_TRY_AGAIN_LATER, Unavailable().message),
-        wait=settings.redis_timeout,
-        flusher=factory.flusher,
-    )
-    factory.use_cluster(chat)
-    return shards, chat
 
 
 class MetricsSite(Site):
@@ -159,13 +130,11 @@ class ChatService(MultiService):
                 sqlite_path(settings.message_log), reactor, keep_days=settings.message_log_keep,
                 counted=lambda outcome, rows: self.metrics.message_log.labels(outcome).inc(rows),
             )
-        self.factory = ChatFactory(
-            settings, clock=reactor, reactor=reactor, metrics=self.metrics, message_log=self.message_log,
-            moderators=moderators, portal=portal,
-        )
-        self.backplane: Optional[Any] = None
-        if settings.redis:
-            self._cluster(settings, reactor)
+        server = compose(settings, reactor, reactor, self.metrics, self.message_log, moderators, portal)
+        self.factory = ChatFactory(settings, clock=reactor, reactor=reactor, server=server)
+        # A cluster node's Redis shards, and its chat (None: one process).
+        self.backplane: Optional[Any] = server.shards
+        self.chat = server.chat
         self.listeners = MultiService()
         self.listeners.setServiceParent(self)
         for description in (() if inherited else settings.listen):
@@ -194,9 +163,6 @@ class ChatService(MultiService):
             self.metrics_listener.setServiceParent(self)
         self._watchdog: Optional[LoopingCall] = None
         self.collector = CollectorTuning()
-
-    def _cluster(self, settings: Settings, reactor: Any) -> None:
-        self.backplane, self.chat = join_cluster(self.factory, settings, reactor)
 
     def _check_parent(self) -> None:
         if os.getppid() != self._parent_pid:

@@ -33,20 +33,17 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatd import __version__, fastpath, web
-from chatd.admission import Address, Admission, UntrustedProxy, address_of, parse_ip
-from chatd.auth import IChatUser, Token, build_portal
-from chatd.chat import Chat, LocalChat
+from chatd.admission import Address, UntrustedProxy, address_of, parse_ip
+from chatd.auth import IChatUser, Token
+from chatd.chat import Chat
 from chatd.codec import INVALID_TOKEN, MAX_TOKEN
 from chatd.config import normalise_origin
 from chatd.conversation import Conversation, token_refused
-from chatd.core import ChatCore
-from chatd.rooms.state import Client, Limits
 from chatd.errors import CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION
-from chatd.delivery.frames import Broadcast, Broadcasts, client_text_messages, text_frame
+from chatd.delivery.frames import Broadcast, Broadcasts, client_text_messages
 from chatd.metrics import Metrics
-from chatd.moderation import Moderation, build
-from chatd.observers import Observers
-from chatd.delivery.outbox import Flusher, Outbox
+from chatd.delivery.outbox import Outbox
+from chatd.compose import Server, compose
 from chatd.settings import Settings
 
 TOO_SLOW = "Outgoing buffer limit exceeded: client too slow"
@@ -456,7 +453,8 @@ def _at_least(seconds: float) -> float:
 @implementer(IProtocolNegotiationFactory)
 class ChatFactory(WebSocketServerFactory):
     """
-    Owns the chat state (a :class:`ChatCore`) and every connection to it.
+    Every WebSocket connection of the process, to the chat it is handed
+    (a :class:`chatd.compose.Server`, built by :func:`chatd.compose.compose`).
     """
 
     protocol = ChatProtocol
@@ -471,57 +469,26 @@ class ChatFactory(WebSocketServerFactory):
         message_log: Optional[Any] = None,
         moderators: Optional[Sequence[Any]] = None,
         portal: Optional[Any] = None,
+        server: Optional[Server] = None,
     ) -> None:
         super().__init__(server=f"chatd/{__version__}", reactor=reactor)
         fastpath.quiet_autobahn_debug()
+        if server is None:  # a factory on its own (tests): this process's chat
+            server = compose(settings, clock, reactor, metrics, message_log, moderators, portal, cluster=False)
         self.settings = settings
         self.clock = clock
-        self.metrics = metrics if metrics is not None else Metrics()
-        self.events = Observers(settings, self.metrics, message_log)
-        self.core = ChatCore(
-            # Each broadcast is framed once, whatever the number of recipients,
-            # by the same framer as replies (with --permessage-deflate, once
-            # plain and once compressed); a batch from Redis is joined into
-            # one delivery per member.
-            prepare=Broadcast if settings.permessage_deflate else text_frame,
-            join=Broadcasts if settings.permessage_deflate else b"".join,
-            on_sink_error=self._sink_error,
-            events=self.events,
-            limits=Limits(
-                messages_per_second=settings.rate_messages,
-                messages_burst=settings.rate_messages_burst,
-                creates_per_minute=settings.rate_creates,
-                creates_burst=settings.rate_creates_burst,
-                commands_per_second=settings.rate_commands,
-                commands_burst=settings.rate_commands_burst,
-                history_size=settings.history_size,
-                history_bytes=settings.history_bytes,
-                history_memory=settings.history_memory,
-            ),
-        )
-        # What the connections talk to: this process's chat, or a cluster
-        # node's over the same core (use_cluster).
-        self.chat: Chat = LocalChat(
-            self.core,
-            timer=self.metrics.timer,
-            observe_fanout=self.metrics.fanout_seconds.observe,
-            clock=clock,
-            on_fanout_error=lambda: self._log.failure("Unexpected error fanning out a read's messages"),
-        )
-        self.flusher = Flusher(clock)
-        self.admission = Admission(
-            settings.max_connections, settings.max_connections_per_ip, settings.rate_connections_per_ip,
-            trusted=settings.trusted_proxies, limit_loopback=settings.limit_loopback,
-            forwarded_header=settings.forwarded_header)
+        self.metrics = server.metrics
+        self.events = server.events
+        self.core = server.core
+        self.chat: Chat = server.chat  # what the connections talk to
+        self.flusher = server.flusher
+        self.admission = server.admission
+        self.moderation = server.moderation
+        self.portal = server.portal  # checks tokens; None: no authentication
         self.metrics.watch(self._gauges)
-        # Made already by twistd chatd (tap), or here for a factory on its own.
-        self.use_moderators(
-            list(moderators) if moderators is not None else [build(spec) for spec in settings.moderators])
         self.connections: set[ChatProtocol] = set()
         self.handshakes = HandshakeTimer(clock, settings.handshake_timeout)
-        # The twisted.cred portal that checks tokens (made already by twistd
-        # chatd, or here), and whether clients without one may chat.
-        self.portal = portal if portal is not None or settings.auth is None else build_portal(settings.auth)
+        # Whether clients without a token may chat.
         self.guests_allowed = settings.guests == "allow"
         self.pages = web.pages(sign_in=self.portal is not None)
         self.allowed_origins = frozenset(settings.allowed_origins)
@@ -575,28 +542,8 @@ class ChatFactory(WebSocketServerFactory):
         """
         return [b"http/1.1"]
 
-    def use_moderators(self, moderators: list[Any]) -> None:
-        """Review every chat message with these moderators, in order."""
-        self.moderation = Moderation(
-            moderators,
-            self.clock,
-            on_failure=self.settings.moderation_failure,
-            timeout=self.settings.moderation_timeout,
-            counted=lambda outcome: self.metrics.moderation.labels(outcome).inc(),
-        )
-
-    def use_cluster(self, chat: Chat) -> None:
-        """Serve a cluster node's chat (chatd.backplane.cluster) instead of this process's."""
-        self.chat = chat
-
     def _gauges(self) -> dict[str, float]:
         return {"connections": len(self.connections), **self.chat.counts()}
-
-    def _sink_error(self, client: Client, error: BaseException) -> None:
-        self._log.failure(
-            "Delivery to {client_id} failed; removed it",
-            client_id=client.client_id,
-        )
 
     def admit(self, protocol: ChatProtocol) -> Optional[str]:
         """

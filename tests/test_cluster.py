@@ -558,9 +558,8 @@ async def test_a_wrong_redis_password_is_said_and_the_node_keeps_trying(redis_wi
     from twisted.internet import reactor
     from twisted.logger import globalLogPublisher
 
-    from chatd.service import join_cluster
+    from chatd.compose import compose
     from chatd.settings import Settings
-    from chatd.ws import ChatFactory
 
     redis = redis_with_password
     said: list[str] = []
@@ -574,7 +573,8 @@ async def test_a_wrong_redis_password_is_said_and_the_node_keeps_trying(redis_wi
 
     globalLogPublisher.addObserver(observe)
     settings = Settings(redis=(f"redis://:wrong@127.0.0.1:{redis.port}/0",), ping_interval=0, ping_timeout=0)
-    shards, chat = join_cluster(ChatFactory(settings, clock=reactor, reactor=reactor), settings, reactor)
+    server = compose(settings, reactor, reactor)
+    shards, chat = server.shards, server.chat
     try:
         shards.start(chat)
         await within(heard, "the node to say Redis refused it, twice")

@@ -66,9 +66,8 @@ class LaterChat:
 
 
 def talking() -> tuple[Peer, LaterChat]:
-    factory = make_factory()
     chat = LaterChat()
-    factory.use_cluster(chat)  # type: ignore[arg-type]
+    factory = make_factory(chat=chat)
     peer = Peer(factory)
     peer.open()
     return peer, chat
@@ -122,8 +121,7 @@ def test_a_token_renewed_in_time_keeps_the_connection_and_one_not_renewed_closes
 
     secret = tmp_path / "jwt.key"
     secret.write_bytes(b"a shared secret of the test, long enough for HS256")
-    factory = make_factory()
-    factory.portal = build_portal(f"jwt:key={secret}")
+    factory = make_factory(portal=build_portal(f"jwt:key={secret}"))
     factory.clock.advance(time.time())  # the clock that times the expiry, at the tokens' time
     now = factory.clock.seconds()
 

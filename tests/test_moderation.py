@@ -173,8 +173,7 @@ def test_commands_wait_behind_a_message_under_review_and_keep_their_order() -> N
                 return d
             return PASS
 
-    factory = make_factory()
-    factory.use_moderators([Held()])
+    factory = make_factory(moderators=[Held()])
     room_id, [sender, other] = peers_in_room(factory, 2)
     assert sender.send({"action": "message", "body": "first"}) == []  # held
     assert sender.send({"action": "message", "body": "second"}) == []  # waits behind it
@@ -188,8 +187,7 @@ def test_commands_wait_behind_a_message_under_review_and_keep_their_order() -> N
 
 
 def test_a_rejected_message_gets_the_moderation_error() -> None:
-    factory = make_factory()
-    factory.use_moderators([Fixed(REJECT)])
+    factory = make_factory(moderators=[Fixed(REJECT)])
     _, [sender, other] = peers_in_room(factory, 2)
     assert sender.send({"action": "message", "body": "nope"}) == [
         {"status": "error", "message": "Message rejected by moderation"}
@@ -199,8 +197,8 @@ def test_a_rejected_message_gets_the_moderation_error() -> None:
 
 
 def test_too_many_commands_waiting_for_moderation_close_1008() -> None:
-    factory = make_factory(Settings(**{**SETTINGS.__dict__, "rate_messages": 0, "moderation_timeout": 60}))
-    factory.use_moderators([Fixed(lambda sub: Deferred())])
+    settings = Settings(**{**SETTINGS.__dict__, "rate_messages": 0, "moderation_timeout": 60})
+    factory = make_factory(settings, moderators=[Fixed(lambda sub: Deferred())])
     _, [sender, _other] = peers_in_room(factory, 2)
     for _ in range(101):  # one under review, a hundred waiting
         sender.send({"action": "message", "body": "x"})
@@ -212,8 +210,7 @@ def test_too_many_commands_waiting_for_moderation_close_1008() -> None:
 def test_json_bodies_stay_json_through_masking(tmp_path: Path) -> None:
     path = tmp_path / "w.txt"
     path.write_text("darn\n")
-    factory = make_factory()
-    factory.use_moderators([build(f"banned-words:file={path}:mode=mask")])
+    factory = make_factory(moderators=[build(f"banned-words:file={path}:mode=mask")])
     _, [sender, other] = peers_in_room(factory, 2)
     sender.send({"action": "message", "body": {"text": "darn it", "n": 1}})
     [message] = other.messages()

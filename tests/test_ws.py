@@ -70,9 +70,19 @@ class Peer:
         self.protocol.connectionLost(Failure(ConnectionDone()))
 
 
-def make_factory(settings: Settings = SETTINGS) -> ChatFactory:
+def make_factory(
+    settings: Settings = SETTINGS, chat: Any = None, portal: Any = None, moderators: Any = None,
+) -> ChatFactory:
+    """A factory on a memory reactor; ``chat``: another chat than this
+    process's, ``portal``: one that checks tokens, ``moderators``: its
+    moderation chain."""
+    from chatd.compose import compose
+
     reactor = MemoryReactorClock()
-    return ChatFactory(settings, clock=reactor, reactor=reactor)
+    server = compose(settings, reactor, reactor, moderators=moderators, portal=portal, cluster=False)
+    if chat is not None:
+        server.chat = chat
+    return ChatFactory(settings, clock=reactor, reactor=reactor, server=server)
 
 
 def peers_in_room(factory: ChatFactory, n: int) -> tuple[str, list[Peer]]:

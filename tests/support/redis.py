@@ -10,7 +10,6 @@ import socket
 import tempfile
 from typing import Any, Optional
 
-from twisted.internet import reactor
 
 from chatd.settings import Settings
 from tests.support.clients import within
@@ -135,10 +134,8 @@ class ClusterNode(InProcessServer):
     """A chatd node of a Redis cluster, in the test's reactor, on a loopback port."""
 
     def __init__(self, settings: Settings) -> None:
-        from chatd.service import join_cluster
-
-        super().__init__(settings)
-        self.backplane, self.chat = join_cluster(self.factory, settings, reactor)
+        super().__init__(settings, cluster=True)
+        self.backplane, self.chat = self.server.shards, self.server.chat
         self.stopped = False
 
     async def start(self) -> "ClusterNode":

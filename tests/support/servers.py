@@ -24,8 +24,11 @@ from tests.support.clients import WAIT, WSClient, connect, within
 class InProcessServer:
     """chatd's factory on a real loopback port in the test's own reactor."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.factory = ChatFactory(settings, clock=reactor, reactor=reactor)
+    def __init__(self, settings: Settings, cluster: bool = False) -> None:
+        from chatd.compose import compose
+
+        self.server = compose(settings, reactor, reactor, cluster=cluster)
+        self.factory = ChatFactory(settings, clock=reactor, reactor=reactor, server=self.server)
         self.clients: list[WSClient] = []
         self.port: Any = None
 
