@@ -26,21 +26,18 @@ from chatd.codec import (
     Nick,
 )
 from chatd.errors import (
-    CLOSE_INTERNAL_ERROR,
-    CLOSE_POLICY_VIOLATION,
     ChatError,
     NoRecipient,
     NotInRoom,
-    RateLimited,
     RoomNotFound,
-    SinkGone,
 )
-from chatd.ratelimit import TokenBucket
 from chatd.rooms import rules
+from chatd.delivery.handout import HandOut
+from chatd.rooms.events import CoreEvents
 from chatd.rooms.history import HistoryStore, MemoryHistory
+from chatd.rooms.metering import Metered
 from chatd.rooms.rules import (
     MAX_LISTED,
-    REPLY_UNIT,
     done_reply,
     join_refusal,
     nick_taken,
@@ -58,42 +55,6 @@ from chatd.rooms.state import (
 
 _DEFAULT_LIMITS = Limits()
 
-#: The close reason for a client that keeps sending far over its limit.
-HAMMERING = "Rate limit exceeded repeatedly"
-
-
-class CoreEvents:
-    """
-    Told what happens in the core, for logs, metrics and the message log;
-    every method does nothing here.  Implementations must not call back into
-    the core.
-    """
-
-    def room_created(self, room: Room, client: Client) -> None:
-        """``client`` created ``room``."""
-
-    def room_deleted(self, room: Room) -> None:
-        """``room`` lost its last member and is gone."""
-
-    def message_sent(
-        self, room: Room, sender: Client, message: dict[str, Any], recipients: int, size: int
-    ) -> None:
-        """One broadcast of ``size`` encoded bytes reached ``recipients`` members."""
-
-    def room_action(self, room: Room, client: Client, command: Manage) -> None:
-        """``client`` (an owner or a moderator) carried out ``command`` in ``room``."""
-
-    def direct_sent(self, sender: Client, message: dict[str, Any], recipients: int, size: int) -> None:
-        """One direct message of ``size`` encoded bytes reached ``recipients`` connections."""
-
-    def delivered(self, copies: int, size: int) -> None:
-        """
-        Broadcasts from another node of a cluster reached members here:
-        ``copies`` deliveries of ``size`` bytes in all (``message_sent``
-        counts this node's own).
-        """
-
-
 #: Called with (client, exception) when a sink's deliver fails unexpectedly.
 SinkErrorHandler = Callable[[Client, BaseException], None]
 
@@ -106,7 +67,7 @@ def _identity(payload: bytes) -> Any:
     return payload
 
 
-class ChatCore:
+class ChatCore(Metered, HandOut):
     """
     All clients and rooms of one chat server.
 
@@ -237,17 +198,6 @@ class ChatCore:
         self.events.room_created(room, client)
         return codec.created(room.room_id, name, private)
 
-    def check_create_rate(self, client: Client, now: float) -> None:
-        """Take a room-creation token or raise RateLimited."""
-        limits = self.limits
-        if limits.creates_per_minute > 0:
-            if client.create_bucket is None:
-                client.create_bucket = TokenBucket(
-                    limits.creates_per_minute / 60, limits.creates_burst, now)
-            wait = client.create_bucket.take(now)
-            if wait:
-                raise RateLimited(wait)
-
     def join(
         self, client: Client, room_id: str, now: float = 0.0, since: Optional[int] = None
     ) -> dict[str, Any]:
@@ -284,50 +234,6 @@ class ChatCore:
         """Rate-limit, then publish: the sender's reply."""
         self.check_message_rate(client, now)
         return self.publish(client, body, now)
-
-    def check_message_rate(self, client: Client, now: float, in_room: bool = True) -> None:
-        """
-        Take a message token or raise RateLimited; a client refused twice
-        its burst in a row is closed with 1008.  ``in_room``: a message to
-        the client's room (a direct message needs none).
-        """
-        limits = self.limits
-        if limits.messages_per_second <= 0:
-            return
-        if in_room and client.room is None:
-            raise NotInRoom("You must join a room first")
-        if client.message_bucket is None:
-            client.message_bucket = TokenBucket(limits.messages_per_second, limits.messages_burst, now)
-        self._take(client, client.message_bucket, limits.messages_burst, now)
-
-    def check_command_rate(self, client: Client, now: float) -> None:
-        """Take a command token (any command but a chat or direct message)
-        or raise RateLimited, as :meth:`check_message_rate` does."""
-        limits = self.limits
-        if limits.commands_per_second <= 0:
-            return
-        if client.command_bucket is None:
-            client.command_bucket = TokenBucket(limits.commands_per_second, limits.commands_burst, now)
-        self._take(client, client.command_bucket, limits.commands_burst, now)
-
-    def charge_reply(self, client: Client, size: int, now: float) -> None:
-        """A reply of ``size`` bytes was sent: one more command token for
-        each REPLY_UNIT of it (a history page, a long list)."""
-        if client.command_bucket is not None and size >= REPLY_UNIT:
-            client.command_bucket.charge(size // REPLY_UNIT, now)
-
-    @staticmethod
-    def _take(client: Client, bucket: TokenBucket, burst: int, now: float) -> None:
-        """A token from ``bucket``, or RateLimited; a client refused twice
-        the burst in a row, by any of its limits, is closed with 1008."""
-        wait = bucket.take(now)
-        if not wait:
-            client.strikes = 0
-            return
-        client.strikes += 1
-        if client.strikes >= 2 * burst:
-            client.sink.close(CLOSE_POLICY_VIOLATION, HAMMERING)
-        raise RateLimited(wait)
 
     def publish(self, client: Client, body: Any, now: float) -> dict[str, Any]:
         """Broadcast a message to the sender's room (no rate limit here)."""
@@ -631,75 +537,3 @@ class ChatCore:
         if watchers:
             event = codec.event(kind, room.room_id, subject_id, nick, codec.timestamp(now), user)
             self._deliver(watchers, codec.encode(event), now)
-
-    # -- delivery for others (a cluster node's local view) --------------------
-
-    def deliver_batch(self, room: Room, messages: list[tuple[str, bytes]], now: float) -> list[int]:
-        """
-        Several encoded broadcasts, ``(sender ID, payload)`` in order, to this
-        node's members, each to all but its sender: with ``join``, every
-        member's frames in one delivery.  How many members each reached.
-        """
-        if self._join is None or len(messages) == 1:
-            return [self._deliver_one(room, payload, sender, now) for sender, payload in messages]
-        frames = [self._prepare(payload) for _, payload in messages]
-        senders = {sender for sender, _ in messages}
-        members = list(room.members.values())
-        others = [m for m in members if m.client_id not in senders]
-        reached = len(others) - self._hand_out(others, self._join(frames), now) if others else 0
-        counts = [reached] * len(messages)
-        for member in members:
-            if member.client_id in senders:
-                # A sender here gets the batch without its own messages.
-                theirs = [i for i, (sender, _) in enumerate(messages) if sender != member.client_id]
-                if theirs and not self._hand_out([member], self._join([frames[i] for i in theirs]), now):
-                    for i in theirs:
-                        counts[i] += 1
-        return counts
-
-    def _deliver_one(self, room: Room, payload: bytes, exclude_id: str, now: float) -> int:
-        recipients = [m for m in room.members.values() if m.client_id != exclude_id]
-        return len(recipients) - self._deliver(recipients, payload, now) if recipients else 0
-
-    def deliver_payload(self, recipients: list[Client], payload: bytes, now: float) -> int:
-        """One encoded message (a direct one, from another node) to these
-        clients; how many it reached."""
-        return len(recipients) - self._deliver(recipients, payload, now)
-
-    def _fan_out(self, room: Room, sender: Client, payload: bytes, now: float) -> int:
-        """
-        Deliver one encoded broadcast to every member but the sender; return
-        how many it reached.
-        """
-        if len(room.members) < 2:
-            return 0
-        # A list, not the live dict: a failed member leaves the room below.
-        recipients = [m for m in room.members.values() if m is not sender]
-        return len(recipients) - self._deliver(recipients, payload, now)
-
-    def _deliver(self, recipients: list[Client], payload: bytes, now: float) -> int:
-        """
-        Prepare once, hand to every recipient; remove those that fail and
-        return how many did.
-        """
-        return self._hand_out(recipients, self._prepare(payload), now)
-
-    def _hand_out(self, recipients: list[Client], frame: Any, now: float) -> int:
-        """Hand ``frame`` to every recipient; remove those that fail and
-        return how many did."""
-        failed: list[tuple[Client, BaseException]] = []
-        for member in recipients:
-            try:
-                member.sink.deliver(frame)
-            except Exception as e:
-                failed.append((member, e))
-        for member, error in failed:
-            self.disconnect(member, now)
-            if isinstance(error, SinkGone):
-                continue
-            self._on_sink_error(member, error)
-            try:
-                member.sink.close(CLOSE_INTERNAL_ERROR, "Internal error")
-            except Exception as close_error:
-                self._on_sink_error(member, close_error)
-        return len(failed)

@@ -11,7 +11,7 @@ from typing import Any, Optional
 from twisted.logger import Logger
 
 from chatd.codec import Manage
-from chatd.core import CoreEvents
+from chatd.rooms.events import CoreEvents
 from chatd.rooms.state import Client, Room
 from chatd.metrics import Metrics
 from chatd.settings import Settings

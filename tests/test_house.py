@@ -28,7 +28,8 @@ PURE = {
     "chatd.errors", "chatd.settings", "chatd.codec", "chatd.delivery.frames", "chatd.ratelimit",
     "chatd.core", "chatd.config", "chatd.backplane.address", "chatd.admission", "chatd.names",
     "chatd.rooms", "chatd.rooms.state", "chatd.rooms.history", "chatd.rooms.rules", "chatd.backplane.lines",
-    "chatd.backplane.facts",
+    "chatd.backplane.facts", "chatd.rooms.events", "chatd.rooms.metering", "chatd.delivery.handout",
+    "chatd.delivery.local",
 }
 
 #: One client's conversation and the chat it talks to: Twisted, never Autobahn.
