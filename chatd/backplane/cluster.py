@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Optional, TypeVar, Union
 
-import txredisapi
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -36,6 +35,7 @@ from chatd.chat import Answer, counts_of
 from chatd.codec import Command
 from chatd.core import ChatCore
 from chatd.backplane.batches import RoomBatches
+from chatd.backplane.calls import ShardCalls
 from chatd.backplane.membership import Membership
 from chatd.delivery.local import LocalRooms
 from chatd.delivery.outbox import Flusher
@@ -71,12 +71,16 @@ class ClusterChat:
         self.shards = shards
         self.clock = clock
         self._refuse = refuse  # closes a client the cluster cannot keep
-        self.rooms = redis_store.RedisRooms(shards.node, self._call, self._check_reader)
+        # Scripts run on the shards; every one first sends the messages
+        # published before it (a message and then a disconnect, say).
+        self.calls = ShardCalls(shards, lambda: self.batches.send_all())
+        # The rooms in Redis, decided by the room rules.
+        self.rooms = redis_store.RedisRooms(shards.node, self.calls.call, self._check_reader)
         # Who is in which room here, the joins on their way, the channels.
         self.membership = Membership(LocalRooms(core), shards, clock, self.disconnect)
-        self._in_background: set[Deferred[Any]] = set()  # disconnects on their way to Redis
         # Chat messages on their way through Redis, and their frames back.
-        self.batches = RoomBatches(core, self.membership.local, shards, clock, self._run, self._as_chat_error, flusher)
+        self.batches = RoomBatches(
+            core, self.membership.local, shards, clock, self.calls.run, self.calls.as_chat_error, flusher)
         self.membership.batches = self.batches
 
     # -- what the metrics read ---------------------------------------------------
@@ -106,7 +110,7 @@ class ClusterChat:
 
     def _register(self, sink: Any, tries: int) -> "Deferred[Client]":
         candidate = self.core.new_client_id()
-        d = self._each(scripts.REGISTER, self.shards.node, candidate, facts.who(None, None))
+        d = self.calls.each(scripts.REGISTER, self.shards.node, candidate, facts.who(None, None))
 
         def registered(results: list[tuple[Any, Any]]) -> Union[Client, Deferred[Client]]:
             if all(result for _, result in results):
@@ -114,7 +118,7 @@ class ClusterChat:
             # Taken on some shard: the others let it go again.
             for shard, result in results:
                 if result:
-                    self._background(shard.call(scripts.UNREGISTER, self.shards.node, candidate), "a registration")
+                    self.calls.background(shard.call(scripts.UNREGISTER, self.shards.node, candidate), "a registration")
             if tries > 1:
                 return self._register(sink, tries - 1)
             raise RuntimeError("no free client ID after several tries")
@@ -127,11 +131,11 @@ class ClusterChat:
         self.core.forget_client(client)
         self.membership.gone(client)
         # A shard not connected now takes the client out at its resync.
-        self._on_each(scripts.UNREGISTER, self.shards.node, client.client_id, then=self._left)
+        self.calls.on_each(scripts.UNREGISTER, self.shards.node, client.client_id, then=self._left)
 
     def settled(self) -> "Deferred[Any]":
         """Fires once Redis has applied every disconnect made so far."""
-        return DeferredList(list(self._in_background))
+        return self.calls.settled()
 
     # -- commands ------------------------------------------------------------
 
@@ -192,7 +196,7 @@ class ClusterChat:
         shard = self.shards.serving(to)
         if shard is None:
             return fail(Unavailable())
-        return self._call(shard, scripts.DIRECT, client.client_id, to, payload).addCallback(done)
+        return self.calls.call(shard, scripts.DIRECT, client.client_id, to, payload).addCallback(done)
 
     def create(self, client: Client, name: str, now: float, private: bool = False) -> "Deferred[Reply]":
         if not self.shards.partly_available:
@@ -274,7 +278,7 @@ class ClusterChat:
         shard = self.shards.of(room.room_id)
         if not shard.available:
             return succeed(reply)  # the resync after Redis is back catches up
-        d = self._call(shard, scripts.LEAVE, self.shards.node, client.client_id)
+        d = self.calls.call(shard, scripts.LEAVE, self.shards.node, client.client_id)
 
         def done(result: list[Any]) -> Reply:
             self._left(result)
@@ -368,7 +372,7 @@ class ClusterChat:
             # Nobody to clash with: recorded on every shard in the background
             # (one away records it at its resync).
             client.nick = nick
-            self._on_each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere)
+            self.calls.on_each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere)
             return succeed(reply)
         # The room's shard says whether it is free there; the others follow.
         shard = self.shards.of(room.room_id)
@@ -377,14 +381,14 @@ class ClusterChat:
 
         def done(_: None) -> Reply:
             client.nick = nick
-            self._on_each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere, but=shard)
+            self.calls.on_each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere, but=shard)
             return reply
 
         return Deferred.fromCoroutine(self.rooms.rename(client, room, shard, nick)).addCallback(done)
 
     def recent(self, client: Client, limit: int, before: Optional[int]) -> "Deferred[Reply]":
         room, shard = self._room_of(client)
-        d = self._call(shard, scripts.HISTORY, room.room_id, limit, before or 0, client.client_id)
+        d = self.calls.call(shard, scripts.HISTORY, room.room_id, limit, before or 0, client.client_id)
 
         def done(payloads: Any) -> Reply:
             self._check_reader(payloads, client, room)
@@ -401,14 +405,14 @@ class ClusterChat:
         everywhere = redis_store.identified(client.client_id, client.nick, user)
         room = client.room
         if room is None:
-            d = self._each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere)
+            d = self.calls.each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere)
         else:
             # The room's shard decides whether the room admits the user (a
             # ban), and records it; the others follow.
             shard = self.shards.of(room.room_id)
 
             def admitted(outcome: str) -> list[tuple[Any, Any]]:
-                self._on_each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere, but=shard)
+                self.calls.on_each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere, but=shard)
                 return [(shard, outcome)]
 
             d = Deferred.fromCoroutine(self.rooms.become(as_user, room, shard)).addCallback(admitted)
@@ -469,7 +473,7 @@ class ClusterChat:
         elif data[:1] == b"h":
             # Its owner has gone: this node, as every node with members in
             # it, tries to put the successor in; one of them does.
-            self._background(Deferred.fromCoroutine(self.rooms.succeed(room_id, self.shards.of(room_id))),
+            self.calls.background(Deferred.fromCoroutine(self.rooms.succeed(room_id, self.shards.of(room_id))),
                              "naming a room's owner")
 
     def _kicked(self, room: Room, client_id: str, by: str, reason: str, now: float) -> None:
@@ -486,7 +490,7 @@ class ClusterChat:
         if client is None or client.nick is None:
             return
         client.nick = None
-        self._on_each(scripts.CHANGE, self.shards.node, client_id, "[]", redis_store.renamed(client_id, None, client.user),
+        self.calls.on_each(scripts.CHANGE, self.shards.node, client_id, "[]", redis_store.renamed(client_id, None, client.user),
                       but=self.shards.of(room_id))
 
     def _check_reader(self, answer: Any, client: Client, room: Room) -> None:
@@ -508,8 +512,8 @@ class ClusterChat:
             return
         notice = codec.invited(
             room.room_id, room.name, by.client_id, by.nick, codec.timestamp(self.clock.seconds()), by.user)
-        d = self._run(shard, scripts.DIRECT, by.client_id, to, codec.encode(notice), "n")
-        self._background(d, "telling an invitee")
+        d = self.calls.run(shard, scripts.DIRECT, by.client_id, to, codec.encode(notice), "n")
+        self.calls.background(d, "telling an invitee")
 
     def direct_message(self, data: bytes) -> None:
         # <sender> <client>,<client>...[ n]\n<the encoded message>, where n
@@ -559,56 +563,6 @@ class ClusterChat:
 
     # -- internals --------------------------------------------------------------
 
-    def _flush(self) -> None:
-        # Messages published before this command reach Redis before it
-        # (a message and then a disconnect, say), as they were sent.
-        self.batches.send_all()
-
-    def _call(self, shard: Any, script: str, *args: Any) -> "Deferred[Any]":
-        """Run a script on a shard in step with this node; Unavailable otherwise."""
-        self._flush()
-        return self._run(shard, script, *args).addErrback(self._as_chat_error)
-
-    def _run(self, shard: Any, script: str, *args: Any) -> "Deferred[Any]":
-        if not shard.available:
-            return fail(Unavailable())
-        return shard.call(script, *args)
-
-    def _each(self, script: str, *args: Any) -> "Deferred[list[tuple[Any, Any]]]":
-        """
-        Run a script about a client on every shard connected now, in step or
-        about to be (one that is not takes the change at its resync): a list
-        of (shard, answer) from those that answered; Unavailable if none did
-        or none is in step.
-        """
-        self._flush()
-        shards = [shard for shard in self.shards.all if shard.connected]
-        if not any(shard.available for shard in shards):
-            return fail(Unavailable())
-        calls = [shard.call(script, *args).addErrback(self._as_chat_error) for shard in shards]
-        if len(shards) == 1:
-            return calls[0].addCallback(lambda answer: [(shards[0], answer)])
-        d = DeferredList(calls, consumeErrors=True)
-
-        def answered(answers: list[tuple[bool, Any]]) -> list[tuple[Any, Any]]:
-            results = [(shard, answer) for shard, (ok, answer) in zip(shards, answers, strict=True) if ok]
-            if not results:
-                raise Unavailable()
-            return results
-
-        return d.addCallback(answered)
-
-    def _on_each(
-        self, script: str, *args: Any, but: Any = None, then: Optional[Callable[[Any], Any]] = None,
-    ) -> None:
-        """Run a script about a client on every connected shard (``but``
-        one), in the background; ``then`` gets each answer."""
-        self._flush()
-        for shard in self.shards.all:
-            if shard is not but and shard.connected:
-                d = shard.call(script, *args)
-                self._background(d.addCallback(then) if then else d, "updating a client on every shard")
-
     def _leave_elsewhere(self, client: Client, old: Optional[Room], shard: Any) -> None:
         """The client went from ``old`` into a room on ``shard``: the old
         room's shard, if another, takes it out there."""
@@ -617,12 +571,7 @@ class ClusterChat:
         elsewhere = self.shards.of(old.room_id)
         if elsewhere is not shard and elsewhere.connected:
             d = elsewhere.call(scripts.LEAVE, self.shards.node, client.client_id).addCallback(self._left)
-            self._background(d, "leaving a room on another shard")
-
-    def _background(self, d: "Deferred[Any]", what: str) -> None:
-        d.addErrback(self._as_chat_error).addErrback(self._background_failure, what)
-        self._in_background.add(d)
-        d.addBoth(lambda _: self._in_background.discard(d))
+            self.calls.background(d, "leaving a room on another shard")
 
     def _new_room_id(self) -> str:
         """A free room ID on a shard in step (one that is away takes no new rooms)."""
@@ -630,14 +579,6 @@ class ClusterChat:
             room_id = self.core.new_room_id()
             if self.shards.of(room_id).available:
                 return room_id
-        raise Unavailable()
-
-    def _as_chat_error(self, failure: Failure) -> Failure:
-        if failure.check(ChatError):
-            return failure
-        if not failure.check(txredisapi.ConnectionError):
-            # Redis answered an error: a bug here or there, not the client's.
-            self._log.failure("Redis refused a command", failure)
         raise Unavailable()
 
     def _room_of(self, client: Client) -> tuple[Room, Any]:
@@ -657,7 +598,3 @@ class ClusterChat:
 
     def _left(self, reply: list[Any]) -> None:
         self._old_room(lines.Left.decode(reply))
-
-    def _background_failure(self, failure: Failure, what: str) -> None:
-        if not failure.check(Unavailable):
-            self._log.failure("Redis failed during {what}", failure, what=what)
