@@ -391,7 +391,7 @@ def test_autobahn_timeouts_never_fire_before_the_configured_time() -> None:
 
 
 def test_the_handshake_timer_drops_late_handshakes_never_early() -> None:
-    from chatd.ws import HandshakeTimer
+    from chatd.handshake import HandshakeTimer
 
     class Shaking:
         timed_out = 0
