@@ -17,7 +17,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 
-from chatd.client import UsageError, command, describe
+from chatd.client import UsageError, command
+from chatd.terminal import describe
 from tests.support.clients import within
 from tests.support.raw import free_port
 from tests.support.servers import InProcessServer

@@ -1,0 +1,108 @@
+"""
+How ``chatd-client`` shows what the server sends: one line per message or
+event, in local time, with every control character and terminal escape a
+peer could send made visible instead of acted on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import unicodedata
+from typing import Any
+
+def visible(text: str) -> str:
+    """
+    ``text`` as it may reach a terminal: what a peer chose (a body, a nick,
+    a room's name, a reason) must not control it.  Control and format
+    characters (newlines, escape sequences, bidirectional overrides) are
+    shown as escapes (``\\n``, ``\\x1b``, ``\\u202e``), other spaces as a space.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _shown(c) for c in text)
+
+
+def _shown(char: str) -> str:
+    if unicodedata.category(char) == "Zs":
+        return " "
+    return char.encode("unicode_escape").decode("ascii")
+
+
+def _visible_all(value: Any) -> Any:
+    """Every string of a parsed message (keys too) made :func:`visible`."""
+    if isinstance(value, str):
+        return visible(value)
+    if isinstance(value, dict):
+        return {visible(k): _visible_all(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_visible_all(v) for v in value]
+    return value
+
+
+def describe(message: Any) -> str:
+    """One server message as a line (or lines of its own) for a person;
+    nothing in it from the server or a peer can control the terminal."""
+    return _describe(_visible_all(message))
+
+
+def _describe(message: Any) -> str:
+    if not isinstance(message, dict):
+        return json.dumps(message)
+    stamp = _local_time(message.get("timestamp"))
+    if "from" in message:
+        who = message.get("nick") or message["from"]
+        body = message["body"] if isinstance(message["body"], str) else json.dumps(message["body"])
+        if message.get("direct"):
+            return f"[{stamp}] {who} (to you): {body}"
+        return f"[{stamp}] {who}: {body}"
+    if "event" in message:
+        who = message.get("nick") or message.get("client_id")
+        kind = message["event"]
+        if kind == "kick":
+            reason = message.get("reason")
+            return (f"[{stamp}] * you were put out of room {message.get('room_id')} by {message.get('by')}"
+                    + (f": {reason}" if reason else ""))
+        text = {
+            "join": f"{who} joined",
+            "leave": f"{who} left",
+            "nick": f"{message.get('client_id')} is now {message.get('nick')}",
+            "owner": f"{who} now owns the room",
+            "op": f"{who} is now a moderator",
+            "deop": f"{who} is no longer a moderator",
+        }.get(kind, f"{who}: {kind}")
+        return f"[{stamp}] * {text}"
+    if message.get("status") == "error":
+        return f"!! {message.get('message')}"
+    if "rooms" in message:
+        rooms = message["rooms"] or []
+        lines = [f"   {r['room_id']}  {r['name']}  ({r['members']}{', private' if r.get('private') else ''})"
+                 for r in rooms]
+        return "-- rooms:\n" + "\n".join(lines) if lines else "-- no rooms"
+    if "members" in message:
+        return "-- members: " + ", ".join(
+            (f"{m['nick']} ({m['client_id']})" if m.get("nick") else m["client_id"])
+            + (f" [{m['role']}]" if m.get("role") in ("owner", "moderator") else "")
+            for m in message["members"])
+    if "recovered" in message:
+        # Back in a room after a reconnection: what was said meanwhile.
+        head = f"-- {message.get('message', '')}" + ("" if message["recovered"] else " (some messages were missed)")
+        return "\n".join([head, *(_describe(m) for m in message.get("messages", []))])
+    if "messages" in message:
+        return "\n".join(_describe(m) for m in message["messages"]) or "-- no history"
+    text = str(message.get("message", ""))
+    if message.get("room_id") and message["room_id"] not in text:
+        text += f" ({message['room_id']})"
+    return f"-- {text}"
+
+
+def _local_time(timestamp: Any) -> str:
+    if isinstance(timestamp, str):
+        try:
+            from datetime import datetime
+
+            when = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+            return when.astimezone().strftime("%H:%M:%S")
+        except ValueError:
+            pass
+    return time.strftime("%H:%M:%S")
