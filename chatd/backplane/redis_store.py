@@ -301,6 +301,10 @@ _ROOM_FIELDS = as_json(["name", "created_at", "created_by", "seq", "private"])
 _LIST_FIELDS = as_json(["name", "created_at", "private"])
 
 
+#: The set of a room that holds each role.
+_ROLE_SETS = {"owner": "owner", "moderator": "mods"}
+
+
 def renamed(client_id: str, nick: Optional[str], user: Optional[str]) -> str:
     """A client's new nick (None: none) as every shard records it."""
     return as_json([["claim", "", client_id, fold(nick) if nick else ""],
@@ -332,7 +336,7 @@ def resync_state(clients: list[tuple[Client, Optional[Room]]]) -> str:
             "seq": str(room.seq), "last_id": str(room.last_id), "sets": room_sets(room_id)}
         role = room.role(client_id)
         if role != "member":
-            sets.append([room_id, f"{'owner' if role == 'owner' else 'mods'}:{room_id}", client_id, client_id])
+            sets.append([room_id, f"{_ROLE_SETS[role]}:{room_id}", client_id, client_id])
         if room.private:
             sets += ([room_id, f"invited:{room_id}", key, client_id] for key in names_of(client_id, client.user))
     return as_json({"clients": records, "rooms": rooms, "sets": sets})
