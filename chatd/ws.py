@@ -11,7 +11,7 @@ quick frame reader, and the factory that wires a chat to its connections.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import (
@@ -35,7 +35,6 @@ from chatd.chat import Chat
 from chatd.conversation import Conversation
 from chatd.errors import CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION
 from chatd.delivery.frames import Broadcast, Broadcasts, client_text_messages
-from chatd.metrics import Metrics
 from chatd.delivery.outbox import Outbox
 from chatd.compose import Server, compose
 from chatd.handshake import UNTRUSTED_PROXY, Handshake, HandshakeTimer
@@ -266,20 +265,16 @@ class ChatFactory(WebSocketServerFactory):
     _log = Logger()
 
     def __init__(
-        self,
-        settings: Settings,
-        clock: IReactorTime,
-        reactor: Any = None,
-        metrics: Optional[Metrics] = None,
-        message_log: Optional[Any] = None,
-        moderators: Optional[Sequence[Any]] = None,
-        portal: Optional[Any] = None,
-        server: Optional[Server] = None,
+        self, settings: Settings, clock: IReactorTime, reactor: Any = None, server: Optional[Server] = None,
+        **parts: Any,
     ) -> None:
+        """``server``: what :func:`chatd.compose.compose` built; without it
+        (a factory on its own, as tests make one), it is composed here from
+        ``parts`` (compose's keyword arguments), with this process's chat."""
         super().__init__(server=f"chatd/{__version__}", reactor=reactor)
         fastpath.quiet_autobahn_debug()
-        if server is None:  # a factory on its own (tests): this process's chat
-            server = compose(settings, clock, reactor, metrics, message_log, moderators, portal, cluster=False)
+        if server is None:
+            server = compose(settings, clock, reactor, cluster=False, **parts)
         self.settings = settings
         self.clock = clock
         self.metrics = server.metrics

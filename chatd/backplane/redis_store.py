@@ -13,18 +13,19 @@ memory; docs/development.md says how another store fits beside them.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 from twisted.internet.defer import Deferred
 
 from chatd import codec
 from chatd.backplane import facts, lines, scripts
-from chatd.errors import Unavailable
+from chatd.errors import ChatError, Unavailable
 from chatd.names import fold
 from chatd.rooms import rules
 from chatd.rooms.state import Client, Room, member_entry, names_of
 
 Reply = dict[str, Any]
+T = TypeVar("T")
 
 
 class RedisRooms:
@@ -63,24 +64,18 @@ class RedisRooms:
         and entered if that is still so; else on the room as read, and
         entered if that is still so; and so on.
         """
-        view, read = facts.Facts(room_id), False
-        for _ in range(_DECISIONS):
-            refused = rules.join_refusal(view, client)
-            if refused is not None and read:
-                raise refused
-            if refused is None:
-                takes = _name_takes(view, client, room_id)  # what it reads is guarded too
-                answer = await self._call(
-                    shard, scripts.ENTER, self.node, client.client_id, room_id,
-                    -1 if since is None else since, *facts.identity(client), as_json(view.guards),
-                    as_json(takes), _ROOM_FIELDS, as_json([["SMEMBERS", f"owner:{room_id}"]]))
-                entered = lines.Entered.decode(answer)
-                if entered.outcome != "stale":
-                    return entered
-            answers = await self._call(
-                shard, scripts.LOOK, "", "", as_json(facts.Facts.probes(room_id, client, client.nick, client.user)))
-            view, read = facts.Facts.read(room_id, client, client.nick, client.user, answers), True
-        raise Unavailable()  # the room kept changing under the decision
+
+        async def attempt(view: facts.Facts) -> Optional[lines.Entered]:
+            takes = _name_takes(view, client, room_id)  # what it reads is guarded too
+            answer = await self._call(
+                shard, scripts.ENTER, self.node, client.client_id, room_id,
+                -1 if since is None else since, *facts.identity(client), as_json(view.guards),
+                as_json(takes), _ROOM_FIELDS, as_json([["SMEMBERS", f"owner:{room_id}"]]))
+            entered = lines.Entered.decode(answer)
+            return None if entered.outcome == "stale" else entered
+
+        return await self._decided(
+            shard, room_id, client, client.nick, client.user, lambda view: rules.join_refusal(view, client), attempt)
 
     async def listed(
         self, shard: Any, after: int, limit: int, client: Optional[Client],
@@ -148,50 +143,75 @@ class RedisRooms:
     async def rename(self, client: Client, room: Room, shard: Any, nick: str) -> None:
         """The nick taken in the client's room, as :func:`chatd.rooms.rules.nick_refusal` allows."""
         room_id, client_id = room.room_id, client.client_id
-        view, read = facts.Facts(room_id), False
-        for _ in range(_DECISIONS):
-            refused = rules.nick_refusal(view, client, nick)
-            if refused is not None and read:
-                raise refused
-            if refused is None:
-                changes = [["claim", room_id, client_id, fold(nick)],
-                           ["hset", f"client:{client_id}", "who", facts.who(nick, client.user)],
-                           ["publish", room_id, facts.event_line("nick", client_id, nick, client.user)]]
-                outcome = lines.text(await self._call(
-                    shard, scripts.CHANGE, self.node, client_id,
-                    as_json([*view.guards, ["HGET", f"client:{client_id}", "room", room_id]]), as_json(changes)))
-                if outcome == "ok":
-                    return
-                if outcome != "stale":
-                    raise Unavailable()
-            answers = await self._call(
-                shard, scripts.LOOK, room_id, client_id, as_json(facts.Facts.probes(room_id, client, nick, client.user)))
-            self._check_reader(answers, client, room)
-            view, read = facts.Facts.read(room_id, client, nick, client.user, answers), True
-        raise Unavailable()
+
+        async def attempt(view: facts.Facts) -> Optional[str]:
+            changes = [["claim", room_id, client_id, fold(nick)],
+                       ["hset", f"client:{client_id}", "who", facts.who(nick, client.user)],
+                       ["publish", room_id, facts.event_line("nick", client_id, nick, client.user)]]
+            return await self._changed(shard, client_id, room_id, view, changes)
+
+        await self._decided(
+            shard, room_id, client, nick, client.user, lambda view: rules.nick_refusal(view, client, nick), attempt,
+            reader=room)
 
     async def become(self, as_user: Client, room: Room, shard: Any) -> str:
         """The client, in ``room``, becomes ``as_user.user`` as
         :func:`chatd.rooms.rules.auth_refusal` allows; whoever has its
         name as a nick there loses it (:func:`chatd.rooms.rules.name_holders`)."""
         room_id, client_id, user = room.room_id, as_user.client_id, as_user.user or ""
+
+        async def attempt(view: facts.Facts) -> Optional[str]:
+            changes = [["identity", client_id, facts.who(as_user.nick, user), fold(user), user],
+                       *_name_takes(view, as_user, room_id)]
+            return await self._changed(shard, client_id, room_id, view, changes)
+
+        return await self._decided(
+            shard, room_id, as_user, as_user.nick, user, lambda view: rules.auth_refusal(view, user), attempt)
+
+    async def _changed(
+        self, shard: Any, client_id: str, room_id: str, view: facts.Facts, changes: list[list[Any]],
+    ) -> Optional[str]:
+        """Apply a client's changes in its room while what the rule read
+        holds: the outcome, or None if it no longer does."""
+        outcome = lines.text(await self._call(
+            shard, scripts.CHANGE, self.node, client_id,
+            as_json([*view.guards, ["HGET", f"client:{client_id}", "room", room_id]]), as_json(changes)))
+        if outcome == "stale":
+            return None
+        if outcome != "ok":
+            raise Unavailable()
+        return outcome
+
+    async def _decided(
+        self, shard: Any, room_id: str, client: Client, nick: Optional[str], user: Optional[str],
+        refusal: Callable[[facts.Facts], Optional[ChatError]],
+        attempt: Callable[[facts.Facts], Awaitable[Optional[T]]],
+        reader: Optional[Room] = None,
+    ) -> T:
+        """
+        A decision about ``client`` (as ``nick`` and ``user``) in a room:
+        first on what most rooms are (public, nobody listed, no name
+        claimed); ``attempt`` applies it while that is still so, or answers
+        None; then on the room as read (by a member of it: ``reader``), and
+        so on.  A refusal made on what was read stands.
+        """
         view, read = facts.Facts(room_id), False
         for _ in range(_DECISIONS):
-            refused = rules.auth_refusal(view, user)
+            refused = refusal(view)
             if refused is not None and read:
                 raise refused
             if refused is None:
-                changes = [["identity", client_id, facts.who(as_user.nick, user), fold(user), user],
-                           *_name_takes(view, as_user, room_id)]
-                outcome = lines.text(await self._call(
-                    shard, scripts.CHANGE, self.node, client_id,
-                    as_json([*view.guards, ["HGET", f"client:{client_id}", "room", room_id]]), as_json(changes)))
-                if outcome != "stale":
+                outcome = await attempt(view)
+                if outcome is not None:
                     return outcome
-            answers = await self._call(
-                shard, scripts.LOOK, "", "", as_json(facts.Facts.probes(room_id, as_user, as_user.nick, user)))
-            view, read = facts.Facts.read(room_id, as_user, as_user.nick, user, answers), True
-        raise Unavailable()
+            probes = as_json(facts.Facts.probes(room_id, client, nick, user))
+            if reader is None:
+                answers = await self._call(shard, scripts.LOOK, "", "", probes)
+            else:
+                answers = await self._call(shard, scripts.LOOK, room_id, client.client_id, probes)
+                self._check_reader(answers, client, reader)
+            view, read = facts.Facts.read(room_id, client, nick, user, answers), True
+        raise Unavailable()  # the room kept changing under the decision
 
     async def succeed(self, room_id: str, shard: Any) -> None:
         """A room whose owner has gone gets the one :func:`chatd.rooms.rules.successor`
