@@ -146,7 +146,7 @@ class LocalChat:
         if self.core.gathering:
             # What this read broadcast so far goes first, so that every
             # member sees what happened in order.
-            self._fan_out(self.core.flush)
+            self._fan_out(self.core.fan_out_gathered)
         try:
             return succeed(self.core.handle(client, command, now))
         except ChatError as e:
@@ -175,7 +175,7 @@ class LocalChat:
             return function(*args)
         finally:
             if core.gathering:
-                self._fan_out(core.release)
+                self._fan_out(core.end_gathering)
 
     def _fan_out(self, fan_out: Callable[[float], int]) -> None:
         started = self._timer()

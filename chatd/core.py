@@ -111,7 +111,7 @@ class ChatCore(Metered, HandOut):
         self.users: dict[str, dict[str, Client]] = {}
         self.rooms: dict[str, Room] = {}
         self._room_seq = 0
-        # Between gather() and release(): broadcasts waiting to be fanned
+        # Between gather() and end_gathering(): broadcasts waiting to be fanned
         # out, by room: (room, [(sender, payload, message)]).
         self._gathered: Optional[dict[str, tuple[Room, list[tuple[Client, bytes, dict[str, Any]]]]]] = None
 
@@ -259,9 +259,9 @@ class ChatCore(Metered, HandOut):
 
     def gather(self) -> None:
         """
-        Until ``release``, each room's broadcasts wait, to reach each member
+        Until ``end_gathering``, each room's broadcasts wait, to reach each member
         in one delivery (with ``join``; without it, this does nothing).  For
-        several messages from one read: whoever calls it must ``flush``
+        several messages from one read: whoever calls it must ``fan_out_gathered``
         before anything else that delivers (a join, a leave), so that every
         member sees what happened in order (:class:`chatd.chat.LocalChat`
         does).
@@ -273,7 +273,7 @@ class ChatCore(Metered, HandOut):
     def gathering(self) -> bool:
         return self._gathered is not None
 
-    def flush(self, now: float) -> int:
+    def fan_out_gathered(self, now: float) -> int:
         """Fan out what is gathered (and go on gathering); how many messages."""
         gathered = self._gathered
         if not gathered:
@@ -296,10 +296,10 @@ class ChatCore(Metered, HandOut):
             raise error
         return fanned_out
 
-    def release(self, now: float) -> int:
+    def end_gathering(self, now: float) -> int:
         """Fan out what is gathered, and stop gathering; how many messages."""
         try:
-            return self.flush(now)
+            return self.fan_out_gathered(now)
         finally:
             self._gathered = None
 

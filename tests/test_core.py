@@ -375,7 +375,7 @@ def test_gathered_broadcasts_reach_each_member_in_one_delivery_when_released() -
     assert core.publish(ann, "1", NOW) == core.publish(ann, "2", NOW) == {"status": "success", "message": "Message sent"}
     assert bob.sink.frames == [] and events.sent == []  # waiting for release
     assert [m["body"] for m in core.recent(bob, 50, None)["messages"]] == ["1", "2"]  # in the history already
-    core.release(NOW)
+    core.end_gathering(NOW)
     [(one, two)] = bob.sink.frames
     assert [json.loads(one)["body"], json.loads(two)["body"]] == ["1", "2"]
     assert ann.sink.frames == []  # never its own
@@ -396,10 +396,10 @@ def test_flush_sends_what_is_gathered_and_goes_on_gathering() -> None:
     core.set_events(bob, True)
     core.gather()
     core.publish(ann, "before", NOW)
-    core.flush(NOW)
+    core.fan_out_gathered(NOW)
     core.leave(ann, NOW)  # its event after its message, as it happened
     core.publish(bob, "alone", NOW)
-    core.release(NOW)
+    core.end_gathering(NOW)
     received = [json.loads(f[0] if isinstance(f, tuple) else f) for f in bob.sink.frames]
     assert [m.get("body", m.get("event")) for m in received] == ["before", "leave", "owner"]
 
@@ -413,4 +413,4 @@ def test_without_join_gathering_changes_nothing() -> None:
     core.gather()
     core.publish(ann, "now", NOW)
     assert [m["body"] for m in bob.sink.received] == ["now"]
-    core.release(NOW)
+    core.end_gathering(NOW)

@@ -139,7 +139,7 @@ class Membership:
         if room is not None:
             client.room = None
             self.local.receive_in(client, None)
-            self.release(room)
+            self.unref(room)
         return room
 
     def gone(self, client: Client) -> None:
@@ -148,7 +148,7 @@ class Membership:
         self.cancel(client)
         room, client.room = client.room, None
         if room is not None:
-            self.release(room)
+            self.unref(room)
 
     def replied(self, client: Client) -> None:
         """The adapter has sent ``client`` its reply: what waited follows it."""
@@ -168,7 +168,7 @@ class Membership:
             self.local.receive_in(client, None)
         if client.room is room:
             client.room = None
-            self.release(room)
+            self.unref(room)
 
     def subscribed(self, room_id: str) -> "Deferred[None]":
         """Take a reference on the room's channel; fires once it is subscribed."""
@@ -203,7 +203,7 @@ class Membership:
         for d in waiting:
             d.errback(Unavailable())
 
-    def release(self, room: Room) -> None:
+    def unref(self, room: Room) -> None:
         """Drop a reference on the room; the last one unsubscribes here."""
         room_id = room.room_id
         count = self._refs.get(room_id, 0) - 1
@@ -244,7 +244,7 @@ class Membership:
             pending.placed = True
             self.local.receive_in(pending.client, pending.room)
             if pending.client.room is pending.room:
-                self.release(pending.room)  # the client holds its reference on the room already
+                self.unref(pending.room)  # the client holds its reference on the room already
         if pending.cancelled:
             return False
         client = pending.client
@@ -253,7 +253,7 @@ class Membership:
         if old is not None and old is not pending.room:
             if not pending.placed:
                 self.local.receive_in(client, None)  # nothing more from the old room
-            self.release(old)
+            self.unref(old)
         if pending.kicked:
             self.out_of(client, pending.room)  # and out of it again (_kicked)
         self._done_if_complete(pending)
@@ -273,7 +273,7 @@ class Membership:
             del self._pending_of[pending.client.client_id]
         if not pending.cancelled:
             pending.cancelled = True
-            self.release(pending.room)
+            self.unref(pending.room)
 
     def cancel(self, client: Client) -> None:
         pending = self._pending_of.pop(client.client_id, None)
