@@ -34,7 +34,7 @@ run: $(VENV)/.installed
 STRICT := chatd/core.py chatd/codec.py chatd/errors.py chatd/settings.py chatd/config.py chatd/ratelimit.py chatd/names.py \
 	chatd/delivery/frames.py chatd/backplane/address.py chatd/admission.py chatd/rooms/state.py chatd/rooms/history.py \
 	chatd/rooms/rules.py chatd/backplane/lines.py chatd/backplane/facts.py chatd/rooms/events.py \
-	chatd/rooms/metering.py chatd/delivery/handout.py chatd/delivery/local.py chatd/replies.py
+	chatd/rooms/metering.py chatd/delivery/handout.py chatd/delivery/local.py chatd/replies.py chatd/rooms/store.py
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m ruff check --select F,E9,B chatd tests twisted bench

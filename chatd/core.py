@@ -35,6 +35,8 @@ from chatd.rooms import rules
 from chatd.delivery.handout import HandOut
 from chatd.rooms.events import CoreEvents
 from chatd.rooms.history import HistoryStore, MemoryHistory
+from chatd.rooms.rules import RoomView
+from chatd.rooms.store import Become, Change, Done, Enter, Rename, decide, settled
 from chatd.rooms.metering import Metered
 from chatd.rooms.rules import (
     MAX_LISTED,
@@ -202,16 +204,13 @@ class ChatCore(Metered, HandOut):
         self, client: Client, room_id: str, now: float = 0.0, since: Optional[int] = None
     ) -> dict[str, Any]:
         room = self.rooms.get(room_id)
-        if room is None:
-            raise RoomNotFound(room_id)
-        if client.room is not room:
-            refused = join_refusal(room, client)
-            if refused is not None:
-                raise refused
-            self._leave_room(client, now)
-            self._enter_room(client, room)
-            self.announce(room, "join", client.client_id, client.nick, now, client, client.user)
-            self._claim_name(room, client, now)
+        if room is not None and client.room is room:
+            return self._joined(room, since)
+        return settled(decide(
+            self, room_id, client, lambda view: join_refusal(view, client),
+            lambda view: Enter(since, rules.name_holders(view, client), now)))
+
+    def _joined(self, room: Room, since: Optional[int]) -> dict[str, Any]:
         reply = codec.joined(room.room_id, room.name)
         if since is not None:
             # Everything after ``since`` is in history (kept when it was
@@ -385,12 +384,11 @@ class ChatCore(Metered, HandOut):
 
     def set_nick(self, client: Client, nick: str, now: float) -> dict[str, Any]:
         room = client.room
-        refused = rules.nick_refusal(room, client, nick)
-        if refused is not None:
-            raise refused
-        client.nick = nick
-        if room is not None:
-            self.announce(room, "nick", client.client_id, client.nick, now, client, client.user)
+        if room is None:
+            client.nick = nick
+        else:
+            settled(decide(self, room.room_id, client, lambda view: rules.nick_refusal(view, client, nick),
+                           lambda view: Rename(nick, now)))
         return {"status": "success", "message": f"Nick set to '{nick}'", "nick": nick}
 
     def recent(self, client: Client, limit: int, before: Optional[int]) -> dict[str, Any]:
@@ -431,13 +429,14 @@ class ChatCore(Metered, HandOut):
             raise NotInRoom("You must join a room first")
         return client.room
 
-    def _claim_name(self, room: Room, client: Client, now: float) -> None:
+    def _lose_nicks(self, room: Room, holders: list[str], now: float) -> None:
         """
-        ``client``'s user is in ``room``: anyone else whose nick reads as
-        that user's name loses it (an authenticated name wins over a nick),
-        and everyone who asked for events, that member too, sees the nick go.
+        A user is in ``room``: those whose nick reads as that user's name
+        (:func:`chatd.rooms.rules.name_holders`) lose it (an authenticated
+        name wins over a nick), and everyone who asked for events, each of
+        them too, sees the nick go.
         """
-        for holder in rules.name_holders(room, client):
+        for holder in holders:
             member = room.members[holder]
             member.nick = None
             self.announce(room, "nick", member.client_id, None, now, user=member.user, everyone=True)
@@ -486,12 +485,13 @@ class ChatCore(Metered, HandOut):
         a ban of the user refuses the authentication (BannedAs).
         """
         room = client.room
-        refused = rules.auth_refusal(room, user)
-        if refused is not None:
-            raise refused
-        self.set_user(client, user)
-        if room is not None:
-            self._claim_name(room, client, now)
+        if room is None:
+            self.set_user(client, user)
+        else:
+            as_user = Client(client.client_id, client.sink)
+            as_user.nick, as_user.user = client.nick, user
+            settled(decide(self, room.room_id, client, lambda view: rules.auth_refusal(view, user),
+                           lambda view: Become(user, rules.name_holders(view, as_user), now)))
         if client.nick is not None:
             return
         nick = codec.default_nick(user, name)
@@ -523,6 +523,37 @@ class ChatCore(Metered, HandOut):
             heir = successor(room.members, room.moderators)
             room.owner = heir.client_id
             self.announce(room, "owner", heir.client_id, heir.nick, now, user=heir.user, everyone=True)
+
+    # -- the memory store of the rooms (chatd.rooms.store.RoomStore) ----------
+
+    def assume(self, room_id: str) -> tuple[RoomView, bool]:
+        room = self.rooms.get(room_id)
+        return (room if room is not None else Room(room_id, "", "", "", 0)), True
+
+    def look(
+        self, room_id: str, client: Client, nick: Optional[str], user: Optional[str], reader: bool,
+    ) -> Done:
+        return Done(self.assume(room_id)[0])
+
+    def apply(self, room_id: str, client: Client, view: RoomView, change: Change) -> Done:
+        """Apply a decision at once: nothing else runs meanwhile."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            raise RoomNotFound(room_id)
+        if isinstance(change, Enter):
+            now = change.now
+            self._leave_room(client, now)
+            self._enter_room(client, room)
+            self.announce(room, "join", client.client_id, client.nick, now, client, client.user)
+            self._lose_nicks(room, change.takes, now)
+            return Done(self._joined(room, change.since))
+        if isinstance(change, Rename):
+            client.nick = change.nick
+            self.announce(room, "nick", client.client_id, client.nick, change.now, client, client.user)
+        else:
+            self.set_user(client, change.user)
+            self._lose_nicks(room, change.takes, change.now)
+        return Done(True)
 
     def announce(
         self, room: Room, kind: str, subject_id: str, nick: Optional[str], now: float,

@@ -75,7 +75,7 @@ class ClusterChat:
         # published before it (a message and then a disconnect, say).
         self.calls = ShardCalls(shards, lambda: self.batches.send_all())
         # The rooms in Redis, decided by the room rules.
-        self.rooms = redis_store.RedisRooms(shards.node, self.calls.call, self._check_reader)
+        self.rooms = redis_store.RedisRooms(shards, self.calls.call, self._check_reader)
         # Who is in which room here, the joins on their way, the channels.
         self.membership = Membership(LocalRooms(core), shards, clock, self.disconnect)
         # Chat messages on their way through Redis, and their frames back.
@@ -247,7 +247,7 @@ class ClusterChat:
         room = self.membership.local.room(room_id)
 
         def run(_: None) -> "Deferred[lines.Entered]":
-            return Deferred.fromCoroutine(self.rooms.enter(client, room_id, shard, since))
+            return Deferred.fromCoroutine(self.rooms.enter(client, room_id, since))
 
         def done(entered: lines.Entered) -> Reply:
             outcome = entered.outcome
@@ -384,7 +384,7 @@ class ClusterChat:
             self.calls.on_each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere, but=shard)
             return reply
 
-        return Deferred.fromCoroutine(self.rooms.rename(client, room, shard, nick)).addCallback(done)
+        return Deferred.fromCoroutine(self.rooms.rename(client, room, nick)).addCallback(done)
 
     def recent(self, client: Client, limit: int, before: Optional[int]) -> "Deferred[Reply]":
         room, shard = self._room_of(client)
@@ -411,11 +411,11 @@ class ClusterChat:
             # ban), and records it; the others follow.
             shard = self.shards.of(room.room_id)
 
-            def admitted(outcome: str) -> list[tuple[Any, Any]]:
+            def admitted(_: None) -> list[tuple[Any, Any]]:
                 self.calls.on_each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere, but=shard)
-                return [(shard, outcome)]
+                return [(shard, "ok")]
 
-            d = Deferred.fromCoroutine(self.rooms.become(as_user, room, shard)).addCallback(admitted)
+            d = Deferred.fromCoroutine(self.rooms.become(as_user, room)).addCallback(admitted)
 
         def recorded(results: list[tuple[Any, Any]]) -> Any:
             if not any(lines.text(outcome) == "ok" for _, outcome in results):

@@ -13,16 +13,19 @@ memory; docs/development.md says how another store fits beside them.
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 from twisted.internet.defer import Deferred
 
 from chatd import codec
 from chatd.backplane import facts, lines, scripts
-from chatd.errors import ChatError, Unavailable
+from chatd.errors import Unavailable
 from chatd.names import fold
 from chatd.rooms import rules
+from chatd.rooms.rules import RoomView
 from chatd.rooms.state import Client, Room, member_entry, names_of
+from chatd.rooms.store import DECISIONS as _DECISIONS
+from chatd.rooms.store import Become, Change, Enter, Rename, decide
 
 Reply = dict[str, Any]
 T = TypeVar("T")
@@ -33,11 +36,12 @@ class RedisRooms:
 
     def __init__(
         self,
-        node: str,
+        shards: Any,
         call: Callable[..., "Deferred[Any]"],
         check_reader: Callable[[Any, Client, Room], None],
     ) -> None:
-        self.node = node
+        self.shards = shards
+        self.node = shards.node
         self._call = call  # runs a script on a shard in step, else Unavailable
         # Raises if Redis refused a read of the reader's room (it is no
         # member there), after the node has put its view right.
@@ -57,25 +61,12 @@ class RedisRooms:
             shard, scripts.CREATE, self.node, client.client_id, room_id, *facts.identity(client), stride, position,
             as_json(fields), as_json(room_sets(room_id)), as_json(changes))
 
-    async def enter(self, client: Client, room_id: str, shard: Any, since: Optional[int]) -> lines.Entered:
-        """
-        The join, decided by :func:`chatd.rooms.rules.join_refusal`: first
-        on what most rooms are (public, nobody listed, no name claimed),
-        and entered if that is still so; else on the room as read, and
-        entered if that is still so; and so on.
-        """
-
-        async def attempt(view: facts.Facts) -> Optional[lines.Entered]:
-            takes = _name_takes(view, client, room_id)  # what it reads is guarded too
-            answer = await self._call(
-                shard, scripts.ENTER, self.node, client.client_id, room_id,
-                -1 if since is None else since, *facts.identity(client), as_json(view.guards),
-                as_json(takes), _ROOM_FIELDS, as_json([["SMEMBERS", f"owner:{room_id}"]]))
-            entered = lines.Entered.decode(answer)
-            return None if entered.outcome == "stale" else entered
-
-        return await self._decided(
-            shard, room_id, client, client.nick, client.user, lambda view: rules.join_refusal(view, client), attempt)
+    async def enter(self, client: Client, room_id: str, since: Optional[int]) -> lines.Entered:
+        """The join, decided by :func:`chatd.rooms.rules.join_refusal`."""
+        entered: lines.Entered = await decide(
+            self, room_id, client, lambda view: rules.join_refusal(view, client),
+            lambda view: Enter(since, rules.name_holders(view, client)), client.nick, client.user)
+        return entered
 
     async def listed(
         self, shard: Any, after: int, limit: int, client: Optional[Client],
@@ -140,39 +131,59 @@ class RedisRooms:
                 raise Unavailable()
         raise Unavailable()  # the room kept changing under the decision
 
-    async def rename(self, client: Client, room: Room, shard: Any, nick: str) -> None:
+    async def rename(self, client: Client, room: Room, nick: str) -> None:
         """The nick taken in the client's room, as :func:`chatd.rooms.rules.nick_refusal` allows."""
-        room_id, client_id = room.room_id, client.client_id
+        await decide(self, room.room_id, client, lambda view: rules.nick_refusal(view, client, nick),
+                     lambda view: Rename(nick), nick, client.user, reader=True)
 
-        async def attempt(view: facts.Facts) -> Optional[str]:
-            changes = [["claim", room_id, client_id, fold(nick)],
-                       ["hset", f"client:{client_id}", "who", facts.who(nick, client.user)],
-                       ["publish", room_id, facts.event_line("nick", client_id, nick, client.user)]]
-            return await self._changed(shard, client_id, room_id, view, changes)
-
-        await self._decided(
-            shard, room_id, client, nick, client.user, lambda view: rules.nick_refusal(view, client, nick), attempt,
-            reader=room)
-
-    async def become(self, as_user: Client, room: Room, shard: Any) -> str:
+    async def become(self, as_user: Client, room: Room) -> None:
         """The client, in ``room``, becomes ``as_user.user`` as
         :func:`chatd.rooms.rules.auth_refusal` allows; whoever has its
         name as a nick there loses it (:func:`chatd.rooms.rules.name_holders`)."""
-        room_id, client_id, user = room.room_id, as_user.client_id, as_user.user or ""
+        user = as_user.user or ""
+        await decide(self, room.room_id, as_user, lambda view: rules.auth_refusal(view, user),
+                     lambda view: Become(user, rules.name_holders(view, as_user)), as_user.nick, user)
 
-        async def attempt(view: facts.Facts) -> Optional[str]:
-            changes = [["identity", client_id, facts.who(as_user.nick, user), fold(user), user],
-                       *_name_takes(view, as_user, room_id)]
-            return await self._changed(shard, client_id, room_id, view, changes)
+    # -- the Redis store of the rooms (chatd.rooms.store.RoomStore) -----------
 
-        return await self._decided(
-            shard, room_id, as_user, as_user.nick, user, lambda view: rules.auth_refusal(view, user), attempt)
+    def assume(self, room_id: str) -> tuple[RoomView, bool]:
+        """What most rooms are: public, nobody of the client's listed, its
+        names unclaimed (guarded, as anything a rule reads)."""
+        return facts.Facts(room_id), False
 
-    async def _changed(
-        self, shard: Any, client_id: str, room_id: str, view: facts.Facts, changes: list[list[Any]],
-    ) -> Optional[str]:
-        """Apply a client's changes in its room while what the rule read
-        holds: the outcome, or None if it no longer does."""
+    async def look(
+        self, room_id: str, client: Client, nick: Optional[str], user: Optional[str], reader: bool,
+    ) -> RoomView:
+        probes = as_json(facts.Facts.probes(room_id, client, nick, user))
+        shard = self.shards.of(room_id)
+        if not reader:
+            answers = await self._call(shard, scripts.LOOK, "", "", probes)
+        else:
+            answers = await self._call(shard, scripts.LOOK, room_id, client.client_id, probes)
+            assert client.room is not None
+            self._check_reader(answers, client, client.room)
+        return facts.Facts.read(room_id, client, nick, user, answers)
+
+    async def apply(self, room_id: str, client: Client, view: RoomView, change: Change) -> Optional[Any]:
+        assert isinstance(view, facts.Facts)
+        shard, client_id = self.shards.of(room_id), client.client_id
+        if isinstance(change, Enter):
+            takes = _name_takes(view, change.takes, room_id)
+            answer = await self._call(
+                shard, scripts.ENTER, self.node, client_id, room_id,
+                -1 if change.since is None else change.since, *facts.identity(client), as_json(view.guards),
+                as_json(takes), _ROOM_FIELDS, as_json([["SMEMBERS", f"owner:{room_id}"]]))
+            entered = lines.Entered.decode(answer)
+            return None if entered.outcome == "stale" else entered
+        if isinstance(change, Rename):
+            nick = change.nick
+            changes = [["claim", room_id, client_id, fold(nick)],
+                       ["hset", f"client:{client_id}", "who", facts.who(nick, client.user)],
+                       ["publish", room_id, facts.event_line("nick", client_id, nick, client.user)]]
+        else:
+            user = change.user
+            changes = [["identity", client_id, facts.who(client.nick, user), fold(user), user],
+                       *_name_takes(view, change.takes, room_id)]
         outcome = lines.text(await self._call(
             shard, scripts.CHANGE, self.node, client_id,
             as_json([*view.guards, ["HGET", f"client:{client_id}", "room", room_id]]), as_json(changes)))
@@ -181,37 +192,6 @@ class RedisRooms:
         if outcome != "ok":
             raise Unavailable()
         return outcome
-
-    async def _decided(
-        self, shard: Any, room_id: str, client: Client, nick: Optional[str], user: Optional[str],
-        refusal: Callable[[facts.Facts], Optional[ChatError]],
-        attempt: Callable[[facts.Facts], Awaitable[Optional[T]]],
-        reader: Optional[Room] = None,
-    ) -> T:
-        """
-        A decision about ``client`` (as ``nick`` and ``user``) in a room:
-        first on what most rooms are (public, nobody listed, no name
-        claimed); ``attempt`` applies it while that is still so, or answers
-        None; then on the room as read (by a member of it: ``reader``), and
-        so on.  A refusal made on what was read stands.
-        """
-        view, read = facts.Facts(room_id), False
-        for _ in range(_DECISIONS):
-            refused = refusal(view)
-            if refused is not None and read:
-                raise refused
-            if refused is None:
-                outcome = await attempt(view)
-                if outcome is not None:
-                    return outcome
-            probes = as_json(facts.Facts.probes(room_id, client, nick, user))
-            if reader is None:
-                answers = await self._call(shard, scripts.LOOK, "", "", probes)
-            else:
-                answers = await self._call(shard, scripts.LOOK, room_id, client.client_id, probes)
-                self._check_reader(answers, client, reader)
-            view, read = facts.Facts.read(room_id, client, nick, user, answers), True
-        raise Unavailable()  # the room kept changing under the decision
 
     async def succeed(self, room_id: str, shard: Any) -> None:
         """A room whose owner has gone gets the one :func:`chatd.rooms.rules.successor`
@@ -236,11 +216,6 @@ class RedisRooms:
                 shard, scripts.CHANGE, self.node, "", as_json(guards), as_json(changes)))
             if outcome != "stale":
                 return
-
-
-#: How many times a room action is decided again on a room that changed
-#: between the decision and its application, before giving up.
-_DECISIONS = 5
 
 
 class NoSink:
@@ -294,11 +269,11 @@ def _manage_changes(view: Room, actor: Client, command: codec.Manage, changes: r
     return out
 
 
-def _name_takes(view: facts.Facts, client: Client, room_id: str) -> list[list[Any]]:
-    """The changes by which the members whose nick reads as the client's
-    user name lose it (:func:`chatd.rooms.rules.name_holders`)."""
+def _name_takes(view: facts.Facts, holders: list[str], room_id: str) -> list[list[Any]]:
+    """The changes by which the members whose nick reads as a user's name
+    lose it (:func:`chatd.rooms.rules.name_holders`)."""
     out: list[list[Any]] = []
-    for holder in rules.name_holders(view, client):
+    for holder in holders:
         _, user = view.holder_who(holder)
         out += [["claim", room_id, holder, ""], ["hset", f"client:{holder}", "who", facts.who(None, user)],
                 ["publish", room_id, facts.event_line("nick", holder, None, user)]]
