@@ -224,7 +224,7 @@ class ClusterChat:
             if outcome != "ok":
                 self.membership.abandon(pending)
                 raise Unavailable()
-            room.seq = created.seq
+            self.membership.numbered(room, created.seq)
             self._old_room(created.left)
             self._leave_elsewhere(client, old, shard)
             if self.membership.answered(pending):
@@ -313,8 +313,8 @@ class ClusterChat:
         # Ids go on from the highest this node has seen; the resync raises
         # the room's counter past them, so no id is given out twice to
         # anyone who saw these.
-        room.last_id += 1
-        message = codec.broadcast(client.client_id, body, ts, room.last_id, client.nick, client.user)
+        message_id = self.membership.next_id(room)
+        message = codec.broadcast(client.client_id, body, ts, message_id, client.nick, client.user)
         payload = codec.encode(message)
         recipients = self.membership.local.deliver(room, payload, client.client_id, now)
         self.core.events.message_sent(room, client, message, recipients, len(payload))

@@ -93,6 +93,15 @@ class Membership:
         room.last_id = max(room.last_id, last_id)
         room.owner = owner
 
+    def numbered(self, room: Room, seq: int) -> None:
+        """Redis gave the room this node created its creation sequence."""
+        room.seq = seq
+
+    def next_id(self, room: Room) -> int:
+        """The id of a message published here while Redis is away."""
+        room.last_id += 1
+        return room.last_id
+
     def saw(self, room: Room, message_id: int) -> None:
         """A message of the room came through its channel."""
         if message_id > room.last_id:
