@@ -508,16 +508,12 @@ for _, s in ipairs(state.sets) do
     apply({{'sadd', s[1], s[2], s[3]}})
   end
 end
+-- A set of one left empty here is not filled now: the other nodes may not
+-- have told Redis of its holder yet.  A read that finds it empty has its
+-- next holder picked first.
 for room, _ in pairs(state.rooms) do
   if redis.call('EXISTS', P .. 'room:' .. room) == 1 then
     bump(room)
-    -- A set of one left empty: the nodes pick its next holder.
-    local sets = redis.call('HGETALL', P .. 'sets:' .. room)
-    for i = 1, #sets, 2 do
-      if sets[i + 1] == 'h' and redis.call('SCARD', sets[i]) == 0 then
-        redis.call('PUBLISH', P .. 'r:' .. room, 'h')
-      end
-    end
   end
 end
 redis.call('SET', P .. 'node:' .. node, '1', 'PX', lease)
