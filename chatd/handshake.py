@@ -8,7 +8,7 @@ checkers), and the timer that drops a handshake that never ends.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
@@ -22,9 +22,19 @@ from chatd.auth import IChatUser, Token
 from chatd.codec import INVALID_TOKEN, MAX_TOKEN
 from chatd.config import normalise_origin
 from chatd.conversation import token_refused
+from chatd.metrics import Metrics
 
-if TYPE_CHECKING:
-    from chatd.ws import ChatFactory
+
+
+class HandshakeFactory(Protocol):
+    """What a handshake asks of its factory (:class:`chatd.ws.ChatFactory`)."""
+
+    metrics: Metrics
+    portal: Optional[Any]  # checks tokens; None: no authentication
+    pages: dict[str, bytes]  # the plain-HTTP answers by path
+    allowed_origins: frozenset[str]
+
+    def identify(self, protocol: Any, headers: dict[str, str]) -> Optional[str]: ...
 
 HEAD_TOO_LARGE = "Request Header Fields Too Large"
 UNTRUSTED_PROXY = "PROXY protocol header from an address that is not a trusted proxy"
@@ -36,7 +46,7 @@ class Handshake:
     """What a connection does before it is a WebSocket."""
 
     _log = Logger()
-    factory: "ChatFactory"
+    factory: HandshakeFactory
     transport: Any
     http_headers: dict[str, str]
     http_status_line: str
