@@ -444,6 +444,10 @@ async def test_a_connection_blocks_direct_messages_from_a_user_or_a_client(
     assert (await bob.request({"action": "unblock", "body": {"user": "pest"}}))["status"] == "success"
     await bob.request({"action": "block", "body": {"client_id": pest_id}})
     await pest.request({"action": "direct", "body": {"to": bob_id, "body": "still me"}})
+    # Carol's message reaches bob's node after pest's (on a cluster, both
+    # come through Redis): once bob has it, pest's was handled, blocked.
+    await carol.request({"action": "direct", "body": {"to": bob_id, "body": "after pest"}})
+    assert (await bob.next())["body"] == "after pest"
     await bob.request({"action": "unblock", "body": {"client_id": pest_id}})
     await pest.request({"action": "direct", "body": {"to": bob_id, "body": "let in"}})
     assert (await bob.next())["body"] == "let in"
