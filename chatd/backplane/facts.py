@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from chatd.backplane.lines import unwho
+from chatd.backplane.lines import text, unwho
 from chatd.names import fold
 from chatd.rooms.state import Client, names_of
 
@@ -45,12 +45,6 @@ def identity(client: Client) -> tuple[str, str, str, str]:
     counted (its folded user), user."""
     nick, user = client.nick, client.user
     return who(nick, user), fold(nick) if nick else "", fold(user) if user else "", user or ""
-
-
-def text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    return "" if value is None else str(value)
 
 
 class Facts:
