@@ -27,14 +27,20 @@ $(VENV)/.installed-test: $(VENV)/.installed bench/pyproject.toml
 
 install: $(VENV)/.installed
 
+# Persistent rooms are kept in var/chatd.db (ignored by git), unless ARGS
+# names a store or a cluster (--redis keeps them in memory by default).
+RUN_STORE := $(if $(findstring --store,$(ARGS))$(findstring --redis,$(ARGS)),,--store sqlite:var/chatd.db)
+
 run: $(VENV)/.installed
-	$(BIN)/twistd --nodaemon --pidfile= chatd $(ARGS)
+	mkdir -p var
+	$(BIN)/twistd --nodaemon --pidfile= chatd $(RUN_STORE) $(ARGS)
 
 # The pure layer is kept mypy --strict clean (docs/development.md).
 STRICT := chatd/core.py chatd/codec.py chatd/errors.py chatd/settings.py chatd/config.py chatd/ratelimit.py chatd/names.py \
 	chatd/delivery/frames.py chatd/backplane/address.py chatd/admission.py chatd/rooms/state.py chatd/rooms/history.py \
 	chatd/rooms/rules.py chatd/backplane/lines.py chatd/backplane/facts.py chatd/rooms/events.py \
-	chatd/rooms/metering.py chatd/delivery/handout.py chatd/delivery/local.py chatd/replies.py chatd/rooms/store.py
+	chatd/rooms/metering.py chatd/delivery/handout.py chatd/delivery/local.py chatd/replies.py chatd/rooms/store.py \
+	chatd/rooms/lasting.py chatd/storage/schema.py chatd/delivery/direct.py
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m ruff check --select F,E9,B chatd tests twisted bench

@@ -137,6 +137,10 @@ class LocalChat:
         except ChatError:
             answer(Failure(), client)
             return
+        if isinstance(reply, Deferred):
+            # A lasting room's: answered once the store has it.
+            reply.addBoth(answer, client)
+            return
         # A read's messages are fanned out together, and timed so (reading).
         if not core.gathering:
             self._observe(self._timer() - started)
@@ -148,9 +152,10 @@ class LocalChat:
             # member sees what happened in order.
             self._fan_out(self.core.fan_out_gathered)
         try:
-            return succeed(self.core.handle(client, command, now))
+            reply = self.core.handle(client, command, now)
         except ChatError as e:
             return fail(e)
+        return reply if isinstance(reply, Deferred) else succeed(reply)
 
     def replied(self, client: Client) -> None:
         pass

@@ -38,6 +38,27 @@ INVALID_ACTION = "Invalid action"
 class Create:
     name: str
     private: bool = False  # seen only by members and whoever is invited
+    persistent: bool = False  # outlives its members and restarts
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """A lasting room's owner removes it."""
+
+    room_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rooms:
+    """The user's lasting rooms, and the connection's room."""
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """The user has read a lasting room up to message ``message_id``."""
+
+    room_id: str
+    message_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +157,8 @@ class Block:
 
 
 Command = Union[
-    Create, Join, Leave, Message, ListRooms, Members, Nick, History, Events, Auth, Direct, Manage, Block]
+    Create, Join, Leave, Message, ListRooms, Members, Nick, History, Events, Auth, Direct, Manage, Block,
+    Delete, Rooms, Read]
 
 #: The room actions, and whether each may name its target by user name.
 MANAGE = {"invite": True, "ban": True, "unban": True, "kick": False, "op": False, "deop": False}
@@ -295,11 +317,12 @@ def decode(payload: bytes) -> Command:
         return Join(room_id, since)
     if action == "create":
         name = data.get("body")
-        private = False
+        private = persistent = False
         if isinstance(name, dict):
-            private = name.get("private", False)
-            if not isinstance(private, bool):
-                raise ProtocolError("'private' must be true or false", "shape")
+            private, persistent = name.get("private", False), name.get("persistent", False)
+            for key, value in (("private", private), ("persistent", persistent)):
+                if not isinstance(value, bool):
+                    raise ProtocolError(f"'{key}' must be true or false", "shape")
             name = name.get("name")
             if not isinstance(name, str):
                 raise ProtocolError(
@@ -315,7 +338,7 @@ def decode(payload: bytes) -> Command:
             raise ProtocolError(
                 "Room name must not contain control characters", "shape"
             )
-        return Create(name, private)
+        return Create(name, private, persistent)
     if action == "leave":
         return _LEAVE
     if action == "list":
@@ -359,6 +382,17 @@ def decode(payload: bytes) -> Command:
     if action in ("block", "unblock"):
         target = _manage(action, data.get("body"))
         return Block(action == "block", target.client_id, target.user)
+    if action == "delete":
+        return Delete(_room_id(data.get("body"), "Delete", ""))
+    if action == "rooms":
+        return _ROOMS
+    if action == "read":
+        body = data.get("body")
+        room_id = _room_id(body, "Read", ', "id": 42')
+        message_id: Any = body.get("id") if isinstance(body, dict) else None
+        if not _is_int(message_id) or message_id < 1:
+            raise ProtocolError("'id' must be a message id (a whole number of at least 1)", "shape")
+        return Read(room_id, int(message_id))
     if action == "auth":
         body = data.get("body")
         if not isinstance(body, dict) or not isinstance(body.get("token"), str):
@@ -371,6 +405,18 @@ def decode(payload: bytes) -> Command:
 
 
 _MEMBERS = Members()
+_ROOMS = Rooms()
+
+
+def _room_id(body: Any, what: str, more: str) -> str:
+    """The ``room_id`` of an action's body."""
+    if not isinstance(body, dict) or not isinstance(body.get("room_id"), str) or not body["room_id"]:
+        raise ProtocolError(
+            f"{what} body must be an object with a string 'room_id', like "
+            f'{{"room_id": "a1b2c3d4"{more}}}', "shape")
+    if len(body["room_id"]) > MAX_ROOM_ID:
+        raise ProtocolError(f"'room_id' must be at most {MAX_ROOM_ID} characters", "shape")
+    return str(body["room_id"])
 _CLIENT_ID = re.compile(r"[0-9a-f]{8}")
 
 
@@ -488,4 +534,6 @@ from chatd.replies import (  # noqa: E402
     kick as kick,
     invited as invited,
     event as event,
+    deleted as deleted,
+    read_up_to as read_up_to,
 )

@@ -12,7 +12,7 @@ limits; nothing else builds any of them.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -82,11 +82,13 @@ def compose(
     moderators: Optional[Sequence[Any]] = None,
     portal: Optional[Any] = None,
     cluster: bool = True,
+    durable: Optional[Any] = None,
 ) -> Server:
     """
     Everything a chatd process serves.  ``moderators`` and ``portal`` are
     made already by ``twistd chatd`` (which reports their errors at
-    start-up), else here; with ``settings.redis`` (and ``cluster``), the
+    start-up), else here; ``durable`` is the store of lasting rooms (None:
+    none last), which ``twistd chatd`` opens before it listens; with ``settings.redis`` (and ``cluster``), the
     chat is a cluster node's, whose shards the service starts.
     """
     metrics = metrics if metrics is not None else Metrics()
@@ -101,6 +103,8 @@ def compose(
         on_sink_error=_sink_error,
         events=events,
         limits=limits_of(settings),
+        durable=durable,
+        persistent_rooms=settings.persistent_rooms,
     )
     flusher = Flusher(clock)
     chat: Chat = LocalChat(
@@ -155,3 +159,28 @@ def cluster_chat(
         flusher=flusher,
     )
     return shards, chat
+
+
+def log_in_store(settings: Settings) -> bool:
+    """Whether the message log is kept in the store's database."""
+    return settings.message_log is not None and settings.message_log == settings.store
+
+
+def open_store(settings: Settings, reactor: Any, counted: Callable[[str, int], None]) -> Optional[Any]:
+    """The durable store the settings name (a
+    :class:`~chatd.storage.durable.Durable`, not yet opened), or None for
+    ``memory``."""
+    target = settings.store or "memory"
+    options: dict[str, Any] = {
+        "counted": counted, "keep_days": settings.history_keep,
+        "log_keep_days": settings.message_log_keep if log_in_store(settings) else None,
+    }
+    if target.startswith("sqlite:"):
+        from chatd.storage.sqlite import open_sqlite
+
+        return open_sqlite(target.partition(":")[2], reactor, **options)
+    if target.startswith(("postgresql://", "postgres://")):
+        from chatd.storage.postgres import open_postgresql
+
+        return open_postgresql(target, reactor, **options)
+    return None

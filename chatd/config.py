@@ -10,6 +10,8 @@ it came from, so ``twistd chatd`` can stop before anything listens.
 
 from __future__ import annotations
 
+import dataclasses
+
 import ipaddress
 import math
 import tomllib
@@ -176,6 +178,41 @@ def moderators(value: Any, is_text: bool) -> tuple[str, ...]:
     return tuple(items)
 
 
+def declared_rooms(value: Any, is_text: bool) -> tuple[tuple[str, bool, Optional[str]], ...]:
+    """Rooms the operator declares: ``NAME[:private][:owner=USER]`` on the
+    command line, or tables ``{name = "...", private = true, owner = "..."}``
+    (or those strings) in the config file."""
+    items = [value] if is_text else value
+    if not isinstance(items, list):
+        raise ValueError(f"must be a list of rooms like {{name = \"Team\", owner = \"alice\"}}, not {_toml_type(value)}")
+    rooms = []
+    for item in items:
+        name: Any
+        if isinstance(item, str):
+            name, *flags = item.split(":")
+            private, owner = "private" in flags, None
+            for flag in flags:
+                if flag.startswith("owner="):
+                    owner = flag.removeprefix("owner=")
+                elif flag != "private":
+                    raise ValueError(f"must be NAME[:private][:owner=USER], not {item!r}")
+        elif isinstance(item, dict) and set(item) <= {"name", "private", "owner"}:
+            name, private, owner = item.get("name"), item.get("private", False), item.get("owner")
+            if not isinstance(private, bool) or not (owner is None or isinstance(owner, str)):
+                raise ValueError("room: 'private' must be true or false, 'owner' a user name")
+        else:
+            raise ValueError(f"must be rooms like {{name = \"Team\", private = true, owner = \"alice\"}}, not {item!r}")
+        if not isinstance(name, str) or not name.strip() or len(name) > 100 or not name.isprintable():
+            raise ValueError(f"room name must be 1 to 100 printable characters, not {name!r}")
+        if owner == "":
+            raise ValueError(f"room {name!r}: owner must be a user name")
+        rooms.append((name, private, owner))
+    names = [room[0] for room in rooms]
+    if len(set(names)) != len(names):
+        raise ValueError("declares a room name twice")
+    return tuple(rooms)
+
+
 def sqlite_path(target: str) -> str:
     """The path of a ``sqlite:PATH`` message log; ValueError for anything else."""
     kind, sep, path = target.partition(":")
@@ -188,6 +225,18 @@ def message_log(value: Any, is_text: bool) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be sqlite:PATH, not {_toml_type(value)}")
     sqlite_path(value)
+    return value
+
+
+def store(value: Any, is_text: bool) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be memory, sqlite:PATH or postgresql://..., not {_toml_type(value)}")
+    if value == "memory" or value.startswith(("postgresql://", "postgres://")):
+        return value
+    try:
+        sqlite_path(value)
+    except ValueError:
+        raise ValueError(f"must be memory, sqlite:PATH or postgresql://USER@HOST:PORT/DB, not {value!r}") from None
     return value
 
 
@@ -316,6 +365,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("guests", "guests", choice("allow", "deny"),
            "Whether clients that have not authenticated may do anything but 'auth' "
            "(deny needs --auth)."),
+    Option("store", "store", store,
+           "Keep persistent rooms, memberships, read markers and their history here: memory "
+           "(nothing lasts), sqlite:PATH (one process) or postgresql://USER@HOST:PORT/DB. "
+           "Default: sqlite:chatd.db in the working directory, or memory with --redis."),
+    Option("persistent-rooms", "persistent_rooms", choice("users", "anyone"),
+           "Who may create persistent rooms: users (signed in) or anyone (guests too)."),
+    Option("room", "rooms", declared_rooms,
+           "A persistent room to create on first start and keep: NAME[:private][:owner=USER] "
+           "(in the config file, tables like {name = \"Team\", private = true, owner = \"alice\"}). "
+           "Repeatable. Needs a store.", kind="list"),
+    Option("history-keep", "history_keep", days,
+           "Days persistent rooms keep their messages; older ones are deleted in the "
+           "background (default: all are kept)."),
     Option("message-log", "message_log", message_log,
            "Keep every broadcast message in this SQLite database: "
            "sqlite:/var/lib/chatd/messages.db (off unless given)."),
@@ -389,6 +451,7 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Rooms and messages", (
         "history-size", "history-bytes", "history-memory", "moderator", "moderation-failure",
         "moderation-timeout", "message-log", "message-log-keep")),
+    ("Rooms that last", ("store", "persistent-rooms", "room", "history-keep")),
     ("Cluster", ("redis", "redis-lease", "redis-timeout")),
     ("Logs and shutdown", ("log-format", "log-messages", "shutdown-timeout")),
 )
@@ -426,9 +489,42 @@ def load(command_line: Mapping[str, Any], config_path: Optional[str] = None) -> 
             f"--workers {settings.workers} needs --redis: workers share their rooms through Redis")
     if settings.message_log_keep is not None and settings.message_log is None:
         raise ConfigError("--message-log-keep needs --message-log")
+    settings = _with_store(settings)
     if settings.guests == "deny" and settings.auth is None:
         raise ConfigError("--guests deny needs --auth: nobody could authenticate")
     return settings
+
+
+def _with_store(settings: Settings) -> Settings:
+    """The store the settings name, or the default: the message log's
+    database (the log becomes a part of the store), else sqlite:chatd.db;
+    memory with --redis.  One database per job: a store in SQLite is one
+    process's, and the message log, if on, is in it."""
+    chosen = settings.store
+    if chosen is None:
+        chosen = "memory" if settings.redis else settings.message_log or DEFAULT_STORE
+    if chosen.startswith("sqlite:"):
+        if settings.redis:
+            raise ConfigError(
+                "--store sqlite: is one process's; a cluster (--redis) keeps its rooms in "
+                "--store postgresql://... (or memory)")
+        if settings.message_log is not None and settings.message_log != chosen:
+            raise ConfigError(
+                f"--message-log {settings.message_log} is not the store ({chosen}): the message "
+                "log is kept in the store's database; leave it out or name the same one")
+    elif chosen != "memory" and settings.redis:
+        raise ConfigError(
+            "--store postgresql:// with --redis is not supported yet: a cluster keeps its rooms "
+            "in Redis only (--store memory)")
+    if settings.rooms and chosen == "memory":
+        raise ConfigError("--room needs a store (--store sqlite:PATH or postgresql://...)")
+    if settings.history_keep is not None and chosen == "memory":
+        raise ConfigError("--history-keep needs a store (--store sqlite:PATH or postgresql://...)")
+    return dataclasses.replace(settings, store=chosen)
+
+
+#: The store of ``twistd chatd`` without --store or --redis.
+DEFAULT_STORE = "sqlite:chatd.db"
 
 
 def _checked(option: Option, value: Any, is_text: bool, source: str) -> Any:

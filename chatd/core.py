@@ -15,6 +15,7 @@ from chatd.codec import (
     Block,
     Command,
     Create,
+    Delete,
     Events,
     History,
     Join,
@@ -24,22 +25,23 @@ from chatd.codec import (
     Members,
     Message,
     Nick,
+    Read,
+    Rooms,
 )
 from chatd.errors import (
-    ChatError,
-    NoRecipient,
     NotInRoom,
     RoomNotFound,
 )
 from chatd.rooms import rules
+from chatd.delivery.direct import DirectMessages
 from chatd.delivery.handout import HandOut
 from chatd.rooms.events import CoreEvents
+from chatd.rooms.lasting import Lasting, MaybeLater
 from chatd.rooms.history import HistoryStore, MemoryHistory
 from chatd.rooms.rules import RoomView
 from chatd.rooms.store import Become, Change, Done, Enter, Rename, decide, settled
 from chatd.rooms.metering import Metered
 from chatd.rooms.rules import (
-    MAX_LISTED,
     done_reply,
     join_refusal,
     nick_taken,
@@ -50,7 +52,6 @@ from chatd.rooms.state import (
     Limits,
     Room,
     Sink,
-    blocks,
     member_entry,
     random_id,
 )
@@ -69,7 +70,7 @@ def _identity(payload: bytes) -> Any:
     return payload
 
 
-class ChatCore(Metered, HandOut):
+class ChatCore(Metered, HandOut, Lasting, DirectMessages):
     """
     All clients and rooms of one chat server.
 
@@ -86,6 +87,9 @@ class ChatCore(Metered, HandOut):
     :param events: told about rooms and broadcasts.
     :param limits: rate limits and history size.
     :param history: where recent messages are kept (default: in memory).
+    :param durable: the store that keeps lasting rooms
+        (:class:`chatd.storage.durable.Durable`; None: none last).
+    :param persistent_rooms: who may create lasting rooms: "users" or "anyone".
     """
 
     def __init__(
@@ -97,6 +101,8 @@ class ChatCore(Metered, HandOut):
         events: Optional[CoreEvents] = None,
         limits: Limits = _DEFAULT_LIMITS,
         history: Optional[HistoryStore] = None,
+        durable: Optional[Any] = None,
+        persistent_rooms: str = "users",
     ) -> None:
         self._prepare = prepare
         self._join = join
@@ -113,6 +119,10 @@ class ChatCore(Metered, HandOut):
         self.users: dict[str, dict[str, Client]] = {}
         self.rooms: dict[str, Room] = {}
         self._room_seq = 0
+        self.durable = durable
+        self.persistent_rooms = persistent_rooms
+        self.memberships: dict[str, dict[str, int]] = {}  # lasting rooms: by user, by room, the last read
+        self.room_users: dict[str, set[str]] = {}
         # Between gather() and end_gathering(): broadcasts waiting to be fanned
         # out, by room: (room, [(sender, payload, message)]).
         self._gathered: Optional[dict[str, tuple[Room, list[tuple[Client, bytes, dict[str, Any]]]]]] = None
@@ -159,14 +169,22 @@ class ChatCore(Metered, HandOut):
 
     # -- commands ----------------------------------------------------------
 
-    def handle(self, client: Client, command: Command, now: float) -> dict[str, Any]:
-        """Carry out one command; return the reply for the client."""
+    def handle(self, client: Client, command: Command, now: float) -> MaybeLater:
+        """Carry out one command; return the reply for the client (a
+        Deferred of it when it waits for the durable store)."""
+        durable = self.durable
+        if durable is None:
+            return self._handle(client, command, now)
+        asked = durable.asked
+        return self.kept(self._handle(client, command, now), asked)
+
+    def _handle(self, client: Client, command: Command, now: float) -> MaybeLater:
         if isinstance(command, Message):
             return self.message(client, command.body, now)
         if isinstance(command, Join):
             return self.join(client, command.room_id, now, command.since)
         if isinstance(command, Create):
-            return self.create(client, command.name, now, command.private)
+            return self.create(client, command.name, now, command.private, command.persistent)
         if isinstance(command, Leave):
             return self.leave(client, now)
         if isinstance(command, ListRooms):
@@ -183,9 +201,19 @@ class ChatCore(Metered, HandOut):
             return self.set_events(client, command.on)
         if isinstance(command, Block):
             return self.block(client, command)
+        if isinstance(command, Rooms):
+            return self.rooms_of(client)
+        if isinstance(command, Read):
+            return self.read(client, command.room_id, command.message_id, now)
+        if isinstance(command, Delete):
+            return self.delete(client, command.room_id, now)
         raise TypeError(f"unknown command {command!r}")
 
-    def create(self, client: Client, name: str, now: float, private: bool = False) -> dict[str, Any]:
+    def create(
+        self, client: Client, name: str, now: float, private: bool = False, persistent: bool = False,
+    ) -> dict[str, Any]:
+        if persistent:
+            self.check_lasting_create(client)
         self.check_create_rate(client, now)
         self._leave_room(client, now)
         # The list's cursor: when the room was created, in tenths of a
@@ -196,22 +224,30 @@ class ChatCore(Metered, HandOut):
         room.private = private
         room.invited = set(rules.invited_at_creation(client, private)) or None
         self.rooms[room.room_id] = room
+        if persistent:
+            self.made_lasting(room, client)
         self._enter_room(client, room)
+        self.joined_lasting(client, room)
         self.events.room_created(room, client)
-        return codec.created(room.room_id, name, private)
+        return codec.created(room.room_id, name, private, persistent)
 
     def join(
         self, client: Client, room_id: str, now: float = 0.0, since: Optional[int] = None
-    ) -> dict[str, Any]:
+    ) -> MaybeLater:
         room = self.rooms.get(room_id)
         if room is not None and client.room is room:
             return self._joined(room, since)
-        return settled(decide(
+        reply: MaybeLater = settled(decide(
             self, room_id, client, lambda view: join_refusal(view, client),
             lambda view: Enter(since, rules.name_holders(view, client), now)))
+        return reply
 
-    def _joined(self, room: Room, since: Optional[int]) -> dict[str, Any]:
+    def _joined(self, room: Room, since: Optional[int]) -> MaybeLater:
         reply = codec.joined(room.room_id, room.name)
+        if since is not None and room.persistent and since < room.last_id:
+            later = self.recover_kept(room, since, reply)  # older than memory keeps
+            if later is not None:
+                return later
         if since is not None:
             # Everything after ``since`` is in history (kept when it was
             # published), and everything after this reply reaches the client
@@ -226,19 +262,23 @@ class ChatCore(Metered, HandOut):
     def leave(self, client: Client, now: float = 0.0) -> dict[str, Any]:
         if client.room is None:
             raise NotInRoom("Not in any room")
+        self.left_lasting(client, client.room)
         self._leave_room(client, now)
         return {"status": "success", "message": "Left room"}
 
-    def message(self, client: Client, body: Any, now: float) -> dict[str, Any]:
+    def message(self, client: Client, body: Any, now: float) -> MaybeLater:
         """Rate-limit, then publish: the sender's reply."""
         self.check_message_rate(client, now)
         return self.publish(client, body, now)
 
-    def publish(self, client: Client, body: Any, now: float) -> dict[str, Any]:
-        """Broadcast a message to the sender's room (no rate limit here)."""
+    def publish(self, client: Client, body: Any, now: float) -> MaybeLater:
+        """Broadcast a message to the sender's room (no rate limit here);
+        to a lasting room, once the store has it (the reply a Deferred)."""
         room = client.room
         if room is None:
             raise NotInRoom("You must join a room first")
+        if room.persistent:
+            return self.publish_kept(client, room, body, now)
         room.last_id += 1
         message = codec.broadcast(
             client.client_id, body, codec.timestamp(now), room.last_id, client.nick, client.user
@@ -318,7 +358,8 @@ class ChatCore(Metered, HandOut):
             if len(page) == limit:
                 more = True
                 break
-            page.append(codec.room_entry(room.room_id, room.name, len(room.members), room.created_at, room.private))
+            page.append(codec.room_entry(
+                room.room_id, room.name, len(room.members), room.created_at, room.private, room.persistent))
         reply: dict[str, Any] = {"status": "success", "rooms": page}
         if more:
             reply["next"] = str(self.rooms[page[-1]["room_id"]].seq)
@@ -326,12 +367,15 @@ class ChatCore(Metered, HandOut):
 
     def members(self, client: Client) -> dict[str, Any]:
         room = self._room_of(client)
-        return {
+        reply: dict[str, Any] = {
             "status": "success",
             "room_id": room.room_id,
             "members": [member_entry(m.client_id, m.nick, m.user, room.role(m.client_id))
                         for m in room.members.values()],
         }
+        if room.persistent:
+            reply["persistent"] = True
+        return reply
 
     def manage(self, client: Client, command: Manage, now: float) -> dict[str, Any]:
         """An owner's or a moderator's action in the client's room, decided by
@@ -354,13 +398,17 @@ class ChatCore(Metered, HandOut):
             room.invited = (room.invited or set()) | changes.invite
         if changes.uninvite and room.invited:
             room.invited.difference_update(changes.uninvite)
+        self.kept_lists(room, "banned", changes.ban, changes.unban)
+        self.kept_lists(room, "invited", changes.invite, changes.uninvite)
         for subject, kind in ((changes.op, "op"), (changes.deop, "deop")):
             if subject is not None:
-                moderators = room.moderators = room.moderators or set()
-                (moderators.add if kind == "op" else moderators.discard)(subject)
                 member = room.members[subject]
+                if not self.kept_role(room, member, kind == "op"):
+                    moderators = room.moderators = room.moderators or set()
+                    (moderators.add if kind == "op" else moderators.discard)(subject)
                 self.announce(room, kind, subject, member.nick, now, user=member.user, everyone=True)
         for member_id in changes.remove:
+            self.left_lasting(room.members[member_id], room)
             self._remove(room.members[member_id], room, client.client_id, command.reason, now)
         if changes.tell_invited is not None:
             self._tell_invited(room, client, changes.tell_invited, now)
@@ -391,32 +439,17 @@ class ChatCore(Metered, HandOut):
                            lambda view: Rename(nick, now)))
         return {"status": "success", "message": f"Nick set to '{nick}'", "nick": nick}
 
-    def recent(self, client: Client, limit: int, before: Optional[int]) -> dict[str, Any]:
+    def recent(self, client: Client, limit: int, before: Optional[int]) -> MaybeLater:
         room = self._room_of(client)
-        return {
-            "status": "success",
-            "room_id": room.room_id,
-            "messages": self.history.recent(room, limit, before),
-        }
+        kept = self.history.recent(room, limit, before)
+        found = self.older(room, kept, limit, before) if room.persistent else kept
+        if isinstance(found, list):
+            return {"status": "success", "room_id": room.room_id, "messages": found}
+        return found.addCallback(lambda messages: {
+            "status": "success", "room_id": room.room_id, "messages": messages})
 
     def replied(self, client: Client) -> None:
         """The adapter has sent a reply that came later (a cluster's); nothing here."""
-
-    def block(self, client: Client, command: Block) -> dict[str, Any]:
-        """No direct messages from a user or a client to this connection (or
-        again, for an unblock), at most MAX_LISTED of them."""
-        key, blocked = command.key, client.blocked
-        if command.on:
-            if blocked is None:
-                blocked = client.blocked = set()
-            if key not in blocked and len(blocked) >= MAX_LISTED:
-                raise ChatError(f"You block {MAX_LISTED} already; unblock someone first")
-            blocked.add(key)
-            return {"status": "success", "message": f"Blocked '{command.target}'"}
-        if blocked is None or key not in blocked:
-            raise ChatError(f"'{command.target}' is not blocked")
-        blocked.discard(key)
-        return {"status": "success", "message": f"Unblocked '{command.target}'"}
 
     def set_events(self, client: Client, on: bool) -> dict[str, Any]:
         client.events = on
@@ -440,28 +473,6 @@ class ChatCore(Metered, HandOut):
             member = room.members[holder]
             member.nick = None
             self.announce(room, "nick", member.client_id, None, now, user=member.user, everyone=True)
-
-    def recipients(self, to: str, sender: Client) -> Optional[list[Client]]:
-        """The connections a direct message to ``to`` (a client ID, else a
-        user name) reaches, the sender's own aside; None: nobody of that name."""
-        client = self.clients.get(to)
-        if client is not None:
-            return [client] if client is not sender else []
-        found = self.users.get(to)
-        return [c for c in found.values() if c is not sender] if found else None
-
-    def direct(self, client: Client, to: str, body: Any, now: float) -> dict[str, Any]:
-        """A direct message (no rate limit here): the sender's reply."""
-        recipients = self.recipients(to, client)
-        if recipients is None:
-            raise NoRecipient(to)
-        # Answered as sent, as messengers do, so that a block is not announced.
-        recipients = [r for r in recipients if not blocks(r, client.client_id, client.user)]
-        message = codec.direct(client.client_id, body, codec.timestamp(now), to, client.nick, client.user)
-        payload = codec.encode(message)
-        reached = len(recipients) - self._deliver(recipients, payload, now) if recipients else 0
-        self.events.direct_sent(client, message, reached, len(payload))
-        return codec.MESSAGE_SENT
 
     def set_user(self, client: Client, user: str) -> None:
         """``client`` is ``user`` (for direct messages by user name)."""
@@ -502,6 +513,8 @@ class ChatCore(Metered, HandOut):
             self.announce(room, "nick", client.client_id, nick, now, client, user)
 
     def _enter_room(self, client: Client, room: Room) -> None:
+        if room.persistent and room.owner_user is None and room.owner not in room.members:
+            room.owner = client.client_id  # an ownerless lasting room: its first member's, as a new room
         room.members[client.client_id] = client
         client.room = room
 
@@ -511,6 +524,9 @@ class ChatCore(Metered, HandOut):
             return
         client.room = None
         room.members.pop(client.client_id, None)
+        if not room.members and room.persistent:
+            room.moderators = None
+            return  # it lasts
         if not room.members:
             del self.rooms[room.room_id]
             self.history.drop(room)
@@ -519,7 +535,7 @@ class ChatCore(Metered, HandOut):
         self.announce(room, "leave", client.client_id, client.nick, now, client, client.user)
         if room.moderators:
             room.moderators.discard(client.client_id)
-        if room.owner == client.client_id:
+        if room.owner == client.client_id and room.owner_user is None:
             heir = successor(room.members, room.moderators)
             room.owner = heir.client_id
             self.announce(room, "owner", heir.client_id, heir.nick, now, user=heir.user, everyone=True)
@@ -546,6 +562,7 @@ class ChatCore(Metered, HandOut):
             self._enter_room(client, room)
             self.announce(room, "join", client.client_id, client.nick, now, client, client.user)
             self._lose_nicks(room, change.takes, now)
+            self.joined_lasting(client, room)
             return Done(self._joined(room, change.since))
         if isinstance(change, Rename):
             client.nick = change.nick
@@ -553,6 +570,7 @@ class ChatCore(Metered, HandOut):
         else:
             self.set_user(client, change.user)
             self._lose_nicks(room, change.takes, change.now)
+            self.joined_lasting(client, room)
         return Done(True)
 
     def announce(

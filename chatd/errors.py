@@ -133,6 +133,18 @@ class Unavailable(ChatError):
         super().__init__("Service temporarily unavailable")
 
 
+class StoreUnavailable(ChatError):
+    """
+    The durable store could not keep what the action changes (a database
+    outage, a full disk): nothing was acknowledged; the client may retry.
+    """
+
+    kind = "unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("Not stored: the store is unavailable; try again later")
+
+
 class SinkGone(Exception):
     """
     Raised by a sink's ``deliver`` when the connection behind it has already

@@ -27,33 +27,11 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from chatd.codec import timestamp
+from chatd.storage.schema import SQLITE, SchemaError, migrate_sqlite
 
-#: Schema migrations, in order; the database's user_version is how many ran.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE messages (
-        seq        INTEGER PRIMARY KEY,  -- order of broadcast
-        room_id    TEXT NOT NULL,
-        room_name  TEXT NOT NULL,
-        message_id INTEGER NOT NULL,     -- the per-room "id" of the broadcast
-        client_id  TEXT NOT NULL,
-        nick       TEXT,
-        body       TEXT NOT NULL,        -- the body, as JSON
-        timestamp  TEXT NOT NULL
-    );
-    CREATE INDEX messages_by_room ON messages (room_id, message_id);
-    """,
-    # Direct messages: no room (room_id and room_name ""; message_id 0), to
-    # whom the sender addressed them.
-    """
-    ALTER TABLE messages ADD COLUMN direct INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE messages ADD COLUMN recipient TEXT;
-    """,
-    # Retention (--message-log-keep) deletes by age; queries by time too.
-    """
-    CREATE INDEX messages_by_time ON messages (timestamp);
-    """,
-)
+#: The log's schema is the durable store's (a log's database can become a
+#: store's, and the other way round).
+MIGRATIONS = SQLITE
 
 _INSERT = (
     "INSERT INTO messages (room_id, room_name, message_id, client_id, nick, body, timestamp, direct, recipient)"
@@ -69,18 +47,10 @@ class MessageLogError(Exception):
 
 def migrate(connection: sqlite3.Connection) -> int:
     """Bring the schema up to date; the version it is now at."""
-    (version,) = connection.execute("PRAGMA user_version").fetchone()
-    if version > len(MIGRATIONS):
-        raise MessageLogError(
-            f"the database has schema version {version}, newer than this chatd knows "
-            f"({len(MIGRATIONS)})"
-        )
-    for number in range(version, len(MIGRATIONS)):
-        with connection:
-            connection.executescript(
-                f"BEGIN; {MIGRATIONS[number]} PRAGMA user_version = {number + 1}; COMMIT;"
-            )
-    return len(MIGRATIONS)
+    try:
+        return migrate_sqlite(connection)
+    except SchemaError as e:
+        raise MessageLogError(str(e)) from None
 
 
 def _configure(connection: sqlite3.Connection) -> None:

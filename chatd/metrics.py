@@ -106,6 +106,12 @@ class Metrics:
         self.message_log = Counter(
             "chatd_message_log_rows", "Messages the message log wrote, failed to write, dropped or pruned (past --message-log-keep).",
             ["outcome"], registry=r)
+        self.store_rows = Counter(
+            "chatd_store_rows", "Rows the durable store wrote, failed to write, refused (too much waiting), "
+            "dropped (message log) or pruned.", ["outcome"], registry=r)
+        self.store_available = Gauge(
+            "chatd_store_available", "1 while the durable store writes (or there is none), else 0.",
+            registry=r)
         self.fanout_seconds = Histogram(
             "chatd_fanout_seconds",
             "Time to encode and fan out one broadcast (several from one read: together).",

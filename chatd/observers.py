@@ -69,8 +69,9 @@ class Observers(CoreEvents):
         metrics.messages_received.inc()
         if recipients:
             self.delivered(recipients, size * recipients)
-        if self._message_log is not None:
-            self._message_log.record(room.room_id, room.name, message)
+        log = self._message_log
+        if log is not None and not (room.persistent and getattr(log, "keeps_rooms", False)):
+            log.record(room.room_id, room.name, message)  # a lasting room's is in the store already
         if self._log_messages:
             self._log.info(
                 "{client_id} in {room_id}: {body!r}",

@@ -139,20 +139,37 @@ def joined(room_id: str, name: str) -> dict[str, Any]:
     return {"status": "success", "message": f"Joined room '{name}'", "room_id": room_id}
 
 
-def created(room_id: str, name: str, private: bool) -> dict[str, Any]:
-    """The seed's reply to "create", and "private" for a private room."""
+def created(room_id: str, name: str, private: bool, persistent: bool = False) -> dict[str, Any]:
+    """The seed's reply to "create", and "private" for a private room,
+    "persistent" for a lasting one."""
     reply: dict[str, Any] = {"status": "success", "room_id": room_id, "message": f"Room '{name}' created"}
     if private:
         reply["private"] = True
+    if persistent:
+        reply["persistent"] = True
     return reply
 
 
-def room_entry(room_id: str, name: str, members: int, created_at: str, private: bool) -> dict[str, Any]:
-    """One room of a "list" reply; "private" only where it is."""
+def room_entry(
+    room_id: str, name: str, members: int, created_at: str, private: bool, persistent: bool = False,
+) -> dict[str, Any]:
+    """One room of a "list" reply; "private" and "persistent" only where it is."""
     entry: dict[str, Any] = {"room_id": room_id, "name": name, "members": members, "created_at": created_at}
     if private:
         entry["private"] = True
+    if persistent:
+        entry["persistent"] = True
     return entry
+
+
+def deleted(room_id: str) -> dict[str, Any]:
+    """What every member of a lasting room its owner deletes receives."""
+    return {"event": "deleted", "room_id": room_id}
+
+
+def read_up_to(room_id: str, message_id: int) -> dict[str, Any]:
+    """What a user's other connections receive when one moves the read marker."""
+    return {"event": "read", "room_id": room_id, "id": message_id}
 
 
 def kick(room_id: str, by: str, reason: str) -> dict[str, Any]:

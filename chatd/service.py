@@ -25,11 +25,12 @@ from chatd import __version__, fastpath
 from chatd.config import sqlite_path
 from chatd.listening import PROXY_PREFIX, WorkerSocketEndpoint, with_backlog
 from chatd.messagelog import MessageLogError, SQLiteLog
+from chatd.storage.sqlite import StoreError
 from chatd.metrics import Metrics, metrics_root
 from chatd.runtime import CollectorTuning, use_json_logs
 from chatd.settings import Settings
 from chatd.systemd import Notifier
-from chatd.compose import compose
+from chatd.compose import compose, log_in_store, open_store
 from chatd.ws import ChatFactory
 
 
@@ -123,14 +124,23 @@ class ChatService(MultiService):
         self.notifier = notifier if notifier is not None else Notifier()
         self.ready = False
         self.metrics = Metrics()
-        self.message_log: Optional[SQLiteLog] = None
-        if settings.message_log is not None:
+        # The durable store (None: --store memory), opened before listening.
+        self.durable = open_store(
+            settings, reactor, counted=lambda outcome, rows: self.metrics.store_rows.labels(outcome).inc(rows))
+        self.metrics.store_available.set_function(
+            lambda: 1.0 if self.durable is None or self.durable.problem is None else 0.0)
+        self.message_log: Optional[Any] = None
+        if log_in_store(settings):
+            self.message_log = self.durable  # one database, one writer
+        elif settings.message_log is not None:
             # Opened in privilegedStartService, before anything listens.
             self.message_log = SQLiteLog(
                 sqlite_path(settings.message_log), reactor, keep_days=settings.message_log_keep,
                 counted=lambda outcome, rows: self.metrics.message_log.labels(outcome).inc(rows),
             )
-        server = compose(settings, reactor, reactor, self.metrics, self.message_log, moderators, portal)
+        server = compose(settings, reactor, reactor, self.metrics, self.message_log, moderators, portal,
+                         durable=self.durable)
+        self.core = server.core
         self.factory = ChatFactory(settings, clock=reactor, reactor=reactor, server=server)
         # A cluster node's Redis shards, and its chat (None: one process).
         self.backplane: Optional[Any] = server.shards
@@ -181,6 +191,8 @@ class ChatService(MultiService):
             return "draining" if self.draining else "starting"
         if self.backplane is not None and not self.backplane.partly_available:
             return "; ".join(self.backplane.problems()) or "not in step with Redis"
+        if self.durable is not None and self.durable.problem is not None:
+            return self.durable.problem
         return None
 
     def setServiceParent(self, parent: Any) -> None:
@@ -189,7 +201,18 @@ class ChatService(MultiService):
             use_json_logs(parent, self._reactor)
 
     def privilegedStartService(self) -> None:
-        if self.message_log is not None:
+        if self.durable is not None:
+            # Before listening: a store that cannot be opened stops start-up.
+            try:
+                snapshot = self.durable.open()
+            except StoreError as e:
+                self._cannot_start(f"chatd: the store: {e}")
+            self.core.load(snapshot)
+            self.core.declare(self.settings.rooms, snapshot, self._reactor.seconds())
+            self._log.info("Keeping persistent rooms in {store} ({rooms} rooms)", store=self.durable.name,
+                           rooms=sum(1 for room in self.core.rooms.values() if room.persistent),
+                           event="store_opened")
+        if self.message_log is not None and self.message_log is not self.durable:
             # Before listening: a log that cannot be opened stops start-up.
             try:
                 self.message_log.open()
@@ -248,8 +271,10 @@ class ChatService(MultiService):
         for timer in (self._watchdog, self._orphan_watch):
             if timer is not None and timer.running:
                 timer.stop()
-        if self.message_log is not None:
+        if self.message_log is not None and self.message_log is not self.durable:
             await self.message_log.close()  # everything broadcast is written
+        if self.durable is not None:
+            await self.durable.close()  # everything asked for is written
         if self.metrics_listener is not None:
             await self.metrics_listener.stopService()
         self.collector.stop()

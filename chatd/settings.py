@@ -84,6 +84,16 @@ class Settings:
     auth: Optional[str] = None
     #: Whether clients that have not authenticated may chat: "allow" or "deny".
     guests: str = "allow"
+    #: Where lasting rooms are kept: "memory" (none last), "sqlite:PATH" or
+    #: "postgresql://..." (None: memory; ``twistd chatd`` defaults to
+    #: sqlite:chatd.db without --redis).
+    store: Optional[str] = None
+    #: Who may create lasting rooms: "users" (signed in) or "anyone".
+    persistent_rooms: str = "users"
+    #: Lasting rooms the operator declares: (name, private, owner user).
+    rooms: tuple[tuple[str, bool, Optional[str]], ...] = ()
+    #: Days lasting rooms keep their messages (None: forever).
+    history_keep: Optional[float] = None
     #: Where every broadcast message is kept: "sqlite:PATH" (None: nowhere).
     message_log: Optional[str] = None
     #: Days the message log keeps messages (None: forever).

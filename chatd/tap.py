@@ -140,6 +140,11 @@ class Options(usage.Options):
 
     opt_moderator.__doc__ = config.BY_NAME["moderator"].help
 
+    def opt_room(self, spec: str) -> None:
+        self["room"].append(spec)
+
+    opt_room.__doc__ = config.BY_NAME["room"].help
+
     def postOptions(self) -> None:
         given: dict[str, Any] = {}
         for option in config.OPTIONS:

@@ -57,8 +57,8 @@ async def daemon_factory() -> AsyncIterator[Callable[..., DaemonProcess]]:
     """
     started: list[DaemonProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> DaemonProcess:
-        process = spawn_chatd(*args, env=env)
+    def start(*args: str, env: dict[str, str] | None = None, cwd: str | None = None) -> DaemonProcess:
+        process = spawn_chatd(*args, env=env, cwd=cwd)
         started.append(process)
         return process
 
@@ -204,3 +204,29 @@ def secret_file(tmp_path: Path) -> Path:
     path = tmp_path / "jwt.key"
     path.write_bytes(SECRET)
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One throwaway PostgreSQL server for the session (each test takes a
+    database of its own); skips without Debian's postgresql (fails in CI)."""
+    from tests.support.postgres import REQUIRE, PostgresServer, postgres_bin
+
+    bindir = postgres_bin()
+    if bindir is None:
+        reason = "PostgreSQL is not installed (apt-get install -y postgresql)"
+        if os.environ.get(REQUIRE) == "1":
+            pytest.fail(f"{REQUIRE}=1 but {reason}")
+        pytest.skip(reason)
+    server = PostgresServer(bindir).start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: Any, tmp_path: Path) -> str:
+    """A fresh durable store, for --store: an SQLite file, or a database of
+    a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:{tmp_path}/chatd.db"
+    return str(request.getfixturevalue("postgres_server").new_database())

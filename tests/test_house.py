@@ -29,7 +29,7 @@ PURE = {
     "chatd.core", "chatd.config", "chatd.backplane.address", "chatd.admission", "chatd.names",
     "chatd.rooms", "chatd.rooms.state", "chatd.rooms.history", "chatd.rooms.rules", "chatd.backplane.lines",
     "chatd.backplane.facts", "chatd.rooms.events", "chatd.rooms.metering", "chatd.delivery.handout",
-    "chatd.delivery.local", "chatd.replies", "chatd.rooms.store",
+    "chatd.delivery.local", "chatd.replies", "chatd.rooms.store", "chatd.rooms.lasting", "chatd.storage.schema", "chatd.delivery.direct",
 }
 
 #: One client's conversation and the chat it talks to: Twisted, never Autobahn.

@@ -165,7 +165,7 @@ async def test_an_unopenable_message_log_stops_startup(tmp_path: Path, daemon_fa
     chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1",
                         "--message-log", f"sqlite:{tmp_path}/missing/dir/m.db")
     assert await chatd.wait_exit() != 0
-    assert b"chatd: --message-log: cannot open" in chatd.output
+    assert b"chatd: the store: cannot open" in chatd.output
     assert b"starting on" not in chatd.output
 
 

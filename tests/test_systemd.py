@@ -8,6 +8,7 @@ CHATD_REQUIRE_SYSTEMD=1 (set by CI) makes that a failure.
 from __future__ import annotations
 
 import os
+import tempfile
 import shutil
 import socket
 import subprocess
@@ -89,7 +90,7 @@ def socket_activated(address: str, domain: str, notify: NotifySocket, *args: str
         "-E", f"NOTIFY_SOCKET={notify.path}", "-E", "WATCHDOG_USEC=2000000", "-E", "PYTHONUNBUFFERED=1",
         twistd, "-n", "--pidfile=", "chatd", "--listen", f"systemd:domain={domain}:name=chatd", *args,
     ]
-    reactor.spawnProcess(process, activate, argv, env=dict(os.environ))
+    reactor.spawnProcess(process, activate, argv, env=dict(os.environ), path=tempfile.mkdtemp(prefix="chatd-"))
     return process, int(address.rsplit(":", 1)[-1])
 
 

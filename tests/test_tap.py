@@ -38,7 +38,8 @@ def parse_error(*argv: str, capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_defaults() -> None:
-    assert asdict(parse()) == asdict(Settings())
+    # twistd chatd keeps persistent rooms in ./chatd.db (memory with --redis).
+    assert asdict(parse()) == asdict(Settings(store="sqlite:chatd.db"))
     assert Settings().listen == ("tcp:8765:interface=127.0.0.1",)
 
 
@@ -83,6 +84,7 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         "--auth", f"jwt:key={secret}:leeway=5",
         "--guests", "deny",
         "--message-log", "sqlite:/var/lib/chatd/messages.db", "--message-log-keep", "90",
+        "--store", "memory", "--persistent-rooms", "anyone",
         "--history-memory", "1048576",
         "--redis", "redis://:s%40cret@redis.internal:6380/2",
         "--redis-lease", "20",
@@ -124,6 +126,10 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         "guests": "deny",
         "message_log": "sqlite:/var/lib/chatd/messages.db",
         "message_log_keep": 90.0,
+        "store": "memory",
+        "persistent_rooms": "anyone",
+        "history_keep": None,
+        "rooms": (),
         "history_memory": 1048576,
         "redis": ("redis://:s%40cret@redis.internal:6380/2",),
         "redis_lease": 20.0,
@@ -133,6 +139,21 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
     }
 
 
+def test_stores_and_declared_rooms(tmp_path: Path) -> None:
+    # Without --store: the message log's database is the store (the log a
+    # part of it); with --redis, memory.
+    assert parse("--message-log", "sqlite:/tmp/m.db").store == "sqlite:/tmp/m.db"
+    assert parse("--redis", "redis://127.0.0.1:6379/0").store == "memory"
+    assert parse("--store", "postgresql://chatd@127.0.0.1:5432/chatd").store == "postgresql://chatd@127.0.0.1:5432/chatd"
+    assert parse("--room", "Team:private:owner=alice", "--room", "Lobby").rooms == (
+        ("Team", True, "alice"), ("Lobby", False, None))
+    config = tmp_path / "chatd.toml"
+    config.write_text('room = [{name = "Team", private = true, owner = "alice"}, "Lobby"]\nhistory-keep = 30\n')
+    settings = parse("--config", str(config))
+    assert settings.rooms == (("Team", True, "alice"), ("Lobby", False, None))
+    assert settings.history_keep == 30.0
+
+
 def test_every_option_is_documented_in_the_example_config() -> None:
     # Each option stands in etc/chatd.toml as a key set to its default, or
     # commented out where the default is "off" (TOML has no null).
@@ -140,7 +161,7 @@ def test_every_option_is_documented_in_the_example_config() -> None:
     text = path.read_text()
     for option in config.OPTIONS:
         assert re.search(rf"^(# )?{option.name} = ", text, re.M), option.name
-    assert asdict(parse("--config", str(path))) == asdict(Settings())
+    assert asdict(parse("--config", str(path))) == asdict(Settings(store="sqlite:chatd.db"))
 
 
 @pytest.mark.parametrize(
@@ -168,6 +189,17 @@ def test_every_option_is_documented_in_the_example_config() -> None:
         (["--moderator", "banned-words:mode"], "--moderator 'banned-words:mode': options are key=value, not 'mode'"),
         (["--moderation-failure", "shrug"], "--moderation-failure must be one of reject, pass, not 'shrug'"),
         (["--message-log", "/tmp/x.db"], "--message-log must be sqlite:PATH, not '/tmp/x.db'"),
+        (["--store", "mysql://x"], "--store must be memory, sqlite:PATH or postgresql://USER@HOST:PORT/DB, not 'mysql://x'"),
+        (["--store", "sqlite:/tmp/x.db", "--redis", "redis://127.0.0.1:6379/0"],
+         "--store sqlite: is one process's; a cluster (--redis) keeps its rooms in --store postgresql://... (or memory)"),
+        (["--store", "sqlite:/tmp/x.db", "--message-log", "sqlite:/tmp/y.db"],
+         "--message-log sqlite:/tmp/y.db is not the store (sqlite:/tmp/x.db): the message log is kept in the "
+         "store's database; leave it out or name the same one"),
+        (["--store", "memory", "--room", "Team"], "--room needs a store (--store sqlite:PATH or postgresql://...)"),
+        (["--store", "memory", "--history-keep", "3"],
+         "--history-keep needs a store (--store sqlite:PATH or postgresql://...)"),
+        (["--room", "Team:public"], "--room must be NAME[:private][:owner=USER], not 'Team:public'"),
+        (["--persistent-rooms", "all"], "--persistent-rooms must be one of users, anyone, not 'all'"),
         (["--redis", "localhost:6379"], "--redis 'localhost:6379' must start with redis://, unix:// or sentinel://"),
         (["--redis", "redis://host/db1"], "--redis 'redis://host/db1': the database must be a number, not 'db1'"),
         (["--redis", "redis://:99999"], "--redis 'redis://:99999' is not a Redis URL: Port out of range 0-65535"),

@@ -234,21 +234,20 @@ def manage(
         return Changes(invite=frozenset(keys[:1]), tell_invited=command.target)  # a client, or a user
     if action in ("op", "deop"):
         assert target_id is not None
-        if target_id == room.owner:
+        if room.role(target_id) == "owner":
             raise refusal("isowner", command, room.name)
-        if action == "deop" and not (room.moderators and target_id in room.moderators):
+        if action == "deop" and room.role(target_id) != "moderator":
             raise refusal("notmod", command, room.name)
         return Changes(op=target_id) if action == "op" else Changes(deop=target_id)
     # kick, ban: who goes (a ban: every connection of a user it names).
     if action == "kick":
         assert target_id is not None
         removed = [target_id]
-        is_self, is_owner = target_id == actor.client_id, target_id == room.owner
+        is_self, is_owner = target_id == actor.client_id, room.role(target_id) == "owner"
     else:
         removed = [m.client_id for m in room.members.values() if listed(keys, names_of(m.client_id, m.user))]
-        owner = room.members.get(room.owner)
         is_self = listed(keys, names_of(actor.client_id, actor.user))
-        is_owner = listed(keys, names_of(room.owner, owner.user if owner is not None else None))
+        is_owner = listed(keys, room.owner_keys())
     if is_self:
         raise refusal("self", command, room.name)
     if is_owner:

@@ -127,6 +127,7 @@ class Room:
     __slots__ = (
         "room_id", "name", "created_at", "created_by", "members", "seq", "last_id",
         "owner", "private", "moderators", "invited", "banned",
+        "persistent", "owner_user", "moderator_users", "assigned",
     )
 
     def __init__(self, room_id: str, name: str, created_at: str, created_by: str, seq: int) -> None:
@@ -143,14 +144,44 @@ class Room:
         self.moderators: Optional[set[str]] = None
         self.invited: Optional[set[str]] = None
         self.banned: Optional[set[str]] = None
+        # A lasting room (chatd.rooms.lasting): kept by the durable store,
+        # its owner and moderators users rather than connections, and the
+        # id of its latest message handed out (``last_id`` is the latest
+        # stored and delivered).
+        self.persistent = False
+        self.owner_user: Optional[str] = None
+        self.moderator_users: Optional[set[str]] = None
+        self.assigned = 0
 
     def role(self, client_id: str) -> str:
         """"owner", "moderator" or "member"."""
+        if self.persistent:
+            member = self.members.get(client_id)
+            if member is not None and member.user is not None:
+                role = self.user_role(member.user)
+                if role != "member":
+                    return role
         if client_id == self.owner:
             return "owner"
         if self.moderators and client_id in self.moderators:
             return "moderator"
         return "member"
+
+    def user_role(self, user: str) -> str:
+        """A user's role in a lasting room: "owner", "moderator" or "member"."""
+        if user == self.owner_user:
+            return "owner"
+        if self.moderator_users and user in self.moderator_users:
+            return "moderator"
+        return "member"
+
+    def owner_keys(self) -> list[str]:
+        """The keys that name the room's owner on an invitation or ban list."""
+        if self.persistent:
+            return [f"u:{self.owner_user}"] + [
+                f"c:{m.client_id}" for m in self.members.values() if m.user == self.owner_user]
+        owner = self.members.get(self.owner)
+        return names_of(self.owner, owner.user if owner is not None else None)
 
     # What the rules read of a room (chatd.rooms.rules.RoomView).
 

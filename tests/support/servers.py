@@ -7,6 +7,7 @@ Every wait is on an event, bounded by a timeout that fails with a reason.
 from __future__ import annotations
 
 import os
+import tempfile
 import re
 import sys
 from typing import Any, Optional
@@ -93,6 +94,7 @@ class DaemonProcess(ProcessProtocol):
         self.ended: Deferred = Deferred()  # fires with the exit code
         self._watches: list[tuple[re.Pattern[bytes], Deferred]] = []
         self.pid: Optional[int] = None
+        self.cwd: Optional[str] = None  # where it runs
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid
@@ -149,12 +151,15 @@ class DaemonProcess(ProcessProtocol):
         raise RuntimeError(f"{field} not found for pid {self.pid}")
 
 
-def spawn_chatd(*args: str, env: Optional[dict[str, str]] = None) -> DaemonProcess:
+def spawn_chatd(*args: str, env: Optional[dict[str, str]] = None, cwd: Optional[str] = None) -> DaemonProcess:
+    """``twistd -n chatd ARGS`` in ``cwd`` (default: a new directory of its
+    own, where the default store, sqlite:chatd.db, is made)."""
     process = DaemonProcess()
     twistd = twistd_path()
     argv = [twistd, "-n", "--pidfile=", "chatd", *args]
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    reactor.spawnProcess(process, twistd, argv, env=env)
+    process.cwd = cwd if cwd is not None else tempfile.mkdtemp(prefix="chatd-")
+    reactor.spawnProcess(process, twistd, argv, env=env, path=process.cwd)
     return process
 
 
