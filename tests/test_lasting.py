@@ -14,6 +14,7 @@ from typing import Any
 import pytest_twisted
 
 from tests.support.clients import WSClient, connect
+from tests.support.raw import http_get
 from tests.support.tokens import token
 
 
@@ -260,3 +261,37 @@ async def test_declared_rooms_are_made_once_and_kept(daemon_factory: Any, store:
     assert (await bob.request({"action": "join", "body": {"room_id": lobby}}))["status"] == "success"
     # Lobby has no lasting owner: whoever is in it owns it.
     assert (await bob.request({"action": "members"}))["members"][0]["role"] == "owner"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_database_outage_is_reported_and_survived(
+        daemon_factory: Any, postgres_server: Any, secret_file: Path) -> None:
+    from tests.support.postgres import PostgresServer
+
+    database = PostgresServer(postgres_server.bindir).start()  # its own, to stop
+    try:
+        chatd = Daemon(daemon_factory, database.new_database(), secret_file,
+                       "--metrics", "tcp:0:interface=127.0.0.1")
+        port = await chatd.start()
+        metrics = int(await chatd.process.wait_metrics())
+        alice, _ = await signed_in(port, "alice")
+        await alice.request({"action": "create", "body": {"name": "Team", "persistent": True}})
+        await send(alice, "before")
+        database.stop()
+        assert await alice.request({"action": "message", "body": "during"}) == {
+            "status": "error", "message": "Not stored: the store is unavailable; try again later"}
+        status, body = await http_get(f"http://127.0.0.1:{metrics}/readyz")
+        assert status == 503 and body.startswith(b"not ready: the store cannot write"), body
+        _, text = await http_get(f"http://127.0.0.1:{metrics}/metrics")
+        assert b"chatd_store_available 0.0" in text
+        # Rooms that do not last go on as ever.
+        carol, _ = await guest(port)
+        assert (await carol.request({"action": "create", "body": "Lobby"}))["status"] == "success"
+        database.start()
+        await send(alice, "after")
+        assert await http_get(f"http://127.0.0.1:{metrics}/readyz") == (200, b"ready\n")
+        history = await alice.request({"action": "history"})
+        assert [m["body"] for m in history["messages"]] == ["before", "after"]
+        assert b"Could not write" in chatd.process.output and b"writes again" in chatd.process.output
+    finally:
+        database.remove()
