@@ -33,6 +33,9 @@ DEFAULT_URL = "ws://localhost:8765"
 HELP = """commands:
   /create NAME      make a room and move into it
   /private NAME     make a private room (seen by whoever you invite) and move into it
+  /persistent NAME  make a room that lasts (signed in): it keeps its members and history
+  /rooms            your persistent rooms, with unread counts, and the room you are in
+  /read             mark your room read up to its latest message
   /join ROOM        move into a room (its name from /list, or its ID)
   /leave            leave your room
   /list             the rooms
@@ -48,6 +51,7 @@ HELP = """commands:
   /ban WHO [WHY]    put out, and keep out, a client or a user
   /unban WHO        let them back
   /op ID, /deop ID  make a member a moderator, or not (the owner only)
+  /delete ROOM      remove a persistent room you own (its name or ID)
   /quit             leave chatd-client
   anything else     a message to your room (start it with // to send a leading /)"""
 
@@ -64,16 +68,22 @@ def command(line: str) -> Optional[dict[str, Any]]:
     rest = rest.strip()
     if name == "quit":
         return None
-    if name in ("leave", "list", "members"):
+    if name in ("leave", "list", "members", "rooms"):
         return {"action": name}
     if name in ("create", "nick"):
         if not rest:
             raise UsageError(f"/{name} needs a name")
         return {"action": name, "body": rest}
-    if name == "private":
+    if name in ("private", "persistent"):
         if not rest:
-            raise UsageError("/private needs a name")
-        return {"action": "create", "body": {"name": rest, "private": True}}
+            raise UsageError(f"/{name} needs a name")
+        return {"action": "create", "body": {"name": rest, name: True}}
+    if name == "delete":
+        if not rest:
+            raise UsageError("/delete needs a room's name or ID")
+        return {"action": "delete", "body": {"room_id": rest}}
+    if name == "read":
+        return {"action": "read", "body": {"room_id": "", "id": 0}}  # made whole by Session.resolved
     if name in ("invite", "kick", "ban", "unban", "op", "deop", "block", "unblock"):
         who, _, reason = rest.partition(" ")
         by_id = name in ("kick", "op", "deop")
@@ -195,7 +205,7 @@ class Session:
         if event.get("room_id") != self.room_id:
             return
         kind, subject = event.get("event"), event.get("client_id")
-        if kind == "kick":
+        if kind in ("kick", "deleted"):
             self.room_id, self.room_name, self.last_id = None, None, None  # out: not to be rejoined
             self.members = {}
         elif kind == "leave":
@@ -221,8 +231,10 @@ class Session:
             self.nick = message.get("nick")
         elif kind == "auth":
             self.user = message.get("user")
-        elif kind == "list":
-            self.rooms = [r for r in message.get("rooms", []) if isinstance(r, dict)]
+        elif kind in ("list", "rooms"):
+            found = [r for r in message.get("rooms", []) if isinstance(r, dict)]
+            ids = {r.get("room_id") for r in found}
+            self.rooms = found + [r for r in self.rooms if r.get("room_id") not in ids]
         elif kind == "members":
             self.members = {m["client_id"]: m.get("nick") for m in message.get("members", [])
                             if isinstance(m, dict) and isinstance(m.get("client_id"), str)}
@@ -232,7 +244,11 @@ class Session:
         takes: a room by its name in the last list, a person by nick in
         this room.  UsageError when a name is ambiguous."""
         action, body = obj.get("action"), obj.get("body")
-        if action == "join" and isinstance(body, dict):
+        if action == "read":
+            if self.room_id is None or not self.last_id:
+                raise UsageError("/read needs a room with messages")
+            return {"action": "read", "body": {"room_id": self.room_id, "id": self.last_id}}
+        if action in ("join", "delete") and isinstance(body, dict):
             wanted = str(body["room_id"])
             if not any(r.get("room_id") == wanted for r in self.rooms):
                 named = [r for r in self.rooms if str(r.get("name", "")).casefold() == wanted.casefold()]

@@ -59,6 +59,10 @@ def _describe(message: Any) -> str:
     if "event" in message:
         who = message.get("nick") or message.get("client_id")
         kind = message["event"]
+        if kind == "deleted":
+            return f"[{stamp}] * room {message.get('room_id')} was deleted by its owner"
+        if kind == "read":
+            return f"-- read up to {message.get('id')} in {message.get('room_id')} (elsewhere)"
         if kind == "kick":
             reason = message.get("reason")
             return (f"[{stamp}] * you were put out of room {message.get('room_id')} by {message.get('by')}"
@@ -74,10 +78,18 @@ def _describe(message: Any) -> str:
         return f"[{stamp}] * {text}"
     if message.get("status") == "error":
         return f"!! {message.get('message')}"
+    if "rooms" in message and all(isinstance(r, dict) and "unread" in r for r in message["rooms"] or []) \
+            and message["rooms"]:
+        return "-- your rooms:\n" + "\n".join(
+            f"   {r['room_id']}  {r['name']}"
+            + (f"  [{r['role']}]" if r.get("role") in ("owner", "moderator") else "")
+            + (f"  {r['unread']} unread" if r.get("unread") else "")
+            + ("" if r.get("persistent") else "  (ends with its last member)")
+            for r in message["rooms"])
     if "rooms" in message:
         rooms = message["rooms"] or []
-        lines = [f"   {r['room_id']}  {r['name']}  ({r['members']}{', private' if r.get('private') else ''})"
-                 for r in rooms]
+        lines = [f"   {r['room_id']}  {r['name']}  ({r.get('members', 0)}{', private' if r.get('private') else ''}"
+                 f"{', persistent' if r.get('persistent') else ''})" for r in rooms]
         return "-- rooms:\n" + "\n".join(lines) if lines else "-- no rooms"
     if "members" in message:
         return "-- members: " + ", ".join(

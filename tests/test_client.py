@@ -62,6 +62,25 @@ def test_room_commands() -> None:
             command(bad)
 
 
+def test_persistent_room_commands_and_lines() -> None:
+    assert command("/persistent Team") == {"action": "create", "body": {"name": "Team", "persistent": True}}
+    assert command("/rooms") == {"action": "rooms"}
+    assert command("/delete Team") == {"action": "delete", "body": {"room_id": "Team"}}
+    with pytest.raises(UsageError, match="needs a room's name or ID"):
+        command("/delete")
+    rooms = {"status": "success", "rooms": [
+        {"room_id": "r1", "name": "Team", "private": False, "persistent": True, "role": "owner",
+         "last_id": 9, "last_read": 4, "unread": 3},
+        {"room_id": "r2", "name": "Lobby", "private": False, "persistent": False, "role": "member",
+         "last_id": 2, "last_read": 2, "unread": 0}]}
+    assert describe(rooms) == ("-- your rooms:\n   r1  Team  [owner]  3 unread\n"
+                               "   r2  Lobby  (ends with its last member)")
+    assert describe({"event": "deleted", "room_id": "r1"}).endswith("* room r1 was deleted by its owner")
+    listed = {"status": "success", "rooms": [{"room_id": "r1", "name": "Team", "members": 0,
+                                              "created_at": "2026-11-26T07:00:00.000Z", "persistent": True}]}
+    assert describe(listed) == "-- rooms:\n   r1  Team  (0, persistent)"
+
+
 def test_room_events_read_as_lines() -> None:
     stamp = "2026-11-26T07:00:00.000Z"
     assert describe({"event": "kick", "room_id": "r1", "by": "ab12cd34", "reason": "spam"}).endswith(
@@ -224,6 +243,35 @@ async def test_a_token_from_chatd_token_signs_chatd_client_in(daemon_factory: An
     welcome = json.loads(client.output.splitlines()[0])
     assert welcome["user"] == "ada"
     assert token.encode() not in chatd.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_chatd_client_keeps_a_persistent_room_and_counts_unread(daemon_factory: Any, tmp_path: Any) -> None:
+    from tests.support.tokens import SECRET, token
+    from tests.test_lasting import signed_in
+
+    secret = tmp_path / "jwt.key"
+    secret.write_bytes(SECRET)
+    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--auth", f"jwt:key={secret}",
+                           "--store", f"sqlite:{tmp_path}/chatd.db")
+    port = await chatd.wait_listening()
+    alice, _ = await signed_in(port, "alice")
+    room = (await alice.request({"action": "create", "body": {"name": "Team", "persistent": True}}))["room_id"]
+    client = spawn(f"ws://127.0.0.1:{port}", False, None, "--token", token("bob"))
+    client.write(f"/join {room}\n/leave\n")
+    await client.wait_for(rb"Left room", "bob to leave")
+    bob, _ = await signed_in(port, "bob")
+    await bob.request({"action": "join", "body": {"room_id": room}})
+    for n in range(3):
+        await alice.request({"action": "message", "body": f"m{n}"})
+    await bob.close()
+    client.write("/rooms\n")
+    await client.wait_for(rb'"unread": 3', "the rooms reply")
+    client.transport.closeStdin()
+    assert await within(client.ended, "chatd-client to exit") == 0
+    rooms = [json.loads(line) for line in client.output.splitlines() if b'"rooms"' in line][-1]
+    assert rooms["rooms"] == [{"room_id": room, "name": "Team", "private": False, "persistent": True,
+                               "role": "member", "last_id": 3, "last_read": 0, "unread": 3}]
 
 
 @pytest.mark.parametrize("argv, message", [
