@@ -425,3 +425,75 @@ async def test_the_web_page_offers_sign_in_and_survives_an_expired_token(
     chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--auth", f"jwt:key={secret}")
     port = await chatd.wait_listening()
     await deferToThread(_expiring, browsers, port, tokens)
+
+
+def _persisting(browsers: Callable[[], Any], port: int, tokens: dict[str, str]) -> None:
+    from selenium.webdriver.common.by import By
+    from websockets.sync.client import connect
+
+    url = f"http://127.0.0.1:{port}/"
+    alice = Page(browsers(), f"{url}#token={tokens['alice']}", "alice")
+    alice.until(lambda: alice.text("status") == "Connected as alice", "to be signed in")
+    alice.el("persistent").click()
+    alice.submit("room-name", "team")
+    alice.until(lambda: "team" in alice.text("room-title"), "to be in the room")
+    room_id = alice.text("room-title").split("(")[-1].rstrip(")")
+    alice.until(lambda: "team" in alice.text("my-rooms"), "for the room among hers")
+    with connect(f"ws://127.0.0.1:{port}", open_timeout=WAIT) as bob:
+        def request(obj: dict[str, Any]) -> dict[str, Any]:
+            bob.send(json.dumps(obj))
+            while True:
+                message = json.loads(bob.recv(timeout=WAIT))
+                if "status" in message:
+                    return message
+
+        bob.recv(timeout=WAIT)
+        request({"action": "auth", "body": {"token": tokens["bob"]}})
+        request({"action": "join", "body": {"room_id": room_id}})
+        for n in range(1, 81):
+            assert request({"action": "message", "body": f"old {n}"})["message"] == "Message sent"
+        # Alice reads as they come (the page is in view, at the bottom).
+        alice.until(lambda: any("old 80" in m for m in alice.messages()), "for the messages")
+        # Elsewhere, she has 3 unread in team.
+        alice.el("private").click() if alice.el("private").is_selected() else None
+        alice.el("persistent").click()
+        alice.submit("room-name", "elsewhere")
+        alice.until(lambda: "elsewhere" in alice.text("room-title"), "to be elsewhere")
+        for n in range(1, 4):
+            request({"action": "message", "body": f"new {n}"})
+    alice.el("refresh").click()
+    alice.until(lambda: alice.el("my-rooms").find_elements(By.CSS_SELECTOR, ".unread")
+                and alice.el("my-rooms").find_element(By.CSS_SELECTOR, ".unread").text == "3", "for 3 unread")
+    alice.shot("web-persistent-rooms", docs=True)
+    # Back in team: the latest page, then older ones as she scrolls up, to the first.
+    alice.el("my-rooms").find_element(By.CSS_SELECTOR, f'li[data-room="{room_id}"] button').click()
+    alice.until(lambda: any("new 3" in m for m in alice.messages()), "for the new messages")
+    alice.until(lambda: not alice.el("my-rooms").find_elements(By.CSS_SELECTOR, ".unread"), "for no unread")
+    for _ in range(5):
+        alice.driver.execute_script("document.getElementById('messages').scrollTop = 0")
+        if any(m.endswith("old 1") for m in alice.messages()):
+            break
+        alice.until(lambda: len(alice.messages()) > 50, "for older messages")
+    alice.until(lambda: any(m.endswith("old 1") for m in alice.messages()), "for the first message")
+    said = [m for m in alice.messages() if "old " in m or "new " in m]
+    assert [m.rsplit("old ", 1)[-1] for m in said[:3]] == ["1", "2", "3"] and said[-1].endswith("new 3"), said
+    assert len(said) == 83, said  # each once
+    # Her owner's button deletes it, once confirmed.
+    alice.el("delete").click()
+    alice.driver.switch_to.alert.accept()
+    alice.until(lambda: any("Deleted room 'team'" in m for m in alice.messages()), "for the deletion")
+    alice.until(lambda: alice.el("my-rooms-pane").get_attribute("hidden") is not None, "for no rooms of hers")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_web_page_keeps_persistent_rooms_unread_counts_and_all_history(
+        browsers: Any, daemon_factory: Any, tmp_path: Path) -> None:
+    import jwt
+
+    secret = tmp_path / "jwt.key"
+    secret.write_bytes(b"a shared secret of the test, long enough for HS256")
+    tokens = {user: jwt.encode({"sub": user}, secret.read_bytes(), algorithm="HS256") for user in ("alice", "bob")}
+    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--auth", f"jwt:key={secret}",
+                           "--store", f"sqlite:{tmp_path}/chatd.db", "--rate-messages", "0", "--history-size", "20")
+    port = await chatd.wait_listening()
+    await deferToThread(_persisting, browsers, port, tokens)

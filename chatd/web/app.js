@@ -16,6 +16,11 @@ const state = {
   signInWhy: null,      // why the sign-in form is shown (the server's words), if it is
   lastId: null,         // the id of the last message shown in the room: a rejoin asks for what came after
   myIds: new Set(),     // this page's client IDs, this connection's and earlier ones
+  persistent: false,    // the room lasts: it keeps read markers and all its history
+  oldestId: null,       // the id of the oldest message shown: scrolling up loads those before it
+  loadingOlder: false,
+  readSent: 0,          // the read marker this page last moved to, in this room
+  readTimer: null,
 };
 
 // The token leaves the address bar once read: it would be bookmarked, shared
@@ -71,13 +76,15 @@ function ask(kind, body) {
   send(kind, body);
 }
 
-function send(kind, body) {
+// ``as``: what the reply is taken for, when not the action's own (a page of
+// older history is not the room's first page).
+function send(kind, body, as) {
   if (!state.ws || state.ws.readyState !== WebSocket.OPEN) {
     showError("Not connected: wait for the reconnection");
     return;
   }
   const command = body === undefined ? { action: kind } : { action: kind, body: body };
-  state.pending.push(kind);
+  state.pending.push(as || kind);
   state.ws.send(JSON.stringify(command));
 }
 
@@ -119,7 +126,13 @@ function welcomed() {
     if (state.lastId !== null) body.since = state.lastId;
     send("join", body);
   }
+  refreshLists();
+}
+
+// The rooms, and a signed-in user's own rooms with their unread counts.
+function refreshLists() {
   send("list");
+  if (state.user) send("rooms");
 }
 
 function showIdentity() {
@@ -160,13 +173,23 @@ function reply(kind, message) {
         break;
       }
       enterRoom(message.room_id, kind === "create" ? $("room-name").value.trim() || null : null, message.message,
-                message.private === true);
+                message.private === true, message.persistent === true);
+      break;
+    case "rooms":
+      showMyRooms(message.rooms || []);
+      break;
+    case "older":
+      showOlder(message.messages || []);
+      break;
+    case "delete":
+      addLine(message.message, "event", new Date().toISOString());
+      refreshLists();
       break;
     case "leave":
       state.wantRoom = null;
       state.lastId = null;
       inRoom(null, null);
-      send("list");
+      refreshLists();
       break;
     case "list":
       showRooms(message.rooms || []);
@@ -188,6 +211,8 @@ function reply(kind, message) {
       break;
     case "history":
       for (const m of message.messages || []) addMessage(m, true);
+      state.oldestId = message.messages && message.messages.length ? message.messages[0].id : 1;
+      markReadSoon();
       break;
     case "nick":
       state.nick = message.nick;
@@ -199,23 +224,27 @@ function reply(kind, message) {
       state.user = message.user;
       if (state.welcomed) showIdentity();  // signed in on the way: the session goes on
       else welcomed();                      // the token it came with: the session begins
+      refreshLists();
       break;
     default:
       break;
   }
 }
 
-function enterRoom(roomId, name, text, isPrivate) {
+function enterRoom(roomId, name, text, isPrivate, isPersistent) {
   // "Joined room 'lobby'" / "Room 'lobby' created": the name is in the reply.
   const quoted = /'(.*)'/.exec(text || "");
   state.private = isPrivate;
+  state.persistent = isPersistent;  // else the lists say
   inRoom(roomId, name || (quoted ? quoted[1] : roomId));
   state.wantRoom = roomId;
   state.lastId = null;
+  state.oldestId = null;
+  state.readSent = 0;
   $("messages").replaceChildren();
   send("history", { limit: 50 });
   send("members");
-  send("list");
+  refreshLists();
 }
 
 // Back in the room after a reconnection: only what was missed is added.
@@ -226,7 +255,7 @@ function rejoined(message) {
   // This page's own messages are shown already (sent before the reconnection).
   for (const m of message.messages) if (!state.myIds.has(m.from)) addMessage(m, false);
   send("members");
-  send("list");
+  refreshLists();
 }
 
 function inRoom(roomId, name) {
@@ -234,6 +263,7 @@ function inRoom(roomId, name) {
   state.roomName = name;
   $("room-title").textContent = roomId ? `${name} (${roomId})` : "Not in a room";
   $("leave").hidden = !roomId;
+  if (!roomId) state.persistent = false;
   showInvite();
   $("text").disabled = !roomId;
   $("send-form").querySelector("button").disabled = !roomId;
@@ -253,15 +283,22 @@ function roomEvent(event) {
     send("list");
     return;
   }
+  if (event.event === "read") {
+    // Read on another of this user's connections.
+    if (event.room_id === state.roomId) state.readSent = Math.max(state.readSent, event.id);
+    if (state.user) send("rooms");
+    return;
+  }
   if (event.room_id !== state.roomId) return;
-  if (event.event === "kick") {
+  if (event.event === "kick" || event.event === "deleted") {
     // Put out of the room (whatever the events setting): not to be rejoined.
-    addLine(`You were put out of the room by ${memberName(event.by)}` + (event.reason ? `: ${event.reason}` : ""),
+    addLine(event.event === "deleted" ? "The room was deleted by its owner"
+            : `You were put out of the room by ${memberName(event.by)}` + (event.reason ? `: ${event.reason}` : ""),
             "event", new Date().toISOString());
     state.wantRoom = null;
     state.lastId = null;
     inRoom(null, null);
-    send("list");
+    refreshLists();
     return;
   }
   const before = memberName(event.client_id);
@@ -297,6 +334,47 @@ function refreshRoomsSoon() {
 
 function addMessage(message, fromHistory) {
   if (typeof message.id === "number") state.lastId = Math.max(state.lastId ?? 0, message.id);
+  append(messageItem(message, fromHistory));
+  if (!fromHistory) markReadSoon();
+}
+
+// A page of older messages, above what is shown, the view kept where it was.
+function showOlder(messages) {
+  state.loadingOlder = false;
+  if (!messages.length) {
+    state.oldestId = 1;
+    return;
+  }
+  const list = $("messages");
+  const before = list.scrollHeight;
+  list.prepend(...messages.map((m) => messageItem(m, true)));
+  list.scrollTop += list.scrollHeight - before;
+  state.oldestId = messages[0].id;
+}
+
+function loadOlder() {
+  if (!state.roomId || state.loadingOlder || !(state.oldestId > 1)) return;
+  state.loadingOlder = true;
+  send("history", { limit: 50, before: state.oldestId }, "older");
+}
+
+// The read marker follows what the person has seen: the latest message, once
+// the page is in view and scrolled to the bottom (a persistent room, signed in).
+function markReadSoon() {
+  if (state.readTimer || !state.persistent || !state.user) return;
+  state.readTimer = setTimeout(() => {
+    state.readTimer = null;
+    const list = $("messages");
+    const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+    if (document.visibilityState !== "visible" || !atBottom || !state.roomId || !state.persistent) return;
+    if (state.lastId && state.lastId > state.readSent) {
+      state.readSent = state.lastId;
+      send("read", { room_id: state.roomId, id: state.lastId });
+    }
+  }, 500);
+}
+
+function messageItem(message, fromHistory) {
   const li = document.createElement("li");
   if (fromHistory) li.classList.add("history");
   if (message.from === state.clientId) li.classList.add("mine");
@@ -315,7 +393,7 @@ function addMessage(message, fromHistory) {
     who.textContent += " (to you)";
   }
   li.append(time, who, body);
-  append(li);
+  return li;
 }
 
 function addLine(text, kind, timestamp) {
@@ -348,8 +426,10 @@ function showRooms(rooms) {
     label.textContent = room.name;
     label.title = room.room_id;
     if (room.private) label.textContent += " (private)";
-    if (room.room_id === state.roomId && state.private !== !!room.private) {
+    if (room.persistent) label.textContent += " ⌂";
+    if (room.room_id === state.roomId && (state.private !== !!room.private || state.persistent !== !!room.persistent)) {
       state.private = !!room.private;
+      state.persistent = !!room.persistent;
       showInvite();
     }
     const count = document.createElement("small");
@@ -366,6 +446,41 @@ function showRooms(rooms) {
     const li = document.createElement("li");
     li.className = "meta";
     li.textContent = "No rooms yet: create one";
+    list.append(li);
+  }
+}
+
+// A signed-in user's own rooms: the persistent ones they belong to, with
+// what they have not read.
+function showMyRooms(rooms) {
+  const mine = rooms.filter((room) => room.persistent);
+  $("my-rooms-pane").hidden = !mine.length;
+  const list = $("my-rooms");
+  list.replaceChildren();
+  for (const room of mine) {
+    const li = document.createElement("li");
+    li.dataset.room = room.room_id;
+    li.classList.toggle("current", room.room_id === state.roomId);
+    const label = document.createElement("span");
+    label.textContent = room.name + (room.private ? " (private)" : "");
+    label.title = `${room.room_id}, you are ${room.role === "member" ? "a member" : "its " + room.role}`;
+    li.append(label);
+    if (room.unread && room.room_id !== state.roomId) {
+      const unread = document.createElement("small");
+      unread.className = "unread";
+      unread.textContent = ` ${room.unread}`;
+      unread.title = `${room.unread} unread`;
+      label.append(unread);
+    }
+    if (room.room_id === state.roomId && !state.persistent) {
+      state.persistent = true;
+      showInvite();
+    }
+    const join = document.createElement("button");
+    join.type = "button";
+    join.textContent = "Open";
+    join.onclick = () => ask("join", { room_id: room.room_id });
+    li.append(join);
     list.append(li);
   }
 }
@@ -406,6 +521,7 @@ function showMembers() {
 function showInvite() {
   const mine = (state.members.get(state.clientId) || {}).role;
   $("invite-form").hidden = !state.roomId || !state.private || !(mine === "owner" || mine === "moderator");
+  $("delete").hidden = !state.roomId || !state.persistent || mine !== "owner" || !state.user;
 }
 
 // A line typed with a slash: a direct message or a room action.
@@ -460,7 +576,10 @@ $("create-form").onsubmit = (e) => {
   e.preventDefault();
   const name = $("room-name").value.trim();
   // A public room is created the seed's way, with its name alone.
-  ask("create", $("private").checked ? { name: name, private: true } : name);
+  const body = { name: name };
+  if ($("private").checked) body.private = true;
+  if ($("persistent").checked) body.persistent = true;
+  ask("create", Object.keys(body).length > 1 ? body : name);
 };
 $("invite-form").onsubmit = (e) => {
   e.preventDefault();
@@ -498,7 +617,17 @@ window.addEventListener("message", (event) => {
   if (typeof event.data.token === "string") signIn(event.data.token);
 });
 $("leave").onclick = () => ask("leave");
-$("refresh").onclick = () => ask("list");
-setInterval(() => { if (state.ws && state.clientId) send("list"); }, 15000);
+$("delete").onclick = () => {
+  if (window.confirm(`Delete ${state.roomName} and all its messages, for everyone?`)) {
+    ask("delete", { room_id: state.roomId });
+  }
+};
+$("refresh").onclick = () => { hideError(); refreshLists(); };
+$("messages").addEventListener("scroll", () => {
+  if ($("messages").scrollTop < 20) loadOlder();
+  markReadSoon();
+});
+document.addEventListener("visibilitychange", markReadSoon);
+setInterval(() => { if (state.ws && state.clientId) refreshLists(); }, 15000);
 
 connect();
