@@ -14,6 +14,7 @@ taken for a server result.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import resource
@@ -21,11 +22,15 @@ import shlex
 import signal
 import socket
 import statistics
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
+
+from chatd_bench import loadgen
 
 from chatd_bench.scenarios import ALSO_MEASURED, LOAD_CORE, SCENARIOS, SERVER_CORE
 
@@ -57,6 +62,17 @@ SERVERS = {
         "--rate-messages 0 --rate-creates 0 --rate-connections-per-ip 0 "
         "--max-connections 0 --max-connections-per-ip 0"
     ),
+    # With a durable store ({store} is a file in a new directory, or a
+    # private PostgreSQL started for the run on the server's cores, every
+    # backend's CPU counted as the server's): the seed's rooms, and rooms
+    # that last (the same server, "-persistent": each message stored before
+    # it is delivered and acknowledged).
+    **{f"chatd-{kind}{rooms}": (
+        f"{BIN / 'twistd'} --nodaemon --pidfile= chatd --log-format json "
+        "--listen tcp:{port}:interface=127.0.0.1:backlog=4096 --store {store} --persistent-rooms anyone "
+        "--rate-messages 0 --rate-creates 0 --rate-connections-per-ip 0 "
+        "--max-connections 0 --max-connections-per-ip 0"
+    ) for kind in ("sqlite", "postgresql") for rooms in ("", "-persistent")},
     "seed": f"{sys.executable} {ROOT / 'bench/peers/seed_server.py'} {{port}}",
     "seed-broadcast": f"{sys.executable} {ROOT / 'bench/peers/seed_server.py'} {{port}} --broadcast",
     "node-ws": f"node {ROOT / 'bench/peers/node/server.js'} {{port}}",
@@ -111,8 +127,35 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("redis-server did not start")
 
 
-def start_server(command: str, port: int, redis: str = "") -> subprocess.Popen[bytes]:
-    argv = ["taskset", "-c", server_cores, *shlex.split(command.format(port=port, redis=redis))]
+def start_postgresql(directory: str) -> tuple[int, str, Callable[[], None]]:
+    """A private PostgreSQL on the server's cores (as the postgres user
+    when run as root, which PostgreSQL refuses): its postmaster's pid, its
+    URL, and what stops it."""
+    bindir = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
+    port = free_port()
+    data = os.path.join(directory, "pg")
+
+    def run(*argv: str) -> None:
+        command = ["taskset", "-c", server_cores, *argv]
+        if os.geteuid() == 0:
+            shutil.chown(directory, "postgres")
+            command = ["taskset", "-c", server_cores, "su", "postgres", "-s", "/bin/sh", "-c", shlex.join(argv)]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    run(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "chatd", "--no-sync")
+    # Durable as deployed (fsync on, synchronous commit): a commit is on disk.
+    run(f"{bindir}/pg_ctl", "-D", data, "-w", "-l", f"{directory}/pg.log", "-o",
+        f"-k {directory} -p {port} -c listen_addresses=127.0.0.1", "start")
+    with open(f"{data}/postmaster.pid") as f:
+        pid = int(f.readline())
+    run(f"{bindir}/psql", "-h", "127.0.0.1", "-p", str(port), "-U", "chatd", "-d", "postgres", "-qc",
+        "CREATE DATABASE chatd")
+    return pid, f"postgresql://chatd@127.0.0.1:{port}/chatd", lambda: run(
+        f"{bindir}/pg_ctl", "-D", data, "-w", "-m", "fast", "stop")
+
+
+def start_server(command: str, port: int, redis: str = "", store: str = "") -> subprocess.Popen[bytes]:
+    argv = ["taskset", "-c", server_cores, *shlex.split(command.format(port=port, redis=redis, store=store))]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -140,12 +183,18 @@ def run_one(server: str, scenario: str, options: dict[str, Any]) -> dict[str, An
     command = SERVERS.get(server, server)
     port = free_port()
     redis, url = start_redis() if "{redis}" in command else (None, "")
+    directory = tempfile.mkdtemp(prefix="chatd-bench-")
+    store, also, stop_store = f"sqlite:{directory}/bench.db", [redis.pid] if redis is not None else [], None
+    if "postgresql" in server and "{store}" in command:
+        pid, store, stop_store = start_postgresql(directory)
+        also = [pid]
+    loadgen.PERSISTENT_ROOMS = server.endswith("-persistent")
     try:
-        process = start_server(command, port, url)
+        process = start_server(command, port, url, store)
         try:
             import uvloop
 
-            ALSO_MEASURED[:] = [redis.pid] if redis is not None else []
+            ALSO_MEASURED[:] = also
             result = uvloop.run(SCENARIOS[scenario](port, process.pid, **options))
         finally:
             stop_server(process)
@@ -153,6 +202,9 @@ def run_one(server: str, scenario: str, options: dict[str, Any]) -> dict[str, An
         if redis is not None:
             redis.kill()
             redis.wait()
+        if stop_store is not None:
+            stop_store()
+        shutil.rmtree(directory, ignore_errors=True)
     return {"server": server, "scenario": scenario, "server_cores": server_cores, **result}
 
 

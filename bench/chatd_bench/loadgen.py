@@ -173,6 +173,10 @@ class Client(asyncio.Protocol):
         return await self.replies.get()
 
 
+#: Whether the rooms are created persistent (a server with a durable store).
+PERSISTENT_ROOMS = False
+
+
 class Bench:
     """A set of clients against one server, and what they observed."""
 
@@ -254,7 +258,10 @@ class Bench:
     async def rooms(self, members: list[list[Client]]) -> None:
         """Make room r of ``members[r]``: the first creates it, the others join."""
         for r, group in enumerate(members):
-            reply = await group[0].request({"action": "create", "body": f"bench {r}"})
+            body: Any = {"name": f"bench {r}", "persistent": True} if PERSISTENT_ROOMS else f"bench {r}"
+            reply = await group[0].request({"action": "create", "body": body})
+            if reply.get("status") != "success":
+                raise RuntimeError(f"create failed: {reply}")
             room_id = reply["room_id"]
             group[0].room = r
             joins = [c.request({"action": "join", "body": {"room_id": room_id}}) for c in group[1:]]

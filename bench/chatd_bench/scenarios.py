@@ -15,18 +15,23 @@ from chatd_bench.loadgen import Bench, Client, core_busy, cpu_seconds, message_f
 
 SERVER_CORE, LOAD_CORE = 0, 1
 
-#: Other processes whose CPU counts as the server's (its Redis).
+#: Other processes whose CPU (their process trees') counts as the
+#: server's: its Redis, or its PostgreSQL with every backend.
 ALSO_MEASURED: list[int] = []
 
 
 def server_cpu(pid: int) -> float:
     """CPU seconds of the server: its process tree (workers too) and ALSO_MEASURED."""
-    return sum(cpu_seconds(p) for p in {*process_tree(pid), *ALSO_MEASURED})
+    return sum(cpu_seconds(p) for p in {*process_tree(pid), *_also()})
 
 
 def also_measured_cpu() -> float:
-    """CPU seconds of ALSO_MEASURED alone (the server's Redis)."""
-    return sum(cpu_seconds(p) for p in ALSO_MEASURED)
+    """CPU seconds of ALSO_MEASURED alone (the server's Redis or PostgreSQL)."""
+    return sum(cpu_seconds(p) for p in _also())
+
+
+def _also() -> set[int]:
+    return {p for pid in ALSO_MEASURED for p in process_tree(pid)}
 
 
 class Window:
