@@ -133,14 +133,13 @@ class LocalChat:
         core = self.core
         started = self._timer()
         try:
-            reply = core.publish(client, body, now)
+            reply = core.publish(client, body, now, lambda result, c: answer(
+                Failure(result) if isinstance(result, Exception) else result, c))
         except ChatError:
             answer(Failure(), client)
             return
-        if isinstance(reply, Deferred):
-            # A lasting room's: answered once the store has it.
-            reply.addBoth(answer, client)
-            return
+        if reply is None:
+            return  # a lasting room's: answered once the store has it
         # A read's messages are fanned out together, and timed so (reading).
         if not core.gathering:
             self._observe(self._timer() - started)

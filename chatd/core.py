@@ -66,6 +66,10 @@ def _ignore_sink_error(client: Client, failure: BaseException) -> None:
     pass
 
 
+def _no_answer(result: Any, client: Client) -> None:
+    pass
+
+
 def _identity(payload: bytes) -> Any:
     return payload
 
@@ -180,7 +184,8 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
 
     def _handle(self, client: Client, command: Command, now: float) -> MaybeLater:
         if isinstance(command, Message):
-            return self.message(client, command.body, now)
+            # A lasting room's is kept first: handle() waits for the store.
+            return self.message(client, command.body, now) or codec.MESSAGE_SENT
         if isinstance(command, Join):
             return self.join(client, command.room_id, now, command.since)
         if isinstance(command, Create):
@@ -266,25 +271,35 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
         self._leave_room(client, now)
         return {"status": "success", "message": "Left room"}
 
-    def message(self, client: Client, body: Any, now: float) -> MaybeLater:
+    def message(self, client: Client, body: Any, now: float) -> Optional[dict[str, Any]]:
         """Rate-limit, then publish: the sender's reply."""
         self.check_message_rate(client, now)
         return self.publish(client, body, now)
 
-    def publish(self, client: Client, body: Any, now: float) -> MaybeLater:
-        """Broadcast a message to the sender's room (no rate limit here);
-        to a lasting room, once the store has it (the reply a Deferred)."""
+    def publish(
+        self, client: Client, body: Any, now: float, answer: Optional[Callable[[Any, Client], None]] = None,
+    ) -> Optional[dict[str, Any]]:
+        """Broadcast a message to the sender's room (no rate limit here): the
+        sender's reply; or None, for a lasting room, whose message is
+        delivered and answered (through ``answer``: the reply, or a
+        ChatError) once the store has it."""
         room = client.room
         if room is None:
             raise NotInRoom("You must join a room first")
         if room.persistent:
-            return self.publish_kept(client, room, body, now)
+            self.publish_kept(client, room, body, now, answer or _no_answer)
+            return None
         room.last_id += 1
         message = codec.broadcast(
             client.client_id, body, codec.timestamp(now), room.last_id, client.nick, client.user
         )
         payload = codec.encode(message)
         self.history.append(room, room.last_id, payload)
+        self._broadcast(room, client, payload, message, now)
+        return codec.MESSAGE_SENT
+
+    def _broadcast(self, room: Room, client: Client, payload: bytes, message: dict[str, Any], now: float) -> None:
+        """Fan a broadcast out now, or with the others gathered."""
         gathered = self._gathered
         if gathered is not None and len(room.members) > 1:
             waiting = gathered.get(room.room_id)
@@ -294,7 +309,6 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
         else:
             recipients = self._fan_out(room, client, payload, now)
             self.events.message_sent(room, client, message, recipients, len(payload))
-        return codec.MESSAGE_SENT
 
     def gather(self) -> None:
         """

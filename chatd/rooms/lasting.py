@@ -59,8 +59,18 @@ class Lasting:
     _leave_room: Callable[[Client, float], None]
 
     durable: Optional[Durable] = None
+    # The messages of the transaction being gathered: its generation, and
+    # (sender, room, message, time, answer) for each.
+    _kept_batch: "Optional[tuple[int, list[tuple[Client, Room, Reply, float, Any]]]]" = None
+    gather: Callable[[], None]
+    end_gathering: Callable[[float], int]
+    _broadcast: Callable[..., None]
     #: Who may create a lasting room: "users" (signed in) or "anyone".
     persistent_rooms = "users"
+
+    @property
+    def gathering(self) -> bool:
+        raise NotImplementedError  # the core's
 
     def load(self, snapshot: Snapshot) -> None:
         """The lasting rooms and memberships the store kept (at start-up)."""
@@ -301,26 +311,49 @@ class Lasting:
 
     # -- messages ---------------------------------------------------------------------------
 
-    def publish_kept(self, client: Client, room: Room, body: Any, now: float) -> "Deferred[Reply]":
-        """A message to a lasting room: numbered now, delivered and
-        acknowledged once the store has it."""
+    def publish_kept(
+        self, client: Client, room: Room, body: Any, now: float, answer: Callable[[Any, Client], None],
+    ) -> None:
+        """A message to a lasting room: numbered now, written with the next
+        group commit, then delivered (the group's messages to each room
+        together, one delivery per member) and acknowledged through
+        ``answer``; a StoreUnavailable error instead if it could not be kept."""
         durable = self.durable
         assert durable is not None
         message_id = room.assigned + 1
         message = codec.broadcast(client.client_id, body, codec.timestamp(now), message_id, client.nick, client.user)
         durable.append(room.room_id, room.name, message)  # raises StoreUnavailable when too much waits
         room.assigned = message_id
+        batch = self._kept_batch
+        if batch is None or batch[0] != durable.generation:
+            # The first of a transaction: told once it commits, for all of them.
+            batch = self._kept_batch = (durable.generation, [])
+            durable.synced().addCallbacks(self._kept_committed, self._kept_failed,
+                                          callbackArgs=(batch[1],), errbackArgs=(batch[1],))
+        batch[1].append((client, room, message, now, answer))
 
-        def stored(_: None) -> Reply:
-            if self.rooms.get(room.room_id) is room:
+    def _kept_committed(self, _: None, stored: "list[tuple[Client, Room, Reply, float, Any]]") -> None:
+        started = not self.gathering
+        if started:
+            self.gather()
+        try:
+            for client, room, message, now, _answer in stored:
+                if self.rooms.get(room.room_id) is not room:
+                    continue  # deleted meanwhile: kept, and answered, but not for anyone to see
+                message_id = message["id"]
                 room.last_id = max(room.last_id, message_id)
                 payload = codec.encode(message)
                 self.history.append(room, message_id, payload)
-                recipients = self._fan_out(room, client, payload, now)
-                self.events.message_sent(room, client, message, recipients, len(payload))
-            return codec.MESSAGE_SENT
+                self._broadcast(room, client, payload, message, now)
+        finally:
+            if started:
+                self.end_gathering(stored[-1][3])
+        for client, _room, _message, _now, answer in stored:
+            answer(codec.MESSAGE_SENT, client)
 
-        return durable.synced().addCallback(stored)
+    def _kept_failed(self, failure: Any, stored: "list[tuple[Client, Room, Reply, float, Any]]") -> None:
+        for client, _room, _message, _now, answer in stored:
+            answer(failure.value, client)
 
     def older(
         self, room: Room, kept: list[Reply], limit: int, before: Optional[int],

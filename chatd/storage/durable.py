@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import LoopingCall
@@ -35,6 +35,17 @@ from chatd.replies import timestamp
 
 #: A statement and its parameters, written with ``?`` placeholders.
 Write = tuple[str, tuple[Any, ...]]
+
+
+class _Messages:
+    """Lasting rooms' messages asked for one after another: written with
+    one ``executemany``, and each room's last id once."""
+
+    __slots__ = ("rows", "last_ids")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[Any, ...]] = []
+        self.last_ids: dict[str, int] = {}
 
 
 @dataclass
@@ -67,6 +78,7 @@ class Snapshot:
 _INSERT_MESSAGE = (
     "INSERT INTO messages (room_id, room_name, message_id, client_id, nick, body, timestamp, direct,"
     " recipient, user_name, kept) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_LAST_ID = "UPDATE rooms SET last_id = ? WHERE room_id = ? AND last_id < ?"
 _COLUMNS = "message_id, client_id, nick, user_name, body, timestamp"
 
 
@@ -121,7 +133,7 @@ class Durable:
         self.keep_days = keep_days
         self.log_keep_days = log_keep_days
         self.prune_chunk = prune_chunk
-        self._queue: list[Write] = []
+        self._queue: list[Union[Write, _Messages]] = []
         self._waiters: list[Deferred[None]] = []  # for what is queued
         self._in_flight: Optional[list[Deferred[None]]] = None  # for what is being written
         self._scheduled: Any = None
@@ -129,6 +141,10 @@ class Durable:
         #: How many writes were ever asked for (whoever asks compares it
         #: before and after, to know whether to wait for :meth:`synced`).
         self.asked = 0
+        #: How many transactions were begun: what is asked for while it
+        #: stays the same is written in one.
+        self.generation = 0
+        self._pending = 0  # writes queued, not yet begun
         #: Why the store cannot write (None: it can), for /readyz and the logs.
         self.problem: Optional[str] = None
         self._prune = LoopingCall(self.prune)
@@ -162,11 +178,8 @@ class Durable:
 
     def write(self, statement: str, *parameters: Any) -> None:
         """Queue one statement; it is written with the next group."""
-        if len(self._queue) >= self.max_pending:
-            self._counted("refused", 1)
-            raise StoreUnavailable()
+        self._take_one()
         self._queue.append((statement, parameters))
-        self.asked += 1
         self._schedule()
 
     def record(self, room_id: str, room_name: str, message: dict[str, Any]) -> None:
@@ -182,9 +195,23 @@ class Durable:
 
     def append(self, room_id: str, room_name: str, message: dict[str, Any]) -> None:
         """Keep a lasting room's message, and its id as the room's last."""
-        self.write(_INSERT_MESSAGE, *message_row(room_id, room_name, message, True))
-        self.write("UPDATE rooms SET last_id = ? WHERE room_id = ? AND last_id < ?",
-                   message["id"], room_id, message["id"])
+        self._take_one()
+        queue = self._queue
+        group = queue[-1] if queue else None
+        if not isinstance(group, _Messages):
+            group = _Messages()
+            queue.append(group)
+        group.rows.append(message_row(room_id, room_name, message, True))
+        group.last_ids[room_id] = message["id"]
+        self._schedule()
+
+    def _take_one(self) -> None:
+        """Count one more write waiting, or refuse it past ``max_pending``."""
+        if self._pending >= self.max_pending:
+            self._counted("refused", 1)
+            raise StoreUnavailable()
+        self._pending += 1
+        self.asked += 1
 
     def synced(self, force: bool = False) -> "Deferred[None]":
         """Fires once everything asked for so far is committed; fails with
@@ -209,20 +236,30 @@ class Durable:
         self._scheduled = None
         if self._in_flight is not None or not (self._queue or self._log_rows):
             return
+        self.generation += 1
+        self._pending = 0
         batch, self._queue = self._queue, []
         log_rows, self._log_rows = self._log_rows, []
         waiters, self._waiters = self._waiters, []
         self._in_flight = waiters
+        rows = sum(len(item.rows) if isinstance(item, _Messages) else 1 for item in batch) + len(log_rows)
         d = self._pool.runInteraction(self._transaction, batch, log_rows)
-        d.addCallbacks(self._committed, self._failed, (len(batch) + len(log_rows),),
-                       errbackArgs=(len(batch) + len(log_rows),))
+        d.addCallbacks(self._committed, self._failed, (rows,), errbackArgs=(rows,))
 
-    def _transaction(self, cursor: Any, batch: list[Write], log_rows: list[tuple[Any, ...]]) -> None:
+    def _transaction(
+        self, cursor: Any, batch: "list[Union[Write, _Messages]]", log_rows: list[tuple[Any, ...]],
+    ) -> None:
         mark = self._placeholder
-        for statement, parameters in batch:
-            cursor.execute(statement if mark == "?" else statement.replace("?", mark), parameters)
+        insert = _INSERT_MESSAGE if mark == "?" else _INSERT_MESSAGE.replace("?", mark)
+        last_id = _LAST_ID if mark == "?" else _LAST_ID.replace("?", mark)
+        for item in batch:
+            if isinstance(item, _Messages):
+                cursor.executemany(insert, item.rows)
+                cursor.executemany(last_id, [(i, room_id, i) for room_id, i in item.last_ids.items()])
+            else:
+                statement, parameters = item
+                cursor.execute(statement if mark == "?" else statement.replace("?", mark), parameters)
         if log_rows:
-            insert = _INSERT_MESSAGE if mark == "?" else _INSERT_MESSAGE.replace("?", mark)
             cursor.executemany(insert, log_rows)
 
     def _committed(self, _: Any, rows: int) -> None:
