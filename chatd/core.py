@@ -424,6 +424,7 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
         for member_id in changes.remove:
             self.left_lasting(room.members[member_id], room)
             self._remove(room.members[member_id], room, client.client_id, command.reason, now)
+        self.banned_lasting(room, changes.ban)
         if changes.tell_invited is not None:
             self._tell_invited(room, client, changes.tell_invited, now)
         return done_reply(command)

@@ -295,3 +295,21 @@ async def test_a_database_outage_is_reported_and_survived(
         assert b"Could not write" in chatd.process.output and b"writes again" in chatd.process.output
     finally:
         database.remove()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ban_ends_a_users_membership_even_while_they_are_away(
+        daemon_factory: Any, tmp_path: Path, secret_file: Path) -> None:
+    chatd = Daemon(daemon_factory, f"sqlite:{tmp_path}/c.db", secret_file)
+    port = await chatd.start()
+    alice, _ = await signed_in(port, "alice")
+    room = (await alice.request({"action": "create", "body": {"name": "Team", "persistent": True}}))["room_id"]
+    bob, _ = await signed_in(port, "bob")
+    await bob.request({"action": "join", "body": {"room_id": room}})
+    await bob.close()
+    assert (await alice.request({"action": "ban", "body": {"user": "bob"}}))["status"] == "success"
+    port = await chatd.kill_and_restart()
+    bob, _ = await signed_in(port, "bob")
+    assert await bob.request({"action": "rooms"}) == {"status": "success", "rooms": []}
+    assert await bob.request({"action": "join", "body": {"room_id": room}}) == {
+        "status": "error", "message": f"You are banned from room {room}"}

@@ -226,6 +226,22 @@ class Lasting:
             users.discard(user)
         self._write("DELETE FROM memberships WHERE room_id = ? AND user_name = ?", room.room_id, user)
 
+    def banned_lasting(self, room: Room, keys: frozenset[str]) -> None:
+        """Users banned from a lasting room are no longer its members, whether
+        or not they are connected."""
+        if not room.persistent:
+            return
+        for key in keys:
+            user = key[2:] if key.startswith("u:") else None
+            markers = self.memberships.get(user) if user is not None else None
+            if user is None or markers is None or room.room_id not in markers:
+                continue
+            del markers[room.room_id]
+            if not markers:
+                del self.memberships[user]
+            self.room_users.get(room.room_id, set()).discard(user)
+            self._write("DELETE FROM memberships WHERE room_id = ? AND user_name = ?", room.room_id, user)
+
     def rooms_of(self, client: Client) -> MaybeLater:
         """The ``rooms`` action: the user's lasting rooms, and the connection's room."""
         markers = dict(self.memberships.get(client.user, {})) if client.user is not None else {}
