@@ -196,3 +196,37 @@ def test_a_user_owns_and_belongs_to_a_bounded_number_of_lasting_rooms(monkeypatc
     assert sorted(core.memberships["ann"]) == sorted(made[:4])
     writes = [w for w in store.writes if w[0].startswith("INSERT INTO memberships")]
     assert len(writes) == 4 + 2  # ann's four, and bob's two as creator
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_log_becomes_a_store_and_old_messages_are_pruned_by_kind(tmp_path: Path) -> None:
+    import sqlite3
+
+    from chatd.storage.schema import SQLITE
+
+    # A message log as the three migrations before the store made it.
+    path = tmp_path / "messages.db"
+    connection = sqlite3.connect(path)
+    for number, migration in enumerate(SQLITE[:3]):
+        connection.executescript(f"BEGIN; {migration} PRAGMA user_version = {number + 1}; COMMIT;")
+    connection.execute(
+        "INSERT INTO messages (room_id, room_name, message_id, client_id, nick, body, timestamp)"
+        " VALUES ('r0', 'Old', 1, 'abcd1234', NULL, '\"logged\"', '2020-01-01T00:00:00.000Z')")
+    connection.commit()
+    connection.close()
+    from chatd.replies import timestamp
+
+    now = reactor.seconds()
+    store = open_sqlite(str(path), reactor, keep_days=30, log_keep_days=365 * 10)
+    store.open()  # and prunes once at once
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (len(SQLITE),)
+    assert await store.prune() == 0  # after the first: nothing old yet
+    store.write("INSERT INTO rooms (room_id, name, created_at, created_by, seq, private, owner)"
+                " VALUES ('r1', 'Team', '2023-01-01T00:00:00.000Z', '', 1, 0, 'ann')")
+    store.append("r1", "Team", {**message(1), "timestamp": timestamp(now - 60 * 86400)})  # older than 30 days
+    store.append("r1", "Team", {**message(2), "timestamp": timestamp(now - 86400)})
+    await store.synced()
+    assert await store.prune() == 1  # the kept room's old message; the log's, within 10 years, stays
+    assert [m["id"] for m in await store.history("r1", 10, None)] == [2]
+    assert sqlite3.connect(path).execute("SELECT body FROM messages WHERE kept = 0").fetchall() == [('"logged"',)]
+    await store.close()

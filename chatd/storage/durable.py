@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -150,7 +150,7 @@ class Durable:
         self._prune = LoopingCall(self.prune)
         self._prune.clock = reactor
         self._prune_interval = prune_interval
-        self._pruning: Optional[Deferred[int]] = None
+        self._pruning = DeferredLock()
 
     # -- start and stop ------------------------------------------------------
 
@@ -165,8 +165,8 @@ class Durable:
         """Write everything queued, then close the database."""
         if self._prune.running:
             self._prune.stop()
-        if self._pruning is not None:
-            await self._pruning
+        await self._pruning.acquire()  # a pruning under way ends first
+        self._pruning.release()
         while self._queue or self._log_rows or self._in_flight is not None:
             try:
                 await self.synced(force=True)
@@ -336,15 +336,9 @@ class Durable:
     def prune(self) -> "Deferred[int]":
         """Delete the lasting rooms' messages older than ``keep_days``, and
         the message log's older than ``log_keep_days``, a chunk per
-        transaction; fires with how many went.  One pruning at a time."""
-        if self._pruning is None:
-            self._pruning = Deferred.fromCoroutine(self._prune_all())
-            self._pruning.addBoth(self._pruned)
-        return self._pruning
-
-    def _pruned(self, result: Any) -> Any:
-        self._pruning = None
-        return result
+        transaction; fires with how many went.  One pruning at a time: a
+        call during one prunes after it."""
+        return self._pruning.run(lambda: Deferred.fromCoroutine(self._prune_all()))
 
     async def _prune_all(self) -> int:
         pruned = 0
