@@ -26,7 +26,7 @@ class Observers(CoreEvents):
     def __init__(self, settings: Settings, metrics: Metrics, message_log: Optional[Any]) -> None:
         self._log_messages = settings.log_messages
         self._metrics = metrics
-        self._message_log = message_log  # a chatd.messagelog.SQLiteLog, or None
+        self._message_log = message_log  # a chatd.storage.durable.Durable, or None
 
     def room_created(self, room: Room, client: Client) -> None:
         self._log.info(

@@ -24,8 +24,7 @@ from zope.interface import implementer
 from chatd import __version__, fastpath
 from chatd.config import sqlite_path
 from chatd.listening import PROXY_PREFIX, WorkerSocketEndpoint, with_backlog
-from chatd.messagelog import MessageLogError, SQLiteLog
-from chatd.storage.sqlite import StoreError
+from chatd.storage.sqlite import StoreError, open_sqlite
 from chatd.metrics import Metrics, metrics_root
 from chatd.runtime import CollectorTuning, use_json_logs
 from chatd.settings import Settings
@@ -133,9 +132,11 @@ class ChatService(MultiService):
         if log_in_store(settings):
             self.message_log = self.durable  # one database, one writer
         elif settings.message_log is not None:
-            # Opened in privilegedStartService, before anything listens.
-            self.message_log = SQLiteLog(
-                sqlite_path(settings.message_log), reactor, keep_days=settings.message_log_keep,
+            # Beside a store in PostgreSQL or memory: an SQLite file of the
+            # store's schema, only its message log used; opened in
+            # privilegedStartService, before anything listens.
+            self.message_log = open_sqlite(
+                sqlite_path(settings.message_log), reactor, log_keep_days=settings.message_log_keep,
                 counted=lambda outcome, rows: self.metrics.message_log.labels(outcome).inc(rows),
             )
         server = compose(settings, reactor, reactor, self.metrics, self.message_log, moderators, portal,
@@ -216,7 +217,7 @@ class ChatService(MultiService):
             # Before listening: a log that cannot be opened stops start-up.
             try:
                 self.message_log.open()
-            except MessageLogError as e:
+            except StoreError as e:
                 self._cannot_start(f"chatd: --message-log: {e}")
         try:
             super().privilegedStartService()

@@ -1,5 +1,5 @@
 """
-The durable message log: batching, order, failures that never stop
+The message log, a part of the durable store: its rows with the next transaction, order, failures that never stop
 delivery, schema migrations, and every message found after a restart.
 """
 
@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.task import Clock
 
-from chatd.messagelog import MIGRATIONS, MessageLogError, SQLiteLog, migrate
+from chatd.errors import StoreUnavailable
+from chatd.storage.schema import SQLITE, SchemaError, migrate_sqlite
+from chatd.storage.sqlite import StoreError, open_sqlite
 from tests.support.clients import two_in_a_room
+from tests.test_durable import durable
 
 
 def message(n: int, body: Any = None) -> dict[str, Any]:
@@ -24,108 +25,74 @@ def message(n: int, body: Any = None) -> dict[str, Any]:
             "timestamp": "2026-01-01T00:00:00.000Z", "id": n}
 
 
-class FakePool:
-    """runInteraction against a list, or failing, or held until released."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple] = []
-        self.failing = False
-        self.held: list[Deferred] = []
-        self.hold = False
-
-    def runInteraction(self, interaction: Any, batch: list[tuple]) -> Deferred:
-        if self.failing:
-            return fail(OSError("database or disk is full"))
-        if self.hold:
-            d: Deferred = Deferred()
-            d.addCallback(lambda _: self.rows.extend(batch))
-            self.held.append(d)
-            return d
-        self.rows.extend(batch)
-        return succeed(None)
-
-    def close(self) -> None:
-        pass
-
-
-def opened(tmp_path: Path, pool: FakePool, **kw: Any) -> tuple[SQLiteLog, Clock, list]:
-    clock = Clock()
-    counts: list[tuple[str, int]] = []
-    log = SQLiteLog(str(tmp_path / "m.db"), clock, counted=lambda what, n: counts.append((what, n)),
-                    pool=pool, **kw)
-    log.open()
-    return log, clock, counts
-
-
-def test_messages_are_written_in_batches_on_the_flush_interval(tmp_path: Path) -> None:
-    pool = FakePool()
-    log, clock, counts = opened(tmp_path, pool, flush_interval=0.2, batch_size=100)
+def test_log_rows_go_with_the_next_transaction_and_nobody_waits_for_them() -> None:
+    store, pool, clock, counts = durable()
     for n in range(1, 4):
-        log.record("room0001", "r", message(n))
-    assert pool.rows == []  # nothing written on the delivery path
-    clock.advance(0.2)
-    assert [row[2] for row in pool.rows] == [1, 2, 3]
-    assert pool.rows[0] == ("room0001", "r", 1, "abcd1234", None, '"m1"', "2026-01-01T00:00:00.000Z", 0, None)
+        store.record("room0001", "r", message(n))
+    assert pool.transactions == []  # nothing written on the delivery path
+    clock.advance(0)
+    (kind, rows), = pool.transactions[0]
+    assert kind == "INSERT many" and [row[2] for row in rows] == [1, 2, 3]
+    assert rows[0] == ("room0001", "r", 1, "abcd1234", None, '"m1"', "2026-01-01T00:00:00.000Z", 0, None, None, 0)
+    pool.held[0].callback(None)
     assert counts == [("written", 3)]
 
 
-def test_a_full_batch_is_written_at_once_and_order_is_kept_while_one_is_in_flight(tmp_path: Path) -> None:
-    pool = FakePool()
-    pool.hold = True
-    log, clock, counts = opened(tmp_path, pool, batch_size=3)
-    for n in range(1, 8):
-        log.record("r1", "r", message(n))
-    # The first batch is in flight; the rest waits for it, not beside it.
-    assert len(pool.held) == 1
+def test_order_is_kept_while_a_transaction_is_in_flight() -> None:
+    store, pool, clock, _ = durable()
+    for n in range(1, 4):
+        store.record("r1", "r", message(n))
+    clock.advance(0)
+    for n in range(4, 8):
+        store.record("r1", "r", message(n))
+    clock.advance(0)
+    assert len(pool.transactions) == 1  # the rest waits for it, not beside it
     pool.held[0].callback(None)
-    assert len(pool.held) == 2  # what queued meanwhile (4 rows) followed at once
+    clock.advance(0)
+    assert [row[2] for t in pool.transactions for _, rows in t for row in rows] == list(range(1, 8))
+
+
+def test_a_failing_disk_is_logged_and_counted_and_recording_goes_on() -> None:
+    store, pool, clock, counts = durable()
+    store.record("r1", "r", message(1))  # never raises into delivery
+    clock.advance(0)
+    pool.held[0].errback(OSError("database or disk is full"))
+    assert counts == [("failed", 1)] and store.problem is not None
+    store.record("r1", "r", message(2))
+    clock.advance(0)
     pool.held[1].callback(None)
-    clock.advance(0.2)
-    assert len(pool.held) == 2  # nothing left to write
-    assert [row[2] for row in pool.rows] == list(range(1, 8))
+    assert counts == [("failed", 1), ("written", 1)] and store.problem is None
 
 
-def test_a_failing_disk_is_logged_and_counted_and_recording_goes_on(tmp_path: Path) -> None:
-    pool = FakePool()
-    log, clock, counts = opened(tmp_path, pool)
-    pool.failing = True
-    log.record("r1", "r", message(1))  # never raises into delivery
-    clock.advance(0.2)
-    assert counts == [("failed", 1)]
-    pool.failing = False
-    log.record("r1", "r", message(2))
-    clock.advance(0.2)
-    assert counts == [("failed", 1), ("written", 1)]
-    assert [row[2] for row in pool.rows] == [2]
-
-
-def test_the_queue_is_bounded_while_writes_cannot_keep_up(tmp_path: Path) -> None:
-    pool = FakePool()
-    pool.hold = True
-    log, clock, counts = opened(tmp_path, pool, batch_size=1000, max_pending=5)
+def test_the_log_is_bounded_while_writes_cannot_keep_up() -> None:
+    store, pool, clock, counts = durable(max_pending=5)
     for n in range(1, 9):
-        log.record("r1", "r", message(n))
-    assert ("dropped", 1) in counts and sum(n for what, n in counts if what == "dropped") == 3
-    clock.advance(0.2)
-    pool.held[0].callback(None)
-    assert [row[2] for row in pool.rows] == [4, 5, 6, 7, 8]  # the newest were kept
+        store.record("r1", "r", message(n))
+    assert sum(n for what, n in counts if what == "dropped") == 3
+    clock.advance(0)
+    assert [row[2] for row in pool.transactions[0][0][1]] == [4, 5, 6, 7, 8]  # the newest were kept
+    with pytest.raises(StoreUnavailable):  # a lasting room's writes are refused instead, never dropped
+        for n in range(6):
+            store.append("r1", "r", message(n))
 
 
 def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
     path = tmp_path / "m.db"
     connection = sqlite3.connect(path)
-    assert migrate(connection) == len(MIGRATIONS)
-    assert migrate(connection) == len(MIGRATIONS)  # again: nothing to do
-    assert connection.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+    assert migrate_sqlite(connection) == len(SQLITE)
+    assert migrate_sqlite(connection) == len(SQLITE)  # again: nothing to do
+    assert connection.execute("PRAGMA user_version").fetchone() == (len(SQLITE),)
     connection.execute("PRAGMA user_version = 99")
-    with pytest.raises(MessageLogError, match="schema version 99, newer than this chatd knows"):
-        migrate(connection)
+    with pytest.raises(SchemaError, match="schema version 99, newer than this chatd knows"):
+        migrate_sqlite(connection)
     connection.close()
 
 
 def test_an_unopenable_path_is_a_clear_error(tmp_path: Path) -> None:
-    log = SQLiteLog(str(tmp_path / "no" / "such" / "dir" / "m.db"), Clock())
-    with pytest.raises(MessageLogError, match="cannot open .*unable to open database file"):
+    from twisted.internet import reactor
+
+    log = open_sqlite(str(tmp_path / "no" / "such" / "dir" / "m.db"), reactor)
+    with pytest.raises(StoreError, match="cannot open .*unable to open database file"):
         log.open()
 
 
@@ -177,13 +144,14 @@ async def test_retention_deletes_old_messages_a_chunk_at_a_time(tmp_path: Path) 
     from chatd.codec import timestamp
 
     counts: list[tuple[str, int]] = []
-    log = SQLiteLog(str(tmp_path / "m.db"), reactor, keep_days=7, prune_chunk=3, prune_interval=3600,
-                    counted=lambda what, n: counts.append((what, n)))
+    log = open_sqlite(str(tmp_path / "m.db"), reactor, log_keep_days=7, prune_chunk=3,
+                      counted=lambda what, n: counts.append((what, n)))
+    log.open()  # prunes at once, before anything was written
+    assert await log.prune() == 0
     now = reactor.seconds()
     for n, age_days in enumerate([30, 10, 8, 8, 8, 6, 1, 0]):
         log.record("r", "room", {**message(n), "timestamp": timestamp(now - age_days * 86400)})
-    log.open()  # prunes at once, before anything was written
-    await log.flush()
+    await log.synced(force=True)
     assert await log.prune() == 5
     assert counts[-2:] == [("pruned", 3), ("pruned", 2)]
     await log.close()
@@ -194,10 +162,23 @@ async def test_retention_deletes_old_messages_a_chunk_at_a_time(tmp_path: Path) 
 
 
 @pytest_twisted.ensureDeferred
+async def test_beside_a_store_in_memory_the_log_is_its_own_file(tmp_path: Path, daemon_factory) -> None:
+    db = tmp_path / "messages.db"
+    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--store", "memory",
+                           "--message-log", f"sqlite:{db}")
+    await chat(await chatd.wait_listening(), "room", ["kept"])
+    chatd.signal("TERM")
+    assert await chatd.wait_exit() == 0
+    connection = sqlite3.connect(db)
+    assert connection.execute("SELECT room_name, body, kept FROM messages").fetchall() == [("room", '"kept"', 0)]
+    connection.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_daemon_prunes_its_message_log(tmp_path: Path, daemon_factory) -> None:
     db = tmp_path / "messages.db"
     connection = sqlite3.connect(db)
-    migrate(connection)
+    migrate_sqlite(connection)
     with connection:
         connection.executemany(
             "INSERT INTO messages (room_id, room_name, message_id, client_id, body, timestamp)"
