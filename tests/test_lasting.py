@@ -192,6 +192,12 @@ async def test_who_may_create_and_read(daemon_factory: Any, tmp_path: Path, secr
     ):
         assert await alice.request(bad) == {"status": "error", "message": message}, bad
     assert (await alice.request({"action": "rooms"}))["rooms"][0]["last_read"] == 1
+    # A guest that signs in inside the room is a member from then on.
+    await carol.request({"action": "join", "body": {"room_id": room}})
+    assert (await carol.request({"action": "auth", "body": {"token": token("carol")}}))["status"] == "success"
+    await carol.close()
+    carol, _ = await signed_in(port, "carol")
+    assert [r["room_id"] for r in (await carol.request({"action": "rooms"}))["rooms"]] == [room]
 
 
 @pytest_twisted.ensureDeferred
