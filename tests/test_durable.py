@@ -114,6 +114,23 @@ def test_a_failed_transaction_fails_its_waiters_and_is_reported_until_one_commit
     assert store.problem is None
 
 
+def test_a_failed_store_is_checked_until_it_answers_though_nobody_writes() -> None:
+    from twisted.internet.defer import fail, succeed
+
+    store, pool, clock, _ = durable()
+    answers = [fail(OSError("connection refused")), succeed([(1,)])]
+    pool.runQuery = lambda sql, parameters: answers.pop(0)  # type: ignore[attr-defined]
+    store.append("r1", "Team", message(1))
+    store.synced().addErrback(lambda f: None)
+    clock.advance(0)
+    pool.held[0].errback(OSError("connection refused"))
+    assert store.problem is not None
+    clock.advance(5)  # still refused
+    assert store.problem is not None
+    clock.advance(5)  # answers
+    assert store.problem is None and answers == []
+
+
 def test_past_max_pending_writes_are_refused_at_once() -> None:
     store, pool, clock, counted = durable(max_pending=3)
     for n in range(1, 4):

@@ -33,6 +33,9 @@ from twisted.logger import Logger
 from chatd.errors import StoreUnavailable
 from chatd.replies import timestamp
 
+#: Seconds between checks of a store that failed to write, until it answers.
+PROBE_INTERVAL = 5.0
+
 #: A statement and its parameters, written with ``?`` placeholders.
 Write = tuple[str, tuple[Any, ...]]
 
@@ -145,6 +148,7 @@ class Durable:
         #: stays the same is written in one.
         self.generation = 0
         self._pending = 0  # writes queued, not yet begun
+        self._probe: Any = None  # the next check of a failing store
         #: Why the store cannot write (None: it can), for /readyz and the logs.
         self.problem: Optional[str] = None
         self._prune = LoopingCall(self.prune)
@@ -165,6 +169,9 @@ class Durable:
         """Write everything queued, then close the database."""
         if self._prune.running:
             self._prune.stop()
+        if self._probe is not None and self._probe.active():
+            self._probe.cancel()
+        self._probe = None
         await self._pruning.acquire()  # a pruning under way ends first
         self._pruning.release()
         while self._queue or self._log_rows or self._in_flight is not None:
@@ -271,6 +278,10 @@ class Durable:
 
     def _failed(self, failure: Any, rows: int) -> None:
         self.problem = f"the store cannot write: {failure.getErrorMessage()}"
+        if self._probe is None:
+            # Asked again every few seconds, so that a server nobody writes
+            # to is not reported unready after the database came back.
+            self._probe = self.reactor.callLater(PROBE_INTERVAL, self._check)
         self._log.failure("Could not write {rows} rows to the store {name}", failure, rows=rows,
                           name=self.name, event="store_failure")
         self._counted("failed", rows)
@@ -285,6 +296,22 @@ class Durable:
                 d.callback(None)
             else:
                 d.errback(error)
+
+    def _check(self) -> None:
+        self._probe = None
+        if self.problem is None:
+            return
+
+        def answered(_: Any) -> None:
+            if self.problem is not None and self._in_flight is None:
+                self._log.info("The store {name} answers again", name=self.name, event="store_recovered")
+                self.problem = None
+
+        def still(_: Any) -> None:
+            if self.problem is not None and self._probe is None:
+                self._probe = self.reactor.callLater(PROBE_INTERVAL, self._check)
+
+        self._query("SELECT 1").addCallbacks(answered, still)
 
     # -- reads -----------------------------------------------------------------
 
