@@ -92,7 +92,7 @@ def compose(
     chat is a cluster node's, whose shards the service starts.
     """
     metrics = metrics if metrics is not None else Metrics()
-    events = Observers(settings, metrics, message_log)
+    events = Observers(settings, metrics, message_log, durable)
     core = ChatCore(
         # Each broadcast is framed once, whatever the number of recipients,
         # by the same framer as replies (with --permessage-deflate, once

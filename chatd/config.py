@@ -380,7 +380,8 @@ OPTIONS: tuple[Option, ...] = (
            "background (default: all are kept)."),
     Option("message-log", "message_log", message_log,
            "Keep every broadcast message in this SQLite database: "
-           "sqlite:/var/lib/chatd/messages.db (off unless given)."),
+           "sqlite:/var/lib/chatd/messages.db (off unless given); with an SQLite store, "
+           "the store's own file."),
     Option("message-log-keep", "message_log_keep", days,
            "Days the message log keeps messages; older ones are deleted in the "
            "background (default: all are kept)."),

@@ -23,10 +23,15 @@ class Observers(CoreEvents):
 
     _log = Logger(namespace="chatd.rooms")
 
-    def __init__(self, settings: Settings, metrics: Metrics, message_log: Optional[Any]) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, message_log: Optional[Any], store: Optional[Any] = None,
+    ) -> None:
         self._log_messages = settings.log_messages
         self._metrics = metrics
         self._message_log = message_log  # a chatd.storage.durable.Durable, or None
+        # Whether the log is the store itself, which keeps a lasting room's
+        # messages already (as the room's history, in the same table).
+        self._log_is_store = message_log is not None and message_log is store
 
     def room_created(self, room: Room, client: Client) -> None:
         self._log.info(
@@ -70,8 +75,8 @@ class Observers(CoreEvents):
         if recipients:
             self.delivered(recipients, size * recipients)
         log = self._message_log
-        if log is not None and not (room.persistent and getattr(log, "keeps_rooms", False)):
-            log.record(room.room_id, room.name, message)  # a lasting room's is in the store already
+        if log is not None and not (room.persistent and self._log_is_store):
+            log.record(room.room_id, room.name, message)
         if self._log_messages:
             self._log.info(
                 "{client_id} in {room_id}: {body!r}",

@@ -171,8 +171,6 @@ async def test_a_real_sqlite_store_keeps_history_unread_counts_and_the_last_id(t
 class Recorded:
     """A durable store for the core's own tests: it records, and everything is kept at once."""
 
-    keeps_rooms = True
-
     def __init__(self) -> None:
         self.asked = 0
         self.generation = 0

@@ -193,3 +193,23 @@ async def test_the_daemon_prunes_its_message_log(tmp_path: Path, daemon_factory)
     connection = sqlite3.connect(db)
     assert connection.execute("SELECT room_name, body FROM messages").fetchall() == [("new", '"fresh"')]
     connection.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_beside_a_postgresql_store_the_log_keeps_persistent_rooms_messages_too(
+        tmp_path: Path, daemon_factory, postgres_server, secret_file) -> None:
+    from tests.test_lasting import signed_in
+
+    db = tmp_path / "messages.db"
+    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--store", postgres_server.new_database(),
+                           "--message-log", f"sqlite:{db}", "--auth", f"jwt:key={secret_file}")
+    port = await chatd.wait_listening()
+    alice, _ = await signed_in(port, "alice")
+    await alice.request({"action": "create", "body": {"name": "Team", "persistent": True}})
+    assert (await alice.request({"action": "message", "body": "kept twice"}))["message"] == "Message sent"
+    chatd.signal("TERM")
+    assert await chatd.wait_exit() == 0
+    connection = sqlite3.connect(db)
+    assert connection.execute("SELECT room_name, body, kept FROM messages").fetchall() == [
+        ("Team", '"kept twice"', 0)]
+    connection.close()

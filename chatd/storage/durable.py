@@ -116,9 +116,6 @@ class Durable:
     """
 
     _log = Logger()
-    #: The message log's rows and the lasting rooms' are one table: a log
-    #: that is the store does not record a lasting room's message twice.
-    keeps_rooms = True
 
     def __init__(
         self, name: str, pool: Any, placeholder: str, load: Callable[[], Snapshot], reactor: Any,
