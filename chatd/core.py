@@ -126,7 +126,6 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
         self.durable = durable
         self.persistent_rooms = persistent_rooms
         self.memberships: dict[str, dict[str, int]] = {}  # lasting rooms: by user, by room, the last read
-        self.room_users: dict[str, set[str]] = {}
         # Between gather() and end_gathering(): broadcasts waiting to be fanned
         # out, by room: (room, [(sender, payload, message)]).
         self._gathered: Optional[dict[str, tuple[Room, list[tuple[Client, bytes, dict[str, Any]]]]]] = None

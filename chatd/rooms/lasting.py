@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from chatd import codec
 from chatd.errors import ChatError, NotAllowed, NotAuthenticated, RoomNotFound
+from chatd.rooms import rules
 from chatd.rooms.history import HistoryStore
 from chatd.rooms.state import Client, Limits, Room
 
@@ -75,7 +76,6 @@ class Lasting:
     def load(self, snapshot: Snapshot) -> None:
         """The lasting rooms and memberships the store kept (at start-up)."""
         self.memberships: dict[str, dict[str, int]] = {}
-        self.room_users: dict[str, set[str]] = {}
         for stored in snapshot.rooms:
             self.rooms[stored.room_id] = self._lasting_room(stored)
             self._room_seq = max(self._room_seq, stored.seq)
@@ -164,8 +164,7 @@ class Lasting:
         member hears of it and is out."""
         room = self.rooms.get(room_id)
         member = client.user is not None and room_id in self.memberships.get(client.user, {})
-        if room is None or (room.private and client.room is not room and not member
-                            and not room.listed("invited", [f"c:{client.client_id}", f"u:{client.user}"])):
+        if room is None or not (member or rules.visible(room, client, client.room is room)):
             raise RoomNotFound(room_id)
         if not room.persistent:
             raise ChatError(f"Room '{room.name}' is not persistent: it ends with its last member")
@@ -180,12 +179,8 @@ class Lasting:
             self._deliver(members, notice, now)
         del self.rooms[room_id]
         self.history.drop(room)
-        for user in self.room_users.pop(room_id, set()):
-            markers = self.memberships.get(user)
-            if markers is not None:
-                markers.pop(room_id, None)
-                if not markers:
-                    del self.memberships[user]
+        for user in [user for user, markers in self.memberships.items() if room_id in markers]:
+            self._forget(user, room_id, write=False)  # a delete is rare: a scan will do
         for table in ("messages", "memberships", "room_lists", "room_moderators", "rooms"):
             condition = " AND kept = 1" if table == "messages" else ""
             self._write(f"DELETE FROM {table} WHERE room_id = ?{condition}", room_id)
@@ -196,7 +191,17 @@ class Lasting:
 
     def _remember(self, user: str, room_id: str, last_read: int) -> None:
         self.memberships.setdefault(user, {})[room_id] = last_read
-        self.room_users.setdefault(room_id, set()).add(user)
+
+    def _forget(self, user: str, room_id: str, write: bool = True) -> None:
+        """``user`` is no longer a member of the lasting room (if it was)."""
+        markers = self.memberships.get(user)
+        if markers is None or room_id not in markers:
+            return
+        del markers[room_id]
+        if not markers:
+            del self.memberships[user]
+        if write:
+            self._write("DELETE FROM memberships WHERE room_id = ? AND user_name = ?", room_id, user)
 
     def joined_lasting(self, client: Client, room: Room) -> None:
         """A signed-in client is in a lasting room: its user is a member."""
@@ -213,18 +218,10 @@ class Lasting:
         """``client`` left ``room`` for good (a leave, a kick, a ban): its
         user is no longer a member, unless another of its connections is in."""
         user = client.user
-        if user is None or not room.persistent or room.room_id not in self.memberships.get(user, {}):
+        if user is None or not room.persistent:
             return
-        if any(m.user == user for m in room.members.values() if m is not client):
-            return
-        markers = self.memberships[user]
-        del markers[room.room_id]
-        if not markers:
-            del self.memberships[user]
-        users = self.room_users.get(room.room_id)
-        if users is not None:
-            users.discard(user)
-        self._write("DELETE FROM memberships WHERE room_id = ? AND user_name = ?", room.room_id, user)
+        if not any(m.user == user for m in room.members.values() if m is not client):
+            self._forget(user, room.room_id)
 
     def banned_lasting(self, room: Room, keys: frozenset[str]) -> None:
         """Users banned from a lasting room are no longer its members, whether
@@ -232,15 +229,8 @@ class Lasting:
         if not room.persistent:
             return
         for key in keys:
-            user = key[2:] if key.startswith("u:") else None
-            markers = self.memberships.get(user) if user is not None else None
-            if user is None or markers is None or room.room_id not in markers:
-                continue
-            del markers[room.room_id]
-            if not markers:
-                del self.memberships[user]
-            self.room_users.get(room.room_id, set()).discard(user)
-            self._write("DELETE FROM memberships WHERE room_id = ? AND user_name = ?", room.room_id, user)
+            if key.startswith("u:"):
+                self._forget(key[2:], room.room_id)
 
     def rooms_of(self, client: Client) -> MaybeLater:
         """The ``rooms`` action: the user's lasting rooms, and the connection's room."""
