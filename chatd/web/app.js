@@ -415,32 +415,44 @@ function localTime(timestamp) {
   return isNaN(date) ? "" : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 }
 
+// One room of a list: its name (and what follows it: a member count, an
+// unread badge), and a button that goes in; the lists say what the current
+// room is (private, persistent), which the join's reply does not.
+function roomItem(room, text, title, badge, button) {
+  const li = document.createElement("li");
+  li.dataset.room = room.room_id;
+  li.classList.toggle("current", room.room_id === state.roomId);
+  const label = document.createElement("span");
+  label.textContent = text;
+  label.title = title;
+  if (badge) label.append(badge);
+  if (room.room_id === state.roomId && (state.private !== !!room.private || state.persistent !== !!room.persistent)) {
+    state.private = !!room.private;
+    state.persistent = !!room.persistent;
+    showInvite();
+  }
+  const go = document.createElement("button");
+  go.type = "button";
+  go.textContent = button;
+  go.onclick = () => ask("join", { room_id: room.room_id });
+  li.append(label, go);
+  return li;
+}
+
+function small(text, className, title) {
+  const element = document.createElement("small");
+  element.textContent = text;
+  if (className) element.className = className;
+  if (title) element.title = title;
+  return element;
+}
+
 function showRooms(rooms) {
   const list = $("rooms");
   list.replaceChildren();
   for (const room of rooms) {
-    const li = document.createElement("li");
-    li.dataset.room = room.room_id;
-    li.classList.toggle("current", room.room_id === state.roomId);
-    const label = document.createElement("span");
-    label.textContent = room.name;
-    label.title = room.room_id;
-    if (room.private) label.textContent += " (private)";
-    if (room.persistent) label.textContent += " ⌂";
-    if (room.room_id === state.roomId && (state.private !== !!room.private || state.persistent !== !!room.persistent)) {
-      state.private = !!room.private;
-      state.persistent = !!room.persistent;
-      showInvite();
-    }
-    const count = document.createElement("small");
-    count.textContent = ` ${room.members}`;
-    label.append(count);
-    const join = document.createElement("button");
-    join.type = "button";
-    join.textContent = "Join";
-    join.onclick = () => ask("join", { room_id: room.room_id });
-    li.append(label, join);
-    list.append(li);
+    const text = room.name + (room.private ? " (private)" : "") + (room.persistent ? " ⌂" : "");
+    list.append(roomItem(room, text, room.room_id, small(` ${room.members}`), "Join"));
   }
   if (!rooms.length) {
     const li = document.createElement("li");
@@ -458,30 +470,10 @@ function showMyRooms(rooms) {
   const list = $("my-rooms");
   list.replaceChildren();
   for (const room of mine) {
-    const li = document.createElement("li");
-    li.dataset.room = room.room_id;
-    li.classList.toggle("current", room.room_id === state.roomId);
-    const label = document.createElement("span");
-    label.textContent = room.name + (room.private ? " (private)" : "");
-    label.title = `${room.room_id}, you are ${room.role === "member" ? "a member" : "its " + room.role}`;
-    li.append(label);
-    if (room.unread && room.room_id !== state.roomId) {
-      const unread = document.createElement("small");
-      unread.className = "unread";
-      unread.textContent = ` ${room.unread}`;
-      unread.title = `${room.unread} unread`;
-      label.append(unread);
-    }
-    if (room.room_id === state.roomId && !state.persistent) {
-      state.persistent = true;
-      showInvite();
-    }
-    const join = document.createElement("button");
-    join.type = "button";
-    join.textContent = "Open";
-    join.onclick = () => ask("join", { room_id: room.room_id });
-    li.append(join);
-    list.append(li);
+    const title = `${room.room_id}, you are ${room.role === "member" ? "a member" : "its " + room.role}`;
+    const badge = room.unread && room.room_id !== state.roomId
+      ? small(` ${room.unread}`, "unread", `${room.unread} unread`) : null;
+    list.append(roomItem(room, room.name + (room.private ? " (private)" : ""), title, badge, "Open"));
   }
 }
 
