@@ -50,6 +50,15 @@ class Daemon:
         return await self.start()
 
 
+async def team(port: int) -> tuple[WSClient, WSClient, str]:
+    """alice's persistent room "Team", with bob in it: (alice, bob, its ID)."""
+    alice, _ = await signed_in(port, "alice")
+    room = (await alice.request({"action": "create", "body": {"name": "Team", "persistent": True}}))["room_id"]
+    bob, _ = await signed_in(port, "bob")
+    assert (await bob.request({"action": "join", "body": {"room_id": room}}))["status"] == "success"
+    return alice, bob, room
+
+
 async def send(client: WSClient, body: Any) -> None:
     assert await client.request({"action": "message", "body": body}) == {
         "status": "success", "message": "Message sent"}
@@ -115,10 +124,7 @@ async def test_the_owner_deletes_a_persistent_room_and_everyone_is_told(
         daemon_factory: Any, store: str, secret_file: Path) -> None:
     chatd = Daemon(daemon_factory, store, secret_file)
     port = await chatd.start()
-    alice, _ = await signed_in(port, "alice")
-    room = (await alice.request({"action": "create", "body": {"name": "Team", "persistent": True}}))["room_id"]
-    bob, _ = await signed_in(port, "bob")
-    await bob.request({"action": "join", "body": {"room_id": room}})
+    alice, bob, room = await team(port)
     assert await bob.request({"action": "delete", "body": {"room_id": room}}) == {
         "status": "error", "message": "Only the room's owner may delete it"}
     assert await alice.request({"action": "delete", "body": {"room_id": room}}) == {
@@ -308,10 +314,7 @@ async def test_a_ban_ends_a_users_membership_even_while_they_are_away(
         daemon_factory: Any, tmp_path: Path, secret_file: Path) -> None:
     chatd = Daemon(daemon_factory, f"sqlite:{tmp_path}/c.db", secret_file)
     port = await chatd.start()
-    alice, _ = await signed_in(port, "alice")
-    room = (await alice.request({"action": "create", "body": {"name": "Team", "persistent": True}}))["room_id"]
-    bob, _ = await signed_in(port, "bob")
-    await bob.request({"action": "join", "body": {"room_id": room}})
+    alice, bob, room = await team(port)
     await bob.close()
     assert (await alice.request({"action": "ban", "body": {"user": "bob"}}))["status"] == "success"
     port = await chatd.kill_and_restart()
