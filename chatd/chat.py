@@ -133,8 +133,11 @@ class LocalChat:
         core = self.core
         started = self._timer()
         try:
-            reply = core.publish(client, body, now, lambda result, c: answer(
-                Failure(result) if isinstance(result, Exception) else result, c))
+            room = client.room
+            # Only a lasting room's message is answered later (a ChatError
+            # then, not a Failure): no closure per message for the others.
+            later = _with_failures(answer) if room is not None and room.persistent else None
+            reply = core.publish(client, body, now, later)
         except ChatError:
             answer(Failure(), client)
             return
@@ -207,3 +210,8 @@ def counts_of(core: ChatCore) -> dict[str, float]:
         "rooms": len(rooms),
         "members": sum(len(room.members) for room in rooms.values()),
     }
+
+
+def _with_failures(answer: Answer) -> Answer:
+    """``answer``, told a refusal as the Failure the conversation expects."""
+    return lambda result, client: answer(Failure(result) if isinstance(result, Exception) else result, client)
