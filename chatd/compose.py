@@ -116,7 +116,8 @@ def compose(
     )
     shards = None
     if settings.redis and cluster:
-        shards, chat = cluster_chat(settings, reactor if reactor is not None else clock, core, metrics, flusher)
+        shards, chat = cluster_chat(
+            settings, reactor if reactor is not None else clock, core, metrics, flusher, durable)
     moderation = Moderation(
         list(moderators) if moderators is not None else [build(spec) for spec in settings.moderators],
         clock,
@@ -135,6 +136,7 @@ def compose(
 
 def cluster_chat(
     settings: Settings, reactor: Any, core: ChatCore, metrics: Metrics, flusher: Flusher,
+    durable: Optional[Any] = None,
 ) -> tuple[Any, Chat]:
     """A node of the cluster on ``settings.redis`` (one Redis, or several
     shards): (its shards, its chat)."""
@@ -157,6 +159,8 @@ def cluster_chat(
         refuse=lambda client: client.sink.close(CLOSE_TRY_AGAIN_LATER, Unavailable().message),
         wait=settings.redis_timeout,
         flusher=flusher,
+        durable=durable,
+        persistent_rooms=settings.persistent_rooms,
     )
     return shards, chat
 

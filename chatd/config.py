@@ -513,10 +513,6 @@ def _with_store(settings: Settings) -> Settings:
             raise ConfigError(
                 f"--message-log {settings.message_log} is not the store ({chosen}): the message "
                 "log is kept in the store's database; leave it out or name the same one")
-    elif chosen != "memory" and settings.redis:
-        raise ConfigError(
-            "--store postgresql:// with --redis is not supported yet: a cluster keeps its rooms "
-            "in Redis only (--store memory)")
     if settings.rooms and chosen == "memory":
         raise ConfigError("--room needs a store (--store sqlite:PATH or postgresql://...)")
     if settings.history_keep is not None and chosen == "memory":

@@ -208,11 +208,12 @@ class ChatService(MultiService):
                 snapshot = self.durable.open()
             except StoreError as e:
                 self._cannot_start(f"chatd: the store: {e}")
-            self.core.load(snapshot)
-            self.core.declare(self.settings.rooms, snapshot, self._reactor.seconds())
+            one_process = self.backplane is None
+            if one_process:
+                self.core.load(snapshot)  # a cluster's live in Redis, put back from the store on first join
+            made = self.core.declare(self.settings.rooms, snapshot, self._reactor.seconds(), live=one_process)
             self._log.info("Keeping persistent rooms in {store} ({rooms} rooms)", store=self.durable.name,
-                           rooms=sum(1 for room in self.core.rooms.values() if room.persistent),
-                           event="store_opened")
+                           rooms=len(snapshot.rooms) + made, event="store_opened")
         if self.message_log is not None and self.message_log is not self.durable:
             # Before listening: a log that cannot be opened stops start-up.
             try:

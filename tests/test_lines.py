@@ -20,10 +20,16 @@ def test_replies_are_read_by_name_not_position() -> None:
         "r1", 42, 3, ["Den", "t", "0"], [True, False])
     assert lines.Read.of([]).refusal is None and lines.Read.of(b"notin").refusal == "notin"
     state = lines.RoomState.decode("r1", [[b"Den", b"1", b"4"], [b"u:bob"], [], [b"a1", b"b1"],
-                                          [b"0 ", b"3 bobBob"], [b"a1"], [b"b1"]])
+                                          [b"0 ", b"3 bobBob"], [b"a1"], [b"b1"], [None, None], []])
     assert (state.version, state.private, state.invited, state.target_user) == ("4", True, {"u:bob"}, None)
     assert (state.members.members, state.members.owner, state.members.moderators) == (
         [("a1", None, None), ("b1", "Bob", "bob")], "a1", {"b1"})
+    assert not state.members.persistent
+    # A persistent room a user owns: nobody's connection holds it, and no successor is due.
+    lasting = lines.Members.decode([[b"b1"], [b"3 bobBob"], [], [], [b"1", b"alice"], [b"bob"]])
+    assert (lasting.persistent, lasting.owner_user, lasting.moderator_users, lasting.owner) == (
+        True, "alice", {"bob"}, "")
+    assert lines.Members.decode([[b"b1"], [b"3 bobBob"], [], [], [None, None], []]).owner is None
     assert lines.unwho("3 bobBöb".encode()) == ("Böb", "bob")
 
 

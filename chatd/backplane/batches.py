@@ -71,15 +71,6 @@ class _Hold:
         self.landed = False  # one of the node's batches has landed since
 
 
-class _Hold:
-    """A room's members' frames waiting for the room's next batch."""
-
-    __slots__ = ("landed",)
-
-    def __init__(self) -> None:
-        self.landed = False  # one of the node's batches has landed since
-
-
 class RoomBatches:
     """Gathers, sends, holds and releases one node's room batches."""
 
@@ -112,6 +103,9 @@ class RoomBatches:
         self._send_due = False
         # Rooms whose members' frames wait for the room's next batch.
         self._holds: dict[str, _Hold] = {}
+        #: The store of persistent rooms (None: none): a persistent room's
+        #: message is acknowledged once it has it.
+        self.durable: Optional[Any] = None
 
     def gather(self, client: Client, room: Room, body: Any, ts: str, answer: Answer) -> None:
         """A chat message, with the room's others of this reactor iteration:
@@ -188,7 +182,8 @@ class RoomBatches:
     def _published(self, ids: list[Any], batch: list[_Outgoing]) -> None:
         if len(ids) != len(batch):
             raise RuntimeError(f"PUBLISH gave {len(ids)} ids for {len(batch)} messages")
-        events = self.core.events
+        events, durable = self.core.events, self.durable
+        kept: list[_Outgoing] = []
         for message, message_id in zip(batch, ids, strict=True):
             message_id = int(message_id)
             try:
@@ -199,10 +194,22 @@ class RoomBatches:
                     client.client_id, message.body, message.ts, message_id, client.nick, client.user)
                 size = len(message.head) + len(str(message_id)) + len(message.tail)
                 events.message_sent(message.room, client, sent, 0, size)
+                if durable is not None and message.room.persistent:
+                    durable.append(message.room.room_id, message.room.name, sent)  # or StoreUnavailable
+                    kept.append(message)
+                    continue
             except Exception:
                 self._answer(message, Failure())  # this message's sender hears of it; the rest go on
             else:
                 self._answer(message, codec.MESSAGE_SENT)
+        if kept and durable is not None:
+            # Acknowledged once the store has them (delivered already, as Redis published them).
+            durable.synced().addBoth(self._answer_all, kept)
+
+    def _answer_all(self, result: Any, messages: list[_Outgoing]) -> None:
+        reply = codec.MESSAGE_SENT if not isinstance(result, Failure) else result
+        for message in messages:
+            self._answer(message, reply)
 
     def _not_published(self, failure: Failure, batch: list[_Outgoing]) -> None:
         for message in batch:

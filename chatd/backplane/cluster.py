@@ -21,7 +21,7 @@ in the room's history), leaving works, and everything else answers
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, Awaitable, Callable, Optional, TypeVar, Union
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -36,6 +36,7 @@ from chatd.codec import Command
 from chatd.core import ChatCore
 from chatd.backplane.batches import RoomBatches
 from chatd.backplane.calls import ShardCalls
+from chatd.backplane.lasting import ClusterLasting
 from chatd.backplane.membership import Membership
 from chatd.delivery.local import LocalRooms
 from chatd.delivery.outbox import Flusher
@@ -65,6 +66,8 @@ class ClusterChat:
         refuse: Callable[[Client], None],
         wait: float = 5.0,
         flusher: Optional[Flusher] = None,
+        durable: Optional[Any] = None,
+        persistent_rooms: str = "users",
     ) -> None:
         self.core = core
         self.wait = wait
@@ -82,6 +85,9 @@ class ClusterChat:
         self.batches = RoomBatches(
             core, self.membership.local, shards, clock, self.calls.run, self.calls.as_chat_error, flusher)
         self.membership.batches = self.batches
+        # Persistent rooms: kept in the store (PostgreSQL), live in Redis.
+        self.lasting = ClusterLasting(durable, self.rooms, self.calls, shards, core, persistent_rooms)
+        self.batches.durable = durable
 
     # -- what the metrics read ---------------------------------------------------
 
@@ -149,7 +155,7 @@ class ClusterChat:
         if isinstance(command, codec.Join):
             return self.join(client, command.room_id, now, command.since)
         if isinstance(command, codec.Create):
-            return self.create(client, command.name, now, command.private)
+            return self.create(client, command.name, now, command.private, command.persistent)
         if isinstance(command, codec.Leave):
             return self.leave(client, now)
         if isinstance(command, codec.ListRooms):
@@ -164,6 +170,12 @@ class ClusterChat:
             return self.recent(client, command.limit, command.before)
         if isinstance(command, codec.Events):
             return succeed(self.core.set_events(client, command.on))
+        if isinstance(command, codec.Rooms):
+            return Deferred.fromCoroutine(self.lasting.rooms_of(client))
+        if isinstance(command, codec.Read):
+            return Deferred.fromCoroutine(self.lasting.read(client, command.room_id, command.message_id))
+        if isinstance(command, codec.Delete):
+            return Deferred.fromCoroutine(self.lasting.delete(client, command.room_id))
         if isinstance(command, codec.Block):
             try:
                 return succeed(self.core.block(client, command))  # the connection's own
@@ -198,15 +210,27 @@ class ClusterChat:
             return fail(Unavailable())
         return self.calls.call(shard, scripts.DIRECT, client.client_id, to, payload).addCallback(done)
 
-    def create(self, client: Client, name: str, now: float, private: bool = False) -> "Deferred[Reply]":
+    def create(
+        self, client: Client, name: str, now: float, private: bool = False, persistent: bool = False,
+    ) -> "Deferred[Reply]":
         if not self.shards.partly_available:
             raise Unavailable()
-        self.core.check_create_rate(client, now)
-        return self._create(client, name, codec.timestamp(now), private, _TRIES)
+        if not persistent:
+            self.core.check_create_rate(client, now)
+            return self._create(client, name, codec.timestamp(now), private, None, _TRIES)
 
-    def _create(self, client: Client, name: str, created_at: str, private: bool, tries: int) -> "Deferred[Reply]":
+        def allowed(_: None) -> "Deferred[Reply]":
+            self.core.check_create_rate(client, now)
+            return self._create(client, name, codec.timestamp(now), private, client.user or "", _TRIES)
+
+        return Deferred.fromCoroutine(self.lasting.check_create(client)).addCallback(allowed)
+
+    def _create(
+        self, client: Client, name: str, created_at: str, private: bool, owner_user: Optional[str], tries: int,
+    ) -> "Deferred[Reply]":
+        """``owner_user``: a persistent room's owner ("": none), None for a seed room."""
         room = self.membership.local.room(self._new_room_id())
-        self.membership.created(room, name, created_at, client.client_id, private)
+        self.membership.created(room, name, created_at, client.client_id, private, owner_user)
         room_id = room.room_id
         shard, old = self.shards.of(room_id), client.room
 
@@ -219,7 +243,7 @@ class ClusterChat:
             if outcome == "taken":
                 self.membership.abandon(pending)
                 if tries > 1:
-                    return self._create(client, name, created_at, private, tries - 1)
+                    return self._create(client, name, created_at, private, owner_user, tries - 1)
                 raise RuntimeError("no free room ID after several tries")
             if outcome != "ok":
                 self.membership.abandon(pending)
@@ -229,14 +253,17 @@ class ClusterChat:
             self._leave_elsewhere(client, old, shard)
             if self.membership.answered(pending):
                 self.core.events.room_created(room, client)
-            return codec.created(room_id, name, private)
+            answer = codec.created(room_id, name, private, room.persistent)
+            if not room.persistent:
+                return answer
+            return Deferred.fromCoroutine(self._kept(self.lasting.created(room, client), answer))
 
         pending = self.membership.expect(client, room)
         return self.membership.subscribed(room_id).addCallback(run).addCallbacks(
             done, self.membership.failed, errbackArgs=(pending,))
 
     def join(
-        self, client: Client, room_id: str, now: float = 0.0, since: Optional[int] = None
+        self, client: Client, room_id: str, now: float = 0.0, since: Optional[int] = None, revived: bool = False,
     ) -> "Deferred[Reply]":
         current = client.room
         if current is not None and current.room_id == room_id and since is None:
@@ -249,10 +276,15 @@ class ClusterChat:
         def run(_: None) -> "Deferred[lines.Entered]":
             return Deferred.fromCoroutine(self.rooms.enter(client, room_id, since))
 
-        def done(entered: lines.Entered) -> Reply:
+        def done(entered: lines.Entered) -> Union[Reply, Deferred[Reply]]:
             outcome = entered.outcome
             if outcome not in ("ok", "same"):
                 self.membership.abandon(pending)
+                if outcome == "nf" and not revived:
+                    # Perhaps a persistent room Redis has lost: from the store.
+                    return Deferred.fromCoroutine(self.lasting.revive(room_id)).addCallback(
+                        lambda found: self.join(client, room_id, now, since, True) if found else fail(
+                            RoomNotFound(room_id)))
                 if outcome == "nf":
                     raise RoomNotFound(room_id)
                 raise Unavailable()
@@ -262,9 +294,11 @@ class ClusterChat:
             self._leave_elsewhere(client, current, shard)
             self.membership.answered(pending, same=outcome == "same")
             reply = codec.joined(room_id, room.name)
-            if since is not None:
-                reply["recovered"], reply["messages"] = codec.recovery(entered.missed, room.last_id, since)
-            return reply
+            if not room.persistent:
+                if since is not None:
+                    reply["recovered"], reply["messages"] = codec.recovery(entered.missed, room.last_id, since)
+                return reply
+            return Deferred.fromCoroutine(self._joined_lasting(client, room, since, entered.missed, reply))
 
         pending = self.membership.expect(client, room)
         return self.membership.subscribed(room_id).addCallback(run).addCallbacks(
@@ -275,18 +309,22 @@ class ClusterChat:
         if room is None:
             raise NotInRoom("Not in any room")
         reply = {"status": "success", "message": "Left room"}
+        if self.lasting.left(client, room):
+            reply_now: Deferred[Reply] = Deferred.fromCoroutine(self._kept(self.lasting.kept(), reply))
+        else:
+            reply_now = succeed(reply)
         shard = self.shards.of(room.room_id)
         if not shard.available:
-            return succeed(reply)  # the resync after Redis is back catches up
+            return reply_now  # the resync after Redis is back catches up
         d = self.calls.call(shard, scripts.LEAVE, self.shards.node, client.client_id)
 
-        def done(result: list[Any]) -> Reply:
+        def done(result: list[Any]) -> Deferred[Reply]:
             self._left(result)
-            return reply
+            return reply_now
 
-        def failed(failure: Failure) -> Reply:
+        def failed(failure: Failure) -> Deferred[Reply]:
             failure.trap(Unavailable)
-            return reply  # left here; the resync catches up
+            return reply_now  # left here; the resync catches up
 
         return d.addCallbacks(done, failed)
 
@@ -332,16 +370,24 @@ class ClusterChat:
         d = DeferredList([Deferred.fromCoroutine(self.rooms.listed(shard, start, limit, client)) for shard in shards],
                          consumeErrors=True)
 
-        def done(answers: list[tuple[bool, Any]]) -> Reply:
-            found = [room for ok, rooms in answers if ok for room in rooms]
+        def done(answers: list[tuple[bool, Any]]) -> Union[Reply, Deferred[Reply]]:
             if not any(ok for ok, _ in answers):
                 raise Unavailable()
-            found.sort(key=lambda room: room.seq)
-            reply: Reply = {"status": "success", "rooms": [
-                codec.room_entry(room.room_id, room.fields[0], room.members, room.fields[1], room.fields[2] == "1")
-                for room in found[:limit]]}
+            live = {room.room_id: (room.seq, codec.room_entry(
+                room.room_id, room.fields[0], room.members, room.fields[1], room.fields[2] == "1",
+                room.fields[3] == "1")) for ok, rooms in answers if ok for room in rooms}
+            if self.lasting.durable is None:
+                return listed(live, [])
+            # Persistent rooms that Redis does not have now are listed too.
+            return Deferred.fromCoroutine(self.lasting.listed(client, start, limit)).addCallback(
+                lambda stored: listed(live, stored))
+
+        def listed(live: dict[str, tuple[int, Reply]], stored: list[tuple[int, Reply]]) -> Reply:
+            found = list(live.values()) + [(seq, entry) for seq, entry in stored if entry["room_id"] not in live]
+            found.sort(key=lambda row: row[0])
+            reply: Reply = {"status": "success", "rooms": [entry for _, entry in found[:limit]]}
             if len(found) > limit:
-                reply["next"] = str(found[limit - 1].seq)
+                reply["next"] = str(found[limit - 1][0])
             return reply
 
         return d.addCallback(done)
@@ -356,10 +402,13 @@ class ClusterChat:
         applied there only if the room is still so; else decided again."""
         room, shard = self._room_of(client)
 
-        def applied(changes: rules.Changes) -> Reply:
+        def applied(decided: tuple[rules.Changes, Room]) -> Union[Reply, Deferred[Reply]]:
+            changes, view = decided
             self.core.events.room_action(room, client, command)
             if changes.tell_invited is not None:
                 self._tell_invited(room, client, changes.tell_invited)
+            if self.lasting.managed(view, changes):
+                return Deferred.fromCoroutine(self._kept(self.lasting.kept(), done_reply(command)))
             return done_reply(command)
 
         return Deferred.fromCoroutine(self.rooms.manage(client, room, shard, command)).addCallback(applied)
@@ -390,12 +439,13 @@ class ClusterChat:
         room, shard = self._room_of(client)
         d = self.calls.call(shard, scripts.HISTORY, room.room_id, limit, before or 0, client.client_id)
 
-        def done(payloads: Any) -> Reply:
+        def done(payloads: Any) -> Any:
             self._check_reader(payloads, client, room)
             messages = [json.loads(p) for p in payloads]
-            return {"status": "success", "room_id": room.room_id, "messages": messages}
+            return self.lasting.older(room, messages, limit, before)
 
-        return d.addCallback(done)
+        return d.addCallback(done).addCallback(
+            lambda messages: {"status": "success", "room_id": room.room_id, "messages": messages})
 
     def authenticate(self, client: Client, user: str, name: Optional[str], now: float) -> "Deferred[None]":
         """Record the user in Redis (its name is reserved in the client's
@@ -421,6 +471,13 @@ class ClusterChat:
             if not any(lines.text(outcome) == "ok" for _, outcome in results):
                 raise Unavailable()
             self.core.set_user(client, user)
+            if room is not None and room.persistent:
+                # Signed in inside a persistent room: a member of it, kept first.
+                return Deferred.fromCoroutine(self._kept(self.lasting.joined(client, room), None)).addCallback(
+                    lambda _: nicked())
+            return nicked()
+
+        def nicked() -> Any:
             if client.nick is not None:
                 return None
             nick = codec.default_nick(user, name)
@@ -470,6 +527,12 @@ class ClusterChat:
         elif data[:1] == b"k":
             kick = lines.Kick.decode(data)  # out of the room, and told so
             self._kicked(room, kick.subject, kick.by, kick.reason, now)
+        elif data[:1] == b"x":
+            # Its owner deleted it: everyone here is out, and told so.
+            members = list(room.members.values())
+            for member in members:
+                self.membership.kicked(member, room)
+            self.core.deliver_payload(members, codec.encode(codec.deleted(room_id)), now)
         elif data[:1] == b"h":
             # Its owner has gone: this node, as every node with members in
             # it, tries to put the successor in; one of them does.
@@ -546,6 +609,13 @@ class ClusterChat:
 
         def done(refused: list[Any]) -> None:
             self.membership.place_answered(shard)  # joins whose event was lost with the channel
+            lasting = sorted({client.room.room_id for client in self.core.clients.values()
+                              if client.room is not None and client.room.persistent
+                              and self.shards.of(client.room.room_id) is shard})
+            if lasting:
+                # Roles and lists Redis may have lost with its data, from the store.
+                self.calls.background(Deferred.fromCoroutine(self.lasting.restore(shard, lasting)),
+                                      "restoring persistent rooms' lists")
             for client_id in refused:
                 client = self.core.clients.get(lines.text(client_id))
                 if client is not None:
@@ -562,6 +632,22 @@ class ClusterChat:
         self.batches.release_all()
 
     # -- internals --------------------------------------------------------------
+
+    async def _kept(self, step: Awaitable[Any], reply: T) -> T:
+        """``reply``, once ``step`` is done and the store has what it asked for."""
+        await step
+        await self.lasting.kept()
+        return reply
+
+    async def _joined_lasting(
+        self, client: Client, room: Room, since: Optional[int], missed: list[Any], reply: Reply,
+    ) -> Reply:
+        """A join of a persistent room: the user a member of it, kept; what
+        it missed, from the store where Redis no longer has it."""
+        await self._kept(self.lasting.joined(client, room), None)
+        if since is not None:
+            await self.lasting.recovered(room, since, missed, reply)
+        return reply
 
     def _leave_elsewhere(self, client: Client, old: Optional[Room], shard: Any) -> None:
         """The client went from ``old`` into a room on ``shard``: the old

@@ -122,31 +122,44 @@ def unwho(value: Any) -> tuple[Optional[str], Optional[str]]:
 @dataclass(frozen=True)
 class Members:
     """A room's members as read: (client ID, nick, user) in join order,
-    who holds it, and its moderators."""
+    who holds it, and its moderators; for a persistent room, its owner and
+    moderators as users."""
 
     members: list[tuple[str, Optional[str], Optional[str]]]
     owners: frozenset[str]
     moderators: frozenset[str]
+    persistent: bool = False
+    owner_user: Optional[str] = None
+    moderator_users: frozenset[str] = frozenset()
+
+    #: How many reads :meth:`reads` makes.
+    READS = 6
 
     @staticmethod
     def reads(room_id: str, at: int = 1) -> list[list[Any]]:
         """The reads, the first being the ``at``-th of the request."""
         return [["ZRANGE", f"members:{room_id}", 0, -1], ["EACH", at, "client:", "who"],
-                ["SMEMBERS", f"owner:{room_id}"], ["SMEMBERS", f"mods:{room_id}"]]
+                ["SMEMBERS", f"owner:{room_id}"], ["SMEMBERS", f"mods:{room_id}"],
+                ["HMGET", f"room:{room_id}", "persistent", "owner_user"], ["SMEMBERS", f"umods:{room_id}"]]
 
     @classmethod
     def decode(cls, answers: list[Any]) -> "Members":
-        ids, whos, owners, moderators = answers[:4]
+        ids, whos, owners, moderators, lasting, users = answers[:6]
+        persistent, owner_user = (text(x) for x in lasting) if isinstance(lasting, list) else ("", "")
         return cls(
             [(text(client_id), *unwho(w)) for client_id, w in zip(ids, whos, strict=True)],
-            frozenset(text(x) for x in owners), frozenset(text(x) for x in moderators))
+            frozenset(text(x) for x in owners), frozenset(text(x) for x in moderators),
+            persistent == "1", owner_user or None, frozenset(text(x) for x in users))
 
     @property
     def owner(self) -> Optional[str]:
-        """The room's owner, if it is a member (else one is due)."""
+        """The room's owner if it is a member ("" for a room a user owns,
+        whoever is in it); None: one is due."""
         ids = {client_id for client_id, _, _ in self.members}
         held = [owner for owner in self.owners if owner in ids]
-        return held[0] if held else None
+        if held:
+            return held[0]
+        return "" if self.owner_user else None
 
 
 @dataclass(frozen=True)
@@ -178,9 +191,10 @@ class RoomState:
     @classmethod
     def decode(cls, room_id: str, answers: list[Any]) -> "RoomState":
         name, private, version = (text(x) for x in answers[0])
-        target = [text(x) for x in answers[7]] if len(answers) > 7 else ["", ""]
+        end = 3 + Members.READS
+        target = [text(x) for x in answers[end]] if len(answers) > end else ["", ""]
         return cls(
-            room_id, version or "0", name, private == "1", Members.decode(answers[3:7]),
+            room_id, version or "0", name, private == "1", Members.decode(answers[3:end]),
             frozenset(text(x) for x in answers[1]), frozenset(text(x) for x in answers[2]),
             target[0] or None, target[1] or None,
         )

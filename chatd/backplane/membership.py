@@ -80,16 +80,25 @@ class Membership:
 
     # -- what Redis and the channel said --------------------------------------
 
-    def created(self, room: Room, name: str, created_at: str, by: str, private: bool) -> None:
-        """The local view of a room this node's client is creating."""
+    def created(
+        self, room: Room, name: str, created_at: str, by: str, private: bool, owner_user: Optional[str] = None,
+    ) -> None:
+        """The local view of a room this node's client is creating (a
+        persistent one, with ``owner_user``: owned by a user, or by none)."""
         room.name, room.created_at, room.created_by = name, created_at, by
         room.owner, room.private = by, private
+        if owner_user is not None:
+            room.persistent = True
+            room.owner_user = owner_user or None
+            if owner_user:
+                room.owner = ""
 
     def learned(self, room: Room, fields: list[str], last_id: int, owner: str) -> None:
         """What a join answered of the room: its name, creation, creation
-        sequence and privacy, its latest id, its owner."""
-        room.name, room.created_at, room.created_by, seq, private = fields
+        sequence, privacy and lasting, its latest id, its owner."""
+        room.name, room.created_at, room.created_by, seq, private, persistent, owner_user = fields
         room.seq, room.private = int(seq or 0), private == "1"
+        room.persistent, room.owner_user = persistent == "1", owner_user or None
         room.last_id = max(room.last_id, last_id)
         room.owner = owner
 

@@ -35,7 +35,21 @@ local function bump(room)
   redis.call('HINCRBY', P .. 'room:' .. room, 'v', 1)
 end
 
--- Take a client out of its room; the room goes when its last member does.
+-- Every key of a room goes (its members are out of it already, or are
+-- put out by the caller).
+local function drop_keys(room)
+  local sets = redis.call('HGETALL', P .. 'sets:' .. room)
+  local keys = {P .. 'room:' .. room, P .. 'members:' .. room, P .. 'claims:' .. room,
+                P .. 'counts:' .. room, P .. 'history:' .. room, P .. 'sets:' .. room}
+  for i = 1, #sets, 2 do
+    keys[#keys + 1] = sets[i]
+  end
+  redis.call('DEL', unpack(keys))
+  redis.call('ZREM', P .. 'rooms', room)
+end
+
+-- Take a client out of its room; the room goes when its last member does,
+-- unless it lasts (a persistent room's stays, empty, as in the store).
 -- Returns the room ID ('' if none) and 1 if the room was deleted.
 local function leave_room(client)
   local ckey = P .. 'client:' .. client
@@ -49,14 +63,9 @@ local function leave_room(client)
   release(room, claim, client)
   count(room, counted, -1)
   local sets = redis.call('HGETALL', P .. 'sets:' .. room)
-  if redis.call('ZCARD', P .. 'members:' .. room) == 0 then
-    local keys = {P .. 'room:' .. room, P .. 'members:' .. room, P .. 'claims:' .. room,
-                  P .. 'counts:' .. room, P .. 'history:' .. room, P .. 'sets:' .. room}
-    for i = 1, #sets, 2 do
-      keys[#keys + 1] = sets[i]
-    end
-    redis.call('DEL', unpack(keys))
-    redis.call('ZREM', P .. 'rooms', room)
+  if redis.call('ZCARD', P .. 'members:' .. room) == 0
+      and redis.call('HGET', P .. 'room:' .. room, 'persistent') ~= '1' then
+    drop_keys(room)
     return room, 1
   end
   publish_event(room, 'leave', client, who)
@@ -211,7 +220,8 @@ end
 -- {'hset', key, field, value, ...}; {'publish', room, line} on the room's
 -- channel; {'leave', client}: out of its room;
 -- {'claim', room ('' for none), client, name ('' for none)}: the client's
--- claimed name; {'identity', client, who, counted, user}; {'bump', room}.
+-- claimed name; {'identity', client, who, counted, user}; {'bump', room};
+-- {'drop', room}: a room and everything in it goes, its members out.
 local function apply(changes)
   for _, c in ipairs(changes) do
     local kind = c[1]
@@ -251,6 +261,12 @@ local function apply(changes)
       if c[5] ~= '' then
         redis.call('SADD', P .. 'user-clients:' .. c[5], c[2])
       end
+    elseif kind == 'drop' then
+      -- A persistent room deleted: its members are out, then every key goes.
+      for _, member in ipairs(redis.call('ZRANGE', P .. 'members:' .. c[2], 0, -1)) do
+        redis.call('HSET', P .. 'client:' .. member, 'room', '')
+      end
+      drop_keys(c[2])
     elseif kind == 'bump' then
       if redis.call('EXISTS', P .. 'room:' .. c[2]) == 1 then
         bump(c[2])

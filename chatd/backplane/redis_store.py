@@ -51,15 +51,29 @@ class RedisRooms:
         """Create ``room`` (its name, creator and privacy set) with its
         creator in it, owner, and invited if it is private."""
         room_id = room.room_id
-        fields = ["name", room.name, "created_at", room.created_at, "created_by", client.client_id,
-                  "private", "1" if room.private else "0"]
-        changes: list[list[Any]] = [["sadd", room_id, f"owner:{room_id}", client.client_id]]
+        fields = room_fields(room)
+        changes: list[list[Any]] = []
+        if room.owner_user is None:
+            changes.append(["sadd", room_id, f"owner:{room_id}", client.client_id])
         invited = rules.invited_at_creation(client, room.private)
         if invited:
             changes.append(["sadd", room_id, f"invited:{room_id}", *invited])
         return self._call(
             shard, scripts.CREATE, self.node, client.client_id, room_id, *facts.identity(client), stride, position,
-            as_json(fields), as_json(room_sets(room_id)), as_json(changes))
+            as_json(fields), as_json(room_sets(room_id, room.persistent)), as_json(changes))
+
+    def revive(self, stored: Any) -> "Deferred[Any]":
+        """Put a persistent room the store keeps (a
+        :class:`~chatd.storage.durable.StoredRoom`) back into Redis, if
+        Redis does not have it: as it was, with its roles and lists, and its
+        message counter at the last stored id."""
+        room_id = stored.room_id
+        view = Room(room_id, stored.name, stored.created_at, stored.created_by, stored.seq)
+        view.private, view.persistent, view.owner_user = stored.private, True, stored.owner or None
+        changes = stored_lists(stored)
+        return self._call(
+            self.shards.of(room_id), scripts.REVIVE, room_id, str(stored.seq), str(stored.last_id),
+            as_json(room_fields(view)), as_json(room_sets(room_id, True)), as_json(changes))
 
     async def enter(self, client: Client, room_id: str, since: Optional[int]) -> lines.Entered:
         """The join, decided by :func:`chatd.rooms.rules.join_refusal`."""
@@ -97,17 +111,22 @@ class RedisRooms:
                 shard, scripts.LOOK, room_id, client.client_id, as_json(lines.Members.reads(room_id)))
             self._check_reader(answers, client, room)
             found = lines.Members.decode(answers)
-            owner = found.owner
-            if owner is None and found.members:
+            if found.owner is None and found.members:
                 await self.succeed(room_id, shard)  # its owner has gone: who owns it now, first
                 continue
-            view = Room(room_id, "", "", "", 0)
-            view.owner, view.moderators = owner or "", set(found.moderators)
-            return {"status": "success", "room_id": room_id, "members": [
+            view = members_view(room_id, found)
+            reply: Reply = {"status": "success", "room_id": room_id, "members": [
                 member_entry(client_id, nick, user, view.role(client_id)) for client_id, nick, user in found.members]}
+            if found.persistent:
+                reply["persistent"] = True
+            return reply
         raise Unavailable()
 
-    async def manage(self, client: Client, room: Room, shard: Any, command: codec.Manage) -> rules.Changes:
+    async def manage(
+        self, client: Client, room: Room, shard: Any, command: codec.Manage,
+    ) -> tuple[rules.Changes, Room]:
+        """An owner's or a moderator's action, applied: what changed, and the
+        room as the rule read it."""
         room_id = room.room_id
         for _ in range(_DECISIONS):
             answers = await self._call(
@@ -126,7 +145,7 @@ class RedisRooms:
                 shard, scripts.CHANGE, self.node, client.client_id, as_json(guards),
                 as_json(_manage_changes(view, client, command, changes))))
             if applied == "ok":
-                return changes
+                return changes, view
             if applied != "stale":
                 raise Unavailable()
         raise Unavailable()  # the room kept changing under the decision
@@ -231,18 +250,26 @@ class NoSink:
 NO_SINK = NoSink()
 
 
-def _room_view(state: lines.RoomState, client: Client) -> tuple[Room, Client]:
-    """A room as Redis has it, as the rules read a room, and the acting
-    client as a member of it."""
-    view = Room(state.room_id, state.name, "", "", 0)
-    view.owner, view.private = state.members.owner or "", state.private
-    view.moderators = set(state.members.moderators) or None
-    view.invited = set(state.invited) or None
-    view.banned = set(state.banned) or None
-    for client_id, nick, user in state.members.members:
+def members_view(room_id: str, found: lines.Members) -> Room:
+    """A room's members and roles as read, as the rules read a room."""
+    view = Room(room_id, "", "", "", 0)
+    view.owner, view.moderators = found.owner or "", set(found.moderators) or None
+    view.persistent, view.owner_user = found.persistent, found.owner_user
+    view.moderator_users = set(found.moderator_users) or None
+    for client_id, nick, user in found.members:
         member = Client(client_id, NO_SINK)
         member.nick, member.user = nick, user
         view.members[client_id] = member
+    return view
+
+
+def _room_view(state: lines.RoomState, client: Client) -> tuple[Room, Client]:
+    """A room as Redis has it, as the rules read a room, and the acting
+    client as a member of it."""
+    view = members_view(state.room_id, state.members)
+    view.name, view.private = state.name, state.private
+    view.invited = set(state.invited) or None
+    view.banned = set(state.banned) or None
     return view, view.members.get(client.client_id) or Client(client.client_id, NO_SINK)
 
 
@@ -257,10 +284,11 @@ def _manage_changes(view: Room, actor: Client, command: codec.Manage, changes: r
             out.append(["sadd", room_id, key, *sorted(keys)] if kind == "sadd" else ["srem", key, *sorted(keys)])
     for subject, kind in ((changes.op, "op"), (changes.deop, "deop")):
         if subject is not None:
-            mods = f"mods:{room_id}"
-            out.append(["sadd", room_id, mods, subject] if kind == "op" else ["srem", mods, subject])
             member = view.members.get(subject)
             nick, user = (member.nick, member.user) if member is not None else (None, None)
+            # In a persistent room a user is a moderator, not a connection.
+            mods, key = (f"umods:{room_id}", user) if view.persistent and user else (f"mods:{room_id}", subject)
+            out.append(["sadd", room_id, mods, key] if kind == "op" else ["srem", mods, key])
             out.append(["publish", room_id, facts.event_line(kind, subject, nick, user)])
     for member_id in changes.remove:
         out.append(["publish", room_id, f"k{member_id} {actor.client_id} {command.reason}"])
@@ -280,11 +308,33 @@ def _name_takes(view: facts.Facts, holders: list[str], room_id: str) -> list[lis
     return out
 
 
-def room_sets(room_id: str) -> list[str]:
+def room_sets(room_id: str, persistent: bool = False) -> list[str]:
     """A room's sets and their kinds, as the scripts keep them: its owner
     (one member, replaced when it leaves), its moderators (members), who is
-    invited and who is banned (the room's)."""
-    return [f"owner:{room_id}", "h", f"mods:{room_id}", "m", f"invited:{room_id}", "r", f"banned:{room_id}", "r"]
+    invited and who is banned (the room's); a persistent room's moderator
+    users too (the room's)."""
+    sets = [f"owner:{room_id}", "h", f"mods:{room_id}", "m", f"invited:{room_id}", "r", f"banned:{room_id}", "r"]
+    if persistent:
+        sets += [f"umods:{room_id}", "r"]
+    return sets
+
+
+def stored_lists(stored: Any) -> list[list[Any]]:
+    """A stored persistent room's moderator users, invitations and bans,
+    as changes that add them to its sets in Redis."""
+    room_id = stored.room_id
+    return [["sadd", room_id, f"{which}:{room_id}", *sorted(entries)]
+            for which, entries in (("umods", stored.moderators), ("invited", stored.invited),
+                                   ("banned", stored.banned)) if entries]
+
+
+def room_fields(room: Room) -> list[str]:
+    """A room's fields as Redis keeps them (CREATE, REVIVE, RESYNC)."""
+    fields = ["name", room.name, "created_at", room.created_at, "created_by", room.created_by,
+              "private", "1" if room.private else "0"]
+    if room.persistent:
+        fields += ["persistent", "1", "owner_user", room.owner_user or ""]
+    return fields
 
 
 def as_json(value: Any) -> str:
@@ -292,8 +342,8 @@ def as_json(value: Any) -> str:
 
 
 #: What a join answers of the room, and what the list shows of each.
-_ROOM_FIELDS = as_json(["name", "created_at", "created_by", "seq", "private"])
-_LIST_FIELDS = as_json(["name", "created_at", "private"])
+_ROOM_FIELDS = as_json(["name", "created_at", "created_by", "seq", "private", "persistent", "owner_user"])
+_LIST_FIELDS = as_json(["name", "created_at", "private", "persistent"])
 
 
 #: The set of a room that holds each role.
@@ -326,11 +376,11 @@ def resync_state(clients: list[tuple[Client, Optional[Room]]]) -> str:
             continue
         room_id = room.room_id
         rooms[room_id] = {
-            "fields": ["name", room.name, "created_at", room.created_at, "created_by", room.created_by,
-                       "private", "1" if room.private else "0"],
-            "seq": str(room.seq), "last_id": str(room.last_id), "sets": room_sets(room_id)}
-        role = room.role(client_id)
-        if role != "member":
+            "fields": room_fields(room), "seq": str(room.seq), "last_id": str(room.last_id),
+            "sets": room_sets(room_id, room.persistent)}
+        # The connection's own role (a persistent room's users' roles are the room's).
+        role = "owner" if room.owner == client_id else "moderator" if client_id in (room.moderators or ()) else ""
+        if role:
             sets.append([room_id, f"{_ROLE_SETS[role]}:{room_id}", client_id, client_id])
         if room.private:
             sets += ([room_id, f"invited:{room_id}", key, client_id] for key in names_of(client_id, client.user))

@@ -13,7 +13,9 @@ the prefix (``chatd:``):
 
 - ``P room:ID``          hash: seq, last_id, bytes (-1: not counted),
   largest, v (the room's version, bumped by every change the rules read),
-  and the fields the node gives at creation
+  and the fields the node gives at creation (a persistent room's include
+  persistent '1' and owner_user: it stays when its last member leaves,
+  and the store, PostgreSQL, keeps it for when Redis does not)
 - ``P sets:ID``          hash: each of the room's sets (a full key) ->
   'r' (the room's), 'm' (of members: a member leaving leaves it), 'h' (of
   one member, who is replaced when leaving it: the channel says ``h``)
@@ -40,7 +42,8 @@ payloads are JSON with ASCII escapes, so never hold a newline), framed once
 by each node; ``e<kind> <client> <who>`` a room event; ``k<client> <by>
 <reason>`` the client is put out of the room (its leave event follows);
 ``h`` the holder of one of the room's 'h' sets left it (the nodes pick a
-successor, and one of them wins).  chatd.backplane.lines reads them.
+successor, and one of them wins); ``x`` the (persistent) room is deleted:
+its members here are out of it, and told so.  chatd.backplane.lines reads them.
 
 Every script takes the prefix as ARGV[1].  Keys inside the JSON a node
 sends (reads, guards, changes) are without it.
@@ -222,6 +225,26 @@ for i, value in ipairs(fields) do
   fields[i] = result(value)
 end
 return {outcome, fields, read(cjson.decode(ARGV[13])), old, deleted, missed(tonumber(fields[1]))}
+"""
+
+#: ARGV: prefix, room, seq, last_id, the room's fields as JSON ([field,
+#: value, ...]), its sets as JSON ([key, kind, ...]), changes as JSON (see
+#: ``apply``).  A persistent room that Redis does not have (emptied, or
+#: after FLUSHALL) is put back as the store keeps it: 1; 0 if Redis had it.
+REVIVE = _PRELUDE + r"""
+local room, seq = ARGV[2], ARGV[3]
+local rkey = P .. 'room:' .. room
+if redis.call('EXISTS', rkey) == 1 then
+  return 0
+end
+redis.call('HSET', rkey, 'seq', seq, 'last_id', ARGV[4], 'bytes', 0, unpack(cjson.decode(ARGV[5])))
+local sets = cjson.decode(ARGV[6])
+for i = 1, #sets, 2 do
+  redis.call('HSET', P .. 'sets:' .. room, P .. sets[i], sets[i + 1])
+end
+redis.call('ZADD', P .. 'rooms', seq, room)
+apply(cjson.decode(ARGV[7]))
+return 1
 """
 
 #: ARGV: prefix, node, client.  {room left, 1 if deleted} ('' if in none).
@@ -523,5 +546,5 @@ return refused
 
 
 #: Every script, loaded into Redis as a node connects (RedisBackplane).
-ALL = (REGISTER, UNREGISTER, LOOK, CHANGE, DIRECT, CREATE, ENTER, LEAVE, PUBLISH, LIST, HISTORY,
+ALL = (REGISTER, UNREGISTER, LOOK, CHANGE, DIRECT, CREATE, ENTER, REVIVE, LEAVE, PUBLISH, LIST, HISTORY,
        HEARTBEAT, REAP, GOODBYE, RESYNC)

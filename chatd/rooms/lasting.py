@@ -83,10 +83,16 @@ class Lasting:
             for room_id, last_read in markers.items():
                 self._remember(user, room_id, last_read)
 
-    def declare(self, declared: "tuple[tuple[str, bool, Optional[str]], ...]", stored: "Snapshot", now: float) -> int:
+    def declare(
+        self, declared: "tuple[tuple[str, bool, Optional[str]], ...]", stored: "Snapshot", now: float,
+        live: bool = True,
+    ) -> int:
         """The rooms the operator declares that the store does not keep yet:
         made now (by name: a declared room is made once, and kept as its
-        owner leaves it since); how many."""
+        owner leaves it since); how many.  ``live`` False: only in the store
+        (a cluster node's rooms live in Redis, which takes them from the
+        store on their first join; several nodes starting at once make
+        each once)."""
         known = {room.declared for room in stored.rooms}
         made = 0
         for name, private, owner in declared:
@@ -96,14 +102,16 @@ class Lasting:
             self._room_seq = max(self._room_seq + 1, int(now * 10_000))
             room = Room(self._unique_id(self.rooms), name, codec.timestamp(now), "", self._room_seq)
             room.persistent, room.private, room.owner, room.owner_user = True, private, "", owner
-            self.rooms[room.room_id] = room
+            if live:
+                self.rooms[room.room_id] = room
             self._write(
                 "INSERT INTO rooms (room_id, name, created_at, created_by, seq, private, owner, last_id, declared)"
-                " VALUES (?, ?, ?, '', ?, ?, ?, 0, ?)",
+                " VALUES (?, ?, ?, '', ?, ?, ?, 0, ?) ON CONFLICT DO NOTHING",
                 room.room_id, name, room.created_at, room.seq, 1 if private else 0, owner or "", name)
             if private and owner is not None:
                 room.invited = {f"u:{owner}"}  # as a private room's creator is
-                self.kept_lists(room, "invited", frozenset(room.invited), frozenset())
+                self._write("INSERT INTO room_lists (room_id, list, entry) SELECT room_id, 'invited', ? FROM rooms"
+                            " WHERE declared = ? ON CONFLICT DO NOTHING", f"u:{owner}", name)
             made += 1
         return made
 

@@ -308,14 +308,23 @@ class Durable:
             if self.problem is not None and self._probe is None:
                 self._probe = self.reactor.callLater(PROBE_INTERVAL, self._check)
 
-        self._query("SELECT 1").addCallbacks(answered, still)
+        self.query("SELECT 1").addCallbacks(answered, still)
 
     # -- reads -----------------------------------------------------------------
 
-    def _query(self, sql: str, *parameters: Any) -> "Deferred[list[Any]]":
+    def query(self, sql: str, *parameters: Any) -> "Deferred[list[Any]]":
+        """Rows of one read (``?`` marks the parameters, whatever the database)."""
         mark = self._placeholder
         try:
             return self._pool.runQuery(sql if mark == "?" else sql.replace("?", mark), parameters)
+        except Exception as e:  # a closed pool
+            return fail(e)
+
+    def rooms(self, where: str = "", *parameters: Any, limit: Optional[int] = None) -> "Deferred[list[StoredRoom]]":
+        """The lasting rooms ``where`` picks (a condition on ``rooms``, ``?``
+        marking its parameters; the first ``limit``), with their roles and lists."""
+        try:
+            return self._pool.runInteraction(read_rooms, self._placeholder, where, parameters, limit)
         except Exception as e:  # a closed pool
             return fail(e)
 
@@ -334,7 +343,7 @@ class Durable:
             where += " AND message_id > ?"
             parameters.append(after)
         order = "DESC" if after is None else "ASC"
-        d = self._query(
+        d = self.query(
             f"SELECT {_COLUMNS} FROM messages WHERE {where} ORDER BY message_id {order} LIMIT ?",
             *parameters, limit)
 
@@ -350,7 +359,7 @@ class Durable:
             return succeed({})
         clauses = " OR ".join("(room_id = ? AND message_id > ?)" for _ in markers)
         parameters: list[Any] = [p for room_id, last_read in markers.items() for p in (room_id, last_read)]
-        d = self._query(
+        d = self.query(
             f"SELECT room_id, COUNT(*) FROM messages WHERE kept = 1 AND ({clauses})"
             " AND (user_name IS NULL OR user_name <> ?) GROUP BY room_id", *parameters, user)
         return d.addCallback(lambda rows: {room_id: int(count) for room_id, count in rows})
@@ -400,26 +409,42 @@ class Durable:
         return int(cursor.rowcount)
 
 
-def read_snapshot(cursor: Any, mark: str = "?") -> Snapshot:
-    """Every lasting room, its roles and lists, and every membership."""
+def read_rooms(
+    cursor: Any, mark: str = "?", where: str = "", parameters: tuple[Any, ...] = (), limit: Optional[int] = None,
+) -> list[StoredRoom]:
+    """The lasting rooms ``where`` picks (all: ""), in creation order (the
+    first ``limit``), with their roles and lists."""
     rooms: dict[str, StoredRoom] = {}
+    condition = f" WHERE {where}" if where else ""
+    first = f" LIMIT {int(limit)}" if limit is not None else ""
     cursor.execute(
-        "SELECT room_id, name, created_at, created_by, seq, private, owner, last_id, declared"
-        " FROM rooms ORDER BY seq")
+        ("SELECT room_id, name, created_at, created_by, seq, private, owner, last_id, declared"
+         f" FROM rooms{condition} ORDER BY seq{first}").replace("?", mark), parameters)
     for room_id, name, created_at, created_by, seq, private, owner, last_id, declared in cursor.fetchall():
         rooms[room_id] = StoredRoom(room_id, name, created_at, created_by, int(seq), bool(private), owner,
                                     int(last_id), declared)
-    cursor.execute("SELECT room_id, user_name FROM room_moderators")
+    if not rooms:
+        return []
+    # Every room's lists, or those of the few picked.
+    ids = list(rooms) if where else []
+    only = f" WHERE room_id IN ({', '.join(mark for _ in ids)})" if ids else ""
+    cursor.execute(f"SELECT room_id, user_name FROM room_moderators{only}", ids)
     for room_id, user in cursor.fetchall():
         if room_id in rooms:
             rooms[room_id].moderators.add(user)
-    cursor.execute("SELECT room_id, list, entry FROM room_lists")
+    cursor.execute(f"SELECT room_id, list, entry FROM room_lists{only}", ids)
     for room_id, which, entry in cursor.fetchall():
         if room_id in rooms:
             (rooms[room_id].invited if which == "invited" else rooms[room_id].banned).add(entry)
-    snapshot = Snapshot(list(rooms.values()))
+    return list(rooms.values())
+
+
+def read_snapshot(cursor: Any, mark: str = "?") -> Snapshot:
+    """Every lasting room, its roles and lists, and every membership."""
+    snapshot = Snapshot(read_rooms(cursor, mark))
+    known = {room.room_id for room in snapshot.rooms}
     cursor.execute("SELECT room_id, user_name, last_read FROM memberships")
     for room_id, user, last_read in cursor.fetchall():
-        if room_id in rooms:
+        if room_id in known:
             snapshot.memberships.setdefault(user, {})[room_id] = int(last_read)
     return snapshot

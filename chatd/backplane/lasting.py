@@ -1,0 +1,327 @@
+"""
+Rooms that last on a cluster: PostgreSQL keeps what a persistent room is,
+Redis its live state.
+
+A persistent room lives in Redis as any room does (its members, its
+channel, its recent history, its message counter), with two fields more
+(``persistent``, ``owner_user``) and a set of moderator users; it stays in
+Redis when its last member leaves.  Every change the rules decide on it is
+applied in Redis as for any room, then written to the store, and answered
+once the store has it.  A join that finds no room in Redis (after
+``FLUSHALL``, or a Redis that lost its data) looks in the store and puts
+the room back (``REVIVE``) with its roles, lists and last id, so that ids
+go on above every stored one.  Memberships and read markers are the
+store's alone: read and written there, and a ``read`` reaches the user's
+other connections, on any node, as a direct notice.  docs/scaling.md says
+what this costs.
+
+The rules are :mod:`chatd.rooms.rules`', as on one process; the limits and
+errors are :mod:`chatd.rooms.lasting`'s.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from chatd import codec
+from chatd.backplane import scripts
+from chatd.backplane.redis_store import RedisRooms, as_json, stored_lists
+from chatd.errors import ChatError, NotAllowed, NotAuthenticated, RoomNotFound
+from chatd.rooms import rules
+from chatd.rooms.lasting import MAX_MEMBERSHIPS, MAX_OWNED, NO_STORE, SIGN_IN_TO_CREATE, SIGN_IN_TO_READ
+from chatd.rooms.state import Client, Room
+
+Reply = dict[str, Any]
+
+#: A row naming a room that another node may be deleting meanwhile is
+#: written only while the room is kept: a row of a deleted room would fail
+#: the whole group commit it is in.
+_IF_KEPT = " WHERE EXISTS (SELECT 1 FROM rooms WHERE room_id = ?) ON CONFLICT DO NOTHING"
+
+
+def stored_view(stored: Any) -> Room:
+    """A room as the store keeps it (a :class:`~chatd.storage.durable.StoredRoom`),
+    as the rules read a room."""
+    room = Room(stored.room_id, stored.name, stored.created_at, stored.created_by, stored.seq)
+    room.persistent, room.private = True, stored.private
+    room.owner, room.owner_user = "", stored.owner or None
+    room.moderator_users = set(stored.moderators) or None
+    room.invited = set(stored.invited) or None
+    room.banned = set(stored.banned) or None
+    room.last_id = stored.last_id
+    return room
+
+
+class ClusterLasting:
+    """A cluster node's persistent rooms, in the store and in Redis."""
+
+    def __init__(
+        self, durable: Optional[Any], rooms: RedisRooms, calls: Any, shards: Any, core: Any,
+        persistent_rooms: str = "users",
+    ) -> None:
+        self.durable = durable  # a chatd.storage.durable.Durable on PostgreSQL, or None: nothing lasts
+        self.rooms = rooms
+        self.calls = calls
+        self.shards = shards
+        self.core = core
+        self.persistent_rooms = persistent_rooms
+
+    def _write(self, statement: str, *parameters: Any) -> None:
+        assert self.durable is not None
+        self.durable.write(statement, *parameters)
+
+    async def kept(self) -> None:
+        """Once everything asked of the store so far is committed."""
+        if self.durable is not None:
+            await self.durable.synced()
+
+    # -- create, join, leave -------------------------------------------------------
+
+    async def check_create(self, client: Client) -> None:
+        """Why ``client`` may not create a persistent room, as a ChatError."""
+        if self.durable is None:
+            raise ChatError(NO_STORE)
+        if client.user is None:
+            if self.persistent_rooms != "anyone":
+                raise NotAuthenticated(SIGN_IN_TO_CREATE)
+            return
+        ((owned,),) = await self.durable.query("SELECT COUNT(*) FROM rooms WHERE owner = ?", client.user)
+        if int(owned) >= MAX_OWNED:
+            raise ChatError(f"You own {MAX_OWNED} persistent rooms already; delete some first")
+
+    async def created(self, room: Room, client: Client) -> None:
+        """A persistent room just created in Redis: kept, with its creator's
+        invitation and membership."""
+        self._write(
+            "INSERT INTO rooms (room_id, name, created_at, created_by, seq, private, owner, last_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT DO NOTHING",
+            room.room_id, room.name, room.created_at, room.created_by, room.seq, 1 if room.private else 0,
+            client.user or "")
+        for entry in rules.invited_at_creation(client, room.private):
+            self._write("INSERT INTO room_lists (room_id, list, entry) SELECT ?, 'invited', ?" + _IF_KEPT,
+                        room.room_id, entry, room.room_id)
+        await self.joined(client, room)
+
+    async def joined(self, client: Client, room: Room) -> None:
+        """A signed-in client is in a persistent room: its user is a member
+        (up to MAX_MEMBERSHIPS rooms)."""
+        user = client.user
+        if self.durable is None or user is None or not room.persistent:
+            return
+        ((count, member),) = await self.durable.query(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN room_id = ? THEN 1 ELSE 0 END), 0)"
+            " FROM memberships WHERE user_name = ?", room.room_id, user)
+        if int(member) or int(count) >= MAX_MEMBERSHIPS:
+            return
+        self._write("INSERT INTO memberships (room_id, user_name, last_read) SELECT ?, ?, 0" + _IF_KEPT,
+                    room.room_id, user, room.room_id)
+
+    def left(self, client: Client, room: Room) -> bool:
+        """``client`` left a persistent room: its user is no longer a member,
+        unless another of its connections here is in it.  Whether that was
+        written."""
+        user = client.user
+        if self.durable is None or user is None or not room.persistent:
+            return False
+        if any(m.user == user for m in room.members.values() if m is not client):
+            return False
+        self._forget(user, room.room_id)
+        return True
+
+    def _forget(self, user: str, room_id: str) -> None:
+        self._write("DELETE FROM memberships WHERE room_id = ? AND user_name = ?", room_id, user)
+
+    def managed(self, view: Room, changes: rules.Changes) -> bool:
+        """An owner's or a moderator's action applied in Redis to ``view`` (the
+        room as the rule read it): its lasting part written.  Whether
+        anything was."""
+        if self.durable is None or not view.persistent:
+            return False
+        room_id = view.room_id
+        for which, added, removed in (("banned", changes.ban, changes.unban),
+                                      ("invited", changes.invite, changes.uninvite)):
+            for entry in sorted(removed):
+                self._write("DELETE FROM room_lists WHERE room_id = ? AND list = ? AND entry = ?",
+                            room_id, which, entry)
+            for entry in sorted(added):
+                self._write("INSERT INTO room_lists (room_id, list, entry) SELECT ?, ?, ?" + _IF_KEPT,
+                            room_id, which, entry, room_id)
+        for subject, op in ((changes.op, True), (changes.deop, False)):
+            member = view.members.get(subject) if subject is not None else None
+            if member is None or member.user is None:
+                continue
+            if op:
+                self._write("INSERT INTO room_moderators (room_id, user_name) SELECT ?, ?" + _IF_KEPT,
+                            room_id, member.user, room_id)
+            else:
+                self._write("DELETE FROM room_moderators WHERE room_id = ? AND user_name = ?", room_id, member.user)
+        removed_ids = set(changes.remove)
+        gone = {view.members[m].user for m in removed_ids if m in view.members} - {None}
+        staying = {m.user for client_id, m in view.members.items() if client_id not in removed_ids}
+        users = {user for user in gone if user not in staying}
+        users |= {key[2:] for key in changes.ban if key.startswith("u:")}
+        for user in sorted(u for u in users if u is not None):
+            self._forget(user, room_id)
+        return True
+
+    async def revive(self, room_id: str) -> bool:
+        """A room Redis does not have: put back from the store if it keeps
+        it; whether it does."""
+        if self.durable is None:
+            return False
+        stored = await self.durable.rooms("room_id = ?", room_id)
+        if not stored:
+            return False
+        await self.rooms.revive(stored[0])
+        return True
+
+    async def restore(self, shard: Any, room_ids: list[str]) -> None:
+        """After Redis lost its data and a resync put these rooms back from
+        what the node knew: their roles and lists, from the store."""
+        if self.durable is None or not room_ids:
+            return
+        marks = ", ".join("?" for _ in room_ids)
+        for stored in await self.durable.rooms(f"room_id IN ({marks})", *room_ids):
+            changes = stored_lists(stored)
+            if changes:
+                await self.calls.call(shard, scripts.CHANGE, self.shards.node, "", "[]", as_json(changes))
+
+    # -- reading the store -------------------------------------------------------------
+
+    def older(self, room: Room, found: list[Reply], limit: int, before: Optional[int]) -> Any:
+        """A persistent room's history page: what Redis keeps, and before it
+        what the store does (a list, or a Deferred of one)."""
+        durable = self.durable
+        oldest = found[0]["id"] if found else (before if before is not None else room.last_id + 1)
+        if durable is None or not room.persistent or len(found) >= limit or oldest <= 1:
+            return found
+        return durable.history(room.room_id, limit - len(found), oldest).addCallback(lambda more: more + found)
+
+    async def recovered(self, room: Room, since: int, missed: list[Reply], reply: Reply) -> Reply:
+        """A join ``since`` a message older than Redis keeps: the reply with
+        what the store has after it."""
+        last_id = room.last_id
+        if (self.durable is not None and room.persistent and since < last_id
+                and not (missed and missed[0]["id"] == since + 1)):
+            found = await self.durable.history(room.room_id, max(1, self.core.limits.history_size), None, since)
+            missed = [m for m in found if m["id"] <= last_id]
+        reply["recovered"], reply["messages"] = codec.recovery(missed, last_id, since)
+        return reply
+
+    async def listed(self, client: Optional[Client], after: int, limit: int) -> list[tuple[int, Reply]]:
+        """The first ``limit`` + 1 persistent rooms the store keeps after the
+        cursor that ``client`` sees: (seq, its entry in a list, as empty)."""
+        out: list[tuple[int, Reply]] = []
+        if self.durable is None:
+            return out
+        while True:
+            rows = await self.durable.rooms("seq > ?", after, limit=limit + 1)
+            for stored in rows:
+                if rules.visible(stored_view(stored), client, False):
+                    out.append((stored.seq, codec.room_entry(
+                        stored.room_id, stored.name, 0, stored.created_at, stored.private, True)))
+                    if len(out) > limit:
+                        return out
+            if len(rows) <= limit:
+                return out
+            after = rows[-1].seq
+
+    async def rooms_of(self, client: Client) -> Reply:
+        """The ``rooms`` action: the user's persistent rooms, and the connection's room."""
+        user, current = client.user, client.room
+        stored_rooms: list[Any] = []
+        markers: dict[str, int] = {}
+        if self.durable is not None and user is not None:
+            stored_rooms = await self.durable.rooms(
+                "room_id IN (SELECT room_id FROM memberships WHERE user_name = ?)", user)
+            markers = {room_id: int(last_read) for room_id, last_read in await self.durable.query(
+                "SELECT room_id, last_read FROM memberships WHERE user_name = ?", user)}
+        entries: list[Reply] = []
+        if current is not None:
+            entries.append({
+                "room_id": current.room_id, "name": current.name, "private": current.private,
+                "persistent": current.persistent, "role": current.role(client.client_id),
+                "last_id": current.last_id, "last_read": markers.get(current.room_id, current.last_id),
+                "unread": 0})
+        for stored in stored_rooms:
+            if current is not None and stored.room_id == current.room_id:
+                entries[0]["role"] = stored_view(stored).user_role(user or "") if user else entries[0]["role"]
+                continue
+            entries.append({
+                "room_id": stored.room_id, "name": stored.name, "private": stored.private, "persistent": True,
+                "role": stored_view(stored).user_role(user or ""), "last_id": stored.last_id,
+                "last_read": markers.get(stored.room_id, 0), "unread": 0})
+        counted = {e["room_id"]: e["last_read"] for e in entries if e["persistent"] and e["last_read"] < e["last_id"]}
+        if self.durable is not None and user is not None and counted:
+            unread = await self.durable.unread(user, counted)
+            for entry in entries:
+                entry["unread"] = unread.get(entry["room_id"], 0)
+        return {"status": "success", "rooms": entries}
+
+    async def _stored(self, client: Client, room_id: str) -> tuple[Optional[Room], Optional[Room], Optional[int]]:
+        """The room as stored (None: not kept), the client's room if it is
+        that one, and the user's read marker there (None: no member)."""
+        current = client.room if client.room is not None and client.room.room_id == room_id else None
+        if self.durable is None:
+            return None, current, None
+        stored = await self.durable.rooms("room_id = ?", room_id)
+        marker = None
+        if client.user is not None and stored:
+            rows = await self.durable.query(
+                "SELECT last_read FROM memberships WHERE room_id = ? AND user_name = ?", room_id, client.user)
+            marker = int(rows[0][0]) if rows else None
+        return (stored_view(stored[0]) if stored else None), current, marker
+
+    async def read(self, client: Client, room_id: str, message_id: int) -> Reply:
+        """The ``read`` action: move the user's marker in a persistent room forward."""
+        user = client.user
+        if user is None:
+            raise NotAuthenticated(SIGN_IN_TO_READ)
+        room, current, marker = await self._stored(client, room_id)
+        if room is None:
+            if current is not None:
+                raise ChatError(f"Room '{current.name}' is not persistent: it keeps no read markers")
+            raise RoomNotFound(room_id)
+        if marker is None and current is None:
+            if not room.private:
+                raise ChatError(f"You are not a member of room {room_id}")
+            raise RoomNotFound(room_id)
+        last_id = max(room.last_id, current.last_id if current is not None else 0)
+        if message_id > last_id:
+            raise ChatError(f"Message {message_id} is past the room's last message ({last_id})")
+        if marker is None:
+            raise ChatError(f"You are not a member of room {room_id}")
+        if message_id > marker:
+            marker = message_id
+            self._write("UPDATE memberships SET last_read = ? WHERE room_id = ? AND user_name = ? AND last_read < ?",
+                        marker, room_id, user, marker)
+            await self.kept()
+            # The user's other connections, on any node, hear of it.
+            shard = self.shards.serving(user)
+            if shard is not None:
+                notice = codec.encode(codec.read_up_to(room_id, marker))
+                self.calls.background(self.calls.run(shard, scripts.DIRECT, client.client_id, user, notice),
+                                      "telling a user's connections of a read marker")
+        return {"status": "success", "message": f"Read up to {marker}"}
+
+    async def delete(self, client: Client, room_id: str) -> Reply:
+        """The ``delete`` action: a persistent room's owner removes it; every
+        member, on every node, hears of it and is out."""
+        room, current, marker = await self._stored(client, room_id)
+        if room is None:
+            if current is not None:
+                raise ChatError(f"Room '{current.name}' is not persistent: it ends with its last member")
+            raise RoomNotFound(room_id)
+        if marker is None and not rules.visible(room, client, current is not None):
+            raise RoomNotFound(room_id)
+        if client.user is None or client.user != room.owner_user:
+            raise NotAllowed("Only the room's owner may delete it")
+        shard = self.shards.of(room_id)
+        await self.calls.call(shard, scripts.CHANGE, self.shards.node, "", "[]",
+                              as_json([["publish", room_id, "x"], ["drop", room_id]]))
+        for table in ("messages", "memberships", "room_lists", "room_moderators", "rooms"):
+            condition = " AND kept = 1" if table == "messages" else ""
+            self._write(f"DELETE FROM {table} WHERE room_id = ?{condition}", room_id)
+        await self.kept()
+        self.core.events.room_deleted(room)
+        return {"status": "success", "message": f"Deleted room '{room.name}'"}

@@ -1,0 +1,209 @@
+"""
+Rooms that last on a cluster: two real ``twistd -n chatd`` nodes on a real
+Redis, keeping their persistent rooms in a real PostgreSQL server.  Every
+node is SIGKILLed and Redis emptied (FLUSHALL); started again, the nodes
+find every persistent room, its roles, lists, memberships, read markers
+and acknowledged messages in PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+
+from tests.support.clients import WSClient
+from tests.support.redis import RedisServer
+from tests.support.tokens import token
+from tests.test_lasting import Daemon, guest, send, signed_in
+
+
+class Cluster:
+    """Two nodes on one Redis and one PostgreSQL database."""
+
+    def __init__(self, daemon_factory: Any, redis: RedisServer, database: str, secret: Path) -> None:
+        self.nodes = [Daemon(daemon_factory, database, secret, "--redis", redis.url) for _ in range(2)]
+
+    async def start(self) -> list[int]:
+        return [await node.start() for node in self.nodes]
+
+    async def kill_and_restart(self, redis: RedisServer) -> list[int]:
+        for node in self.nodes:
+            node.process.signal("KILL")
+            await node.process.wait_exit()
+        assert redis.command("FLUSHALL") == "OK"
+        return await self.start()
+
+
+async def request(client: WSClient, action: str, body: Any = None) -> Any:
+    return await client.request({"action": action} if body is None else {"action": action, "body": body})
+
+
+@pytest_twisted.ensureDeferred
+async def test_persistent_rooms_outlive_every_node_and_redis(
+        daemon_factory: Any, redis_server: RedisServer, postgres_server: Any, secret_file: Path) -> None:
+    cluster = Cluster(daemon_factory, redis_server, str(postgres_server.new_database()), secret_file)
+    a, b = await cluster.start()
+    alice, _ = await signed_in(a, "alice")
+    created = await request(alice, "create", {"name": "Team", "persistent": True})
+    room = created["room_id"]
+    assert created == {"status": "success", "room_id": room, "message": "Room 'Team' created", "persistent": True}
+    bob, bob_id = await signed_in(b, "bob")
+    bob_elsewhere, _ = await signed_in(a, "bob")
+    assert (await request(bob, "join", {"room_id": room}))["status"] == "success"
+    assert await request(alice, "op", {"client_id": bob_id}) == {
+        "status": "success", "message": f"'{bob_id}' is now a moderator"}
+    assert (await request(alice, "ban", {"user": "mallory"}))["status"] == "success"
+    members = await request(bob, "members")
+    assert members["persistent"] is True
+    assert [(m["client_id"] == bob_id, m["role"]) for m in members["members"]] == [
+        (False, "owner"), (True, "moderator")]
+    for n in range(1, 6):
+        await send(alice, f"m{n}")
+    for n in range(1, 6):
+        assert (await bob.next())["id"] == n
+    assert await request(bob, "read", {"room_id": room, "id": 2}) == {"status": "success", "message": "Read up to 2"}
+    assert await bob_elsewhere.next() == {"event": "read", "room_id": room, "id": 2}
+    # Its last member gone, the room stays, on every node (and their memberships with it).
+    await alice.close()
+    await bob.close()
+    listed = await request(bob_elsewhere, "list")
+    assert [(r["room_id"], r.get("persistent")) for r in listed["rooms"]] == [(room, True)]
+    # A seed-style room beside it vanishes as it always did.
+    carol, _ = await guest(b)
+    seed = (await request(carol, "create", "Lobby"))["room_id"]
+    assert (await request(carol, "message", "hi"))["status"] == "success"
+
+    a, b = await cluster.kill_and_restart(redis_server)
+
+    alice, _ = await signed_in(b, "alice")
+    assert await request(alice, "rooms") == {"status": "success", "rooms": [{
+        "room_id": room, "name": "Team", "private": False, "persistent": True, "role": "owner",
+        "last_id": 5, "last_read": 0, "unread": 0}]}
+    bob, bob_id = await signed_in(a, "bob")
+    assert (await request(bob, "rooms"))["rooms"] == [{
+        "room_id": room, "name": "Team", "private": False, "persistent": True, "role": "moderator",
+        "last_id": 5, "last_read": 2, "unread": 3}]
+    listed = await request(bob, "list")
+    assert [(r["room_id"], r.get("persistent")) for r in listed["rooms"]] == [(room, True)]
+    assert seed not in {r["room_id"] for r in listed["rooms"]}
+    # The first join puts the room back into Redis; what bob missed comes from PostgreSQL.
+    joined = await request(bob, "join", {"room_id": room, "since": 2})
+    assert (joined["recovered"], [m["body"] for m in joined["messages"]]) == (True, ["m3", "m4", "m5"])
+    history = await request(bob, "history")
+    assert [m["body"] for m in history["messages"]] == ["m1", "m2", "m3", "m4", "m5"]
+    members = await request(bob, "members")
+    assert members["persistent"] is True and members["members"][0]["role"] == "moderator"
+    mallory, _ = await signed_in(b, "mallory")
+    assert (await request(mallory, "join", {"room_id": room}))["status"] == "error"
+    # Numbering goes on above the last stored id, and the owner is the owner on any node.
+    assert (await request(alice, "join", {"room_id": room}))["status"] == "success"
+    await send(alice, "after")
+    assert (await bob.next())["id"] == 6
+    assert (await request(alice, "members"))["members"][0]["role"] == "moderator"
+    assert (await request(alice, "members"))["members"][1]["role"] == "owner"
+
+    # Only the owner deletes it; every member, on every node, hears of it.
+    assert await request(bob, "delete", {"room_id": room}) == {
+        "status": "error", "message": "Only the room's owner may delete it"}
+    assert await request(alice, "delete", {"room_id": room}) == {
+        "status": "success", "message": "Deleted room 'Team'"}
+    assert await bob.next() == {"event": "deleted", "room_id": room}
+    assert await request(bob, "members") == {"status": "error", "message": "You must join a room first"}
+    assert await request(bob, "rooms") == {"status": "success", "rooms": []}
+    assert (await request(bob, "join", {"room_id": room}))["message"] == f"Room {room} does not exist"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cluster_refuses_what_one_process_refuses(
+        daemon_factory: Any, redis_server: RedisServer, postgres_server: Any, secret_file: Path) -> None:
+    cluster = Cluster(daemon_factory, redis_server, str(postgres_server.new_database()), secret_file)
+    a, b = await cluster.start()
+    visitor, _ = await guest(a)
+    assert await request(visitor, "create", {"name": "Team", "persistent": True}) == {
+        "status": "error", "message": "Sign in to create a persistent room"}
+    assert await request(visitor, "read", {"room_id": "nope", "id": 1}) == {
+        "status": "error", "message": "Sign in to keep read markers"}
+    alice, _ = await signed_in(a, "alice")
+    room = (await request(alice, "create", {"name": "Team", "persistent": True, "private": True}))["room_id"]
+    await send(alice, "one")
+    bob, _ = await signed_in(b, "bob")
+    # A private room bob was not invited to: nothing leaks.
+    for action, body in (("read", {"room_id": room, "id": 1}), ("delete", {"room_id": room}),
+                         ("join", {"room_id": room})):
+        reply = await request(bob, action, body)
+        assert reply["status"] == "error" and room in reply["message"], (action, reply)
+    assert await request(alice, "read", {"room_id": room, "id": 9}) == {
+        "status": "error", "message": "Message 9 is past the room's last message (1)"}
+    lobby = (await request(bob, "create", "Lobby"))["room_id"]
+    assert await request(bob, "delete", {"room_id": lobby}) == {
+        "status": "error", "message": "Room 'Lobby' is not persistent: it ends with its last member"}
+    assert await request(bob, "read", {"room_id": lobby, "id": 1}) == {
+        "status": "error", "message": "Room 'Lobby' is not persistent: it keeps no read markers"}
+    # The connection stays usable, and the room unchanged.
+    assert (await request(alice, "rooms"))["rooms"][0]["last_id"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_nothing_acknowledged_is_lost_when_every_node_and_redis_go(
+        daemon_factory: Any, redis_server: RedisServer, postgres_server: Any, secret_file: Path) -> None:
+    cluster = Cluster(daemon_factory, redis_server, str(postgres_server.new_database()), secret_file)
+    for node in cluster.nodes:
+        node.args += ("--rate-messages", "0")
+    a, b = await cluster.start()
+    alice, _ = await signed_in(a, "alice")
+    room = (await request(alice, "create", {"name": "Stream", "persistent": True}))["room_id"]
+    bob, _ = await signed_in(b, "bob")
+    assert (await request(bob, "join", {"room_id": room}))["status"] == "success"
+    # Pipelined without waiting; every node is killed as soon as 100 are
+    # acknowledged, with more on their way, and Redis emptied.
+    for n in range(1, 181):
+        alice.send({"action": "message", "body": n})
+    for _ in range(100):
+        assert await alice.next() == {"status": "success", "message": "Message sent"}
+    a, b = await cluster.kill_and_restart(redis_server)
+    bob, _ = await signed_in(b, "bob")
+    assert (await request(bob, "join", {"room_id": room}))["status"] == "success"
+    kept: list[Any] = []
+    before = None
+    while True:
+        page = (await request(bob, "history", {"limit": 100} if before is None else {"limit": 100, "before": before}))
+        if not page["messages"]:
+            break
+        kept = page["messages"] + kept
+        before = kept[0]["id"]
+    assert [m["body"] for m in kept] == list(range(1, len(kept) + 1))
+    assert [m["id"] for m in kept] == list(range(1, len(kept) + 1))
+    assert len(kept) >= 100
+    await send(bob, "next")
+    assert (await request(bob, "history", {"limit": 1}))["messages"][0]["id"] == len(kept) + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_memberships_on_a_cluster_follow_auth_and_bans(
+        daemon_factory: Any, redis_server: RedisServer, postgres_server: Any, secret_file: Path) -> None:
+    cluster = Cluster(daemon_factory, redis_server, str(postgres_server.new_database()), secret_file)
+    for node in cluster.nodes:
+        node.args += ("--room", "Team:owner=alice", "--room", "Hidden:private:owner=alice")
+    a, b = await cluster.start()  # both declare: each room is made once
+    carol, _ = await guest(b)
+    listed = (await request(carol, "list"))["rooms"]
+    assert [(r["name"], r["members"], r.get("persistent")) for r in listed] == [("Team", 0, True)]
+    team = listed[0]["room_id"]
+    # A guest who signs in inside a persistent room becomes its member.
+    assert (await request(carol, "join", {"room_id": team}))["status"] == "success"
+    assert (await request(carol, "auth", {"token": token("carol")}))["status"] == "success"
+    assert [r["room_id"] for r in (await request(carol, "rooms"))["rooms"]] == [team]
+    alice, _ = await signed_in(a, "alice")
+    assert [r["name"] for r in (await request(alice, "list"))["rooms"]] == ["Team", "Hidden"]
+    assert (await request(alice, "join", {"room_id": team}))["status"] == "success"
+    assert [m["role"] for m in (await request(alice, "members"))["members"]] == ["member", "owner"]
+    await carol.close()
+    # A ban ends the user's membership, even while they are away.
+    assert (await request(alice, "ban", {"user": "carol"}))["status"] == "success"
+    a, b = await cluster.kill_and_restart(redis_server)
+    carol, _ = await signed_in(a, "carol")
+    assert await request(carol, "rooms") == {"status": "success", "rooms": []}
+    assert await request(carol, "join", {"room_id": team}) == {
+        "status": "error", "message": f"You are banned from room {team}"}
