@@ -73,6 +73,15 @@ SERVERS = {
         "--rate-messages 0 --rate-creates 0 --rate-connections-per-ip 0 "
         "--max-connections 0 --max-connections-per-ip 0"
     ) for kind in ("sqlite", "postgresql") for rooms in ("", "-persistent")},
+    # A node of a Redis cluster keeping rooms that last in PostgreSQL (both
+    # private, started for the run on the server's cores, counted as its).
+    **{f"chatd-redis-postgresql{rooms}": (
+        f"{BIN / 'twistd'} --nodaemon --pidfile= chatd --log-format json "
+        "--listen tcp:{port}:interface=127.0.0.1:backlog=4096 --redis {redis} --store {store} "
+        "--persistent-rooms anyone "
+        "--rate-messages 0 --rate-creates 0 --rate-connections-per-ip 0 "
+        "--max-connections 0 --max-connections-per-ip 0"
+    ) for rooms in ("", "-persistent")},
     "seed": f"{sys.executable} {ROOT / 'bench/peers/seed_server.py'} {{port}}",
     "seed-broadcast": f"{sys.executable} {ROOT / 'bench/peers/seed_server.py'} {{port}} --broadcast",
     "node-ws": f"node {ROOT / 'bench/peers/node/server.js'} {{port}}",
@@ -187,7 +196,7 @@ def run_one(server: str, scenario: str, options: dict[str, Any]) -> dict[str, An
     store, also, stop_store = f"sqlite:{directory}/bench.db", [redis.pid] if redis is not None else [], None
     if "postgresql" in server and "{store}" in command:
         pid, store, stop_store = start_postgresql(directory)
-        also = [pid]
+        also = [*also, pid]
     loadgen.PERSISTENT_ROOMS = server.endswith("-persistent")
     try:
         process = start_server(command, port, url, store)
