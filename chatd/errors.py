@@ -133,6 +133,18 @@ class Unavailable(ChatError):
         super().__init__("Service temporarily unavailable")
 
 
+class StoreUnreadable(ChatError):
+    """
+    The durable store could not be read (a database outage): nothing
+    changed; the client may retry.
+    """
+
+    kind = "unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("The store is unavailable; try again later")
+
+
 class StoreUnavailable(ChatError):
     """
     The durable store could not keep what the action changes (a database

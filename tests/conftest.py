@@ -57,8 +57,9 @@ async def daemon_factory() -> AsyncIterator[Callable[..., DaemonProcess]]:
     """
     started: list[DaemonProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, cwd: str | None = None) -> DaemonProcess:
-        process = spawn_chatd(*args, env=env, cwd=cwd)
+    def start(*args: str, env: dict[str, str] | None = None, cwd: str | None = None,
+              wrapper: tuple[str, ...] = ()) -> DaemonProcess:
+        process = spawn_chatd(*args, env=env, cwd=cwd, wrapper=wrapper)
         started.append(process)
         return process
 

@@ -8,9 +8,12 @@ gets its own error and changes nothing stored.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 
 from tests.support.clients import WSClient, connect
@@ -39,9 +42,10 @@ class Daemon:
         self.args = ("--listen", "tcp:0:interface=127.0.0.1", "--store", store, "--auth", f"jwt:key={secret}",
                      "--ping-interval", "0", *extra)
         self.process: Any = None
+        self.wrapper: tuple[str, ...] = ()
 
     async def start(self) -> int:
-        self.process = self.start_daemon(*self.args)
+        self.process = self.start_daemon(*self.args, wrapper=self.wrapper)
         return int(await self.process.wait_listening())
 
     async def kill_and_restart(self) -> int:
@@ -292,6 +296,8 @@ async def test_a_database_outage_is_reported_and_survived(
         database.stop()
         assert await alice.request({"action": "message", "body": "during"}) == {
             "status": "error", "message": "Not stored: the store is unavailable; try again later"}
+        assert await alice.request({"action": "rooms"}) == {
+            "status": "error", "message": "The store is unavailable; try again later"}
         status, body = await http_get(f"http://127.0.0.1:{metrics}/readyz")
         assert status == 503 and body.startswith(b"not ready: the store cannot write"), body
         _, text = await http_get(f"http://127.0.0.1:{metrics}/metrics")
@@ -307,6 +313,38 @@ async def test_a_database_outage_is_reported_and_survived(
         assert b"Could not write" in chatd.process.output and b"writes again" in chatd.process.output
     finally:
         database.remove()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_disk_is_reported_and_survived(daemon_factory: Any, tmp_path: Path, secret_file: Path) -> None:
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit (util-linux) is not installed")
+    # The daemon may write no file past 1 MiB (RLIMIT_FSIZE, which binds
+    # root as anyone): its SQLite store fills up as on a full disk.
+    chatd = Daemon(daemon_factory, f"sqlite:{tmp_path}/c.db", secret_file, "--metrics", "tcp:0:interface=127.0.0.1")
+    chatd.wrapper = ("prlimit", f"--fsize={1 << 20}", "--")
+    port = await chatd.start()
+    metrics = int(await chatd.process.wait_metrics())
+    alice, _ = await signed_in(port, "alice")
+    await alice.request({"action": "create", "body": {"name": "Team", "persistent": True}})
+    await send(alice, "before")
+    big = "x" * 30_000
+    for _ in range(100):
+        reply = await alice.request({"action": "message", "body": big})
+        if reply["status"] == "error":
+            break
+    assert reply == {"status": "error", "message": "Not stored: the store is unavailable; try again later"}
+    status, body = await http_get(f"http://127.0.0.1:{metrics}/readyz")
+    assert status == 503 and body.startswith(b"not ready: the store cannot write"), body
+    _, text = await http_get(f"http://127.0.0.1:{metrics}/metrics")
+    assert b"chatd_store_available 0.0" in text
+    assert b"Could not write" in chatd.process.output
+    # Room freed on the disk: the daemon writes again, untouched.
+    subprocess.run(["prlimit", "--pid", str(chatd.process.pid), "--fsize=unlimited"], check=True)
+    await send(alice, "after")
+    assert await http_get(f"http://127.0.0.1:{metrics}/readyz") == (200, b"ready\n")
+    history = await alice.request({"action": "history", "body": {"limit": 1}})
+    assert [m["body"] for m in history["messages"]] == ["after"]
 
 
 @pytest_twisted.ensureDeferred

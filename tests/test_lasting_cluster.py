@@ -14,6 +14,7 @@ from typing import Any
 import pytest_twisted
 
 from tests.support.clients import WSClient
+from tests.support.raw import http_get
 from tests.support.redis import RedisServer
 from tests.support.tokens import token
 from tests.test_lasting import Daemon, guest, send, signed_in
@@ -207,3 +208,38 @@ async def test_memberships_on_a_cluster_follow_auth_and_bans(
     assert await request(carol, "rooms") == {"status": "success", "rooms": []}
     assert await request(carol, "join", {"room_id": team}) == {
         "status": "error", "message": f"You are banned from room {team}"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_database_outage_on_a_cluster_is_reported_and_survived(
+        daemon_factory: Any, redis_server: RedisServer, postgres_server: Any, secret_file: Path) -> None:
+    from tests.support.postgres import PostgresServer
+
+    database = PostgresServer(postgres_server.bindir).start()  # its own, to stop
+    try:
+        node = Daemon(daemon_factory, database.new_database(), secret_file, "--redis", redis_server.url,
+                      "--metrics", "tcp:0:interface=127.0.0.1")
+        port = await node.start()
+        metrics = int(await node.process.wait_metrics())
+        alice, _ = await signed_in(port, "alice")
+        room = (await request(alice, "create", {"name": "Team", "persistent": True}))["room_id"]
+        await send(alice, "before")
+        database.stop()
+        assert await request(alice, "message", "during") == {
+            "status": "error", "message": "Not stored: the store is unavailable; try again later"}
+        for action, body in (("rooms", None), ("read", {"room_id": room, "id": 1})):
+            assert await request(alice, action, body) == {
+                "status": "error", "message": "The store is unavailable; try again later"}, action
+        status, text = await http_get(f"http://127.0.0.1:{metrics}/readyz")
+        assert status == 503 and text.startswith(b"not ready: the store cannot write"), text
+        # Rooms that do not last go on as ever.
+        carol, _ = await guest(port)
+        assert (await request(carol, "create", "Lobby"))["status"] == "success"
+        assert (await request(carol, "message", "hi"))["status"] == "success"
+        database.start()
+        await send(alice, "after")
+        assert await http_get(f"http://127.0.0.1:{metrics}/readyz") == (200, b"ready\n")
+        assert (await request(alice, "read", {"room_id": room, "id": 1}))["status"] == "success"
+        assert b"Could not write" in node.process.output and b"Could not read" in node.process.output
+    finally:
+        database.remove()

@@ -30,7 +30,7 @@ from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from chatd.errors import StoreUnavailable
+from chatd.errors import StoreUnavailable, StoreUnreadable
 from chatd.replies import timestamp
 
 #: Seconds between checks of a store that failed to write, until it answers.
@@ -308,25 +308,39 @@ class Durable:
             if self.problem is not None and self._probe is None:
                 self._probe = self.reactor.callLater(PROBE_INTERVAL, self._check)
 
-        self.query("SELECT 1").addCallbacks(answered, still)
+        self._run_query("SELECT 1").addCallbacks(answered, still)
 
     # -- reads -----------------------------------------------------------------
 
-    def query(self, sql: str, *parameters: Any) -> "Deferred[list[Any]]":
-        """Rows of one read (``?`` marks the parameters, whatever the database)."""
+    def _run_query(self, sql: str, *parameters: Any) -> "Deferred[list[Any]]":
         mark = self._placeholder
         try:
             return self._pool.runQuery(sql if mark == "?" else sql.replace("?", mark), parameters)
         except Exception as e:  # a closed pool
             return fail(e)
 
+    def _read(self, d: "Deferred[Any]") -> "Deferred[Any]":
+        """A read's failure, logged, as StoreUnreadable (a client's error)."""
+
+        def failed(failure: Any) -> None:
+            self._log.failure("Could not read the store {name}", failure, name=self.name, event="store_failure")
+            raise StoreUnreadable()
+
+        return d.addErrback(failed)
+
+    def query(self, sql: str, *parameters: Any) -> "Deferred[list[Any]]":
+        """Rows of one read (``?`` marks the parameters, whatever the
+        database); fails with StoreUnreadable."""
+        return self._read(self._run_query(sql, *parameters))
+
     def rooms(self, where: str = "", *parameters: Any, limit: Optional[int] = None) -> "Deferred[list[StoredRoom]]":
         """The lasting rooms ``where`` picks (a condition on ``rooms``, ``?``
         marking its parameters; the first ``limit``), with their roles and lists."""
         try:
-            return self._pool.runInteraction(read_rooms, self._placeholder, where, parameters, limit)
+            d = self._pool.runInteraction(read_rooms, self._placeholder, where, parameters, limit)
         except Exception as e:  # a closed pool
-            return fail(e)
+            d = fail(e)
+        return self._read(d)
 
     def history(
         self, room_id: str, limit: int, before: Optional[int], after: Optional[int] = None,

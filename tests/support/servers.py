@@ -7,6 +7,7 @@ Every wait is on an event, bounded by a timeout that fails with a reason.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import re
 import sys
@@ -151,15 +152,19 @@ class DaemonProcess(ProcessProtocol):
         raise RuntimeError(f"{field} not found for pid {self.pid}")
 
 
-def spawn_chatd(*args: str, env: Optional[dict[str, str]] = None, cwd: Optional[str] = None) -> DaemonProcess:
+def spawn_chatd(
+    *args: str, env: Optional[dict[str, str]] = None, cwd: Optional[str] = None, wrapper: tuple[str, ...] = (),
+) -> DaemonProcess:
     """``twistd -n chatd ARGS`` in ``cwd`` (default: a new directory of its
-    own, where the default store, sqlite:chatd.db, is made)."""
+    own, where the default store, sqlite:chatd.db, is made); ``wrapper``: a
+    command that execs it (``prlimit ... --``), keeping its process ID."""
     process = DaemonProcess()
     twistd = twistd_path()
-    argv = [twistd, "-n", "--pidfile=", "chatd", *args]
+    argv = [*wrapper, twistd, "-n", "--pidfile=", "chatd", *args]
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     process.cwd = cwd if cwd is not None else tempfile.mkdtemp(prefix="chatd-")
-    reactor.spawnProcess(process, twistd, argv, env=env, path=process.cwd)
+    executable = shutil.which(wrapper[0]) or wrapper[0] if wrapper else twistd
+    reactor.spawnProcess(process, executable, argv, env=env, path=process.cwd)
     return process
 
 
