@@ -322,7 +322,7 @@ async def test_a_full_disk_is_reported_and_survived(daemon_factory: Any, tmp_pat
     # The daemon may write no file past 1 MiB (RLIMIT_FSIZE, which binds
     # root as anyone): its SQLite store fills up as on a full disk.
     chatd = Daemon(daemon_factory, f"sqlite:{tmp_path}/c.db", secret_file, "--metrics", "tcp:0:interface=127.0.0.1")
-    chatd.wrapper = ("prlimit", f"--fsize={1 << 20}", "--")
+    chatd.wrapper = ("prlimit", f"--fsize={1 << 20}:unlimited", "--")  # soft: raised again below
     port = await chatd.start()
     metrics = int(await chatd.process.wait_metrics())
     alice, _ = await signed_in(port, "alice")
