@@ -78,9 +78,10 @@ class Snapshot:
     memberships: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-_INSERT_MESSAGE = (
-    "INSERT INTO messages (room_id, room_name, message_id, client_id, nick, body, timestamp, direct,"
-    " recipient, user_name, kept) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+#: The columns of a message row (message_row), in order.
+MESSAGE_COLUMNS = ("room_id, room_name, message_id, client_id, nick, body, timestamp, direct, recipient,"
+                   " user_name, kept")
+_INSERT_MESSAGE = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _LAST_ID = "UPDATE rooms SET last_id = ? WHERE room_id = ? AND last_id < ?"
 _COLUMNS = "message_id, client_id, nick, user_name, body, timestamp"
 
@@ -122,6 +123,7 @@ class Durable:
         counted: Callable[[str, int], None] = lambda what, rows: None,
         max_pending: int = 100_000, keep_days: Optional[float] = None, log_keep_days: Optional[float] = None,
         prune_interval: float = 3600.0, prune_chunk: int = 10_000,
+        bulk: Optional[Callable[[Any, list[tuple[Any, ...]]], None]] = None,
     ) -> None:
         self.name = name  # what the logs and /readyz call it: "sqlite:PATH", "postgresql://..."
         self._pool = pool
@@ -133,6 +135,9 @@ class Durable:
         self.keep_days = keep_days
         self.log_keep_days = log_keep_days
         self.prune_chunk = prune_chunk
+        # Writes many rows of ``messages`` at once (PostgreSQL's COPY);
+        # None: an executemany of INSERTs.
+        self._bulk = bulk
         self._queue: list[Union[Write, _Messages]] = []
         self._waiters: list[Deferred[None]] = []  # for what is queued
         self._in_flight: Optional[list[Deferred[None]]] = None  # for what is being written
@@ -256,15 +261,22 @@ class Durable:
         mark = self._placeholder
         insert = _INSERT_MESSAGE if mark == "?" else _INSERT_MESSAGE.replace("?", mark)
         last_id = _LAST_ID if mark == "?" else _LAST_ID.replace("?", mark)
+        bulk = self._bulk
         for item in batch:
             if isinstance(item, _Messages):
-                cursor.executemany(insert, item.rows)
+                if bulk is not None:
+                    bulk(cursor, item.rows)
+                else:
+                    cursor.executemany(insert, item.rows)
                 cursor.executemany(last_id, [(i, room_id, i) for room_id, i in item.last_ids.items()])
             else:
                 statement, parameters = item
                 cursor.execute(statement if mark == "?" else statement.replace("?", mark), parameters)
         if log_rows:
-            cursor.executemany(insert, log_rows)
+            if bulk is not None:
+                bulk(cursor, log_rows)
+            else:
+                cursor.executemany(insert, log_rows)
 
     def _committed(self, _: Any, rows: int) -> None:
         if self.problem is not None:

@@ -60,6 +60,13 @@ _KEPT = """
     CREATE UNIQUE INDEX messages_kept ON messages (room_id, message_id) WHERE kept = 1;
 """
 
+# Every read of messages by room is of the kept ones, which messages_kept
+# orders; the message log's rows are never read by room.  One index fewer
+# is a third less of the database's work per stored message.
+_NO_ROOM_INDEX = """
+    DROP INDEX IF EXISTS messages_by_room;
+"""
+
 SQLITE: tuple[str, ...] = (
     """
     CREATE TABLE messages (
@@ -89,6 +96,7 @@ SQLITE: tuple[str, ...] = (
     ALTER TABLE messages ADD COLUMN user_name TEXT;
     ALTER TABLE messages ADD COLUMN kept INTEGER NOT NULL DEFAULT 0;
     """ + _KEPT + _ROOMS,
+    _NO_ROOM_INDEX,
 )
 
 POSTGRESQL: tuple[str, ...] = (
@@ -110,6 +118,7 @@ POSTGRESQL: tuple[str, ...] = (
     CREATE INDEX messages_by_room ON messages (room_id, message_id);
     CREATE INDEX messages_by_time ON messages (timestamp);
     """ + _KEPT + _ROOMS,
+    _NO_ROOM_INDEX,
 )
 
 
