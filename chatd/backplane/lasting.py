@@ -28,7 +28,14 @@ from chatd.backplane import scripts
 from chatd.backplane.redis_store import RedisRooms, as_json, stored_lists
 from chatd.errors import ChatError, NotAllowed, NotAuthenticated, RoomNotFound
 from chatd.rooms import rules
-from chatd.rooms.lasting import MAX_MEMBERSHIPS, MAX_OWNED, NO_STORE, SIGN_IN_TO_CREATE, SIGN_IN_TO_READ
+from chatd.rooms.lasting import (
+    MAX_MEMBERSHIPS,
+    MAX_OWNED,
+    NO_STORE,
+    SIGN_IN_TO_CREATE,
+    SIGN_IN_TO_READ,
+    stored_room,
+)
 from chatd.rooms.state import Client, Room
 
 Reply = dict[str, Any]
@@ -37,19 +44,6 @@ Reply = dict[str, Any]
 #: written only while the room is kept: a row of a deleted room would fail
 #: the whole group commit it is in.
 _IF_KEPT = " WHERE EXISTS (SELECT 1 FROM rooms WHERE room_id = ?) ON CONFLICT DO NOTHING"
-
-
-def stored_view(stored: Any) -> Room:
-    """A room as the store keeps it (a :class:`~chatd.storage.durable.StoredRoom`),
-    as the rules read a room."""
-    room = Room(stored.room_id, stored.name, stored.created_at, stored.created_by, stored.seq)
-    room.persistent, room.private = True, stored.private
-    room.owner, room.owner_user = "", stored.owner or None
-    room.moderator_users = set(stored.moderators) or None
-    room.invited = set(stored.invited) or None
-    room.banned = set(stored.banned) or None
-    room.last_id = stored.last_id
-    return room
 
 
 class ClusterLasting:
@@ -217,7 +211,7 @@ class ClusterLasting:
         while True:
             rows = await self.durable.rooms("seq > ?", after, limit=limit + 1)
             for stored in rows:
-                if rules.visible(stored_view(stored), client, False):
+                if rules.visible(stored_room(stored), client, False):
                     out.append((stored.seq, codec.room_entry(
                         stored.room_id, stored.name, 0, stored.created_at, stored.private, True)))
                     if len(out) > limit:
@@ -245,11 +239,11 @@ class ClusterLasting:
                 "unread": 0})
         for stored in stored_rooms:
             if current is not None and stored.room_id == current.room_id:
-                entries[0]["role"] = stored_view(stored).user_role(user or "") if user else entries[0]["role"]
+                entries[0]["role"] = stored_room(stored).user_role(user or "") if user else entries[0]["role"]
                 continue
             entries.append({
                 "room_id": stored.room_id, "name": stored.name, "private": stored.private, "persistent": True,
-                "role": stored_view(stored).user_role(user or ""), "last_id": stored.last_id,
+                "role": stored_room(stored).user_role(user or ""), "last_id": stored.last_id,
                 "last_read": markers.get(stored.room_id, 0), "unread": 0})
         counted = {e["room_id"]: e["last_read"] for e in entries if e["persistent"] and e["last_read"] < e["last_id"]}
         if self.durable is not None and user is not None and counted:
@@ -270,7 +264,7 @@ class ClusterLasting:
             rows = await self.durable.query(
                 "SELECT last_read FROM memberships WHERE room_id = ? AND user_name = ?", room_id, client.user)
             marker = int(rows[0][0]) if rows else None
-        return (stored_view(stored[0]) if stored else None), current, marker
+        return (stored_room(stored[0]) if stored else None), current, marker
 
     async def read(self, client: Client, room_id: str, message_id: int) -> Reply:
         """The ``read`` action: move the user's marker in a persistent room forward."""

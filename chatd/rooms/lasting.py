@@ -44,6 +44,18 @@ SIGN_IN_TO_CREATE = "Sign in to create a persistent room"
 SIGN_IN_TO_READ = "Sign in to keep read markers"
 
 
+def stored_room(stored: StoredRoom) -> Room:
+    """A lasting room as the store keeps it, as a live room (empty)."""
+    room = Room(stored.room_id, stored.name, stored.created_at, stored.created_by, stored.seq)
+    room.persistent, room.private = True, stored.private
+    room.owner, room.owner_user = "", stored.owner or None
+    room.moderator_users = set(stored.moderators) or None
+    room.invited = set(stored.invited) or None
+    room.banned = set(stored.banned) or None
+    room.last_id = room.assigned = stored.last_id
+    return room
+
+
 class Lasting:
     """The lasting rooms of a chat, and its users' memberships in them."""
 
@@ -77,7 +89,7 @@ class Lasting:
         """The lasting rooms and memberships the store kept (at start-up)."""
         self.memberships: dict[str, dict[str, int]] = {}
         for stored in snapshot.rooms:
-            self.rooms[stored.room_id] = self._lasting_room(stored)
+            self.rooms[stored.room_id] = stored_room(stored)
             self._room_seq = max(self._room_seq, stored.seq)
         for user, markers in snapshot.memberships.items():
             for room_id, last_read in markers.items():
@@ -114,16 +126,6 @@ class Lasting:
                             " WHERE declared = ? ON CONFLICT DO NOTHING", f"u:{owner}", name)
             made += 1
         return made
-
-    def _lasting_room(self, stored: StoredRoom) -> Room:
-        room = Room(stored.room_id, stored.name, stored.created_at, stored.created_by, stored.seq)
-        room.persistent, room.private = True, stored.private
-        room.owner, room.owner_user = "", stored.owner or None
-        room.moderator_users = set(stored.moderators) or None
-        room.invited = set(stored.invited) or None
-        room.banned = set(stored.banned) or None
-        room.last_id = room.assigned = stored.last_id
-        return room
 
     # -- answering once kept -----------------------------------------------------
 
