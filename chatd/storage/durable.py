@@ -78,6 +78,10 @@ class Snapshot:
     memberships: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
+#: The fewest message rows written with ``bulk`` (a COPY's own round trips
+#: cost more than a few INSERTs sent together).
+BULK_ROWS = 8
+
 #: The columns of a message row (message_row), in order.
 MESSAGE_COLUMNS = ("room_id, room_name, message_id, client_id, nick, body, timestamp, direct, recipient,"
                    " user_name, kept")
@@ -264,7 +268,7 @@ class Durable:
         bulk = self._bulk
         for item in batch:
             if isinstance(item, _Messages):
-                if bulk is not None:
+                if bulk is not None and len(item.rows) >= BULK_ROWS:
                     bulk(cursor, item.rows)
                 else:
                     cursor.executemany(insert, item.rows)
@@ -273,7 +277,7 @@ class Durable:
                 statement, parameters = item
                 cursor.execute(statement if mark == "?" else statement.replace("?", mark), parameters)
         if log_rows:
-            if bulk is not None:
+            if bulk is not None and len(log_rows) >= BULK_ROWS:
                 bulk(cursor, log_rows)
             else:
                 cursor.executemany(insert, log_rows)
