@@ -26,7 +26,7 @@ from typing import Any, Optional
 from chatd import codec
 from chatd.backplane import scripts
 from chatd.backplane.redis_store import RedisRooms, as_json, stored_lists
-from chatd.errors import ChatError, NotAllowed, NotAuthenticated, RoomNotFound
+from chatd.errors import ChatError, NotAllowed, NotAuthenticated, RoomNotFound, Unavailable
 from chatd.rooms import rules
 from chatd.rooms.lasting import (
     MAX_MEMBERSHIPS,
@@ -167,7 +167,17 @@ class ClusterLasting:
         if not stored:
             return False
         await self.rooms.revive(stored[0])
+        # A delete on another node takes the room out of the store first,
+        # then out of Redis: one that went meanwhile goes again here.
+        if not await self.durable.query("SELECT 1 FROM rooms WHERE room_id = ?", room_id):
+            await self._drop(room_id)
+            return False
         return True
+
+    async def _drop(self, room_id: str) -> None:
+        """The room out of Redis: its members here and elsewhere are told (``x``)."""
+        await self.calls.call(self.shards.of(room_id), scripts.CHANGE, self.shards.node, "", "[]",
+                              as_json([["publish", room_id, "x"], ["drop", room_id]]))
 
     async def restore(self, shard: Any, room_ids: list[str]) -> None:
         """After Redis lost its data and a resync put these rooms back from
@@ -310,12 +320,14 @@ class ClusterLasting:
             raise RoomNotFound(room_id)
         if client.user is None or client.user != room.owner_user:
             raise NotAllowed("Only the room's owner may delete it")
-        shard = self.shards.of(room_id)
-        await self.calls.call(shard, scripts.CHANGE, self.shards.node, "", "[]",
-                              as_json([["publish", room_id, "x"], ["drop", room_id]]))
+        if not self.shards.of(room_id).available:
+            raise Unavailable()
+        # Out of the store first, then out of Redis: a node putting it back
+        # into Redis meanwhile (revive) finds it gone from the store after.
         for table in ("messages", "memberships", "room_lists", "room_moderators", "rooms"):
             condition = " AND kept = 1" if table == "messages" else ""
             self._write(f"DELETE FROM {table} WHERE room_id = ?{condition}", room_id)
         await self.kept()
+        await self._drop(room_id)
         self.core.events.room_deleted(room)
         return {"status": "success", "message": f"Deleted room '{room.name}'"}
