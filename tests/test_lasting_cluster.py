@@ -196,6 +196,11 @@ async def test_memberships_on_a_cluster_follow_auth_and_bans(
     assert (await request(carol, "join", {"room_id": team}))["status"] == "success"
     assert (await request(carol, "auth", {"token": token("carol")}))["status"] == "success"
     assert [r["room_id"] for r in (await request(carol, "rooms"))["rooms"]] == [team]
+    # Leaving ends a membership only once none of the user's connections, on any node, is in the room.
+    carol_elsewhere, _ = await signed_in(a, "carol")
+    assert (await request(carol_elsewhere, "join", {"room_id": team}))["status"] == "success"
+    assert (await request(carol_elsewhere, "leave"))["status"] == "success"
+    assert [r["room_id"] for r in (await request(carol_elsewhere, "rooms"))["rooms"]] == [team]
     alice, _ = await signed_in(a, "alice")
     assert [r["name"] for r in (await request(alice, "list"))["rooms"]] == ["Team", "Hidden"]
     assert (await request(alice, "join", {"room_id": team}))["status"] == "success"

@@ -309,22 +309,19 @@ class ClusterChat:
         if room is None:
             raise NotInRoom("Not in any room")
         reply = {"status": "success", "message": "Left room"}
-        if self.lasting.left(client, room):
-            reply_now: Deferred[Reply] = Deferred.fromCoroutine(self._kept(self.lasting.kept(), reply))
-        else:
-            reply_now = succeed(reply)
         shard = self.shards.of(room.room_id)
         if not shard.available:
-            return reply_now  # the resync after Redis is back catches up
+            # The resync after Redis is back catches up.
+            return Deferred.fromCoroutine(self._kept(self.lasting.left(client, room, look=False), reply))
         d = self.calls.call(shard, scripts.LEAVE, self.shards.node, client.client_id)
 
         def done(result: list[Any]) -> Deferred[Reply]:
             self._left(result)
-            return reply_now
+            return Deferred.fromCoroutine(self._kept(self.lasting.left(client, room), reply))
 
         def failed(failure: Failure) -> Deferred[Reply]:
-            failure.trap(Unavailable)
-            return reply_now  # left here; the resync catches up
+            failure.trap(Unavailable)  # left here; the resync catches up
+            return Deferred.fromCoroutine(self._kept(self.lasting.left(client, room, look=False), reply))
 
         return d.addCallbacks(done, failed)
 

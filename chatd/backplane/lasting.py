@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from chatd import codec
-from chatd.backplane import scripts
+from chatd.backplane import lines, scripts
 from chatd.backplane.redis_store import RedisRooms, as_json, stored_lists
 from chatd.errors import ChatError, NotAllowed, NotAuthenticated, RoomNotFound, Unavailable
 from chatd.rooms import rules
@@ -110,17 +110,26 @@ class ClusterLasting:
         self._write("INSERT INTO memberships (room_id, user_name, last_read) SELECT ?, ?, 0" + _IF_KEPT,
                     room.room_id, user, room.room_id)
 
-    def left(self, client: Client, room: Room) -> bool:
-        """``client`` left a persistent room: its user is no longer a member,
-        unless another of its connections here is in it.  Whether that was
-        written."""
+    async def left(self, client: Client, room: Room, look: bool = True) -> None:
+        """``client`` left a persistent room (and Redis has it out): its user
+        is no longer a member, unless another of its connections, on any
+        node, is in it (``look`` False: Redis is away, this node's view)."""
         user = client.user
         if self.durable is None or user is None or not room.persistent:
-            return False
-        if any(m.user == user for m in room.members.values() if m is not client):
-            return False
-        self._forget(user, room.room_id)
-        return True
+            return
+        room_id = room.room_id
+        users: Optional[list[Optional[str]]] = None
+        if look:
+            try:
+                found = lines.Members.decode(await self.calls.call(
+                    self.shards.of(room_id), scripts.LOOK, "", "", as_json(lines.Members.reads(room_id))))
+                users = [u for client_id, _, u in found.members if client_id != client.client_id]
+            except Unavailable:
+                pass  # Redis went away meanwhile: this node's view
+        if users is None:
+            users = [m.user for m in room.members.values() if m is not client]
+        if user not in users:
+            self._forget(user, room_id)
 
     def _forget(self, user: str, room_id: str) -> None:
         self._write("DELETE FROM memberships WHERE room_id = ? AND user_name = ?", room_id, user)
