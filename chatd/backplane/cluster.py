@@ -37,13 +37,14 @@ from chatd.core import ChatCore
 from chatd.backplane.batches import RoomBatches
 from chatd.backplane.calls import ShardCalls
 from chatd.backplane.lasting import ClusterLasting
+from chatd.backplane.listener import ChannelListener
 from chatd.backplane.membership import Membership
 from chatd.delivery.local import LocalRooms
 from chatd.delivery.outbox import Flusher
 from chatd.errors import ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
 from chatd.rooms import rules
 from chatd.rooms.rules import done_reply
-from chatd.rooms.state import Client, Room, blocks
+from chatd.rooms.state import Client, Room
 
 Reply = dict[str, Any]
 T = TypeVar("T")
@@ -85,6 +86,8 @@ class ClusterChat:
         self.batches = RoomBatches(
             core, self.membership.local, shards, clock, self.calls.run, self.calls.as_chat_error, flusher)
         self.membership.batches = self.batches
+        # What the rooms' channels and the node's direct channel bring.
+        self.listener = ChannelListener(core, self.membership, self.batches, self.calls, shards, self.rooms, clock)
         # Persistent rooms: kept in the store (PostgreSQL), live in Redis.
         self.lasting = ClusterLasting(durable, self.rooms, self.calls, shards, core, persistent_rooms)
         self.batches.durable = durable
@@ -497,61 +500,10 @@ class ClusterChat:
     # -- the backplane's listener ----------------------------------------------
 
     def channel_message(self, room_id: str, data: bytes) -> None:
-        room = self.core.rooms.get(room_id)
-        if data[:1] != b"M" or room is None:
-            self.batches.release(room_id)  # any other news of the room: the frames wait no more
-        if room is None:
-            return  # nobody here is in it any more
-        now = self.clock.seconds()
-        if data[:1] == b"M":
-            messages, message_id = lines.batch(data)
-            self.membership.saw(room, message_id)
-            counts = self.batches.deliver(room, messages, now)
-            # Counted once for the batch.
-            self.core.events.delivered(
-                sum(counts), sum(len(payload) * n for (_, payload), n in zip(messages, counts, strict=True))
-            )
-        elif data[:1] == b"e":
-            event = lines.RoomEvent.decode(data)
-            kind, subject, nick = event.kind, event.subject, event.nick
-            self.membership.event(room, kind, subject)
-            if kind == "nick" and not nick:
-                self._nick_claimed(room_id, subject)
-            if kind != "create":
-                # A nick taken away (by a user's own name) is news to its holder too.
-                self.core.announce(room, kind, subject, nick, now, user=event.user,
-                                   everyone=kind in ("op", "deop", "owner") or (kind == "nick" and not nick))
-        elif data[:1] == b"k":
-            kick = lines.Kick.decode(data)  # out of the room, and told so
-            self._kicked(room, kick.subject, kick.by, kick.reason, now)
-        elif data[:1] == b"x":
-            # Its owner deleted it: everyone here is out, and told so.
-            members = list(room.members.values())
-            for member in members:
-                self.membership.kicked(member, room)
-            self.core.deliver_payload(members, codec.encode(codec.deleted(room_id)), now)
-        elif data[:1] == b"h":
-            # Its owner has gone: this node, as every node with members in
-            # it, tries to put the successor in; one of them does.
-            self.calls.background(Deferred.fromCoroutine(self.rooms.succeed(room_id, self.shards.of(room_id))),
-                             "naming a room's owner")
+        self.listener.channel_message(room_id, data)
 
-    def _kicked(self, room: Room, client_id: str, by: str, reason: str, now: float) -> None:
-        client = self.core.clients.get(client_id)
-        if client is None:
-            return
-        self.membership.kicked(client, room)
-        self.core.deliver_payload([client], codec.encode(codec.kick(room.room_id, by, reason)), now)
-
-    def _nick_claimed(self, room_id: str, client_id: str) -> None:
-        """A client of this node lost its nick to a user's own name in its
-        room (rules.name_holders): it has none from now on, on every shard."""
-        client = self.core.clients.get(client_id)
-        if client is None or client.nick is None:
-            return
-        client.nick = None
-        self.calls.on_each(scripts.CHANGE, self.shards.node, client_id, "[]", redis_store.renamed(client_id, None, client.user),
-                      but=self.shards.of(room_id))
+    def direct_message(self, data: bytes) -> None:
+        self.listener.direct_message(data)
 
     def _check_reader(self, answer: Any, client: Client, room: Room) -> None:
         """A read of ``room`` that Redis refused (the client is not a member
@@ -574,27 +526,6 @@ class ClusterChat:
             room.room_id, room.name, by.client_id, by.nick, codec.timestamp(self.clock.seconds()), by.user)
         d = self.calls.run(shard, scripts.DIRECT, by.client_id, to, codec.encode(notice), "n")
         self.calls.background(d, "telling an invitee")
-
-    def direct_message(self, data: bytes) -> None:
-        # <sender> <client>,<client>...[ n]\n<the encoded message>, where n
-        # marks a notice (an invitation): only for those who asked for events.
-        head, _, payload = data.partition(b"\n")
-        sender, _, rest = head.decode().partition(" ")
-        targets, _, kind = rest.partition(" ")
-        recipients = [
-            client for client in map(self.core.clients.get, targets.split(","))
-            if client is not None and client.client_id != sender
-        ]
-        if kind == "n":
-            notice = json.loads(payload)  # an invitation: rare, and read by the same rule as one process's
-            recipients = [client for client in recipients
-                          if rules.hears_invitation(client, notice["room_id"], sender, notice.get("user"))]
-        elif any(client.blocked for client in recipients):
-            user = json.loads(payload).get("user")
-            recipients = [client for client in recipients if not blocks(client, sender, user)]
-        if recipients:
-            reached = self.core.deliver_payload(recipients, payload, self.clock.seconds())
-            self.core.events.delivered(reached, reached * len(payload))
 
     def backplane_up(self, shard: Any) -> "Deferred[None]":
         """Make a shard agree with this node (after a restart, a partition, or
