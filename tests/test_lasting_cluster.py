@@ -248,3 +248,28 @@ async def test_a_database_outage_on_a_cluster_is_reported_and_survived(
         assert b"Could not write" in node.process.output and b"Could not read" in node.process.output
     finally:
         database.remove()
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_and_recovery_page_past_redis_into_the_store(
+        daemon_factory: Any, redis_server: RedisServer, postgres_server: Any, secret_file: Path) -> None:
+    cluster = Cluster(daemon_factory, redis_server, str(postgres_server.new_database()), secret_file)
+    for node in cluster.nodes:
+        node.args += ("--history-size", "3")  # Redis keeps a room's last 3
+    a, b = await cluster.start()
+    alice, _ = await signed_in(a, "alice")
+    room = (await request(alice, "create", {"name": "Team", "persistent": True}))["room_id"]
+    for n in range(1, 11):
+        await send(alice, f"m{n}")
+    bob, _ = await signed_in(b, "bob")
+    # Joining since 2: 8 missed, more than a join recovers (--history-size):
+    # the first 3 of them, from PostgreSQL, as on one process; the client pages for the rest.
+    joined = await request(bob, "join", {"room_id": room, "since": 2})
+    assert (joined["recovered"], [m["id"] for m in joined["messages"]]) == (False, [3, 4, 5])
+    carol, _ = await signed_in(a, "carol")
+    joined = await request(carol, "join", {"room_id": room, "since": 7})
+    assert (joined["recovered"], [m["id"] for m in joined["messages"]]) == (True, [8, 9, 10])
+    assert [m["body"] for m in (await request(bob, "history", {"limit": 5}))["messages"]] == [
+        "m6", "m7", "m8", "m9", "m10"]
+    older = await request(bob, "history", {"limit": 5, "before": 6})
+    assert [m["body"] for m in older["messages"]] == ["m1", "m2", "m3", "m4", "m5"]
