@@ -174,11 +174,15 @@ async def test_list_pages_through_both_shards_in_creation_order(
     sharded_cluster: Any, redis_shards: list[RedisServer],
 ) -> None:
     one, two = await sharded_cluster(), await sharded_cluster()
-    creators = [await node.welcomed() for node in (one, two, one, two, one, two, one)]
-    made = []
-    for i, (creator, _) in enumerate(creators):
-        made.append((await creator.request({"action": "create", "body": f"room {i}"}))["room_id"])
-    assert {shard_of(room_id, redis_shards) for room_id in made} == {0, 1}
+    # Rooms made on both nodes in turn, at least 7, until both shards hold
+    # some (a room's shard follows from its random ID).
+    creators: list[Any] = []
+    made: list[str] = []
+    while len(made) < 7 or {shard_of(room_id, redis_shards) for room_id in made} != {0, 1}:
+        assert len(made) < 60, "every room on one shard: the IDs are not spread"
+        creator = await (one, two)[len(made) % 2].welcomed()
+        creators.append(creator)
+        made.append((await creator[0].request({"action": "create", "body": f"room {len(made)}"}))["room_id"])
     reader, _ = await two.welcomed()
     seen, after = [], None
     while True:
