@@ -273,3 +273,28 @@ async def test_history_and_recovery_page_past_redis_into_the_store(
         "m6", "m7", "m8", "m9", "m10"]
     older = await request(bob, "history", {"limit": 5, "before": 6})
     assert [m["body"] for m in older["messages"]] == ["m1", "m2", "m3", "m4", "m5"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_keep_persistent_rooms_in_postgresql(
+        daemon_factory: Any, redis_server: RedisServer, postgres_server: Any, secret_file: Path) -> None:
+    parent = daemon_factory("--workers", "2", "--listen", "tcp:0:interface=127.0.0.1", "--redis", redis_server.url,
+                            "--store", str(postgres_server.new_database()), "--auth", f"jwt:key={secret_file}",
+                            "--room", "Team:owner=alice", "--log-format", "json")
+    match = await parent.wait_for(rb"Listening on 127\.0\.0\.1:(\d+) for 2 workers", "the parent to bind")
+    for _ in range(2):
+        await parent.wait_for(rb"In step with Redis(?s:.*)In step with Redis", "both workers")
+    port = int(match.group(1))
+    # Connections land on either worker; they are one chat, with one store.
+    clients = [await signed_in(port, user) for user in ("alice", "bob", "carol", "dave")]
+    listed = (await request(clients[0][0], "list"))["rooms"]
+    assert [(r["name"], r.get("persistent")) for r in listed] == [("Team", True)]
+    team = listed[0]["room_id"]
+    for client, _ in clients:
+        assert (await request(client, "join", {"room_id": team}))["status"] == "success"
+    await send(clients[0][0], "hello")
+    for client, _ in clients[1:]:
+        assert (await client.next())["body"] == "hello"
+    for client, _ in clients:
+        rooms = (await request(client, "rooms"))["rooms"]
+        assert [(r["room_id"], r["last_id"]) for r in rooms] == [(team, 1)]
