@@ -298,3 +298,41 @@ async def test_workers_keep_persistent_rooms_in_postgresql(
     for client, _ in clients:
         rooms = (await request(client, "rooms"))["rooms"]
         assert [(r["room_id"], r["last_id"]) for r in rooms] == [(team, 1)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_decisions_stored_out_of_order_leave_the_newest_state(postgres_server: Any) -> None:
+    """Two nodes' changes to one room are ordered by Redis; their commits to
+    PostgreSQL may land the other way round, and the newest state stands."""
+    from twisted.internet import reactor
+
+    from chatd.backplane.lasting import ClusterLasting
+    from chatd.rooms.rules import Changes
+    from chatd.rooms.state import Room
+    from chatd.storage.postgres import open_postgresql
+
+    durable = open_postgresql(str(postgres_server.new_database()), reactor)
+    durable.open()
+    try:
+        durable.write("INSERT INTO rooms (room_id, name, created_at, created_by, seq, private, owner)"
+                      " VALUES ('r1', 'Team', 't', '', 1, 0, 'alice')")
+        await durable.synced()
+        lasting = ClusterLasting(durable, rooms=None, calls=None, shards=None, core=None)  # type: ignore[arg-type]
+
+        def view(banned: set[str], moderators: set[str]) -> Room:
+            room = Room("r1", "Team", "", "", 1)
+            room.persistent, room.owner_user = True, "alice"
+            room.banned, room.moderator_users = banned or None, moderators or None
+            return room
+
+        # As Redis applied them: mallory banned at version 4, then eve at 6
+        # (decided on the room with mallory's ban in it).
+        first = (view(set(), {"bob"}), Changes(ban=frozenset({"u:mallory"})), 4)
+        second = (view({"u:mallory"}, {"bob"}), Changes(ban=frozenset({"u:eve"})), 6)
+        for decision in (second, first):  # the second's commit lands first
+            assert lasting.managed(*decision)
+            await durable.synced()
+        [stored] = await durable.rooms("room_id = ?", "r1")
+        assert (stored.banned, stored.moderators, stored.lists_v) == ({"u:mallory", "u:eve"}, {"bob"}, 7)
+    finally:
+        await durable.close()

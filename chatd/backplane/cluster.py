@@ -402,12 +402,12 @@ class ClusterChat:
         applied there only if the room is still so; else decided again."""
         room, shard = self._room_of(client)
 
-        def applied(decided: tuple[rules.Changes, Room]) -> Union[Reply, Deferred[Reply]]:
-            changes, view = decided
+        def applied(decided: tuple[rules.Changes, Room, int]) -> Union[Reply, Deferred[Reply]]:
+            changes, view, version = decided
             self.core.events.room_action(room, client, command)
             if changes.tell_invited is not None:
                 self._tell_invited(room, client, changes.tell_invited)
-            if self.lasting.managed(view, changes):
+            if self.lasting.managed(view, changes, version):
                 return Deferred.fromCoroutine(self._kept(self.lasting.kept(), done_reply(command)))
             return done_reply(command)
 

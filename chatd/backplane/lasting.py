@@ -134,30 +134,41 @@ class ClusterLasting:
     def _forget(self, user: str, room_id: str) -> None:
         self._write("DELETE FROM memberships WHERE room_id = ? AND user_name = ?", room_id, user)
 
-    def managed(self, view: Room, changes: rules.Changes) -> bool:
-        """An owner's or a moderator's action applied in Redis to ``view`` (the
-        room as the rule read it): its lasting part written.  Whether
-        anything was."""
+    def managed(self, view: Room, changes: rules.Changes, version: int) -> bool:
+        """An owner's or a moderator's action applied in Redis to ``view``
+        (the room as the rule read it, at ``version``): its lasting part
+        written.  Whether anything was.
+
+        Redis orders the decisions on a room (each is applied only at the
+        version it read, and moves the version on), but two nodes' writes
+        may commit in the other order.  So each writes the room's whole
+        roles and lists as they are after it, over an older version only
+        (``rooms.lists_v``): the newest decision's state stands, whatever
+        order the commits land in."""
         if self.durable is None or not view.persistent:
             return False
-        room_id = view.room_id
-        for which, added, removed in (("banned", changes.ban, changes.unban),
-                                      ("invited", changes.invite, changes.uninvite)):
-            for entry in sorted(removed):
-                self._write("DELETE FROM room_lists WHERE room_id = ? AND list = ? AND entry = ?",
-                            room_id, which, entry)
-            for entry in sorted(added):
-                self._write("INSERT INTO room_lists (room_id, list, entry) SELECT ?, ?, ?" + _IF_KEPT,
-                            room_id, which, entry, room_id)
+        room_id, written = view.room_id, version + 1
+        banned = (set(view.banned or ()) - changes.unban) | changes.ban
+        invited = (set(view.invited or ()) | changes.invite) - changes.uninvite
+        moderators = set(view.moderator_users or ())
         for subject, op in ((changes.op, True), (changes.deop, False)):
             member = view.members.get(subject) if subject is not None else None
-            if member is None or member.user is None:
-                continue
-            if op:
-                self._write("INSERT INTO room_moderators (room_id, user_name) SELECT ?, ?" + _IF_KEPT,
-                            room_id, member.user, room_id)
-            else:
-                self._write("DELETE FROM room_moderators WHERE room_id = ? AND user_name = ?", room_id, member.user)
+            if member is not None and member.user is not None:
+                (moderators.add if op else moderators.discard)(member.user)
+        at = " AND EXISTS (SELECT 1 FROM rooms WHERE room_id = ? AND lists_v = ?)"
+        self._write("UPDATE rooms SET lists_v = ? WHERE room_id = ? AND lists_v < ?", written, room_id, written)
+        self._write("DELETE FROM room_lists WHERE room_id = ?" + at, room_id, room_id, written)
+        self._write("DELETE FROM room_moderators WHERE room_id = ?" + at, room_id, room_id, written)
+        for which, entries in (("banned", banned), ("invited", invited)):
+            for entry in sorted(entries):
+                self._write("INSERT INTO room_lists (room_id, list, entry) SELECT ?, ?, ? WHERE EXISTS"
+                            " (SELECT 1 FROM rooms WHERE room_id = ? AND lists_v = ?) ON CONFLICT DO NOTHING",
+                            room_id, which, entry, room_id, written)
+        for user in sorted(moderators):
+            self._write("INSERT INTO room_moderators (room_id, user_name) SELECT ?, ? WHERE EXISTS"
+                        " (SELECT 1 FROM rooms WHERE room_id = ? AND lists_v = ?) ON CONFLICT DO NOTHING",
+                        room_id, user, room_id, written)
+        # Memberships: a removal is the same whenever it lands.
         removed_ids = set(changes.remove)
         gone = {view.members[m].user for m in removed_ids if m in view.members} - {None}
         staying = {m.user for client_id, m in view.members.items() if client_id not in removed_ids}
@@ -195,9 +206,18 @@ class ClusterLasting:
             return
         marks = ", ".join("?" for _ in room_ids)
         for stored in await self.durable.rooms(f"room_id IN ({marks})", *room_ids):
-            changes = stored_lists(stored)
-            if changes:
-                await self.calls.call(shard, scripts.CHANGE, self.shards.node, "", "[]", as_json(changes))
+            # Its lists, and a version above the one they were stored at
+            # (the resync made the room anew, at version 0).
+            key = f"room:{stored.room_id}"
+            for _ in range(3):
+                (read,) = await self.calls.call(shard, scripts.LOOK, "", "", as_json([["HGET", key, "v"]]))
+                seen = lines.text(read)
+                changes = [*stored_lists(stored), ["hset", key, "v", str(max(int(seen or 0), stored.lists_v))]]
+                outcome = await self.calls.call(shard, scripts.CHANGE, self.shards.node, "",
+                                                as_json([["HGET", key, "seq", "*"], ["HGET", key, "v", seen]]),
+                                                as_json(changes))
+                if lines.text(outcome) != "stale":
+                    break
 
     # -- reading the store -------------------------------------------------------------
 

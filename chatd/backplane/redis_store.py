@@ -71,9 +71,11 @@ class RedisRooms:
         view = Room(room_id, stored.name, stored.created_at, stored.created_by, stored.seq)
         view.private, view.persistent, view.owner_user = stored.private, True, stored.owner or None
         changes = stored_lists(stored)
+        # Its version goes on from the one its lists were stored at.
+        fields = [*room_fields(view), "v", str(stored.lists_v)]
         return self._call(
             self.shards.of(room_id), scripts.REVIVE, room_id, str(stored.seq), str(stored.last_id),
-            as_json(room_fields(view)), as_json(room_sets(room_id, True)), as_json(changes))
+            as_json(fields), as_json(room_sets(room_id, True)), as_json(changes))
 
     async def enter(self, client: Client, room_id: str, since: Optional[int]) -> lines.Entered:
         """The join, decided by :func:`chatd.rooms.rules.join_refusal`."""
@@ -124,9 +126,9 @@ class RedisRooms:
 
     async def manage(
         self, client: Client, room: Room, shard: Any, command: codec.Manage,
-    ) -> tuple[rules.Changes, Room]:
-        """An owner's or a moderator's action, applied: what changed, and the
-        room as the rule read it."""
+    ) -> tuple[rules.Changes, Room, int]:
+        """An owner's or a moderator's action, applied: what changed, the
+        room as the rule read it, and the room's version that it read."""
         room_id = room.room_id
         for _ in range(_DECISIONS):
             answers = await self._call(
@@ -145,7 +147,7 @@ class RedisRooms:
                 shard, scripts.CHANGE, self.node, client.client_id, as_json(guards),
                 as_json(_manage_changes(view, client, command, changes))))
             if applied == "ok":
-                return changes, view
+                return changes, view, int(state.version)
             if applied != "stale":
                 raise Unavailable()
         raise Unavailable()  # the room kept changing under the decision

@@ -64,6 +64,7 @@ class StoredRoom:
     owner: str
     last_id: int = 0
     declared: Optional[str] = None
+    lists_v: int = 0  # the room's version its roles and lists were last written at (a cluster's)
     moderators: set[str] = field(default_factory=set)
     invited: set[str] = field(default_factory=set)
     banned: set[str] = field(default_factory=set)
@@ -448,11 +449,11 @@ def read_rooms(
     condition = f" WHERE {where}" if where else ""
     first = f" LIMIT {int(limit)}" if limit is not None else ""
     cursor.execute(
-        ("SELECT room_id, name, created_at, created_by, seq, private, owner, last_id, declared"
+        ("SELECT room_id, name, created_at, created_by, seq, private, owner, last_id, declared, lists_v"
          f" FROM rooms{condition} ORDER BY seq{first}").replace("?", mark), parameters)
-    for room_id, name, created_at, created_by, seq, private, owner, last_id, declared in cursor.fetchall():
+    for room_id, name, created_at, created_by, seq, private, owner, last_id, declared, lists_v in cursor.fetchall():
         rooms[room_id] = StoredRoom(room_id, name, created_at, created_by, int(seq), bool(private), owner,
-                                    int(last_id), declared)
+                                    int(last_id), declared, int(lists_v))
     if not rooms:
         return []
     # Every room's lists, or those of the few picked.

@@ -67,6 +67,14 @@ _NO_ROOM_INDEX = """
     DROP INDEX IF EXISTS messages_by_room;
 """
 
+# A cluster's room decisions are ordered by Redis; their writes from
+# several nodes may commit in another order.  Each carries the version of
+# the room it was decided on, and writes a room's roles and lists only over
+# an older one (chatd.backplane.lasting).
+_LISTS_VERSION = """
+    ALTER TABLE rooms ADD COLUMN lists_v BIGINT NOT NULL DEFAULT 0;
+"""
+
 SQLITE: tuple[str, ...] = (
     """
     CREATE TABLE messages (
@@ -97,6 +105,7 @@ SQLITE: tuple[str, ...] = (
     ALTER TABLE messages ADD COLUMN kept INTEGER NOT NULL DEFAULT 0;
     """ + _KEPT + _ROOMS,
     _NO_ROOM_INDEX,
+    _LISTS_VERSION,
 )
 
 POSTGRESQL: tuple[str, ...] = (
@@ -119,6 +128,7 @@ POSTGRESQL: tuple[str, ...] = (
     CREATE INDEX messages_by_time ON messages (timestamp);
     """ + _KEPT + _ROOMS,
     _NO_ROOM_INDEX,
+    _LISTS_VERSION,
 )
 
 
