@@ -336,3 +336,36 @@ async def test_decisions_stored_out_of_order_leave_the_newest_state(postgres_ser
         assert (stored.banned, stored.moderators, stored.lists_v) == ({"u:mallory", "u:eve"}, {"bob"}, 7)
     finally:
         await durable.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redis_restart_under_live_nodes_puts_roles_and_lists_back(
+        daemon_factory: Any, redis_server: RedisServer, postgres_server: Any, secret_file: Path) -> None:
+    cluster = Cluster(daemon_factory, redis_server, str(postgres_server.new_database()), secret_file)
+    a, b = await cluster.start()
+    alice, _ = await signed_in(a, "alice")
+    room = (await request(alice, "create", {"name": "Team", "persistent": True}))["room_id"]
+    bob, bob_id = await signed_in(b, "bob")
+    assert (await request(bob, "join", {"room_id": room}))["status"] == "success"
+    assert (await request(alice, "op", {"client_id": bob_id}))["status"] == "success"
+    assert (await request(alice, "ban", {"user": "mallory"}))["status"] == "success"
+    redis_server.stop()
+    redis_server.start()  # same port, empty: the nodes' resync makes the room anew
+    for node in cluster.nodes:
+        await node.process.wait_for(rb"In step with Redis(?s:.*)In step with Redis", "the node back in step")
+        await node.process.wait_for(rb"Restored the roles and lists of 1 persistent rooms", "the lists back")
+    mallory, _ = await signed_in(b, "mallory")
+    assert await request(mallory, "join", {"room_id": room}) == {
+        "status": "error", "message": f"You are banned from room {room}"}
+    members = (await request(bob, "members"))["members"]  # in the order the nodes' resyncs put them back
+    assert {m["client_id"]: m["role"] for m in members}[bob_id] == "moderator"
+    assert sorted(m["role"] for m in members) == ["moderator", "owner"]
+    # Changes after it are stored as ever (the room's version went on above the stored one).
+    assert (await request(alice, "ban", {"user": "eve"}))["status"] == "success"
+    a, b = await cluster.kill_and_restart(redis_server)
+    eve, _ = await signed_in(a, "eve")
+    assert await request(eve, "join", {"room_id": room}) == {
+        "status": "error", "message": f"You are banned from room {room}"}
+    bob, _ = await signed_in(b, "bob")
+    assert (await request(bob, "join", {"room_id": room}))["status"] == "success"
+    assert [m["role"] for m in (await request(bob, "members"))["members"]] == ["moderator"]

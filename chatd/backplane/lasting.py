@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from twisted.logger import Logger
+
 from chatd import codec
 from chatd.backplane import lines, scripts
 from chatd.backplane.redis_store import RedisRooms, as_json, stored_lists
@@ -48,6 +50,8 @@ _IF_KEPT = " WHERE EXISTS (SELECT 1 FROM rooms WHERE room_id = ?) ON CONFLICT DO
 
 class ClusterLasting:
     """A cluster node's persistent rooms, in the store and in Redis."""
+
+    _log = Logger()
 
     def __init__(
         self, durable: Optional[Any], rooms: RedisRooms, calls: Any, shards: Any, core: Any,
@@ -218,6 +222,8 @@ class ClusterLasting:
                                                 as_json(changes))
                 if lines.text(outcome) != "stale":
                     break
+        self._log.info("Restored the roles and lists of {rooms} persistent rooms from the store",
+                       rooms=len(room_ids), event="store_restored")
 
     # -- reading the store -------------------------------------------------------------
 
