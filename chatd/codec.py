@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import dataclasses
 from dataclasses import dataclass
 import re
 from typing import Any, Optional, Union
@@ -71,12 +72,13 @@ class Join:
 
 @dataclass(frozen=True, slots=True)
 class Leave:
-    pass
+    scope: Optional[str] = None  # the room named by a top-level "room_id"
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
     body: Any
+    scope: Optional[str] = None  # the room named by a top-level "room_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,18 +89,20 @@ class ListRooms:
 
 @dataclass(frozen=True, slots=True)
 class Members:
-    pass
+    scope: Optional[str] = None  # the room named by a top-level "room_id"
 
 
 @dataclass(frozen=True, slots=True)
 class Nick:
     nick: str
+    scope: Optional[str] = None  # the room named by a top-level "room_id"
 
 
 @dataclass(frozen=True, slots=True)
 class History:
     limit: int = DEFAULT_PAGE
     before: Optional[int] = None
+    scope: Optional[str] = None  # the room named by a top-level "room_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +133,7 @@ class Manage:
     client_id: Optional[str] = None
     user: Optional[str] = None
     reason: str = ""  # kick and ban: shown to the one removed
+    scope: Optional[str] = None  # the room named by a top-level "room_id"
 
     @property
     def target(self) -> str:
@@ -291,11 +296,12 @@ def decode(payload: bytes) -> Command:
     if not isinstance(action, str):
         raise ProtocolError("'action' must be a string", "shape")
 
+    scope = _scope(data.get("room_id")) if "room_id" in data else None
     if action == "message":
         body = data.get("body")
         if body is None:
             raise ProtocolError("Message body is required", "shape")
-        return Message(body)
+        return Message(body, scope)
     if action == "join":
         body = data.get("body")
         if not isinstance(body, dict) or not isinstance(body.get("room_id"), str):
@@ -340,7 +346,7 @@ def decode(payload: bytes) -> Command:
             )
         return Create(name, private, persistent)
     if action == "leave":
-        return _LEAVE
+        return _LEAVE if scope is None else Leave(scope)
     if action == "list":
         options = _options(data, "List", '{"limit": 50, "after": "CURSOR"}')
         after = options.get("after")
@@ -351,9 +357,9 @@ def decode(payload: bytes) -> Command:
             raise ProtocolError("'after' must be the 'next' string of a previous list reply", "shape")
         return ListRooms(_page_limit(options), after)
     if action == "members":
-        return _MEMBERS
+        return _MEMBERS if scope is None else Members(scope)
     if action == "nick":
-        return Nick(_nick(data.get("body")))
+        return Nick(_nick(data.get("body")), scope)
     if action == "history":
         options = _options(data, "History", '{"limit": 50, "before": 120}')
         before = options.get("before")
@@ -361,7 +367,7 @@ def decode(payload: bytes) -> Command:
             raise ProtocolError(
                 "'before' must be a message id (a whole number of at least 1)", "shape"
             )
-        return History(_page_limit(options), before)
+        return History(_page_limit(options), before, scope)
     if action == "events":
         on = data.get("body")
         if not isinstance(on, bool):
@@ -378,7 +384,8 @@ def decode(payload: bytes) -> Command:
             raise ProtocolError(f"'to' must be at most {MAX_ROOM_ID} characters", "shape")
         return Direct(body["to"], body["body"])
     if action in MANAGE:
-        return _manage(action, data.get("body"))
+        managed = _manage(action, data.get("body"))
+        return managed if scope is None else dataclasses.replace(managed, scope=scope)
     if action in ("block", "unblock"):
         target = _manage(action, data.get("body"))
         return Block(action == "block", target.client_id, target.user)
@@ -406,6 +413,15 @@ def decode(payload: bytes) -> Command:
 
 _MEMBERS = Members()
 _ROOMS = Rooms()
+
+
+def _scope(room_id: Any) -> Optional[str]:
+    """A room-scoped action's top-level ``room_id`` (None: the current room)."""
+    if room_id is None:
+        return None
+    if not isinstance(room_id, str) or not room_id or len(room_id) > MAX_ROOM_ID:
+        raise ProtocolError(f"'room_id' must be a room ID: a string of 1 to {MAX_ROOM_ID} characters", "shape")
+    return room_id
 
 
 def _room_id(body: Any, what: str, more: str) -> str:

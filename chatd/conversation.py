@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from chatd import codec
 from chatd.auth import IChatUser, Token, TokenExpired
 from chatd.rooms.rules import REPLY_UNIT
-from chatd.rooms.state import Client
+from chatd.rooms.state import Client, tag
 from chatd.errors import (
     CLOSE_POLICY_VIOLATION,
     CLOSE_TOKEN_EXPIRED,
@@ -213,6 +213,9 @@ class Conversation:
             if client.user is None and not factory.guests_allowed and not isinstance(command, codec.Auth):
                 factory.metrics.auth.labels("refused").inc()
                 raise NotAuthenticated(codec.AUTH_REQUIRED)
+            scope = getattr(command, "scope", None)
+            if scope is not None:
+                self._check_scope(client, scope)
             if isinstance(command, codec.Message):
                 self._review(client, command.body)
                 return
@@ -312,6 +315,15 @@ class Conversation:
             event="rejected", client_id=client.client_id, kind=error.kind,
         )
         return codec.error(error.message, **error.extra)
+
+    def _check_scope(self, client: Client, room_id: str) -> None:
+        """A command that names its room with "room_id": the connection's
+        room (the same words for any other, a private one too, so that
+        nothing leaks); the client's broadcasts name their room from now on."""
+        room = client.room
+        if room is None or room.room_id != room_id:
+            raise NotInRoom(f"You are not in room {room_id}")
+        tag(client)
 
     def _internal_error(self, client: Client, failure: Optional[Failure] = None) -> dict[str, Any]:
         self._log.failure(

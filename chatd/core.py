@@ -529,7 +529,7 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
     def _enter_room(self, client: Client, room: Room) -> None:
         if room.persistent and room.owner_user is None and room.owner not in room.members:
             room.owner = client.client_id  # an ownerless lasting room: its first member's, as a new room
-        room.members[client.client_id] = client
+        room.add_member(client)
         client.room = room
 
     def _leave_room(self, client: Client, now: float) -> None:
@@ -537,7 +537,7 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
         if room is None:
             return
         client.room = None
-        room.members.pop(client.client_id, None)
+        room.remove_member(client.client_id)
         if not room.members and room.persistent:
             room.moderators = None
             return  # it lasts

@@ -8,10 +8,17 @@ others go on.  Free of I/O: the sinks queue what they are handed.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Optional
 
 from chatd.errors import CLOSE_INTERNAL_ERROR, SinkGone
 from chatd.rooms.state import Client, Room
+
+
+def with_room(payload: bytes, room_id: str) -> bytes:
+    """An encoded broadcast with ``"room_id"`` after its other keys (for a
+    client that names rooms): the same bytes up to its closing brace."""
+    return b"%s, \"room_id\": %s}" % (payload[:-1], json.dumps(room_id).encode())
 
 
 class HandOut:
@@ -31,25 +38,39 @@ class HandOut:
         member's frames in one delivery.  How many members each reached.
         """
         if self._join is None or len(messages) == 1:
-            return [self._deliver_one(room, payload, sender, now) for sender, payload in messages]
+            return [self.deliver_one(room, payload, sender, now) for sender, payload in messages]
         frames = [self._prepare(payload) for _, payload in messages]
+        # A tagged member's frames name the room; made only while one is in it.
+        tagged = [self._prepare(with_room(payload, room.room_id)) for _, payload in messages] if room.tagged else frames
         senders = {sender for sender, _ in messages}
         members = list(room.members.values())
         others = [m for m in members if m.client_id not in senders]
-        reached = len(others) - self._hand_out(others, self._join(frames), now) if others else 0
+        reached = 0
+        if others:
+            if room.tagged:
+                plain = [m for m in others if not m.tagged]
+                named = [m for m in others if m.tagged]
+                failed = (self._hand_out(plain, self._join(frames), now) if plain else 0) + (
+                    self._hand_out(named, self._join(tagged), now) if named else 0)
+            else:
+                failed = self._hand_out(others, self._join(frames), now)
+            reached = len(others) - failed
         counts = [reached] * len(messages)
         for member in members:
             if member.client_id in senders:
                 # A sender here gets the batch without its own messages.
                 theirs = [i for i, (sender, _) in enumerate(messages) if sender != member.client_id]
-                if theirs and not self._hand_out([member], self._join([frames[i] for i in theirs]), now):
+                own = tagged if member.tagged else frames
+                if theirs and not self._hand_out([member], self._join([own[i] for i in theirs]), now):
                     for i in theirs:
                         counts[i] += 1
         return counts
 
-    def _deliver_one(self, room: Room, payload: bytes, exclude_id: str, now: float) -> int:
+    def deliver_one(self, room: Room, payload: bytes, exclude_id: str, now: float) -> int:
+        """One encoded broadcast to the room's members but ``exclude_id``;
+        how many it reached."""
         recipients = [m for m in room.members.values() if m.client_id != exclude_id]
-        return len(recipients) - self._deliver(recipients, payload, now) if recipients else 0
+        return self._broadcast_to(room, recipients, payload, now) if recipients else 0
 
     def deliver_payload(self, recipients: list[Client], payload: bytes, now: float) -> int:
         """One encoded message (a direct one, from another node) to these
@@ -65,7 +86,18 @@ class HandOut:
             return 0
         # A list, not the live dict: a failed member leaves the room below.
         recipients = [m for m in room.members.values() if m is not sender]
-        return len(recipients) - self._deliver(recipients, payload, now)
+        return self._broadcast_to(room, recipients, payload, now)
+
+    def _broadcast_to(self, room: Room, recipients: list[Client], payload: bytes, now: float) -> int:
+        """A broadcast of ``room`` to these of its members (tagged ones get
+        it naming the room); how many it reached."""
+        if not room.tagged:
+            return len(recipients) - self._deliver(recipients, payload, now)
+        plain = [m for m in recipients if not m.tagged]
+        named = [m for m in recipients if m.tagged]
+        failed = self._deliver(plain, payload, now) if plain else 0
+        failed += self._deliver(named, with_room(payload, room.room_id), now) if named else 0
+        return len(recipients) - failed
 
     def _deliver(self, recipients: list[Client], payload: bytes, now: float) -> int:
         """

@@ -40,15 +40,14 @@ class LocalRooms:
         """``client`` receives what ``room`` gets here (None: no room's)."""
         old = client.receiving
         if old is not None and old is not room:
-            old.members.pop(client.client_id, None)
+            old.remove_member(client.client_id)
         if room is not None:
-            room.members[client.client_id] = client
+            room.add_member(client)
         client.receiving = room
 
     def deliver(self, room: Room, payload: bytes, exclude_id: str, now: float) -> int:
         """One encoded broadcast to this node's members but ``exclude_id``."""
-        recipients = [m for m in room.members.values() if m.client_id != exclude_id]
-        return self.core.deliver_payload(recipients, payload, now) if recipients else 0
+        return self.core.deliver_one(room, payload, exclude_id, now)
 
     def deliver_batch(self, room: Room, messages: list[tuple[str, bytes]], now: float) -> list[int]:
         """Several encoded broadcasts, ``(sender ID, payload)`` in order, to

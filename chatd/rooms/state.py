@@ -91,7 +91,7 @@ class Client:
 
     __slots__ = (
         "client_id", "sink", "room", "nick", "user", "events",
-        "message_bucket", "create_bucket", "command_bucket", "strikes", "receiving", "blocked",
+        "message_bucket", "create_bucket", "command_bucket", "strikes", "receiving", "blocked", "tagged",
     )
 
     def __init__(self, client_id: str, sink: Sink) -> None:
@@ -111,9 +111,26 @@ class Client:
         self.receiving: Optional[Room] = None
         # Whose direct messages it does not receive: c:ID and u:NAME keys.
         self.blocked: Optional[set[str]] = None
+        # It has named a room with "room_id": the broadcasts it receives
+        # name theirs (a client that never has gets the seed's bytes).
+        self.tagged = False
 
     def __repr__(self) -> str:
         return f"<Client {self.client_id}>"
+
+
+def tag(client: Client) -> None:
+    """``client`` has named a room: from now on the broadcasts it receives
+    name theirs, in whichever room it is."""
+    if client.tagged:
+        return
+    client.tagged = True
+    # Its room, and on a cluster node the room it receives in here (the same,
+    # but while a join is on its way).
+    rooms = [client.room] if client.receiving is client.room else [client.room, client.receiving]
+    for room in rooms:
+        if room is not None and room.members.get(client.client_id) is client:
+            room.tagged += 1
 
 
 class Room:
@@ -127,7 +144,7 @@ class Room:
     __slots__ = (
         "room_id", "name", "created_at", "created_by", "members", "seq", "last_id",
         "owner", "private", "moderators", "invited", "banned",
-        "persistent", "owner_user", "moderator_users", "assigned",
+        "persistent", "owner_user", "moderator_users", "assigned", "tagged",
     )
 
     def __init__(self, room_id: str, name: str, created_at: str, created_by: str, seq: int) -> None:
@@ -152,6 +169,22 @@ class Room:
         self.owner_user: Optional[str] = None
         self.moderator_users: Optional[set[str]] = None
         self.assigned = 0
+        # How many of ``members`` are tagged clients: while none is, a
+        # broadcast has one frame, the seed's.
+        self.tagged = 0
+
+    def add_member(self, client: Client) -> None:
+        """``client`` receives what the room gets."""
+        if self.members.get(client.client_id) is not client:
+            self.members[client.client_id] = client
+            if client.tagged:
+                self.tagged += 1
+
+    def remove_member(self, client_id: str) -> None:
+        """The client no longer receives what the room gets."""
+        member = self.members.pop(client_id, None)
+        if member is not None and member.tagged:
+            self.tagged -= 1
 
     def role(self, client_id: str) -> str:
         """"owner", "moderator" or "member"."""
