@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 
 from tests.support.clients import WSClient
@@ -37,15 +38,26 @@ class Cluster:
         return await self.start()
 
 
+@pytest.fixture
+def stored_cluster(daemon_factory: Any, redis_server: RedisServer, postgres_server: Any, secret_file: Path) -> Cluster:
+    """Two nodes (not started) on the test's Redis and a new PostgreSQL database."""
+    return Cluster(daemon_factory, redis_server, str(postgres_server.new_database()), secret_file)
+
+
+async def alices_team(port: int) -> tuple[WSClient, str]:
+    """alice, signed in, in her new persistent room "Team": (alice, its ID)."""
+    alice, _ = await signed_in(port, "alice")
+    return alice, (await request(alice, "create", {"name": "Team", "persistent": True}))["room_id"]
+
+
 async def request(client: WSClient, action: str, body: Any = None) -> Any:
     return await client.request({"action": action} if body is None else {"action": action, "body": body})
 
 
 @pytest_twisted.ensureDeferred
 async def test_persistent_rooms_outlive_every_node_and_redis(
-        daemon_factory: Any, redis_server: RedisServer, postgres_server: Any, secret_file: Path) -> None:
-    cluster = Cluster(daemon_factory, redis_server, str(postgres_server.new_database()), secret_file)
-    a, b = await cluster.start()
+        stored_cluster: Cluster, redis_server: RedisServer) -> None:
+    a, b = await stored_cluster.start()
     alice, _ = await signed_in(a, "alice")
     created = await request(alice, "create", {"name": "Team", "persistent": True})
     room = created["room_id"]
@@ -76,7 +88,7 @@ async def test_persistent_rooms_outlive_every_node_and_redis(
     seed = (await request(carol, "create", "Lobby"))["room_id"]
     assert (await request(carol, "message", "hi"))["status"] == "success"
 
-    a, b = await cluster.kill_and_restart(redis_server)
+    a, b = await stored_cluster.kill_and_restart(redis_server)
 
     alice, _ = await signed_in(b, "alice")
     assert await request(alice, "rooms") == {"status": "success", "rooms": [{
@@ -118,9 +130,8 @@ async def test_persistent_rooms_outlive_every_node_and_redis(
 
 @pytest_twisted.ensureDeferred
 async def test_a_cluster_refuses_what_one_process_refuses(
-        daemon_factory: Any, redis_server: RedisServer, postgres_server: Any, secret_file: Path) -> None:
-    cluster = Cluster(daemon_factory, redis_server, str(postgres_server.new_database()), secret_file)
-    a, b = await cluster.start()
+        stored_cluster: Cluster) -> None:
+    a, b = await stored_cluster.start()
     visitor, _ = await guest(a)
     assert await request(visitor, "create", {"name": "Team", "persistent": True}) == {
         "status": "error", "message": "Sign in to create a persistent room"}
@@ -148,11 +159,10 @@ async def test_a_cluster_refuses_what_one_process_refuses(
 
 @pytest_twisted.ensureDeferred
 async def test_nothing_acknowledged_is_lost_when_every_node_and_redis_go(
-        daemon_factory: Any, redis_server: RedisServer, postgres_server: Any, secret_file: Path) -> None:
-    cluster = Cluster(daemon_factory, redis_server, str(postgres_server.new_database()), secret_file)
-    for node in cluster.nodes:
+        stored_cluster: Cluster, redis_server: RedisServer) -> None:
+    for node in stored_cluster.nodes:
         node.args += ("--rate-messages", "0")
-    a, b = await cluster.start()
+    a, b = await stored_cluster.start()
     alice, _ = await signed_in(a, "alice")
     room = (await request(alice, "create", {"name": "Stream", "persistent": True}))["room_id"]
     bob, _ = await signed_in(b, "bob")
@@ -163,7 +173,7 @@ async def test_nothing_acknowledged_is_lost_when_every_node_and_redis_go(
         alice.send({"action": "message", "body": n})
     for _ in range(100):
         assert await alice.next() == {"status": "success", "message": "Message sent"}
-    a, b = await cluster.kill_and_restart(redis_server)
+    a, b = await stored_cluster.kill_and_restart(redis_server)
     bob, _ = await signed_in(b, "bob")
     assert (await request(bob, "join", {"room_id": room}))["status"] == "success"
     kept: list[Any] = []
@@ -183,11 +193,10 @@ async def test_nothing_acknowledged_is_lost_when_every_node_and_redis_go(
 
 @pytest_twisted.ensureDeferred
 async def test_memberships_on_a_cluster_follow_auth_and_bans(
-        daemon_factory: Any, redis_server: RedisServer, postgres_server: Any, secret_file: Path) -> None:
-    cluster = Cluster(daemon_factory, redis_server, str(postgres_server.new_database()), secret_file)
-    for node in cluster.nodes:
+        stored_cluster: Cluster, redis_server: RedisServer) -> None:
+    for node in stored_cluster.nodes:
         node.args += ("--room", "Team:owner=alice", "--room", "Hidden:private:owner=alice")
-    a, b = await cluster.start()  # both declare: each room is made once
+    a, b = await stored_cluster.start()  # both declare: each room is made once
     carol, _ = await guest(b)
     listed = (await request(carol, "list"))["rooms"]
     assert [(r["name"], r["members"], r.get("persistent")) for r in listed] == [("Team", 0, True)]
@@ -208,7 +217,7 @@ async def test_memberships_on_a_cluster_follow_auth_and_bans(
     await carol.close()
     # A ban ends the user's membership, even while they are away.
     assert (await request(alice, "ban", {"user": "carol"}))["status"] == "success"
-    a, b = await cluster.kill_and_restart(redis_server)
+    a, b = await stored_cluster.kill_and_restart(redis_server)
     carol, _ = await signed_in(a, "carol")
     assert await request(carol, "rooms") == {"status": "success", "rooms": []}
     assert await request(carol, "join", {"room_id": team}) == {
@@ -252,13 +261,11 @@ async def test_a_database_outage_on_a_cluster_is_reported_and_survived(
 
 @pytest_twisted.ensureDeferred
 async def test_history_and_recovery_page_past_redis_into_the_store(
-        daemon_factory: Any, redis_server: RedisServer, postgres_server: Any, secret_file: Path) -> None:
-    cluster = Cluster(daemon_factory, redis_server, str(postgres_server.new_database()), secret_file)
-    for node in cluster.nodes:
+        stored_cluster: Cluster) -> None:
+    for node in stored_cluster.nodes:
         node.args += ("--history-size", "3")  # Redis keeps a room's last 3
-    a, b = await cluster.start()
-    alice, _ = await signed_in(a, "alice")
-    room = (await request(alice, "create", {"name": "Team", "persistent": True}))["room_id"]
+    a, b = await stored_cluster.start()
+    alice, room = await alices_team(a)
     for n in range(1, 11):
         await send(alice, f"m{n}")
     bob, _ = await signed_in(b, "bob")
@@ -340,18 +347,16 @@ async def test_decisions_stored_out_of_order_leave_the_newest_state(postgres_ser
 
 @pytest_twisted.ensureDeferred
 async def test_a_redis_restart_under_live_nodes_puts_roles_and_lists_back(
-        daemon_factory: Any, redis_server: RedisServer, postgres_server: Any, secret_file: Path) -> None:
-    cluster = Cluster(daemon_factory, redis_server, str(postgres_server.new_database()), secret_file)
-    a, b = await cluster.start()
-    alice, _ = await signed_in(a, "alice")
-    room = (await request(alice, "create", {"name": "Team", "persistent": True}))["room_id"]
+        stored_cluster: Cluster, redis_server: RedisServer) -> None:
+    a, b = await stored_cluster.start()
+    alice, room = await alices_team(a)
     bob, bob_id = await signed_in(b, "bob")
     assert (await request(bob, "join", {"room_id": room}))["status"] == "success"
     assert (await request(alice, "op", {"client_id": bob_id}))["status"] == "success"
     assert (await request(alice, "ban", {"user": "mallory"}))["status"] == "success"
     redis_server.stop()
     redis_server.start()  # same port, empty: the nodes' resync makes the room anew
-    for node in cluster.nodes:
+    for node in stored_cluster.nodes:
         await node.process.wait_for(rb"In step with Redis(?s:.*)In step with Redis", "the node back in step")
         await node.process.wait_for(rb"Restored the roles and lists of 1 persistent rooms", "the lists back")
     mallory, _ = await signed_in(b, "mallory")
@@ -362,7 +367,7 @@ async def test_a_redis_restart_under_live_nodes_puts_roles_and_lists_back(
     assert sorted(m["role"] for m in members) == ["moderator", "owner"]
     # Changes after it are stored as ever (the room's version went on above the stored one).
     assert (await request(alice, "ban", {"user": "eve"}))["status"] == "success"
-    a, b = await cluster.kill_and_restart(redis_server)
+    a, b = await stored_cluster.kill_and_restart(redis_server)
     eve, _ = await signed_in(a, "eve")
     assert await request(eve, "join", {"room_id": room}) == {
         "status": "error", "message": f"You are banned from room {room}"}
