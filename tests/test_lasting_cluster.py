@@ -374,3 +374,17 @@ async def test_a_redis_restart_under_live_nodes_puts_roles_and_lists_back(
     bob, _ = await signed_in(b, "bob")
     assert (await request(bob, "join", {"room_id": room}))["status"] == "success"
     assert [m["role"] for m in (await request(bob, "members"))["members"]] == ["moderator"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ownerless_persistent_room_is_owned_by_whoever_is_in_it(stored_cluster: Cluster) -> None:
+    for node in stored_cluster.nodes:
+        node.args += ("--room", "Lobby")
+    a, b = await stored_cluster.start()
+    carol, _ = await signed_in(a, "carol")
+    lobby = (await request(carol, "list"))["rooms"][0]["room_id"]
+    assert (await request(carol, "join", {"room_id": lobby}))["status"] == "success"
+    assert [(r["room_id"], r["role"]) for r in (await request(carol, "rooms"))["rooms"]] == [(lobby, "owner")]
+    dave, _ = await signed_in(b, "dave")
+    assert (await request(dave, "join", {"room_id": lobby}))["status"] == "success"
+    assert [m["role"] for m in (await request(dave, "members"))["members"]] == ["owner", "member"]

@@ -279,12 +279,11 @@ class ClusterLasting:
         if current is not None:
             entries.append({
                 "room_id": current.room_id, "name": current.name, "private": current.private,
-                "persistent": current.persistent, "role": current.role(client.client_id),
+                "persistent": current.persistent, "role": await self._role_in(client, current),
                 "last_id": current.last_id, "last_read": markers.get(current.room_id, current.last_id),
                 "unread": 0})
         for stored in stored_rooms:
             if current is not None and stored.room_id == current.room_id:
-                entries[0]["role"] = stored_room(stored).user_role(user or "") if user else entries[0]["role"]
                 continue
             entries.append({
                 "room_id": stored.room_id, "name": stored.name, "private": stored.private, "persistent": True,
@@ -296,6 +295,22 @@ class ClusterLasting:
             for entry in entries:
                 entry["unread"] = unread.get(entry["room_id"], 0)
         return {"status": "success", "rooms": entries}
+
+    async def _role_in(self, client: Client, room: Room) -> str:
+        """The client's role in its room, as Redis has it (its owner picked
+        first if one is due: an ownerless room's first member holds it);
+        this node's view while Redis is away."""
+        shard = self.shards.of(room.room_id)
+        if shard.available:
+            try:
+                listed = await self.rooms.members(client, room, shard)
+            except ChatError:
+                pass
+            else:
+                for member in listed["members"]:
+                    if member["client_id"] == client.client_id:
+                        return str(member["role"])
+        return room.role(client.client_id)
 
     async def _stored(self, client: Client, room_id: str) -> tuple[Optional[Room], Optional[Room], Optional[int]]:
         """The room as stored (None: not kept), the client's room if it is
