@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from chatd.codec import Command
 from chatd.core import ChatCore
 from chatd.rooms.history import MemoryHistory
-from chatd.rooms.state import Client, Sink
+from chatd.rooms.state import Client, Room, Sink
 from chatd.errors import ChatError
 
 Reply = dict[str, Any]
@@ -58,9 +58,10 @@ class Chat(Protocol):
         """A reply of ``size`` bytes went out: a large one costs more tokens."""
         ...
 
-    def publish(self, client: Client, body: Any, now: float, answer: Answer) -> None:
+    def publish(self, client: Client, body: Any, now: float, answer: Answer, room: Optional[Room] = None) -> None:
         """
-        Broadcast ``body`` to the client's room, and call ``answer`` once
+        Broadcast ``body`` to ``room`` (one the client is in; None: its
+        current room), and call ``answer`` once
         with the sender's reply (or a Failure), during this call or later.
         A client's messages are published, and answered, in the order of
         these calls, so the next may be sent before this one is answered;
@@ -129,15 +130,15 @@ class LocalChat:
     def connect(self, sink: Sink) -> Client:
         return self.core.connect(sink)
 
-    def publish(self, client: Client, body: Any, now: float, answer: Answer) -> None:
+    def publish(self, client: Client, body: Any, now: float, answer: Answer, room: Optional[Room] = None) -> None:
         core = self.core
         started = self._timer()
         try:
-            room = client.room
+            room = room if room is not None else client.room
             # Only a lasting room's message is answered later (a ChatError
             # then, not a Failure): no closure per message for the others.
             later = _with_failures(answer) if room is not None and room.persistent else None
-            reply = core.publish(client, body, now, later)
+            reply = core.publish(client, body, now, later, room)
         except ChatError:
             answer(Failure(), client)
             return

@@ -40,6 +40,7 @@ class Create:
     name: str
     private: bool = False  # seen only by members and whoever is invited
     persistent: bool = False  # outlives its members and restarts
+    keep: bool = False  # stay in the rooms the connection is in
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ class Join:
     # The id of the last message the client saw in the room: the reply
     # then carries the ones after it (a reconnect without a gap).
     since: Optional[int] = None
+    keep: bool = False  # stay in the rooms the connection is in
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,12 +322,12 @@ def decode(payload: bytes) -> Command:
             raise ProtocolError(
                 "'since' must be a message id (a whole number of at least 0)", "shape"
             )
-        return Join(room_id, since)
+        return Join(room_id, since, _keep(body))
     if action == "create":
         name = data.get("body")
-        private = persistent = False
+        private = persistent = keep = False
         if isinstance(name, dict):
-            private, persistent = name.get("private", False), name.get("persistent", False)
+            private, persistent, keep = name.get("private", False), name.get("persistent", False), _keep(name)
             for key, value in (("private", private), ("persistent", persistent)):
                 if not isinstance(value, bool):
                     raise ProtocolError(f"'{key}' must be true or false", "shape")
@@ -344,7 +346,7 @@ def decode(payload: bytes) -> Command:
             raise ProtocolError(
                 "Room name must not contain control characters", "shape"
             )
-        return Create(name, private, persistent)
+        return Create(name, private, persistent, keep)
     if action == "leave":
         return _LEAVE if scope is None else Leave(scope)
     if action == "list":
@@ -413,6 +415,13 @@ def decode(payload: bytes) -> Command:
 
 _MEMBERS = Members()
 _ROOMS = Rooms()
+
+
+def _keep(body: dict[str, Any]) -> bool:
+    keep = body.get("keep", False)
+    if not isinstance(keep, bool):
+        raise ProtocolError("'keep' must be true or false", "shape")
+    return keep
 
 
 def _scope(room_id: Any) -> Optional[str]:

@@ -66,6 +66,7 @@ def limits_of(settings: Settings) -> Limits:
         history_size=settings.history_size,
         history_bytes=settings.history_bytes,
         history_memory=settings.history_memory,
+        rooms_per_connection=settings.max_rooms_per_connection,
     )
 
 

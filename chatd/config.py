@@ -341,6 +341,8 @@ OPTIONS: tuple[Option, ...] = (
            "Hold clients that connect directly from a loopback address (tests, "
            "bots on the same host) to the per-address limits too; by default "
            "only clients that come through a proxy are.", kind="flag"),
+    Option("max-rooms-per-connection", "max_rooms_per_connection", size(1),
+           "Rooms one connection may be in at once, joining with \"keep\"."),
     Option("history-size", "history_size", size(0),
            "Messages each room keeps for the history action (0: none)."),
     Option("history-bytes", "history_bytes", size(0),
@@ -450,7 +452,8 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "rate-creates-burst", "rate-commands", "rate-commands-burst", "ping-interval", "ping-timeout",
         "close-timeout")),
     ("Rooms and messages", (
-        "history-size", "history-bytes", "history-memory", "moderator", "moderation-failure",
+        "max-rooms-per-connection", "history-size", "history-bytes", "history-memory", "moderator",
+        "moderation-failure",
         "moderation-timeout", "message-log", "message-log-keep")),
     ("Rooms that last", ("store", "persistent-rooms", "room", "history-keep")),
     ("Cluster", ("redis", "redis-lease", "redis-timeout")),

@@ -22,7 +22,8 @@ from twisted.python.failure import Failure
 from chatd import codec
 from chatd.auth import IChatUser, Token, TokenExpired
 from chatd.rooms.rules import REPLY_UNIT
-from chatd.rooms.state import Client, tag
+from chatd.rooms import many
+from chatd.rooms.state import Client, Room, tag
 from chatd.errors import (
     CLOSE_POLICY_VIOLATION,
     CLOSE_TOKEN_EXPIRED,
@@ -214,10 +215,9 @@ class Conversation:
                 factory.metrics.auth.labels("refused").inc()
                 raise NotAuthenticated(codec.AUTH_REQUIRED)
             scope = getattr(command, "scope", None)
-            if scope is not None:
-                self._check_scope(client, scope)
+            room = self._check_scope(client, scope) if scope is not None else None
             if isinstance(command, codec.Message):
-                self._review(client, command.body)
+                self._review(client, command.body, room=room)
                 return
             if isinstance(command, codec.Direct):
                 self._review(client, command.body, command.to)
@@ -316,14 +316,13 @@ class Conversation:
         )
         return codec.error(error.message, **error.extra)
 
-    def _check_scope(self, client: Client, room_id: str) -> None:
-        """A command that names its room with "room_id": the connection's
-        room (the same words for any other, a private one too, so that
-        nothing leaks); the client's broadcasts name their room from now on."""
-        room = client.room
-        if room is None or room.room_id != room_id:
-            raise NotInRoom(f"You are not in room {room_id}")
+    def _check_scope(self, client: Client, room_id: str) -> Room:
+        """The room a command names with "room_id": one the connection is in
+        (the same words for any other, a private one too, so that nothing
+        leaks); the client's broadcasts name their room from now on."""
+        room = many.target(client, room_id)
         tag(client)
+        return room
 
     def _internal_error(self, client: Client, failure: Optional[Failure] = None) -> dict[str, Any]:
         self._log.failure(
@@ -395,31 +394,33 @@ class Conversation:
 
     # -- chat messages: rate, moderation, publication -------------------------
 
-    def _review(self, client: Client, body: Any, to: Optional[str] = None) -> None:
-        """Rate-limit a chat message (or a direct message ``to`` someone)
-        now, then send it (or not) once the moderators, if any, have spoken."""
+    def _review(self, client: Client, body: Any, to: Optional[str] = None, room: Optional[Room] = None) -> None:
+        """Rate-limit a chat message (to ``room``, or the current one) or a
+        direct message ``to`` someone now, then send it (or not) once the
+        moderators, if any, have spoken."""
         if to is None and client.room is None:
             raise NotInRoom("You must join a room first")
         factory = self.factory
         factory.chat.check_message_rate(client, factory.clock.seconds(), to is None)
         moderation: Moderation = factory.moderation
         if not moderation:
-            self._publish(client, body, PASS, at_once=True, to=to)
+            self._publish(client, body, PASS, at_once=True, to=to, room=room)
             return
-        room_id = client.room.room_id if client.room is not None else ""
-        reviewed = moderation.review(Submission(client.client_id, client.nick, room_id, body, to))
+        into = room if room is not None else client.room
+        reviewed = moderation.review(Submission(client.client_id, client.nick, into.room_id if into else "", body, to))
         verdicts: list[Verdict] = []
         reviewed.addCallback(verdicts.append)
         if verdicts:
             # Every moderator answered at once: no waiting, no reordering.
-            self._publish(client, body, verdicts[0], at_once=True, to=to)
+            self._publish(client, body, verdicts[0], at_once=True, to=to, room=room)
             return
-        reviewed.addCallback(lambda _: self._publish(client, body, verdicts[0], to=to))
+        reviewed.addCallback(lambda _: self._publish(client, body, verdicts[0], to=to, room=room))
         reviewed.addErrback(lambda failure: self._log.failure("Moderation broke", failure))
         self._wait_for(reviewed)
 
     def _publish(
         self, client: Client, body: Any, verdict: Verdict, at_once: bool = False, to: Optional[str] = None,
+        room: Optional[Room] = None,
     ) -> "Optional[Deferred[Any]]":
         """Publish a reviewed message (``at_once``: in the same call as it
         came in), or send it to ``to``; its reply is sent when the chat
@@ -439,7 +440,7 @@ class Conversation:
                     self._wait_for(answer)
                 return answer
             self._publishing = True
-            chat.publish(client, body, self.factory.clock.seconds(), self._message_answered)
+            chat.publish(client, body, self.factory.clock.seconds(), self._message_answered, room)
         except ChatError as e:
             self._publishing = False
             self.send_reply(codec.encode(self._rejected(client, e)))

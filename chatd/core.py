@@ -36,6 +36,7 @@ from chatd.rooms import rules
 from chatd.delivery.direct import DirectMessages
 from chatd.delivery.handout import HandOut
 from chatd.rooms.events import CoreEvents
+from chatd.rooms import many
 from chatd.rooms.lasting import Lasting, MaybeLater
 from chatd.rooms.history import HistoryStore, MemoryHistory
 from chatd.rooms.rules import RoomView
@@ -54,6 +55,7 @@ from chatd.rooms.state import (
     Sink,
     member_entry,
     random_id,
+    tag,
 )
 
 _DEFAULT_LIMITS = Limits()
@@ -160,7 +162,8 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
         """Forget a client and leave its room. Safe to call more than once."""
         if self.clients.get(client.client_id) is not client:
             return
-        self._leave_room(client, now)
+        while client.room is not None:  # each of its rooms
+            self._leave_room(client, now)
         del self.clients[client.client_id]
         self._unindex(client)
 
@@ -184,23 +187,23 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
     def _handle(self, client: Client, command: Command, now: float) -> MaybeLater:
         if isinstance(command, Message):
             # A lasting room's is kept first: handle() waits for the store.
-            return self.message(client, command.body, now) or codec.MESSAGE_SENT
+            return self.message(client, command.body, now, command.scope) or codec.MESSAGE_SENT
         if isinstance(command, Join):
-            return self.join(client, command.room_id, now, command.since)
+            return self.join(client, command.room_id, now, command.since, command.keep)
         if isinstance(command, Create):
-            return self.create(client, command.name, now, command.private, command.persistent)
+            return self.create(client, command.name, now, command.private, command.persistent, command.keep)
         if isinstance(command, Leave):
-            return self.leave(client, now)
+            return self.leave(client, now, command.scope)
         if isinstance(command, ListRooms):
             return self.list_rooms(command.limit, command.after, client)
         if isinstance(command, Manage):
             return self.manage(client, command, now)
         if isinstance(command, Members):
-            return self.members(client)
+            return self.members(client, command.scope)
         if isinstance(command, Nick):
             return self.set_nick(client, command.nick, now)
         if isinstance(command, History):
-            return self.recent(client, command.limit, command.before)
+            return self.recent(client, command.limit, command.before, command.scope)
         if isinstance(command, Events):
             return self.set_events(client, command.on)
         if isinstance(command, Block):
@@ -215,11 +218,14 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
 
     def create(
         self, client: Client, name: str, now: float, private: bool = False, persistent: bool = False,
+        keep: bool = False,
     ) -> dict[str, Any]:
         if persistent:
             self.check_lasting_create(client)
+        if keep:
+            many.check_keep(client, self.limits.rooms_per_connection)
         self.check_create_rate(client, now)
-        self._leave_room(client, now)
+        self._step_out(client, keep, now)
         # The list's cursor: when the room was created, in tenths of a
         # millisecond (rising by one at least), as in a cluster.  A count
         # would tell a client paging past private rooms how many there are.
@@ -236,15 +242,30 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
         return codec.created(room.room_id, name, private, persistent)
 
     def join(
-        self, client: Client, room_id: str, now: float = 0.0, since: Optional[int] = None
+        self, client: Client, room_id: str, now: float = 0.0, since: Optional[int] = None, keep: bool = False,
     ) -> MaybeLater:
         room = self.rooms.get(room_id)
-        if room is not None and client.room is room:
+        if room is not None and many.is_in(client, room):
+            if client.room is not room:  # one it kept: current again
+                self._step_out(client, keep, now)
+                many.make_current(client, room)
             return self._joined(room, since)
+        if keep:
+            many.check_keep(client, self.limits.rooms_per_connection)
         reply: MaybeLater = settled(decide(
             self, room_id, client, lambda view: join_refusal(view, client),
-            lambda view: Enter(since, rules.name_holders(view, client), now)))
+            lambda view: Enter(since, rules.name_holders(view, client), now, keep)))
         return reply
+
+    def _step_out(self, client: Client, keep: bool, now: float) -> None:
+        """Before entering another room: the seed's way, out of the current
+        one; with ``keep``, in it still (and the client's broadcasts name
+        their rooms from now on)."""
+        if keep:
+            tag(client)
+            many.keep_current(client)
+        else:
+            self._leave_room(client, now)
 
     def _joined(self, room: Room, since: Optional[int]) -> MaybeLater:
         reply = codec.joined(room.room_id, room.name)
@@ -263,26 +284,29 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
             reply["recovered"], reply["messages"] = codec.recovery(kept, room.last_id, since)
         return reply
 
-    def leave(self, client: Client, now: float = 0.0) -> dict[str, Any]:
+    def leave(self, client: Client, now: float = 0.0, scope: Optional[str] = None) -> dict[str, Any]:
         if client.room is None:
             raise NotInRoom("Not in any room")
-        self.left_lasting(client, client.room)
-        self._leave_room(client, now)
+        room = many.target(client, scope)
+        self.left_lasting(client, room)
+        self._leave_room(client, now, room)
         return {"status": "success", "message": "Left room"}
 
-    def message(self, client: Client, body: Any, now: float) -> Optional[dict[str, Any]]:
+    def message(self, client: Client, body: Any, now: float, scope: Optional[str] = None) -> Optional[dict[str, Any]]:
         """Rate-limit, then publish: the sender's reply."""
         self.check_message_rate(client, now)
-        return self.publish(client, body, now)
+        return self.publish(client, body, now, room=many.target(client, scope) if scope is not None else None)
 
     def publish(
         self, client: Client, body: Any, now: float, answer: Optional[Callable[[Any, Client], None]] = None,
+        room: Optional[Room] = None,
     ) -> Optional[dict[str, Any]]:
         """Broadcast a message to the sender's room (no rate limit here): the
         sender's reply; or None, for a lasting room, whose message is
         delivered and answered (through ``answer``: the reply, or a
-        ChatError) once the store has it."""
-        room = client.room
+        ChatError) once the store has it.  ``room``: one the client is in
+        (None: its current one)."""
+        room = room if room is not None else client.room
         if room is None:
             raise NotInRoom("You must join a room first")
         if room.persistent:
@@ -366,7 +390,7 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
         for room in self.rooms.values():  # insertion order is creation order
             if room.seq <= start:
                 continue
-            if not rules.visible(room, client, client is not None and client.room is room):
+            if not rules.visible(room, client, client is not None and many.is_in(client, room)):
                 continue
             if len(page) == limit:
                 more = True
@@ -378,8 +402,8 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
             reply["next"] = str(self.rooms[page[-1]["room_id"]].seq)
         return reply
 
-    def members(self, client: Client) -> dict[str, Any]:
-        room = self._room_of(client)
+    def members(self, client: Client, scope: Optional[str] = None) -> dict[str, Any]:
+        room = many.target(client, scope)
         reply: dict[str, Any] = {
             "status": "success",
             "room_id": room.room_id,
@@ -394,14 +418,18 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
         """An owner's or a moderator's action in the client's room, decided by
         :func:`chatd.rooms.rules.manage` and applied here (a cluster node
         decides by the same rule, and applies in Redis)."""
-        room = self._room_of(client)
+        room = many.target(client, command.scope)
         reply = self._manage(client, room, command, now)
         self.events.room_action(room, client, command)
         return reply
 
     def _manage(self, client: Client, room: Room, command: Manage, now: float) -> dict[str, Any]:
         target = self.clients.get(command.client_id) if command.client_id is not None else None
-        target_room = target.room.room_id if target is not None and target.room is not None else None
+        target_room = None  # the room the client named is in, as the rules ask: this one, if it is
+        if target is not None and many.is_in(target, room):
+            target_room = room.room_id
+        elif target is not None and target.room is not None:
+            target_room = target.room.room_id
         changes = rules.manage(room, client, command, target.user if target is not None else None, target_room)
         if changes.unban and room.banned:
             room.banned.difference_update(changes.unban)
@@ -441,20 +469,24 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
 
     def _remove(self, member: Client, room: Room, by: str, reason: str, now: float) -> None:
         """Take ``member`` out of ``room``: it is told why, the others see it leave."""
-        self._leave_room(member, now)
+        self._leave_room(member, now, room)
         self._deliver([member], codec.encode(codec.kick(room.room_id, by, reason)), now)
 
     def set_nick(self, client: Client, nick: str, now: float) -> dict[str, Any]:
-        room = client.room
-        if room is None:
+        rooms = many.rooms_of(client)
+        for room in rooms:  # free in every room the client is in, or taken in none
+            refusal = rules.nick_refusal(room, client, nick)
+            if refusal is not None:
+                raise refusal
+        if not rooms:
             client.nick = nick
-        else:
+        for room in rooms:
             settled(decide(self, room.room_id, client, lambda view: rules.nick_refusal(view, client, nick),
                            lambda view: Rename(nick, now)))
         return {"status": "success", "message": f"Nick set to '{nick}'", "nick": nick}
 
-    def recent(self, client: Client, limit: int, before: Optional[int]) -> MaybeLater:
-        room = self._room_of(client)
+    def recent(self, client: Client, limit: int, before: Optional[int], scope: Optional[str] = None) -> MaybeLater:
+        room = many.target(client, scope)
         kept = self.history.recent(room, limit, before)
         found = self.older(room, kept, limit, before) if room.persistent else kept
         if isinstance(found, list):
@@ -470,11 +502,6 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
         return {"status": "success", "message": "Events on" if on else "Events off"}
 
     # -- internals ---------------------------------------------------------
-
-    def _room_of(self, client: Client) -> Room:
-        if client.room is None:
-            raise NotInRoom("You must join a room first")
-        return client.room
 
     def _lose_nicks(self, room: Room, holders: list[str], now: float) -> None:
         """
@@ -509,34 +536,42 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
         The room it is in already admits it as a join by that user would:
         a ban of the user refuses the authentication (BannedAs).
         """
-        room = client.room
-        if room is None:
+        rooms = many.rooms_of(client)
+        for room in rooms:  # admitted by every room the client is in
+            refusal = rules.auth_refusal(room, user)
+            if refusal is not None:
+                raise refusal
+        if not rooms:
             self.set_user(client, user)
-        else:
-            as_user = Client(client.client_id, client.sink)
-            as_user.nick, as_user.user = client.nick, user
+        as_user = Client(client.client_id, client.sink)
+        as_user.nick, as_user.user = client.nick, user
+        for room in rooms:
             settled(decide(self, room.room_id, client, lambda view: rules.auth_refusal(view, user),
                            lambda view: Become(user, rules.name_holders(view, as_user), now)))
         if client.nick is not None:
             return
         nick = codec.default_nick(user, name)
-        if nick is None or (room is not None and nick_taken(room, nick, client)):
+        if nick is None or any(nick_taken(room, nick, client) for room in rooms):
             return
         client.nick = nick
-        if room is not None:
+        for room in rooms:
             self.announce(room, "nick", client.client_id, nick, now, client, user)
 
     def _enter_room(self, client: Client, room: Room) -> None:
+        """``client`` is in ``room``, its current room (out of any other
+        first, the seed's way, or keeping them: ``_step_out``)."""
         if room.persistent and room.owner_user is None and room.owner not in room.members:
             room.owner = client.client_id  # an ownerless lasting room: its first member's, as a new room
         room.add_member(client)
-        client.room = room
+        many.make_current(client, room)
 
-    def _leave_room(self, client: Client, now: float) -> None:
-        room = client.room
+    def _leave_room(self, client: Client, now: float, room: Optional[Room] = None) -> None:
+        """``client`` out of ``room`` (None: its current one); the room goes
+        with its last member, unless it lasts."""
+        room = room if room is not None else client.room
         if room is None:
             return
-        client.room = None
+        many.drop(client, room)
         room.remove_member(client.client_id)
         if not room.members and room.persistent:
             room.moderators = None
@@ -572,7 +607,7 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
             raise RoomNotFound(room_id)
         if isinstance(change, Enter):
             now = change.now
-            self._leave_room(client, now)
+            self._step_out(client, change.keep, now)
             self._enter_room(client, room)
             self.announce(room, "join", client.client_id, client.nick, now, client, client.user)
             self._lose_nicks(room, change.takes, now)

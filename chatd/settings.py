@@ -70,6 +70,8 @@ class Settings:
     #: Messages kept per room for "history" (0: none), and at most this many
     #: bytes of them per room.
     history_size: int = 100
+    #: Rooms one connection may be in at once (joining with "keep").
+    max_rooms_per_connection: int = 100
     history_bytes: int = 512 * 1024
     #: Memory all rooms' history may take together (0: no limit but the
     #: rooms' own); past it the quietest rooms lose their oldest messages.

@@ -44,7 +44,7 @@ class LaterChat:
     def charge_reply(self, client: Client, size: int, now: float) -> None:
         pass
 
-    def publish(self, client: Client, body: Any, now: float, answer: Answer) -> None:
+    def publish(self, client: Client, body: Any, now: float, answer: Answer, room: Any = None) -> None:
         self.published.append((body, answer, client))
 
     def answer_next(self, result: Any = None) -> None:

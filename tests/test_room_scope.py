@@ -110,3 +110,89 @@ async def test_batches_of_broadcasts_name_the_room_for_those_who_ask(ports: Any)
         broadcasts = [m for m in others if "from" in m]
         assert len(broadcasts) == (5 if client is not seed else 10), (client, others)
         assert all(list(m) == keys for m in broadcasts), broadcasts
+
+
+async def chatd_alone(daemon_factory: Any, *extra: str) -> int:
+    process = daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--store", "memory", "--ping-interval", "0",
+                             *extra)
+    return int(await process.wait_listening())
+
+
+async def joined(client: WSClient, room_id: str, **body: Any) -> None:
+    reply = await client.request({"action": "join", "body": {"room_id": room_id, **body}})
+    assert reply["status"] == "success", reply
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_keeps_rooms_and_says_which_it_means(daemon_factory: Any) -> None:
+    port = await chatd_alone(daemon_factory)
+    ada, _ = await welcomed(port)
+    one = (await ada.request({"action": "create", "body": "One"}))["room_id"]
+    created = await ada.request({"action": "create", "body": {"name": "Two", "keep": True}})
+    two = created["room_id"]
+    assert created == {"status": "success", "room_id": two, "message": "Room 'Two' created"}  # the seed's reply
+    bob, _ = await welcomed(port)
+    cy, _ = await welcomed(port)
+    await joined(bob, one)
+    await joined(cy, two)
+    # Both rooms' broadcasts reach ada, each naming its room.
+    await bob.request({"action": "message", "body": "in one"})
+    await cy.request({"action": "message", "body": "in two"})
+    got = [json.loads(await ada.next_raw()) for _ in range(2)]
+    assert [(m["body"], m["room_id"]) for m in got] == [("in one", one), ("in two", two)]
+    # Without "room_id", the current room (the last entered); with it, the one named.
+    assert (await ada.request({"action": "message", "body": "to two"}))["status"] == "success"
+    assert (await cy.next())["body"] == "to two"
+    assert (await ada.request({"action": "message", "room_id": one, "body": "to one"}))["status"] == "success"
+    assert (await bob.next())["body"] == "to one"
+    members = await ada.request({"action": "members", "room_id": one})
+    assert len(members["members"]) == 2 and members["room_id"] == one
+    # Leaving the current room makes the one entered before it current.
+    assert (await ada.request({"action": "leave"}))["status"] == "success"
+    assert (await ada.request({"action": "members"}))["room_id"] == one
+    assert await ada.request({"action": "members", "room_id": two}) == {
+        "status": "error", "message": f"You are not in room {two}"}
+    # Back into Two keeping One; then out of One by name, Two staying current.
+    await joined(ada, two, keep=True)
+    assert (await ada.request({"action": "leave", "room_id": one}))["status"] == "success"
+    assert (await ada.request({"action": "members"}))["room_id"] == two
+    # Joining without "keep" is the seed's: out of the current room only.
+    await joined(ada, one, keep=True)
+    three = (await bob.request({"action": "create", "body": "Three"}))["room_id"]
+    await joined(ada, three)
+    rooms = {r["room_id"] for r in (await ada.request({"action": "rooms"}))["rooms"]}
+    assert rooms == {two, three}
+    assert await ada.request({"action": "join", "body": {"room_id": two, "keep": "yes"}}) == {
+        "status": "error", "message": "'keep' must be true or false"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_rooms_per_connection_are_limited_and_all_left_on_disconnect(daemon_factory: Any) -> None:
+    port = await chatd_alone(daemon_factory, "--max-rooms-per-connection", "2")
+    ada, ada_id = await welcomed(port)
+    watcher, _ = await welcomed(port)
+    await watcher.request({"action": "events", "body": True})
+    rooms = [(await watcher.request({"action": "create", "body": {"name": f"R{n}", "keep": True}}))["room_id"]
+             for n in range(2)]
+    await joined(ada, rooms[0])
+    await joined(ada, rooms[1], keep=True)
+    for _ in range(2):
+        assert (await watcher.next())["event"] == "join"
+    assert await ada.request({"action": "create", "body": {"name": "R2", "keep": True}}) == {
+        "status": "error", "message": "You are in too many rooms (limit 2)"}
+    await ada.close()
+    left = [await watcher.next() for _ in range(2)]
+    assert sorted((e["event"], e["room_id"], e["client_id"]) for e in left) == sorted(
+        ("leave", room, ada_id) for room in rooms)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cluster_refuses_keep_for_now(daemon_factory: Any, redis_server: RedisServer) -> None:
+    port = await chatd_alone(daemon_factory, "--redis", redis_server.url)
+    ada, _ = await welcomed(port)
+    one = (await ada.request({"action": "create", "body": "One"}))["room_id"]
+    refusal = {"status": "error",
+               "message": "'keep' is not available on a cluster yet: a connection there is in one room at a time"}
+    assert await ada.request({"action": "create", "body": {"name": "Two", "keep": True}}) == refusal
+    assert await ada.request({"action": "join", "body": {"room_id": one, "keep": True}}) == refusal
+    assert (await ada.request({"action": "members"}))["room_id"] == one

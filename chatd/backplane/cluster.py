@@ -49,6 +49,9 @@ from chatd.rooms.state import Client, Room
 Reply = dict[str, Any]
 T = TypeVar("T")
 
+KEEP_ON_A_CLUSTER = (
+    "'keep' is not available on a cluster yet: a connection there is in one room at a time")
+
 #: Candidate IDs tried before giving up (each is 32 random bits).
 _TRIES = 5
 #: Candidate room IDs tried for one on a shard in step (with half the
@@ -155,6 +158,8 @@ class ClusterChat:
             return fail(e)
 
     def _handle(self, client: Client, command: Command, now: float) -> "Deferred[Reply]":
+        if isinstance(command, (codec.Join, codec.Create)) and command.keep:
+            raise ChatError(KEEP_ON_A_CLUSTER)
         if isinstance(command, codec.Join):
             return self.join(client, command.room_id, now, command.since)
         if isinstance(command, codec.Create):
@@ -328,9 +333,10 @@ class ClusterChat:
 
         return d.addCallbacks(done, failed)
 
-    def publish(self, client: Client, body: Any, now: float, answer: Answer) -> None:
+    def publish(self, client: Client, body: Any, now: float, answer: Answer, room: Optional[Room] = None) -> None:
         """Broadcast through the room's channel (or, without Redis, here
-        only); ``answer`` gets the sender's reply once Redis has numbered it."""
+        only); ``answer`` gets the sender's reply once Redis has numbered it.
+        A connection here is in one room (``room``, if named, is it)."""
         room = client.room
         if room is None:
             answer(Failure(NotInRoom("You must join a room first")), client)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from chatd import codec
 from chatd.errors import ChatError, NotAllowed, NotAuthenticated, RoomNotFound
-from chatd.rooms import rules
+from chatd.rooms import many, rules
 from chatd.rooms.history import HistoryStore
 from chatd.rooms.state import Client, Limits, Room
 
@@ -174,7 +174,7 @@ class Lasting:
         member hears of it and is out."""
         room = self.rooms.get(room_id)
         member = client.user is not None and room_id in self.memberships.get(client.user, {})
-        if room is None or not (member or rules.visible(room, client, client.room is room)):
+        if room is None or not (member or rules.visible(room, client, many.is_in(client, room))):
             raise RoomNotFound(room_id)
         if not room.persistent:
             raise ChatError(f"Room '{room.name}' is not persistent: it ends with its last member")
@@ -183,7 +183,7 @@ class Lasting:
         notice = codec.encode(codec.deleted(room_id))
         members = list(room.members.values())
         for m in members:
-            m.room = None
+            many.drop(m, room)
         room.members.clear()
         if members:
             self._deliver(members, notice, now)
@@ -243,17 +243,17 @@ class Lasting:
                 self._forget(key[2:], room.room_id)
 
     def rooms_of(self, client: Client) -> MaybeLater:
-        """The ``rooms`` action: the user's lasting rooms, and the connection's room."""
+        """The ``rooms`` action: the user's lasting rooms, and the rooms the
+        connection is in (its current one first)."""
         markers = dict(self.memberships.get(client.user, {})) if client.user is not None else {}
         entries: list[Reply] = []
         listed = set()
-        current = client.room
-        for room_id in ([current.room_id] if current is not None else []) + list(markers):
+        for room_id in [room.room_id for room in many.rooms_of(client)] + list(markers):
             room = self.rooms.get(room_id)
             if room is None or room_id in listed:
                 continue
             listed.add(room_id)
-            role = room.role(client.client_id) if room is current else room.user_role(client.user or "")
+            role = room.role(client.client_id) if many.is_in(client, room) else room.user_role(client.user or "")
             last_read = markers.get(room_id, room.last_id)
             entries.append({
                 "room_id": room_id, "name": room.name, "private": room.private, "persistent": room.persistent,
@@ -276,7 +276,7 @@ class Lasting:
             raise NotAuthenticated(SIGN_IN_TO_READ)
         room = self.rooms.get(room_id)
         markers = self.memberships.get(user, {})
-        if room is None or (room_id not in markers and client.room is not room):
+        if room is None or (room_id not in markers and not many.is_in(client, room)):
             if room is not None and not room.private:
                 raise ChatError(f"You are not a member of room {room_id}")
             raise RoomNotFound(room_id)

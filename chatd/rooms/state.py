@@ -84,6 +84,7 @@ class Limits:
     history_size: int = 100
     history_bytes: int = 512 * 1024
     history_memory: int = 64 * 1024 * 1024  # over all rooms (0: no limit but the rooms')
+    rooms_per_connection: int = 100  # rooms one connection may be in at once ("keep")
 
 
 class Client:
@@ -92,6 +93,7 @@ class Client:
     __slots__ = (
         "client_id", "sink", "room", "nick", "user", "events",
         "message_bucket", "create_bucket", "command_bucket", "strikes", "receiving", "blocked", "tagged",
+        "others",
     )
 
     def __init__(self, client_id: str, sink: Sink) -> None:
@@ -114,6 +116,9 @@ class Client:
         # It has named a room with "room_id": the broadcasts it receives
         # name theirs (a client that never has gets the seed's bytes).
         self.tagged = False
+        # The rooms it is in besides ``room`` (its current one), in the
+        # order entered: a client that asked to keep rooms (chatd.rooms.many).
+        self.others: Optional[dict[str, Room]] = None
 
     def __repr__(self) -> str:
         return f"<Client {self.client_id}>"
@@ -128,6 +133,7 @@ def tag(client: Client) -> None:
     # Its room, and on a cluster node the room it receives in here (the same,
     # but while a join is on its way).
     rooms = [client.room] if client.receiving is client.room else [client.room, client.receiving]
+    rooms += client.others.values() if client.others else ()
     for room in rooms:
         if room is not None and room.members.get(client.client_id) is client:
             room.tagged += 1

@@ -38,6 +38,7 @@ class Enter:
     since: Optional[int] = None
     takes: list[str] = field(default_factory=list)
     now: float = 0.0  # for the events it makes
+    keep: bool = False  # the client stays in the rooms it is in
 
 
 @dataclass(frozen=True)
