@@ -28,16 +28,9 @@ from twisted.logger import Logger
 from chatd import codec
 from chatd.backplane import lines, scripts
 from chatd.backplane.redis_store import RedisRooms, as_json, stored_lists
-from chatd.errors import ChatError, NotAllowed, NotAuthenticated, RoomNotFound, Unavailable
+from chatd.errors import ChatError, Unavailable
 from chatd.rooms import rules
-from chatd.rooms.lasting import (
-    MAX_MEMBERSHIPS,
-    MAX_OWNED,
-    NO_STORE,
-    SIGN_IN_TO_CREATE,
-    SIGN_IN_TO_READ,
-    stored_room,
-)
+from chatd.rooms.lasting import MAX_MEMBERSHIPS, check_create, check_delete, check_read, stored_room
 from chatd.rooms.state import Client, Room
 
 Reply = dict[str, Any]
@@ -77,15 +70,11 @@ class ClusterLasting:
 
     async def check_create(self, client: Client) -> None:
         """Why ``client`` may not create a persistent room, as a ChatError."""
-        if self.durable is None:
-            raise ChatError(NO_STORE)
-        if client.user is None:
-            if self.persistent_rooms != "anyone":
-                raise NotAuthenticated(SIGN_IN_TO_CREATE)
-            return
-        ((owned,),) = await self.durable.query("SELECT COUNT(*) FROM rooms WHERE owner = ?", client.user)
-        if int(owned) >= MAX_OWNED:
-            raise ChatError(f"You own {MAX_OWNED} persistent rooms already; delete some first")
+        owned = 0
+        if self.durable is not None and client.user is not None:
+            ((count,),) = await self.durable.query("SELECT COUNT(*) FROM rooms WHERE owner = ?", client.user)
+            owned = int(count)
+        check_create(self.durable is not None, client, self.persistent_rooms, owned)
 
     async def created(self, room: Room, client: Client) -> None:
         """A persistent room just created in Redis: kept, with its creator's
@@ -151,27 +140,9 @@ class ClusterLasting:
         order the commits land in."""
         if self.durable is None or not view.persistent:
             return False
-        room_id, written = view.room_id, version + 1
-        banned = (set(view.banned or ()) - changes.unban) | changes.ban
-        invited = (set(view.invited or ()) | changes.invite) - changes.uninvite
-        moderators = set(view.moderator_users or ())
-        for subject, op in ((changes.op, True), (changes.deop, False)):
-            member = view.members.get(subject) if subject is not None else None
-            if member is not None and member.user is not None:
-                (moderators.add if op else moderators.discard)(member.user)
-        at = " AND EXISTS (SELECT 1 FROM rooms WHERE room_id = ? AND lists_v = ?)"
-        self._write("UPDATE rooms SET lists_v = ? WHERE room_id = ? AND lists_v < ?", written, room_id, written)
-        self._write("DELETE FROM room_lists WHERE room_id = ?" + at, room_id, room_id, written)
-        self._write("DELETE FROM room_moderators WHERE room_id = ?" + at, room_id, room_id, written)
-        for which, entries in (("banned", banned), ("invited", invited)):
-            for entry in sorted(entries):
-                self._write("INSERT INTO room_lists (room_id, list, entry) SELECT ?, ?, ? WHERE EXISTS"
-                            " (SELECT 1 FROM rooms WHERE room_id = ? AND lists_v = ?) ON CONFLICT DO NOTHING",
-                            room_id, which, entry, room_id, written)
-        for user in sorted(moderators):
-            self._write("INSERT INTO room_moderators (room_id, user_name) SELECT ?, ? WHERE EXISTS"
-                        " (SELECT 1 FROM rooms WHERE room_id = ? AND lists_v = ?) ON CONFLICT DO NOTHING",
-                        room_id, user, room_id, written)
+        room_id = view.room_id
+        if changes.ban or changes.unban or changes.invite or changes.uninvite or changes.op or changes.deop:
+            self._write_lists(view, changes, version + 1)
         # Memberships: a removal is the same whenever it lands.
         removed_ids = set(changes.remove)
         gone = {view.members[m].user for m in removed_ids if m in view.members} - {None}
@@ -181,6 +152,29 @@ class ClusterLasting:
         for user in sorted(u for u in users if u is not None):
             self._forget(user, room_id)
         return True
+
+    def _write_lists(self, view: Room, changes: rules.Changes, written: int) -> None:
+        """The room's roles and lists as they are after ``changes``, written
+        at version ``written`` over an older one only."""
+        room_id = view.room_id
+        banned = (set(view.banned or ()) - changes.unban) | changes.ban
+        invited = (set(view.invited or ()) | changes.invite) - changes.uninvite
+        moderators = set(view.moderator_users or ())
+        for subject, op in ((changes.op, True), (changes.deop, False)):
+            member = view.members.get(subject) if subject is not None else None
+            if member is not None and member.user is not None:
+                (moderators.add if op else moderators.discard)(member.user)
+        at = " EXISTS (SELECT 1 FROM rooms WHERE room_id = ? AND lists_v = ?)"  # this write's version stands
+        self._write("UPDATE rooms SET lists_v = ? WHERE room_id = ? AND lists_v < ?", written, room_id, written)
+        self._write("DELETE FROM room_lists WHERE room_id = ? AND" + at, room_id, room_id, written)
+        self._write("DELETE FROM room_moderators WHERE room_id = ? AND" + at, room_id, room_id, written)
+        for which, entries in (("banned", banned), ("invited", invited)):
+            for entry in sorted(entries):
+                self._write("INSERT INTO room_lists (room_id, list, entry) SELECT ?, ?, ? WHERE" + at
+                            + " ON CONFLICT DO NOTHING", room_id, which, entry, room_id, written)
+        for user in sorted(moderators):
+            self._write("INSERT INTO room_moderators (room_id, user_name) SELECT ?, ? WHERE" + at
+                        + " ON CONFLICT DO NOTHING", room_id, user, room_id, written)
 
     async def revive(self, room_id: str) -> bool:
         """A room Redis does not have: put back from the store if it keeps
@@ -312,39 +306,30 @@ class ClusterLasting:
                         return str(member["role"])
         return room.role(client.client_id)
 
-    async def _stored(self, client: Client, room_id: str) -> tuple[Optional[Room], Optional[Room], Optional[int]]:
-        """The room as stored (None: not kept), the client's room if it is
-        that one, and the user's read marker there (None: no member)."""
+    async def _stored(self, client: Client, room_id: str) -> tuple[Optional[Room], bool, Optional[int]]:
+        """The room as the store keeps it (else the client's room, if it is
+        that one; None: neither), whether the client is in it, and the
+        user's read marker there (None: no member)."""
         current = client.room if client.room is not None and client.room.room_id == room_id else None
-        if self.durable is None:
-            return None, current, None
-        stored = await self.durable.rooms("room_id = ?", room_id)
+        stored = await self.durable.rooms("room_id = ?", room_id) if self.durable is not None else []
         marker = None
-        if client.user is not None and stored:
+        if self.durable is not None and client.user is not None and stored:
             rows = await self.durable.query(
                 "SELECT last_read FROM memberships WHERE room_id = ? AND user_name = ?", room_id, client.user)
             marker = int(rows[0][0]) if rows else None
-        return (stored_room(stored[0]) if stored else None), current, marker
+        if not stored:
+            return current, current is not None, None
+        room = stored_room(stored[0])
+        if current is not None:
+            room.last_id = max(room.last_id, current.last_id)  # what Redis numbered, not yet stored
+        return room, current is not None, marker
 
     async def read(self, client: Client, room_id: str, message_id: int) -> Reply:
         """The ``read`` action: move the user's marker in a persistent room forward."""
+        room, in_it, marker = await self._stored(client, room_id)
+        check_read(client, room_id, room, in_it, marker is not None, message_id, room.last_id if room else 0)
         user = client.user
-        if user is None:
-            raise NotAuthenticated(SIGN_IN_TO_READ)
-        room, current, marker = await self._stored(client, room_id)
-        if room is None:
-            if current is not None:
-                raise ChatError(f"Room '{current.name}' is not persistent: it keeps no read markers")
-            raise RoomNotFound(room_id)
-        if marker is None and current is None:
-            if not room.private:
-                raise ChatError(f"You are not a member of room {room_id}")
-            raise RoomNotFound(room_id)
-        last_id = max(room.last_id, current.last_id if current is not None else 0)
-        if message_id > last_id:
-            raise ChatError(f"Message {message_id} is past the room's last message ({last_id})")
-        if marker is None:
-            raise ChatError(f"You are not a member of room {room_id}")
+        assert user is not None and marker is not None
         if message_id > marker:
             marker = message_id
             self._write("UPDATE memberships SET last_read = ? WHERE room_id = ? AND user_name = ? AND last_read < ?",
@@ -361,22 +346,14 @@ class ClusterLasting:
     async def delete(self, client: Client, room_id: str) -> Reply:
         """The ``delete`` action: a persistent room's owner removes it; every
         member, on every node, hears of it and is out."""
-        room, current, marker = await self._stored(client, room_id)
-        if room is None:
-            if current is not None:
-                raise ChatError(f"Room '{current.name}' is not persistent: it ends with its last member")
-            raise RoomNotFound(room_id)
-        if marker is None and not rules.visible(room, client, current is not None):
-            raise RoomNotFound(room_id)
-        if client.user is None or client.user != room.owner_user:
-            raise NotAllowed("Only the room's owner may delete it")
+        room, in_it, marker = await self._stored(client, room_id)
+        check_delete(client, room_id, room, in_it, marker is not None)
+        assert room is not None and self.durable is not None
         if not self.shards.of(room_id).available:
             raise Unavailable()
         # Out of the store first, then out of Redis: a node putting it back
         # into Redis meanwhile (revive) finds it gone from the store after.
-        for table in ("messages", "memberships", "room_lists", "room_moderators", "rooms"):
-            condition = " AND kept = 1" if table == "messages" else ""
-            self._write(f"DELETE FROM {table} WHERE room_id = ?{condition}", room_id)
+        self.durable.delete_room(room_id)
         await self.kept()
         await self._drop(room_id)
         self.core.events.room_deleted(room)

@@ -44,6 +44,50 @@ SIGN_IN_TO_CREATE = "Sign in to create a persistent room"
 SIGN_IN_TO_READ = "Sign in to keep read markers"
 
 
+# -- the rules of lasting rooms, for one process and a cluster node alike --------
+
+
+def check_create(has_store: bool, client: Client, persistent_rooms: str, owned: int) -> None:
+    """Why ``client`` (who owns ``owned`` lasting rooms) may not create one,
+    as a ChatError; ``persistent_rooms``: "users" or "anyone"."""
+    if not has_store:
+        raise ChatError(NO_STORE)
+    if client.user is None and persistent_rooms != "anyone":
+        raise NotAuthenticated(SIGN_IN_TO_CREATE)
+    if client.user is not None and owned >= MAX_OWNED:
+        raise ChatError(f"You own {MAX_OWNED} persistent rooms already; delete some first")
+
+
+def check_read(
+    client: Client, room_id: str, room: Optional[Room], in_it: bool, member: bool, message_id: int, last_id: int,
+) -> None:
+    """Why ``client`` may not move its marker in ``room`` (the lasting room
+    of that ID, or the client's own room; None: neither) to ``message_id``;
+    ``member``: its user is a lasting member, ``last_id``: the room's."""
+    if client.user is None:
+        raise NotAuthenticated(SIGN_IN_TO_READ)
+    if room is None or not (member or in_it):
+        if room is not None and not room.private:
+            raise ChatError(f"You are not a member of room {room_id}")
+        raise RoomNotFound(room_id)  # a private room reads as none: nothing leaks
+    if not room.persistent:
+        raise ChatError(f"Room '{room.name}' is not persistent: it keeps no read markers")
+    if message_id > last_id:
+        raise ChatError(f"Message {message_id} is past the room's last message ({last_id})")
+    if not member:
+        raise ChatError(f"You are not a member of room {room_id}")
+
+
+def check_delete(client: Client, room_id: str, room: Optional[Room], in_it: bool, member: bool) -> None:
+    """Why ``client`` may not delete ``room`` (as for :func:`check_read`)."""
+    if room is None or not (member or rules.visible(room, client, in_it)):
+        raise RoomNotFound(room_id)
+    if not room.persistent:
+        raise ChatError(f"Room '{room.name}' is not persistent: it ends with its last member")
+    if client.user is None or client.user != room.owner_user:
+        raise NotAllowed("Only the room's owner may delete it")
+
+
 def stored_room(stored: StoredRoom) -> Room:
     """A lasting room as the store keeps it, as a live room (empty)."""
     room = Room(stored.room_id, stored.name, stored.created_at, stored.created_by, stored.seq)
@@ -145,14 +189,8 @@ class Lasting:
 
     def check_lasting_create(self, client: Client) -> None:
         """Why ``client`` may not create a lasting room, as a ChatError."""
-        if self.durable is None:
-            raise ChatError(NO_STORE)
-        if client.user is None and self.persistent_rooms != "anyone":
-            raise NotAuthenticated(SIGN_IN_TO_CREATE)
-        if client.user is not None:
-            owned = sum(1 for room in self.rooms.values() if room.owner_user == client.user)
-            if owned >= MAX_OWNED:
-                raise ChatError(f"You own {MAX_OWNED} persistent rooms already; delete some first")
+        owned = sum(1 for room in self.rooms.values() if room.owner_user == client.user) if client.user else 0
+        check_create(self.durable is not None, client, self.persistent_rooms, owned)
 
     def made_lasting(self, room: Room, client: Client) -> None:
         """``room``, just created by ``client``, lasts: keep it."""
@@ -174,12 +212,8 @@ class Lasting:
         member hears of it and is out."""
         room = self.rooms.get(room_id)
         member = client.user is not None and room_id in self.memberships.get(client.user, {})
-        if room is None or not (member or rules.visible(room, client, many.is_in(client, room))):
-            raise RoomNotFound(room_id)
-        if not room.persistent:
-            raise ChatError(f"Room '{room.name}' is not persistent: it ends with its last member")
-        if client.user is None or client.user != room.owner_user:
-            raise NotAllowed("Only the room's owner may delete it")
+        check_delete(client, room_id, room, room is not None and many.is_in(client, room), member)
+        assert room is not None
         notice = codec.encode(codec.deleted(room_id))
         members = list(room.members.values())
         for m in members:
@@ -191,9 +225,8 @@ class Lasting:
         self.history.drop(room)
         for user in [user for user, markers in self.memberships.items() if room_id in markers]:
             self._forget(user, room_id, write=False)  # a delete is rare: a scan will do
-        for table in ("messages", "memberships", "room_lists", "room_moderators", "rooms"):
-            condition = " AND kept = 1" if table == "messages" else ""
-            self._write(f"DELETE FROM {table} WHERE room_id = ?{condition}", room_id)
+        if self.durable is not None:
+            self.durable.delete_room(room_id)
         self.events.room_deleted(room)
         return {"status": "success", "message": f"Deleted room '{room.name}'"}
 
@@ -271,21 +304,12 @@ class Lasting:
 
     def read(self, client: Client, room_id: str, message_id: int, now: float) -> Reply:
         """The ``read`` action: move the user's marker in a lasting room forward."""
-        user = client.user
-        if user is None:
-            raise NotAuthenticated(SIGN_IN_TO_READ)
         room = self.rooms.get(room_id)
-        markers = self.memberships.get(user, {})
-        if room is None or (room_id not in markers and not many.is_in(client, room)):
-            if room is not None and not room.private:
-                raise ChatError(f"You are not a member of room {room_id}")
-            raise RoomNotFound(room_id)
-        if not room.persistent:
-            raise ChatError(f"Room '{room.name}' is not persistent: it keeps no read markers")
-        if message_id > room.last_id:
-            raise ChatError(f"Message {message_id} is past the room's last message ({room.last_id})")
-        if room_id not in markers:
-            raise ChatError(f"You are not a member of room {room_id}")
+        markers = self.memberships.get(client.user or "", {})
+        check_read(client, room_id, room, room is not None and many.is_in(client, room), room_id in markers,
+                   message_id, room.last_id if room is not None else 0)
+        user = client.user
+        assert user is not None
         marker = markers[room_id]
         if message_id > marker:
             marker = markers[room_id] = message_id

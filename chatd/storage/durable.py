@@ -196,6 +196,13 @@ class Durable:
         self._queue.append((statement, parameters))
         self._schedule()
 
+    def delete_room(self, room_id: str) -> None:
+        """Queue the deletion of a lasting room and everything kept of it
+        (its messages, memberships, lists and roles)."""
+        for table in ("messages", "memberships", "room_lists", "room_moderators", "rooms"):
+            condition = " AND kept = 1" if table == "messages" else ""
+            self.write(f"DELETE FROM {table} WHERE room_id = ?{condition}", room_id)
+
     def record(self, room_id: str, room_name: str, message: dict[str, Any]) -> None:
         """The message log: keep a broadcast or a direct message (not a
         lasting room's, which :meth:`append` keeps), with the next group;
