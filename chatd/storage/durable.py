@@ -297,12 +297,17 @@ class Durable:
         self._counted("written", rows)
         self._done(None)
 
-    def _failed(self, failure: Any, rows: int) -> None:
-        self.problem = f"the store cannot write: {failure.getErrorMessage()}"
+    def _trouble(self, problem: str) -> None:
+        """The store fails: reported (``problem``, for /readyz) until it
+        answers again."""
+        self.problem = problem
         if self._probe is None:
             # Asked again every few seconds, so that a server nobody writes
             # to is not reported unready after the database came back.
             self._probe = self.reactor.callLater(PROBE_INTERVAL, self._check)
+
+    def _failed(self, failure: Any, rows: int) -> None:
+        self._trouble(f"the store cannot write: {failure.getErrorMessage()}")
         self._log.failure("Could not write {rows} rows to the store {name}", failure, rows=rows,
                           name=self.name, event="store_failure")
         self._counted("failed", rows)
@@ -344,10 +349,14 @@ class Durable:
             return fail(e)
 
     def _read(self, d: "Deferred[Any]") -> "Deferred[Any]":
-        """A read's failure, logged, as StoreUnreadable (a client's error)."""
+        """A read's failure as StoreUnreadable (a client's error); logged
+        and reported when it is news, not once per client's request."""
 
         def failed(failure: Any) -> None:
-            self._log.failure("Could not read the store {name}", failure, name=self.name, event="store_failure")
+            if self.problem is None:
+                self._trouble(f"the store cannot be read: {failure.getErrorMessage()}")
+                self._log.failure("Could not read the store {name}", failure, name=self.name,
+                                  event="store_failure")
             raise StoreUnreadable()
 
         return d.addErrback(failed)
