@@ -29,6 +29,7 @@ from chatd.codec import (
     Rooms,
 )
 from chatd.errors import (
+    ChatError,
     NotInRoom,
     RoomNotFound,
 )
@@ -295,7 +296,7 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
     def message(self, client: Client, body: Any, now: float, scope: Optional[str] = None) -> Optional[dict[str, Any]]:
         """Rate-limit, then publish: the sender's reply."""
         self.check_message_rate(client, now)
-        return self.publish(client, body, now, room=many.target(client, scope) if scope is not None else None)
+        return self.publish(client, body, now, room=many.target(client, scope))
 
     def publish(
         self, client: Client, body: Any, now: float, answer: Optional[Callable[[Any, Client], None]] = None,
@@ -473,16 +474,10 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
         self._deliver([member], codec.encode(codec.kick(room.room_id, by, reason)), now)
 
     def set_nick(self, client: Client, nick: str, now: float) -> dict[str, Any]:
-        rooms = many.rooms_of(client)
-        for room in rooms:  # free in every room the client is in, or taken in none
-            refusal = rules.nick_refusal(room, client, nick)
-            if refusal is not None:
-                raise refusal
+        rooms = self._in_every_room(client, lambda view: rules.nick_refusal(view, client, nick),
+                                    lambda view: Rename(nick, now))
         if not rooms:
             client.nick = nick
-        for room in rooms:
-            settled(decide(self, room.room_id, client, lambda view: rules.nick_refusal(view, client, nick),
-                           lambda view: Rename(nick, now)))
         return {"status": "success", "message": f"Nick set to '{nick}'", "nick": nick}
 
     def recent(self, client: Client, limit: int, before: Optional[int], scope: Optional[str] = None) -> MaybeLater:
@@ -536,18 +531,12 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
         The room it is in already admits it as a join by that user would:
         a ban of the user refuses the authentication (BannedAs).
         """
-        rooms = many.rooms_of(client)
-        for room in rooms:  # admitted by every room the client is in
-            refusal = rules.auth_refusal(room, user)
-            if refusal is not None:
-                raise refusal
-        if not rooms:
-            self.set_user(client, user)
         as_user = Client(client.client_id, client.sink)
         as_user.nick, as_user.user = client.nick, user
-        for room in rooms:
-            settled(decide(self, room.room_id, client, lambda view: rules.auth_refusal(view, user),
-                           lambda view: Become(user, rules.name_holders(view, as_user), now)))
+        rooms = self._in_every_room(client, lambda view: rules.auth_refusal(view, user),
+                                    lambda view: Become(user, rules.name_holders(view, as_user), now))
+        if not rooms:
+            self.set_user(client, user)
         if client.nick is not None:
             return
         nick = codec.default_nick(user, name)
@@ -556,6 +545,21 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
         client.nick = nick
         for room in rooms:
             self.announce(room, "nick", client.client_id, nick, now, client, user)
+
+    def _in_every_room(
+        self, client: Client, refusal: Callable[[RoomView], Optional[ChatError]], change: Callable[[RoomView], Change],
+    ) -> list[Room]:
+        """A change of the client itself (its nick, its user), made in every
+        room it is in, or in none: the rule is asked of each first.  The
+        rooms it was made in."""
+        rooms = many.rooms_of(client)
+        for room in rooms:
+            error = refusal(room)
+            if error is not None:
+                raise error
+        for room in rooms:
+            settled(decide(self, room.room_id, client, refusal, change))
+        return rooms
 
     def _enter_room(self, client: Client, room: Room) -> None:
         """``client`` is in ``room``, its current room (out of any other
