@@ -37,7 +37,8 @@ class HandOut:
         node's members, each to all but its sender: with ``join``, every
         member's frames in one delivery.  How many members each reached.
         """
-        if self._join is None or len(messages) == 1:
+        join = self._join
+        if join is None or len(messages) == 1:
             return [self.deliver_one(room, payload, sender, now) for sender, payload in messages]
         frames = [self._prepare(payload) for _, payload in messages]
         # A tagged member's frames name the room; made only while one is in it.
@@ -47,21 +48,15 @@ class HandOut:
         others = [m for m in members if m.client_id not in senders]
         reached = 0
         if others:
-            if room.tagged:
-                plain = [m for m in others if not m.tagged]
-                named = [m for m in others if m.tagged]
-                failed = (self._hand_out(plain, self._join(frames), now) if plain else 0) + (
-                    self._hand_out(named, self._join(tagged), now) if named else 0)
-            else:
-                failed = self._hand_out(others, self._join(frames), now)
-            reached = len(others) - failed
+            reached = len(others) - self._hand_out_named(
+                room, others, join(frames), lambda: join(tagged), now)
         counts = [reached] * len(messages)
         for member in members:
             if member.client_id in senders:
                 # A sender here gets the batch without its own messages.
                 theirs = [i for i, (sender, _) in enumerate(messages) if sender != member.client_id]
                 own = tagged if member.tagged else frames
-                if theirs and not self._hand_out([member], self._join([own[i] for i in theirs]), now):
+                if theirs and not self._hand_out([member], join([own[i] for i in theirs]), now):
                     for i in theirs:
                         counts[i] += 1
         return counts
@@ -91,13 +86,21 @@ class HandOut:
     def _broadcast_to(self, room: Room, recipients: list[Client], payload: bytes, now: float) -> int:
         """A broadcast of ``room`` to these of its members (tagged ones get
         it naming the room); how many it reached."""
+        return len(recipients) - self._hand_out_named(
+            room, recipients, self._prepare(payload), lambda: self._prepare(with_room(payload, room.room_id)), now)
+
+    def _hand_out_named(
+        self, room: Room, recipients: list[Client], frame: Any, named: Callable[[], Any], now: float,
+    ) -> int:
+        """Hand ``frame`` to the recipients, but to the tagged ones the frame
+        naming the room (``named()``, made only while the room has any);
+        how many failed."""
         if not room.tagged:
-            return len(recipients) - self._deliver(recipients, payload, now)
+            return self._hand_out(recipients, frame, now)
         plain = [m for m in recipients if not m.tagged]
-        named = [m for m in recipients if m.tagged]
-        failed = self._deliver(plain, payload, now) if plain else 0
-        failed += self._deliver(named, with_room(payload, room.room_id), now) if named else 0
-        return len(recipients) - failed
+        tagged = [m for m in recipients if m.tagged]
+        return (self._hand_out(plain, frame, now) if plain else 0) + (
+            self._hand_out(tagged, named(), now) if tagged else 0)
 
     def _deliver(self, recipients: list[Client], payload: bytes, now: float) -> int:
         """
