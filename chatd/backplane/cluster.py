@@ -264,7 +264,7 @@ class ClusterChat:
             answer = codec.created(room_id, name, private, room.persistent)
             if not room.persistent:
                 return answer
-            return Deferred.fromCoroutine(self._kept(self.lasting.created(room, client), answer))
+            return Deferred.fromCoroutine(self._kept(answer, self.lasting.created(room, client)))
 
         pending = self.membership.expect(client, room)
         return self.membership.subscribed(room_id).addCallback(run).addCallbacks(
@@ -320,16 +320,16 @@ class ClusterChat:
         shard = self.shards.of(room.room_id)
         if not shard.available:
             # The resync after Redis is back catches up.
-            return Deferred.fromCoroutine(self._kept(self.lasting.left(client, room, look=False), reply))
+            return Deferred.fromCoroutine(self._kept(reply, self.lasting.left(client, room, look=False)))
         d = self.calls.call(shard, scripts.LEAVE, self.shards.node, client.client_id)
 
         def done(result: list[Any]) -> Deferred[Reply]:
             self._left(result)
-            return Deferred.fromCoroutine(self._kept(self.lasting.left(client, room), reply))
+            return Deferred.fromCoroutine(self._kept(reply, self.lasting.left(client, room)))
 
         def failed(failure: Failure) -> Deferred[Reply]:
             failure.trap(Unavailable)  # left here; the resync catches up
-            return Deferred.fromCoroutine(self._kept(self.lasting.left(client, room, look=False), reply))
+            return Deferred.fromCoroutine(self._kept(reply, self.lasting.left(client, room, look=False)))
 
         return d.addCallbacks(done, failed)
 
@@ -414,7 +414,7 @@ class ClusterChat:
             if changes.tell_invited is not None:
                 self._tell_invited(room, client, changes.tell_invited)
             if self.lasting.managed(view, changes, version):
-                return Deferred.fromCoroutine(self._kept(self.lasting.kept(), done_reply(command)))
+                return Deferred.fromCoroutine(self._kept(done_reply(command)))
             return done_reply(command)
 
         return Deferred.fromCoroutine(self.rooms.manage(client, room, shard, command)).addCallback(applied)
@@ -479,7 +479,7 @@ class ClusterChat:
             self.core.set_user(client, user)
             if room is not None and room.persistent:
                 # Signed in inside a persistent room: a member of it, kept first.
-                return Deferred.fromCoroutine(self._kept(self.lasting.joined(client, room), None)).addCallback(
+                return Deferred.fromCoroutine(self._kept(None, self.lasting.joined(client, room))).addCallback(
                     lambda _: nicked())
             return nicked()
 
@@ -567,9 +567,11 @@ class ClusterChat:
 
     # -- internals --------------------------------------------------------------
 
-    async def _kept(self, step: Awaitable[Any], reply: T) -> T:
-        """``reply``, once ``step`` is done and the store has what it asked for."""
-        await step
+    async def _kept(self, reply: T, step: Optional[Awaitable[Any]] = None) -> T:
+        """``reply``, once ``step`` (if any) is done and the store has what
+        was asked of it."""
+        if step is not None:
+            await step
         await self.lasting.kept()
         return reply
 
@@ -578,7 +580,7 @@ class ClusterChat:
     ) -> Reply:
         """A join of a persistent room: the user a member of it, kept; what
         it missed, from the store where Redis no longer has it."""
-        await self._kept(self.lasting.joined(client, room), None)
+        await self._kept(None, self.lasting.joined(client, room))
         if since is not None:
             await self.lasting.recovered(room, since, missed, reply)
         return reply
