@@ -40,7 +40,7 @@ STRICT := chatd/core.py chatd/codec.py chatd/errors.py chatd/settings.py chatd/c
 	chatd/delivery/frames.py chatd/backplane/address.py chatd/admission.py chatd/rooms/state.py chatd/rooms/history.py \
 	chatd/rooms/rules.py chatd/backplane/lines.py chatd/backplane/facts.py chatd/rooms/events.py \
 	chatd/rooms/metering.py chatd/delivery/handout.py chatd/delivery/local.py chatd/replies.py chatd/rooms/store.py \
-	chatd/rooms/lasting.py chatd/storage/schema.py chatd/delivery/direct.py chatd/rooms/many.py
+	chatd/rooms/lasting.py chatd/storage/schema.py chatd/delivery/direct.py chatd/rooms/many.py chatd/rooms/catchup.py
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m ruff check --select F,E9,B chatd tests twisted bench

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import re
 from typing import Any, Optional, Union
 
@@ -53,6 +53,18 @@ class Delete:
 @dataclass(frozen=True, slots=True)
 class Rooms:
     """The user's lasting rooms, and the connection's room."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    """Enter the user's lasting rooms and the rooms named in ``since`` (each
+    with the last message id the client saw there), keeping every room."""
+
+    since: dict[str, int] = field(default_factory=dict)
+
+
+#: The most rooms one ``sync`` may name in its ``since``.
+MAX_SYNC = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +177,7 @@ class Block:
 
 Command = Union[
     Create, Join, Leave, Message, ListRooms, Members, Nick, History, Events, Auth, Direct, Manage, Block,
-    Delete, Rooms, Read]
+    Delete, Rooms, Read, Sync]
 
 #: The room actions, and whether each may name its target by user name.
 MANAGE = {"invite": True, "ban": True, "unban": True, "kick": False, "op": False, "deop": False}
@@ -395,6 +407,8 @@ def decode(payload: bytes) -> Command:
         return Delete(_room_id(data.get("body"), "Delete", ""))
     if action == "rooms":
         return _ROOMS
+    if action == "sync":
+        return _sync(data.get("body"))
     if action == "read":
         body = data.get("body")
         room_id = _room_id(body, "Read", ', "id": 42')
@@ -422,6 +436,27 @@ def _keep(body: dict[str, Any]) -> bool:
     if not isinstance(keep, bool):
         raise ProtocolError("'keep' must be true or false", "shape")
     return keep
+
+
+def _sync(body: Any) -> Sync:
+    """A ``sync``'s body: nothing, or ``{"since": {ROOM_ID: N, ...}}``."""
+    if body is None:
+        return Sync()
+    if not isinstance(body, dict):
+        raise ProtocolError('Sync body must be an object, like {"since": {"a1b2c3d4": 42}}', "shape")
+    since = body.get("since", {})
+    if not isinstance(since, dict):
+        raise ProtocolError(
+            "'since' must be an object from room IDs to the last message id seen in each, "
+            'like {"a1b2c3d4": 42}', "shape")
+    if len(since) > MAX_SYNC:
+        raise ProtocolError(f"'since' may name at most {MAX_SYNC} rooms", "shape")
+    for room_id, last in since.items():
+        _scope(room_id)
+        if not _is_int(last) or last < 0:
+            raise ProtocolError(
+                f"'since' of room {room_id} must be a message id (a whole number of at least 0)", "shape")
+    return Sync({room_id: int(last) for room_id, last in since.items()})
 
 
 def _scope(room_id: Any) -> Optional[str]:

@@ -27,6 +27,7 @@ from chatd.codec import (
     Nick,
     Read,
     Rooms,
+    Sync,
 )
 from chatd.errors import (
     ChatError,
@@ -38,6 +39,7 @@ from chatd.delivery.direct import DirectMessages
 from chatd.delivery.handout import HandOut
 from chatd.rooms.events import CoreEvents
 from chatd.rooms import many
+from chatd.rooms.catchup import CatchUp
 from chatd.rooms.lasting import Lasting, MaybeLater
 from chatd.rooms.history import HistoryStore, MemoryHistory
 from chatd.rooms.rules import RoomView
@@ -77,7 +79,7 @@ def _identity(payload: bytes) -> Any:
     return payload
 
 
-class ChatCore(Metered, HandOut, Lasting, DirectMessages):
+class ChatCore(Metered, HandOut, Lasting, CatchUp, DirectMessages):
     """
     All clients and rooms of one chat server.
 
@@ -215,6 +217,8 @@ class ChatCore(Metered, HandOut, Lasting, DirectMessages):
             return self.read(client, command.room_id, command.message_id, now)
         if isinstance(command, Delete):
             return self.delete(client, command.room_id, now)
+        if isinstance(command, Sync):
+            return self.sync(client, command.since, now)
         raise TypeError(f"unknown command {command!r}")
 
     def create(

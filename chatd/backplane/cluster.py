@@ -51,6 +51,8 @@ T = TypeVar("T")
 
 KEEP_ON_A_CLUSTER = (
     "'keep' is not available on a cluster yet: a connection there is in one room at a time")
+SYNC_ON_A_CLUSTER = (
+    "'sync' is not available on a cluster yet: a connection there is in one room at a time")
 
 #: Candidate IDs tried before giving up (each is 32 random bits).
 _TRIES = 5
@@ -160,6 +162,8 @@ class ClusterChat:
     def _handle(self, client: Client, command: Command, now: float) -> "Deferred[Reply]":
         if isinstance(command, (codec.Join, codec.Create)) and command.keep:
             raise ChatError(KEEP_ON_A_CLUSTER)
+        if isinstance(command, codec.Sync):
+            raise ChatError(SYNC_ON_A_CLUSTER)
         if isinstance(command, codec.Join):
             return self.join(client, command.room_id, now, command.since)
         if isinstance(command, codec.Create):
