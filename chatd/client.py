@@ -26,7 +26,7 @@ from twisted.internet import defer, error, stdio, task
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.protocols.basic import LineReceiver
 
-from chatd.terminal import describe, visible
+from chatd.terminal import describe, describe_sync, visible
 
 DEFAULT_URL = "ws://localhost:8765"
 
@@ -34,10 +34,12 @@ HELP = """commands:
   /create NAME      make a room and move into it
   /private NAME     make a private room (seen by whoever you invite) and move into it
   /persistent NAME  make a room that lasts (signed in): it keeps its members and history
-  /rooms            your persistent rooms, with unread counts, and the room you are in
+  /rooms            the rooms you are in and your persistent rooms, with unread counts
   /read             mark your room read up to its latest message
   /join ROOM        move into a room (its name from /list, or its ID)
-  /leave            leave your room
+  /join --keep ROOM enter a room and stay in yours too (also /create --keep NAME)
+  /switch ROOM      talk in another of the rooms you are in (its name or ID)
+  /leave            leave your room (the room you were in before it comes back)
   /list             the rooms
   /members          who is in your room
   /nick NAME        your display name
@@ -70,10 +72,21 @@ def command(line: str) -> Optional[dict[str, Any]]:
         return None
     if name in ("leave", "list", "members", "rooms"):
         return {"action": name}
+    keep = name in ("create", "join") and rest.startswith("--keep")
+    if keep:
+        rest = rest[len("--keep"):].strip()
+    if name == "create" and keep:
+        if not rest:
+            raise UsageError("/create needs a name")
+        return {"action": "create", "body": {"name": rest, "keep": True}}
     if name in ("create", "nick"):
         if not rest:
             raise UsageError(f"/{name} needs a name")
         return {"action": name, "body": rest}
+    if name == "switch":
+        if not rest:
+            raise UsageError("/switch needs the name or ID of a room you are in")
+        return {"action": "join", "body": {"room_id": rest, "keep": True}, "switch": True}
     if name in ("private", "persistent"):
         if not rest:
             raise UsageError(f"/{name} needs a name")
@@ -97,7 +110,7 @@ def command(line: str) -> Optional[dict[str, Any]]:
     if name == "join":
         if not rest:
             raise UsageError("/join needs a room's name or ID")
-        return {"action": "join", "body": {"room_id": rest}}
+        return {"action": "join", "body": {"room_id": rest, "keep": True} if keep else {"room_id": rest}}
     if name == "auth":
         if not rest:
             raise UsageError("/auth needs a token")
@@ -133,8 +146,10 @@ class Session:
     What both modes share: the connection, and the replies awaited.  With
     ``reconnect`` (the interactive mode), a lost connection is made again
     and the room rejoined with the last message id seen, so nothing said
-    meanwhile is missed or shown twice.  It keeps what a person names
-    things by: the rooms of the last list, the room's members' nicks.
+    meanwhile is missed or shown twice; a client in several rooms
+    (``/join --keep``) comes back to all of them in one ``sync``.  It keeps
+    what a person names things by: the rooms of the last list, the room's
+    members' nicks, the names of the rooms it is in.
     """
 
     def __init__(self, show: Callable[[bytes, Optional[dict[str, Any]]], None],
@@ -152,10 +167,14 @@ class Session:
         self.last_id: Optional[int] = None  # the last broadcast shown from it
         self.delay = 1.0  # before the next reconnection
         self.client_id: Optional[str] = None
+        self.own_ids: set[str] = set()  # this client's IDs, on every connection it made
         self.nick: Optional[str] = None
         self.user: Optional[str] = None
         self.rooms: list[dict[str, Any]] = []  # the last list
         self.members: dict[str, Optional[str]] = {}  # client ID -> nick, in the room
+        # The other rooms the connection is in, in the order entered:
+        # room ID -> {"name", "last_id" (the last broadcast seen), "unread"}.
+        self.kept: dict[str, dict[str, Any]] = {}
         # Called each time a connection opens, a reconnection's too.
         self.on_open: Optional[Callable[[], None]] = None
 
@@ -164,6 +183,12 @@ class Session:
         self.delay = 1.0
         if not self.open.called:
             self.open.callback(None)
+        elif self.kept:
+            # In several rooms: back in all of them, with what was missed, at once.
+            since = {room_id: room["last_id"] or 0 for room_id, room in self.kept.items()}
+            if self.room_id is not None:
+                since = {self.room_id: self.last_id or 0, **since}
+            self.send({"action": "sync", "body": {"since": since}})
         elif self.room_id is not None:
             body: dict[str, Any] = {"room_id": self.room_id}
             if self.last_id is not None:
@@ -182,16 +207,21 @@ class Session:
             return
         if message.get("status") == "connected":
             self.client_id = message.get("client_id")
+            self.own_ids.add(str(self.client_id))
             self.user = message.get("user") or self.user
         if "from" in message and isinstance(message.get("id"), int):
-            self.last_id = message["id"]
+            other = self.kept.get(str(message.get("room_id")))
+            if other is not None and message.get("room_id") != self.room_id:
+                other["last_id"], other["unread"] = message["id"], other["unread"] + 1
+            elif not message.get("direct"):
+                self.last_id = message["id"]
         elif "event" in message:
             self._event(message)
         answered: Optional[defer.Deferred[None]] = None
         asked: Optional[dict[str, Any]] = None
         if "status" in message and message.get("status") != "connected" and self._awaiting:
             asked, answered = self._awaiting.pop(0)
-            self._replied(str(asked.get("action", "")), message)
+            self._replied(asked, message)
         if "recovered" in message:
             # What was said while this client was away (shown with the
             # reply, as history is): the last of it is the last seen.
@@ -202,12 +232,14 @@ class Session:
             answered.callback(None)
 
     def _event(self, event: dict[str, Any]) -> None:
+        kind, subject = event.get("event"), event.get("client_id")
+        if kind in ("kick", "deleted") and event.get("room_id") in self.kept:
+            del self.kept[event["room_id"]]  # out: not to be rejoined
+            return
         if event.get("room_id") != self.room_id:
             return
-        kind, subject = event.get("event"), event.get("client_id")
         if kind in ("kick", "deleted"):
-            self.room_id, self.room_name, self.last_id = None, None, None  # out: not to be rejoined
-            self.members = {}
+            self._out_of_current()  # not to be rejoined
         elif kind == "leave":
             self.members.pop(str(subject), None)
         elif kind in ("join", "nick") and isinstance(subject, str):
@@ -215,18 +247,35 @@ class Session:
             if subject == self.client_id and kind == "nick":
                 self.nick = event.get("nick")  # None: a user of that name took it
 
-    def _replied(self, kind: str, message: dict[str, Any]) -> None:
+    def _out_of_current(self) -> None:
+        """Out of the current room: the most recently entered of the others
+        is current (as the server has it), or none."""
+        self.room_id, self.room_name, self.last_id = None, None, None
+        self.members = {}
+        if self.kept:
+            room_id = next(reversed(self.kept))
+            room = self.kept.pop(room_id)
+            self.room_id, self.room_name, self.last_id = room_id, room["name"], room["last_id"]
+
+    def _replied(self, asked: dict[str, Any], message: dict[str, Any]) -> None:
         if message.get("status") != "success":
             return
+        kind, body = str(asked.get("action", "")), asked.get("body")
         if kind in ("join", "create"):
-            if message.get("room_id") != self.room_id:
-                self.room_id, self.last_id = message.get("room_id"), None
+            keep = isinstance(body, dict) and body.get("keep") is True
+            room_id = message.get("room_id")
+            if room_id != self.room_id:
+                if keep and self.room_id is not None:
+                    self.kept[self.room_id] = {"name": self.room_name, "last_id": self.last_id, "unread": 0}
+                back = self.kept.pop(str(room_id), None)  # one it was in: as it was
+                self.room_id, self.last_id = room_id, back["last_id"] if back else None
             quoted = re.search(r"'(.*)'", str(message.get("message", "")))
             self.room_name = quoted.group(1) if quoted else self.room_id
             self.members = {}
         elif kind == "leave":
-            self.room_id, self.room_name, self.last_id = None, None, None
-            self.members = {}
+            self._out_of_current()
+        elif kind == "sync":
+            self._synced(message)
         elif kind == "nick":
             self.nick = message.get("nick")
         elif kind == "auth":
@@ -235,9 +284,40 @@ class Session:
             found = [r for r in message.get("rooms", []) if isinstance(r, dict)]
             ids = {r.get("room_id") for r in found}
             self.rooms = found + [r for r in self.rooms if r.get("room_id") not in ids]
+            for entry in found:  # where the count starts in a room entered without a message yet
+                if entry.get("room_id") == self.room_id and self.last_id is None:
+                    self.last_id = entry.get("last_id")
+                kept = self.kept.get(str(entry.get("room_id")))
+                if kept is not None and kept["last_id"] is None:
+                    kept["last_id"] = entry.get("last_id")
         elif kind == "members":
             self.members = {m["client_id"]: m.get("nick") for m in message.get("members", [])
                             if isinstance(m, dict) and isinstance(m.get("client_id"), str)}
+
+    def _synced(self, message: dict[str, Any]) -> None:
+        """Back in every room a ``sync`` entered: where each stands."""
+        self.kept, current = {}, None
+        for entry in message.get("rooms", []):
+            if not isinstance(entry, dict) or not isinstance(entry.get("room_id"), str):
+                continue
+            seen = [m for m in entry.get("messages", []) if isinstance(m, dict)]
+            ids = [m.get("id") for m in seen]
+            last_id = max([i for i in ids if isinstance(i, int)], default=entry.get("last_id"))
+            room = {"name": entry.get("name"), "last_id": last_id,
+                    "unread": sum(1 for m in seen if m.get("from") not in self.own_ids)}
+            if entry.get("current"):
+                current = (entry["room_id"], room)
+            else:
+                self.kept[entry["room_id"]] = room
+        if current is not None:
+            self.room_id, self.room_name, self.last_id = current[0], current[1]["name"], current[1]["last_id"]
+        else:
+            self.room_id, self.room_name, self.last_id = None, None, None
+        self.members = {}
+
+    def unread(self) -> int:
+        """What arrived in the other rooms since the client last looked at them."""
+        return sum(room["unread"] for room in self.kept.values())
 
     def resolved(self, obj: dict[str, Any]) -> dict[str, Any]:
         """A command with the names a person typed made what the server
@@ -248,6 +328,16 @@ class Session:
             if self.room_id is None or not self.last_id:
                 raise UsageError("/read needs a room with messages")
             return {"action": "read", "body": {"room_id": self.room_id, "id": self.last_id}}
+        if obj.get("switch"):
+            assert isinstance(body, dict)
+            wanted = str(body["room_id"])
+            mine = {self.room_id: self.room_name, **{i: r["name"] for i, r in self.kept.items()}}
+            found = [i for i, name in mine.items() if i == wanted or str(name).casefold() == wanted.casefold()]
+            if len(found) != 1:
+                raise UsageError(f"You are in no room called {wanted!r}" if not found else
+                                 f"{len(found)} of your rooms are called {wanted!r}: /switch to one of "
+                                 + ", ".join(str(i) for i in found))
+            return {"action": "join", "body": {"room_id": found[0], "keep": True}}
         if action in ("join", "delete") and isinstance(body, dict):
             wanted = str(body["room_id"])
             if not any(r.get("room_id") == wanted for r in self.rooms):
@@ -353,7 +443,8 @@ class _Prompt:
 
     def prompt(self) -> str:
         session = self.session
-        room = f"[{session.room_name}] " if session.room_name else "[no room] "
+        elsewhere = f" +{session.unread()}" if session.unread() else ""  # unread in the other rooms
+        room = f"[{visible(str(session.room_name))}{elsewhere}] " if session.room_name else f"[no room{elsewhere}] "
         return f"{room}{visible(session.nick or session.user or 'guest')}> "
 
     def show(self, payload: bytes, asked: Optional[dict[str, Any]]) -> None:
@@ -364,6 +455,14 @@ class _Prompt:
             return
         if isinstance(message, dict) and message.get("status") == "success" and asked is not None:
             action = asked.get("action")
+            body = asked.get("body")
+            if action in ("join", "create") and isinstance(body, dict) and body.get("keep"):
+                self.send({"action": "rooms"}, shown=False)  # where each room's count starts
+            if action == "rooms":
+                self._with_local_counts(message)
+            if action == "sync":
+                self.say(describe_sync(message, self.session.own_ids))
+                return
             if action == "message":
                 self.say(f"[{time.strftime('%H:%M:%S')}] you: {visible(str(asked.get('body', '')))}")
                 return
@@ -372,11 +471,29 @@ class _Prompt:
                 self.say(f"[{time.strftime('%H:%M:%S')}] you (to {visible(str(body.get('to')))}): "
                          f"{visible(str(body.get('body', '')))}")
                 return
+        if isinstance(message, dict) and "from" in message and message.get("room_id") != self.session.room_id \
+                and message.get("room_id") in self.session.kept:
+            # From another of the rooms the connection is in: which one.
+            name = self.session.kept[message["room_id"]]["name"]
+            self.say(f"#{visible(str(name))} {describe(message)}")
+            return
         if asked is not None and id(asked) in self._quiet:
             self._quiet.discard(id(asked))
             if isinstance(message, dict) and message.get("status") == "success":
                 return  # asked for by the client itself
         self.say(describe(message))
+
+    def _with_local_counts(self, message: dict[str, Any]) -> None:
+        """A ``rooms`` reply with what this client counted in the rooms it
+        is in (the server counts only the lasting rooms' messages)."""
+        session = self.session
+        for entry in message.get("rooms", []):
+            if not isinstance(entry, dict):
+                continue
+            kept = session.kept.get(str(entry.get("room_id")))
+            if kept is not None:
+                entry["unread"] = max(int(entry.get("unread") or 0), kept["unread"])
+            entry["current"] = entry.get("room_id") == session.room_id
 
     def say(self, text: str) -> None:
         from prompt_toolkit import print_formatted_text

@@ -590,6 +590,8 @@ class ChatCore(Metered, HandOut, Lasting, CatchUp, DirectMessages):
             self.events.room_deleted(room)
             return
         self.announce(room, "leave", client.client_id, client.nick, now, client, client.user)
+        if not room.members:
+            return  # a member it told was lost meanwhile, the last one: the room went with it
         if room.moderators:
             room.moderators.discard(client.client_id)
         if room.owner == client.client_id and room.owner_user is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import unicodedata
-from typing import Any
+from typing import Any, Container
 
 def visible(text: str) -> str:
     """
@@ -84,6 +84,7 @@ def _describe(message: Any) -> str:
             f"   {r['room_id']}  {r['name']}"
             + (f"  [{r['role']}]" if r.get("role") in ("owner", "moderator") else "")
             + (f"  {r['unread']} unread" if r.get("unread") else "")
+            + ("  (here)" if r.get("current") else "")
             + ("" if r.get("persistent") else "  (ends with its last member)")
             for r in message["rooms"])
     if "rooms" in message:
@@ -106,6 +107,25 @@ def _describe(message: Any) -> str:
     if message.get("room_id") and message["room_id"] not in text:
         text += f" ({message['room_id']})"
     return f"-- {text}"
+
+
+def describe_sync(message: Any, mine: Container[str] = ()) -> str:
+    """A ``sync`` reply: the rooms the client is back in, and, room by room,
+    what others said meanwhile (each line naming its room; the client's own
+    messages, sent from ``mine``, it has shown already)."""
+    message = _visible_all(message)
+    rooms = [r for r in message.get("rooms", []) if isinstance(r, dict)]
+    missed = {id(r): [m for m in r.get("messages", []) if isinstance(m, dict) and m.get("from") not in mine]
+              for r in rooms}
+    lines = [f"-- back in {len(rooms)} room{'s' if len(rooms) != 1 else ''}: " + ", ".join(
+        f"{r.get('name')}" + (f" ({n} unread)" if (n := len(missed[id(r)]) if "messages" in r else r.get("unread"))
+                              else "") for r in rooms)]
+    for r in rooms:
+        lines += [f"#{r.get('name')} {_describe(m)}" for m in missed[id(r)]]
+        if r.get("recovered") is False:
+            lines.append(f"#{r.get('name')} -- some messages were missed")
+    lines += [f"!! {s.get('room_id')}: {s.get('message')}" for s in message.get("skipped", []) if isinstance(s, dict)]
+    return "\n".join(lines)
 
 
 def _local_time(timestamp: Any) -> str:

@@ -416,3 +416,43 @@ async def test_the_terminal_edits_lines_names_rooms_and_people_and_shows_events(
     assert await within(client.ended, "chatd-client to exit") == 0
     for other in (bea, cy):
         await other.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_terminal_keeps_several_rooms_and_comes_back_to_all(server: InProcessServer) -> None:
+    bea, bea_id = await server.welcomed()
+    await bea.request({"action": "nick", "body": "Bea"})
+    den = (await bea.request({"action": "create", "body": {"name": "Den", "keep": True}}))["room_id"]
+    attic = (await bea.request({"action": "create", "body": {"name": "Attic", "keep": True}}))["room_id"]
+    client = spawn(f"ws://127.0.0.1:{server.port_number}", tty=True)
+    await client.wait_for(rb"Attic", "the room list, asked for at the start")
+    client.write("/join Den\r")
+    await client.wait_for(rb"\[Den\] guest>", "the prompt in Den")
+    client.write("/join --keep Attic\r")
+    await client.wait_for(rb"\[Attic\] guest>", "the prompt in Attic, Den kept")
+    # A message to the room it is not looking at: named, and counted.
+    await bea.request({"action": "message", "room_id": den, "body": "in the den"})
+    await client.wait_for(rb"#Den \[[0-9:]+\] Bea: in the den", "the message naming its room")
+    await client.wait_for(rb"\[Attic \+1\] guest>", "the unread count in the prompt")
+    client.write("/rooms\r")
+    await client.wait_for(rb"Den  1 unread", "the count in /rooms")
+    client.write("/switch den\r")
+    await client.wait_for(rb"\[Den\] guest>", "the prompt back in Den, nothing unread")
+    client.write("to den\r")
+    assert (await bea.next())["body"] == "to den"
+    client.write("/switch Cellar\r")
+    await client.wait_for(rb"!! You are in no room called 'Cellar'", "a room it is not in")
+    # The connection is lost; both rooms come back in one sync, with what was missed.
+    for protocol in list(server.factory.connections):
+        if protocol._client is not None and protocol._client.client_id != bea_id:
+            protocol.transport.abortConnection()
+    await client.wait_for(rb"reconnecting in 1 s", "the client to notice")
+    await bea.request({"action": "message", "room_id": attic, "body": "while away"})
+    await client.wait_for(rb"-- back in 2 rooms: Den, Attic \(1 unread\)", "the sync")
+    await client.wait_for(rb"#Attic \[[0-9:]+\] Bea: while away", "what was said meanwhile")
+    await bea.request({"action": "message", "room_id": den, "body": "live"})
+    await client.wait_for(rb"\] Bea: live", "the live message in the current room")
+    assert client.output.count(b"while away") == 1
+    client.write("/quit\r")
+    assert await within(client.ended, "chatd-client to exit") == 0
+    await bea.close()

@@ -414,3 +414,21 @@ def test_without_join_gathering_changes_nothing() -> None:
     core.publish(ann, "now", NOW)
     assert [m["body"] for m in bob.sink.received] == ["now"]
     core.end_gathering(NOW)
+
+
+def test_a_member_lost_while_told_of_a_leave_does_not_upset_the_owners_succession() -> None:
+    # The last other member's connection fails as it is told the owner left
+    # (its disconnect runs inside the delivery): the room goes with it.
+    core = make_core("owner000", "member00", "room0000")
+    owner = core.connect(FakeSink())
+    room_id = core.create(owner, "Den", NOW)["room_id"]
+
+    class Failing(FakeSink):
+        def deliver(self, frame: Any) -> None:
+            core.disconnect(member, NOW)
+
+    member = core.connect(Failing())
+    core.join(member, room_id, NOW)
+    core.set_events(member, True)
+    core.disconnect(owner, NOW)
+    assert core.rooms == {} and core.clients == {}
