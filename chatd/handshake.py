@@ -32,6 +32,7 @@ class HandshakeFactory(Protocol):
     metrics: Metrics
     portal: Optional[Any]  # checks tokens; None: no authentication
     pages: dict[str, bytes]  # the plain-HTTP answers by path
+    gzipped_pages: dict[str, bytes]  # and gzipped
     allowed_origins: frozenset[str]
 
     def identify(self, protocol: Any, headers: dict[str, str]) -> Optional[str]: ...
@@ -157,14 +158,20 @@ class Handshake:
         method, _, rest = self.http_status_line.partition(" ")
         if method != "HEAD":
             return False
-        page = self.factory.pages.get(rest.partition(" ")[0].partition("?")[0])
+        page = self._pages().get(rest.partition(" ")[0].partition("?")[0])
         response = page if page is not None else _http_error(404, "Not Found")
         self.sendData(response[:response.index(b"\r\n\r\n") + 4])
         fastpath.drop_answered(self)
         return True
 
+    def _pages(self) -> dict[str, bytes]:
+        """The page's files, gzipped for a client that takes gzip."""
+        headers = getattr(self, "http_headers", None) or {}
+        accepts = headers.get("accept-encoding", "")
+        return self.factory.gzipped_pages if "gzip" in accepts.lower() else self.factory.pages
+
     def _serve_page(self) -> None:
-        page = self.factory.pages.get(self.http_request_path)
+        page = self._pages().get(self.http_request_path)
         if page is None:
             self.factory.metrics.handshake_failures.labels("no_upgrade").inc()
             self.sendHttpErrorResponse(404, "Not Found")

@@ -291,6 +291,7 @@ class ChatFactory(WebSocketServerFactory):
         # Whether clients without a token may chat.
         self.guests_allowed = settings.guests == "allow"
         self.pages = web.pages(sign_in=self.portal is not None)
+        self.gzipped_pages = web.pages(sign_in=self.portal is not None, compressed=True)
         self.allowed_origins = frozenset(settings.allowed_origins)
         self._drained: Optional[Deferred[None]] = None
         # Autobahn leaves every limit unlimited; each is set here on purpose.

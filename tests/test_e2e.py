@@ -264,7 +264,7 @@ async def test_plain_http_gets_the_web_client_and_the_websocket_still_works(serv
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"\r\nContent-Type: text/html; charset=utf-8\r\n" in head
     assert f"\r\nContent-Length: {len(body)}\r\n".encode() in head
-    assert b'<script src="/app.js">' in body
+    assert b'<script type="module" src="/app.js">' in body
     script = await deferToThread(fetch, server.port_number, "/app.js")
     assert b"Content-Type: text/javascript" in script and b"textContent" in script
     missing = await deferToThread(fetch, server.port_number, "/etc/passwd")

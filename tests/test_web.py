@@ -100,7 +100,8 @@ class Page:
     def messages(self) -> list[str]:
         from selenium.webdriver.common.by import By
 
-        return [li.text for li in self.el("messages").find_elements(By.TAG_NAME, "li")]
+        lists = self.driver.find_elements(By.ID, "messages")  # the conversation shown, if any
+        return [li.text for li in lists[0].find_elements(By.TAG_NAME, "li")] if lists else []
 
     def shot(self, name: str, docs: bool = False) -> None:
         """A screenshot in test-artifacts/; ``docs``: the documentation's
@@ -174,7 +175,7 @@ def _first_part(browsers: Callable[[], Any], port: int) -> dict[str, Any]:
 
     # Errors are shown as they come.
     bob.submit("room-id", "deadbeef")
-    bob.until(lambda: bob.text("error") == "Room deadbeef does not exist", "for the error")
+    bob.until(lambda: bob.text("side-error") == "Room deadbeef does not exist", "for the error where it was asked")
     bob.el("leave").click()
     bob.until(lambda: bob.text("room-title") == "Not in a room", "to leave")
     ann.until(lambda: any("Bob left" in m for m in ann.messages()), "for Bob's leave event")
@@ -197,7 +198,7 @@ def _wait_reconnected(pages: dict[str, Any]) -> None:
     ann = pages["ann"]
     ann.until(lambda: "Connected as" in ann.text("status"), "to reconnect")
     # The old room went with the old server; the page says so and goes on.
-    ann.until(lambda: ann.text("error").startswith("Room "), "for the rejoin's error")
+    ann.until(lambda: ann.text("side-error").startswith("lobby: Room "), "for the sync's word on it")
     ann.submit("room-name", "after the restart")
     ann.until(lambda: "after the restart" in ann.text("room-title"), "to be in a new room")
     ann.shot("web-after-restart")
@@ -228,10 +229,10 @@ def _signing_in(browsers: Callable[[], Any], port: int, tokens: dict[str, str]) 
     # Without one, the page asks for it when the server says so.
     bob = Page(browsers(), url, "bob")
     bob.until(lambda: bob.el("auth-form").is_displayed(), "for the token field")
-    bob.until(lambda: bob.text("error") == "Authentication required", "for the server's reason")
+    bob.until(lambda: bob.text("auth-error") == "Authentication required", "for the server's reason")
     bob.shot("web-sign-in")
     bob.submit("token", "not a token")
-    bob.until(lambda: bob.text("error") == "Invalid token", "for the refusal")
+    bob.until(lambda: bob.text("auth-error") == "Invalid token", "for the refusal")
     bob.submit("token", tokens["bob"])
     bob.until(lambda: bob.text("status") == "Connected as bob", "to be signed in")
     bob.until(lambda: not bob.el("auth-form").is_displayed(), "for the token field to go")
@@ -276,11 +277,11 @@ def _reconnecting(browsers: Callable[[], Any], port: int) -> None:
         # What is shown stays shown: the page adds to it, it does not redraw it.
         ann.driver.execute_script("document.querySelector('#messages li').dataset.mark = 'kept';")
         # The page loses its connection (and waits long before retrying by itself).
-        ann.driver.execute_script("state.delay = 600000; state.ws.close();")
+        ann.driver.execute_script("chatd.delay = 600000; chatd.ws.close();")
         ann.until(lambda: "reconnecting" in ann.text("status"), "to notice")
         for i in range(3):
             say(f"while away {i}")
-        ann.driver.execute_script("connect();")
+        ann.driver.execute_script("chatd.connect();")
         ann.until(lambda: all(any(f"while away {i}" in m for m in ann.messages()) for i in range(3)),
                   "for what was said meanwhile")
         say("after")
@@ -329,12 +330,15 @@ def _owning(browsers: Callable[[], Any], port: int) -> None:
     ann.el("members").find_element(By.CSS_SELECTOR, f'li[data-client="{bob_id}"] .member-op').click()
     bob.until(lambda: f"{bob_id} (you) · moderator" in bob.text("members"), "to be a moderator")
     ann.shot("web-owner")
-    # A direct message typed as a command.
+    # A direct message typed as a command: a conversation of its own, counted as unread.
     ann.submit("text", f"/msg {bob_id} just between us")
-    bob.until(lambda: any("just between us" in m and "(to you)" in m for m in bob.messages()), "for the direct message")
+    bob.until(lambda: bob.el("dms").find_elements(By.CSS_SELECTOR, ".badge"), "for the direct message's count")
+    bob.el("dms").find_element(By.TAG_NAME, "button").click()
+    bob.until(lambda: any("just between us" in m for m in bob.messages()), "for the direct message")
+    assert bob.text("room-title").endswith("(direct)")
     ann.el("members").find_element(By.CSS_SELECTOR, f'li[data-client="{bob_id}"] .member-kick').click()
-    bob.until(lambda: bob.text("room-title") == "Not in a room", "to be put out")
-    assert any("You were put out of the room by" in m for m in bob.messages())
+    bob.until(lambda: "You were put out of den by" in bob.text("notice"), "to be put out")
+    assert "den" not in bob.text("my-rooms")
     ann.until(lambda: bob_id not in ann.text("members"), "for the member list")
     bob.shot("web-kicked")
 
@@ -462,13 +466,13 @@ def _persisting(browsers: Callable[[], Any], port: int, tokens: dict[str, str]) 
         for n in range(1, 4):
             request({"action": "message", "body": f"new {n}"})
     alice.el("refresh").click()
-    alice.until(lambda: alice.el("my-rooms").find_elements(By.CSS_SELECTOR, ".unread")
-                and alice.el("my-rooms").find_element(By.CSS_SELECTOR, ".unread").text == "3", "for 3 unread")
+    alice.until(lambda: alice.el("my-rooms").find_elements(By.CSS_SELECTOR, ".badge")
+                and alice.el("my-rooms").find_element(By.CSS_SELECTOR, ".badge").text == "3", "for 3 unread")
     alice.shot("web-persistent-rooms", docs=True)
     # Back in team: the latest page, then older ones as she scrolls up, to the first.
     alice.el("my-rooms").find_element(By.CSS_SELECTOR, f'li[data-room="{room_id}"] button').click()
     alice.until(lambda: any("new 3" in m for m in alice.messages()), "for the new messages")
-    alice.until(lambda: not alice.el("my-rooms").find_elements(By.CSS_SELECTOR, ".unread"), "for no unread")
+    alice.until(lambda: not alice.el("my-rooms").find_elements(By.CSS_SELECTOR, ".badge"), "for no unread")
     for _ in range(5):
         alice.driver.execute_script("document.getElementById('messages').scrollTop = 0")
         if any(m.endswith("old 1") for m in alice.messages()):
@@ -481,8 +485,8 @@ def _persisting(browsers: Callable[[], Any], port: int, tokens: dict[str, str]) 
     # Her owner's button deletes it, once confirmed.
     alice.el("delete").click()
     alice.driver.switch_to.alert.accept()
-    alice.until(lambda: any("Deleted room 'team'" in m for m in alice.messages()), "for the deletion")
-    alice.until(lambda: alice.el("my-rooms-pane").get_attribute("hidden") is not None, "for no rooms of hers")
+    alice.until(lambda: "Deleted room 'team'" in alice.text("notice"), "for the deletion")
+    alice.until(lambda: "team" not in alice.text("my-rooms"), "for the room to leave her list")
 
 
 @pytest_twisted.ensureDeferred
@@ -497,3 +501,200 @@ async def test_the_web_page_keeps_persistent_rooms_unread_counts_and_all_history
                            "--store", f"sqlite:{tmp_path}/chatd.db", "--rate-messages", "0", "--history-size", "20")
     port = await chatd.wait_listening()
     await deferToThread(_persisting, browsers, port, tokens)
+
+
+# The contrast of every kind of text on the page with what is behind it
+# (WCAG 2's formula), for the elements that carry it.
+CONTRAST = """
+const lum = (c) => {
+  const [r, g, b] = c.match(/[0-9.]+/g).slice(0, 3).map((v) => {
+    v = Number(v) / 255;
+    return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+};
+const behind = (node) => {
+  for (; node && node.nodeType === 1; node = node.parentElement) {
+    const bg = getComputedStyle(node).backgroundColor;
+    const alpha = bg.match(/[0-9.]+/g)[3];
+    if (alpha === undefined || Number(alpha) > 0.5) return bg;
+  }
+  return "rgb(255, 255, 255)";
+};
+const found = [];
+for (const selector of arguments[0]) {
+  for (const node of document.querySelectorAll(selector)) {
+    if (!node.offsetParent && getComputedStyle(node).position !== "fixed") continue;
+    const [a, b] = [lum(getComputedStyle(node).color), lum(behind(node))];
+    found.push([selector, (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)]);
+  }
+}
+return found;
+"""
+TEXTS = ["body", "h1", "h2", ".meta", ".msg .who", ".msg.mine .who", ".msg .body", ".event", ".day span",
+         ".badge", "button", "button.quiet", "input", ".status", ".convs .name", ".tag", ".notice", ".error"]
+
+# Every control a person can reach says what it is (a label, its text, or aria-label).
+UNLABELLED = """
+return [...document.querySelectorAll("input, button")].filter((c) => {
+  if (c.closest("[hidden]")) return false;
+  const named = c.getAttribute("aria-label") || c.textContent.trim()
+    || (c.id && document.querySelector(`label[for="${c.id}"]`)) || c.closest("label");
+  return !named;
+}).map((c) => c.outerHTML);
+"""
+
+
+def _checked_contrast(page: Page, scheme: str) -> None:
+    ratios = page.driver.execute_script(CONTRAST, TEXTS)
+    assert len({selector for selector, _ in ratios}) >= 12, ratios
+    low = [(selector, round(ratio, 2)) for selector, ratio in ratios if ratio < 4.5]
+    assert not low, f"{scheme}: below WCAG AA's 4.5:1: {low}"
+
+
+def _badge(page: Page, list_id: str, room_id: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    badges = page.el(list_id).find_elements(By.CSS_SELECTOR, f'li[data-room="{room_id}"] .badge')
+    return str(badges[0].text) if badges else ""
+
+
+def _open(page: Page, room_id: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    page.el("my-rooms").find_element(By.CSS_SELECTOR, f'li[data-room="{room_id}"] button').click()
+    page.until(lambda: f"({room_id})" in page.text("room-title"), f"to show room {room_id}")
+
+
+def _two_rooms(browsers: Callable[[], Any], port: int) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    url = f"http://127.0.0.1:{port}/"
+    ann = Page(browsers(), url, "ann")
+    ann.submit("nick", "Ann")
+    ann.until(lambda: ann.text("status") == "Connected as Ann", "for the nick")
+    rooms = {}
+    for name in ("Den", "Attic"):
+        ann.submit("room-name", name)
+        ann.until(lambda n=name: ann.text("room-title").startswith(n + " "), f"to be in {name}")
+        rooms[name] = ann.text("room-title").split("(")[-1].rstrip(")")
+    # Ann is in both: the sidebar lists them, the last one shown.
+    assert ann.text("my-rooms").split("\n") == ["# Den", "# Attic"]
+
+    bob = Page(browsers(), url, "bob")
+    bob.submit("nick", "Bob")
+    bob.until(lambda: "Attic" in bob.text("rooms") and "Den" in bob.text("rooms"), "for the room list")
+    for name in ("Den", "Attic"):
+        bob.el("rooms").find_element(By.CSS_SELECTOR, f'li[data-room="{rooms[name]}"] button').click()
+        bob.until(lambda n=name: bob.text("room-title").startswith(n + " "), f"to be in {name}")
+    _open(bob, rooms["Den"])
+
+    # Ann talks in the Attic while Bob looks at the Den: his count rises.
+    for n, text in enumerate(("up in the attic", "anyone?"), start=1):
+        ann.submit("text", text)
+        bob.until(lambda n=n: _badge(bob, "my-rooms", rooms["Attic"]) == str(n), f"for {n} unread in the Attic")
+    assert bob.driver.title == "(2) chatd"
+    # Keyboard only: Tab to the Attic in the sidebar, Enter opens it; the count clears.
+    body = bob.driver.find_element(By.TAG_NAME, "body")
+    body.click()
+    for _ in range(40):
+        active = bob.driver.switch_to.active_element
+        if active.get_attribute("class") == "conv" and "Attic" in active.text:
+            break
+        active.send_keys(Keys.TAB)
+    else:
+        raise AssertionError("the Attic cannot be reached with Tab")
+    bob.driver.switch_to.active_element.send_keys(Keys.ENTER)
+    bob.until(lambda: bob.text("room-title").startswith("Attic "), "to show the Attic")
+    bob.until(lambda: _badge(bob, "my-rooms", rooms["Attic"]) == "", "for the count to clear")
+    said = [m for m in bob.messages() if "attic" in m or "anyone" in m]
+    assert len(said) == 2 and said[0].startswith("Ann") and said[1] == "anyone?", said  # one group, Ann's
+    bob.submit("text", "heard you")
+    ann.until(lambda: any(m.endswith("heard you") for m in ann.messages()), "for Bob's reply in the Attic")
+    # And in the Den, while Ann looks at the Attic.
+    _open(bob, rooms["Den"])
+    bob.submit("text", "down in the den")
+    ann.until(lambda: _badge(ann, "my-rooms", rooms["Den"]) == "1", "for 1 unread in the Den")
+    _open(ann, rooms["Den"])
+    ann.until(lambda: any(m.endswith("down in the den") for m in ann.messages()), "for Bob's message in the Den")
+    assert not any("heard you" in m for m in ann.messages())  # each room its own conversation
+    ann.until(lambda: "Bob" in ann.text("members"), "for Bob among the Den's members")
+    ann.shot("web-rooms", docs=True)  # the README's picture
+
+    # Bob's page goes away for a while; what is said meanwhile is counted after a reload.
+    bob.driver.execute_script("chatd.delay = 600000; chatd.ws.close();")
+    bob.until(lambda: "reconnecting" in bob.text("status"), "to notice")
+    _open(ann, rooms["Attic"])
+    ann.submit("text", "while you were away")
+    bob.driver.refresh()
+    bob.until(lambda: bob.text("status") == "Connected as Bob", "to be back, with its nick")
+    bob.until(lambda: bob.text("room-title").startswith("Den "), "to show the room it showed")
+    bob.until(lambda: _badge(bob, "my-rooms", rooms["Attic"]) == "1", "for what came meanwhile, counted")
+    assert bob.text("my-rooms").split("\n")[:2] == ["# Den", "# Attic"]
+    _open(bob, rooms["Attic"])
+    bob.until(lambda: any(m.endswith("while you were away") for m in bob.messages()), "for the message missed")
+    texts = bob.messages()
+    assert "New" in texts and texts.index("New") < [i for i, m in enumerate(texts) if "away" in m][0]
+    bob.submit("text", "back")
+    ann.until(lambda: any(m.endswith("back") for m in ann.messages()), "for Bob, back in the Attic")
+
+    # A phone: the conversation fills the screen; the rooms are one tap away.
+    bob.driver.set_window_size(375, 740)
+    bob.until(lambda: not bob.el("sidebar").is_displayed(), "for the sidebar to fold away")
+    assert bob.el("messages").is_displayed() and bob.el("text").is_displayed()
+    assert bob.driver.execute_script("return document.documentElement.scrollWidth") <= 375
+    bob.shot("web-phone", docs=True)
+    bob.el("menu").click()
+    bob.until(lambda: bob.el("sidebar").is_displayed(), "for the sidebar")
+    bob.shot("web-phone-rooms")
+    bob.el("my-rooms").find_element(By.CSS_SELECTOR, f'li[data-room="{rooms["Den"]}"] button').click()
+    bob.until(lambda: not bob.el("sidebar").is_displayed() and bob.text("room-title").startswith("Den "),
+              "for the Den, the sidebar folded")
+
+    # Readable, light and dark; every control labelled.
+    for page in (ann, bob):
+        assert page.driver.execute_script(UNLABELLED) == []
+        _checked_contrast(page, "light")
+        page.driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {
+            "features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+        _checked_contrast(page, "dark")
+    ann.shot("web-rooms-dark", docs=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_people_chat_in_two_rooms_and_a_reload_catches_up(browsers: Any, daemon_factory: Any) -> None:
+    await _on_a_daemon(_two_rooms, browsers, daemon_factory)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_page_loads_in_one_round_trip(daemon_factory: Any) -> None:
+    """Every file of the page, gzipped, fits in TCP's first window (10
+    segments, about 14 KB), and the page names its modules up front
+    (modulepreload): each file is one round trip, and all but the page
+    itself are asked for together."""
+    import gzip
+    import socket
+
+    from chatd.web import GZIPPED, PAGES
+
+    sizes = {path: len(response.partition(b"\r\n\r\n")[2]) for path, response in GZIPPED.items()
+             if path != "/index.html"}
+    assert set(sizes) == {"/", "/app.js", "/view.js", "/style.css"}
+    assert max(sizes.values()) < 14_600 and sum(sizes.values()) < 20_000, sizes
+    for path, response in GZIPPED.items():
+        assert gzip.decompress(response.partition(b"\r\n\r\n")[2]) == PAGES[path].partition(b"\r\n\r\n")[2]
+    chatd = daemon_factory("--listen", "tcp:0:interface=127.0.0.1")
+    port = await chatd.wait_listening()
+
+    def get(path: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept-Encoding: gzip, br\r\n\r\n".encode())
+            return read_until_eof(sock)
+
+    head, _, body = (await deferToThread(get, "/")).partition(b"\r\n\r\n")
+    assert b"Content-Encoding: gzip\r\n" in head
+    page = gzip.decompress(body)
+    for module in (b"/app.js", b"/view.js"):
+        assert b'rel="modulepreload" href="' + module + b'"' in page
+    assert (await deferToThread(get, "/view.js")).startswith(b"HTTP/1.1 200 OK\r\n")

@@ -1,11 +1,12 @@
 """
 The web client: a single page served by chatd itself on its WebSocket port
 (a plain GET of ``/``; the WebSocket upgrade of ``/`` is unchanged).  Plain
-HTML, CSS and JavaScript, no build step, nothing from elsewhere.
+HTML, CSS and JavaScript modules, no build step, nothing from elsewhere.
 """
 
 from __future__ import annotations
 
+import gzip
 from importlib.resources import files
 
 from chatd import __version__
@@ -14,6 +15,7 @@ _FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/view.js": ("view.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 
@@ -24,15 +26,22 @@ _POLICY = (
 )
 
 
-def _response(name: str, content_type: str, sign_in: bool = False) -> bytes:
+def _response(name: str, content_type: str, sign_in: bool = False, compressed: bool = False) -> bytes:
     body = files("chatd.web").joinpath(name).read_bytes()
     if sign_in and name == "index.html":
         # The page offers sign-in where the server checks tokens.
         body = body.replace(b"<body>", b'<body data-sign-in="yes">', 1)
+    encoding = ""
+    if compressed:
+        # Made once, at start-up: every file of the page then fits in TCP's
+        # first window, so a browser has the page one round trip after asking.
+        body = gzip.compress(body, compresslevel=9, mtime=0)
+        encoding = "Content-Encoding: gzip\r\n"
     head = (
         "HTTP/1.1 200 OK\r\n"
         f"Server: chatd/{__version__}\r\n"
         f"Content-Type: {content_type}\r\n"
+        f"{encoding}Vary: Accept-Encoding\r\n"
         f"Content-Length: {len(body)}\r\n"
         "Cache-Control: no-cache\r\n"
         "X-Content-Type-Options: nosniff\r\n"
@@ -42,11 +51,14 @@ def _response(name: str, content_type: str, sign_in: bool = False) -> bytes:
     return head.encode("ascii") + body
 
 
-def pages(sign_in: bool = False) -> dict[str, bytes]:
+def pages(sign_in: bool = False, compressed: bool = False) -> dict[str, bytes]:
     """Request path -> the complete HTTP response (made once per server);
-    ``sign_in``: the server checks tokens, so the page offers to sign in."""
-    return {path: _response(name, kind, sign_in) for path, (name, kind) in _FILES.items()}
+    ``sign_in``: the server checks tokens, so the page offers to sign in;
+    ``compressed``: gzip, for a client that accepts it."""
+    return {path: _response(name, kind, sign_in, compressed) for path, (name, kind) in _FILES.items()}
 
 
 #: The pages of a server without authentication.
 PAGES: dict[str, bytes] = pages()
+#: And gzipped.
+GZIPPED: dict[str, bytes] = pages(compressed=True)
