@@ -14,9 +14,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
-from twisted.python.failure import Failure
-
 from chatd.errors import ChatError
 from chatd.rooms import many
 from chatd.rooms.lasting import MaybeLater, Reply
@@ -86,17 +83,29 @@ class CatchUp:
         if counted and self.durable is not None and client.user is not None:
             unread = self.durable.unread(client.user, counted)
         waits = [reply for _, reply in entries] + [unread]
-        if not any(isinstance(w, Deferred) for w in waits):
-            return _sync_reply(client, entries, waits[:-1], unread, markers, since, skipped)
-        d: "Deferred[Reply]" = gatherResults(
-            [w if isinstance(w, Deferred) else succeed(w) for w in waits], consumeErrors=True,
-        ).addCallback(lambda done: _sync_reply(client, entries, done[:-1], done[-1], markers, since, skipped))
-        return d.addErrback(_first_failure)
+        return _when_all(waits, lambda done: _sync_reply(client, entries, done[:-1], done[-1], markers, since,
+                                                         skipped))
 
 
-def _first_failure(failure: Failure) -> Failure:
-    """The failure that stopped a sync (a store that cannot be read), not its wrapper."""
-    return failure.value.subFailure if isinstance(failure.value, FirstError) else failure
+def _when_all(values: list[Any], then: Callable[[list[Any]], Reply]) -> MaybeLater:
+    """``then`` of ``values`` once every one that is a Deferred has fired, in
+    turn (the first failure is the answer's); at once if none is."""
+    results = list(values)
+    later = [i for i, value in enumerate(results) if hasattr(value, "addCallback")]
+
+    def step(k: int) -> MaybeLater:
+        if k == len(later):
+            return then(results)
+        i = later[k]
+
+        def got(value: Any) -> MaybeLater:
+            results[i] = value
+            return step(k + 1)
+
+        chained: MaybeLater = results[i].addCallback(got)
+        return chained
+
+    return step(0)
 
 
 def _sync_reply(
