@@ -31,6 +31,8 @@ SMALL = {
     "connect": ["total=100", "concurrency=10"],
     # Enough joins for several of the clock ticks /proc counts CPU in.
     "joins": ["total=1000"],
+    "memberships": ["connections=50", "rooms=10", "extra=3"],
+    "many_rooms": ["rooms=2", "members=4", "also_in=5", "rate=100", "duration=1"],
 }
 
 
@@ -62,6 +64,10 @@ def test_chatd(scenario: str) -> None:
     assert result.get("lost", 0) == 0
     if scenario == "idle":
         assert result["all_reached"] and result["connections"] == 100
+    if scenario == "memberships":
+        assert result["extra_memberships"] == 150
+    if scenario == "many_rooms":
+        assert result["rooms_per_member"] == 6 and result["sent"] > 0
 
 
 @pytest.mark.parametrize("server", ["seed", "seed-broadcast", "node-ws"])

@@ -459,15 +459,18 @@ def _persisting(browsers: Callable[[], Any], port: int, tokens: dict[str, str]) 
         # Alice reads as they come (the page is in view, at the bottom).
         alice.until(lambda: any("old 80" in m for m in alice.messages()), "for the messages")
         # Elsewhere, she has 3 unread in team.
-        alice.el("private").click() if alice.el("private").is_selected() else None
-        alice.el("persistent").click()
+        assert alice.el("persistent").is_selected()  # a lasting room too: it is there after a reload
         alice.submit("room-name", "elsewhere")
         alice.until(lambda: "elsewhere" in alice.text("room-title"), "to be elsewhere")
         for n in range(1, 4):
             request({"action": "message", "body": f"new {n}"})
-    alice.el("refresh").click()
-    alice.until(lambda: alice.el("my-rooms").find_elements(By.CSS_SELECTOR, ".badge")
-                and alice.el("my-rooms").find_element(By.CSS_SELECTOR, ".badge").text == "3", "for 3 unread")
+    alice.until(lambda: _badge(alice, "my-rooms", room_id) == "3", "for 3 unread, counted as they came")
+    # A reload: signed in still (this tab keeps the token), and the count is
+    # the store's, from her read marker, through sync.
+    alice.driver.refresh()
+    alice.until(lambda: alice.text("status") == "Connected as alice", "to be signed in after the reload")
+    alice.until(lambda: _badge(alice, "my-rooms", room_id) == "3", "for 3 unread, from the store")
+    assert alice.text("room-title").startswith("elsewhere ")
     alice.shot("web-persistent-rooms", docs=True)
     # Back in team: the latest page, then older ones as she scrolls up, to the first.
     alice.el("my-rooms").find_element(By.CSS_SELECTOR, f'li[data-room="{room_id}"] button').click()
@@ -482,6 +485,27 @@ def _persisting(browsers: Callable[[], Any], port: int, tokens: dict[str, str]) 
     said = [m for m in alice.messages() if "old " in m or "new " in m]
     assert [m.rsplit("old ", 1)[-1] for m in said[:3]] == ["1", "2", "3"] and said[-1].endswith("new 3"), said
     assert len(said) == 83, said  # each once
+    texts = alice.messages()
+    assert texts.index("New") == [i for i, m in enumerate(texts) if m.endswith("new 1")][0] - 1
+    # Scrolled up, she is not moved by what comes: a marker says it is there.
+    with connect(f"ws://127.0.0.1:{port}", open_timeout=WAIT) as bob:
+        bob.recv(timeout=WAIT)
+        for command in ({"action": "auth", "body": {"token": tokens["bob"]}},
+                        {"action": "join", "body": {"room_id": room_id}}):
+            bob.send(json.dumps(command))
+            while "status" not in (reply := json.loads(bob.recv(timeout=WAIT))):
+                pass
+            assert reply["status"] == "success", reply
+        alice.driver.execute_script("document.getElementById('messages').scrollTop = 0")
+        bob.send(json.dumps({"action": "message", "body": "while you scroll"}))
+        alice.until(lambda: alice.el("new-below").is_displayed(), "for the new-messages marker")
+        assert alice.text("new-below") == "1 new message ↓"
+        assert alice.driver.execute_script("return document.getElementById('messages').scrollTop") < 50
+        alice.el("new-below").click()
+        alice.until(lambda: not alice.el("new-below").is_displayed(), "for the marker to go")
+        assert alice.driver.execute_script(
+            "const l = document.getElementById('messages'); return l.scrollHeight - l.scrollTop - l.clientHeight") < 40
+        assert alice.messages()[-1].endswith("while you scroll")
     # Her owner's button deletes it, once confirmed.
     alice.el("delete").click()
     alice.driver.switch_to.alert.accept()

@@ -109,6 +109,10 @@ HEADLINES = {
                 ("server_us_per_connection_abort", "server us/connection (aborted)", False)],
     "joins": [("joins_per_s", "joins/s", True), ("server_us_per_join", "server us/join", False),
               ("redis_us_per_join", "of which Redis us/join", False)],
+    "memberships": [("bytes_per_extra_membership", "bytes/extra membership", False)],
+    "many_rooms": [("delivered_per_s", "deliveries/s", True), ("p50_ms", "p50 ms", False),
+                   ("p99_ms", "p99 ms", False), ("max_ms", "max latency ms", False),
+                   ("server_us_per_delivery", "server us/delivery", False), ("lost", "lost", False)],
 }
 
 
@@ -231,6 +235,8 @@ WARM_UP: dict[str, dict[str, Any]] = {
     "idle": {"connections": 500},
     "connect": {"total": 500},
     "joins": {"total": 500},
+    "memberships": {"connections": 100},
+    "many_rooms": {"duration": 3, "also_in": 9},
 }
 
 

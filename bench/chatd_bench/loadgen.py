@@ -183,6 +183,7 @@ class Bench:
     def __init__(self, port: int, record_latency: bool = True) -> None:
         self.port = port
         self.clients: list[Client] = []
+        self.room_ids: list[str] = []  # room r of rooms(), by its ID
         self.ids: list[bytes] = []
         self.stats = Stats(record_latency=record_latency)
         # Every member of a room receives the same bytes: the fields parsed
@@ -263,6 +264,7 @@ class Bench:
             if reply.get("status") != "success":
                 raise RuntimeError(f"create failed: {reply}")
             room_id = reply["room_id"]
+            self.room_ids.append(room_id)
             group[0].room = r
             joins = [c.request({"action": "join", "body": {"room_id": room_id}}) for c in group[1:]]
             for c, answer in zip(group[1:], await asyncio.gather(*joins), strict=True):

@@ -109,6 +109,11 @@ async def fanout(port: int, server_pid: int, rooms: int = 10, members: int = 50,
     """A fixed offered rate of messages, every member sending in turn."""
     bench = Bench(port)
     groups = await room_clients(bench, rooms, members)
+    return await _fanout_window(bench, groups, members, rate, duration, server_pid)
+
+
+async def _fanout_window(bench: Bench, groups: list[list[Client]], members: int, rate: float, duration: float,
+                         server_pid: int) -> dict[str, Any]:
     senders = [c for group in groups for c in group]
     seqs = [0] * len(bench.clients)
     sent = 0
@@ -297,4 +302,92 @@ async def joins(port: int, server_pid: int, total: int = 5000) -> dict[str, Any]
     }
 
 
-SCENARIOS = {"fanout": fanout, "max": maximum, "idle": idle, "connect": connect, "joins": joins}
+
+
+async def _keep_joining(clients: list[Client], room_ids: list[str]) -> int:
+    """Each client enters every room of ``room_ids`` it is not in, keeping
+    the others; how many refusals."""
+    refused = 0
+    for client in clients:
+        for room_id in room_ids:
+            reply = await paced(client, {"action": "join", "body": {"room_id": room_id, "keep": True}})
+            refused += reply.get("status") != "success"
+    return refused
+
+
+async def paced(client: Client, command: dict[str, Any]) -> dict[str, Any]:
+    """``command``'s reply, waiting out the server's command rate limit."""
+    while True:
+        reply: dict[str, Any] = await client.request(command)
+        if reply.get("message") != "Rate limit exceeded":
+            return reply
+        await asyncio.sleep(float(reply.get("retry_after", 0.1)))
+
+
+async def memberships(port: int, server_pid: int, connections: int = 1000, rooms: int = 100,
+                      extra: int = 20) -> dict[str, Any]:
+    """
+    What a membership beyond the first costs: ``connections`` clients, each
+    in one room, then each in ``extra`` more (of ``rooms`` rooms, kept with
+    ``"keep": true``); the server's memory before and after, per membership.
+    """
+    bench = Bench(port, record_latency=False)
+    owners = await bench.connect(rooms)
+    room_ids = [(await owner.request({"action": "create", "body": f"room {n}"}))["room_id"]
+                for n, owner in enumerate(owners)]
+    clients = await bench.connect(connections)
+    await asyncio.gather(*(c.request({"action": "join", "body": {"room_id": room_ids[i % rooms]}})
+                           for i, c in enumerate(clients)))
+    await asyncio.sleep(1.0)  # let the server settle
+    rss_before = rss_kib(server_pid)
+    refused = sum(await asyncio.gather(*(
+        _keep_joining([client], [room_ids[(i + 1 + k) % rooms] for k in range(extra)])
+        for i, client in enumerate(clients))))
+    await asyncio.sleep(1.0)
+    rss_after = rss_kib(server_pid)
+    added = connections * extra
+    errors = bench.stats.errors + ([f"{refused} keep-joins refused"] if refused else [])
+    await bench.close()
+    return {
+        "connections": connections,
+        "extra_memberships": added,
+        "rss_before_kib": rss_before,
+        "rss_after_kib": rss_after,
+        "bytes_per_extra_membership": round((rss_after - rss_before) * 1024 / added),
+        "errors": errors,
+    }
+
+
+async def many_rooms(port: int, server_pid: int, rooms: int = 10, members: int = 50, also_in: int = 99,
+                     rate: float = 200.0, duration: float = 10.0) -> dict[str, Any]:
+    """
+    ``fanout``, with every member in ``also_in`` other rooms besides (quiet
+    ones, kept with ``"keep": true``): a room's message reaches a member of
+    100 rooms as it reaches a member of one, or this shows the difference.
+    """
+    bench = Bench(port)
+    owner, = await bench.connect(1)  # before the checker's tables are made
+    groups = await room_clients(bench, rooms, members)
+    quiet = [_room_id(await paced(owner, {"action": "create", "body": {"name": f"quiet {n}", "keep": True}}))
+             for n in range(also_in)]
+    members_all = [c for group in groups for c in group]
+    refused = sum(await asyncio.gather(*(_keep_joining([c], quiet) for c in members_all)))
+    # Each member's own room is its current one again: the messages go there.
+    for group in groups:
+        room_id = bench.room_ids[group[0].room]
+        await asyncio.gather(*(paced(c, {"action": "join", "body": {"room_id": room_id, "keep": True}})
+                               for c in group))
+    result = await _fanout_window(bench, groups, members, rate, duration, server_pid)
+    if refused:
+        result["errors"] = [*result["errors"], f"{refused} keep-joins refused"]
+    return {**result, "rooms_per_member": also_in + 1}
+
+
+SCENARIOS = {"fanout": fanout, "max": maximum, "idle": idle, "connect": connect, "joins": joins,
+             "memberships": memberships, "many_rooms": many_rooms}
+
+
+def _room_id(reply: dict[str, Any]) -> str:
+    if reply.get("status") != "success":
+        raise RuntimeError(f"create refused: {reply}")
+    return str(reply["room_id"])

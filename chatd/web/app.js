@@ -9,8 +9,9 @@ const state = {
   delay: 1000,          // the next reconnection delay
   retryAt: 0, retryTimer: null, countdown: null,
   // A token to authenticate with: from the page's own #token=... (a
-  // fragment never reaches a server's log), or typed when the server asks.
-  token: new URLSearchParams(location.hash.slice(1)).get("token"),
+  // fragment never reaches a server's log), or typed when the server asks;
+  // kept for this tab's reloads (sessionStorage), not beyond it.
+  token: new URLSearchParams(location.hash.slice(1)).get("token") || sessionStorage.getItem("chatd.token"),
   myIds: new Set(),     // this page's client IDs, this connection's and earlier ones
   convs: new Map(),     // "room ID" or "@peer" -> a conversation (newConv)
   viewing: null,        // the key of the conversation shown
@@ -28,6 +29,7 @@ function saved() {
   try { return JSON.parse(localStorage.getItem(STORE)) || {}; } catch (e) { return {}; }
 }
 function save() {
+  if (state.wantView) return;  // not before the first sync has put the page back as it was
   const rooms = {};
   for (const conv of state.convs.values()) {
     if (conv.kind === "room" && conv.joined) rooms[conv.id] = { name: conv.name, seen: conv.seen };
@@ -86,7 +88,7 @@ function connect() {
     state.ws = null;
     if (event.code === 4001) {
       // The token expired: sign in again (a reload will not bring it back).
-      state.token = null;
+      keepToken(null);
       state.user = null;
       askSignIn("Your sign-in expired: paste a new token");
     }
@@ -185,6 +187,13 @@ function showIdentity() {
   $("retry").hidden = true;
 }
 
+function keepToken(token) {
+  state.token = token;
+  try {
+    if (token) sessionStorage.setItem("chatd.token", token); else sessionStorage.removeItem("chatd.token");
+  } catch (e) { /* storage refused: the token lasts as long as the page */ }
+}
+
 function askSignIn(why) {
   $("auth-why").textContent = why;
   $("auth-form").hidden = false;
@@ -196,7 +205,7 @@ function reply(asked, message) {
   if (kind === "auth" || message.message === "Authentication required") {
     // The server wants a token (or refused ours): ask for one.
     if (message.status === "error") {
-      state.token = null;
+      keepToken(null);
       askSignIn(message.message === "Authentication required"
         ? "This server needs you to sign in: paste your token" : `${message.message}: paste another token`);
       showError("auth", message.message);
@@ -208,6 +217,7 @@ function reply(asked, message) {
   if (message.status === "error") {
     showError(asked.where, message.message + (message.retry_after ? ` (retry in ${message.retry_after} s)` : ""));
     if (kind === "message" && asked.item) asked.item.classList.add("failed");
+    if (kind === "sync") state.wantView = null;  // what is kept is saved again from now on
     if (kind === "older" && state.convs.get(asked.room)) state.convs.get(asked.room).loadingOlder = false;
     return;
   }
@@ -270,6 +280,7 @@ function reply(asked, message) {
       if (state.viewing) showMembers();
       break;
     case "auth":
+      keepToken(state.token);
       state.user = message.user;
       if (state.welcomed) {  // signed in on the way: the lasting rooms come along
         showIdentity();
@@ -310,7 +321,8 @@ function synced(message) {
     said.push(`${conv ? conv.name : skipped.room_id}: ${skipped.message}`);
     gone(skipped.room_id);
   }
-  const wanted = saved().viewing;
+  const wanted = state.wantView;  // shown before a reload
+  state.wantView = null;
   if (!state.viewing || !state.convs.has(state.viewing)) {
     const first = (message.rooms || []).find((r) => r.current) || (message.rooms || [])[0];
     open(entered.has(wanted) ? wanted : first ? first.room_id : null);
@@ -502,9 +514,15 @@ function seenAll(conv) {
   const changed = conv.unread !== 0 || conv.seen !== conv.lastId;
   conv.unread = 0;
   conv.seen = conv.lastId || 0;
-  if (conv.kind === "room" && conv.persistent && state.user && conv.lastId && conv.lastId > conv.readSent) {
-    conv.readSent = conv.lastId;
-    send("read", { room_id: conv.id, id: conv.lastId });
+  if (conv.kind === "room" && conv.persistent && state.user && !conv.readTimer) {
+    // One read a second at most, however fast messages come and go.
+    conv.readTimer = setTimeout(() => {
+      conv.readTimer = null;
+      if (state.clientId && conv.seen > conv.readSent && state.convs.get(conv.key) === conv) {
+        conv.readSent = conv.seen;
+        send("read", { room_id: conv.id, id: conv.seen }, null, "side");
+      }
+    }, 1000);
   }
   if (changed) { showSidebar(); save(); }
 }
@@ -830,6 +848,7 @@ document.addEventListener("visibilitychange", () => {
 // first sync, with what came meanwhile counted as unread) and its nick.
 const before = saved();
 state.nick = before.nick || null;
+state.wantView = before.viewing || null;
 for (const id of before.ids || []) state.myIds.add(id);
 if (state.nick) $("nick").value = state.nick;
 for (const [roomId, r] of Object.entries(before.rooms || {})) {
