@@ -158,3 +158,17 @@ async def test_a_cluster_refuses_sync_for_now(daemon_factory: Any, redis_server:
     assert await client.request({"action": "sync"}) == {
         "status": "error",
         "message": "'sync' is not available on a cluster yet: a connection there is in one room at a time"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sync_costs_what_its_joins_would(daemon_factory: Any) -> None:
+    # Entering many rooms at once is no cheaper than joining them: the
+    # command rate limit is charged a join for each room past the first.
+    port = int(await daemon_factory(*ARGS, "--rate-commands", "1", "--rate-commands-burst", "3").wait_listening())
+    hosts = [(await guest(port))[0] for _ in range(5)]
+    rooms = [await room_with(host, f"R{n}") for n, host in enumerate(hosts)]
+    client, _ = await guest(port)
+    reply = await client.request({"action": "sync", "body": {"since": {room_id: 0 for room_id in rooms}}})
+    assert [r["room_id"] for r in reply["rooms"]] == rooms
+    refused = await client.request({"action": "members"})
+    assert (refused["status"], refused["message"]) == ("error", "Rate limit exceeded")

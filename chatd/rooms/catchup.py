@@ -34,6 +34,7 @@ class CatchUp:
     limits: Any
     durable: Any
     _joined: Callable[[Room, Optional[int]], MaybeLater]
+    charge_commands: Callable[[Client, int, float], None]
 
     def sync(self, client: Client, since: dict[str, int], now: float) -> MaybeLater:
         markers = dict(self.memberships.get(client.user, {})) if client.user is not None else {}
@@ -42,6 +43,7 @@ class CatchUp:
                    and room.room_id not in markers]
         tag(client)  # its broadcasts name their rooms from now on
         current = client.room
+        before = set(map(id, many.rooms_of(client)))
         entered: list[Room] = []
         skipped: list[Reply] = []
         for room_id in wanted:
@@ -55,6 +57,8 @@ class CatchUp:
             many.make_current(client, current)
         elif entered:
             many.make_current(client, entered[0])
+        # Each room entered costs what a join does (the sync itself paid for one).
+        self.charge_commands(client, sum(1 for room in entered if id(room) not in before) - 1, now)
         entries = [(room, self._joined(room, since.get(room.room_id))) for room in entered]
         return self._synced(client, entries, markers, since, skipped)
 

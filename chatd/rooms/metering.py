@@ -63,6 +63,12 @@ class Metered:
         if client.command_bucket is not None and size >= REPLY_UNIT:
             client.command_bucket.charge(size // REPLY_UNIT, now)
 
+    def charge_commands(self, client: Client, count: int, now: float) -> None:
+        """``count`` commands' worth done by one (a ``sync`` entering many
+        rooms costs what as many joins would)."""
+        if client.command_bucket is not None and count > 0:
+            client.command_bucket.charge(count, now)
+
     @staticmethod
     def _take(client: Client, bucket: TokenBucket, burst: int, now: float) -> None:
         """A token from ``bucket``, or RateLimited; a client refused twice
