@@ -252,7 +252,7 @@ async def test_reads_of_a_room_in_a_cluster_are_checked_where_membership_is_deci
     await reader.request({"action": "join", "body": {"room_id": room_id}})
     assert (await reader.request({"action": "history"}))["status"] == "success"
     # Redis says the reader is out (whatever the node thought): reads are refused.
-    redis_server.command("HSET", f"chatd:client:{reader_id}", "room", "")
+    redis_server.command("SREM", f"chatd:client-rooms:{reader_id}", room_id)
     assert await reader.request({"action": "members"}) == {
         "status": "error", "message": "You must join a room first"}
     assert await reader.request({"action": "history"}) == {

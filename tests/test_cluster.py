@@ -583,3 +583,24 @@ async def test_a_wrong_redis_password_is_said_and_the_node_keeps_trying(redis_wi
     finally:
         globalLogPublisher.removeObserver(observe)
         await shards.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_keeps_the_rooms_of_each_client_and_cleans_up_an_older_record(
+        cluster: Any, redis_server: RedisServer) -> None:
+    node = await cluster()
+    room_id, members = await room_across([node, node])
+    (_, owner_id), (joiner, joiner_id) = members
+    assert redis_server.command("SMEMBERS", f"chatd:client-rooms:{joiner_id}") == [room_id]
+    assert (await joiner.request({"action": "leave"}))["status"] == "success"
+    assert redis_server.command("SMEMBERS", f"chatd:client-rooms:{joiner_id}") == []
+    # A client recorded by an older chatd (its room in a field, no set), of
+    # a node that died: reaped, it is out of the room, which goes on.
+    redis_server.command("HSET", "chatd:client:0ld0c1ie", "node", "gone-node", "room", room_id, "who", "0 ",
+                         "claim", "", "counted", "", "user", "")
+    redis_server.command("ZADD", f"chatd:members:{room_id}", "1000000", "0ld0c1ie")
+    redis_server.command("SADD", "chatd:node-clients:gone-node", "0ld0c1ie")
+    redis_server.command("SADD", "chatd:nodes", "gone-node")
+    assert redis_server.command("EVAL", scripts.REAP, "0", "chatd:") == ["gone-node", 1]
+    assert redis_server.command("ZRANGE", f"chatd:members:{room_id}", "0", "-1") == [owner_id]
+    assert redis_server.command("EXISTS", "chatd:client:0ld0c1ie") == 0

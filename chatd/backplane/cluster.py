@@ -325,7 +325,9 @@ class ClusterChat:
         if not shard.available:
             # The resync after Redis is back catches up.
             return Deferred.fromCoroutine(self._kept(reply, self.lasting.left(client, room, look=False)))
-        d = self.calls.call(shard, scripts.LEAVE, self.shards.node, client.client_id)
+        # Out of every room there: a connection here is in one, and Redis may
+        # hold it in another after a join whose answer was lost.
+        d = self.calls.call(shard, scripts.LEAVE, self.shards.node, client.client_id, "*")
 
         def done(result: list[Any]) -> Deferred[Reply]:
             self._left(result)
@@ -596,7 +598,7 @@ class ClusterChat:
             return
         elsewhere = self.shards.of(old.room_id)
         if elsewhere is not shard and elsewhere.connected:
-            d = elsewhere.call(scripts.LEAVE, self.shards.node, client.client_id).addCallback(self._left)
+            d = elsewhere.call(scripts.LEAVE, self.shards.node, client.client_id, "*").addCallback(self._left)
             self.calls.background(d, "leaving a room on another shard")
 
     def _new_room_id(self) -> str:

@@ -185,18 +185,19 @@ class RoomState:
             *Members.reads(room_id, 4),
         ]
         if target:
-            reads.append(["HMGET", f"client:{target}", "user", "room"])
+            # Its user, and whether it is in this room (the one the rules ask of).
+            reads += [["HGET", f"client:{target}", "user"], ["SISMEMBER", f"client-rooms:{target}", room_id]]
         return reads
 
     @classmethod
     def decode(cls, room_id: str, answers: list[Any]) -> "RoomState":
         name, private, version = (text(x) for x in answers[0])
         end = 3 + Members.READS
-        target = [text(x) for x in answers[end]] if len(answers) > end else ["", ""]
+        user, here = (text(answers[end]), int(answers[end + 1] or 0)) if len(answers) > end else ("", 0)
         return cls(
             room_id, version or "0", name, private == "1", Members.decode(answers[3:end]),
             frozenset(text(x) for x in answers[1]), frozenset(text(x) for x in answers[2]),
-            target[0] or None, target[1] or None,
+            user or None, room_id if here == 1 else None,
         )
 
 

@@ -48,17 +48,32 @@ local function drop_keys(room)
   redis.call('ZREM', P .. 'rooms', room)
 end
 
--- Take a client out of its room; the room goes when its last member does,
+-- The rooms a client is in here (those of this shard): its set, and the
+-- 'room' field a client recorded by an older chatd may still have.
+local function rooms_of(client)
+  local rooms = redis.call('SMEMBERS', P .. 'client-rooms:' .. client)
+  local legacy = redis.call('HGET', P .. 'client:' .. client, 'room')
+  if legacy and legacy ~= '' and redis.call('SISMEMBER', P .. 'client-rooms:' .. client, legacy) == 0 then
+    rooms[#rooms + 1] = legacy
+  end
+  return rooms
+end
+
+-- Take a client out of ``room``; the room goes when its last member does,
 -- unless it lasts (a persistent room's stays, empty, as in the store).
--- Returns the room ID ('' if none) and 1 if the room was deleted.
-local function leave_room(client)
+-- Returns the room ID ('' if the client was not in it) and 1 if the room
+-- was deleted.
+local function leave_room(client, room)
   local ckey = P .. 'client:' .. client
-  local room = redis.call('HGET', ckey, 'room')
-  if not room or room == '' then
-    return '', 0
+  if redis.call('SREM', P .. 'client-rooms:' .. client, room) == 0 then
+    if redis.call('HGET', ckey, 'room') ~= room then
+      return '', 0
+    end
+  end
+  if redis.call('HEXISTS', ckey, 'room') == 1 then
+    redis.call('HDEL', ckey, 'room')  -- an older chatd's record
   end
   local claim, counted, who = unpack(redis.call('HMGET', ckey, 'claim', 'counted', 'who'))
-  redis.call('HSET', ckey, 'room', '')
   redis.call('ZREM', P .. 'members:' .. room, client)
   release(room, claim, client)
   count(room, counted, -1)
@@ -78,6 +93,21 @@ local function leave_room(client)
   return room, 0
 end
 
+-- Take a client out of its rooms here: ``which`` '*' for all of them, ''
+-- for none, or a room's ID.  The last room left ('' if none), and 1 if it
+-- was deleted.
+local function leave_rooms(client, which)
+  local last, deleted = '', 0
+  local rooms = (which == '*') and rooms_of(client) or ((which ~= '') and {which} or {})
+  for _, room in ipairs(rooms) do
+    local left, gone = leave_room(client, room)
+    if left ~= '' then
+      last, deleted = left, gone
+    end
+  end
+  return last, deleted
+end
+
 local function enter_room(client, room, kind)
   local ckey = P .. 'client:' .. client
   local claim, counted, who = unpack(redis.call('HMGET', ckey, 'claim', 'counted', 'who'))
@@ -86,7 +116,7 @@ local function enter_room(client, room, kind)
     redis.call('HSET', P .. 'claims:' .. room, claim, client)
   end
   count(room, counted, 1)
-  redis.call('HSET', ckey, 'room', room)
+  redis.call('SADD', P .. 'client-rooms:' .. client, room)
   bump(room)
   publish_event(room, kind, client, who)
 end
@@ -94,14 +124,13 @@ end
 -- Why ``client`` may not read ``room``: 'notin' (it is not a member, any
 -- more), 'gone' (no record of it here: a resync is due); nil: it may.
 local function reader_in(room, client)
-  local current = redis.call('HGET', P .. 'client:' .. client, 'room')
-  if not current then
+  if redis.call('SISMEMBER', P .. 'client-rooms:' .. client, room) == 1 then
+    return nil
+  end
+  if redis.call('EXISTS', P .. 'client:' .. client) == 0 then
     return 'gone'
   end
-  if current ~= room then
-    return 'notin'
-  end
-  return nil
+  return 'notin'
 end
 
 -- A client of a live node that this Redis has no record of (a shard that
@@ -116,7 +145,7 @@ local function adopt(node, client, who, claim, counted, user)
   if redis.call('EXISTS', P .. 'node:' .. node) == 0 then
     return false
   end
-  redis.call('HSET', P .. 'client:' .. client, 'node', node, 'room', '', 'who', who, 'claim', claim,
+  redis.call('HSET', P .. 'client:' .. client, 'node', node, 'who', who, 'claim', claim,
              'counted', counted, 'user', user)
   redis.call('SADD', P .. 'node-clients:' .. node, client)
   if user ~= '' then
@@ -138,9 +167,9 @@ local function purge_node(node)
   local clients = redis.call('SMEMBERS', P .. 'node-clients:' .. node)
   for _, client in ipairs(clients) do
     if redis.call('HGET', P .. 'client:' .. client, 'node') == node then
-      leave_room(client)
+      leave_rooms(client, '*')
       forget_user(client)
-      redis.call('DEL', P .. 'client:' .. client)
+      redis.call('DEL', P .. 'client:' .. client, P .. 'client-rooms:' .. client)
     end
   end
   redis.call('DEL', P .. 'node-clients:' .. node, P .. 'node:' .. node)
@@ -218,7 +247,7 @@ end
 -- {'sadd', room, key, members...}: into one of the room's sets (an 'h' set
 -- holds the new one only); {'srem', key, members...};
 -- {'hset', key, field, value, ...}; {'publish', room, line} on the room's
--- channel; {'leave', client}: out of its room;
+-- channel; {'leave', client, room}: out of the room;
 -- {'claim', room ('' for none), client, name ('' for none)}: the client's
 -- claimed name; {'identity', client, who, counted, user}; {'bump', room};
 -- {'drop', room}: a room and everything in it goes, its members out.
@@ -238,7 +267,7 @@ local function apply(changes)
     elseif kind == 'publish' then
       redis.call('PUBLISH', P .. 'r:' .. c[2], c[3])
     elseif kind == 'leave' then
-      leave_room(c[2])
+      leave_room(c[2], c[3])
     elseif kind == 'claim' then
       local ckey = P .. 'client:' .. c[3]
       if c[2] ~= '' then
@@ -250,8 +279,8 @@ local function apply(changes)
       redis.call('HSET', ckey, 'claim', c[4])
     elseif kind == 'identity' then
       local ckey = P .. 'client:' .. c[2]
-      local room, old = unpack(redis.call('HMGET', ckey, 'room', 'counted'))
-      if room and room ~= '' then
+      local old = redis.call('HGET', ckey, 'counted')
+      for _, room in ipairs(rooms_of(c[2])) do
         count(room, old, -1)
         count(room, c[4], 1)
         bump(room)
@@ -264,7 +293,7 @@ local function apply(changes)
     elseif kind == 'drop' then
       -- A persistent room deleted: its members are out, then every key goes.
       for _, member in ipairs(redis.call('ZRANGE', P .. 'members:' .. c[2], 0, -1)) do
-        redis.call('HSET', P .. 'client:' .. member, 'room', '')
+        redis.call('SREM', P .. 'client-rooms:' .. member, c[2])
       end
       drop_keys(c[2])
     elseif kind == 'bump' then

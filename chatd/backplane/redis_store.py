@@ -60,7 +60,7 @@ class RedisRooms:
             changes.append(["sadd", room_id, f"invited:{room_id}", *invited])
         return self._call(
             shard, scripts.CREATE, self.node, client.client_id, room_id, *facts.identity(client), stride, position,
-            as_json(fields), as_json(room_sets(room_id, room.persistent)), as_json(changes))
+            as_json(fields), as_json(room_sets(room_id, room.persistent)), as_json(changes), "*")
 
     def revive(self, stored: Any) -> "Deferred[Any]":
         """Put a persistent room the store keeps (a
@@ -142,7 +142,7 @@ class RedisRooms:
             view, actor = _room_view(state, client)
             changes = rules.manage(view, actor, command, state.target_user, state.target_room)
             guards = [["HGET", f"room:{room_id}", "v", state.version],
-                      ["HGET", f"client:{client.client_id}", "room", room_id]]
+                      ["SISMEMBER", f"client-rooms:{client.client_id}", room_id, "1"]]
             applied = lines.text(await self._call(
                 shard, scripts.CHANGE, self.node, client.client_id, as_json(guards),
                 as_json(_manage_changes(view, client, command, changes))))
@@ -193,7 +193,8 @@ class RedisRooms:
             answer = await self._call(
                 shard, scripts.ENTER, self.node, client_id, room_id,
                 -1 if change.since is None else change.since, *facts.identity(client), as_json(view.guards),
-                as_json(takes), _ROOM_FIELDS, as_json([["SMEMBERS", f"owner:{room_id}"]]))
+                as_json(takes), _ROOM_FIELDS, as_json([["SMEMBERS", f"owner:{room_id}"]]),
+                "" if change.keep else "*")  # keeping its rooms, or out of those here first
             entered = lines.Entered.decode(answer)
             return None if entered.outcome == "stale" else entered
         if isinstance(change, Rename):
@@ -207,7 +208,7 @@ class RedisRooms:
                        *_name_takes(view, change.takes, room_id)]
         outcome = lines.text(await self._call(
             shard, scripts.CHANGE, self.node, client_id,
-            as_json([*view.guards, ["HGET", f"client:{client_id}", "room", room_id]]), as_json(changes)))
+            as_json([*view.guards, ["SISMEMBER", f"client-rooms:{client_id}", room_id, "1"]]), as_json(changes)))
         if outcome == "stale":
             return None
         if outcome != "ok":
@@ -294,7 +295,7 @@ def _manage_changes(view: Room, actor: Client, command: codec.Manage, changes: r
             out.append(["publish", room_id, facts.event_line(kind, subject, nick, user)])
     for member_id in changes.remove:
         out.append(["publish", room_id, f"k{member_id} {actor.client_id} {command.reason}"])
-        out.append(["leave", member_id])
+        out.append(["leave", member_id, room_id])
     out.append(["bump", room_id])
     return out
 
@@ -373,7 +374,7 @@ def resync_state(clients: list[tuple[Client, Optional[Room]]]) -> str:
     sets: list[list[str]] = []
     for client, room in clients:
         client_id = client.client_id
-        records.append([client_id, room.room_id if room else "", *facts.identity(client)])
+        records.append([client_id, [room.room_id] if room else [], *facts.identity(client)])
         if room is None:
             continue
         room_id = room.room_id

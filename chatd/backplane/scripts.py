@@ -24,9 +24,10 @@ the prefix (``chatd:``):
 - ``P claims:ID``        hash: a claimed name -> the client holding it
 - ``P counts:ID``        hash: a counted name -> how many members have it
 - ``P history:ID``       list, newest first: "ID PAYLOAD"
-- ``P client:ID``        hash: node, room, who (what its events carry after
-  its ID), claim (the name it holds in its room's claims), counted (the
-  name its room counts it under), user
+- ``P client:ID``        hash: node, who (what its events carry after its
+  ID), claim (the name it holds in its rooms' claims), counted (the name
+  its rooms count it under), user
+- ``P client-rooms:ID``  set: the rooms of this shard the client is in
 - ``P user-clients:USER`` set: an authenticated user's clients, on any node
 - ``P node:NODE``        the node's lease (a key with a TTL)
 - ``P node-clients:NODE`` set: the node's clients
@@ -60,7 +61,7 @@ local ckey = P .. 'client:' .. client
 if redis.call('EXISTS', ckey) == 1 then
   return false
 end
-redis.call('HSET', ckey, 'node', node, 'room', '', 'who', ARGV[4], 'claim', '', 'counted', '', 'user', '')
+redis.call('HSET', ckey, 'node', node, 'who', ARGV[4], 'claim', '', 'counted', '', 'user', '')
 redis.call('SADD', P .. 'node-clients:' .. node, client)
 return client
 """
@@ -125,16 +126,16 @@ end
 return total
 """
 
-#: ARGV: prefix, node, client.  {room left, 1 if it was deleted}.
+#: ARGV: prefix, node, client.  {the last room left, 1 if it was deleted}.
 UNREGISTER = _PRELUDE + r"""
 local node, client = ARGV[2], ARGV[3]
 local ckey = P .. 'client:' .. client
 if redis.call('HGET', ckey, 'node') ~= node then
   return {'', 0}
 end
-local room, deleted = leave_room(client)
+local room, deleted = leave_rooms(client, '*')
 forget_user(client)
-redis.call('DEL', ckey)
+redis.call('DEL', ckey, P .. 'client-rooms:' .. client)
 redis.call('SREM', P .. 'node-clients:' .. node, client)
 return {room, deleted}
 """
@@ -142,7 +143,8 @@ return {room, deleted}
 #: ARGV: prefix, node, client, candidate room ID, the client as adopt
 #: takes it (who, claim, counted, user), the number of shards and this
 #: one's position, the room's fields as JSON ([field, value, ...]), its
-#: sets as JSON ([key, kind, ...]), changes as JSON (see ``apply``).
+#: sets as JSON ([key, kind, ...]), changes as JSON (see ``apply``), and
+#: the rooms to leave first ('*': all here, '': none, or a room ID).
 #: {'ok', room ID, seq, old room, old deleted} or {'taken'} or {'gone'}.
 CREATE = _PRELUDE + r"""
 local node, client, room = ARGV[2], ARGV[3], ARGV[4]
@@ -153,7 +155,7 @@ end
 if redis.call('EXISTS', P .. 'room:' .. room) == 1 then
   return {'taken'}
 end
-local old, deleted = leave_room(client)
+local old, deleted = leave_rooms(client, ARGV[14])
 -- The creation sequence orders rooms across shards: Redis's clock in steps
 -- of 100 us since 2025 (rising by one step at least), times the number of
 -- shards, plus this one's position, so that no two shards give the same
@@ -179,7 +181,8 @@ return {'ok', room, seq, old, deleted}
 #: ARGV: prefix, node, client, room, since (-1: none), the client as adopt
 #: takes it (who, claim, counted, user), guards as JSON (see ``holds``),
 #: changes to apply after the join as JSON (see ``apply``), the room's
-#: fields to answer as JSON, and reads as JSON (see ``read``).
+#: fields to answer as JSON, reads as JSON (see ``read``), and the rooms to
+#: leave first ('*': all here, '': none, or a room ID).
 #: {'ok', {fields}, {reads}, old room, old deleted, {payloads after since,
 #: oldest first}}, {'same', ...} when already in it, or {'nf'} (no such
 #: room), {'stale'} (a guard no longer holds), {'gone'}.
@@ -211,12 +214,12 @@ if redis.call('EXISTS', rkey) == 0 then
   return {'nf'}
 end
 local outcome, old, deleted = 'same', '', 0
-if redis.call('HGET', P .. 'client:' .. client, 'room') ~= room then
+if redis.call('SISMEMBER', P .. 'client-rooms:' .. client, room) == 0 then
   if not holds(cjson.decode(ARGV[10])) then
     return {'stale'}
   end
   outcome = 'ok'
-  old, deleted = leave_room(client)
+  old, deleted = leave_rooms(client, ARGV[14])
   enter_room(client, room, 'join')
   apply(cjson.decode(ARGV[11]))
 end
@@ -247,13 +250,14 @@ apply(cjson.decode(ARGV[7]))
 return 1
 """
 
-#: ARGV: prefix, node, client.  {room left, 1 if deleted} ('' if in none).
+#: ARGV: prefix, node, client, which ('*': every room here, or a room ID).
+#: {the last room left, 1 if deleted} ('' if in none).
 LEAVE = _PRELUDE + r"""
 local node, client = ARGV[2], ARGV[3]
 if redis.call('HGET', P .. 'client:' .. client, 'node') ~= node then
   return {'', 0}
 end
-local room, deleted = leave_room(client)
+local room, deleted = leave_rooms(client, ARGV[4])
 return {room, deleted}
 """
 
@@ -270,7 +274,7 @@ for i = 6, #ARGV, 3 do
   local client = ARGV[i]
   local ok = in_room[client]
   if ok == nil then
-    ok = redis.call('HGET', P .. 'client:' .. client, 'room') == room
+    ok = redis.call('SISMEMBER', P .. 'client-rooms:' .. client, room) == 1
     in_room[client] = ok
   end
   if ok then
@@ -450,13 +454,13 @@ return purge_node(ARGV[2])
 """
 
 #: ARGV: prefix, node, lease in ms, the node's state as JSON:
-#: {"clients": [[id, room, who, claim, counted, user], ...],
+#: {"clients": [[id, [room, ...], who, claim, counted, user], ...],
 #:  "rooms": {id: {"fields": [field, value, ...], "seq": s, "last_id": n,
 #:                 "sets": [key, kind, ...]}, ...},
 #:  "sets": [[room, key, member, client], ...]}
 #: (seq and last_id as text: Redis writes large Lua numbers as 1.2e+14).
 #: Makes Redis agree with the node (after a restart of Redis, or after the
-#: node was taken for dead): its clients, their rooms and memberships, each
+#: node was taken for dead): its clients, the rooms each is in, memberships, each
 #: room's message counter at least what the node has seen, and the members
 #: of the room's sets the node knows of (a set's member named with a
 #: client of the node's that another node holds is left out).  Clients
@@ -471,9 +475,9 @@ end
 -- Clients Redis has for this node that the node no longer has.
 for _, client in ipairs(redis.call('SMEMBERS', P .. 'node-clients:' .. node)) do
   if not wanted[client] and redis.call('HGET', P .. 'client:' .. client, 'node') == node then
-    leave_room(client)
+    leave_rooms(client, '*')
     forget_user(client)
-    redis.call('DEL', P .. 'client:' .. client)
+    redis.call('DEL', P .. 'client:' .. client, P .. 'client-rooms:' .. client)
     redis.call('SREM', P .. 'node-clients:' .. node, client)
   end
 end
@@ -506,17 +510,23 @@ for id, c in pairs(wanted) do
     table.insert(refused, id)
   else
     kept[id] = true
-    local room, who, claim, counted, user = c[2], c[3], c[4], c[5], c[6]
-    if redis.call('HGET', ckey, 'room') ~= room then
-      leave_room(id)
+    local rooms, who, claim, counted, user = c[2], c[3], c[4], c[5], c[6]
+    local in_them = {}
+    for _, room in ipairs(rooms) do
+      in_them[room] = true
     end
-    redis.call('HSET', ckey, 'node', node, 'room', room, 'who', who, 'claim', claim, 'counted', counted,
-               'user', user)
+    for _, room in ipairs(rooms_of(id)) do
+      if not in_them[room] then
+        leave_room(id, room)
+      end
+    end
+    redis.call('HSET', ckey, 'node', node, 'who', who, 'claim', claim, 'counted', counted, 'user', user)
     redis.call('SADD', P .. 'node-clients:' .. node, id)
     if user ~= '' then
       redis.call('SADD', P .. 'user-clients:' .. user, id)
     end
-    if room ~= '' then
+    for _, room in ipairs(rooms) do
+      redis.call('SADD', P .. 'client-rooms:' .. id, room)
       if redis.call('ZADD', P .. 'members:' .. room, 'NX', redis.call('INCR', P .. 'seq:join'), id) == 1 then
         count(room, counted, 1)
       end
