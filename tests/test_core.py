@@ -315,15 +315,17 @@ def test_handle_dispatches_commands() -> None:
     assert [m["body"] for m in bob_sink.received] == ["m"]
 
 
-def test_a_cluster_nodes_view_moves_a_receiver_between_rooms() -> None:
+def test_a_cluster_nodes_view_has_a_receiver_in_its_rooms() -> None:
     core = ChatCore()
     local = LocalRooms(core)
     client = core.connect(FakeSink())
     first, second = local.room("r1"), local.room("r2")
     local.receive_in(client, first)
     local.receive_in(client, second)
-    assert client.client_id not in first.members and second.members[client.client_id] is client
-    local.receive_in(client, None)
+    assert first.members[client.client_id] is client and second.members[client.client_id] is client
+    local.stop_receiving(client, first)
+    assert first.members == {} and client.receiving == {"r2": second}
+    local.stop_receiving(client)
     assert second.members == {} and client.receiving is None
 
 

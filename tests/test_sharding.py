@@ -170,6 +170,48 @@ async def test_moving_between_shards_tells_the_old_room_and_nicks_hold_on_the_ne
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_connection_keeps_rooms_on_both_shards(
+    sharded_cluster: Any, redis_shards: list[RedisServer],
+) -> None:
+    one, two = await sharded_cluster(), await sharded_cluster()
+    (keeper, keeper_id), (ada, _) = await two.welcomed(), await one.welcomed()
+    rooms, holders = await room_on_each_shard(one.welcomed, redis_shards)
+    for room_id in rooms:
+        reply = await keeper.request({"action": "join", "body": {"room_id": room_id, "keep": True}})
+        assert reply["status"] == "success", reply
+    for index, room_id in enumerate(rooms):  # each shard holds it in its own room
+        assert redis_shards[index].command("SMEMBERS", f"chatd:client-rooms:{keeper_id}") == [room_id]
+    # Messages from both shards reach it, named; it speaks in either.
+    for holder, room_id in zip(holders, rooms, strict=True):
+        assert (await holder.request({"action": "message", "body": f"to {room_id}"}))["status"] == "success"
+        got = await keeper.next()
+        assert (got["body"], got["room_id"]) == (f"to {room_id}", room_id)
+    assert (await keeper.request({"action": "message", "room_id": rooms[0], "body": "back"}))["status"] == "success"
+    assert (await holders[0].next())["body"] == "back"
+    # A nick is checked in both rooms, on both shards, before it is taken in either.
+    assert (await holders[0].request({"action": "nick", "body": "Taken"}))["status"] == "success"
+    assert (await keeper.request({"action": "nick", "body": "taken"}))["status"] == "error"
+    assert (await ada.request({"action": "join", "body": {"room_id": rooms[1]}}))["status"] == "success"
+    assert (await keeper.request({"action": "nick", "body": "Kay"}))["status"] == "success"
+    members = (await ada.request({"action": "members"}))["members"]
+    assert {m["client_id"]: m["nick"] for m in members}[keeper_id] == "Kay"
+    # The seed's join, from the room on shard 1: out of that one only.
+    third = (await ada.request({"action": "create", "body": {"name": "third", "keep": True}}))["room_id"]
+    assert (await keeper.request({"action": "join", "body": {"room_id": third}}))["status"] == "success"
+    kept = {room_id for index, shard in enumerate(redis_shards)
+            for room_id in shard.command("SMEMBERS", f"chatd:client-rooms:{keeper_id}")}
+    assert kept == {rooms[0], third}
+    # Gone: out of every room, on both shards.
+    await keeper.close()
+    await within(two.chat.settled(), "the disconnect to reach Redis")
+    for index, room_id in enumerate(rooms):
+        assert redis_shards[index].command("ZSCORE", f"chatd:members:{room_id}", keeper_id) is None
+        assert redis_shards[index].command("EXISTS", f"chatd:client-rooms:{keeper_id}") == 0
+    for client in (ada, *holders):
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_list_pages_through_both_shards_in_creation_order(
     sharded_cluster: Any, redis_shards: list[RedisServer],
 ) -> None:

@@ -15,6 +15,7 @@ import pytest_twisted
 
 from tests.support.clients import WSClient
 from tests.test_lasting import Daemon, guest, send, signed_in
+from tests.test_room_scope import ports  # noqa: F401  (the fixture: one process, and two nodes of a cluster)
 
 ARGS = ("--listen", "tcp:0:interface=127.0.0.1", "--store", "memory", "--ping-interval", "0")
 
@@ -29,9 +30,9 @@ async def room_with(client: WSClient, name: str, *bodies: str, private: bool = F
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_guest_catches_up_on_the_rooms_it_names(daemon_factory: Any) -> None:
-    port = int(await daemon_factory(*ARGS).wait_listening())
-    host, _ = await guest(port)
+async def test_a_guest_catches_up_on_the_rooms_it_names(ports: Any) -> None:  # noqa: F811
+    port, other = await ports()
+    host, _ = await guest(other)
     den = await room_with(host, "Den", "d1", "d2", "d3")
     lobby = await room_with(host, "Lobby", "l1")
     hidden = await room_with(host, "Hidden", "secret", private=True)
@@ -109,9 +110,9 @@ async def test_a_user_catches_up_on_its_lasting_rooms_after_a_restart(
 
 
 @pytest_twisted.ensureDeferred
-async def test_sync_keeps_to_the_limit_and_to_the_room_rules(daemon_factory: Any) -> None:
-    port = int(await daemon_factory(*ARGS, "--max-rooms-per-connection", "2").wait_listening())
-    host, host_id = await guest(port)
+async def test_sync_keeps_to_the_limit_and_to_the_room_rules(ports: Any) -> None:  # noqa: F811
+    port, other = await ports("--max-rooms-per-connection", "2")
+    host, host_id = await guest(other)
     rooms = [await room_with(host, name) for name in ("A", "B")]
     client, client_id = await guest(port)
     third = await room_with(client, "C")
@@ -124,7 +125,7 @@ async def test_sync_keeps_to_the_limit_and_to_the_room_rules(daemon_factory: Any
     assert [r["room_id"] for r in reply["rooms"]] == [rooms[1], third]
     assert reply["skipped"] == [{"room_id": rooms[0], "message": f"You are banned from room {rooms[0]}"}]
     # At the limit now.
-    host2, _ = await guest(port)
+    host2, _ = await guest(other)
     fourth = await room_with(host2, "D")
     reply = await client.request({"action": "sync", "body": {"since": {fourth: 0}}})
     assert reply["skipped"] == [{"room_id": fourth, "message": "You are in too many rooms (limit 2)"}]
@@ -152,19 +153,10 @@ async def test_bad_sync_requests_get_specific_errors(daemon_factory: Any) -> Non
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_cluster_refuses_sync_for_now(daemon_factory: Any, redis_server: Any) -> None:
-    port = int(await daemon_factory(*ARGS, "--redis", redis_server.url).wait_listening())
-    client, _ = await guest(port)
-    assert await client.request({"action": "sync"}) == {
-        "status": "error",
-        "message": "'sync' is not available on a cluster yet: a connection there is in one room at a time"}
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_sync_costs_what_its_joins_would(daemon_factory: Any) -> None:
+async def test_a_sync_costs_what_its_joins_would(ports: Any) -> None:  # noqa: F811
     # Entering many rooms at once is no cheaper than joining them: the
     # command rate limit is charged a join for each room past the first.
-    port = int(await daemon_factory(*ARGS, "--rate-commands", "1", "--rate-commands-burst", "3").wait_listening())
+    port, _ = await ports("--rate-commands", "1", "--rate-commands-burst", "3")
     hosts = [(await guest(port))[0] for _ in range(5)]
     rooms = [await room_with(host, f"R{n}") for n, host in enumerate(hosts)]
     client, _ = await guest(port)

@@ -42,17 +42,14 @@ from chatd.backplane.membership import Membership
 from chatd.delivery.local import LocalRooms
 from chatd.delivery.outbox import Flusher
 from chatd.errors import ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
-from chatd.rooms import rules
+from chatd.rooms import many, rules
+from chatd.rooms.catchup import too_many
 from chatd.rooms.rules import done_reply
-from chatd.rooms.state import Client, Room
+from chatd.rooms.state import Client, Room, tag
 
 Reply = dict[str, Any]
 T = TypeVar("T")
 
-KEEP_ON_A_CLUSTER = (
-    "'keep' is not available on a cluster yet: a connection there is in one room at a time")
-SYNC_ON_A_CLUSTER = (
-    "'sync' is not available on a cluster yet: a connection there is in one room at a time")
 
 #: Candidate IDs tried before giving up (each is 32 random bits).
 _TRIES = 5
@@ -160,26 +157,24 @@ class ClusterChat:
             return fail(e)
 
     def _handle(self, client: Client, command: Command, now: float) -> "Deferred[Reply]":
-        if isinstance(command, (codec.Join, codec.Create)) and command.keep:
-            raise ChatError(KEEP_ON_A_CLUSTER)
         if isinstance(command, codec.Sync):
-            raise ChatError(SYNC_ON_A_CLUSTER)
+            return Deferred.fromCoroutine(self.sync(client, command.since, now))
         if isinstance(command, codec.Join):
-            return self.join(client, command.room_id, now, command.since)
+            return self.join(client, command.room_id, now, command.since, keep=command.keep)
         if isinstance(command, codec.Create):
-            return self.create(client, command.name, now, command.private, command.persistent)
+            return self.create(client, command.name, now, command.private, command.persistent, command.keep)
         if isinstance(command, codec.Leave):
-            return self.leave(client, now)
+            return self.leave(client, now, command.scope)
         if isinstance(command, codec.ListRooms):
             return self.list_rooms(command.limit, command.after, client)
         if isinstance(command, codec.Manage):
             return self.manage(client, command)
         if isinstance(command, codec.Members):
-            return self.members(client)
+            return self.members(client, command.scope)
         if isinstance(command, codec.Nick):
             return self.set_nick(client, command.nick, now)
         if isinstance(command, codec.History):
-            return self.recent(client, command.limit, command.before)
+            return self.recent(client, command.limit, command.before, command.scope)
         if isinstance(command, codec.Events):
             return succeed(self.core.set_events(client, command.on))
         if isinstance(command, codec.Rooms):
@@ -224,30 +219,36 @@ class ClusterChat:
 
     def create(
         self, client: Client, name: str, now: float, private: bool = False, persistent: bool = False,
+        keep: bool = False,
     ) -> "Deferred[Reply]":
         if not self.shards.partly_available:
             raise Unavailable()
+        if keep:
+            many.check_keep(client, self.core.limits.rooms_per_connection)
+            tag(client)
         if not persistent:
             self.core.check_create_rate(client, now)
-            return self._create(client, name, codec.timestamp(now), private, None, _TRIES)
+            return self._create(client, name, codec.timestamp(now), private, None, _TRIES, keep)
 
         def allowed(_: None) -> "Deferred[Reply]":
             self.core.check_create_rate(client, now)
-            return self._create(client, name, codec.timestamp(now), private, client.user or "", _TRIES)
+            return self._create(client, name, codec.timestamp(now), private, client.user or "", _TRIES, keep)
 
         return Deferred.fromCoroutine(self.lasting.check_create(client)).addCallback(allowed)
 
     def _create(
         self, client: Client, name: str, created_at: str, private: bool, owner_user: Optional[str], tries: int,
+        keep: bool = False,
     ) -> "Deferred[Reply]":
         """``owner_user``: a persistent room's owner ("": none), None for a seed room."""
         room = self.membership.local.room(self._new_room_id())
         self.membership.created(room, name, created_at, client.client_id, private, owner_user)
         room_id = room.room_id
-        shard, old = self.shards.of(room_id), client.room
+        shard, old = self.shards.of(room_id), None if keep else client.room
+        alone = not client.others
 
         def run(_: None) -> "Deferred[Any]":
-            return self.rooms.create(shard, client, room, len(self.shards), self.shards.position(shard))
+            return self.rooms.create(shard, client, room, len(self.shards), self.shards.position(shard), keep)
 
         def done(reply: list[Any]) -> Union[Reply, Deferred[Reply]]:
             created = lines.Created.decode(reply)
@@ -255,14 +256,14 @@ class ClusterChat:
             if outcome == "taken":
                 self.membership.abandon(pending)
                 if tries > 1:
-                    return self._create(client, name, created_at, private, owner_user, tries - 1)
+                    return self._create(client, name, created_at, private, owner_user, tries - 1, keep)
                 raise RuntimeError("no free room ID after several tries")
             if outcome != "ok":
                 self.membership.abandon(pending)
                 raise Unavailable()
             self.membership.numbered(room, created.seq)
             self._old_room(created.left)
-            self._leave_elsewhere(client, old, shard)
+            self._leave_elsewhere(client, old, shard, alone)
             if self.membership.answered(pending):
                 self.core.events.room_created(room, client)
             answer = codec.created(room_id, name, private, room.persistent)
@@ -270,12 +271,13 @@ class ClusterChat:
                 return answer
             return Deferred.fromCoroutine(self._kept(answer, self.lasting.created(room, client)))
 
-        pending = self.membership.expect(client, room)
+        pending = self.membership.expect(client, room, keep)
         return self.membership.subscribed(room_id).addCallback(run).addCallbacks(
             done, self.membership.failed, errbackArgs=(pending,))
 
     def join(
         self, client: Client, room_id: str, now: float = 0.0, since: Optional[int] = None, revived: bool = False,
+        keep: bool = False,
     ) -> "Deferred[Reply]":
         current = client.room
         if current is not None and current.room_id == room_id and since is None:
@@ -283,10 +285,17 @@ class ClusterChat:
         shard = self.shards.of(room_id)
         if not shard.available:
             raise Unavailable()
+        in_it = client.others is not None and room_id in client.others or (
+            current is not None and current.room_id == room_id)
+        if keep:
+            if not in_it:
+                many.check_keep(client, self.core.limits.rooms_per_connection)
+            tag(client)
         room = self.membership.local.room(room_id)
+        old, alone = None if keep else current, not client.others
 
         def run(_: None) -> "Deferred[lines.Entered]":
-            return Deferred.fromCoroutine(self.rooms.enter(client, room_id, since))
+            return Deferred.fromCoroutine(self.rooms.enter(client, room_id, since, keep))
 
         def done(entered: lines.Entered) -> Union[Reply, Deferred[Reply]]:
             outcome = entered.outcome
@@ -295,7 +304,7 @@ class ClusterChat:
                 if outcome == "nf" and not revived:
                     # Perhaps a persistent room Redis has lost: from the store.
                     return Deferred.fromCoroutine(self.lasting.revive(room_id)).addCallback(
-                        lambda found: self.join(client, room_id, now, since, True) if found else fail(
+                        lambda found: self.join(client, room_id, now, since, True, keep) if found else fail(
                             RoomNotFound(room_id)))
                 if outcome == "nf":
                     raise RoomNotFound(room_id)
@@ -303,7 +312,7 @@ class ClusterChat:
             owners = [lines.text(x) for x in entered.reads[0]]
             self.membership.learned(room, entered.fields, entered.last_id, owners[0] if owners else "")
             self._old_room(entered.left)
-            self._leave_elsewhere(client, current, shard)
+            self._leave_elsewhere(client, old, shard, alone)
             self.membership.answered(pending, same=outcome == "same")
             reply = codec.joined(room_id, room.name)
             if not room.persistent:
@@ -312,22 +321,75 @@ class ClusterChat:
                 return reply
             return Deferred.fromCoroutine(self._joined_lasting(client, room, since, entered.missed, reply))
 
-        pending = self.membership.expect(client, room)
+        pending = self.membership.expect(client, room, keep)
         return self.membership.subscribed(room_id).addCallback(run).addCallbacks(
             done, self.membership.failed, errbackArgs=(pending,))
 
-    def leave(self, client: Client, now: float = 0.0) -> "Deferred[Reply]":
-        room = self.membership.left(client)
-        if room is None:
+    async def sync(self, client: Client, since: dict[str, int], now: float) -> Reply:
+        """``sync`` (:mod:`chatd.rooms.catchup` has it for one process): the
+        rooms named, then the user's lasting ones, then the others the
+        connection is in, each joined keeping the rest, one after another."""
+        markers: dict[str, int] = {}
+        durable = self.lasting.durable
+        if durable is not None and client.user is not None:
+            markers = {room_id: int(last_read) for room_id, last_read in await durable.query(
+                "SELECT room_id, last_read FROM memberships WHERE user_name = ?", client.user)}
+        mine = [room.room_id for room in many.rooms_of(client)]
+        wanted = list(since) + [r for r in markers if r not in since]
+        wanted += [r for r in mine if r not in since and r not in markers]
+        tag(client)
+        current = client.room
+        limit = self.core.limits.rooms_per_connection
+        entered: list[str] = []
+        replies: dict[str, Reply] = {}
+        skipped: list[Reply] = []
+        for room_id in wanted:
+            in_it = any(room.room_id == room_id for room in many.rooms_of(client))
+            try:
+                if not in_it and many.count(client) >= limit:
+                    raise ChatError(too_many(limit))
+                replies[room_id] = await self.join(client, room_id, now, since.get(room_id), keep=True)
+            except ChatError as refused:
+                skipped.append({"room_id": room_id, "message": str(refused)})
+                continue
+            entered.append(room_id)
+        rooms = {room.room_id: room for room in many.rooms_of(client)}
+        first = current if current is not None and current.room_id in rooms else (
+            rooms.get(entered[0]) if entered else None)
+        if first is not None:
+            many.make_current(client, first)
+        self.core.charge_commands(client, sum(1 for r in entered if r not in mine) - 1, now)
+        listed = {entry["room_id"]: entry for entry in (await self.lasting.rooms_of(client))["rooms"]}
+        out: list[Reply] = []
+        for room_id in entered:
+            entry, room, asked = dict(listed[room_id]), rooms[room_id], since.get(room_id)
+            if room_id not in markers:  # no marker kept: read up to where the client says it saw
+                entry["last_read"] = room.last_id if asked is None else min(asked, room.last_id)
+                entry["unread"] = room.last_id - entry["last_read"]
+            entry["current"] = room is client.room
+            if asked is not None:
+                reply = replies[room_id]
+                entry["recovered"], entry["messages"] = reply.get("recovered", True), reply.get("messages", [])
+            out.append(entry)
+        answer: Reply = {"status": "success", "rooms": out}
+        if skipped:
+            answer["skipped"] = skipped
+        return answer
+
+    def leave(self, client: Client, now: float = 0.0, scope: Optional[str] = None) -> "Deferred[Reply]":
+        if client.room is None:
             raise NotInRoom("Not in any room")
+        room = many.target(client, scope)
+        # Out of every room there when it is in one (Redis may hold it in
+        # another after a join whose answer was lost), else out of this one.
+        which = "*" if not client.others else room.room_id
+        self.membership.left(client, room)
         reply = {"status": "success", "message": "Left room"}
         shard = self.shards.of(room.room_id)
         if not shard.available:
             # The resync after Redis is back catches up.
             return Deferred.fromCoroutine(self._kept(reply, self.lasting.left(client, room, look=False)))
-        # Out of every room there: a connection here is in one, and Redis may
-        # hold it in another after a join whose answer was lost.
-        d = self.calls.call(shard, scripts.LEAVE, self.shards.node, client.client_id, "*")
+        d = self.calls.call(shard, scripts.LEAVE, self.shards.node, client.client_id, which)
 
         def done(result: list[Any]) -> Deferred[Reply]:
             self._left(result)
@@ -342,8 +404,8 @@ class ClusterChat:
     def publish(self, client: Client, body: Any, now: float, answer: Answer, room: Optional[Room] = None) -> None:
         """Broadcast through the room's channel (or, without Redis, here
         only); ``answer`` gets the sender's reply once Redis has numbered it.
-        A connection here is in one room (``room``, if named, is it)."""
-        room = client.room
+        ``room``: the one the client named (else its current one)."""
+        room = room if room is not None else client.room
         if room is None:
             answer(Failure(NotInRoom("You must join a room first")), client)
             return
@@ -404,15 +466,15 @@ class ClusterChat:
 
         return d.addCallback(done)
 
-    def members(self, client: Client) -> "Deferred[Reply]":
-        room, shard = self._room_of(client)
+    def members(self, client: Client, scope: Optional[str] = None) -> "Deferred[Reply]":
+        room, shard = self._room_of(client, scope)
         return Deferred.fromCoroutine(self.rooms.members(client, room, shard))
 
     def manage(self, client: Client, command: codec.Manage) -> "Deferred[Reply]":
         """An owner's or a moderator's action: decided by the room rules
         (:func:`chatd.rooms.rules.manage`) on the room as Redis has it, and
         applied there only if the room is still so; else decided again."""
-        room, shard = self._room_of(client)
+        room, shard = self._room_of(client, command.scope)
 
         def applied(decided: tuple[rules.Changes, Room, int]) -> Union[Reply, Deferred[Reply]]:
             changes, view, version = decided
@@ -428,27 +490,34 @@ class ClusterChat:
     def set_nick(self, client: Client, nick: str, now: float) -> "Deferred[Reply]":
         reply = {"status": "success", "message": f"Nick set to '{nick}'", "nick": nick}
         everywhere = redis_store.renamed(client.client_id, nick, client.user)
-        room = client.room
-        if room is None:
+        rooms = many.rooms_of(client)
+        if not rooms:
             # Nobody to clash with: recorded on every shard in the background
             # (one away records it at its resync).
             client.nick = nick
             self.calls.on_each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere)
             return succeed(reply)
-        # The room's shard says whether it is free there; the others follow.
-        shard = self.shards.of(room.room_id)
-        if not shard.available:
+        # Each room's shard says whether it is free there; the others follow.
+        if any(not self.shards.of(room.room_id).available for room in rooms):
             raise Unavailable()
 
-        def done(_: None) -> Reply:
+        async def renamed() -> Reply:
+            if len(rooms) > 1:  # free in every room before it is taken in any
+                for room in rooms:
+                    await self.rooms.check_nick(client, room, nick)
+            for room in rooms:
+                await self.rooms.rename(client, room, nick)
             client.nick = nick
-            self.calls.on_each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere, but=shard)
+            # Every shard has the client's record: each takes the nick (again, where a room took it).
+            self.calls.on_each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere)
             return reply
 
-        return Deferred.fromCoroutine(self.rooms.rename(client, room, nick)).addCallback(done)
+        return Deferred.fromCoroutine(renamed())
 
-    def recent(self, client: Client, limit: int, before: Optional[int]) -> "Deferred[Reply]":
-        room, shard = self._room_of(client)
+    def recent(
+        self, client: Client, limit: int, before: Optional[int], scope: Optional[str] = None,
+    ) -> "Deferred[Reply]":
+        room, shard = self._room_of(client, scope)
         d = self.calls.call(shard, scripts.HISTORY, room.room_id, limit, before or 0, client.client_id)
 
         def done(payloads: Any) -> Any:
@@ -465,28 +534,35 @@ class ClusterChat:
         as_user = Client(client.client_id, redis_store.NO_SINK)
         as_user.nick, as_user.user = client.nick, user
         everywhere = redis_store.identified(client.client_id, client.nick, user)
-        room = client.room
-        if room is None:
+        rooms = many.rooms_of(client)
+        if not rooms:
             d = self.calls.each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere)
         else:
-            # The room's shard decides whether the room admits the user (a
-            # ban), and records it; the others follow.
-            shard = self.shards.of(room.room_id)
+            # Each room's shard decides whether the room admits the user (a
+            # ban: refused if any room does), and records it; the others follow.
+            async def admitted() -> list[tuple[Any, Any]]:
+                if len(rooms) > 1:
+                    for room in rooms:
+                        await self.rooms.check_user(as_user, room)
+                for room in rooms:
+                    await self.rooms.become(as_user, room)
+                self.calls.on_each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere)
+                return [(None, "ok")]
 
-            def admitted(_: None) -> list[tuple[Any, Any]]:
-                self.calls.on_each(scripts.CHANGE, self.shards.node, client.client_id, "[]", everywhere, but=shard)
-                return [(shard, "ok")]
-
-            d = Deferred.fromCoroutine(self.rooms.become(as_user, room)).addCallback(admitted)
+            d = Deferred.fromCoroutine(admitted())
 
         def recorded(results: list[tuple[Any, Any]]) -> Any:
             if not any(lines.text(outcome) == "ok" for _, outcome in results):
                 raise Unavailable()
             self.core.set_user(client, user)
-            if room is not None and room.persistent:
-                # Signed in inside a persistent room: a member of it, kept first.
-                return Deferred.fromCoroutine(self._kept(None, self.lasting.joined(client, room))).addCallback(
-                    lambda _: nicked())
+            lasting = [room for room in rooms if room.persistent]
+            if lasting:
+                # Signed in inside persistent rooms: a member of each, kept first.
+                async def joined() -> None:
+                    for room in lasting:
+                        await self._kept(None, self.lasting.joined(client, room))
+
+                return Deferred.fromCoroutine(joined()).addCallback(lambda _: nicked())
             return nicked()
 
         def nicked() -> Any:
@@ -543,15 +619,14 @@ class ClusterChat:
         """Make a shard agree with this node (after a restart, a partition, or
         at start): every client, and the rooms that live on it."""
         state = redis_store.resync_state([
-            (client, client.room if client.room is not None and self.shards.of(client.room.room_id) is shard else None)
+            (client, [room for room in many.rooms_of(client) if self.shards.of(room.room_id) is shard])
             for client in self.core.clients.values()])  # a room elsewhere: none, as far as this shard knows
         d = shard.resync(state)
 
         def done(refused: list[Any]) -> None:
             self.membership.place_answered(shard)  # joins whose event was lost with the channel
-            lasting = sorted({client.room.room_id for client in self.core.clients.values()
-                              if client.room is not None and client.room.persistent
-                              and self.shards.of(client.room.room_id) is shard})
+            lasting = sorted({room.room_id for client in self.core.clients.values() for room in many.rooms_of(client)
+                              if room.persistent and self.shards.of(room.room_id) is shard})
             if lasting:
                 # Roles and lists Redis may have lost with its data, from the store.
                 self.calls.background(Deferred.fromCoroutine(self.lasting.restore(shard, lasting)),
@@ -591,14 +666,16 @@ class ClusterChat:
             await self.lasting.recovered(room, since, missed, reply)
         return reply
 
-    def _leave_elsewhere(self, client: Client, old: Optional[Room], shard: Any) -> None:
+    def _leave_elsewhere(self, client: Client, old: Optional[Room], shard: Any, alone: bool) -> None:
         """The client went from ``old`` into a room on ``shard``: the old
-        room's shard, if another, takes it out there."""
+        room's shard, if another, takes it out there (out of every room
+        there, if ``old`` was the one room the client was in)."""
         if old is None:
             return
         elsewhere = self.shards.of(old.room_id)
         if elsewhere is not shard and elsewhere.connected:
-            d = elsewhere.call(scripts.LEAVE, self.shards.node, client.client_id, "*").addCallback(self._left)
+            which = "*" if alone else old.room_id
+            d = elsewhere.call(scripts.LEAVE, self.shards.node, client.client_id, which).addCallback(self._left)
             self.calls.background(d, "leaving a room on another shard")
 
     def _new_room_id(self) -> str:
@@ -609,11 +686,9 @@ class ClusterChat:
                 return room_id
         raise Unavailable()
 
-    def _room_of(self, client: Client) -> tuple[Room, Any]:
-        """The client's room, and its shard (in step)."""
-        room = client.room
-        if room is None:
-            raise NotInRoom("You must join a room first")
+    def _room_of(self, client: Client, scope: Optional[str] = None) -> tuple[Room, Any]:
+        """The room the client named (else its current one), and its shard (in step)."""
+        room = many.target(client, scope)
         shard = self.shards.of(room.room_id)
         if not shard.available:
             raise Unavailable()

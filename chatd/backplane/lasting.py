@@ -29,7 +29,7 @@ from chatd import codec
 from chatd.backplane import lines, scripts
 from chatd.backplane.redis_store import RedisRooms, as_json, stored_lists
 from chatd.errors import ChatError, Unavailable
-from chatd.rooms import rules
+from chatd.rooms import many, rules
 from chatd.rooms.lasting import MAX_MEMBERSHIPS, check_create, check_delete, check_read, stored_room
 from chatd.rooms.state import Client, Room
 
@@ -260,8 +260,8 @@ class ClusterLasting:
             after = rows[-1].seq
 
     async def rooms_of(self, client: Client) -> Reply:
-        """The ``rooms`` action: the user's persistent rooms, and the connection's room."""
-        user, current = client.user, client.room
+        """The ``rooms`` action: the user's persistent rooms, and the connection's rooms."""
+        user = client.user
         stored_rooms: list[Any] = []
         markers: dict[str, int] = {}
         if self.durable is not None and user is not None:
@@ -270,14 +270,15 @@ class ClusterLasting:
             markers = {room_id: int(last_read) for room_id, last_read in await self.durable.query(
                 "SELECT room_id, last_read FROM memberships WHERE user_name = ?", user)}
         entries: list[Reply] = []
-        if current is not None:
+        mine = many.rooms_of(client)
+        for room in mine:
             entries.append({
-                "room_id": current.room_id, "name": current.name, "private": current.private,
-                "persistent": current.persistent, "role": await self._role_in(client, current),
-                "last_id": current.last_id, "last_read": markers.get(current.room_id, current.last_id),
+                "room_id": room.room_id, "name": room.name, "private": room.private,
+                "persistent": room.persistent, "role": await self._role_in(client, room),
+                "last_id": room.last_id, "last_read": markers.get(room.room_id, room.last_id),
                 "unread": 0})
         for stored in stored_rooms:
-            if current is not None and stored.room_id == current.room_id:
+            if any(stored.room_id == room.room_id for room in mine):
                 continue
             entries.append({
                 "room_id": stored.room_id, "name": stored.name, "private": stored.private, "persistent": True,
@@ -310,7 +311,7 @@ class ClusterLasting:
         """The room as the store keeps it (else the client's room, if it is
         that one; None: neither), whether the client is in it, and the
         user's read marker there (None: no member)."""
-        current = client.room if client.room is not None and client.room.room_id == room_id else None
+        current = next((room for room in many.rooms_of(client) if room.room_id == room_id), None)
         stored = await self.durable.rooms("room_id = ?", room_id) if self.durable is not None else []
         marker = None
         if self.durable is not None and client.user is not None and stored:

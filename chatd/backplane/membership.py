@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from chatd.backplane.shards import Shards
 from chatd.delivery.local import LocalRooms
 from chatd.errors import Unavailable
+from chatd.rooms import many
 from chatd.rooms.state import Client, Room
 
 
@@ -26,11 +27,12 @@ class _Pending:
     """A join or create on its way: done once Redis has answered and the
     room's channel has carried the join (or create) event, in either order."""
 
-    __slots__ = ("client", "room", "placed", "answered", "cancelled", "kicked")
+    __slots__ = ("client", "room", "keep", "placed", "answered", "cancelled", "kicked")
 
-    def __init__(self, client: Client, room: Room) -> None:
+    def __init__(self, client: Client, room: Room, keep: bool = False) -> None:
         self.client = client
         self.room = room
+        self.keep = keep  # the client stays in the rooms it is in
         self.placed = False  # receiving the room's broadcasts here
         self.answered = False  # Redis has answered; client.room is the room
         self.cancelled = False  # the client went meanwhile
@@ -151,21 +153,19 @@ class Membership:
 
     # -- what the node's clients do --------------------------------------------
 
-    def left(self, client: Client) -> Optional[Room]:
-        """``client`` leaves its room here (None: it was in none)."""
-        room = client.room
-        if room is not None:
-            client.room = None
-            self.local.receive_in(client, None)
-            self.unref(room)
-        return room
+    def left(self, client: Client, room: Room) -> None:
+        """``client`` leaves ``room`` here (one of its rooms)."""
+        many.drop(client, room)
+        self.local.stop_receiving(client, room)
+        self.unref(room)
 
     def gone(self, client: Client) -> None:
         """``client`` disconnected."""
-        self.local.receive_in(client, None)
+        self.local.stop_receiving(client)
         self.cancel(client)
-        room, client.room = client.room, None
-        if room is not None:
+        rooms = many.rooms_of(client)
+        client.room = client.others = None
+        for room in rooms:
             self.unref(room)
 
     def replied(self, client: Client) -> None:
@@ -182,10 +182,9 @@ class Membership:
 
     def out_of(self, client: Client, room: Room) -> None:
         """``client`` is no longer in ``room`` (Redis says so)."""
-        if client.receiving is room:
-            self.local.receive_in(client, None)
-        if client.room is room:
-            client.room = None
+        self.local.stop_receiving(client, room)
+        if many.is_in(client, room):
+            many.drop(client, room)
             self.unref(room)
 
     def subscribed(self, room_id: str) -> "Deferred[None]":
@@ -237,8 +236,8 @@ class Membership:
         if self.batches is not None:
             self.batches.release(room_id)
 
-    def expect(self, client: Client, room: Room) -> _Pending:
-        pending = _Pending(client, room)
+    def expect(self, client: Client, room: Room, keep: bool = False) -> _Pending:
+        pending = _Pending(client, room, keep)
         self._pending[(room.room_id, client.client_id)] = pending
         self._pending_of[client.client_id] = pending
         return pending
@@ -249,6 +248,9 @@ class Membership:
             return
         pending.placed = True
         client = pending.client
+        old = client.room
+        if old is not None and old is not pending.room and not pending.keep:
+            self.local.stop_receiving(client, old)  # the seed's way: nothing more from the room it leaves
         self.local.receive_in(client, pending.room)
         if not pending.answered and not isinstance(client.sink, _Holding):
             client.sink = _Holding(client.sink)
@@ -257,21 +259,23 @@ class Membership:
     def answered(self, pending: _Pending, same: bool = False) -> bool:
         """Redis said yes: the client is in the room (``same``: it was
         already).  False if it went meanwhile."""
+        client = pending.client
         if same:
-            self._pending.pop((pending.room.room_id, pending.client.client_id), None)
+            self._pending.pop((pending.room.room_id, client.client_id), None)
             pending.placed = True
-            self.local.receive_in(pending.client, pending.room)
-            if pending.client.room is pending.room:
+            self.local.receive_in(client, pending.room)
+            if many.is_in(client, pending.room):
                 self.unref(pending.room)  # the client holds its reference on the room already
         if pending.cancelled:
             return False
-        client = pending.client
-        old, client.room = client.room, pending.room
-        pending.answered = True
-        if old is not None and old is not pending.room:
-            if not pending.placed:
-                self.local.receive_in(client, None)  # nothing more from the old room
+        old = client.room
+        if old is not None and old is not pending.room and not pending.keep:
+            # The seed's way: out of the room it was in (only that one).
+            self.local.stop_receiving(client, old)
+            client.room = None  # left, not kept
             self.unref(old)
+        many.make_current(client, pending.room)
+        pending.answered = True
         if pending.kicked:
             self.out_of(client, pending.room)  # and out of it again (_kicked)
         self._done_if_complete(pending)

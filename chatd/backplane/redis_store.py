@@ -19,9 +19,9 @@ from twisted.internet.defer import Deferred
 
 from chatd import codec
 from chatd.backplane import facts, lines, scripts
-from chatd.errors import Unavailable
+from chatd.errors import NotInRoom, Unavailable
 from chatd.names import fold
-from chatd.rooms import rules
+from chatd.rooms import many, rules
 from chatd.rooms.rules import RoomView
 from chatd.rooms.state import Client, Room, member_entry, names_of
 from chatd.rooms.store import DECISIONS as _DECISIONS
@@ -47,7 +47,21 @@ class RedisRooms:
         # member there), after the node has put its view right.
         self._check_reader = check_reader
 
-    def create(self, shard: Any, client: Client, room: Room, stride: int, position: int) -> "Deferred[Any]":
+    def leaving(self, client: Client, keep: bool, shard: Any) -> str:
+        """Which of the client's rooms on ``shard`` a join or create there
+        leaves first: none (``keep``); its current one, if there, when it
+        keeps others; all there ('*') when it is in one room, so that a
+        membership Redis holds from a join whose answer was lost goes too."""
+        if keep:
+            return ""
+        current = client.room
+        if not client.others:
+            return "*"
+        return current.room_id if current is not None and self.shards.of(current.room_id) is shard else ""
+
+    def create(
+        self, shard: Any, client: Client, room: Room, stride: int, position: int, keep: bool = False,
+    ) -> "Deferred[Any]":
         """Create ``room`` (its name, creator and privacy set) with its
         creator in it, owner, and invited if it is private."""
         room_id = room.room_id
@@ -60,7 +74,8 @@ class RedisRooms:
             changes.append(["sadd", room_id, f"invited:{room_id}", *invited])
         return self._call(
             shard, scripts.CREATE, self.node, client.client_id, room_id, *facts.identity(client), stride, position,
-            as_json(fields), as_json(room_sets(room_id, room.persistent)), as_json(changes), "*")
+            as_json(fields), as_json(room_sets(room_id, room.persistent)), as_json(changes),
+            self.leaving(client, keep, shard))
 
     def revive(self, stored: Any) -> "Deferred[Any]":
         """Put a persistent room the store keeps (a
@@ -77,11 +92,11 @@ class RedisRooms:
             self.shards.of(room_id), scripts.REVIVE, room_id, str(stored.seq), str(stored.last_id),
             as_json(fields), as_json(room_sets(room_id, True)), as_json(changes))
 
-    async def enter(self, client: Client, room_id: str, since: Optional[int]) -> lines.Entered:
+    async def enter(self, client: Client, room_id: str, since: Optional[int], keep: bool = False) -> lines.Entered:
         """The join, decided by :func:`chatd.rooms.rules.join_refusal`."""
         entered: lines.Entered = await decide(
             self, room_id, client, lambda view: rules.join_refusal(view, client),
-            lambda view: Enter(since, rules.name_holders(view, client)), client.nick, client.user)
+            lambda view: Enter(since, rules.name_holders(view, client), keep=keep), client.nick, client.user)
         return entered
 
     async def listed(
@@ -152,6 +167,20 @@ class RedisRooms:
                 raise Unavailable()
         raise Unavailable()  # the room kept changing under the decision
 
+    async def check_nick(self, client: Client, room: Room, nick: str) -> None:
+        """Why ``nick`` is not free in ``room`` for ``client`` (a ChatError), as read now."""
+        view = await self.look(room.room_id, client, nick, client.user, True)
+        refused = rules.nick_refusal(view, client, nick)
+        if refused is not None:
+            raise refused
+
+    async def check_user(self, as_user: Client, room: Room) -> None:
+        """Why ``room`` does not admit ``as_user``'s user (a ChatError), as read now."""
+        view = await self.look(room.room_id, as_user, as_user.nick, as_user.user, False)
+        refused = rules.auth_refusal(view, as_user.user or "")
+        if refused is not None:
+            raise refused
+
     async def rename(self, client: Client, room: Room, nick: str) -> None:
         """The nick taken in the client's room, as :func:`chatd.rooms.rules.nick_refusal` allows."""
         await decide(self, room.room_id, client, lambda view: rules.nick_refusal(view, client, nick),
@@ -181,8 +210,10 @@ class RedisRooms:
             answers = await self._call(shard, scripts.LOOK, "", "", probes)
         else:
             answers = await self._call(shard, scripts.LOOK, room_id, client.client_id, probes)
-            assert client.room is not None
-            self._check_reader(answers, client, client.room)
+            room = next((r for r in many.rooms_of(client) if r.room_id == room_id), None)
+            if room is None:
+                raise NotInRoom("You must join a room first")
+            self._check_reader(answers, client, room)
         return facts.Facts.read(room_id, client, nick, user, answers)
 
     async def apply(self, room_id: str, client: Client, view: RoomView, change: Change) -> Optional[Any]:
@@ -194,7 +225,7 @@ class RedisRooms:
                 shard, scripts.ENTER, self.node, client_id, room_id,
                 -1 if change.since is None else change.since, *facts.identity(client), as_json(view.guards),
                 as_json(takes), _ROOM_FIELDS, as_json([["SMEMBERS", f"owner:{room_id}"]]),
-                "" if change.keep else "*")  # keeping its rooms, or out of those here first
+                self.leaving(client, change.keep, shard))
             entered = lines.Entered.decode(answer)
             return None if entered.outcome == "stale" else entered
         if isinstance(change, Rename):
@@ -364,27 +395,31 @@ def identified(client_id: str, nick: Optional[str], user: str) -> str:
     return as_json([["identity", client_id, facts.who(nick, user), fold(user), user]])
 
 
-def resync_state(clients: list[tuple[Client, Optional[Room]]]) -> str:
-    """What RESYNC takes: a node's clients, each with its room on the
-    shard (or None), and the rooms: what the node knows of who owns and
+def resync_state(clients: list[tuple[Client, list[Room]]]) -> str:
+    """What RESYNC takes: a node's clients, each with its rooms on the
+    shard, and the rooms: what the node knows of who owns and
     moderates each; a private room's members are invited (other
     invitations and bans are lost with Redis's data)."""
-    records: list[list[str]] = []
+    records: list[Any] = []
     rooms: dict[str, dict[str, Any]] = {}
     sets: list[list[str]] = []
-    for client, room in clients:
+    for client, its_rooms in clients:
         client_id = client.client_id
-        records.append([client_id, [room.room_id] if room else [], *facts.identity(client)])
-        if room is None:
-            continue
-        room_id = room.room_id
-        rooms[room_id] = {
-            "fields": room_fields(room), "seq": str(room.seq), "last_id": str(room.last_id),
-            "sets": room_sets(room_id, room.persistent)}
-        # The connection's own role (a persistent room's users' roles are the room's).
-        role = "owner" if room.owner == client_id else "moderator" if client_id in (room.moderators or ()) else ""
-        if role:
-            sets.append([room_id, f"{_ROLE_SETS[role]}:{room_id}", client_id, client_id])
-        if room.private:
-            sets += ([room_id, f"invited:{room_id}", key, client_id] for key in names_of(client_id, client.user))
+        records.append([client_id, [room.room_id for room in its_rooms], *facts.identity(client)])
+        for room in its_rooms:
+            _resync_room(client, room, rooms, sets)
     return as_json({"clients": records, "rooms": rooms, "sets": sets})
+
+
+def _resync_room(client: Client, room: Room, rooms: dict[str, dict[str, Any]], sets: list[list[str]]) -> None:
+    """What RESYNC keeps of one room of a node's client."""
+    client_id, room_id = client.client_id, room.room_id
+    rooms[room_id] = {
+        "fields": room_fields(room), "seq": str(room.seq), "last_id": str(room.last_id),
+        "sets": room_sets(room_id, room.persistent)}
+    # The connection's own role (a persistent room's users' roles are the room's).
+    role = "owner" if room.owner == client_id else "moderator" if client_id in (room.moderators or ()) else ""
+    if role:
+        sets.append([room_id, f"{_ROLE_SETS[role]}:{room_id}", client_id, client_id])
+    if room.private:
+        sets += ([room_id, f"invited:{room_id}", key, client_id] for key in names_of(client_id, client.user))

@@ -222,6 +222,9 @@ if redis.call('SISMEMBER', P .. 'client-rooms:' .. client, room) == 0 then
   old, deleted = leave_rooms(client, ARGV[14])
   enter_room(client, room, 'join')
   apply(cjson.decode(ARGV[11]))
+elseif ARGV[14] ~= '' and ARGV[14] ~= '*' and ARGV[14] ~= room then
+  -- Back to a room it kept, the seed's way: out of the one it was in.
+  old, deleted = leave_rooms(client, ARGV[14])
 end
 local fields = redis.call('HMGET', rkey, 'last_id', unpack(cjson.decode(ARGV[12])))
 for i, value in ipairs(fields) do

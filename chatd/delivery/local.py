@@ -36,14 +36,23 @@ class LocalRooms:
         if self.rooms.get(room.room_id) is room:
             del self.rooms[room.room_id]
 
-    def receive_in(self, client: Client, room: Optional[Room]) -> None:
-        """``client`` receives what ``room`` gets here (None: no room's)."""
-        old = client.receiving
-        if old is not None and old is not room:
-            old.remove_member(client.client_id)
-        if room is not None:
-            room.add_member(client)
-        client.receiving = room
+    def receive_in(self, client: Client, room: Room) -> None:
+        """``client`` receives what ``room`` gets here (besides its other rooms')."""
+        room.add_member(client)
+        receiving = client.receiving = client.receiving or {}
+        receiving[room.room_id] = room
+
+    def stop_receiving(self, client: Client, room: Optional[Room] = None) -> None:
+        """``client`` no longer receives what ``room`` gets here (None: any room's)."""
+        receiving = client.receiving
+        if not receiving:
+            return
+        for gone in ([receiving.get(room.room_id)] if room is not None else list(receiving.values())):
+            if gone is not None and (room is None or gone is room):
+                gone.remove_member(client.client_id)
+                del receiving[gone.room_id]
+        if not receiving:
+            client.receiving = None
 
     def deliver(self, room: Room, payload: bytes, exclude_id: str, now: float) -> int:
         """One encoded broadcast to this node's members but ``exclude_id``."""

@@ -107,10 +107,10 @@ class Client:
         self.create_bucket: Optional[TokenBucket] = None
         self.command_bucket: Optional[TokenBucket] = None
         self.strikes = 0  # messages refused in a row by the rate limit
-        # A cluster node's local view only: the room whose broadcasts reach
-        # this client here (it can differ from ``room`` while a join is on
-        # its way; see chatd.backplane.cluster).
-        self.receiving: Optional[Room] = None
+        # A cluster node's local view only: the rooms whose broadcasts reach
+        # this client here, by ID (they can differ from its rooms while a
+        # join is on its way; see chatd.backplane.membership).
+        self.receiving: Optional[dict[str, Room]] = None
         # Whose direct messages it does not receive: c:ID and u:NAME keys.
         self.blocked: Optional[set[str]] = None
         # It has named a room with "room_id": the broadcasts it receives
@@ -130,12 +130,12 @@ def tag(client: Client) -> None:
     if client.tagged:
         return
     client.tagged = True
-    # Its room, and on a cluster node the room it receives in here (the same,
-    # but while a join is on its way).
-    rooms = [client.room] if client.receiving is client.room else [client.room, client.receiving]
-    rooms += client.others.values() if client.others else ()
-    for room in rooms:
-        if room is not None and room.members.get(client.client_id) is client:
+    # Its rooms, and on a cluster node the rooms it receives in here (the
+    # same, but while a join is on its way).
+    rooms = {id(room): room for room in (client.room, *(client.others or {}).values(),
+                                         *(client.receiving or {}).values()) if room is not None}
+    for room in rooms.values():
+        if room.members.get(client.client_id) is client:
             room.tagged += 1
 
 
