@@ -276,6 +276,30 @@ async def test_redis_restart_local_chat_goes_on_and_all_comes_back(cluster: Any,
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_redis_restart_brings_back_every_room_a_connection_keeps(
+        cluster: Any, redis_server: RedisServer) -> None:
+    one, two = await cluster(redis_timeout=2), await cluster(redis_timeout=2)
+    (a, _), (b, b_id) = await welcomed(one), await welcomed(two)
+    rooms = [(await a.request({"action": "create", "body": {"name": name, "keep": True}}))["room_id"]
+             for name in ("R1", "R2")]
+    for room_id in rooms:
+        assert (await b.request({"action": "join", "body": {"room_id": room_id, "keep": True}}))["status"] == "success"
+    redis_server.stop()
+    for node in (one, two):
+        await within(node.backplane.when_unavailable(), "the node to notice")
+    redis_server.start()  # same port, empty: every key was lost
+    for node in (one, two):
+        await within(node.backplane.when_available(), "the node to be back in step")
+    assert sorted(redis_server.command("SMEMBERS", f"chatd:client-rooms:{b_id}")) == sorted(rooms)
+    listing = await a.request({"action": "list"})
+    assert sorted((r["room_id"], r["members"]) for r in listing["rooms"]) == sorted((r, 2) for r in rooms)
+    for room_id in rooms:
+        assert (await a.request({"action": "message", "room_id": room_id, "body": room_id}))["status"] == "success"
+        got = await b.next()
+        assert (got["body"], got["room_id"]) == (room_id, room_id)
+
+
+@pytest_twisted.ensureDeferred
 async def test_pipelined_messages_and_the_next_command_keep_their_order(cluster: Any) -> None:
     one, two = await cluster(), await cluster()
     _, [(a, _), (b, _)] = await room_across([one, two])
