@@ -72,6 +72,8 @@ def main() -> None:
                 break
         redis, subscriber = Connection(port), Connection(port)
         sha = redis.call("SCRIPT", "LOAD", publish_script(sys.argv[3] if len(sys.argv) > 3 else None))
+        # The sender in the room: as the scripts keep it now, and as older revisions did.
+        redis.call("SADD", PREFIX + "client-rooms:abcd1234", "room0001")
         redis.call("HSET", PREFIX + "client:abcd1234", "room", "room0001")
         subscriber.call("SUBSCRIBE", PREFIX + "r:room0001")
         threading.Thread(target=lambda: [None for _ in iter(lambda: subscriber.sock.recv(1 << 20), b"")],
