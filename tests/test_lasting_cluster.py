@@ -19,6 +19,7 @@ from tests.support.raw import http_get
 from tests.support.redis import RedisServer
 from tests.support.tokens import token
 from tests.test_lasting import Daemon, guest, send, signed_in
+from tests.test_sync import caught_up, lasting_news
 
 
 class Cluster:
@@ -398,35 +399,6 @@ async def test_an_ownerless_persistent_room_is_owned_by_whoever_is_in_it(stored_
 async def test_a_user_syncs_its_lasting_rooms_on_another_node_after_every_node_restarts(
         stored_cluster: Cluster, redis_server: RedisServer) -> None:
     a, b = await stored_cluster.start()
-    alice, team = await alices_team(a)
-    ops = (await request(alice, "create", {"name": "Ops", "persistent": True, "keep": True}))["room_id"]
-    bob, _ = await signed_in(b, "bob")
-    for room_id in (team, ops):
-        assert (await request(bob, "join", {"room_id": room_id, "keep": True}))["status"] == "success"
-    await send(alice, "o1")  # to Ops, her current room
-    assert (await bob.next())["body"] == "o1"
-    assert await request(bob, "read", {"room_id": ops, "id": 1}) == {"status": "success", "message": "Read up to 1"}
-    for body in ("t1", "t2"):
-        assert (await alice.request({"action": "message", "room_id": team, "body": body}))["status"] == "success"
-    await send(alice, "o2")
-
+    team, ops = await lasting_news(a, b)
     a, b = await stored_cluster.kill_and_restart(redis_server)
-
-    bob, _ = await signed_in(a, "bob")
-    reply = await bob.request({"action": "sync", "body": {"since": {team: 1}}})
-    assert reply["status"] == "success" and "skipped" not in reply, reply
-    rooms = {r["room_id"]: r for r in reply["rooms"]}
-    assert [r["room_id"] for r in reply["rooms"]] == [team, ops]
-    assert {k: v for k, v in rooms[team].items() if k != "messages"} == {
-        "room_id": team, "name": "Team", "private": False, "persistent": True, "role": "member",
-        "last_id": 2, "last_read": 0, "unread": 2, "current": True, "recovered": True}
-    assert [m["body"] for m in rooms[team]["messages"]] == ["t2"]
-    assert rooms[ops] == {
-        "room_id": ops, "name": "Ops", "private": False, "persistent": True, "role": "member",
-        "last_id": 2, "last_read": 1, "unread": 1, "current": False}
-    # bob is in both again: alice, on the other node, hears him in each.
-    alice, _ = await signed_in(b, "alice")
-    assert [r["room_id"] for r in (await request(alice, "sync"))["rooms"]] == [team, ops]
-    assert (await bob.request({"action": "message", "room_id": ops, "body": "back"}))["status"] == "success"
-    heard = await alice.next()
-    assert (heard["room_id"], heard["body"]) == (ops, "back")
+    await caught_up(a, b, team, ops)  # bob on the node alice was on, alice on the other

@@ -66,16 +66,15 @@ async def test_a_guest_catches_up_on_the_rooms_it_names(ports: Any) -> None:  # 
     assert "skipped" not in again
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_user_catches_up_on_its_lasting_rooms_after_a_restart(
-        daemon_factory: Any, tmp_path: Path, secret_file: Path) -> None:
-    chatd = Daemon(daemon_factory, f"sqlite:{tmp_path}/chatd.db", secret_file)
-    port = await chatd.start()
-    alice, _ = await signed_in(port, "alice")
+async def lasting_news(alice_at: int, bob_at: int) -> tuple[str, str]:
+    """alice's lasting rooms Team and Ops, bob in both; bob reads Ops up to
+    its first message, then alice says two things in Team and one more in
+    Ops: (Team's ID, Ops's)."""
+    alice, _ = await signed_in(alice_at, "alice")
     team = (await alice.request({"action": "create", "body": {"name": "Team", "persistent": True}}))["room_id"]
     ops = (await alice.request({"action": "create", "body": {"name": "Ops", "persistent": True, "keep": True}}))[
         "room_id"]
-    bob, _ = await signed_in(port, "bob")
+    bob, _ = await signed_in(bob_at, "bob")
     for room_id in (team, ops):
         assert (await bob.request({"action": "join", "body": {"room_id": room_id, "keep": True}}))[
             "status"] == "success"
@@ -86,12 +85,15 @@ async def test_a_user_catches_up_on_its_lasting_rooms_after_a_restart(
     for body in ("t1", "t2"):
         assert (await alice.request({"action": "message", "room_id": team, "body": body}))["status"] == "success"
     await send(alice, "o2")
+    return team, ops
 
-    port = await chatd.kill_and_restart()
 
-    bob, bob_id = await signed_in(port, "bob")
+async def caught_up(bob_at: int, alice_at: int, team: str, ops: str) -> None:
+    """bob, signed in again, syncs: in both rooms, with what he missed and
+    his unread counts from the store; alice, back too, hears him in each."""
+    bob, bob_id = await signed_in(bob_at, "bob")
     reply = await bob.request({"action": "sync", "body": {"since": {team: 1}}})
-    assert reply["status"] == "success" and "skipped" not in reply
+    assert reply["status"] == "success" and "skipped" not in reply, reply
     rooms = {r["room_id"]: r for r in reply["rooms"]}
     assert [r["room_id"] for r in reply["rooms"]] == [team, ops]
     assert {k: v for k, v in rooms[team].items() if k != "messages"} == {
@@ -101,12 +103,21 @@ async def test_a_user_catches_up_on_its_lasting_rooms_after_a_restart(
     assert rooms[ops] == {
         "room_id": ops, "name": "Ops", "private": False, "persistent": True, "role": "member",
         "last_id": 2, "last_read": 1, "unread": 1, "current": False}
-    # bob is in both again: alice, back, hears him in each.
-    alice, _ = await signed_in(port, "alice")
+    alice, _ = await signed_in(alice_at, "alice")
     assert [r["room_id"] for r in (await alice.request({"action": "sync"}))["rooms"]] == [team, ops]
     assert (await bob.request({"action": "message", "room_id": ops, "body": "back"}))["status"] == "success"
     heard = await alice.next()
     assert (heard["room_id"], heard["body"], heard["from"]) == (ops, "back", bob_id)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_catches_up_on_its_lasting_rooms_after_a_restart(
+        daemon_factory: Any, tmp_path: Path, secret_file: Path) -> None:
+    chatd = Daemon(daemon_factory, f"sqlite:{tmp_path}/chatd.db", secret_file)
+    port = await chatd.start()
+    team, ops = await lasting_news(port, port)
+    port = await chatd.kill_and_restart()
+    await caught_up(port, port, team, ops)
 
 
 @pytest_twisted.ensureDeferred
