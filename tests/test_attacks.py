@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from tests.fakes import HANDSHAKE, client_frame
@@ -284,11 +286,14 @@ async def test_list_cursors_tell_nothing_of_hidden_rooms(deployment: Deployment)
     one, two = await deployment()
     names = ["public 0", "hidden 0"] + ["public 1"] + [f"hidden 1.{i}" for i in range(8)] + ["public 2"]
     creators = [await welcomed(one) for _ in names]  # a room lives while it has a member
-    started = time.monotonic()
+    spans: list[tuple[float, float]] = []  # when each create was asked, and answered
     for (creator, _), name in zip(creators, names, strict=True):
+        asked = time.time()
         await creator.request({"action": "create", "body": {"name": name, "private": name.startswith("h")}})
-    # The ticks (0.1 ms) the creates spanned: a cursor rises by one tick at least.
-    ticks = (time.monotonic() - started) * 10_000
+        spans.append((asked, time.time()))
+        if name == "public 0":
+            # Time passes (what a cursor counts) while no room is made (what a counter would).
+            await deferLater(reactor, 0.005, lambda: None)
     outsider, _ = await welcomed(two)
     cursors: list[int] = []
     page = await outsider.request({"action": "list", "body": {"limit": 1}})
@@ -296,10 +301,13 @@ async def test_list_cursors_tell_nothing_of_hidden_rooms(deployment: Deployment)
         cursors.append(int(page["next"]))
         page = await outsider.request({"action": "list", "body": {"limit": 1, "after": page["next"]}})
     assert len(cursors) == 2
-    # One hidden room behind the first gap, eight behind the second: a
-    # counter would show gaps of 2 and 9.  A cursor is a creation time (the
-    # same as a count only if the creates came faster than a tick each).
-    assert (cursors[1] - cursors[0] != 9 or ticks < len(names)) and cursors[0] > 1000
+    # A cursor is a creation time, in tenths of a millisecond: from the first
+    # public room to the second, the time between their creates (at least
+    # 50 ticks), where a counter would show the one hidden room between (2).
+    (asked_first, answered_first), (asked_second, answered_second) = spans[0], spans[2]
+    gap = cursors[1] - cursors[0]
+    assert int((asked_second - answered_first) * 10_000) - 1 <= gap <= int((answered_second - asked_first) * 10_000) + 2
+    assert gap >= 40 and cursors[0] > 1000
     for creator, _ in creators:
         await creator.close()
     await outsider.close()
