@@ -97,6 +97,10 @@ class Chat(Protocol):
         """Clients, rooms and members here, for the metrics."""
         ...
 
+    def list_all(self, limit: int, after: Optional[str]) -> "Deferred[Reply]":
+        """Every room, private ones too, a page at a time (the server API's)."""
+        ...
+
 
 class LocalChat:
     """
@@ -129,6 +133,9 @@ class LocalChat:
 
     def connect(self, sink: Sink) -> Client:
         return self.core.connect(sink)
+
+    def list_all(self, limit: int, after: Optional[str]) -> "Deferred[Reply]":
+        return succeed(self.core.list_rooms(limit, after, None, everything=True))
 
     def publish(self, client: Client, body: Any, now: float, answer: Answer, room: Optional[Room] = None) -> None:
         core = self.core

@@ -228,6 +228,12 @@ def message_log(value: Any, is_text: bool) -> str:
     return value
 
 
+def key_file(value: Any, is_text: bool) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be the path of a file of keys, one a line, not {_toml_type(value)}")
+    return value
+
+
 def store(value: Any, is_text: bool) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be memory, sqlite:PATH or postgresql://..., not {_toml_type(value)}")
@@ -399,6 +405,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics", "metrics", endpoint,
            "Serve Prometheus /metrics, /healthz and /readyz on this endpoint, "
            "e.g. tcp:9108:interface=127.0.0.1 (off unless given)."),
+    Option("api", "api", endpoint,
+           "Serve the HTTP server API (/v1/...) on this endpoint, e.g. tcp:8766:interface=127.0.0.1 "
+           "(off unless given; needs --api-keys)."),
+    Option("api-keys", "api_keys", key_file,
+           "The server API's keys: a file of one key a line, each sent as Authorization: Bearer KEY."),
     Option("redis", "redis", redis_urls,
            "Run as one node of a cluster whose rooms live in this Redis: "
            "redis://[[user]:password@]host[:port][/db], unix:///path/redis.sock[?db=N], or a "
@@ -443,6 +454,7 @@ def read_file(path: str) -> dict[str, Any]:
 #: The sections of ``--help``, each option in one, in the order shown.
 SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Listening", ("listen", "metrics", "workers", "permessage-deflate")),
+    ("Server API", ("api", "api-keys")),
     ("Who may connect", (
         "max-connections", "max-connections-per-ip", "rate-connections-per-ip", "allowed-origin",
         "trusted-proxy", "forwarded-header", "limit-loopback", "handshake-timeout")),
@@ -493,6 +505,12 @@ def load(command_line: Mapping[str, Any], config_path: Optional[str] = None) -> 
             f"--workers {settings.workers} needs --redis: workers share their rooms through Redis")
     if settings.message_log_keep is not None and settings.message_log is None:
         raise ConfigError("--message-log-keep needs --message-log")
+    if settings.api is not None and settings.api_keys is None:
+        raise ConfigError("--api needs --api-keys PATH: a file of keys, one a line")
+    if settings.api is not None and settings.workers > 1:
+        raise ConfigError(
+            "--api with --workers is not supported: serve the API from a chatd without --workers "
+            "(any node of a cluster acts on the whole cluster)")
     settings = _with_store(settings)
     if settings.guests == "deny" and settings.auth is None:
         raise ConfigError("--guests deny needs --auth: nobody could authenticate")

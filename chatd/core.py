@@ -386,16 +386,18 @@ class ChatCore(Metered, HandOut, Lasting, CatchUp, DirectMessages):
 
     def list_rooms(
         self, limit: int = codec.DEFAULT_PAGE, after: Optional[str] = None, client: Optional[Client] = None,
+        everything: bool = False,
     ) -> dict[str, Any]:
         """Rooms in creation order, a page at a time; "next" pages on.  A
-        private room only for its members and whoever is invited."""
+        private room only for its members and whoever is invited (and for
+        the server API: ``everything``)."""
         start = int(after) if after else 0
         page: list[dict[str, Any]] = []
         more = False
         for room in self.rooms.values():  # insertion order is creation order
             if room.seq <= start:
                 continue
-            if not rules.visible(room, client, client is not None and many.is_in(client, room)):
+            if not rules.visible(room, client, everything or (client is not None and many.is_in(client, room))):
                 continue
             if len(page) == limit:
                 more = True

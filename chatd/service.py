@@ -22,6 +22,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from chatd import __version__, fastpath
+from chatd.apps.api import api_site, read_keys
 from chatd.config import sqlite_path
 from chatd.listening import PROXY_PREFIX, WorkerSocketEndpoint, with_backlog
 from chatd.storage.sqlite import StoreError, open_sqlite
@@ -172,6 +173,12 @@ class ChatService(MultiService):
             site = MetricsSite(metrics_root(self.metrics, self.not_ready))
             self.metrics_listener = strports.service(settings.metrics, site, reactor=reactor)
             self.metrics_listener.setServiceParent(self)
+        self.api_listener: Optional[Service] = None
+        if settings.api is not None:
+            assert settings.api_keys is not None  # the configuration says so
+            self.api_listener = strports.service(
+                settings.api, api_site(self.chat, read_keys(settings.api_keys)), reactor=reactor)
+            self.api_listener.setServiceParent(self)
         self._watchdog: Optional[LoopingCall] = None
         self.collector = CollectorTuning()
 
@@ -263,6 +270,8 @@ class ChatService(MultiService):
         self.draining = True
         self.notifier.notify("STOPPING=1")
         await self.listeners.stopService()
+        if self.api_listener is not None:
+            await self.api_listener.stopService()  # no more calls from applications either
         count = len(self.factory.connections)
         self._log.info(
             "Draining: closing {count} connections", event="draining", count=count

@@ -115,6 +115,9 @@ class Settings:
     permessage_deflate: bool = False
     #: Endpoint for /metrics, /healthz and /readyz (None: not served).
     metrics: Optional[str] = None
+    #: Endpoint of the HTTP server API (None: not served), and its keys' file.
+    api: Optional[str] = None
+    api_keys: Optional[str] = None
     #: Redis URLs of the cluster's backplane, one per shard (none: this
     #: process is the whole service).
     redis: tuple[str, ...] = ()

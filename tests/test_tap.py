@@ -61,6 +61,7 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         "--log-format", "json",
         "--log-messages",
         "--metrics", "tcp:9108:interface=127.0.0.1",
+        "--api", "tcp:8766:interface=127.0.0.1", "--api-keys", "/etc/chatd/api-keys",
         "--max-connections", "500",
         "--max-connections-per-ip", "0",
         "--allowed-origin", "https://chat.example.org",
@@ -90,7 +91,7 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         "--redis", "redis://:s%40cret@redis.internal:6380/2",
         "--redis-lease", "20",
         "--redis-timeout", "3",
-        "--workers", "4",
+        "--workers", "1",
         "--permessage-deflate",
     )
     assert asdict(settings) == {
@@ -105,6 +106,8 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         "log_format": "json",
         "log_messages": True,
         "metrics": "tcp:9108:interface=127.0.0.1",
+        "api": "tcp:8766:interface=127.0.0.1",
+        "api_keys": "/etc/chatd/api-keys",
         "max_connections": 500,
         "max_connections_per_ip": 0,
         "allowed_origins": ("https://chat.example.org:443", "http://example.org:8080"),
@@ -136,7 +139,7 @@ def test_every_option_on_the_command_line(tmp_path: Path) -> None:
         "redis": ("redis://:s%40cret@redis.internal:6380/2",),
         "redis_lease": 20.0,
         "redis_timeout": 3.0,
-        "workers": 4,
+        "workers": 1,
         "permessage_deflate": True,
     }
 
@@ -198,6 +201,10 @@ def test_every_option_is_documented_in_the_example_config() -> None:
          "--message-log sqlite:/tmp/y.db is not the store (sqlite:/tmp/x.db): the message log is kept in the "
          "store's database; leave it out or name the same one"),
         (["--store", "memory", "--room", "Team"], "--room needs a store (--store sqlite:PATH or postgresql://...)"),
+        (["--api", "tcp:8766"], "--api needs --api-keys PATH: a file of keys, one a line"),
+        (["--api", "tcp:8766", "--api-keys", "k", "--workers", "2", "--redis", "redis://127.0.0.1:6379/0"],
+         "--api with --workers is not supported: serve the API from a chatd without --workers "
+         "(any node of a cluster acts on the whole cluster)"),
         (["--store", "memory", "--history-keep", "3"],
          "--history-keep needs a store (--store sqlite:PATH or postgresql://...)"),
         (["--room", "Team:public"], "--room must be NAME[:private][:owner=USER], not 'Team:public'"),

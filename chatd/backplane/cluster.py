@@ -432,8 +432,13 @@ class ClusterChat:
         self.core.events.message_sent(room, client, message, recipients, len(payload))
         return codec.MESSAGE_SENT
 
+    def list_all(self, limit: int, after: Optional[str]) -> "Deferred[Reply]":
+        """Every room, private ones too (the server API's list)."""
+        return self.list_rooms(limit, after, None, everything=True)
+
     def list_rooms(
         self, limit: int = codec.DEFAULT_PAGE, after: Optional[str] = None, client: Optional[Client] = None,
+        everything: bool = False,
     ) -> "Deferred[Reply]":
         # Each shard's first rooms after the cursor that the client may see,
         # merged in creation order (a shard that is away leaves its rooms out).
@@ -441,8 +446,8 @@ class ClusterChat:
         if not shards:
             return fail(Unavailable())
         start = int(after) if after else 0
-        d = DeferredList([Deferred.fromCoroutine(self.rooms.listed(shard, start, limit, client)) for shard in shards],
-                         consumeErrors=True)
+        d = DeferredList([Deferred.fromCoroutine(self.rooms.listed(shard, start, limit, client, everything))
+                          for shard in shards], consumeErrors=True)
 
         def done(answers: list[tuple[bool, Any]]) -> Union[Reply, Deferred[Reply]]:
             if not any(ok for ok, _ in answers):
@@ -453,7 +458,7 @@ class ClusterChat:
             if self.lasting.durable is None:
                 return listed(live, [])
             # Persistent rooms that Redis does not have now are listed too.
-            return Deferred.fromCoroutine(self.lasting.listed(client, start, limit)).addCallback(
+            return Deferred.fromCoroutine(self.lasting.listed(client, start, limit, everything)).addCallback(
                 lambda stored: listed(live, stored))
 
         def listed(live: dict[str, tuple[int, Reply]], stored: list[tuple[int, Reply]]) -> Reply:

@@ -241,7 +241,9 @@ class ClusterLasting:
         reply["recovered"], reply["messages"] = codec.recovery(missed, last_id, since)
         return reply
 
-    async def listed(self, client: Optional[Client], after: int, limit: int) -> list[tuple[int, Reply]]:
+    async def listed(
+        self, client: Optional[Client], after: int, limit: int, everything: bool = False,
+    ) -> list[tuple[int, Reply]]:
         """The first ``limit`` + 1 persistent rooms the store keeps after the
         cursor that ``client`` sees: (seq, its entry in a list, as empty)."""
         out: list[tuple[int, Reply]] = []
@@ -250,7 +252,7 @@ class ClusterLasting:
         while True:
             rows = await self.durable.rooms("seq > ?", after, limit=limit + 1)
             for stored in rows:
-                if rules.visible(stored_room(stored), client, False):
+                if rules.visible(stored_room(stored), client, everything):
                     out.append((stored.seq, codec.room_entry(
                         stored.room_id, stored.name, 0, stored.created_at, stored.private, True)))
                     if len(out) > limit:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from typing import Any
+from typing import Any, Optional
 
 from twisted.internet import reactor
 
@@ -37,6 +37,23 @@ async def http_get(url: str) -> tuple[int, bytes]:
     response = await within(Agent(reactor).request(b"GET", url.encode()), f"GET {url}")
     body = await within(readBody(response), f"the body of {url}")
     return response.code, body
+
+
+async def http_request(
+    method: str, url: str, headers: Optional[dict[str, str]] = None, body: Optional[bytes] = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """Any request with Twisted's own HTTP client: (status, headers, body)."""
+    import io
+
+    from twisted.web.client import Agent, FileBodyProducer, readBody
+    from twisted.web.http_headers import Headers
+
+    sent = Headers({k.encode(): [v.encode()] for k, v in (headers or {}).items()})
+    producer = FileBodyProducer(io.BytesIO(body)) if body is not None else None
+    response = await within(Agent(reactor).request(method.encode(), url.encode(), sent, producer), f"{method} {url}")
+    got = await within(readBody(response), f"the body of {url}")
+    named = {k.decode().lower(): v[-1].decode() for k, v in response.headers.getAllRawHeaders()}
+    return response.code, named, got
 
 
 def read_until_eof(sock: socket.socket) -> bytes:

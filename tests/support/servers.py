@@ -134,6 +134,10 @@ class DaemonProcess(ProcessProtocol):
         match = await self.wait_for(rb"ChatFactory(?: \(TLS\))? starting on (\d+)", "chatd to listen")
         return int(match.group(1))
 
+    async def wait_api(self) -> int:
+        match = await self.wait_for(rb"ApiSite starting on (\d+)", "the server API")
+        return int(match.group(1))
+
     async def wait_metrics(self) -> int:
         match = await self.wait_for(rb"MetricsSite starting on (\d+)", "the metrics endpoint")
         return int(match.group(1))

@@ -1,0 +1,1 @@
+"""What applications use besides the WebSocket: the HTTP server API."""
