@@ -36,7 +36,7 @@ def api(request: Any, daemon_factory: Any, tmp_path: Path) -> Any:
         first = daemon_factory(*args, "--redis", redis.url)
         second = daemon_factory(*with_api, "--redis", redis.url)
         port = int(await first.wait_listening())
-        await second.wait_listening()
+        await guest(int(await second.wait_listening()))  # welcomed once it is in step with Redis
         return port, f"http://127.0.0.1:{await second.wait_api()}"
 
     return start
