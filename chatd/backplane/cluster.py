@@ -43,7 +43,7 @@ from chatd.delivery.local import LocalRooms
 from chatd.delivery.outbox import Flusher
 from chatd.errors import ChatError, NoRecipient, NotInRoom, RoomNotFound, Unavailable
 from chatd.rooms import many, rules
-from chatd.rooms.catchup import too_many
+from chatd.rooms.catchup import unmarked, wanted
 from chatd.rooms.rules import done_reply
 from chatd.rooms.state import Client, Room, tag
 
@@ -335,19 +335,17 @@ class ClusterChat:
             markers = {room_id: int(last_read) for room_id, last_read in await durable.query(
                 "SELECT room_id, last_read FROM memberships WHERE user_name = ?", client.user)}
         mine = [room.room_id for room in many.rooms_of(client)]
-        wanted = list(since) + [r for r in markers if r not in since]
-        wanted += [r for r in mine if r not in since and r not in markers]
         tag(client)
         current = client.room
         limit = self.core.limits.rooms_per_connection
         entered: list[str] = []
         replies: dict[str, Reply] = {}
         skipped: list[Reply] = []
-        for room_id in wanted:
+        for room_id in wanted(since, markers, mine):
             in_it = any(room.room_id == room_id for room in many.rooms_of(client))
             try:
                 if not in_it and many.count(client) >= limit:
-                    raise ChatError(too_many(limit))
+                    raise ChatError(many.too_many(limit))
                 replies[room_id] = await self.join(client, room_id, now, since.get(room_id), keep=True)
             except ChatError as refused:
                 skipped.append({"room_id": room_id, "message": str(refused)})
@@ -363,9 +361,8 @@ class ClusterChat:
         out: list[Reply] = []
         for room_id in entered:
             entry, room, asked = dict(listed[room_id]), rooms[room_id], since.get(room_id)
-            if room_id not in markers:  # no marker kept: read up to where the client says it saw
-                entry["last_read"] = room.last_id if asked is None else min(asked, room.last_id)
-                entry["unread"] = room.last_id - entry["last_read"]
+            if room_id not in markers:
+                entry["last_read"], entry["unread"] = unmarked(room.last_id, asked)
             entry["current"] = room is client.room
             if asked is not None:
                 reply = replies[room_id]

@@ -22,8 +22,19 @@ from chatd.rooms.state import Client, Room, tag
 from chatd.rooms.store import Enter, decide, settled
 
 
-def too_many(limit: int) -> str:
-    return f"You are in too many rooms (limit {limit})"
+def wanted(since: dict[str, int], markers: dict[str, int], mine: list[str]) -> list[str]:
+    """The rooms a sync is about, in the order of its reply: those named,
+    then the user's lasting ones, then the others the connection is in."""
+    order = list(since) + [room_id for room_id in markers if room_id not in since]
+    return order + [room_id for room_id in mine if room_id not in since and room_id not in markers]
+
+
+def unmarked(last_id: int, asked: Optional[int]) -> tuple[int, int]:
+    """``last_read`` and ``unread`` in a room with no read marker kept (a
+    guest's, one that does not last): read up to where the client says it
+    saw (all of it, if it says nothing)."""
+    last_read = last_id if asked is None else min(asked, last_id)
+    return last_read, last_id - last_read
 
 
 class CatchUp:
@@ -38,15 +49,12 @@ class CatchUp:
 
     def sync(self, client: Client, since: dict[str, int], now: float) -> MaybeLater:
         markers = dict(self.memberships.get(client.user, {})) if client.user is not None else {}
-        wanted = list(since) + [room_id for room_id in markers if room_id not in since]
-        wanted += [room.room_id for room in many.rooms_of(client) if room.room_id not in since
-                   and room.room_id not in markers]
         tag(client)  # its broadcasts name their rooms from now on
         current = client.room
         before = set(map(id, many.rooms_of(client)))
         entered: list[Room] = []
         skipped: list[Reply] = []
-        for room_id in wanted:
+        for room_id in wanted(since, markers, [room.room_id for room in many.rooms_of(client)]):
             room = self.rooms.get(room_id)
             try:
                 entered.append(self._enter(client, room_id, room, now))
@@ -69,7 +77,7 @@ class CatchUp:
             return room
         limit = self.limits.rooms_per_connection
         if many.count(client) >= limit:
-            raise ChatError(too_many(limit))
+            raise ChatError(many.too_many(limit))
         settled(decide(
             self, room_id, client, lambda view: join_refusal(view, client),  # type: ignore[arg-type]
             lambda view: Enter(None, name_holders(view, client), now, True)))
@@ -123,9 +131,8 @@ def _sync_reply(
         if room_id in markers:
             last_read = min(markers[room_id], room.last_id)
             count = unread.get(room_id, 0) if last_read < room.last_id else 0
-        else:  # no marker kept: read up to where the client says it saw
-            last_read = room.last_id if asked is None else min(asked, room.last_id)
-            count = room.last_id - last_read
+        else:
+            last_read, count = unmarked(room.last_id, asked)
         entry: Reply = {
             "room_id": room_id, "name": room.name, "private": room.private, "persistent": room.persistent,
             "role": room.role(client.client_id), "last_id": room.last_id, "last_read": last_read,

@@ -49,10 +49,14 @@ def target(client: Client, room_id: Optional[str]) -> Room:
     return kept
 
 
+def too_many(limit: int) -> str:
+    return f"You are in too many rooms (limit {limit})"
+
+
 def check_keep(client: Client, limit: int) -> None:
     """Whether the client may enter one more room, keeping its others."""
     if count(client) >= limit:
-        raise ChatError(f"You are in too many rooms (limit {limit})")
+        raise ChatError(too_many(limit))
 
 
 def keep_current(client: Client) -> None:
