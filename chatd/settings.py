@@ -11,6 +11,20 @@ DEFAULT_LISTEN = "tcp:8765:interface=127.0.0.1"
 DEFAULT_TRUSTED_PROXIES = ("127.0.0.0/8", "::1/128")
 
 
+def read_entries(path: str, what: str) -> list[str]:
+    """The entries of a file of one a line (blank lines and ``#`` comments
+    are none): a word list, the API's keys.  ValueError, in words, when it
+    cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise ValueError(f"cannot read {what} {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {path} is not UTF-8 text") from None
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
 def parse_moderator(spec: str) -> tuple[str, dict[str, str]]:
     """A moderator's ``NAME:key=value:key=value`` into the name and the
     options; ValueError says what is wrong with it."""

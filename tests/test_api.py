@@ -92,3 +92,13 @@ async def test_an_api_key_file_that_holds_no_key_stops_chatd(daemon_factory: Any
                           "--api", "tcp:0:interface=127.0.0.1", "--api-keys", str(keys))
     await node.wait_for(rf"--api-keys {keys}: no key in it \(one a line\)".encode(), "the refusal")
     assert await node.wait_exit() != 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_api_key_file_that_cannot_be_read_stops_chatd(daemon_factory: Any, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-file"
+    node = daemon_factory("--listen", "tcp:0:interface=127.0.0.1", "--store", "memory",
+                          "--api", "tcp:0:interface=127.0.0.1", "--api-keys", str(missing))
+    await node.wait_for(rf"--api-keys: cannot read the API keys {missing}: No such file or directory".encode(),
+                        "the refusal")
+    assert await node.wait_exit() != 0

@@ -21,6 +21,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from chatd import codec
 from chatd.config import ConfigError
 from chatd.errors import ChatError, Unavailable
+from chatd.settings import read_entries
 
 class ApiError(Exception):
     """A request the API refuses: its HTTP status and the words of its error."""
@@ -35,13 +36,9 @@ def read_keys(path: str) -> list[bytes]:
     comments are no keys.  A file that cannot be read, or holds none, is a
     configuration error (the API would let nobody in)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise ConfigError(f"--api-keys {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"--api-keys {path}: not text (one key a line)") from None
-    keys = [line.strip().encode("utf-8") for line in lines if line.strip() and not line.strip().startswith("#")]
+        keys = [key.encode("utf-8") for key in read_entries(path, "the API keys")]
+    except ValueError as e:
+        raise ConfigError(f"--api-keys: {e}") from None
     if not keys:
         raise ConfigError(f"--api-keys {path}: no key in it (one a line)")
     return keys

@@ -19,19 +19,13 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from chatd.moderation import PASS, REJECT, IModeratorFactory, Rewrite, Submission, Verdict
+from chatd.settings import read_entries
 
 MODES = ("reject", "mask")
 
 
 def read_words(path: str) -> list[str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise ValueError(f"cannot read the word list {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"the word list {path} is not UTF-8 text") from None
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return read_entries(path, "the word list")
 
 
 class BannedWords:
