@@ -700,7 +700,9 @@ async def test_the_page_loads_in_one_round_trip(daemon_factory: Any) -> None:
     import gzip
     import socket
 
-    from chatd.web import GZIPPED, PAGES
+    from chatd.web import PAGES, pages
+
+    GZIPPED = pages(compressed=True)
 
     sizes = {path: len(response.partition(b"\r\n\r\n")[2]) for path, response in GZIPPED.items()
              if path != "/index.html"}

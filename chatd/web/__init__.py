@@ -60,5 +60,3 @@ def pages(sign_in: bool = False, compressed: bool = False) -> dict[str, bytes]:
 
 #: The pages of a server without authentication.
 PAGES: dict[str, bytes] = pages()
-#: And gzipped.
-GZIPPED: dict[str, bytes] = pages(compressed=True)
